@@ -1,0 +1,45 @@
+"""hooks_mm: mechanistic interpretability of multimodal LLMs on one hook interface."""
+
+from hooks_mm.adapters import Adapter, adapter_for, register
+from hooks_mm.layout import (
+    After,
+    Answer,
+    Image,
+    Instruction,
+    Last,
+    Modality,
+    ModalityLayout,
+    NonPad,
+    Positions,
+    Segment,
+    Selector,
+    Special,
+    System,
+    Text,
+    Where,
+)
+from hooks_mm.model import HookedMLLM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "After",
+    "Answer",
+    "HookedMLLM",
+    "Image",
+    "Instruction",
+    "Last",
+    "Modality",
+    "ModalityLayout",
+    "NonPad",
+    "Positions",
+    "Segment",
+    "Selector",
+    "Special",
+    "System",
+    "Text",
+    "Where",
+    "adapter_for",
+    "register",
+]

@@ -1,0 +1,140 @@
+"""The adapter table: where each part of a Hugging Face multimodal model lives.
+
+An adapter is data, not a subclass. Adding a family means writing one ``Adapter(...)``
+with the dotted paths of its language-model parts and, for image families, two small
+functions: which positions receive image features, and how those positions map onto each
+image's patch grid.
+
+Example::
+
+    from hooks_mm.adapters import Adapter, register
+
+    register(Adapter(
+        name="my-vlm",
+        architectures=("MyVLMForConditionalGeneration",),
+        layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        projector="model.multi_modal_projector",
+        image_mask=token_id_mask("image_token_id"),
+        image_plans=square_plans,
+    ))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+# An image plan says, for each LM position that receives the features of one image (in the
+# order the model writes them), which tile of the image it shows and which (row, col) cell
+# of that tile's grid.  col == -1 marks a separator that is not a patch (a newline /
+# end-of-row token inside the image span).  Shape [n_tokens, 3] = (tile, row, col).
+ImagePlan = Int[Tensor, "n_tokens 3"]
+
+ImageMaskFn = Callable[[Any, Int[Tensor, "batch seq"]], Bool[Tensor, "batch seq"]]
+ImagePlansFn = Callable[[Any, dict[str, Any]], list[ImagePlan]]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where the language model's parts live in one HF family, as dotted paths.
+
+    Paths ``layers``, ``embed``, ``final_norm``, ``vision_out`` and ``projector`` are
+    relative to the top-level HF model; the others are relative to one decoder layer.
+    """
+
+    name: str
+    architectures: tuple[str, ...]
+    layers: str
+    embed: str
+    final_norm: str
+    # inside one decoder layer
+    attn: str = "self_attn"
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    o: str = "o_proj"
+    ln1: str = "input_layernorm"
+    # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms)
+    ln2: str = "post_attention_layernorm"
+    # module whose OUTPUT is what the attention branch adds to the residual stream
+    # (o_proj; the post-attention norm under sandwich norms); None: derived as mid - pre
+    attn_out: str | None = "self_attn.o_proj"
+    mlp: str = "mlp"
+    gate: str | None = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+    # module whose OUTPUT is what the MLP branch adds to the residual stream; None: derived
+    mlp_out: str | None = "mlp"
+    # cross-attention layers (Mllama): which layer indices, and the attribute holding the
+    # cross-attention module in those layers; their attn_out / mlp_out are gated, so derived
+    cross_attn_layers: Callable[[Any], list[int]] | None = None
+    cross_attn: str = "cross_attn"
+    # layers after which vision features are injected into the residual (Qwen3-VL deepstack)
+    injection_layers: Callable[[Any], list[int]] | None = None
+    # vision side: the projector module (its INPUT is the vision encoder's output as the
+    # model uses it, its OUTPUT the features written at the image positions); None: no
+    # continuous vision path (discrete-token families)
+    projector: str | None = None
+    # positions that receive image features / hold image codes
+    image_mask: ImageMaskFn | None = None
+    # grid plan of every image, in the order the model writes image features
+    image_plans: ImagePlansFn | None = None
+    # token ids that are structural (begin/end of image, vision start/end, row markers)
+    special_ids: Callable[[Any], set[int]] = field(default=lambda config: set())
+    # extra forward kwargs the model needs that a plain tokenizer call lacks
+    notes: str = ""
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers shared by the family tables
+
+
+def config_get(config: Any, *names: str, default: Any = None) -> Any:
+    """First attribute among ``names`` found on ``config`` or its text config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else None
+    for obj in (config, text):
+        if obj is None:
+            continue
+        for name in names:
+            value = getattr(obj, name, None)
+            if value is not None:
+                return value
+    return default
+
+
+def token_id_mask(*fields: str) -> ImageMaskFn:
+    """Image positions are where ``input_ids`` equals the config's image token id."""
+
+    def mask(config: Any, input_ids: Tensor) -> Tensor:
+        token = config_get(config, *fields)
+        if token is None:
+            raise ValueError(f"config has none of {fields}: cannot find image positions")
+        return input_ids == token
+
+    return mask
+
+
+def grid_plan(rows: int, cols: int, tile: int = 0, newline: bool = False) -> ImagePlan:
+    """Row-major plan of one ``rows x cols`` grid; ``newline`` adds one separator per row."""
+    r = torch.arange(rows).repeat_interleave(cols)
+    c = torch.arange(cols).repeat(rows)
+    plan = torch.stack([torch.full_like(r, tile), r, c], dim=1)
+    if newline:
+        sep = torch.stack(
+            [torch.full((rows,), tile), torch.arange(rows), torch.full((rows,), -1)], dim=1
+        )
+        plan = torch.cat([plan.view(rows, cols, 3), sep.view(rows, 1, 3)], dim=1).view(-1, 3)
+    return plan
+
+
+def square_side(n: int) -> tuple[int, int]:
+    """(rows, cols) of a square grid of ``n`` tokens, or one row when ``n`` is no square."""
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (1, n)

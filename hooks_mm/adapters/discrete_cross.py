@@ -1,0 +1,256 @@
+"""Adapter tables: Janus, Chameleon, Emu3 (image codes in the vocabulary) and Mllama
+(cross-attention to the image).
+
+* Janus: a SigLIP-like ``vision_model`` and the ``aligner`` MLP (the projector) write one
+  feature per patch over the ``<image_placeholder>`` ids (square grid).
+* Chameleon: no vision encoder.  A VQ-VAE (``model.vqmodel``) turns each image into a square
+  grid of codes, which are mapped to BPE ids and embedded with the LM's own ``embed_tokens``;
+  those embeddings replace the ``<image>`` placeholders.
+* Emu3: like Chameleon, but every row of codes ends with an end-of-row token
+  (``<|extra_200|>``), so an image of h x w codes fills ``h * (w + 1)`` placeholders; the grid
+  comes from ``image_sizes``.
+* Mllama: images never enter the token stream.  Cross-attention layers (``cross_attn`` and
+  tanh gates) attend from text to the projected tiles; the ``<|image|>`` token marks where an
+  image sits, one position per image.
+
+The tables are plain constants gathered in ``ADAPTERS``; the registry registers them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _vocab_id(config: Any, name: str) -> int | None:
+    vocab = getattr(config, "vocabulary_map", None) or {}
+    return vocab.get(name)
+
+
+def _vocab_mask(name: str, *fields: str):
+    """Positions whose id is the vocabulary_map entry ``name`` (or one of ``fields``)."""
+
+    def mask(config: Any, input_ids: Tensor) -> Tensor:
+        token = config_get(config, *fields) if fields else None
+        if token is None:
+            token = _vocab_id(config, name)
+        if token is None:
+            raise ValueError(f"config has no {name!r} in vocabulary_map: cannot find image positions")
+        return input_ids == token
+
+    return mask
+
+
+def _ids(config: Any, *, fields: tuple[str, ...] = (), vocab: tuple[str, ...] = ()) -> set[int]:
+    out: set[int] = set()
+    for f in fields:
+        v = config_get(config, f)
+        if isinstance(v, int):
+            out.add(v)
+    for name in vocab:
+        v = _vocab_id(config, name)
+        if isinstance(v, int):
+            out.add(v)
+    return out
+
+
+def _pixel_hw(inputs: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(n_images, height, width) of 4-D ``pixel_values`` [n_images, C, H, W]."""
+    pv = inputs.get("pixel_values")
+    if pv is None:
+        return None
+    return int(pv.shape[0]), int(pv.shape[-2]), int(pv.shape[-1])
+
+
+def _base(adapter: Adapter, name: str, arch: str) -> Adapter:
+    """Same table for the base ``...Model`` class (paths without the leading ``model.``)."""
+
+    def strip(path: str | None) -> str | None:
+        return path[len("model."):] if path and path.startswith("model.") else path
+
+    return dataclasses.replace(
+        adapter,
+        name=name,
+        architectures=(arch,),
+        layers=strip(adapter.layers),
+        embed=strip(adapter.embed),
+        final_norm=strip(adapter.final_norm),
+        projector=strip(adapter.projector),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Janus
+
+
+def _janus_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    # JanusVisionEmbeddings: conv patch embedding (no CLS token); the aligner keeps every
+    # patch, features are reshaped to (-1, hidden) and scattered image after image.
+    shape = _pixel_hw(inputs)
+    if shape is None:
+        return []
+    n, h, w = shape
+    patch = config.vision_config.patch_size
+    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return [grid_plan(h // patch_h, w // patch_w) for _ in range(n)]
+
+
+JANUS = Adapter(
+    name="janus",
+    architectures=("JanusForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.aligner",
+    image_mask=_vocab_mask("<image_placeholder>", "image_token_id"),
+    image_plans=_janus_plans,
+    special_ids=lambda config: _ids(config, fields=("image_token_id",)),
+    notes=(
+        "Janus: Llama LM; understanding path = vision_model -> aligner, one feature per "
+        "patch (square grid, no CLS) over image_token_id; boi/eoi ids live only in the "
+        "tokenizer; the VQ model / generation_head are for image generation and unused here"
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Chameleon
+
+
+def _vq_grid(side: int, n_down: int) -> int:
+    # Conv downsample: pad (0, 1, 0, 1) then 3x3 conv stride 2, once per level but the last
+    for _ in range(n_down):
+        side = (side + 1 - 3) // 2 + 1
+    return side
+
+
+def _chameleon_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    # VQ-VAE encoder -> codes [n, h', w'] -> flattened row-major per image -> embed_tokens.
+    shape = _pixel_hw(inputs)
+    if shape is None:
+        return []
+    n, h, w = shape
+    n_down = len(config.vq_config.channel_multiplier) - 1
+    return [grid_plan(_vq_grid(h, n_down), _vq_grid(w, n_down)) for _ in range(n)]
+
+
+CHAMELEON = Adapter(
+    name="chameleon",
+    architectures=("ChameleonForConditionalGeneration",),
+    layers="model.layers",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    projector=None,
+    image_mask=_vocab_mask("<image>", "image_token_id"),
+    image_plans=_chameleon_plans,
+    special_ids=lambda config: _ids(
+        config, fields=("image_token_id",), vocab=("<image>", "<racm3:break>", "<eoss>")
+    ),
+    notes=(
+        "Chameleon: discrete image codes, no projector; the VQ-VAE codes are embedded by "
+        "model.embed_tokens in a SECOND call (after the input_ids call) and written over the "
+        "<image> placeholders; decoder layers return a tuple; q_norm/k_norm LayerNorm per "
+        "head after q_proj/k_proj; logits of image-code ids are set to finfo.min; "
+        "paths assume swin_norm=False (with swin_norm=True input_layernorm normalises the "
+        "attention OUTPUT and post_attention_layernorm the MLP OUTPUT)"
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Emu3
+
+
+def _emu3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    # Emu3Model.get_image_features: codes cropped to (h // f, w // f) per image_sizes[i],
+    # each row followed by the end-of-row token; images concatenated in order.
+    sizes = inputs.get("image_sizes")
+    if sizes is None or inputs.get("pixel_values") is None:
+        return []
+    f = 2 ** (len(config.vq_config.channel_multiplier) - 1)
+    plans = []
+    for hw in torch.as_tensor(sizes).tolist():
+        rows, cols = int(hw[0] / f), int(hw[1] / f)
+        plans.append(grid_plan(rows, cols, newline=True))
+    return plans
+
+
+EMU3 = Adapter(
+    name="emu3",
+    architectures=("Emu3ForConditionalGeneration",),
+    layers="model.text_model.layers",
+    embed="model.text_model.embed_tokens",
+    final_norm="model.text_model.norm",
+    projector=None,
+    image_mask=_vocab_mask("<image>", "image_token_id"),
+    image_plans=_emu3_plans,
+    special_ids=lambda config: _ids(
+        config,
+        fields=("image_token_id",),
+        vocab=("<image>", "<|image start|>", "<|image end|>", "<|image token|>",
+               "<|extra_200|>", "<|extra_201|>"),
+    ),
+    notes=(
+        "Emu3: discrete image codes, no projector; needs image_sizes; every <image> "
+        "placeholder is overwritten: h*(w+1) per image, the last of each row with the "
+        "end-of-row token <|extra_200|> (plan col -1); code/eol embeddings come from a SECOND "
+        "model.text_model.embed_tokens call"
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Mllama
+
+
+def _mllama_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    # The image is not in the token stream: each <|image|> token stands for one image and
+    # is its only position.
+    ids = inputs.get("input_ids")
+    if ids is None or inputs.get("pixel_values") is None:
+        return []
+    token = config_get(config, "image_token_index", "image_token_id")
+    n = int((ids == token).sum())
+    return [torch.tensor([[0, -1, -1]]) for _ in range(n)]
+
+
+MLLAMA = Adapter(
+    name="mllama",
+    architectures=("MllamaForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.multi_modal_projector",
+    image_mask=_vocab_mask("<|image|>", "image_token_index", "image_token_id"),
+    image_plans=_mllama_plans,
+    cross_attn_layers=lambda config: list(config_get(config, "cross_attention_layers") or []),
+    cross_attn="cross_attn",
+    special_ids=lambda config: _ids(config, fields=("image_token_index",)),
+    notes=(
+        "Mllama: images enter only through cross-attention layers (cross_attn, keys/values = "
+        "projected vision tiles, q_norm/k_norm); resid_mid = x + tanh(cross_attn_attn_gate) * "
+        "cross_attn(...); out = mid + tanh(cross_attn_mlp_gate) * row_mask * mlp(...); cross "
+        "layers are SKIPPED when no pixel_values; needs aspect_ratio_ids, aspect_ratio_mask, "
+        "cross_attention_mask; projector output is K/V source, not written at image positions"
+    ),
+)
+
+
+ADAPTERS = (
+    JANUS,
+    CHAMELEON,
+    EMU3,
+    MLLAMA,
+    _base(JANUS, "janus-base", "JanusModel"),
+    _base(CHAMELEON, "chameleon-base", "ChameleonModel"),
+    _base(EMU3, "emu3-base", "Emu3Model"),
+    _base(MLLAMA, "mllama-base", "MllamaModel"),
+)

@@ -1,0 +1,378 @@
+"""Idefics3, SmolVLM, PaliGemma, Gemma3 and InternVL tables.
+
+All five write image features with ``masked_scatter`` at ``input_ids == image_token_id``,
+flattened row-major over the batch, images (and their tiles) in ``pixel_values`` order.
+
+Plan conventions (shape [n, 3] = (tile, row, col)):
+
+* Idefics3 / SmolVLM: the model itself knows nothing of tiles per image: it drops the
+  all-zero padding sub-images of ``pixel_values`` (B, n_sub, 3, H, W), runs every real
+  sub-image through the tower and connector (pixel shuffle, ``scale_factor``) and scatters
+  ``(H/p)^2 / scale^2`` tokens per sub-image in order.  Only the processor's text says
+  which sub-images form one image: per image ``rows x cols`` split tiles, each written
+  ``<fake_token_around_image><row_i_col_j><image>*n``, then the global (downscaled whole)
+  image ``<fake_token_around_image><global-img><image>*n<fake_token_around_image>``; an
+  unsplit image is the global tile alone.  So every maximal run of image tokens is one
+  tile, and an image ends with the run preceded by the ``<global-img>`` marker.  The
+  marker ids are tokenizer ids, not config fields: set ``config.global_image_token_id``
+  (and ``fake_image_token_id``) to pin them; otherwise the marker is read from the input:
+  the tokens between the last ``<fake_token_around_image>`` and the last run of a row are
+  the global marker (the processor always ends an image with its global tile).  Tiles
+  are numbered in sequence order: split tiles row-major over the image's tile layout,
+  the global tile last.  Each tile is a row-major ``s x s`` grid of pixel-shuffled cells
+  (cell (r, c) covers patches r*scale.., c*scale..).
+* PaliGemma: fixed ``(H/p) x (W/p)`` SigLIP grid per image, images adjacent (no
+  separators) before BOS, so the image positions of a row are cut into equal chunks.
+* Gemma3: ``mm_tokens_per_image`` tokens per image (avg-pooled SigLIP grid, row-major),
+  wrapped by boi/eoi; pan-and-scan crops are separate images in ``pixel_values`` and
+  appear here as separate plans.
+* InternVL: one run of ``image_seq_length * n_tiles`` tokens per image between
+  ``<img>``/``</img>``; tiles in ``pixel_values`` order (crops row-major, then the
+  thumbnail last when there are crops); each tile a row-major pixel-shuffled grid
+  (``downsample_ratio``), CLS dropped by the "default" strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan, square_side, token_id_mask
+
+_image_mask = token_id_mask("image_token_id", "image_token_index")
+
+
+def _runs(row_mask: torch.Tensor) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) of True in a 1-D bool tensor."""
+    runs: list[list[int]] = []
+    for p in row_mask.nonzero().flatten().tolist():
+        if runs and runs[-1][1] == p:
+            runs[-1][1] = p + 1
+        else:
+            runs.append([p, p + 1])
+    return [(s, e) for s, e in runs]
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _grid(n: int, side: tuple[int, int] | None, tile: int = 0) -> ImagePlan:
+    rows, cols = side if side is not None and side[0] * side[1] == n else square_side(n)
+    return grid_plan(rows, cols, tile=tile)
+
+
+# ---------------------------------------------------------------------------------------
+# Idefics3 / SmolVLM
+
+
+def _idefics_side(config: Any, inputs: dict[str, Any]) -> tuple[int, int]:
+    vision = config.vision_config
+    ph, pw = _pair(vision.patch_size)
+    scale = int(getattr(config, "scale_factor", 2) or 1)
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is not None:
+        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+    else:
+        h, w = _pair(vision.image_size)
+    # the connector assumes a square patch map: side = sqrt(n_patches)
+    side = math.isqrt((h // ph) * (w // pw)) // scale
+    return side, side
+
+
+def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    ids = inputs["input_ids"]
+    mask = _image_mask(config, ids)
+    side = _idefics_side(config, inputs)
+    fake = config_get(config, "fake_image_token_id")
+    glob = config_get(config, "global_image_token_id")
+    row_runs = [_runs(m) for m in mask]
+    seq = ids.shape[1]
+
+    if fake is None:  # the token right after the last tile of a row closes its image
+        for b, runs in enumerate(row_runs):
+            if runs and runs[-1][1] < seq:
+                fake = int(ids[b, runs[-1][1]])
+                break
+
+    def marker(b: int, start: int) -> tuple[int, ...]:
+        j = start - 1
+        while j >= 0 and int(ids[b, j]) != fake and not bool(mask[b, j]):
+            j -= 1
+        return tuple(ids[b, j + 1 : start].tolist())
+
+    if glob is not None:
+        is_global = lambda b, start: start > 0 and int(ids[b, start - 1]) == int(glob)  # noqa: E731
+    else:
+        glob_marker = None
+        for b, runs in enumerate(row_runs):
+            if runs:
+                glob_marker = marker(b, runs[-1][0])
+                break
+        is_global = lambda b, start: marker(b, start) == glob_marker  # noqa: E731
+
+    plans: list[ImagePlan] = []
+    for b, runs in enumerate(row_runs):
+        tiles: list[ImagePlan] = []
+        for start, end in runs:
+            tiles.append(_grid(end - start, side, tile=len(tiles)))
+            if is_global(b, start):
+                plans.append(torch.cat(tiles))
+                tiles = []
+        if tiles:  # truncated image (no global tile): keep what is there
+            plans.append(torch.cat(tiles))
+    return plans
+
+
+def _idefics_special(config: Any) -> set[int]:
+    ids = set()
+    for name in ("fake_image_token_id", "global_image_token_id", "end_of_utterance_token_id"):
+        v = config_get(config, name)
+        if v is not None:
+            ids.add(int(v))
+    for v in config_get(config, "row_col_token_ids", default=None) or []:
+        ids.add(int(v))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+# PaliGemma
+
+
+def paligemma_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    vision = config.vision_config
+    ph, pw = _pair(vision.patch_size)
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is not None:
+        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+    else:
+        h, w = _pair(vision.image_size)
+    rows, cols = h // ph, w // pw
+    per = rows * cols
+    plans = []
+    for m in _image_mask(config, inputs["input_ids"]):
+        n = int(m.sum())
+        plans += [grid_plan(rows, cols) for _ in range(n // per)]
+        if n % per:
+            plans.append(_grid(n % per, None))
+    return plans
+
+
+# ---------------------------------------------------------------------------------------
+# Gemma3
+
+
+def gemma3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    per = int(config.mm_tokens_per_image)
+    side = math.isqrt(per)
+    plans = []
+    for m in _image_mask(config, inputs["input_ids"]):
+        n = int(m.sum())
+        plans += [_grid(per, (side, side)) for _ in range(n // per)]
+        if n % per:
+            plans.append(_grid(n % per, None))
+    return plans
+
+
+def _gemma3_special(config: Any) -> set[int]:
+    ids = set()
+    for name in ("boi_token_id", "boi_token_index", "eoi_token_id", "eoi_token_index"):
+        v = getattr(config, name, None)
+        if v is not None:
+            ids.add(int(v))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+# InternVL
+
+
+def _internvl_side(config: Any, inputs: dict[str, Any]) -> tuple[int, int]:
+    vision = config.vision_config
+    ph, pw = _pair(vision.patch_size)
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is not None:
+        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+    else:
+        h, w = _pair(vision.image_size)
+    side = int(math.isqrt((h // ph) * (w // pw)) * float(config.downsample_ratio))
+    return side, side
+
+
+def internvl_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    ids = inputs["input_ids"]
+    per = int(config_get(config, "image_seq_length", default=0) or 0)
+    side = _internvl_side(config, inputs)
+    if side[0] * side[1] != per:
+        per = side[0] * side[1]
+    plans = []
+    for m in _image_mask(config, ids):
+        for start, end in _runs(m):
+            n = end - start
+            if per and n % per == 0:
+                plans.append(torch.cat([grid_plan(*side, tile=t) for t in range(n // per)]))
+            else:
+                plans.append(_grid(n, None))
+    return plans
+
+
+def _internvl_special(config: Any) -> set[int]:
+    ids = set()
+    for name in ("start_image_token_id", "end_image_token_id", "img_start_token_id", "img_end_token_id"):
+        v = config_get(config, name)
+        if v is not None:
+            ids.add(int(v))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+# tables
+
+
+def _bare(full: Adapter, base_cls: str) -> Adapter:
+    """The bare ...Model table: same paths without the leading ``model.``."""
+    strip = lambda p: p[len("model.") :] if p and p.startswith("model.") else p  # noqa: E731
+    return replace(
+        full,
+        name=f"{full.name}-base",
+        architectures=(base_cls,),
+        layers=strip(full.layers),
+        embed=strip(full.embed),
+        final_norm=strip(full.final_norm),
+        projector=strip(full.projector),
+    )
+
+
+_IDEFICS_NOTES = (
+    "Llama LM (model.text_model); pixel_values (B, n_sub, 3, H, W) with all-zero padding "
+    "sub-images dropped; each run of image tokens is one tile of (H/p)^2/scale^2 tokens, "
+    "projector = connector (pixel shuffle + linear), 1 output row per image position; "
+    "optional pixel_attention_mask (B, n_sub, H, W)."
+)
+
+IDEFICS3 = Adapter(
+    name="idefics3",
+    architectures=("Idefics3ForConditionalGeneration",),
+    layers="model.text_model.layers",
+    embed="model.text_model.embed_tokens",
+    final_norm="model.text_model.norm",
+    projector="model.connector",
+    image_mask=_image_mask,
+    image_plans=idefics3_plans,
+    special_ids=_idefics_special,
+    notes=_IDEFICS_NOTES,
+)
+IDEFICS3_BASE = _bare(IDEFICS3, "Idefics3Model")
+
+SMOLVLM = replace(
+    IDEFICS3,
+    name="smolvlm",
+    architectures=("SmolVLMForConditionalGeneration",),
+    notes=_IDEFICS_NOTES + " Video frames are written as unsplit (global-only) images.",
+)
+SMOLVLM_BASE = _bare(SMOLVLM, "SmolVLMModel")
+
+PALIGEMMA = Adapter(
+    name="paligemma",
+    architectures=("PaliGemmaForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.multi_modal_projector",
+    image_mask=_image_mask,
+    image_plans=paligemma_plans,
+    notes=(
+        "Gemma LM (GELU-tanh MLP, embed scaled by sqrt(d) inside embed_tokens; image "
+        "features are NOT scaled); image tokens first, then BOS, prompt, '\\n'; "
+        "token_type_ids 0 = bidirectional prefix (image+prompt), 1 = causal suffix; "
+        "position_ids 1-based. PaliGemma2 (Gemma2 LM) has sandwich norms: use PALIGEMMA2."
+    ),
+)
+PALIGEMMA_BASE = _bare(PALIGEMMA, "PaliGemmaModel")
+
+# PaliGemma 2 checkpoints have the same class name but a Gemma2 text model with sandwich
+# norms; the registry keys on class name only, so this table is chosen by
+# ``paligemma_adapter_for(config)`` (text_config.model_type == "gemma2"), not registered.
+PALIGEMMA2 = replace(
+    PALIGEMMA,
+    name="paligemma2",
+    ln2="pre_feedforward_layernorm",
+    attn_out="post_attention_layernorm",
+    mlp_out="post_feedforward_layernorm",
+)
+PALIGEMMA2_BASE = _bare(PALIGEMMA2, "PaliGemmaModel")
+
+
+def paligemma_adapter_for(config: Any, bare: bool = False) -> Adapter:
+    """PALIGEMMA or PALIGEMMA2 by the text model type (both share the HF class)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    sandwich = getattr(text, "model_type", "") in ("gemma2", "gemma3_text")
+    if sandwich:
+        return PALIGEMMA2_BASE if bare else PALIGEMMA2
+    return PALIGEMMA_BASE if bare else PALIGEMMA
+
+
+GEMMA3 = Adapter(
+    name="gemma3",
+    architectures=("Gemma3ForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    ln2="pre_feedforward_layernorm",
+    attn_out="post_attention_layernorm",
+    mlp_out="post_feedforward_layernorm",
+    projector="model.multi_modal_projector",
+    image_mask=_image_mask,
+    image_plans=gemma3_plans,
+    special_ids=_gemma3_special,
+    notes=(
+        "sandwich norms (attn output normed by post_attention_layernorm, MLP wrapped by "
+        "pre_/post_feedforward_layernorm); q_norm/k_norm; GELU-tanh; sliding/full layers; "
+        "token_type_ids (1 at image tokens) make each image bidirectional, without it "
+        "attention is purely causal; projector avg-pools the patch grid."
+    ),
+)
+GEMMA3_BASE = _bare(GEMMA3, "Gemma3Model")
+
+INTERNVL = Adapter(
+    name="internvl",
+    architectures=("InternVLForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.multi_modal_projector",
+    image_mask=_image_mask,
+    image_plans=internvl_plans,
+    special_ids=_internvl_special,
+    notes=(
+        "Qwen2/Llama LM; pixel_values (n_tiles_total, 3, H, W); one token run per image "
+        "(image_seq_length per tile); CLS drop and pixel shuffle happen BEFORE the "
+        "projector, so its input is the shuffled (tiles, seq, 4*d_vis) map."
+    ),
+)
+INTERNVL_BASE = _bare(INTERNVL, "InternVLModel")
+
+# config-dependent choice for classes whose layer layout varies by checkpoint: the core
+# should call VARIANTS[arch](config) when the architecture is listed here
+VARIANTS = {
+    "PaliGemmaForConditionalGeneration": paligemma_adapter_for,
+    "PaliGemmaModel": lambda config: paligemma_adapter_for(config, bare=True),
+}
+
+ADAPTERS = (
+    IDEFICS3,
+    IDEFICS3_BASE,
+    SMOLVLM,
+    SMOLVLM_BASE,
+    PALIGEMMA,
+    PALIGEMMA_BASE,
+    GEMMA3,
+    GEMMA3_BASE,
+    INTERNVL,
+    INTERNVL_BASE,
+)

@@ -1,0 +1,165 @@
+"""Qwen-VL families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL.
+
+All three flatten each image into patches (``pixel_values`` is ``[n_patches, C*T*P*P]``),
+merge ``spatial_merge_size x spatial_merge_size`` patches into one LM token and write one
+``<|image_pad|>`` feature per merged cell.  ``image_grid_thw[i] = (t, h, w)`` counts
+*patches*, so image ``i`` covers a ``(h/merge) x (w/merge)`` LM grid (times ``t`` frames,
+always 1 for images), row-major.  The LM uses 3-axis M-RoPE positions computed from
+``input_ids``, ``image_grid_thw`` and ``mm_token_type_ids``: pass the latter (Qwen2-VL and
+Qwen3-VL raise without it, Qwen2.5-VL silently falls back to 1-D positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hooks_mm.adapters.base import Adapter, config_get, grid_plan, token_id_mask
+
+
+def _merge(config: Any) -> int:
+    vision = getattr(config, "vision_config", None)
+    return int(getattr(vision, "spatial_merge_size", None) or 2)
+
+
+def qwen_image_plans(config: Any, inputs: dict[str, Any]) -> list[Tensor]:
+    """One plan per row of ``image_grid_thw``: an ``(h/m) x (w/m)`` row-major grid per frame.
+
+    HF concatenates the merged features of all images in ``image_grid_thw`` order (the
+    processor's image order, row-major over the batch) and masked-scatters them into the
+    ``image_token_id`` positions.  A temporal grid ``t > 1`` (not produced for images) would
+    give ``t`` consecutive frames, numbered as tiles.
+    """
+    grid = inputs.get("image_grid_thw")
+    if grid is None:
+        return []
+    m = _merge(config)
+    plans = []
+    for t, h, w in torch.as_tensor(grid).reshape(-1, 3).tolist():
+        frames = [grid_plan(int(h) // m, int(w) // m, tile=f) for f in range(int(t))]
+        plans.append(torch.cat(frames, dim=0))
+    return plans
+
+
+def qwen_special_ids(config: Any) -> set[int]:
+    ids = set()
+    for name in ("vision_start_token_id", "vision_end_token_id"):
+        value = config_get(config, name)
+        if value is not None:
+            ids.add(int(value))
+    return ids
+
+
+def qwen2_5_projector_order(config: Any, inputs: dict[str, Any]) -> Tensor:
+    """Index ``idx`` such that ``merger_output[idx]`` is in sequence (scatter) order.
+
+    Qwen2.5-VL permutes merged cells into attention windows before the vision blocks, runs
+    the merger on the permuted sequence, then un-permutes its output
+    (``merged[argsort(window_index)]``).  So the rows of the ``model.visual.merger`` output
+    are in window order, not image-grid order, whenever an image spans several windows.
+    """
+    from transformers.vision_utils import get_vision_window_index
+
+    vision = config.vision_config
+    window_index, _ = get_vision_window_index(
+        torch.as_tensor(inputs["image_grid_thw"]).reshape(-1, 3),
+        spatial_merge_size=vision.spatial_merge_size,
+        window_size=vision.window_size,
+        patch_size=vision.patch_size,
+    )
+    return torch.argsort(window_index)
+
+
+def qwen3_injection_layers(config: Any) -> list[int]:
+    """Decoder layers AFTER which deepstack vision features are added (image positions only).
+
+    ``Qwen3VLTextModel.forward`` adds ``deepstack_visual_embeds[i]`` after decoder layer ``i``
+    for ``i in range(len(deepstack_visual_embeds))``; there is one embed per entry of
+    ``vision_config.deepstack_visual_indexes`` (vision blocks whose output is tapped).
+    """
+    vision = getattr(config, "vision_config", None)
+    n = len(getattr(vision, "deepstack_visual_indexes", None) or [])
+    n_layers = int(config_get(config, "num_hidden_layers", default=n))
+    return list(range(min(n, n_layers)))
+
+
+_IMAGE_MASK = token_id_mask("image_token_id")
+
+QWEN2_VL = Adapter(
+    name="qwen2_vl",
+    architectures=("Qwen2VLForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.visual.merger",
+    image_mask=_IMAGE_MASK,
+    image_plans=qwen_image_plans,
+    special_ids=qwen_special_ids,
+    notes=(
+        "forward needs image_grid_thw and mm_token_type_ids (ValueError without); 3-axis "
+        "M-RoPE; merger input is patch-level [n_patches, embed_dim] (merge^2 patches per token)"
+    ),
+)
+
+QWEN2_5_VL = Adapter(
+    name="qwen2_5_vl",
+    architectures=("Qwen2_5_VLForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.visual.merger",
+    image_mask=_IMAGE_MASK,
+    image_plans=qwen_image_plans,
+    special_ids=qwen_special_ids,
+    notes=(
+        "pass mm_token_type_ids (without it positions silently fall back to 1-D); merger "
+        "rows are in vision-window order: merger_out[qwen2_5_projector_order(config, inputs)] "
+        "is the scatter order"
+    ),
+)
+
+QWEN3_VL = Adapter(
+    name="qwen3_vl",
+    architectures=("Qwen3VLForConditionalGeneration",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    projector="model.visual.merger",
+    image_mask=_IMAGE_MASK,
+    image_plans=qwen_image_plans,
+    special_ids=qwen_special_ids,
+    injection_layers=qwen3_injection_layers,
+    notes=(
+        "deepstack: after decoder layer i < len(deepstack_visual_indexes), "
+        "Qwen3VLTextModel._deepstack_process adds model.visual.deepstack_merger_list[i] output "
+        "at image positions, so resid_pre[i+1] = resid_post[i] + injected; needs "
+        "mm_token_type_ids; q_norm/k_norm in attention"
+    ),
+)
+
+
+def _base_model(adapter: Adapter, arch: str) -> Adapter:
+    """The same table for the bare ``...Model`` class (no ``model.`` prefix, no lm_head)."""
+
+    def strip(path: str | None) -> str | None:
+        return path[len("model.") :] if path and path.startswith("model.") else path
+
+    return dataclasses.replace(
+        adapter,
+        name=adapter.name + "_base",
+        architectures=(arch,),
+        layers=strip(adapter.layers),
+        embed=strip(adapter.embed),
+        final_norm=strip(adapter.final_norm),
+        projector=strip(adapter.projector),
+    )
+
+
+QWEN2_VL_BASE = _base_model(QWEN2_VL, "Qwen2VLModel")
+QWEN2_5_VL_BASE = _base_model(QWEN2_5_VL, "Qwen2_5_VLModel")
+QWEN3_VL_BASE = _base_model(QWEN3_VL, "Qwen3VLModel")
+
+ADAPTERS = (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN2_VL_BASE, QWEN2_5_VL_BASE, QWEN3_VL_BASE)

@@ -1,0 +1,75 @@
+"""Decoder-only causal LMs: text baselines and discrete-token (AnyGPT-style) MLLMs.
+
+A discrete-token model is a causal LM whose vocabulary was extended by modality codes, so
+the modality of a position is a token-id range. hooks_mm reads the ranges from the config:
+
+    config.modality_token_ranges = {"image": [first_id, end_id]}   # end exclusive
+    config.modality_grids = {"image": [rows, cols]}                # optional, else square
+    config.modality_special_ids = [soi_id, eoi_id]                 # optional
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hooks_mm.adapters.base import Adapter, grid_plan, square_side
+
+
+def _image_range(config: Any) -> tuple[int, int] | None:
+    ranges = getattr(config, "modality_token_ranges", None) or {}
+    return tuple(ranges["image"]) if "image" in ranges else None  # type: ignore[return-value]
+
+
+def code_range_mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    rng = _image_range(config)
+    if rng is None:
+        return torch.zeros_like(input_ids, dtype=torch.bool)
+    return (input_ids >= rng[0]) & (input_ids < rng[1])
+
+
+def code_run_plans(config: Any, inputs: dict[str, Any]) -> list[torch.Tensor]:
+    """Each maximal run of image codes in a row is one image, a row-major grid."""
+    ids = inputs["input_ids"]
+    mask = code_range_mask(config, ids)
+    grid = (getattr(config, "modality_grids", None) or {}).get("image")
+    plans = []
+    for row in mask:
+        pos = row.nonzero().flatten().tolist()
+        runs: list[int] = []
+        for i, p in enumerate(pos):
+            if i == 0 or p != pos[i - 1] + 1:
+                runs.append(0)
+            runs[-1] += 1
+        for n in runs:
+            rows, cols = grid if grid and grid[0] * grid[1] == n else square_side(n)
+            plans.append(grid_plan(rows, cols))
+    return plans
+
+
+def _special(config: Any) -> set[int]:
+    ids = set(getattr(config, "modality_special_ids", None) or [])
+    if getattr(config, "bos_token_id", None) is not None:
+        ids.add(config.bos_token_id)
+    return ids
+
+
+CAUSAL_LM = Adapter(
+    name="causal-lm",
+    architectures=(
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+    ),
+    layers="model.layers",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    image_mask=code_range_mask,
+    image_plans=code_run_plans,
+    special_ids=_special,
+    notes="text-only baseline, or a discrete-token MLLM when config.modality_token_ranges is set",
+)
+
+ADAPTERS = (CAUSAL_LM,)

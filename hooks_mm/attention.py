@@ -1,0 +1,102 @@
+"""One attention function for every hooked decoder: the model's own path unless hooked.
+
+HookedMLLM registers this function with transformers' ``AttentionInterface`` (next to the
+mask function the model already used) and points the language model's config at it. For an
+attention module with no ``hook_attn_scores`` / ``hook_pattern`` hook it calls the original
+implementation (sdpa) unchanged, so logits stay identical to the bare model. For a hooked
+module it computes eager attention explicitly and routes scores and pattern through the
+hook points.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+# attention module -> (hook_attn_scores or None, hook_pattern or None); filled while hooked
+SITES: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
+
+NAMES = {"sdpa": "hooks_mm_sdpa", "eager": "hooks_mm_eager"}
+
+
+def hooked_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    site = SITES.get(module)
+    if site is None and module.config._attn_implementation == NAMES["sdpa"]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, softcap=softcap, **kwargs
+        )
+    return eager_attention(module, query, key, value, attention_mask, dropout, scaling, softcap, site, **kwargs)
+
+
+def eager_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    site: tuple[Any, Any] | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """Explicit attention: scores [b, h, q, k] (masked), pattern = softmax(scores)."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    q_len, k_len = query.shape[2], key.shape[2]
+    if attention_mask is None:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+        if causal and q_len > 1:
+            q_pos = torch.arange(k_len - q_len, k_len, device=query.device)
+            attention_mask = q_pos[:, None] >= torch.arange(k_len, device=query.device)[None, :]
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., :k_len]
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    scores_hp, pattern_hp = site if site is not None else (None, None)
+    if scores_hp is not None:
+        scores = scores_hp(scores)
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if pattern_hp is not None:
+        pattern = pattern_hp(pattern)
+    if dropout and module.training:
+        pattern = nn.functional.dropout(pattern, p=dropout, training=True)
+    out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
+    return out, pattern
+
+
+def install(configs: list[Any]) -> str:
+    """Point each decoder attention config at the hooked function; returns the original name."""
+    original = configs[0]._attn_implementation or "sdpa"
+    if original in NAMES.values():
+        return original
+    kind = "sdpa" if original == "sdpa" else "eager"
+    AttentionInterface.register(NAMES[kind], hooked_attention)
+    AttentionMaskInterface.register(NAMES[kind], sdpa_mask if kind == "sdpa" else eager_mask)
+    for config in configs:
+        config._attn_implementation_internal = NAMES[kind]
+    return original

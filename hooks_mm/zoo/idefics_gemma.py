@@ -1,0 +1,328 @@
+"""Tiny random-weight Idefics3, SmolVLM, PaliGemma, Gemma3 and InternVL models.
+
+Each builder returns a real HF ``...ForConditionalGeneration`` (fp32, sdpa, eval) and
+inputs laid out exactly as the family's processor writes them (image tokens expanded,
+structural tokens in place): row 0 holds two images, row 1 one image and is left-padded.
+No processor is built; ``Tiny.notes`` records the token ids and the tile layout used.
+
+Shared token ids (vocabulary 160): 0 pad, 1 bos, 2 eos, 10 "\\n", 20..89 words,
+100 image token, 101/102 structural (fake/global, boi/eoi, <img>/</img>),
+103.. Idefics row/col markers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hooks_mm.zoo.base import Tiny
+
+VOCAB = 160
+PAD, BOS, EOS, NL = 0, 1, 2, 10
+IMG, S1, S2 = 100, 101, 102
+ROWCOL0 = 103  # <row_{r+1}_col_{c+1}> = ROWCOL0 + 6 * r + c
+
+
+def _words(g: torch.Generator, n: int) -> list[int]:
+    return torch.randint(20, 90, (n,), generator=g).tolist()
+
+
+def _left_pad(rows: list[list[int]], extra: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask (and optional aligned per-token lists) left-padded."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": att}
+    if extra is not None:
+        out["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r) :] = torch.tensor(r)
+        att[b, width - len(r) :] = 1
+        if extra is not None:
+            out["token_type_ids"][b, width - len(r) :] = torch.tensor(extra[b])
+    return out
+
+
+def _llama_text(**kw: Any) -> dict[str, Any]:
+    return dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        **kw,
+    )
+
+
+def _finish(model: Any, cls: type) -> Any:
+    model.config.architectures = [cls.__name__]
+    return model.float().eval()
+
+
+# ---------------------------------------------------------------------------------------
+# Idefics3 / SmolVLM
+
+
+def _idefics_image(rows: int, cols: int, seq: int) -> list[int]:
+    """The processor's prompt for one image (``<fake>``=S1, ``<global-img>``=S2)."""
+    if rows == 0 and cols == 0:
+        return [S1, S2] + [IMG] * seq + [S1]
+    out: list[int] = []
+    for r in range(rows):
+        for c in range(cols):
+            out += [S1, ROWCOL0 + 6 * r + c] + [IMG] * seq
+        out += [NL]
+    return out + [NL, S1, S2] + [IMG] * seq + [S1]
+
+
+def _build_idefics(cls_name: str, seed: int) -> Tiny:
+    import transformers
+
+    cfg_cls = getattr(transformers, cls_name.replace("ForConditionalGeneration", "Config"))
+    model_cls = getattr(transformers, cls_name)
+    torch.manual_seed(seed)
+    image_size, patch, scale = 32, 4, 2
+    seq = (image_size // patch) ** 2 // scale**2  # 16 tokens per tile (4 x 4)
+    config = cfg_cls(
+        text_config=_llama_text(),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch,
+        ),
+        image_token_id=IMG,
+        scale_factor=scale,
+        tie_word_embeddings=False,
+    )
+    # optional ids hooks_mm reads (tokenizer ids; real configs lack them)
+    config.fake_image_token_id = S1
+    config.global_image_token_id = S2
+    config.row_col_token_ids = [ROWCOL0 + i for i in range(36)]
+    model = _finish(model_cls(config), model_cls)
+
+    g = torch.Generator().manual_seed(seed + 1)
+    # row 0: a 1x2-split image (2 tiles + global) and an unsplit image; row 1: 2x2 split
+    layouts = [[(1, 2), (0, 0)], [(2, 2)]]
+    rows = []
+    for images in layouts:
+        r = [BOS] + _words(g, 3)
+        for rr, cc in images:
+            r += _idefics_image(rr, cc, seq) + _words(g, 2)
+        rows.append(r + [NL])
+    inputs = _left_pad(rows)
+    tiles = [[rr * cc + 1 for rr, cc in images] for images in layouts]
+    n_sub = max(sum(t) for t in tiles)
+    pixel_values = torch.zeros(2, n_sub, 3, image_size, image_size)
+    pixel_attention_mask = torch.zeros(2, n_sub, image_size, image_size, dtype=torch.bool)
+    for b, t in enumerate(tiles):
+        pixel_values[b, : sum(t)] = torch.randn(sum(t), 3, image_size, image_size, generator=g)
+        pixel_attention_mask[b, : sum(t)] = True
+    inputs["pixel_values"] = pixel_values
+    inputs["pixel_attention_mask"] = pixel_attention_mask
+    notes = {
+        "tiles_per_image": [n for t in tiles for n in t],
+        "tokens_per_tile": seq,
+        "layouts": layouts,
+        "fake_image_token_id": S1,
+        "global_image_token_id": S2,
+    }
+    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+
+
+def build_idefics3(seed: int = 0) -> Tiny:
+    return _build_idefics("Idefics3ForConditionalGeneration", seed)
+
+
+def build_smolvlm(seed: int = 0) -> Tiny:
+    return _build_idefics("SmolVLMForConditionalGeneration", seed)
+
+
+# ---------------------------------------------------------------------------------------
+# PaliGemma
+
+
+def _paligemma_config(text: dict[str, Any]) -> Any:
+    from transformers import PaliGemmaConfig
+
+    return PaliGemmaConfig(
+        text_config=text,
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            vision_use_head=False,
+        ),
+        image_token_index=IMG,
+        vocab_size=VOCAB,
+        projection_dim=32,
+        hidden_size=32,
+    )
+
+
+def _gemma_text(model_type: str, **kw: Any) -> dict[str, Any]:
+    text = dict(
+        model_type=model_type,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
+    text.update(kw)
+    return text
+
+
+def _build_paligemma(text: dict[str, Any], seed: int) -> Tiny:
+    from transformers import PaliGemmaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = _paligemma_config(text)
+    model = _finish(PaliGemmaForConditionalGeneration(config), PaliGemmaForConditionalGeneration)
+    per = (32 // 8) ** 2  # 16 tokens per image, 4 x 4
+
+    g = torch.Generator().manual_seed(seed + 1)
+    rows, types = [], []
+    for n_img, n_prompt, n_suffix in ((2, 4, 3), (1, 3, 2)):
+        prefix = [IMG] * (per * n_img) + [BOS] + _words(g, n_prompt) + [NL]
+        suffix = _words(g, n_suffix) + [EOS]
+        rows.append(prefix + suffix)
+        types.append([0] * len(prefix) + [1] * len(suffix))
+    inputs = _left_pad(rows, types)
+    inputs["pixel_values"] = torch.randn(3, 3, 32, 32, generator=g)
+    notes = {"tokens_per_image": per, "token_type_ids": "0 prefix (bidirectional), 1 suffix"}
+    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+
+
+def build_paligemma(seed: int = 0) -> Tiny:
+    return _build_paligemma(_gemma_text("gemma"), seed)
+
+
+def build_paligemma2(seed: int = 0) -> Tiny:
+    """PaliGemma with a Gemma2 LM (sandwich norms); same HF class, see PALIGEMMA2."""
+    return _build_paligemma(
+        _gemma_text("gemma2", query_pre_attn_scalar=8, sliding_window=24), seed
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Gemma3
+
+
+def build_gemma3(seed: int = 0) -> Tiny:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    mm = 16  # 8 x 8 patches avg-pooled to 4 x 4
+    config = Gemma3Config(
+        text_config=_gemma_text(
+            "gemma3_text",
+            query_pre_attn_scalar=8,
+            sliding_window=24,
+            layer_types=["sliding_attention", "full_attention"],
+            num_key_value_heads=2,
+        ),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=4,
+            vision_use_head=False,
+        ),
+        mm_tokens_per_image=mm,
+        image_token_index=IMG,
+        boi_token_index=S1,
+        eoi_token_index=S2,
+    )
+    model = _finish(Gemma3ForConditionalGeneration(config), Gemma3ForConditionalGeneration)
+
+    g = torch.Generator().manual_seed(seed + 1)
+    image = [NL, NL, S1] + [IMG] * mm + [S2, NL, NL]  # processor's full_image_sequence
+    rows = []
+    for n_img in (2, 1):
+        r = [BOS] + _words(g, 3)
+        for _ in range(n_img):
+            r += image + _words(g, 2)
+        rows.append(r + [NL])
+    types = [[int(t == IMG) for t in r] for r in rows]
+    inputs = _left_pad(rows, types)
+    inputs["pixel_values"] = torch.randn(3, 3, 32, 32, generator=g)
+    notes = {"tokens_per_image": mm, "token_type_ids": "1 at image tokens (bidirectional block)"}
+    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------
+# InternVL
+
+
+def build_internvl(seed: int = 0) -> Tiny:
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    seq = 16  # (32 / 4)^2 patches * 0.5^2
+    text = _llama_text()
+    text.update(model_type="qwen2")
+    config = InternVLConfig(
+        text_config=text,
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=4,
+        ),
+        image_token_id=IMG,
+        image_seq_length=seq,
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )
+    config.start_image_token_id = S1  # optional ids hooks_mm reads (tokenizer ids)
+    config.end_image_token_id = S2
+    model = _finish(InternVLForConditionalGeneration(config), InternVLForConditionalGeneration)
+
+    g = torch.Generator().manual_seed(seed + 1)
+    # row 0: a 3-tile image (2 crops + thumbnail) and a 1-tile image; row 1: 3 tiles
+    layouts = [[3, 1], [3]]
+    rows = []
+    for tiles in layouts:
+        r = [BOS] + _words(g, 3)
+        for t in tiles:
+            r += [S1] + [IMG] * (seq * t) + [S2, NL] + _words(g, 2)
+        rows.append(r)
+    inputs = _left_pad(rows)
+    inputs["pixel_values"] = torch.randn(sum(map(sum, layouts)), 3, 32, 32, generator=g)
+    notes = {"tiles_per_image": [t for ts in layouts for t in ts], "tokens_per_tile": seq}
+    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+
+
+BUILDERS = {
+    "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
+    "paligemma": build_paligemma,
+    "gemma3": build_gemma3,
+    "internvl": build_internvl,
+    "paligemma2": build_paligemma2,
+}
