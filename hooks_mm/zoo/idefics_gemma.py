@@ -257,6 +257,9 @@ def build_gemma3(seed: int = 0) -> Tiny:
         eoi_token_index=S2,
     )
     model = _finish(Gemma3ForConditionalGeneration(config), Gemma3ForConditionalGeneration)
+    with torch.no_grad():  # HF initialises the projection to zeros: the image path would be dead
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        proj.copy_(torch.randn(proj.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
 
     g = torch.Generator().manual_seed(seed + 1)
     image = [NL, NL, S1] + [IMG] * mm + [S2, NL, NL]  # processor's full_image_sequence

@@ -9,13 +9,12 @@ with tiny min/max pixels, a Qwen-style chat template) is returned as ``Tiny.proc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
+from hooks_mm.processing import allow_missing_video_processor
 from hooks_mm.zoo.base import Tiny
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny models of every family, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hooks_mm import HookedMLLM, zoo  # noqa: E402
+
+FAMILIES = sorted(zoo.BUILDERS)
+IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama"]
+# worst measured differences, printed at the end of the run
+REPORT: dict[str, dict[str, float]] = {}
+
+
+def record(metric: str, family: str, value: float) -> None:
+    REPORT.setdefault(metric, {})[family] = max(value, REPORT.get(metric, {}).get(family, 0.0))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001
+    if not REPORT:
+        return
+    terminalreporter.section("hooks_mm conformance: worst max-abs differences")
+    for metric, per_family in REPORT.items():
+        worst = max(per_family, key=per_family.get)
+        terminalreporter.write_line(f"{metric:<44} worst {per_family[worst]:.2e} ({worst}, {len(per_family)} families)")
+
+
+class Pair:
+    """A hooked model and an independent bare copy with identical weights."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self.tiny = zoo.build(family)
+        self.bare = zoo.build(family).model
+        self.model = HookedMLLM(self.tiny.model, self.tiny.processor)
+        self.inputs = self.tiny.inputs
+        am = self.inputs.get("attention_mask")
+        self.real = am.bool() if am is not None else torch.ones_like(self.inputs["input_ids"], dtype=torch.bool)
+
+    @torch.no_grad()
+    def bare_out(self, **kwargs):  # noqa: ANN003
+        return self.bare(**self.inputs, **kwargs)
+
+
+_PAIRS: dict[str, Pair] = {}
+
+
+def pair_for(family: str) -> Pair:
+    if family not in _PAIRS:
+        _PAIRS[family] = Pair(family)
+    return _PAIRS[family]
+
+
+@pytest.fixture(params=FAMILIES)
+def pair(request) -> Pair:  # noqa: ANN001
+    return pair_for(request.param)
+
+
+def assert_clean(model: HookedMLLM) -> None:
+    """No hook left anywhere: not on hook points, not on the HF modules."""
+    from hooks_mm import attention
+
+    assert not any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values())
+    for name, mod in model.hf_model.named_modules():  # (transformers keeps hooks of its own)
+        for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
+            assert not getattr(fn, "__module__", "").startswith("hooks_mm"), f"hook left on {name}"
+    assert not any(model._attn_module(l) in attention.SITES for l in range(model.cfg.n_layers))
