@@ -212,12 +212,20 @@ class HookedMLLM(HookedRootModule):
         images: Any = None,
         *,
         answer: str | Sequence[str] | None = None,
+        chat: bool = False,
     ) -> dict[str, Tensor]:
         """Model inputs from raw text (+ PIL images), through the model's processor.
 
-        ``images``: one PIL image, a list (one per prompt) or a list of lists. ``answer``
-        appends answer tokens after each prompt (segment ``Answer()``; the prompt text is
-        ``Instruction()``). Rows are left-padded.
+        ``images``: one PIL image, a list (one per prompt) or a list of lists. With
+        ``chat=True`` each prompt is a user turn rendered by the processor's chat template,
+        and ``"<image>"`` in it marks where an image goes (any family); otherwise the text
+        must hold the processor's own image placeholder. ``answer`` appends answer tokens
+        after each prompt (segment ``Answer()``; the prompt text is ``Instruction()``).
+        Rows are left-padded.
+
+        Example::
+
+            inputs = model.to_inputs("<image> What colour is the square?", images=img, chat=True)
         """
         if self.processor is None:
             raise ValueError(
@@ -226,6 +234,8 @@ class HookedMLLM(HookedRootModule):
                 "from a directory holding the processor, or HookedMLLM(hf_model, processor)."
             )
         texts = [text] if isinstance(text, str) else list(text)
+        if chat:
+            texts = [self._chat(t) for t in texts]
         tok = getattr(self.processor, "tokenizer", self.processor)
         tok.padding_side = "left"
         kwargs: dict[str, Any] = {"return_tensors": "pt", "padding": True}
@@ -243,6 +253,21 @@ class HookedMLLM(HookedRootModule):
                 raise ValueError(f"{len(answers)} answers for {len(texts)} prompts: give one answer per prompt.")
             enc = _append_answers(enc, [*seq_keys, SEGMENTS_KEY], [tok(a, add_special_tokens=False)["input_ids"] for a in answers], tok.pad_token_id or 0)
         return enc
+
+    def _chat(self, text: str) -> str:
+        if not getattr(self.processor, "chat_template", None):
+            raise ValueError(
+                "this processor has no chat template: call to_inputs(..., chat=False) with the "
+                "processor's own image placeholder in the text."
+            )
+        parts: list[dict[str, str]] = []
+        for i, piece in enumerate(text.split("<image>")):
+            if i:
+                parts.append({"type": "image"})
+            if piece.strip():
+                parts.append({"type": "text", "text": piece.strip()})
+        messages = [{"role": "user", "content": parts}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def layout(self, inputs: Any) -> ModalityLayout:
         """The :class:`ModalityLayout` of a batch of model inputs."""

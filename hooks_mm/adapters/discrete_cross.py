@@ -217,8 +217,8 @@ def _mllama_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     ids = inputs.get("input_ids")
     if ids is None or inputs.get("pixel_values") is None:
         return []
-    token = config_get(config, "image_token_index", "image_token_id")
-    n = int((ids == token).sum())
+    ratio = inputs.get("aspect_ratio_ids")  # 0 marks a padding image slot
+    n = int((ratio > 0).sum()) if ratio is not None else int(inputs["pixel_values"].shape[1] * ids.shape[0])
     return [torch.tensor([[0, -1, -1]]) for _ in range(n)]
 
 

@@ -117,6 +117,11 @@ def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
         is_global = lambda b, start: marker(b, start) == glob_marker  # noqa: E731
 
     plans: list[ImagePlan] = []
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is not None:  # the model writes features for every non-padding sub-image
+        n_sub = int((pixel_values.flatten(2).abs().sum(-1) > 0).sum())
+        if sum(e - s for runs in row_runs for s, e in runs) != n_sub * side[0] * side[1]:
+            return [_grid(side[0] * side[1], side) for _ in range(n_sub)]
     for b, runs in enumerate(row_runs):
         tiles: list[ImagePlan] = []
         for start, end in runs:
@@ -153,14 +158,8 @@ def paligemma_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     else:
         h, w = _pair(vision.image_size)
     rows, cols = h // ph, w // pw
-    per = rows * cols
-    plans = []
-    for m in _image_mask(config, inputs["input_ids"]):
-        n = int(m.sum())
-        plans += [grid_plan(rows, cols) for _ in range(n // per)]
-        if n % per:
-            plans.append(_grid(n % per, None))
-    return plans
+    n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
+    return [grid_plan(rows, cols) for _ in range(n_images)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,13 +169,9 @@ def paligemma_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 def gemma3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     per = int(config.mm_tokens_per_image)
     side = math.isqrt(per)
-    plans = []
-    for m in _image_mask(config, inputs["input_ids"]):
-        n = int(m.sum())
-        plans += [_grid(per, (side, side)) for _ in range(n // per)]
-        if n % per:
-            plans.append(_grid(n % per, None))
-    return plans
+    pixel_values = inputs.get("pixel_values")
+    n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
+    return [_grid(per, (side, side)) for _ in range(n_images)]
 
 
 def _gemma3_special(config: Any) -> set[int]:
@@ -211,6 +206,10 @@ def internvl_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     if side[0] * side[1] != per:
         per = side[0] * side[1]
     plans = []
+    pixel_values = inputs.get("pixel_values")
+    n_tiles = 0 if pixel_values is None else int(pixel_values.shape[0])
+    if int(_image_mask(config, ids).sum()) != n_tiles * per:  # one feature grid per tile
+        return [grid_plan(*side) for _ in range(n_tiles)]
     for m in _image_mask(config, ids):
         for start, end in _runs(m):
             n = end - start

@@ -1,0 +1,71 @@
+"""save_pretrained -> HookedMLLM.from_pretrained(dir) offline, with processor, from raw text + PIL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooks_mm import Answer, HookedMLLM, Image, Instruction, Last, Modality, zoo
+from hooks_mm.model import SEGMENTS_KEY
+from hooks_mm.zoo import toy_image
+
+CHAT = {"llava": True, "qwen2_vl": True, "anygpt": False, "llava_next": True, "qwen2_5_vl": True, "qwen3_vl": True}
+
+
+@pytest.mark.parametrize("family", sorted(CHAT))
+def test_from_pretrained_offline_runs_raw_text_and_images(family, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = zoo.build(family)
+    zoo.save(tiny, str(tmp_path))
+    model = HookedMLLM.from_pretrained(str(tmp_path))
+    assert model.processor is not None and model.cfg.architecture == type(tiny.model).__name__
+    prompts = ["<image> what colour is the square ?", "<image> <image> which image is red ?"]
+    if not CHAT[family]:
+        prompts = [p.replace("<image>", model.processor.image_token) for p in prompts]
+    images = [[toy_image(1)], [toy_image(2), toy_image(3)]]
+    inputs = model.to_inputs(prompts, images=images, chat=CHAT[family])
+
+    bare = type(tiny.model).from_pretrained(str(tmp_path)).eval()
+    hf_inputs = {k: v for k, v in inputs.items() if k != SEGMENTS_KEY}
+    with torch.no_grad():
+        expected = bare(**hf_inputs).logits
+        got = model(inputs)
+    assert torch.equal(got, expected)
+
+    layout = model.layout(inputs)
+    assert layout.n_images == 3
+    assert [int(layout.image_index[r].max()) + 1 for r in range(2)] == [1, 2]
+    assert layout.select(Image(1)).sum(1).tolist()[0] == 0 and layout.select(Image(1))[1].any()
+    assert (layout.select(Instruction()) <= (layout.modality == Modality.TEXT)).all()
+    assert layout.select(Instruction()).any(1).all()
+
+
+def test_answer_segment_follows_the_prompt(tmp_path) -> None:  # noqa: ANN001
+    tiny = zoo.build("llava")
+    zoo.save(tiny, str(tmp_path))
+    model = HookedMLLM.from_pretrained(str(tmp_path))
+    inputs = model.to_inputs(
+        ["<image> what colour is the square ?", "<image> where is it ?"],
+        images=[toy_image(1), toy_image(2)],
+        answer=["red", "top left"],
+        chat=True,
+    )
+    layout = model.layout(inputs)
+    answer = layout.select(Answer())
+    assert answer.sum(1).tolist() == [1, 2]
+    assert answer[:, -1].all()  # answers end each (left-padded) row
+    assert layout.select(Last())[answer].sum() == 2
+    assert not (answer & layout.select(Instruction())).any()
+    ids = inputs["input_ids"][1][answer[1]].tolist()
+    assert model.processor.tokenizer.decode(ids) == "top left"
+    with torch.no_grad():
+        model(inputs)  # the segments key never reaches the HF model
+
+
+def test_builtin_name_is_saved_once_and_loaded_like_a_hub_model(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("HOOKS_MM_CACHE", str(tmp_path))
+    model = HookedMLLM.from_pretrained("tiny-llava")
+    assert (tmp_path / "tiny-llava" / "config.json").is_file()
+    again = HookedMLLM.from_pretrained("tiny-llava")
+    a, b = model.hf_model.state_dict(), again.hf_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
