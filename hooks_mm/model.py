@@ -166,6 +166,8 @@ class HookedMLLM(HookedRootModule):
         self.original_attn_implementation = attention.install(list(attn_configs.values()))
         self.__dict__["_handles"] = []
         self.__dict__["_state"] = {}
+        self.__dict__["_validated"] = None
+        self.__dict__["_attn_modules"] = [self._attn_module(l) for l in range(n)]
         self.positions: Int[Tensor, " seq"] | None = None
 
     # ------------------------------------------------------------------ loading
@@ -307,9 +309,17 @@ class HookedMLLM(HookedRootModule):
         return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
 
     def _check_images(self, inputs: dict[str, Any]) -> None:
+        """Raise a clear error when the image tokens do not match the images given."""
         ids = inputs.get("input_ids")
-        if ids is not None and self.adapter.image_mask is not None:
-            self._layout(inputs)  # raises a clear error on a token/image mismatch
+        if ids is None or self.adapter.image_mask is None:
+            return
+        tensors = tuple(v for v in inputs.values() if torch.is_tensor(v))
+        key = (tensors, tuple(t._version for t in tensors))
+        seen = self._validated
+        if seen and len(seen[0]) == len(tensors) and all(a is b for a, b in zip(seen[0], tensors)) and seen[1] == key[1]:
+            return  # the very same tensors, unmodified, were checked before
+        self._layout(inputs)
+        self.__dict__["_validated"] = key  # holds the tensors, so their ids cannot be reused
 
     # ------------------------------------------------------------------ forward passes
 
@@ -488,16 +498,20 @@ class HookedMLLM(HookedRootModule):
             self._attach(stop_at_layer)
             yield
         finally:
-            for h in self._handles:
-                h.remove()
-            self._handles.clear()
-            self._state.clear()
-            for l in range(self.cfg.n_layers):
-                attention.SITES.pop(self._attn_module(l), None)
+            if self._state:  # something was attached
+                for h in self._handles:
+                    h.remove()
+                self._handles.clear()
+                self._state.clear()
+                for m in self._attn_modules:
+                    attention.SITES.pop(m, None)
 
     def _attach(self, stop_at_layer: int | None) -> None:
         live = {n for n, hp in self.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks}
+        if not live and stop_at_layer is None:
+            return
         a, handles, state = self.adapter, self._handles, self._state
+        state["attached"] = True
         fwd = lambda m, fn: handles.append(m.register_forward_hook(fn))  # noqa: E731
         pre = lambda m, fn, kw=False: handles.append(m.register_forward_pre_hook(fn, with_kwargs=kw))  # noqa: E731
 

@@ -89,3 +89,14 @@ def test_no_processor_for_raw_text() -> None:
     model = HookedMLLM(tiny.model)  # wrapped without its processor
     with pytest.raises(ValueError, match="no processor"):
         model.to_inputs("hello")
+
+
+def test_in_place_edit_of_validated_inputs_is_checked_again(llava) -> None:  # noqa: ANN001
+    ids = llava.inputs["input_ids"].clone()
+    inputs = {**llava.inputs, "input_ids": ids}
+    with torch.no_grad():
+        llava.model(inputs)  # valid: remembered
+        row, col = (ids == llava.model.hf_model.config.image_token_id).nonzero()[-1].tolist()
+        ids[row, col] = 5  # in place: same tensor object, new version
+        with pytest.raises(ValueError, match="image token count does not match"):
+            llava.model(inputs)

@@ -1,0 +1,117 @@
+"""The ``hooks-mm`` command.
+
+    hooks-mm inspect [MODEL]   hook points, layer count and the modality layout of an example
+    hooks-mm demo [MODEL]      inspect, then cache image/text activations and ablate neurons
+
+MODEL is a hub id, a local directory, or a built-in name (default: tiny-llava).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import sys
+import time
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+
+from hooks_mm import HookedMLLM, Image, Last, Modality, Text
+from hooks_mm.zoo import DEFAULT_MODEL, toy_image
+
+
+def example_inputs(model: HookedMLLM) -> dict[str, Any]:
+    """A two-prompt example with images (where the model takes them) built from raw text."""
+    if model.processor is None:
+        raise SystemExit(f"{model.cfg.architecture}: no processor saved with the model, cannot build an example.")
+    takes_images = model.adapter.image_mask is not None and model.cfg.family != "causal-lm"
+    takes_images |= hasattr(model.processor, "encode_image")
+    if not takes_images:
+        return model.to_inputs(["what colour is the square ?", "describe the picture ."])
+    chat = bool(getattr(model.processor, "chat_template", None))
+    token = "<image>" if chat else getattr(model.processor, "image_token", "<image>")
+    prompts = [f"{token} what colour is the square ?", f"{token} {token} which image is red ?"]
+    images = [[toy_image(1)], [toy_image(2), toy_image(3)]]
+    return model.to_inputs(prompts, images=images, chat=chat)
+
+
+def _hook_summary(model: HookedMLLM) -> list[str]:
+    per_block: "OrderedDict[str, list[int]]" = OrderedDict()
+    other = []
+    for name in model.hook_dict:
+        m = re.match(r"blocks\.(\d+)\.(.+)", name)
+        if m:
+            per_block.setdefault(m.group(2), []).append(int(m.group(1)))
+        else:
+            other.append(name)
+    lines = [f"  {n}" for n in other]
+    n = model.cfg.n_layers
+    for suffix, layers in per_block.items():
+        where = "all layers" if len(layers) == n else f"layers {layers}"
+        lines.append(f"  blocks.{{l}}.{suffix:<28} {where}")
+    return lines
+
+
+def inspect(model: HookedMLLM, inputs: dict[str, Any]) -> None:
+    c = model.cfg
+    print(f"model      {c.architecture} (family {c.family})")
+    print(f"layers     {c.n_layers}   d_model {c.d_model}   heads {c.n_heads} (kv {c.n_key_value_heads})   d_mlp {c.d_mlp}")
+    if c.cross_attn_layers:
+        print(f"cross-attention layers {c.cross_attn_layers}")
+    if c.injection_layers:
+        print(f"vision injection after layers {c.injection_layers}")
+    print(f"hook points ({len(model.hook_dict)}):")
+    print("\n".join(_hook_summary(model)))
+    layout = model.layout(inputs)
+    print(f"layout of an example batch {tuple(layout.shape)}: {layout.summary()}")
+    for row in range(layout.shape[0]):
+        print(f"  row {row}: {layout.describe(row)}")
+
+
+@torch.no_grad()
+def demo(model: HookedMLLM, inputs: dict[str, Any]) -> None:
+    inspect(model, inputs)
+    layout = model.layout(inputs)
+    t0 = time.perf_counter()
+    logits, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
+    dt = time.perf_counter() - t0
+    print(f"\nrun_with_cache over {len(cache)} residual hooks: {dt * 1e3:.1f} ms")
+    print("mean residual norm per layer      text     image")
+    img, txt = layout.select(Image()), layout.select(Text())
+    for l in range(model.cfg.n_layers):
+        norms = cache[f"blocks.{l}.hook_resid_post"].norm(dim=-1)
+        t = norms[txt].mean().item()
+        i = norms[img].mean().item() if img.any() else float("nan")
+        print(f"  blocks.{l}.hook_resid_post {t:12.2f} {i:9.2f}")
+
+    base = logits.log_softmax(-1)[layout.select(Last())]
+    print("\nzero-ablate all MLP neurons at the image positions, one layer at a time:")
+    print("layer   KL(clean || ablated) at the last token")
+    for l in range(model.cfg.n_layers):
+        def ablate(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            return torch.where(img[..., None], torch.zeros_like(x), x)
+
+        out = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{l}.mlp.hook_post", ablate)])
+        new = out.log_softmax(-1)[layout.select(Last())]
+        kl = (base.exp() * (base - new)).sum(-1).mean().item()
+        print(f"  {l:<5} {kl:.5f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hooks-mm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("inspect", "hook points, layers and modality layout"), ("demo", "inspect, cache and ablate")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})")
+    args = parser.parse_args(argv)
+    model = HookedMLLM.from_pretrained(args.model)
+    inputs = example_inputs(model)
+    print(f"hooks_mm on {platform.machine()} / torch {torch.__version__} / {args.model}\n")
+    {"inspect": inspect, "demo": demo}[args.command](model, inputs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
