@@ -233,3 +233,32 @@ def test_hook_projector_out_lands_on_image_positions(family: str) -> None:
         assert not moved.any()
     else:
         assert moved[p.real].any() and not (moved & ~img).any()
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "mllama"])
+def test_backward_hooks_see_the_autograd_gradient(family: str) -> None:
+    """A "bwd" hook on mlp.hook_post receives d(loss)/d(down_proj input), as autograd computes it."""
+    p = pair_for(family)
+    grads: dict[str, torch.Tensor] = {}
+    p.model.add_hook("blocks.0.mlp.hook_post", lambda g, hook: grads.__setitem__("g", g.detach()), dir="bwd")
+    try:
+        p.model(p.inputs)[:, -1].logsumexp(-1).sum().backward()
+    finally:
+        p.model.reset_hooks()
+    a = p.model.adapter
+    down = p.bare.get_submodule(a.layers)[0].get_submodule(a.mlp).get_submodule(a.down)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(m, args):  # noqa: ANN001, ANN202
+        args[0].retain_grad()
+        seen["x"] = args[0]
+
+    handle = down.register_forward_pre_hook(keep)
+    try:
+        p.bare(**p.inputs).logits[:, -1].logsumexp(-1).sum().backward()
+    finally:
+        handle.remove()
+    assert torch.allclose(grads["g"], seen["x"].grad, atol=1e-6)
+    p.model.hf_model.zero_grad(set_to_none=True)
+    p.bare.zero_grad(set_to_none=True)
+    assert_clean(p.model)
