@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-from hooks_mm import HookedMLLM, Image, Last, Modality, Text
+from hooks_mm import HookedMLLM, Image, Last, Text
 from hooks_mm.zoo import DEFAULT_MODEL, toy_image
 
 

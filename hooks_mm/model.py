@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint

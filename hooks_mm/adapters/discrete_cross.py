@@ -18,7 +18,6 @@ The tables are plain constants gathered in ``ADAPTERS``; the registry registers 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -68,23 +67,6 @@ def _pixel_hw(inputs: dict[str, Any]) -> tuple[int, int, int] | None:
     if pv is None:
         return None
     return int(pv.shape[0]), int(pv.shape[-2]), int(pv.shape[-1])
-
-
-def _base(adapter: Adapter, name: str, arch: str) -> Adapter:
-    """Same table for the base ``...Model`` class (paths without the leading ``model.``)."""
-
-    def strip(path: str | None) -> str | None:
-        return path[len("model."):] if path and path.startswith("model.") else path
-
-    return dataclasses.replace(
-        adapter,
-        name=name,
-        architectures=(arch,),
-        layers=strip(adapter.layers),
-        embed=strip(adapter.embed),
-        final_norm=strip(adapter.final_norm),
-        projector=strip(adapter.projector),
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,8 +231,4 @@ ADAPTERS = (
     CHAMELEON,
     EMU3,
     MLLAMA,
-    _base(JANUS, "janus-base", "JanusModel"),
-    _base(CHAMELEON, "chameleon-base", "ChameleonModel"),
-    _base(EMU3, "emu3-base", "Emu3Model"),
-    _base(MLLAMA, "mllama-base", "MllamaModel"),
 )

@@ -233,20 +233,6 @@ def _internvl_special(config: Any) -> set[int]:
 # tables
 
 
-def _bare(full: Adapter, base_cls: str) -> Adapter:
-    """The bare ...Model table: same paths without the leading ``model.``."""
-    strip = lambda p: p[len("model.") :] if p and p.startswith("model.") else p  # noqa: E731
-    return replace(
-        full,
-        name=f"{full.name}-base",
-        architectures=(base_cls,),
-        layers=strip(full.layers),
-        embed=strip(full.embed),
-        final_norm=strip(full.final_norm),
-        projector=strip(full.projector),
-    )
-
-
 _IDEFICS_NOTES = (
     "Llama LM (model.text_model); pixel_values (B, n_sub, 3, H, W) with all-zero padding "
     "sub-images dropped; each run of image tokens is one tile of (H/p)^2/scale^2 tokens, "
@@ -266,7 +252,6 @@ IDEFICS3 = Adapter(
     special_ids=_idefics_special,
     notes=_IDEFICS_NOTES,
 )
-IDEFICS3_BASE = _bare(IDEFICS3, "Idefics3Model")
 
 SMOLVLM = replace(
     IDEFICS3,
@@ -274,7 +259,6 @@ SMOLVLM = replace(
     architectures=("SmolVLMForConditionalGeneration",),
     notes=_IDEFICS_NOTES + " Video frames are written as unsplit (global-only) images.",
 )
-SMOLVLM_BASE = _bare(SMOLVLM, "SmolVLMModel")
 
 PALIGEMMA = Adapter(
     name="paligemma",
@@ -292,7 +276,6 @@ PALIGEMMA = Adapter(
         "position_ids 1-based. PaliGemma2 (Gemma2 LM) has sandwich norms: use PALIGEMMA2."
     ),
 )
-PALIGEMMA_BASE = _bare(PALIGEMMA, "PaliGemmaModel")
 
 # PaliGemma 2 checkpoints have the same class name but a Gemma2 text model with sandwich
 # norms; the registry keys on class name only, so this table is chosen by
@@ -304,16 +287,13 @@ PALIGEMMA2 = replace(
     attn_out="post_attention_layernorm",
     mlp_out="post_feedforward_layernorm",
 )
-PALIGEMMA2_BASE = _bare(PALIGEMMA2, "PaliGemmaModel")
 
 
-def paligemma_adapter_for(config: Any, bare: bool = False) -> Adapter:
+def paligemma_adapter_for(config: Any) -> Adapter:
     """PALIGEMMA or PALIGEMMA2 by the text model type (both share the HF class)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     sandwich = getattr(text, "model_type", "") in ("gemma2", "gemma3_text")
-    if sandwich:
-        return PALIGEMMA2_BASE if bare else PALIGEMMA2
-    return PALIGEMMA_BASE if bare else PALIGEMMA
+    return PALIGEMMA2 if sandwich else PALIGEMMA
 
 
 GEMMA3 = Adapter(
@@ -336,7 +316,6 @@ GEMMA3 = Adapter(
         "attention is purely causal; projector avg-pools the patch grid."
     ),
 )
-GEMMA3_BASE = _bare(GEMMA3, "Gemma3Model")
 
 INTERNVL = Adapter(
     name="internvl",
@@ -354,24 +333,16 @@ INTERNVL = Adapter(
         "projector, so its input is the shuffled (tiles, seq, 4*d_vis) map."
     ),
 )
-INTERNVL_BASE = _bare(INTERNVL, "InternVLModel")
 
-# config-dependent choice for classes whose layer layout varies by checkpoint: the core
-# should call VARIANTS[arch](config) when the architecture is listed here
+# classes whose layer layout varies by checkpoint: the registry picks the table from the config
 VARIANTS = {
     "PaliGemmaForConditionalGeneration": paligemma_adapter_for,
-    "PaliGemmaModel": lambda config: paligemma_adapter_for(config, bare=True),
 }
 
 ADAPTERS = (
     IDEFICS3,
-    IDEFICS3_BASE,
     SMOLVLM,
-    SMOLVLM_BASE,
     PALIGEMMA,
-    PALIGEMMA_BASE,
     GEMMA3,
-    GEMMA3_BASE,
     INTERNVL,
-    INTERNVL_BASE,
 )

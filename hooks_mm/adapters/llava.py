@@ -142,7 +142,7 @@ def llava_next_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 def llava_onevision_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     # forward() does not pass its vision_aspect_ratio kwarg on: the config value rules
     aspect = getattr(config, "vision_aspect_ratio", None) or "anyres_max_9"
-    return _anyres_plans(config, inputs, max_patches=int(aspect.strip("anyres_max_")))
+    return _anyres_plans(config, inputs, max_patches=int(aspect.removeprefix("anyres_max_")))
 
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
@@ -158,9 +158,8 @@ def _onevision_special(config: Any) -> set[int]:
     return {int(video)} if video is not None else set()
 
 
-def _pair(name: str, cls: str, base_cls: str, plans, notes: str, special=_no_special):
-    """The ...ForConditionalGeneration table and the bare ...Model table (paths differ)."""
-    full = Adapter(
+def _adapter(name: str, cls: str, plans, notes: str, special=_no_special) -> Adapter:
+    return Adapter(
         name=name,
         architectures=(cls,),
         layers="model.language_model.layers",
@@ -172,43 +171,27 @@ def _pair(name: str, cls: str, base_cls: str, plans, notes: str, special=_no_spe
         special_ids=special,
         notes=notes,
     )
-    bare = Adapter(
-        name=f"{name}-base",
-        architectures=(base_cls,),
-        layers="language_model.layers",
-        embed="language_model.embed_tokens",
-        final_norm="language_model.norm",
-        projector="multi_modal_projector",
-        image_mask=_image_mask,
-        image_plans=plans,
-        special_ids=special,
-        notes=notes,
-    )
-    return full, bare
 
 
-LLAVA, LLAVA_BASE = _pair(
+LLAVA = _adapter(
     "llava",
     "LlavaForConditionalGeneration",
-    "LlavaModel",
     llava_plans,
     "Llama LM + CLIP tower; vision_feature_select_strategy 'default' drops CLS; the "
     "projector output rows are exactly the image positions (image_sizes only for Pixtral).",
 )
 
-LLAVA_NEXT, LLAVA_NEXT_BASE = _pair(
+LLAVA_NEXT = _adapter(
     "llava_next",
     "LlavaNextForConditionalGeneration",
-    "LlavaNextModel",
     llava_next_plans,
     "needs image_sizes; projector runs on all tiles [n_tiles, h*w, d] BEFORE unpad + "
     "image_newline packing, so its output is not 1:1 with image positions (plans are).",
 )
 
-LLAVA_ONEVISION, LLAVA_ONEVISION_BASE = _pair(
+LLAVA_ONEVISION = _adapter(
     "llava_onevision",
     "LlavaOnevisionForConditionalGeneration",
-    "LlavaOnevisionModel",
     llava_onevision_plans,
     "Qwen2 LM + SigLIP ('full'); needs image_sizes (+ batch_num_images: multi-image rows get "
     "base tile + 1 newline); projector output precedes unpad/bilinear-resize/newline packing.",
@@ -217,9 +200,6 @@ LLAVA_ONEVISION, LLAVA_ONEVISION_BASE = _pair(
 
 ADAPTERS = (
     LLAVA,
-    LLAVA_BASE,
     LLAVA_NEXT,
-    LLAVA_NEXT_BASE,
     LLAVA_ONEVISION,
-    LLAVA_ONEVISION_BASE,
 )

@@ -11,7 +11,6 @@ Qwen3-VL raise without it, Qwen2.5-VL silently falls back to 1-D positions).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -141,25 +140,4 @@ QWEN3_VL = Adapter(
 )
 
 
-def _base_model(adapter: Adapter, arch: str) -> Adapter:
-    """The same table for the bare ``...Model`` class (no ``model.`` prefix, no lm_head)."""
-
-    def strip(path: str | None) -> str | None:
-        return path[len("model.") :] if path and path.startswith("model.") else path
-
-    return dataclasses.replace(
-        adapter,
-        name=adapter.name + "_base",
-        architectures=(arch,),
-        layers=strip(adapter.layers),
-        embed=strip(adapter.embed),
-        final_norm=strip(adapter.final_norm),
-        projector=strip(adapter.projector),
-    )
-
-
-QWEN2_VL_BASE = _base_model(QWEN2_VL, "Qwen2VLModel")
-QWEN2_5_VL_BASE = _base_model(QWEN2_5_VL, "Qwen2_5_VLModel")
-QWEN3_VL_BASE = _base_model(QWEN3_VL, "Qwen3VLModel")
-
-ADAPTERS = (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN2_VL_BASE, QWEN2_5_VL_BASE, QWEN3_VL_BASE)
+ADAPTERS = (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)

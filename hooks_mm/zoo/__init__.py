@@ -17,11 +17,7 @@ from hooks_mm.zoo.base import Tiny, toy_image
 
 BUILDERS: dict[str, Callable[..., Tiny]] = {}
 for _module in ("text", "llava", "qwen", "idefics_gemma", "discrete_cross"):
-    try:
-        BUILDERS.update(importlib.import_module(f"hooks_mm.zoo.{_module}").BUILDERS)
-    except ModuleNotFoundError as e:  # a family file not yet written
-        if e.name != f"hooks_mm.zoo.{_module}":
-            raise
+    BUILDERS.update(importlib.import_module(f"hooks_mm.zoo.{_module}").BUILDERS)
 
 DEFAULT_MODEL = "tiny-llava"
 
