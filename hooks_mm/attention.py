@@ -19,7 +19,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-# attention module -> (hook_attn_scores or None, hook_pattern or None); filled while hooked
+# attention module -> (hook_attn_scores, hook_pattern, hook_rot_q, hook_rot_k), each None
+# unless hooked; filled while hooked
 SITES: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
 
 NAMES = {"sdpa": "hooks_mm_sdpa", "eager": "hooks_mm_eager"}
@@ -58,6 +59,11 @@ def eager_attention(
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor]:
     """Explicit attention: scores [b, h, q, k] (masked), pattern = softmax(scores)."""
+    scores_hp, pattern_hp, rot_q_hp, rot_k_hp = site if site is not None else (None,) * 4
+    if rot_q_hp is not None:  # hook points take [batch, pos, head, d_head]
+        query = rot_q_hp(query.transpose(1, 2)).transpose(1, 2)
+    if rot_k_hp is not None:
+        key = rot_k_hp(key.transpose(1, 2)).transpose(1, 2)
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     if scaling is None:
@@ -77,7 +83,6 @@ def eager_attention(
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    scores_hp, pattern_hp = site if site is not None else (None, None)
     if scores_hp is not None:
         scores = scores_hp(scores)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

@@ -39,7 +39,7 @@ from hooks_mm.layout import SEGMENTS_KEY, ModalityLayout, Segment, Selector, as_
 
 # hook names whose position axis is not 1
 _POS_DIM = {"hook_attn_scores": 2, "hook_pattern": 2}
-_NOT_POSITIONAL = ("hook_vision_out", "hook_projector_out", "cross_attn.hook_k", "cross_attn.hook_v")
+_NOT_POSITIONAL = ("hook_vision_out", "hook_projector_out", "cross_attn.hook_k", "cross_attn.hook_v", "cross_attn.hook_rot_k")
 
 
 class _Stop(Exception):
@@ -50,7 +50,7 @@ class _Stop(Exception):
 class _Attn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
+        for name in ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z"):
             setattr(self, name, HookPoint())
 
 
@@ -108,6 +108,7 @@ class HookedMLLM(HookedRootModule):
 
     Hook names (``l`` = layer): ``hook_embed``, ``blocks.{l}.hook_resid_pre``,
     ``blocks.{l}.ln1.hook_normalized``, ``blocks.{l}.attn.hook_{q,k,v}`` [b, pos, head, d_head],
+    ``blocks.{l}.attn.hook_rot_{q,k}`` (after RoPE / q-k norms, as attention uses them),
     ``blocks.{l}.attn.hook_attn_scores`` / ``hook_pattern`` [b, head, q, k],
     ``blocks.{l}.attn.hook_z``, ``blocks.{l}.hook_attn_out``, ``blocks.{l}.hook_resid_mid``,
     ``blocks.{l}.ln2.hook_normalized``, ``blocks.{l}.mlp.hook_pre`` (gate pre-activation),
@@ -569,9 +570,12 @@ class HookedMLLM(HookedRootModule):
                     fwd(self._module(getattr(a, key), attn_mod), heads_out(getattr(attn_hp, f"hook_{key}")))
             if p + attn_name + ".hook_z" in live:
                 pre(self._module(a.o, attn_mod), heads_in(attn_hp.hook_z))
-            scores, pattern = (p + attn_name + ".hook_attn_scores" in live), (p + attn_name + ".hook_pattern" in live)
-            if scores or pattern:
-                attention.SITES[attn_mod] = (attn_hp.hook_attn_scores if scores else None, attn_hp.hook_pattern if pattern else None)
+            site = tuple(
+                getattr(attn_hp, h) if f"{p}{attn_name}.{h}" in live else None
+                for h in ("hook_attn_scores", "hook_pattern", "hook_rot_q", "hook_rot_k")
+            )
+            if any(hp is not None for hp in site):
+                attention.SITES[attn_mod] = site
             if p + "hook_attn_out" in live and not derived_attn:
                 fwd(self._module(a.attn_out, layer), out_hook(blk.hook_attn_out))
             mid = p + "hook_resid_mid" in live
