@@ -403,6 +403,34 @@ class HookedMLLM(HookedRootModule):
         with self.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), reset_hooks_end=reset_hooks_end):
             return self.forward(inputs, **kwargs)
 
+    def run_with_interventions(
+        self,
+        inputs: Any,
+        spec: Any,
+        *,
+        sources: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run with an intervention spec (see :mod:`hooks_mm.interventions`); weights untouched.
+
+        ``sources`` names other runs a spec reads (``Patch(source="clean")``,
+        ``NeuronAblation(mode="resample", source=...)``): ``{"clean": clean_inputs}``.
+        """
+        from hooks_mm.interventions import compile_hooks
+
+        inputs = self._as_inputs(inputs)
+        hooks = compile_hooks(self, spec, inputs, sources)
+        return self.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
+
+    @contextlib.contextmanager
+    def interventions(self, spec: Any, inputs: Any, *, sources: dict[str, Any] | None = None) -> Iterator["HookedMLLM"]:
+        """Context manager: ``spec`` compiled for ``inputs`` stays on until the block ends."""
+        from hooks_mm.interventions import compile_hooks
+
+        hooks = compile_hooks(self, spec, self._as_inputs(inputs), sources)
+        with self.hooks(fwd_hooks=hooks):
+            yield self
+
     @torch.no_grad()
     def generate(
         self,
