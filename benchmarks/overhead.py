@@ -12,54 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import time
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from common import llava_100m, machine
 
 from hooks_mm import HookedMLLM, Image, zoo
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def llava_100m():  # noqa: ANN201
-    """A ~100M-parameter LLaVA (Llama LM 12 x 768, CLIP 4 x 256) with random weights."""
-    torch.manual_seed(0)
-    config = LlavaConfig(
-        text_config=LlamaConfig(
-            vocab_size=8000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-            num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=512,
-        ),
-        vision_config=CLIPVisionConfig(
-            hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-            image_size=112, patch_size=14,
-        ),
-        image_token_index=7999,
-        vision_feature_select_strategy="default",
-    )
-    config.architectures = ["LlavaForConditionalGeneration"]
-    model = LlavaForConditionalGeneration(config).eval()
-    n_img = (112 // 14) ** 2
-    g = torch.Generator().manual_seed(1)
-    text = torch.randint(10, 7990, (2, 64), generator=g)
-    ids = torch.cat([text[:, :4], torch.full((2, n_img), 7999), text[:, 4:]], dim=1)
-    inputs = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "pixel_values": torch.randn(2, 3, 112, 112, generator=g),
-    }
-    return model, inputs
 
 
 def bench(name: str, model, inputs, reps: int) -> None:  # noqa: ANN001

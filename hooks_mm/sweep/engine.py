@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from hooks_mm.interventions import Intervention, NeuronAblation
 from hooks_mm.sweep.kernels import lowrank_update
+from hooks_mm.sweep.metrics import PositionMetric
 from hooks_mm.sweep.replay import Replay
 
 if TYPE_CHECKING:
@@ -81,11 +82,12 @@ def describe(spec: Intervention) -> dict[str, Any]:
     return d
 
 
-def bytes_per_config(model: "HookedMLLM", batch: int, seq: int) -> int:
+def bytes_per_config(model: "HookedMLLM", batch: int, seq: int, all_logits: bool = True) -> int:
     """Rough peak bytes one packed config adds (suffix activations, attention, logits)."""
     c = model.cfg
-    per_token = 8 * c.d_model + 4 * (c.d_mlp or 4 * c.d_model) + 2 * (c.n_heads or 1) * seq + 2 * (c.d_vocab or 0)
-    return 4 * batch * seq * per_token
+    per_token = 8 * c.d_model + 4 * (c.d_mlp or 4 * c.d_model) + 2 * (c.n_heads or 1) * seq
+    logits = 2 * (c.d_vocab or 0) * (seq if all_logits else 1)
+    return 4 * batch * (seq * per_token + logits)
 
 
 @torch.no_grad()
@@ -117,7 +119,7 @@ def sweep(
         raise ValueError(f"method {method!r} is not one of 'auto', 'fast', 'naive'.")
     inputs = model._as_inputs(inputs)
     batch, seq = inputs["input_ids"].shape
-    per = bytes_per_config(model, batch, seq)
+    per = bytes_per_config(model, batch, seq, all_logits=not isinstance(metric, PositionMetric))
     if per > max_memory:
         raise MemoryError(
             f"max_memory={max_memory / 2**20:.1f} MiB is too small for one config on this batch "
@@ -138,11 +140,13 @@ def sweep(
     try:
         for group in fast_groups.values():
             fast = _FastGroup(model, replay, inputs, [configs[i] for i in group], sources)  # type: ignore[arg-type]
+            at = metric.positions if isinstance(metric, PositionMetric) else None
+            reduce = metric.at if at is not None else metric
             for s in range(0, len(group), chunk):
                 ids = group[s : s + chunk]
-                logits = fast.logits(range(s, s + len(ids)))
+                logits = fast.logits(range(s, s + len(ids)), at)
                 for j, i in enumerate(ids):
-                    done[keys[i]] = _metric_value(metric, logits[j * batch : (j + 1) * batch], clean.shape)
+                    done[keys[i]] = _metric_value(reduce, logits[j * batch : (j + 1) * batch], clean.shape)
                 counts["fast"] += len(ids)
                 bar.update(len(ids))
                 _save(checkpoint, done)
@@ -245,7 +249,7 @@ class _FastGroup:
             if c.neurons is not None and (not c.neurons or max(c.neurons) >= self.width or min(c.neurons) < -self.width):
                 raise IndexError(f"sweep: neurons {c.neurons} out of range 0..{self.width - 1}.")
 
-    def logits(self, which: range) -> Tensor:
+    def logits(self, which: range, positions: Tensor | None = None) -> Tensor:
         cfgs = [self.configs[i] for i in which]
         sets = [list(range(self.width)) if c.neurons is None else [j % self.width for j in c.neurons] for c in cfgs]
         k = max(len(s) for s in sets)
@@ -260,7 +264,7 @@ class _FastGroup:
         down = down.view(len(cfgs) * b, s, d)
         mlp_out = down if self.after_down is None else self.after_down(down)
         h = self.mid.repeat(len(cfgs), 1, 1) + mlp_out
-        return self.replay.run(h, self.layer)
+        return self.replay.run(h, self.layer, positions)
 
 
 def _load(path: str) -> dict[str, Tensor]:

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 Metric = Callable[[Tensor], Tensor]
 
 
+class PositionMetric:
+    """A metric that reads one position per row: ``f(logits) = at(logits[rows, positions])``.
+
+    The sweep's fast path then unembeds only those positions (``at`` gets [batch, vocab]).
+    """
+
+    def __init__(self, positions: Tensor, at: Callable[[Tensor], Tensor]):
+        self.positions, self.at = positions, at
+        self.rows = torch.arange(len(positions))
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return self.at(logits[self.rows, self.positions.to(logits.device)])
+
+
 def _rows_at(model: "HookedMLLM", inputs: Any, positions: Selector) -> Tensor:
     idx = model.layout(inputs).indices(positions)
     if idx.shape[1] != 1:
@@ -38,11 +52,7 @@ def answer_logprob(model: "HookedMLLM", inputs: Any, targets: Sequence[int] | Te
         with torch.no_grad():
             targets = model(inputs)[rows, pos].argmax(-1)
     tgt = torch.as_tensor(targets).view(-1)
-
-    def metric(logits: Tensor) -> Tensor:
-        return logits[rows, pos].float().log_softmax(-1)[rows, tgt.to(logits.device)].mean()
-
-    return metric
+    return PositionMetric(pos, lambda at: at.float().log_softmax(-1)[rows, tgt.to(at.device)].mean())
 
 
 def logit_diff(model: "HookedMLLM", inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None) -> Metric:
@@ -50,12 +60,7 @@ def logit_diff(model: "HookedMLLM", inputs: Any, correct: Sequence[int], wrong: 
     pos = _rows_at(model, inputs, positions or Last())
     rows = torch.arange(len(pos))
     c, w = torch.as_tensor(correct).view(-1), torch.as_tensor(wrong).view(-1)
-
-    def metric(logits: Tensor) -> Tensor:
-        at = logits[rows, pos].float()
-        return (at[rows, c.to(at.device)] - at[rows, w.to(at.device)]).mean()
-
-    return metric
+    return PositionMetric(pos, lambda at: (at[rows, c.to(at.device)] - at[rows, w.to(at.device)]).float().mean())
 
 
 def kl_to_clean(model: "HookedMLLM", inputs: Any, positions: Selector | None = None) -> Metric:
@@ -65,11 +70,11 @@ def kl_to_clean(model: "HookedMLLM", inputs: Any, positions: Selector | None = N
     with torch.no_grad():
         clean = model(inputs)[rows, pos].float().log_softmax(-1)
 
-    def metric(logits: Tensor) -> Tensor:
-        run = logits[rows, pos].float().log_softmax(-1)
-        return (clean.exp() * (clean - run)).sum(-1).mean()
+    def kl(at: Tensor) -> Tensor:
+        run = at.float().log_softmax(-1)
+        return (clean.to(run.device).exp() * (clean.to(run.device) - run)).sum(-1).mean()
 
-    return metric
+    return PositionMetric(pos, kl)
 
 
 def modality_nll(model: "HookedMLLM", inputs: Any, modality: str = "text") -> Metric:

@@ -72,8 +72,12 @@ class Replay:
         self.verified: dict[int, bool] = {}
 
     @torch.no_grad()
-    def run(self, h: Float[Tensor, "nb seq d"], after: int) -> Float[Tensor, "nb seq vocab"]:
-        """Logits of the packed residual ``h`` = the output of block ``after``."""
+    def run(self, h: Float[Tensor, "nb seq d"], after: int, positions: Tensor | None = None) -> Tensor:
+        """Logits of the packed residual ``h`` = the output of block ``after``.
+
+        With ``positions`` ([batch] indices), only those positions are unembedded:
+        [n * batch, vocab] instead of [n * batch, seq, vocab].
+        """
         n = h.shape[0] // self.batch
         model = self.model
         for l in range(after, model.cfg.n_layers):
@@ -83,6 +87,8 @@ class Replay:
                 h = out[0] if isinstance(out, tuple) else out
             if l in self.injected:
                 h = h + self.injected[l].repeat(n, 1, 1)
+        if positions is not None:
+            h = h[torch.arange(h.shape[0]), positions.to(h.device).repeat(n)]
         return self.head(h)
 
     def head(self, h: Tensor) -> Tensor:
