@@ -1,0 +1,45 @@
+"""The research analyses as library calls (see the README's Analyses section).
+
+- :mod:`.neurons`: modality-specific neurons (LAPE, top-k% difference), neuron-masking matrix
+- :mod:`.alignment`: implicit multimodal alignment, MaxSim/MedSim, drift, norms, attention flow
+- :mod:`.sequence`: GAK and soft-DTW between interleaved sequences of hidden states
+"""
+
+from hooks_mm.analysis.alignment import (
+    attention_flow,
+    cross_modal_cosine,
+    drift,
+    global_cosine,
+    last_token_heatmaps,
+    max_med_sim,
+    pooled_embeddings,
+    token_similarity,
+)
+from hooks_mm.analysis.neurons import (
+    activation_probabilities,
+    lape,
+    mask_spec,
+    neuron_masking_matrix,
+    top_difference,
+)
+from hooks_mm.analysis.sequence import gak_similarity, log_gak, sequence_elements, soft_dtw
+
+__all__ = [
+    "activation_probabilities",
+    "attention_flow",
+    "cross_modal_cosine",
+    "drift",
+    "gak_similarity",
+    "global_cosine",
+    "lape",
+    "last_token_heatmaps",
+    "log_gak",
+    "mask_spec",
+    "max_med_sim",
+    "neuron_masking_matrix",
+    "pooled_embeddings",
+    "sequence_elements",
+    "soft_dtw",
+    "token_similarity",
+    "top_difference",
+]

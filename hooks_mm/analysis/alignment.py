@@ -1,0 +1,159 @@
+"""Implicit multimodal alignment (Shukor & Cord 2024; methods.md section 2) and attention
+flow from the instruction to the image (methods.md section 3).
+
+Example::
+
+    emb = pooled_embeddings(model, batches)                 # per example, per layer
+    cross_modal_cosine(emb.image, emb.text)                 # per-layer mean/std over N x N
+    token_similarity(model, inputs, layer=2)                # MaxSim / MedSim per row
+    attention_flow(model, inputs)                           # instruction -> image, per layer
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from hooks_mm.layout import After, Image, Last, Selector, Text
+
+if TYPE_CHECKING:
+    from hooks_mm.model import HookedMLLM
+
+
+@dataclass
+class Pooled:
+    """Mean hidden state per example (row) and layer: ``image`` / ``text`` [N, layer, d]."""
+
+    image: Float[Tensor, "n layer d"]
+    text: Float[Tensor, "n layer d"]
+    image_norm: Float[Tensor, " layer"]
+    text_norm: Float[Tensor, " layer"]
+
+
+@torch.no_grad()
+def pooled_embeddings(
+    model: "HookedMLLM",
+    batches: Iterable[Any],
+    image: Selector | None = None,
+    text: Selector | None = None,
+    hook: str = "hook_resid_post",
+) -> Pooled:
+    """Per example and layer: the mean over image positions and over text positions, and
+    the median token L2 norm of each modality per layer."""
+    image, text = image or Image(), text or Text()
+    names = [f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)]
+    imgs, txts, inorms, tnorms = [], [], [], []
+    for batch in batches:
+        inputs = model._as_inputs(batch)
+        layout = model._layout(inputs)
+        im, tm = layout.select(image), layout.select(text)
+        _, cache = model.run_with_cache(inputs, names_filter=names)
+        acts = torch.stack([cache[n] for n in names], 1)  # [b, L, s, d]
+        for r in range(acts.shape[0]):
+            if not (im[r].any() and tm[r].any()):
+                continue
+            imgs.append(acts[r][:, im[r]].mean(1))
+            txts.append(acts[r][:, tm[r]].mean(1))
+        inorms.append(acts.permute(0, 2, 1, 3)[im].norm(dim=-1))  # [tokens, L]
+        tnorms.append(acts.permute(0, 2, 1, 3)[tm].norm(dim=-1))
+    if not imgs:
+        raise ValueError("pooled_embeddings: no row holds both image and text positions.")
+    return Pooled(torch.stack(imgs), torch.stack(txts), torch.cat(inorms).median(0).values, torch.cat(tnorms).median(0).values)
+
+
+def cross_modal_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"], exclude_diagonal: bool = False) -> tuple[Tensor, Tensor]:
+    """Per layer: mean and std of the cosine over ALL pairs (a_i, b_j); with
+    ``exclude_diagonal`` (a is b, the image-image / text-text controls) i == j is left out."""
+    sims = F.cosine_similarity(a[:, None], b[None], dim=-1)  # [n, m, L]
+    if exclude_diagonal:
+        keep = ~torch.eye(a.shape[0], dtype=torch.bool)
+        sims = sims[keep]
+    else:
+        sims = sims.flatten(0, 1)
+    return sims.mean(0), sims.std(0)
+
+
+def global_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"]) -> Float[Tensor, " layer"]:
+    """Cosine of the dataset-mean embeddings, per layer."""
+    return F.cosine_similarity(a.mean(0), b.mean(0), dim=-1)
+
+
+def drift(emb: Float[Tensor, "n layer d"], k: int = 1) -> Float[Tensor, " layer_minus_k"]:
+    """Mean cosine between layer l and layer l + k of the same example."""
+    return F.cosine_similarity(emb[:, :-k], emb[:, k:], dim=-1).mean(0)
+
+
+def max_med_sim(x: Float[Tensor, "p d"], y: Float[Tensor, "t d"]) -> tuple[Tensor, Tensor]:
+    """MaxSim and MedSim: max and median of the token-level cosine matrix."""
+    sims = F.cosine_similarity(x[:, None], y[None], dim=-1)
+    return sims.max(), sims.flatten().median()
+
+
+@torch.no_grad()
+def token_similarity(model: "HookedMLLM", inputs: Any, layer: int, image: Selector | None = None, text: Selector | None = None) -> tuple[Tensor, Tensor]:
+    """Per row: MaxSim and MedSim between its image tokens and its text tokens at ``layer``."""
+    inputs = model._as_inputs(inputs)
+    layout = model._layout(inputs)
+    im, tm = layout.select(image or Image()), layout.select(text or Text())
+    name = f"blocks.{layer}.hook_resid_post"
+    _, cache = model.run_with_cache(inputs, names_filter=[name])
+    out = [max_med_sim(cache[name][r][im[r]], cache[name][r][tm[r]]) for r in range(im.shape[0]) if im[r].any() and tm[r].any()]
+    return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+
+@torch.no_grad()
+def attention_flow(
+    model: "HookedMLLM",
+    inputs: Any,
+    queries: Selector | None = None,
+    keys: Selector | None = None,
+    reduce: str = "sum",
+) -> Float[Tensor, " layer"]:
+    """Per layer: head-mean attention from the query positions (default the text after the
+    image) to the key positions (default the image), summed (or averaged) over keys and
+    averaged over queries and rows (the FastV convention)."""
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
+    inputs = model._as_inputs(inputs)
+    layout = model._layout(inputs)
+    q, k = layout.select(queries or After(Image())), layout.select(keys or Image())
+    if not (q.any() and k.any()):
+        raise ValueError(f"attention_flow: queries or keys select nothing (present: {layout.summary()}).")
+    layers = [l for l in range(model.cfg.n_layers) if l not in model.cfg.cross_attn_layers]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    _, cache = model.run_with_cache(inputs, names_filter=names)
+    flows = []
+    for n in names:
+        a = cache[n].mean(1)  # [b, q, k]
+        to_keys = (a * k[:, None, :]).sum(-1)
+        if reduce == "mean":
+            to_keys = to_keys / k.sum(-1, keepdim=True).clamp(min=1)
+        flows.append(to_keys[q].mean())
+    return torch.stack(flows)
+
+
+@torch.no_grad()
+def last_token_heatmaps(model: "HookedMLLM", inputs: Any, layer: int, row: int = 0) -> list[Tensor]:
+    """Head-mean attention from the last position to each image of ``row``, on its patch grid
+    (one [rows, cols] map per image tile)."""
+    inputs = model._as_inputs(inputs)
+    layout = model._layout(inputs)
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(inputs, names_filter=[name])
+    last = layout.indices(Last())[row, 0]
+    att = cache[name][row, :, last].mean(0)  # [k]
+    maps = []
+    for image in range(int(layout.image_index[row].max()) + 1):
+        at = (layout.image_index[row] == image) & (layout.grid_col[row] >= 0)
+        for tile in layout.tile[row][at].unique().tolist():
+            cells = at & (layout.tile[row] == tile)
+            r, c = layout.grid_row[row][cells], layout.grid_col[row][cells]
+            grid = torch.zeros(int(r.max()) + 1, int(c.max()) + 1)
+            grid[r, c] = att[cells]
+            maps.append(grid)
+    return maps

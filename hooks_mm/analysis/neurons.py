@@ -1,0 +1,146 @@
+"""Modality-specific neurons (LAPE and the top-k%-difference selector) and the neuron-masking
+matrix (methods.md section 1).
+
+Example::
+
+    probs = activation_probabilities(model, batches, modalities=("text", "image"))
+    found = lape(probs)                                  # published defaults
+    found.specific["image"]                              # [(layer, neuron), ...]
+    neuron_masking_matrix(model, batches, found.specific)   # masked x evaluated perplexity
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from hooks_mm.interventions import NeuronAblation, compose
+from hooks_mm.layout import Modality, NonPad
+from hooks_mm.sweep.metrics import modality_nll
+
+if TYPE_CHECKING:
+    from hooks_mm.model import HookedMLLM
+
+
+@dataclass
+class ActivationProbabilities:
+    """``probs[layer, neuron, m]`` = P(act > 0) over the tokens of modality ``modalities[m]``."""
+
+    probs: Float[Tensor, "layer neuron modality"]
+    modalities: tuple[str, ...]
+    tokens: dict[str, int]
+
+
+@torch.no_grad()
+def activation_probabilities(
+    model: "HookedMLLM",
+    batches: Iterable[Any],
+    modalities: Sequence[str] = ("text", "image"),
+    layers: Sequence[int] | None = None,
+) -> ActivationProbabilities:
+    """Stream ``batches``; count, per neuron of ``mlp.hook_post``, how often it is > 0 per modality."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    names = [f"blocks.{l}.mlp.hook_post" for l in layers]
+    codes = [Modality[m.upper()] for m in modalities]
+    pos = torch.zeros(len(layers), model.cfg.d_mlp, len(codes), dtype=torch.float64)
+    tokens = torch.zeros(len(codes), dtype=torch.float64)
+    for batch in batches:
+        inputs = model._as_inputs(batch)
+        layout = model._layout(inputs)
+        _, cache = model.run_with_cache(inputs, names_filter=names)
+        for mi, code in enumerate(codes):
+            mask = layout.modality == code
+            tokens[mi] += mask.sum()
+            for li, n in enumerate(names):
+                pos[li, :, mi] += (cache[n][mask] > 0).sum(0).double()
+    empty = [m for m, t in zip(modalities, tokens) if t == 0]
+    if empty:
+        raise ValueError(f"activation_probabilities: no tokens of {empty} in the batches given.")
+    return ActivationProbabilities((pos / tokens).float(), tuple(modalities), dict(zip(modalities, tokens.long().tolist())))
+
+
+@dataclass
+class SpecificNeurons:
+    entropy: Float[Tensor, "layer neuron"]
+    specific: dict[str, list[tuple[int, int]]]
+    selected: list[tuple[int, int]]
+
+
+def lape(
+    probs: ActivationProbabilities,
+    filter_rate: float = 0.95,
+    top_rate: float = 0.01,
+    activation_bar: float = 0.95,
+) -> SpecificNeurons:
+    """LAPE: the lowest-entropy ``top_rate`` of neurons whose max probability passes the
+    ``filter_rate`` quantile; a selected neuron is specific to every modality where its
+    probability passes the ``activation_bar`` quantile (defaults: 0.95, 0.01, 0.95)."""
+    p = probs.probs.double()
+    q = p / p.sum(-1, keepdim=True)
+    entropy = -(q * torch.log(q)).nan_to_num(0.0).sum(-1)
+    flat = p.flatten()
+    top_value = flat.kthvalue(max(1, round(len(flat) * filter_rate))).values
+    ent = torch.where(p.max(-1).values > top_value, entropy, torch.full_like(entropy, float("inf")))
+    k = max(1, round(ent.numel() * top_rate))
+    order = ent.flatten().argsort()[:k]
+    order = order[torch.isfinite(ent.flatten()[order])]
+    d = p.shape[1]
+    selected = [(int(i) // d, int(i) % d) for i in order]
+    bar = flat.kthvalue(max(1, round(len(flat) * activation_bar))).values
+    specific = {m: [(l, j) for l, j in selected if p[l, j, mi] > bar] for mi, m in enumerate(probs.modalities)}
+    return SpecificNeurons(entropy.float(), specific, selected)
+
+
+def top_difference(probs: ActivationProbabilities, top_percent: float = 1.0) -> dict[str, list[tuple[int, int]]]:
+    """Per modality, the top ``top_percent`` % of neurons by ``p[m] - max_{m' != m} p[m']``."""
+    p = probs.probs
+    d = p.shape[1]
+    k = max(1, round(p[..., 0].numel() * top_percent / 100))
+    out = {}
+    for mi, m in enumerate(probs.modalities):
+        others = torch.cat([p[..., :mi], p[..., mi + 1 :]], -1).max(-1).values
+        score = (p[..., mi] - others).flatten()
+        out[m] = [(int(i) // d, int(i) % d) for i in score.argsort(descending=True)[:k]]
+    return out
+
+
+def mask_spec(neurons: list[tuple[int, int]]) -> Any:
+    """One NeuronAblation per layer zeroing the given (layer, neuron) pairs at every position."""
+    by_layer: dict[int, list[int]] = {}
+    for l, j in neurons:
+        by_layer.setdefault(l, []).append(j)
+    return compose([NeuronAblation(l, sorted(js), NonPad()) for l, js in sorted(by_layer.items())])
+
+
+@torch.no_grad()
+def neuron_masking_matrix(
+    model: "HookedMLLM",
+    batches: Sequence[Any],
+    specific: dict[str, list[tuple[int, int]]],
+    evaluate: Sequence[str] = ("text", "image"),
+) -> pd.DataFrame:
+    """Perplexity of each evaluated modality's tokens with each modality's neurons masked.
+
+    Rows: "none" (clean) and every masked modality; columns: evaluated modalities.
+    A healthy result is diagonal-dominant (masking image neurons hurts image tokens most).
+    """
+    rows: dict[str, dict[str, float]] = {}
+    for masked, neurons in [("none", []), *specific.items()]:
+        spec = mask_spec(neurons) if neurons else None
+        vals = {}
+        for ev in evaluate:
+            nll, n = 0.0, 0
+            for batch in batches:
+                inputs = model._as_inputs(batch)
+                metric = modality_nll(model, inputs, ev)
+                logits = model(inputs) if spec is None else model.run_with_interventions(inputs, spec)
+                nll += float(metric(logits))
+                n += 1
+            vals[ev] = float(torch.tensor(nll / n).exp())
+        rows[masked] = vals
+    return pd.DataFrame(rows).T

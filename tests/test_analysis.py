@@ -1,0 +1,131 @@
+"""Analyses: each metric against an independent computation on small hand-made inputs, and
+every analysis run on three families."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import pair_for
+from hooks_mm import After, Image, Modality
+from hooks_mm.analysis import (
+    activation_probabilities,
+    attention_flow,
+    cross_modal_cosine,
+    drift,
+    gak_similarity,
+    global_cosine,
+    lape,
+    last_token_heatmaps,
+    log_gak,
+    max_med_sim,
+    neuron_masking_matrix,
+    pooled_embeddings,
+    sequence_elements,
+    soft_dtw,
+    token_similarity,
+    top_difference,
+)
+from hooks_mm.analysis.neurons import ActivationProbabilities
+from hooks_mm.analysis.sequence import all_alignments
+
+RUN_EVERYWHERE = ["llava", "qwen2_vl", "anygpt"]
+
+
+@pytest.mark.parametrize("n, m", [(1, 1), (2, 3), (3, 4), (4, 4)])
+def test_gak_and_soft_dtw_equal_brute_force_sums_over_alignments(n: int, m: int) -> None:
+    g = torch.Generator().manual_seed(n * 10 + m)
+    x, y = torch.randn(n, 5, generator=g, dtype=torch.float64), torch.randn(m, 5, generator=g, dtype=torch.float64)
+    paths = all_alignments(n, m)
+    delannoy = [[1, 1, 1, 1], [1, 3, 5, 7], [1, 5, 13, 25], [1, 7, 25, 63]]
+    assert len(paths) == delannoy[n - 1][m - 1]
+    sigma, gamma = 1.3, 0.25
+    d = torch.cdist(x, y) ** 2 / (2 * sigma**2)
+    k = torch.exp(-d - torch.log(2 - torch.exp(-d)))
+    brute = sum(math.prod(k[i, j].item() for i, j in p) for p in paths)
+    assert log_gak(x, y, sigma).item() == pytest.approx(math.log(brute), rel=1e-9)
+    c = 1 - torch.nn.functional.cosine_similarity(x[:, None], y[None], dim=-1)
+    brute_sdtw = -gamma * math.log(sum(math.exp(-sum(c[i, j].item() for i, j in p) / gamma) for p in paths))
+    assert soft_dtw(x, y, gamma).item() == pytest.approx(brute_sdtw, rel=1e-9)
+    assert gak_similarity(x, x, sigma).item() == pytest.approx(1.0)
+    assert 0 < gak_similarity(x, y, sigma).item() <= 1
+    with pytest.raises(ValueError, match="sigma"):
+        log_gak(x, y, sigma=0.0)
+
+
+def test_lape_finds_a_planted_neuron_and_its_entropy() -> None:
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 100, 2, generator=g) * 0.5
+    p[1, 7] = torch.tensor([0.001, 0.99])  # fires on image tokens only
+    p[0, 3] = torch.tensor([0.98, 0.97])  # fires on both: high entropy
+    probs = ActivationProbabilities(p, ("text", "image"), {"text": 10, "image": 10})
+    found = lape(probs, top_rate=0.005)
+    q = p[1, 7] / p[1, 7].sum()
+    assert found.entropy[1, 7].item() == pytest.approx(float(-(q * q.log()).sum()), abs=1e-6)
+    assert (1, 7) in found.selected and (1, 7) in found.specific["image"] and (1, 7) not in found.specific["text"]
+    assert (0, 3) not in found.selected
+    assert top_difference(probs, top_percent=0.5)["image"][0] == (1, 7)
+
+
+def test_activation_probabilities_count_positive_activations_per_modality() -> None:
+    p = pair_for("llava")
+    probs = activation_probabilities(p.model, [p.inputs], layers=[1])
+    _, cache = p.model.run_with_cache(p.inputs, names_filter="blocks.1.mlp.hook_post")
+    layout = p.model.layout(p.inputs)
+    img = layout.modality == Modality.IMAGE
+    expected = (cache["blocks.1.mlp.hook_post"][img] > 0).float().mean(0)
+    assert torch.allclose(probs.probs[0, :, 1], expected, atol=1e-6)
+    assert probs.tokens["image"] == int(img.sum())
+
+
+def test_max_med_sim_and_cosines_on_known_vectors() -> None:
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    mx, med = max_med_sim(x, y)
+    assert mx.item() == pytest.approx(1.0) and med.item() == pytest.approx(1 / math.sqrt(2))
+    a = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 2 examples, 1 layer
+    b = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]])
+    mean, std = cross_modal_cosine(a, b)
+    assert mean.item() == pytest.approx(0.5)  # pairs: 1, 1, 0, 0
+    mean_ii, _ = cross_modal_cosine(a, a, exclude_diagonal=True)
+    assert mean_ii.item() == pytest.approx(0.0)
+    assert global_cosine(a, b).item() == pytest.approx(1 / math.sqrt(2))
+    e = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    assert drift(e, 1).tolist() == pytest.approx([1 / math.sqrt(2)] * 2)
+    assert drift(e, 2).tolist() == pytest.approx([0.0])
+
+
+def test_attention_flow_equals_the_pattern_sum() -> None:
+    p = pair_for("llava")
+    flow = attention_flow(p.model, p.inputs)
+    _, cache = p.model.run_with_cache(p.inputs, names_filter=lambda n: n.endswith("hook_pattern"))
+    layout = p.model.layout(p.inputs)
+    q, k = layout.select(After(Image())), layout.select(Image())
+    for l in range(p.model.cfg.n_layers):
+        a = cache[f"blocks.{l}.attn.hook_pattern"].mean(1)
+        manual = torch.stack([a[r, i][k[r]].sum() for r in range(2) for i in q[r].nonzero().flatten()]).mean()
+        assert flow[l].item() == pytest.approx(manual.item(), abs=1e-6)
+    maps = last_token_heatmaps(p.model, p.inputs, layer=1, row=0)
+    assert len(maps) == 2 and maps[0].shape == (4, 4)  # row 0 holds two 4x4 images
+
+
+@pytest.mark.parametrize("family", RUN_EVERYWHERE)
+def test_every_analysis_runs(family: str) -> None:
+    p = pair_for(family)
+    batches = [p.inputs]
+    probs = activation_probabilities(p.model, batches)
+    found = lape(probs, top_rate=0.02)
+    matrix = neuron_masking_matrix(p.model, batches, found.specific)
+    assert list(matrix.index) == ["none", "text", "image"] and (matrix.to_numpy() > 0).all()
+    emb = pooled_embeddings(p.model, batches)
+    assert emb.image.shape[1] == p.model.cfg.n_layers
+    mean, _ = cross_modal_cosine(emb.image, emb.text)
+    assert mean.shape == (p.model.cfg.n_layers,)
+    mx, med = token_similarity(p.model, p.inputs, layer=1)
+    assert (mx >= med).all()
+    assert attention_flow(p.model, p.inputs).shape == (p.model.cfg.n_layers,)
+    elems = sequence_elements(p.model, p.inputs, layer=1)
+    assert len(elems) == 2 and all(e.shape[0] >= 2 for e in elems)
+    assert 0 < gak_similarity(elems[0].double(), elems[1].double(), sigma=5.0).item() <= 1
