@@ -2,6 +2,7 @@
 
     hooks-mm inspect [MODEL]   hook points, layer count and the modality layout of an example
     hooks-mm demo [MODEL]      inspect, then cache image/text activations and ablate neurons
+    hooks-mm sweep [MODEL]     neuron-ablation sweep over the layers: results table + report
 
 MODEL is a hub id, a local directory, or a built-in name (default: tiny-llava).
 """
@@ -9,11 +10,13 @@ MODEL is a hub id, a local directory, or a built-in name (default: tiny-llava).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import re
 import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -99,17 +102,60 @@ def demo(model: HookedMLLM, inputs: dict[str, Any]) -> None:
         print(f"  {l:<5} {kl:.5f}")
 
 
+def sweep_main(model: HookedMLLM, inputs: dict[str, Any], out: str, layers: list[int] | None, neurons: int | None, source: str) -> Path:
+    """Neuron-ablation sweep over the layers; writes RUN_DIR/results.csv, meta.json (+ report)."""
+    from hooks_mm.sweep import answer_logprob, single_neurons, sweep
+
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    metric = answer_logprob(model, inputs)
+    configs = single_neurons(model, layers=layers, positions=Image(), neurons=None if neurons is None else range(neurons))
+    result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"))
+    result.table.to_csv(run / "results.csv", index=False)
+    meta = {
+        "model": source,
+        "architecture": model.cfg.architecture,
+        "command": "hooks-mm sweep " + " ".join(sys.argv[2:]),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "metric": "log-prob of the clean answer at the last position",
+        "intervention": "zero-ablate one MLP neuron (mlp.hook_post) at every image position",
+        "batch": list(inputs["input_ids"].shape),
+        "clean_metric": float(result.clean),
+        **{k: v for k, v in result.meta.items()},
+    }
+    (run / "meta.json").write_text(json.dumps(meta, indent=1))
+    worst = result.table.nsmallest(10, "delta")[["layer", "neuron", "value", "delta"]]
+    print(f"\n{len(configs)} configs in {result.meta['seconds']:.1f} s ({result.meta['fast']} on the fast path); clean metric {float(result.clean):.4f}")
+    print("neurons whose ablation lowers the answer's log-prob most:")
+    print(worst.to_string(index=False))
+    try:
+        from hooks_mm.vis.report import write_report
+    except ImportError:
+        return run
+    print(f"report: {write_report(run)}")
+    return run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hooks-mm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("inspect", "hook points, layers and modality layout"), ("demo", "inspect, cache and ablate")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})")
+    p = sub.add_parser("sweep", help="neuron-ablation sweep over the layers, results table and report")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})")
+    p.add_argument("--out", default="runs/sweep", help="run directory (results.csv, meta.json, report.html)")
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to sweep (default all)")
+    p.add_argument("--neurons", type=int, default=None, help="sweep only the first N neurons of each layer")
     args = parser.parse_args(argv)
     model = HookedMLLM.from_pretrained(args.model)
     inputs = example_inputs(model)
     print(f"hooks_mm on {platform.machine()} / torch {torch.__version__} / {args.model}\n")
-    {"inspect": inspect, "demo": demo}[args.command](model, inputs)
+    if args.command == "sweep":
+        inspect(model, inputs)
+        sweep_main(model, inputs, args.out, args.layers, args.neurons, args.model)
+    else:
+        {"inspect": inspect, "demo": demo}[args.command](model, inputs)
     return 0
 
 

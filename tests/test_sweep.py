@@ -77,6 +77,9 @@ def test_mixed_configs_and_resume_after_interrupt(tmp_path: Path) -> None:
     again = sweep(p.model, p.inputs, cfgs, base, progress=False, batch_size=4, checkpoint=ckpt)
     assert again.meta["resumed"] == 5 and again.meta["naive"] == 1
     assert torch.allclose(again.values, full.values, atol=1e-6)
+    other = pair_for("qwen2_vl")  # a checkpoint never serves another model or input
+    with pytest.raises(ValueError, match="written for another model"):
+        sweep(other.model, other.inputs, single_neurons(other.model, 0, neurons=[1]), answer_logprob(other.model, other.inputs), progress=False, checkpoint=ckpt)
     assert_clean(p.model)
 
 

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -132,7 +133,8 @@ def sweep(
     clean = _metric_value(metric, clean_logits, None)
 
     keys = [config_key(c) for c in configs]
-    done: dict[str, Tensor] = _load(checkpoint) if checkpoint else {}
+    fingerprint = _fingerprint(model, inputs, clean)
+    done: dict[str, Tensor] = _load(checkpoint, fingerprint) if checkpoint else {}
     todo = [i for i, k in enumerate(keys) if k not in done]
     fast_groups, naive = _partition(model, replay, [configs[i] for i in todo], todo, method)
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), disable=not progress, desc="sweep", unit="cfg")
@@ -149,17 +151,17 @@ def sweep(
                     done[keys[i]] = _metric_value(reduce, logits[j * batch : (j + 1) * batch], clean.shape)
                 counts["fast"] += len(ids)
                 bar.update(len(ids))
-                _save(checkpoint, done)
+                _save(checkpoint, done, fingerprint)
         for i in naive:
             logits = model.run_with_interventions(inputs, configs[i], sources=sources)
             done[keys[i]] = _metric_value(metric, logits, clean.shape)
             counts["naive"] += 1
             bar.update(1)
             if counts["naive"] % chunk == 0:
-                _save(checkpoint, done)
-        _save(checkpoint, done)
+                _save(checkpoint, done, fingerprint)
+        _save(checkpoint, done, fingerprint)
     except KeyboardInterrupt:
-        _save(checkpoint, done)
+        _save(checkpoint, done, fingerprint)
         n_done = sum(k in done for k in keys)
         where = f"; call sweep again with checkpoint={checkpoint!r} to resume" if checkpoint else "; pass checkpoint=PATH to make sweeps resumable"
         raise KeyboardInterrupt(f"sweep interrupted after {n_done}/{len(configs)} configs{where}") from None
@@ -267,16 +269,33 @@ class _FastGroup:
         return self.replay.run(h, self.layer, positions)
 
 
-def _load(path: str) -> dict[str, Tensor]:
-    if path is None or not os.path.exists(path):
+def _fingerprint(model: "HookedMLLM", inputs: dict[str, Any], clean: Tensor) -> str:
+    """What a checkpoint's values depend on besides the configs: model, inputs, metric."""
+    h = hashlib.sha256()
+    h.update(model.cfg.architecture.encode())
+    h.update(str(sum(p.numel() for p in model.hf_model.parameters())).encode())
+    for k in sorted(inputs):
+        if torch.is_tensor(inputs[k]):
+            h.update(k.encode() + inputs[k].detach().cpu().numpy().tobytes())
+    h.update(f"{clean.tolist()!r}".encode())
+    return h.hexdigest()
+
+
+def _load(path: str, fingerprint: str) -> dict[str, Tensor]:
+    if not os.path.exists(path):
         return {}
     data = torch.load(path, weights_only=True)
+    if data.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"checkpoint {path} was written for another model, inputs or metric: delete it, "
+            "or pass another checkpoint path."
+        )
     return dict(zip(data["keys"], data["values"]))
 
 
-def _save(path: str | None, done: dict[str, Tensor]) -> None:
+def _save(path: str | None, done: dict[str, Tensor], fingerprint: str) -> None:
     if path is None:
         return
     tmp = f"{path}.tmp"
-    torch.save({"keys": list(done), "values": list(done.values())}, tmp)
+    torch.save({"fingerprint": fingerprint, "keys": list(done), "values": list(done.values())}, tmp)
     os.replace(tmp, path)
