@@ -129,3 +129,52 @@ def test_every_analysis_runs(family: str) -> None:
     elems = sequence_elements(p.model, p.inputs, layer=1)
     assert len(elems) == 2 and all(e.shape[0] >= 2 for e in elems)
     assert 0 < gak_similarity(elems[0].double(), elems[1].double(), sigma=5.0).item() <= 1
+
+
+def test_erasure_tccd_vcd_identities() -> None:
+    from hooks_mm.analysis.erasure import accuracy, choice_score, diffusion_noise, erasure_cost, tccd_logits, vcd_logits
+    from hooks_mm.interventions import CentroidBank
+
+    score = choice_score([5, 9])
+    last = torch.tensor([[0.0] * 5 + [2.0] + [0.0] * 3 + [1.0], [0.0] * 5 + [1.0] + [0.0] * 3 + [3.0]])
+    assert score(last, torch.tensor([0, 0])).tolist() == [1.0, 0.0]
+
+    p = pair_for("llava")
+    batches = [p.inputs]
+    bank_t = CentroidBank.fit(p.model, batches * 3, positions=After(Image()), k=4, n_iter=5)
+    bank_v = CentroidBank.fit(p.model, batches, positions=Image(), k=4, n_iter=5)
+    with torch.no_grad():
+        clean_last = p.model(p.inputs)[:, -1]
+    answers = [clean_last[:, [5, 9]].argmax(-1)]
+    assert accuracy(p.model, batches, answers, score) == 1.0
+    cost = erasure_cost(p.model, batches, answers, score, bank_t, bank_v, a_interp=1.0)
+    assert cost["text_cost"] == 0.0 and cost["visual_cost"] == 0.0
+    assert torch.allclose(tccd_logits(p.model, p.inputs, bank_t, alpha=0.0), clean_last, atol=1e-5)
+    assert torch.allclose(tccd_logits(p.model, p.inputs, bank_t, alpha=3.0, a_interp=1.0), clean_last, atol=1e-4)
+    x = torch.zeros(4000)
+    abar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(500))
+    assert diffusion_noise(x, t=500).std().item() == pytest.approx(math.sqrt(1 - abar), rel=0.05)
+    v = vcd_logits(p.model, p.inputs, alpha=0.0, beta=0.1)
+    lp = clean_last.log_softmax(-1)
+    keep = lp >= math.log(0.1) + lp.max(-1, keepdim=True).values
+    assert torch.allclose(v[keep], lp[keep], atol=1e-5) and torch.isinf(v[~keep]).all()
+
+
+def test_text_centric_bias_probe_on_a_discrete_model() -> None:
+    from hooks_mm.analysis.erasure import text_centric_bias
+    from hooks_mm.zoo import toy_image
+
+    p = pair_for("anygpt")
+    texts, images = ["a red square", "a blue circle"], [toy_image(1), toy_image(2)]
+    out = text_centric_bias(p.model, texts, images)
+    # independent: image-token NLL of "<image>" sequences from the raw logits
+    tok = p.model.processor.image_token
+    inputs = p.model.to_inputs([tok, tok], images=images)
+    with torch.no_grad():
+        logits = p.model(inputs)
+    lo, hi = p.model.hf_model.config.modality_token_ranges["image"]
+    ids = inputs["input_ids"]
+    target = (ids[:, 1:] >= lo) & (ids[:, 1:] < hi)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1][target], ids[:, 1:][target])
+    assert out["image_ppl_alone"] == pytest.approx(float(nll.exp()), rel=1e-5)
+    assert out["bias"] == pytest.approx(out["image_gain"] / out["text_gain"])

@@ -3,6 +3,7 @@
 - :mod:`.neurons`: modality-specific neurons (LAPE, top-k% difference), neuron-masking matrix
 - :mod:`.alignment`: implicit multimodal alignment, MaxSim/MedSim, drift, norms, attention flow
 - :mod:`.sequence`: GAK and soft-DTW between interleaved sequences of hidden states
+- :mod:`.erasure`: centroid erasure cost, TCCD (with alpha search), VCD, text-centric bias
 """
 
 from hooks_mm.analysis.alignment import (
@@ -15,6 +16,15 @@ from hooks_mm.analysis.alignment import (
     pooled_embeddings,
     token_similarity,
 )
+from hooks_mm.analysis.erasure import (
+    accuracy,
+    choice_score,
+    erasure_cost,
+    tccd_logits,
+    text_centric_bias,
+    tune_tccd,
+    vcd_logits,
+)
 from hooks_mm.analysis.neurons import (
     activation_probabilities,
     lape,
@@ -25,6 +35,13 @@ from hooks_mm.analysis.neurons import (
 from hooks_mm.analysis.sequence import gak_similarity, log_gak, sequence_elements, soft_dtw
 
 __all__ = [
+    "accuracy",
+    "choice_score",
+    "erasure_cost",
+    "tccd_logits",
+    "text_centric_bias",
+    "tune_tccd",
+    "vcd_logits",
     "activation_probabilities",
     "attention_flow",
     "cross_modal_cosine",
