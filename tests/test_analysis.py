@@ -178,3 +178,16 @@ def test_text_centric_bias_probe_on_a_discrete_model() -> None:
     nll = torch.nn.functional.cross_entropy(logits[:, :-1][target], ids[:, 1:][target])
     assert out["image_ppl_alone"] == pytest.approx(float(nll.exp()), rel=1e-5)
     assert out["bias"] == pytest.approx(out["image_gain"] / out["text_gain"])
+
+
+def test_skip_tradeoff_counts_the_skipped_share() -> None:
+    from hooks_mm.analysis.erasure import choice_score, skip_tradeoff
+
+    p = pair_for("llava")
+    with torch.no_grad():
+        answers = [p.model(p.inputs)[:, -1, [5, 9]].argmax(-1)]
+    rows = skip_tradeoff(p.model, [p.inputs], answers, choice_score([5, 9]), intervals=(1, 2))
+    layout = p.model.layout(p.inputs)
+    share = int(layout.select(Image()).sum()) / int((layout.modality != Modality.PAD).sum())
+    assert rows[0]["accuracy"] == 1.0 and rows[0]["mlp_flops_saved"] == 0.0
+    assert rows[1]["mlp_flops_saved"] == pytest.approx(share) and rows[2]["mlp_flops_saved"] == pytest.approx(share / 2)

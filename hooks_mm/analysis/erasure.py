@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
-from hooks_mm.layout import After, Image, Last
+from hooks_mm.layout import After, Image, Last, Modality
 from hooks_mm.sweep.metrics import modality_nll
 
 if TYPE_CHECKING:
@@ -159,3 +159,29 @@ def text_centric_bias(model: "HookedMLLM", texts: Sequence[str], images: Sequenc
     out["text_gain"] = out["text_ppl_alone"] / out["text_ppl_with_image"]
     out["bias"] = out["image_gain"] / out["text_gain"]
     return out
+
+
+def skip_tradeoff(
+    model: "HookedMLLM",
+    batches: Sequence[Any],
+    answers: Sequence[Tensor],
+    score: Score,
+    intervals: Sequence[int] = (1, 2, 4),
+    start: int = 0,
+    component: str = "mlp",
+) -> list[dict[str, float]]:
+    """Accuracy vs compute when the FFN (or attention / block) is skipped for the image
+    positions every ``interval`` layers from ``start`` (the implicit-alignment paper's
+    computation skipping). ``mlp_flops_saved`` = the fraction of all MLP FLOPs skipped."""
+    from hooks_mm.interventions import Skip, layer_window
+
+    n = model.cfg.n_layers
+    layouts = [model._layout(model._as_inputs(b)) for b in batches]
+    real = sum(int((L.modality != Modality.PAD).sum()) for L in layouts)
+    image = sum(int(L.select(Image()).sum()) for L in layouts)
+    rows = [{"interval": 0, "layers_skipped": 0, "accuracy": accuracy(model, batches, answers, score), "mlp_flops_saved": 0.0}]
+    for k in intervals:
+        layers = layer_window(start, n, k)
+        acc = accuracy(model, batches, answers, score, Skip(layers, component, Image()))
+        rows.append({"interval": k, "layers_skipped": len(layers), "accuracy": acc, "mlp_flops_saved": len(layers) / n * image / real})
+    return rows
