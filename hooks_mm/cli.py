@@ -3,6 +3,7 @@
     hooks-mm inspect [MODEL]   hook points, layer count and the modality layout of an example
     hooks-mm demo [MODEL]      inspect, then cache image/text activations and ablate neurons
     hooks-mm sweep [MODEL]     neuron-ablation sweep over the layers: results table + report
+    hooks-mm report RUN_DIR    one self-contained offline HTML page for a run directory
 
 MODEL is a hub id, a local directory, or a built-in name (default: tiny-llava).
 """
@@ -128,10 +129,8 @@ def sweep_main(model: HookedMLLM, inputs: dict[str, Any], out: str, layers: list
     print(f"\n{len(configs)} configs in {result.meta['seconds']:.1f} s ({result.meta['fast']} on the fast path); clean metric {float(result.clean):.4f}")
     print("neurons whose ablation lowers the answer's log-prob most:")
     print(worst.to_string(index=False))
-    try:
-        from hooks_mm.vis.report import write_report
-    except ImportError:
-        return run
+    from hooks_mm.vis.report import write_report
+
     print(f"report: {write_report(run)}")
     return run
 
@@ -147,7 +146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/sweep", help="run directory (results.csv, meta.json, report.html)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to sweep (default all)")
     p.add_argument("--neurons", type=int, default=None, help="sweep only the first N neurons of each layer")
+    p = sub.add_parser("report", help="one self-contained offline HTML page for a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
+    p.add_argument("--top", type=int, default=20, help="table rows shown")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        from hooks_mm.vis.report import write_report
+
+        print(write_report(args.run_dir, args.out, args.top))
+        return 0
     model = HookedMLLM.from_pretrained(args.model)
     inputs = example_inputs(model)
     print(f"hooks_mm on {platform.machine()} / torch {torch.__version__} / {args.model}\n")

@@ -1,0 +1,40 @@
+"""Visualizations: offline circuitsvis views with image spans collapsed, image-patch
+heatmaps for every grid type, plots, and a self-contained HTML report.
+
+Example::
+
+    from hooks_mm.vis import attention_heads, patch_heatmap, str_tokens
+    logits, cache = model.run_with_cache(inputs)
+    layout, tokens = model.layout(inputs), str_tokens(model, inputs, row=0)
+    attention_heads(cache["blocks.0.attn.hook_pattern"], tokens, layout, row=0)
+    patch_heatmap(cache["blocks.0.attn.hook_pattern"][0, :, -1].mean(0), layout, row=0).savefig("a.png")
+"""
+
+from hooks_mm.vis.circuits import attention_heads, attention_pattern, colored_tokens, neuron_activations, topk_tokens
+from hooks_mm.vis.common import str_tokens
+from hooks_mm.vis.heatmap import PatchHeatmapHTML, patch_heatmap, patch_heatmap_html
+from hooks_mm.vis.html import Vis, page
+from hooks_mm.vis.patches import ImageMap, Panel, patch_maps, tile_grid_from_tokens
+from hooks_mm.vis.spans import Units, collapse_attention, reduce, units
+
+__all__ = [
+    "ImageMap",
+    "Panel",
+    "PatchHeatmapHTML",
+    "Units",
+    "Vis",
+    "attention_heads",
+    "attention_pattern",
+    "collapse_attention",
+    "colored_tokens",
+    "neuron_activations",
+    "page",
+    "patch_heatmap",
+    "patch_heatmap_html",
+    "patch_maps",
+    "reduce",
+    "str_tokens",
+    "tile_grid_from_tokens",
+    "topk_tokens",
+    "units",
+]
