@@ -191,3 +191,21 @@ def test_skip_tradeoff_counts_the_skipped_share() -> None:
     share = int(layout.select(Image()).sum()) / int((layout.modality != Modality.PAD).sum())
     assert rows[0]["accuracy"] == 1.0 and rows[0]["mlp_flops_saved"] == 0.0
     assert rows[1]["mlp_flops_saved"] == pytest.approx(share) and rows[2]["mlp_flops_saved"] == pytest.approx(share / 2)
+
+
+def test_wanda_mask_and_overlap() -> None:
+    from hooks_mm.analysis import input_norms, wanda_mask, wanda_overlap
+
+    w = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.1, 0.2, -0.3, 0.4]])
+    norm = torch.tensor([1.0, 0.1, 10.0, 1.0])  # scores row 0: 1, 0.2, 5, 3 ; row 1: .1, .02, 3, .4
+    mask = wanda_mask(w, norm, sparsity=0.5)
+    assert mask.tolist() == [[False, False, True, True], [False, False, True, True]]
+    p = pair_for("llava")
+    norms = input_norms(p.model, [p.inputs], Image())
+    _, cache = p.model.run_with_cache(p.inputs, names_filter="blocks.0.ln1.hook_normalized")
+    img = p.model.layout(p.inputs).select(Image())
+    expected = cache["blocks.0.ln1.hook_normalized"][img].pow(2).sum(0).sqrt()  # the q projection's input
+    assert torch.allclose(norms["0.q"], expected, rtol=1e-4)
+    table = wanda_overlap(p.model, [p.inputs], sparsity=0.5)
+    assert set(table.linear) == {"q", "k", "v", "o", "gate", "up", "down"} and table.iou.between(0, 1).all()
+    assert (wanda_overlap(p.model, [p.inputs], sparsity=0.0).iou == 1.0).all()  # nothing pruned: identical

@@ -3,6 +3,7 @@
 - :mod:`.neurons`: modality-specific neurons (LAPE, top-k% difference), neuron-masking matrix
 - :mod:`.alignment`: implicit multimodal alignment, MaxSim/MedSim, drift, norms, attention flow
 - :mod:`.sequence`: GAK and soft-DTW between interleaved sequences of hidden states
+- :mod:`.weights`: activated-weight overlap (Wanda masks calibrated per modality, IoU)
 - :mod:`.erasure`: centroid erasure cost, TCCD (with alpha search), VCD, text-centric bias
 """
 
@@ -34,6 +35,7 @@ from hooks_mm.analysis.neurons import (
     top_difference,
 )
 from hooks_mm.analysis.sequence import gak_similarity, log_gak, sequence_elements, soft_dtw
+from hooks_mm.analysis.weights import input_norms, wanda_mask, wanda_overlap
 
 __all__ = [
     "accuracy",
@@ -61,4 +63,7 @@ __all__ = [
     "soft_dtw",
     "token_similarity",
     "top_difference",
+    "input_norms",
+    "wanda_mask",
+    "wanda_overlap",
 ]
