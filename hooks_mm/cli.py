@@ -103,7 +103,16 @@ def demo(model: HookedMLLM, inputs: dict[str, Any]) -> None:
         print(f"  {l:<5} {kl:.5f}")
 
 
-def sweep_main(model: HookedMLLM, inputs: dict[str, Any], out: str, layers: list[int] | None, neurons: int | None, source: str) -> Path:
+def sweep_main(
+    model: HookedMLLM,
+    inputs: dict[str, Any],
+    out: str,
+    layers: list[int] | None,
+    neurons: int | None,
+    source: str,
+    remote: str | None = None,
+    per_request: int = 64,
+) -> Path:
     """Neuron-ablation sweep over the layers; writes RUN_DIR/results.csv, meta.json (+ report)."""
     from hooks_mm.sweep import answer_logprob, single_neurons, sweep
 
@@ -111,7 +120,8 @@ def sweep_main(model: HookedMLLM, inputs: dict[str, Any], out: str, layers: list
     run.mkdir(parents=True, exist_ok=True)
     metric = answer_logprob(model, inputs)
     configs = single_neurons(model, layers=layers, positions=Image(), neurons=None if neurons is None else range(neurons))
-    result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"))
+    where = {"backend": "nnsight", "remote": remote, "max_configs_per_request": per_request} if remote else {}
+    result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"), **where)
     result.table.to_csv(run / "results.csv", index=False)
     meta = {
         "model": source,
@@ -146,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/sweep", help="run directory (results.csv, meta.json, report.html)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to sweep (default all)")
     p.add_argument("--neurons", type=int, default=None, help="sweep only the first N neurons of each layer")
+    p.add_argument("--remote", metavar="URL", default=None, help="run on this NDIF host (API key: $NDIF_API_KEY)")
+    p.add_argument("--max-configs-per-request", type=int, default=64)
     p = sub.add_parser("report", help="one self-contained offline HTML page for a run directory")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
@@ -161,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"hooks_mm on {platform.machine()} / torch {torch.__version__} / {args.model}\n")
     if args.command == "sweep":
         inspect(model, inputs)
-        sweep_main(model, inputs, args.out, args.layers, args.neurons, args.model)
+        sweep_main(model, inputs, args.out, args.layers, args.neurons, args.model, args.remote, args.max_configs_per_request)
     else:
         {"inspect": inspect, "demo": demo}[args.command](model, inputs)
     return 0

@@ -104,6 +104,9 @@ def sweep(
     checkpoint: str | None = None,
     progress: bool = True,
     sources: dict[str, Any] | None = None,
+    backend: str = "hooks",
+    remote: Any = True,
+    **remote_kwargs: Any,
 ) -> SweepResult:
     """Run every config on ``inputs``; a table of ``metric`` per config.
 
@@ -112,7 +115,15 @@ def sweep(
     "naive" (one intervention forward per config, the TransformerLens way);
     ``checkpoint``: a file where finished configs are saved after every chunk, so an
     interrupted sweep resumes from there when called again with the same file.
+    ``backend="nnsight"`` runs the same configs through nnsight, on an NDIF server with
+    ``remote=True`` / a host URL (see :func:`hooks_mm.remote.remote_sweep` for its options).
     """
+    if backend == "nnsight":
+        from hooks_mm.remote import remote_sweep
+
+        return remote_sweep(model, inputs, configs, metric, remote=remote, checkpoint=checkpoint, progress=progress, sources=sources, **remote_kwargs)
+    if backend != "hooks":
+        raise ValueError(f"backend {backend!r} is not one of 'hooks', 'nnsight'.")
     configs = list(configs)
     if not configs:
         raise ValueError("sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0).")
