@@ -590,7 +590,7 @@ class HookedMLLM(HookedRootModule):
             inject = f"{p}hook_deepstack" in live
 
             if p + "hook_resid_pre" in live or derived_attn or prev_inject:
-                pre(layer, self._layer_pre(l, derived_attn, prev_inject), True)
+                pre(layer, self._layer_pre(l, prev_inject), True)
             if p + "ln1.hook_normalized" in live:
                 fwd(self._module(a.ln1, layer), out_hook(blk.ln1.hook_normalized))
             for key in ("q", "k", "v"):
@@ -640,7 +640,7 @@ class HookedMLLM(HookedRootModule):
         new = _edited(self.blocks[l].hook_deepstack, x - post)
         return x if new is None else post + new
 
-    def _layer_pre(self, l: int, derived_attn: bool, prev_inject: bool) -> Callable:
+    def _layer_pre(self, l: int, prev_inject: bool) -> Callable:
         blk, state = self.blocks[l], self._state
 
         def fn(m: nn.Module, args: tuple, kwargs: dict) -> tuple:
