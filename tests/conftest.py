@@ -12,7 +12,10 @@ import torch  # noqa: E402
 
 from hooks_mm import HookedMLLM, zoo  # noqa: E402
 
-FAMILIES = sorted(zoo.BUILDERS)
+from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
+
+# the tiny random-weight families, then the shipped trained organisms (loaded from the package)
+FAMILIES = sorted(zoo.BUILDERS) + sorted(ORGANISMS)
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama"]
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}
@@ -36,12 +39,28 @@ class Pair:
 
     def __init__(self, family: str):
         self.family = family
-        self.tiny = zoo.build(family)
-        self.bare = zoo.build(family).model
-        self.model = HookedMLLM(self.tiny.model, self.tiny.processor)
+        if family in ORGANISMS:  # a shipped organism: two loads of the packaged weights
+            from hooks_mm.tasks import make_drawings, make_qa
+            from hooks_mm.tasks.evaluate import encode
+
+            self.model = HookedMLLM.from_pretrained(family)
+            self.bare = HookedMLLM.from_pretrained(family).hf_model
+            examples = make_qa(3, "test", 0) + make_drawings(1, "test", 0)  # mixed lengths: padding
+            inputs = encode(self.model, examples)
+            self.tiny = zoo.Tiny(self.model.hf_model, inputs, self.model.processor, n_images=len(examples))
+        else:
+            self.tiny = zoo.build(family)
+            self.bare = zoo.build(family).model
+            self.model = HookedMLLM(self.tiny.model, self.tiny.processor)
         self.inputs = self.tiny.inputs
         am = self.inputs.get("attention_mask")
         self.real = am.bool() if am is not None else torch.ones_like(self.inputs["input_ids"], dtype=torch.bool)
+
+    def fresh_bare(self):  # noqa: ANN201
+        """Another independent HF copy with the same weights."""
+        if self.family in ORGANISMS:
+            return HookedMLLM.from_pretrained(self.family).hf_model
+        return zoo.build(self.family).model
 
     @torch.no_grad()
     def bare_out(self, **kwargs):  # noqa: ANN003

@@ -37,15 +37,16 @@ def test_cache_everything_logits_equal_bare(pair: Pair) -> None:
     with torch.no_grad():
         logits, cache = pair.model.run_with_cache(pair.inputs)
     assert set(cache.keys()) == set(pair.model.hook_dict)
-    diff = real_diff(logits, pair.bare_out().logits, pair.real)
+    bare = pair.bare_out().logits
+    diff = real_diff(logits, bare, pair.real)
     record("logits, every hook cached", pair.family, diff)
-    assert diff <= TOL
+    assert diff <= TOL * max(1.0, bare[pair.real].abs().max().item())  # eager vs sdpa rounding scales with the logits
     assert_clean(pair.model)
 
 
 def test_pattern_equals_hf_eager_attentions(pair: Pair) -> None:
     _, cache = pair.model.run_with_cache(pair.inputs, names_filter=lambda n: n.endswith("hook_pattern"))
-    eager = zoo.build(pair.family).model
+    eager = pair.fresh_bare()
     eager.set_attn_implementation("eager")
     with torch.no_grad():
         attentions = eager(**pair.inputs, output_attentions=True).attentions

@@ -27,7 +27,9 @@ def read_image(image) -> list[tuple[str, str, int, int]]:  # noqa: ANN001
     for r in range(3):
         for c in range(3):
             cell = a[16 * r : 16 * r + 16, 16 * c : 16 * c + 16].reshape(-1, 3)
-            filled = cell[(cell != (30, 30, 30)).any(1)]
+            tile = (20 + 16 * r, 20 + 16 * c, 40)  # the tile's shade: red by row, green by column
+            filled = cell[(cell != tile).any(1)]
+            assert len(filled) < 256, "the tile shows"
             if len(filled) == 0:
                 continue
             colours = {tuple(p) for p in filled.tolist()}
@@ -134,20 +136,22 @@ def test_captions_list_every_object_in_reading_order() -> None:
         assert e.answer == expect and e.prompt == "<image> describe the image ."
 
 
-def test_codebook_quantises_each_cell_to_its_object() -> None:
-    """cell_codebook + CodebookProcessor give code 0 for an empty cell and
-    1 + 3 * colour + shape for an object: the image is read back without loss."""
+def test_codebook_quantises_each_cell_to_its_place_and_object() -> None:
+    """cell_codebook + CodebookProcessor give, for the cell at (row, col), code
+    13 * (3 * row + col) + 0 when it is empty, + 1 + 3 * colour + shape for an object:
+    the image is read back without loss."""
     codebook = cell_codebook()
+    assert codebook.shape == (9 * 13, 3)
     codes = [f"<img_{k}>" for k in range(len(codebook))]
     proc = CodebookProcessor(word_tokenizer(WORDS, ("<image>", "<soi>", "<eoi>", *codes)), codebook, (3, 3), 48)
     colours, shape_names = list(PALETTE), ["square", "circle", "triangle"]
     for e in make_drawings(100, "test", with_text=False):
         got = [proc.code_ids.index(i) for i in proc.encode_image(e.image)]
-        expect = [0] * 9
+        expect = [13 * cell for cell in range(9)]
         for c, s, r, k in read_image(e.image):
-            expect[3 * r + k] = 1 + 3 * colours.index(c) + shape_names.index(s)
+            expect[3 * r + k] += 1 + 3 * colours.index(c) + shape_names.index(s)
         assert got == expect
-    assert torch.cdist(codebook, codebook).add(torch.eye(len(codebook))).min() > 0.05  # codes well apart
+        assert got == [shapes.cell_code(i // 3, i % 3, next((o for o in e.scene.objects if (o.row, o.col) == (i // 3, i % 3)), None)) for i in range(9)]
 
 
 def test_every_word_is_in_the_vocabulary() -> None:

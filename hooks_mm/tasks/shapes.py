@@ -1,7 +1,7 @@
 """A synthetic multimodal task: coloured shapes on a 3x3 grid, captions, and questions.
 
-Every image is ``48 x 48`` px: a dark background divided into a ``3 x 3`` grid of ``16 px``
-cells, with 1-4 objects (a colour and a shape each) in distinct cells, placed with a
+Every image is ``48 x 48`` px: a ``3 x 3`` grid of ``16 px`` dark tiles (each tile's shade
+tells its row and column), with 1-4 objects (a colour and a shape each) in distinct cells, placed with a
 random offset inside their cell. Each scene has a full caption and question/answer pairs
 with one-word answers. A prompt may carry a partial description of the scene (the
 *context*): a question whose answer that text already gives is **text-guessable**
@@ -24,7 +24,7 @@ import itertools
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from jaxtyping import Float
@@ -34,7 +34,12 @@ GRID = 3  # cells per side
 CELL = 16  # px per cell
 IMAGE_SIZE = GRID * CELL
 SIZE = 12  # px per shape (fits a cell with up to 4 px of offset)
-BACKGROUND = (30, 30, 30)
+
+def background(row: int, col: int) -> tuple[int, int, int]:
+    """The dark tile behind cell ``(row, col)``: its red level grows with the row, its green
+    level with the column, so every patch of the image also shows where it is."""
+    return (20 + 16 * row, 20 + 16 * col, 40)
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 235), "yellow": (235, 215, 40)}
 SHAPES = ("square", "circle", "triangle")
 ROWS = ("top", "middle", "bottom")
@@ -87,8 +92,11 @@ class Scene:
         """The scene as a ``48 x 48`` RGB PIL image."""
         from PIL import Image, ImageDraw
 
-        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE))
         draw = ImageDraw.Draw(img)
+        for r in range(GRID):
+            for c in range(GRID):
+                draw.rectangle((c * CELL, r * CELL, c * CELL + CELL - 1, r * CELL + CELL - 1), fill=background(r, c))
         for o, (dx, dy) in zip(self.objects, self.offsets):
             draw_shape(draw, o.shape, o.col * CELL + dx, o.row * CELL + dy, COLOURS[o.colour])
         return img
@@ -115,21 +123,30 @@ def draw_shape(draw: Any, shape: str, x: int, y: int, fill: tuple[int, int, int]
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-def cell_codebook() -> Float[Tensor, "code 3"]:
-    """Mean colour (0-1) of an empty cell and of each (colour, shape) cell: the centres of
-    every cell this task can draw, i.e. a codebook that quantises cells without loss.
+def cell_code(row: int, col: int, obj: Obj | None) -> int:
+    """Index in :func:`cell_codebook` of cell ``(row, col)`` holding ``obj`` (None: empty)."""
+    content = 0 if obj is None else 1 + len(SHAPES) * list(COLOURS).index(obj.colour) + SHAPES.index(obj.shape)
+    return (row * GRID + col) * (1 + len(COLOURS) * len(SHAPES)) + content
 
-    Row 0 is the empty cell, then colours x shapes in ``COLOURS`` / ``SHAPES`` order.
+
+def cell_codebook() -> Float[Tensor, "code 3"]:
+    """Mean colour (0-1) of every cell this task can draw: for each of the 9 cells (row-major),
+    the empty tile, then each colour x shape (``COLOURS`` / ``SHAPES`` order) on it; see
+    :func:`cell_code`. Quantising a cell to its nearest entry reads it back without loss,
+    so a code token names both the cell's content and (by its tile) its place.
     """
     import numpy as np
     from PIL import Image, ImageDraw
 
-    cells = [Image.new("RGB", (CELL, CELL), BACKGROUND)]
-    for colour in COLOURS.values():
-        for shape in SHAPES:
-            img = Image.new("RGB", (CELL, CELL), BACKGROUND)
-            draw_shape(ImageDraw.Draw(img), shape, 0, 0, colour)
-            cells.append(img)
+    cells = []
+    for r in range(GRID):
+        for c in range(GRID):
+            cells.append(Image.new("RGB", (CELL, CELL), background(r, c)))
+            for colour in COLOURS.values():
+                for shape in SHAPES:
+                    img = Image.new("RGB", (CELL, CELL), background(r, c))
+                    draw_shape(ImageDraw.Draw(img), shape, 0, 0, colour)
+                    cells.append(img)
     return torch.tensor(np.stack([np.asarray(c, dtype=np.float32).mean((0, 1)) / 255.0 for c in cells]))
 
 
@@ -182,7 +199,9 @@ def _context(objects: list[Obj]) -> str:
     return "there is " + " and ".join(f"a {o.name}" for o in objects) + " ." if objects else ""
 
 
-def _ask(scene: Scene, mentioned: list[Obj], needs_image: bool, rng: random.Random) -> tuple[str, str, str] | None:
+def _ask(
+    scene: Scene, mentioned: list[Obj], needs_image: bool, rng: random.Random, weights: Sequence[float] | None = None
+) -> tuple[str, str, str] | None:
     """(kind, question, answer) about ``scene`` given the ``mentioned`` objects, or None."""
     objs = list(scene.objects)
     unique_shape = [o for o in objs if scene.count(shape=o.shape) == 1]
@@ -196,7 +215,7 @@ def _ask(scene: Scene, mentioned: list[Obj], needs_image: bool, rng: random.Rand
             *[("exists", f"is there a {o.name} ?", "yes") for o in mentioned],
         ]
         return rng.choice(options) if options else None
-    kind = rng.choice(KINDS)
+    kind = rng.choice(KINDS) if weights is None else rng.choices(KINDS, weights)[0]
     unsaid = [o for o in objs if o not in said]
     if kind == "colour":
         pool = [o for o in unique_shape if o in unsaid]
@@ -239,14 +258,24 @@ def _ask(scene: Scene, mentioned: list[Obj], needs_image: bool, rng: random.Rand
 
 
 def make_qa(
-    n: int, split: Split = "train", seed: int = 0, p_text: float = 0.25, per_scene: int = 1
+    n: int,
+    split: Split = "train",
+    seed: int = 0,
+    p_text: float = 0.25,
+    per_scene: int = 1,
+    kind_weights: dict[str, float] | None = None,
 ) -> list[Example]:
     """``n`` question/answer examples, ``per_scene`` distinct questions per scene; a share
-    ``p_text`` of them are text-guessable.
+    ``p_text`` of them are text-guessable. The image-dependent ones draw their kind
+    uniformly from ``KINDS``, or by ``kind_weights`` (kind -> weight, default 1).
 
     The prompt is ``"<image> [context] question"``; the context names a random subset of
     the objects (colour and shape, never the cell).
     """
+    unknown = set(kind_weights or ()) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown question kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    weights = [kind_weights.get(k, 1.0) for k in KINDS] if kind_weights else None
     rng = random.Random(f"qa-{split}-{seed}")
     scenes = scene_stream(split, seed)
     out: list[Example] = []
@@ -257,7 +286,7 @@ def make_qa(
                 break
             needs_image = rng.random() >= p_text
             mentioned = [o for o in scene.objects if rng.random() < 0.5]
-            qa = _ask(scene, mentioned, needs_image, rng)
+            qa = _ask(scene, mentioned, needs_image, rng, weights)
             if qa is not None and qa[1] not in asked:
                 kind, question, answer = qa
                 asked.add(question)

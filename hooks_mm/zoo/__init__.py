@@ -19,7 +19,7 @@ BUILDERS: dict[str, Callable[..., Tiny]] = {}
 for _module in ("text", "llava", "qwen", "idefics_gemma", "discrete_cross"):
     BUILDERS.update(importlib.import_module(f"hooks_mm.zoo.{_module}").BUILDERS)
 
-DEFAULT_MODEL = "tiny-llava"
+DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
 
 
 def build(name: str, seed: int = 0) -> Tiny:
@@ -43,7 +43,21 @@ def save(tiny: Tiny, path: str) -> str:
 
 
 def resolve(name_or_path: str) -> str:
-    """A built-in name (``tiny-<family>``) becomes a local directory; others pass through."""
+    """A built-in name becomes a local directory; others pass through.
+
+    ``tiny-<family>``: random weights, saved once under :func:`cache_dir`. ``toy-llava``,
+    ``toy-anygpt``, ``toy-anygpt-monotune``: the trained organisms shipped in the package.
+    """
+    from hooks_mm.zoo.organisms import ORGANISMS
+
+    if name_or_path in ORGANISMS:
+        path = ORGANISMS[name_or_path].path
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(
+                f"organism {name_or_path!r}: no weights in {path}; train them with "
+                f"`python -m hooks_mm.zoo.train {name_or_path}`."
+            )
+        return path
     if name_or_path.startswith("tiny-") and name_or_path[5:].replace("-", "_") in BUILDERS:
         family = name_or_path[5:].replace("-", "_")
         path = os.path.join(cache_dir(), name_or_path)
