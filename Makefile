@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   creates .venv if needed, then runs the main job on the built-in default model
+#   make demo   creates .venv if needed, then runs the main job (a neuron-ablation sweep) on the
+#               built-in default model, toy-llava: results table + HTML report in runs/demo
 #   make test   creates .venv if needed, then runs the whole test suite
 # TORCH is the torch requirement installed first: the CPU wheel by default. GPU users:
 #   make test TORCH=   (keep the torch already in .venv, e.g. your CUDA build)
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hooks-mm demo
+	$(VENV)/bin/hooks-mm sweep --out runs/demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -5,7 +5,9 @@
     hooks-mm sweep [MODEL]     neuron-ablation sweep over the layers: results table + report
     hooks-mm report RUN_DIR    one self-contained offline HTML page for a run directory
 
-MODEL is a hub id, a local directory, or a built-in name (default: tiny-llava).
+MODEL is a hub id, a local directory, or a built-in name: a trained organism (toy-llava,
+toy-anygpt, toy-anygpt-monotune; default toy-llava) or tiny-<family> (random weights).
+On an organism the example batch is held-out questions of its shapes task.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ def example_inputs(model: HookedMLLM) -> dict[str, Any]:
     prompts = [f"{token} what colour is the square ?", f"{token} {token} which image is red ?"]
     images = [[toy_image(1)], [toy_image(2), toy_image(3)]]
     return model.to_inputs(prompts, images=images, chat=chat)
+
+
+def task_inputs(model: HookedMLLM, n: int = 16, seed: int = 0) -> tuple[dict[str, Any], torch.Tensor]:
+    """``n`` held-out image-dependent questions of the shapes task (the organisms' own task)
+    and the token id of each right answer."""
+    from hooks_mm.tasks import make_qa
+    from hooks_mm.tasks.evaluate import answer_ids, encode
+
+    qa = [e for e in make_qa(4 * n, "test", seed) if e.needs_image][:n]
+    return encode(model, qa), answer_ids(model, qa)
 
 
 def _hook_summary(model: HookedMLLM) -> list[str]:
@@ -112,13 +124,14 @@ def sweep_main(
     source: str,
     remote: str | None = None,
     per_request: int = 64,
+    targets: torch.Tensor | None = None,
 ) -> Path:
     """Neuron-ablation sweep over the layers; writes RUN_DIR/results.csv, meta.json (+ report)."""
     from hooks_mm.sweep import answer_logprob, single_neurons, sweep
 
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    metric = answer_logprob(model, inputs)
+    metric = answer_logprob(model, inputs, targets)
     configs = single_neurons(model, layers=layers, positions=Image(), neurons=None if neurons is None else range(neurons))
     where = {"backend": "nnsight", "remote": remote, "max_configs_per_request": per_request} if remote else {}
     result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"), **where)
@@ -128,7 +141,7 @@ def sweep_main(
         "architecture": model.cfg.architecture,
         "command": "hooks-mm sweep " + " ".join(sys.argv[2:]),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "metric": "log-prob of the clean answer at the last position",
+        "metric": f"log-prob of the {'right' if targets is not None else 'clean'} answer at the last position",
         "intervention": "zero-ablate one MLP neuron (mlp.hook_post) at every image position",
         "batch": list(inputs["input_ids"].shape),
         "clean_metric": float(result.clean),
@@ -158,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--neurons", type=int, default=None, help="sweep only the first N neurons of each layer")
     p.add_argument("--remote", metavar="URL", default=None, help="run on this NDIF host (API key: $NDIF_API_KEY)")
     p.add_argument("--max-configs-per-request", type=int, default=64)
+    p.add_argument("--n-examples", type=int, default=16, help="held-out questions (built-in organisms)")
     p = sub.add_parser("report", help="one self-contained offline HTML page for a run directory")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
@@ -168,12 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(write_report(args.run_dir, args.out, args.top))
         return 0
+    from hooks_mm.zoo.organisms import ORGANISMS
+
     model = HookedMLLM.from_pretrained(args.model)
-    inputs = example_inputs(model)
+    targets = None
+    if args.model in ORGANISMS:
+        inputs, targets = task_inputs(model, args.n_examples if args.command == "sweep" else 2)
+    else:
+        inputs = example_inputs(model)
     print(f"hooks_mm on {platform.machine()} / torch {torch.__version__} / {args.model}\n")
     if args.command == "sweep":
         inspect(model, inputs)
-        sweep_main(model, inputs, args.out, args.layers, args.neurons, args.model, args.remote, args.max_configs_per_request)
+        sweep_main(model, inputs, args.out, args.layers, args.neurons, args.model, args.remote, args.max_configs_per_request, targets)
     else:
         {"inspect": inspect, "demo": demo}[args.command](model, inputs)
     return 0

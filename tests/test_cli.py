@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from hooks_mm.cli import main
 
@@ -30,3 +31,28 @@ def test_sweep_writes_results_and_meta(tmp_path, monkeypatch, capsys) -> None:  
     assert "data:image/png;base64" in report and "src=\"http" not in report  # figures inlined, nothing fetched
     assert main(["report", str(run), "--out", str(tmp_path / "again.html")]) == 0
     assert (tmp_path / "again.html").read_text().count("<html") == 1
+
+
+def test_main_job_on_the_default_organism_scores_the_right_answers(tmp_path, capsys) -> None:  # noqa: ANN001
+    """`hooks-mm sweep` with no model runs on toy-llava over held-out image questions; its
+    clean metric is the mean log-prob of the right answers, computed here independently."""
+    import torch
+
+    from hooks_mm import HookedMLLM
+    from hooks_mm.tasks import make_qa
+    from hooks_mm.tasks.evaluate import answer_ids, encode
+    from hooks_mm.zoo import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "toy-llava"
+    run = tmp_path / "run"
+    assert main(["sweep", "--out", str(run), "--neurons", "4", "--n-examples", "8"]) == 0
+    table = pd.read_csv(run / "results.csv")
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["model"] == "toy-llava" and meta["batch"][0] == 8 and "right answer" in meta["metric"]
+    assert len(table) == 4 * 3 and (table.delta != 0).any()
+    model = HookedMLLM.from_pretrained("toy-llava")
+    qa = [e for e in make_qa(32, "test", 0) if e.needs_image][:8]
+    with torch.no_grad():
+        logp = model(encode(model, qa))[:, -1].log_softmax(-1)
+    expected = logp[torch.arange(8), answer_ids(model, qa)].mean()
+    assert meta["clean_metric"] == pytest.approx(float(expected), abs=1e-5)
