@@ -72,10 +72,13 @@ def test_lape_finds_a_planted_neuron_and_its_entropy() -> None:
 def test_activation_probabilities_count_positive_activations_per_modality() -> None:
     p = pair_for("llava")
     probs = activation_probabilities(p.model, [p.inputs], layers=[1])
-    _, cache = p.model.run_with_cache(p.inputs, names_filter="blocks.1.mlp.hook_post")
+    _, cache = p.model.run_with_cache(p.inputs, names_filter="blocks.1.ln2.hook_normalized")
+    mlp = p.model._layers[1].mlp  # the gate activation act_fn(gate_proj(x)), as published LAPE counts it
+    with torch.no_grad():
+        gate = mlp.act_fn(mlp.gate_proj(cache["blocks.1.ln2.hook_normalized"]))
     layout = p.model.layout(p.inputs)
     img = layout.modality == Modality.IMAGE
-    expected = (cache["blocks.1.mlp.hook_post"][img] > 0).float().mean(0)
+    expected = (gate[img] > 0).float().mean(0)
     assert torch.allclose(probs.probs[0, :, 1], expected, atol=1e-6)
     assert probs.tokens["image"] == int(img.sum())
 

@@ -43,9 +43,15 @@ def activation_probabilities(
     modalities: Sequence[str] = ("text", "image"),
     layers: Sequence[int] | None = None,
 ) -> ActivationProbabilities:
-    """Stream ``batches``; count, per neuron of ``mlp.hook_post``, how often it is > 0 per modality."""
+    """Stream ``batches``; count, per MLP neuron, how often it is active per modality.
+
+    Active means ``act_fn(gate_proj(x)) > 0`` in gated MLPs (``act_fn(fc1(x)) > 0``
+    otherwise), as the published LAPE code counts it: the sign of the gate activation, not
+    of its product with ``up_proj(x)`` (whose sign is that of the up projection, near a coin
+    flip). For SiLU / GELU / ReLU that is ``mlp.hook_pre > 0``, the hook this reads.
+    """
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    names = [f"blocks.{l}.mlp.hook_post" for l in layers]
+    names = [f"blocks.{l}.mlp.hook_pre" for l in layers]
     codes = [Modality[m.upper()] for m in modalities]
     pos = torch.zeros(len(layers), model.cfg.d_mlp, len(codes), dtype=torch.float64)
     tokens = torch.zeros(len(codes), dtype=torch.float64)
