@@ -134,6 +134,34 @@ class QwenVideoProcessorPil:
         return t * (rh // self.patch_size) * (rw // self.patch_size)
 
 
+class FramewiseVideoProcessor:
+    """A video processor that runs a PIL image processor on every frame and stacks them:
+    ``pixel_values_videos`` ``[n_videos, frames, C, H, W]`` (LLaVA-style video towers).
+
+    This is what ``VideoLlavaVideoProcessor`` / ``LlavaOnevisionVideoProcessor`` compute per
+    frame (resize, optional crop, rescale, normalize; no frame sampling) when handed the
+    matching image processor (CLIP-style: crop for Video-LLaVA, plain resize for OneVision).
+    """
+
+    model_input_names = ["pixel_values_videos"]
+
+    def __init__(self, image_processor: Any, fps: float | None = None):
+        self.image_processor = image_processor
+        self.fps = fps
+
+    def __call__(self, videos: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
+        from PIL import Image
+
+        stacked = []
+        for frames in _as_videos(videos):
+            pil = [Image.fromarray(f.astype(np.uint8), "RGB") for f in frames]
+            out = self.image_processor(pil, return_tensors="np")
+            stacked.append(np.asarray(out["pixel_values"] if "pixel_values" in out else out["pixel_values_images"]))
+        shapes = {v.shape for v in stacked}
+        data = {"pixel_values_videos": np.stack(stacked) if len(shapes) == 1 else stacked}
+        return BatchFeature(data, tensor_type=return_tensors if len(shapes) == 1 else None)
+
+
 # ---------------------------------------------------------------------------------------
 # synthetic media (no downloads)
 
