@@ -218,21 +218,28 @@ class HookedMLLM(HookedRootModule):
         text: str | Sequence[str],
         images: Any = None,
         *,
+        videos: Any = None,
+        audio: Any = None,
         answer: str | Sequence[str] | None = None,
         chat: bool = False,
+        **processor_kwargs: Any,
     ) -> dict[str, Tensor]:
-        """Model inputs from raw text (+ PIL images), through the model's processor.
+        """Model inputs from raw text (+ PIL images, videos, audio), through the model's processor.
 
-        ``images``: one PIL image, a list (one per prompt) or a list of lists. With
-        ``chat=True`` each prompt is a user turn rendered by the processor's chat template,
-        and ``"<image>"`` in it marks where an image goes (any family); otherwise the text
-        must hold the processor's own image placeholder. ``answer`` appends answer tokens
-        after each prompt (segment ``Answer()``; the prompt text is ``Instruction()``).
-        Rows are left-padded.
+        ``images``: one PIL image, a list (one per prompt) or a list of lists. ``videos``: a
+        list of videos, each a list of PIL frames (pass ``fps=`` for the frame rate);
+        ``audio``: a list of 1-D float waveforms at the feature extractor's sampling rate.
+        With ``chat=True`` each prompt is a user turn rendered by the processor's chat
+        template, and ``"<image>"``, ``"<video>"``, ``"<audio>"`` in it mark where each input
+        goes (any family); otherwise the text must hold the processor's own placeholders.
+        ``answer`` appends answer tokens after each prompt (segment ``Answer()``; the prompt
+        text is ``Instruction()``). Rows are left-padded.
 
         Example::
 
             inputs = model.to_inputs("<image> What colour is the square?", images=img, chat=True)
+            inputs = model.to_inputs("<audio> <video> What do you hear?", audio=[wave], videos=[frames],
+                                     chat=True, fps=2.0)
         """
         if self.processor is None:
             raise ValueError(
@@ -250,7 +257,16 @@ class HookedMLLM(HookedRootModule):
             if not isinstance(images, (list, tuple)):
                 images = [images]
             kwargs["images"] = images
+        if videos is not None:
+            kwargs["videos"] = videos
+        if audio is not None:
+            kwargs["audio"] = audio
+            fe = getattr(self.processor, "feature_extractor", None)
+            if getattr(fe, "sampling_rate", None):
+                kwargs.setdefault("sampling_rate", fe.sampling_rate)
+        kwargs.update(processor_kwargs)
         enc = dict(self.processor(text=texts, **kwargs))
+        enc = {k: v for k, v in enc.items() if torch.is_tensor(v)}
         seq_keys = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape[:2] == enc["input_ids"].shape]
         segments = torch.where(enc["attention_mask"].bool(), int(Segment.INSTRUCTION), int(Segment.NONE))
         enc[SEGMENTS_KEY] = segments
@@ -267,11 +283,13 @@ class HookedMLLM(HookedRootModule):
                 "this processor has no chat template: call to_inputs(..., chat=False) with the "
                 "processor's own image placeholder in the text."
             )
+        import re
+
         parts: list[dict[str, str]] = []
-        for i, piece in enumerate(text.split("<image>")):
-            if i:
-                parts.append({"type": "image"})
-            if piece.strip():
+        for piece in re.split(r"(<image>|<video>|<audio>)", text):
+            if piece in ("<image>", "<video>", "<audio>"):
+                parts.append({"type": piece[1:-1]})
+            elif piece.strip():
                 parts.append({"type": "text", "text": piece.strip()})
         messages = [{"role": "user", "content": parts}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
