@@ -4,6 +4,9 @@ from hooks_mm.adapters import Adapter, adapter_for, register
 from hooks_mm.layout import (
     After,
     Answer,
+    Audio,
+    AudioTime,
+    Frame,
     Image,
     Instruction,
     Last,
@@ -16,6 +19,7 @@ from hooks_mm.layout import (
     Special,
     System,
     Text,
+    Video,
     Where,
 )
 from hooks_mm.model import HookedMLLM
@@ -26,6 +30,9 @@ __all__ = [
     "Adapter",
     "After",
     "Answer",
+    "Audio",
+    "AudioTime",
+    "Frame",
     "HookedMLLM",
     "Image",
     "Instruction",
@@ -39,6 +46,7 @@ __all__ = [
     "Special",
     "System",
     "Text",
+    "Video",
     "Where",
     "adapter_for",
     "register",

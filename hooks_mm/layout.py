@@ -1,29 +1,84 @@
 """ModalityLayout: what every position of every batch row is, and selectors over it.
 
+Images, videos and audio are described the same way: every position knows its modality,
+which image / video / audio clip of its row it belongs to, its patch cell (images and video
+frames), its temporal index inside a video (``frame``) and its time in seconds (``time``,
+video frames and audio steps, where the processor or the model tells the rate).
+
 Example::
 
     layout = model.layout(inputs)
     layout.describe(0)                      # 'text[0:3] image0 4x4 [3:19] text[19:25]'
     mask = layout.select(Image(0) | Last())   # bool [batch, seq]
     idx = layout.indices(Image())             # long [batch, n_image_tokens]
+    layout.select(Frame(2) | AudioTime(0.5, 1.0))   # video frame 2, audio between 0.5 and 1 s
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
 class Modality(IntEnum):
+    """What a position is; the codes are stable (saved results refer to them)."""
+
     TEXT = 0
     IMAGE = 1
     SPECIAL = 2
     PAD = 3
+    VIDEO = 4
+    AUDIO = 5
+
+
+class MediaPlan(NamedTuple):
+    """Where the features of one video or one audio clip go, in the order the model writes them.
+
+    ``cells[k] = (frame, row, col)`` of the k-th position: for a video, the LM temporal index
+    and the patch cell inside that frame (``col == -1``: a separator token, ``row == -1`` as
+    well: a per-frame token such as a CLS); for audio, ``(step, -1, -1)`` with ``step`` the
+    index along time.  ``time[k]``: seconds from the start of the clip (NaN where unknown).
+
+    Example::
+
+        MediaPlan.audio(25, seconds_per_step=0.04)       # 25 steps of 40 ms
+        MediaPlan.video(frames=2, rows=2, cols=3, seconds_per_frame=1.0)
+    """
+
+    cells: Int[Tensor, "n 3"]
+    time: Float[Tensor, " n"]
+
+    @staticmethod
+    def audio(n: int, seconds_per_step: float | None = None, start: float = 0.0) -> "MediaPlan":
+        step = torch.arange(n)
+        cells = torch.stack([step, torch.full_like(step, -1), torch.full_like(step, -1)], 1)
+        rate = float("nan") if seconds_per_step is None else float(seconds_per_step)
+        return MediaPlan(cells, start + step.double() * rate)
+
+    @staticmethod
+    def video(frames: int, rows: int, cols: int, seconds_per_frame: float | None = None,
+              newline: bool = False, frame_token: bool = False) -> "MediaPlan":
+        """``frames`` row-major ``rows x cols`` grids; ``newline``: one separator per grid row;
+        ``frame_token``: one ``(f, -1, -1)`` token before each frame's grid (a CLS)."""
+        per = []
+        for f in range(frames):
+            r = torch.arange(rows).repeat_interleave(cols)
+            c = torch.arange(cols).repeat(rows)
+            grid = torch.stack([torch.full_like(r, f), r, c], 1)
+            if newline:
+                sep = torch.stack([torch.full((rows,), f), torch.arange(rows), torch.full((rows,), -1)], 1)
+                grid = torch.cat([grid.view(rows, cols, 3), sep.view(rows, 1, 3)], 1).view(-1, 3)
+            if frame_token:
+                grid = torch.cat([torch.tensor([[f, -1, -1]]), grid])
+            per.append(grid)
+        cells = torch.cat(per)
+        rate = float("nan") if seconds_per_frame is None else float(seconds_per_frame)
+        return MediaPlan(cells, cells[:, 0].double() * rate)
 
 
 class Segment(IntEnum):
@@ -48,6 +103,14 @@ class ModalityLayout:
     - ``segment``: a :class:`Segment` code where known (prompts built by
       ``HookedMLLM.to_inputs``).
     - ``grids``: per image id, the ``(tile, rows, cols)`` of each of its tiles.
+    - ``video_index`` / ``video_id``, ``audio_index`` / ``audio_id``: as for images.
+    - ``frame``: the temporal index inside a video (the LM's frame, i.e. one temporal patch
+      where frames are merged) or the step along time inside an audio clip; -1 elsewhere.
+      Video positions use ``grid_row`` / ``grid_col`` for their cell inside the frame.
+    - ``time``: float seconds from the start of the clip (video and audio positions), NaN
+      where not applicable or unknown (the processor or model gave no rate).
+    - ``video_grids``: per video id ``(frames, rows, cols)``; ``audio_lengths``: per audio id
+      its number of positions.
     """
 
     modality: Int[Tensor, "batch seq"]
@@ -58,6 +121,23 @@ class ModalityLayout:
     grid_col: Int[Tensor, "batch seq"]
     segment: Int[Tensor, "batch seq"]
     grids: list[list[tuple[int, int, int]]]
+    video_index: Int[Tensor, "batch seq"] | None = None
+    video_id: Int[Tensor, "batch seq"] | None = None
+    audio_index: Int[Tensor, "batch seq"] | None = None
+    audio_id: Int[Tensor, "batch seq"] | None = None
+    frame: Int[Tensor, "batch seq"] | None = None
+    time: Float[Tensor, "batch seq"] | None = None
+    video_grids: list[tuple[int, int, int]] | None = None
+    audio_lengths: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("video_index", "video_id", "audio_index", "audio_id", "frame"):
+            if getattr(self, name) is None:
+                setattr(self, name, torch.full_like(self.modality, -1))
+        if self.time is None:
+            self.time = torch.full(self.modality.shape, float("nan"), dtype=torch.float64, device=self.modality.device)
+        self.video_grids = list(self.video_grids or [])
+        self.audio_lengths = list(self.audio_lengths or [])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,6 +146,14 @@ class ModalityLayout:
     @property
     def n_images(self) -> int:
         return len(self.grids)
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.video_grids)
+
+    @property
+    def n_audios(self) -> int:
+        return len(self.audio_lengths)
 
     def select(self, selector: "Selector | Sequence[int] | int") -> Bool[Tensor, "batch seq"]:
         """Boolean mask of the positions a selector picks."""
@@ -91,17 +179,29 @@ class ModalityLayout:
         return {m.name.lower(): int((self.modality == m).sum()) for m in Modality if (self.modality == m).any()}
 
     def describe(self, row: int = 0) -> str:
-        """One line per row: runs of text, images (with grid) and special tokens."""
-        mod, img = self.modality[row].tolist(), self.image_id[row].tolist()
+        """One line per row: runs of text, images (with grid), videos (frames x grid), audio
+        (steps and seconds where known) and special tokens.
+
+        Example: ``'special[0:1] image0 2x2[1:5] video0 2f 2x3[6:18] audio0 25 steps 1.00s[19:44]'``
+        """
+        mod = self.modality[row].tolist()
+        key = list(zip(mod, self.image_id[row].tolist(), self.video_id[row].tolist(), self.audio_id[row].tolist()))
         parts, start = [], 0
         for i in range(1, len(mod) + 1):
-            if i < len(mod) and mod[i] == mod[start] and img[i] == img[start]:
+            if i < len(mod) and key[i] == key[start]:
                 continue
             name = Modality(mod[start]).name.lower()
             if mod[start] == Modality.IMAGE:
-                tiles = self.grids[img[start]]
+                tiles = self.grids[key[start][1]]
                 grid = "+".join(f"{r}x{c}" for _, r, c in tiles)
                 name = f"image{int(self.image_index[row, start])} {grid}"
+            elif mod[start] == Modality.VIDEO:
+                f, r, c = self.video_grids[key[start][2]]
+                name = f"video{int(self.video_index[row, start])} {f}f {r}x{c}"
+            elif mod[start] == Modality.AUDIO:
+                t = self.time[row, start:i]
+                secs = f" {float(t[-1] - t[0]) + (float(t[1] - t[0]) if len(t) > 1 else 0.0):.2f}s" if bool(torch.isfinite(t).all()) else ""
+                name = f"audio{int(self.audio_index[row, start])} {i - start} steps{secs}"
             parts.append(f"{name}[{start}:{i}]")
             start = i
         return " ".join(parts)
@@ -114,8 +214,19 @@ def build_layout(
     plans: list[Tensor],
     special_ids: set[int] = frozenset(),  # type: ignore[assignment]
     segments: Tensor | None = None,
+    *,
+    video_mask: Bool[Tensor, "batch seq"] | None = None,
+    video_plans: Sequence[MediaPlan] = (),
+    audio_mask: Bool[Tensor, "batch seq"] | None = None,
+    audio_plans: Sequence[MediaPlan] = (),
+    times: Float[Tensor, "batch seq"] | None = None,
 ) -> ModalityLayout:
-    """Assemble a layout; ``plans`` are filled into image positions in row-major order."""
+    """Assemble a layout; ``plans`` are filled into image positions in row-major order, and
+    ``video_plans`` / ``audio_plans`` (:class:`MediaPlan`) into video / audio positions.
+
+    ``times`` (optional, seconds, NaN where unknown) overrides the plans' times where finite:
+    models whose position ids are time-aligned (Qwen2.5-Omni) give them from the ids.
+    """
     b, s = input_ids.shape
     device = input_ids.device
     full = lambda v: torch.full((b, s), v, dtype=torch.long, device=device)  # noqa: E731
@@ -142,23 +253,86 @@ def build_layout(
         modality[rows, cols] = Modality.IMAGE
         image_id[rows, cols] = ids
         tile[rows, cols], grid_row[rows, cols], grid_col[rows, cols] = plan.unbind(1)
-        first_row = {}
-        for k, p in enumerate(plans):
-            start = sum(len(q) for q in plans[:k])
-            first_row[k] = int(rows[start])
+        for p in plans:
             tiles = {}
             for t, r, c in p.tolist():
                 tiles[t] = (max(tiles.get(t, (0, 0))[0], r + 1), max(tiles.get(t, (0, 0))[1], c + 1))
             grids.append([(t, r, c) for t, (r, c) in sorted(tiles.items())])
-        per_row: dict[int, int] = {}
-        for k in range(len(plans)):
-            row = first_row[k]
-            image_index[image_id == k] = per_row.get(row, 0)
-            per_row[row] = per_row.get(row, 0) + 1
+        image_index[:] = _per_row_index(image_id, rows, len(plans))
+    frame = full(-1)
+    time = torch.full((b, s), float("nan"), dtype=torch.float64, device=device)
+    video_id, video_index = _fill_media(
+        "video", Modality.VIDEO, video_mask, video_plans, modality, frame, grid_row, grid_col, time
+    )
+    audio_id, audio_index = _fill_media(
+        "audio", Modality.AUDIO, audio_mask, audio_plans, modality, frame, grid_row, grid_col, time
+    )
+    if times is not None:
+        times = times.to(device=device, dtype=torch.float64)
+        media = (modality == Modality.VIDEO) | (modality == Modality.AUDIO)
+        time = torch.where(media & torch.isfinite(times), times, time)
+    video_grids = []
+    for p in video_plans:
+        cells = p.cells[p.cells[:, 2] >= 0]
+        f = int(p.cells[:, 0].max()) + 1 if len(p.cells) else 0
+        video_grids.append((f, int(cells[:, 1].max()) + 1 if len(cells) else 0, int(cells[:, 2].max()) + 1 if len(cells) else 0))
     if attention_mask is not None:
         modality[attention_mask == 0] = Modality.PAD
     segment = segments.to(device).long() if segments is not None else full(Segment.NONE)
-    return ModalityLayout(modality, image_index, image_id, tile, grid_row, grid_col, segment, grids)
+    return ModalityLayout(
+        modality, image_index, image_id, tile, grid_row, grid_col, segment, grids,
+        video_index=video_index, video_id=video_id, audio_index=audio_index, audio_id=audio_id,
+        frame=frame, time=time, video_grids=video_grids, audio_lengths=[len(p.cells) for p in audio_plans],
+    )
+
+
+def _per_row_index(ids: Tensor, rows: Tensor, n: int) -> Tensor:
+    """Per position, the index of its item (image / video / audio) among its row's items."""
+    out = torch.full_like(ids, -1)
+    per_row: dict[int, int] = {}
+    start = 0
+    counts = torch.bincount(ids[ids >= 0], minlength=n).tolist() if n else []
+    for k in range(n):
+        row = int(rows[start])
+        out[ids == k] = per_row.get(row, 0)
+        per_row[row] = per_row.get(row, 0) + 1
+        start += counts[k]
+    return out
+
+
+def _fill_media(
+    kind: str,
+    code: Modality,
+    mask: Tensor | None,
+    plans: Sequence[MediaPlan],
+    modality: Tensor,
+    frame: Tensor,
+    grid_row: Tensor,
+    grid_col: Tensor,
+    time: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Write ``plans`` into the ``mask`` positions (row-major); returns (id, index) tensors."""
+    ids, index = torch.full_like(modality, -1), torch.full_like(modality, -1)
+    n_tokens = int(mask.sum()) if mask is not None else 0
+    n_planned = sum(len(p.cells) for p in plans)
+    if n_tokens != n_planned:
+        raise ValueError(
+            f"{kind} token count does not match the {kind} inputs: input_ids hold {n_tokens} "
+            f"{kind} positions but the {len(plans)} {kind} input(s) given produce {n_planned} "
+            f"features. Build inputs with the model's processor, which expands each {kind} "
+            f"placeholder to the right number of tokens, or pass the {kind} inputs these "
+            "input_ids were built for."
+        )
+    if not n_tokens:
+        return ids, index
+    rows, cols = mask.nonzero(as_tuple=True)
+    device = modality.device
+    cells = torch.cat([p.cells for p in plans]).to(device)
+    modality[rows, cols] = code
+    ids[rows, cols] = torch.cat([torch.full((len(p.cells),), k, device=device) for k, p in enumerate(plans)])
+    frame[rows, cols], grid_row[rows, cols], grid_col[rows, cols] = cells.unbind(1)
+    time[rows, cols] = torch.cat([p.time for p in plans]).to(device=device, dtype=torch.float64)
+    return ids, _per_row_index(ids, rows, len(plans))
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,8 +398,93 @@ class Image(Selector):
         return m
 
 
+def _check_index(kind: str, i: int, index: Tensor) -> None:
+    n = int(index.max()) + 1 if index.numel() else 0
+    if not 0 <= i < max(n, 0):
+        raise ValueError(f"{kind}({i}) is out of range: rows hold at most {max(n, 0)} {kind.lower()}(s).")
+
+
+class Video(Selector):
+    """Video positions: all, or video ``i`` of each row (every frame, every cell)."""
+
+    def __init__(self, i: int | None = None):
+        self.i = i
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = layout.modality == Modality.VIDEO
+        if self.i is not None:
+            _check_index("Video", self.i, layout.video_index)
+            m &= layout.video_index == self.i
+        return m
+
+
+class Frame(Selector):
+    """Video positions of frame ``t`` (an int) or of frames ``start <= frame < stop``
+    (``Frame((start, stop))`` or ``Frame(range(start, stop))``), in every video; combine
+    with ``Video(i)`` for one video: ``Video(0) & Frame(1)``.
+
+    Frames are the LM's temporal index (one temporal patch where the model merges frames,
+    e.g. 2 raw frames in Qwen2-VL). ``layout.video_grids`` gives each video's frame count.
+    """
+
+    def __init__(self, t: int | Sequence[int] | range):
+        if isinstance(t, range):
+            if t.step != 1:
+                raise ValueError(f"Frame({t!r}): only contiguous ranges (step 1) are supported.")
+            t = [t.start, t.stop]
+        if not isinstance(t, int):
+            t = [int(v) for v in t]
+            if len(t) != 2 or t[1] <= t[0]:
+                raise ValueError(f"Frame({t!r}): give one frame index or a (start, stop) pair with stop > start.")
+        self.t = t
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        video = layout.modality == Modality.VIDEO
+        if isinstance(self.t, int):
+            return video & (layout.frame == self.t)
+        return video & (layout.frame >= self.t[0]) & (layout.frame < self.t[1])
+
+
+class Audio(Selector):
+    """Audio positions: all, or audio clip ``i`` of each row."""
+
+    def __init__(self, i: int | None = None):
+        self.i = i
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = layout.modality == Modality.AUDIO
+        if self.i is not None:
+            _check_index("Audio", self.i, layout.audio_index)
+            m &= layout.audio_index == self.i
+        return m
+
+
+class AudioTime(Selector):
+    """Audio positions whose time (seconds from the start of their clip) lies in ``[t0, t1)``.
+
+    Needs known times: the processor's frame rate (Whisper-style feature extractors:
+    hop_length / sampling_rate) or a model with time-aligned positions (Qwen2.5-Omni).
+    """
+
+    def __init__(self, t0: float, t1: float):
+        if not t1 > t0:
+            raise ValueError(f"AudioTime({t0}, {t1}): t1 must be larger than t0.")
+        self.t0, self.t1 = float(t0), float(t1)
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        audio = layout.modality == Modality.AUDIO
+        if bool(audio.any()) and not bool(torch.isfinite(layout.time[audio]).any()):
+            raise ValueError(
+                "AudioTime: the audio positions of this layout have no known times (the "
+                "processor gave no frame rate). Load the model with its processor (feature "
+                "extractor with sampling_rate and hop_length), or select steps with "
+                "Where(lambda L: L.frame < n) & Audio()."
+            )
+        return audio & (layout.time >= self.t0) & (layout.time < self.t1)
+
+
 class Text(Selector):
-    """Text positions (not image, special or padding)."""
+    """Text positions (not image, video, audio, special or padding)."""
 
     def mask(self, layout: ModalityLayout) -> Tensor:
         return layout.modality == Modality.TEXT
@@ -344,7 +603,10 @@ class Not(Selector):
 
 SELECTORS: dict[str, type[Selector]] = {
     c.__name__: c
-    for c in (Image, Text, Special, NonPad, Last, Instruction, Answer, System, After, Positions, Union, Intersection, Not)
+    for c in (
+        Image, Video, Frame, Audio, AudioTime, Text, Special, NonPad, Last, Instruction, Answer, System, After,
+        Positions, Union, Intersection, Not,
+    )
 }
 
 
@@ -354,4 +616,6 @@ def as_selector(x: Any) -> Selector:
         return x
     if isinstance(x, int) or (isinstance(x, (list, tuple)) and all(isinstance(p, int) for p in x)):
         return Positions(x)
-    raise TypeError(f"cannot select positions with {x!r}: use a Selector (Image(), Text(), Last(), ...) or ints.")
+    raise TypeError(
+        f"cannot select positions with {x!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."
+    )

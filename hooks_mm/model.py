@@ -39,7 +39,7 @@ from hooks_mm.layout import SEGMENTS_KEY, ModalityLayout, Segment, Selector, as_
 
 # hook names whose position axis is not 1
 _POS_DIM = {"hook_attn_scores": 2, "hook_pattern": 2}
-_NOT_POSITIONAL = ("hook_vision_out", "hook_projector_out", "cross_attn.hook_k", "cross_attn.hook_v", "cross_attn.hook_rot_k")
+_NOT_POSITIONAL = ("hook_vision_out", "hook_projector_out", "hook_audio_out", "hook_audio_projector_out", "cross_attn.hook_k", "cross_attn.hook_v", "cross_attn.hook_rot_k")
 
 
 class _Stop(Exception):
@@ -116,7 +116,9 @@ class HookedMLLM(HookedRootModule):
     activations = input of down_proj), ``blocks.{l}.hook_mlp_out``,
     ``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``; on the vision side
     ``hook_vision_out`` (vision features entering the projector) and ``hook_projector_out``
-    (features written at the image positions). Cross-attention layers (Mllama) hold
+    (features written at the image positions); on the audio side (Qwen2-Audio, Voxtral,
+    Qwen2.5-Omni) ``hook_audio_out`` (audio-encoder output entering its projector) and
+    ``hook_audio_projector_out`` (features written at the audio positions). Cross-attention layers (Mllama) hold
     ``blocks.{l}.cross_attn.*`` instead of ``attn.*``, and their ``hook_attn_out`` /
     ``hook_mlp_out`` are the gated outputs; Qwen3-VL's deepstack injection after layer ``l``
     is ``blocks.{l}.hook_deepstack``.
@@ -143,6 +145,9 @@ class HookedMLLM(HookedRootModule):
         if adapter.projector is not None:
             self.hook_vision_out = HookPoint()
             self.hook_projector_out = HookPoint()
+        if adapter.audio_projector is not None:
+            self.hook_audio_out = HookPoint()
+            self.hook_audio_projector_out = HookPoint()
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
         self.cfg = SimpleNamespace(
@@ -213,21 +218,28 @@ class HookedMLLM(HookedRootModule):
         text: str | Sequence[str],
         images: Any = None,
         *,
+        videos: Any = None,
+        audio: Any = None,
         answer: str | Sequence[str] | None = None,
         chat: bool = False,
+        **processor_kwargs: Any,
     ) -> dict[str, Tensor]:
-        """Model inputs from raw text (+ PIL images), through the model's processor.
+        """Model inputs from raw text (+ PIL images, videos, audio), through the model's processor.
 
-        ``images``: one PIL image, a list (one per prompt) or a list of lists. With
-        ``chat=True`` each prompt is a user turn rendered by the processor's chat template,
-        and ``"<image>"`` in it marks where an image goes (any family); otherwise the text
-        must hold the processor's own image placeholder. ``answer`` appends answer tokens
-        after each prompt (segment ``Answer()``; the prompt text is ``Instruction()``).
-        Rows are left-padded.
+        ``images``: one PIL image, a list (one per prompt) or a list of lists. ``videos``: a
+        list of videos, each a list of PIL frames (pass ``fps=`` for the frame rate);
+        ``audio``: a list of 1-D float waveforms at the feature extractor's sampling rate.
+        With ``chat=True`` each prompt is a user turn rendered by the processor's chat
+        template, and ``"<image>"``, ``"<video>"``, ``"<audio>"`` in it mark where each input
+        goes (any family); otherwise the text must hold the processor's own placeholders.
+        ``answer`` appends answer tokens after each prompt (segment ``Answer()``; the prompt
+        text is ``Instruction()``). Rows are left-padded.
 
         Example::
 
             inputs = model.to_inputs("<image> What colour is the square?", images=img, chat=True)
+            inputs = model.to_inputs("<audio> <video> What do you hear?", audio=[wave], videos=[frames],
+                                     chat=True, fps=2.0)
         """
         if self.processor is None:
             raise ValueError(
@@ -245,7 +257,16 @@ class HookedMLLM(HookedRootModule):
             if not isinstance(images, (list, tuple)):
                 images = [images]
             kwargs["images"] = images
+        if videos is not None:
+            kwargs["videos"] = videos
+        if audio is not None:
+            kwargs["audio"] = audio
+            fe = getattr(self.processor, "feature_extractor", None)
+            if getattr(fe, "sampling_rate", None):
+                kwargs.setdefault("sampling_rate", fe.sampling_rate)
+        kwargs.update(processor_kwargs)
         enc = dict(self.processor(text=texts, **kwargs))
+        enc = {k: v for k, v in enc.items() if torch.is_tensor(v)}
         seq_keys = [k for k, v in enc.items() if torch.is_tensor(v) and v.shape[:2] == enc["input_ids"].shape]
         segments = torch.where(enc["attention_mask"].bool(), int(Segment.INSTRUCTION), int(Segment.NONE))
         enc[SEGMENTS_KEY] = segments
@@ -262,11 +283,13 @@ class HookedMLLM(HookedRootModule):
                 "this processor has no chat template: call to_inputs(..., chat=False) with the "
                 "processor's own image placeholder in the text."
             )
+        import re
+
         parts: list[dict[str, str]] = []
-        for i, piece in enumerate(text.split("<image>")):
-            if i:
-                parts.append({"type": "image"})
-            if piece.strip():
+        for piece in re.split(r"(<image>|<video>|<audio>)", text):
+            if piece in ("<image>", "<video>", "<audio>"):
+                parts.append({"type": piece[1:-1]})
+            elif piece.strip():
                 parts.append({"type": "text", "text": piece.strip()})
         messages = [{"role": "user", "content": parts}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -281,15 +304,26 @@ class HookedMLLM(HookedRootModule):
         ids = inputs.get("input_ids")
         if ids is None:
             raise ValueError("a layout needs input_ids; inputs_embeds alone carry no token identities.")
-        mask = a.image_mask(config, ids) if a.image_mask else None
-        if mask is not None and "attention_mask" in inputs:
-            mask = mask & inputs["attention_mask"].bool()
+        real = inputs["attention_mask"].bool() if "attention_mask" in inputs else None
+
+        def positions(fn: Any) -> Tensor | None:
+            mask = fn(config, ids) if fn else None
+            return mask & real if (mask is not None and real is not None) else mask
+
+        mask = positions(a.image_mask)
         plans = a.image_plans(config, inputs) if (a.image_plans and mask is not None and mask.any()) else []
+        video, audio = positions(a.video_mask), positions(a.audio_mask)
+        video_plans = a.video_plans(config, inputs, self.processor) if (a.video_plans and video is not None and video.any()) else []
+        audio_plans = a.audio_plans(config, inputs, self.processor) if (a.audio_plans and audio is not None and audio.any()) else []
+        times = a.position_times(self.hf_model, inputs) if a.position_times else None
         special = set(a.special_ids(config))
         tok = getattr(self.processor, "tokenizer", self.processor)
         if tok is not None and hasattr(tok, "all_special_ids"):
             special |= set(tok.all_special_ids)
-        return build_layout(ids, inputs.get("attention_mask"), mask, plans, special, inputs.get(SEGMENTS_KEY))
+        return build_layout(
+            ids, inputs.get("attention_mask"), mask, plans, special, inputs.get(SEGMENTS_KEY),
+            video_mask=video, video_plans=video_plans, audio_mask=audio, audio_plans=audio_plans, times=times,
+        )
 
     def _as_inputs(self, inputs: Any, **kwargs: Any) -> dict[str, Any]:
         if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or all(isinstance(t, str) for t in inputs)):
@@ -311,7 +345,8 @@ class HookedMLLM(HookedRootModule):
     def _check_images(self, inputs: dict[str, Any]) -> None:
         """Raise a clear error when the image tokens do not match the images given."""
         ids = inputs.get("input_ids")
-        if ids is None or self.adapter.image_mask is None:
+        a = self.adapter
+        if ids is None or (a.image_mask is None and a.video_mask is None and a.audio_mask is None):
             return
         tensors = tuple(v for v in inputs.values() if torch.is_tensor(v))
         key = (tensors, tuple(t._version for t in tensors))
@@ -575,6 +610,12 @@ class HookedMLLM(HookedRootModule):
                 pre(proj, in_hook(self.hook_vision_out))
             if "hook_projector_out" in live:
                 fwd(proj, out_hook(self.hook_projector_out))
+        if a.audio_projector is not None:
+            proj = self._module(a.audio_projector)
+            if "hook_audio_out" in live:
+                pre(proj, in_hook(self.hook_audio_out))
+            if "hook_audio_projector_out" in live:
+                fwd(proj, out_hook(self.hook_audio_projector_out))
 
         n = self.cfg.n_layers
         final_norm = self._module(a.final_norm)

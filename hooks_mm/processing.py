@@ -1,13 +1,17 @@
 """Loading and saving processors, including where transformers wants torchvision.
 
 transformers 5.23 attaches a video processor to every Qwen-VL-style processor and that
-class needs torchvision, which does not install beside the CPU torch wheel. For images and
-text the video processor is not needed: hooks_mm then builds the processor from its
-tokenizer and its slow (PIL) image processor, with ``video_processor=None``.
+class needs torchvision, which does not install beside the CPU torch wheel. hooks_mm then
+builds the processor from its tokenizer, its slow (PIL) image processor and its audio
+feature extractor (Qwen2.5-Omni), and puts :class:`~hooks_mm.media.QwenVideoProcessorPil`
+(PIL + numpy) in the video slot of Qwen-style processors, so videos work too.  A model whose
+processor cannot be built at all (Voxtral: mistral_common) gets its tokenizer and feature
+extractor (:class:`~hooks_mm.zoo.audio.AudioTextProcessor`).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -40,37 +44,76 @@ def load_processor(path: str) -> Any | None:
     if CodebookProcessor.is_saved_in(path):
         return CodebookProcessor.from_pretrained(path)
     try:
-        return AutoProcessor.from_pretrained(path)
-    except ImportError:
-        processor = _without_video(path)
-        if processor is not None:
+        processor = AutoProcessor.from_pretrained(path)
+        if hasattr(processor, "tokenizer") or not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
             return processor
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ImportError, OSError, ValueError, KeyError, TypeError):
         pass
+    try:  # a processor class whose video slot needs torchvision, or one Auto* does not map
+        processor = _without_video(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        processor = None
+    if processor is not None:
+        return processor
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    feature_extractor = _feature_extractor(path)
+    if feature_extractor is not None:
+        from hooks_mm.zoo.audio import AudioTextProcessor
+
+        return AudioTextProcessor(tokenizer, feature_extractor)
+    return tokenizer
+
+
+# processor classes of model types that AutoProcessor does not map
+PROCESSORS = {"qwen2_5_omni_thinker": "Qwen2_5OmniProcessor"}
+FEATURE_EXTRACTOR_DIR = "feature_extractor"  # beside an image processor (both use preprocessor_config.json)
+
+
+def _feature_extractor(path: str) -> Any | None:
+    from transformers import AutoFeatureExtractor
+
+    for where in (os.path.join(path, FEATURE_EXTRACTOR_DIR), path):
+        try:
+            return AutoFeatureExtractor.from_pretrained(where)
+        except (OSError, ValueError, KeyError, TypeError, ImportError):
+            continue
+    return None
 
 
 def _without_video(path: str) -> Any | None:
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     config = AutoConfig.from_pretrained(path)
-    cls = getattr(transformers, PROCESSOR_MAPPING_NAMES.get(config.model_type, "") or "", None)
+    name = PROCESSOR_MAPPING_NAMES.get(config.model_type) or PROCESSORS.get(config.model_type, "")
+    cls = getattr(transformers, name, None)
     if cls is None or "video_processor" not in cls.get_attributes():
         return None
+    from hooks_mm.media import QwenVideoProcessorPil
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+    parts: dict[str, Any] = {"image_processor": image_processor, "tokenizer": tokenizer, "video_processor": None}
+    if "feature_extractor" in cls.get_attributes():
+        parts["feature_extractor"] = _feature_extractor(path)
     with allow_missing_video_processor():
-        return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                   chat_template=getattr(tokenizer, "chat_template", None))
+        processor = cls(**parts, chat_template=getattr(tokenizer, "chat_template", None))
+    if all(hasattr(image_processor, k) for k in ("patch_size", "merge_size", "temporal_patch_size")):
+        processor.video_processor = QwenVideoProcessorPil(image_processor)
+    return processor
 
 
 def save_processor(processor: Any, path: str) -> None:
-    """``processor.save_pretrained(path)``; without a video processor, its parts."""
-    if getattr(processor, "video_processor", "absent") is None:
+    """``processor.save_pretrained(path)``; without an HF video processor, its parts."""
+    from hooks_mm.media import QwenVideoProcessorPil
+
+    video = getattr(processor, "video_processor", "absent")
+    if video is None or isinstance(video, QwenVideoProcessorPil):
         processor.tokenizer.save_pretrained(path)
         processor.image_processor.save_pretrained(path)
+        if getattr(processor, "feature_extractor", None) is not None:
+            processor.feature_extractor.save_pretrained(os.path.join(path, FEATURE_EXTRACTOR_DIR))
     else:
         processor.save_pretrained(path)

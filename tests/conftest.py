@@ -16,7 +16,11 @@ from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
 
 # the tiny random-weight families, then the shipped trained organisms (loaded from the package)
 FAMILIES = sorted(zoo.BUILDERS) + sorted(ORGANISMS)
-IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama"]
+AUDIO_ONLY = ("qwen2_audio", "voxtral")  # audio + text: no image positions
+IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
+# families / input cases whose batches hold video or audio positions
+VIDEO_FAMILIES = ["qwen2_vl_video", "qwen2_5_vl_video", "qwen2_5_omni", "llava_onevision_video", "video_llava"]
+AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}
 

@@ -213,13 +213,14 @@ def test_layout_matches_image_features(family: str) -> None:
 
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_hook_projector_out_lands_on_image_positions(family: str) -> None:
-    """Vision-side hooks: editing the projector output moves only image positions at layer 0."""
+    """Vision-side hooks: editing the projector output moves only image (and video: the same
+    vision tower encodes the frames) positions at layer 0."""
     p = pair_for(family)
     m = p.model
     if "hook_projector_out" not in m.hook_dict:
         pytest.skip(f"{family} has no continuous vision path (discrete image codes)")
     layout = m.layout(p.inputs)
-    img = layout.modality == Modality.IMAGE
+    img = (layout.modality == Modality.IMAGE) | (layout.modality == Modality.VIDEO)
     _, clean = m.run_with_cache(p.inputs, names_filter="blocks.0.hook_resid_pre")
     cache: dict[str, torch.Tensor] = {}
     m.run_with_hooks(

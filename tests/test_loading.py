@@ -69,3 +69,33 @@ def test_builtin_name_is_saved_once_and_loaded_like_a_hub_model(tmp_path, monkey
     again = HookedMLLM.from_pretrained("tiny-llava")
     a, b = model.hf_model.state_dict(), again.hf_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen2_audio", "qwen2_5_vl_video", "anygpt_audio"])
+def test_from_pretrained_offline_runs_raw_audio_and_video(family, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Saved and loaded like a hub model; raw waveforms / frames go through the loaded
+    processor (video slot: the PIL video processor) and the logits equal the bare model's."""
+    from hooks_mm import Audio, Frame
+    from hooks_mm.media import moving_square, tone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = zoo.build(family)
+    zoo.save(tiny, str(tmp_path))
+    model = HookedMLLM.from_pretrained(str(tmp_path))
+    kwargs, prompt = {}, "<audio> what is this ?"
+    if family == "qwen2_5_vl_video":
+        kwargs, prompt = {"videos": [moving_square(4, 56, 84)], "fps": 2.0}, "<video> what is this ?"
+    elif family == "qwen2_5_omni":
+        kwargs, prompt = {"audio": [tone(0.5)], "videos": [moving_square(2, 56, 56)], "fps": 2.0}, "<audio> <video> what ?"
+    else:
+        kwargs = {"audio": [tone(0.5)]}
+    inputs = model.to_inputs([prompt], chat=family != "anygpt_audio", **kwargs)
+    bare = type(tiny.model).from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.equal(model(inputs), bare(**{k: v for k, v in inputs.items() if k != SEGMENTS_KEY}).logits)
+    layout = model.layout(inputs)
+    if "audio" in kwargs:
+        assert layout.audio_lengths == [12] and layout.select(Audio()).sum() == 12  # 0.5 s: 12 steps of 40 ms
+        assert torch.isfinite(layout.time[layout.select(Audio())]).all()
+    if "videos" in kwargs:
+        assert layout.n_videos == 1 and layout.select(Frame(0)).any()

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from hooks_mm.adapters.base import (
     Adapter,
     ImagePlan,
+    MediaPlan,
     config_get,
     grid_plan,
     square_side,
@@ -57,6 +58,7 @@ __all__ = [
     "ADAPTERS",
     "Adapter",
     "ImagePlan",
+    "MediaPlan",
     "adapter_for",
     "adapter_for_names",
     "config_get",

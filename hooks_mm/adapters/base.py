@@ -3,7 +3,9 @@
 An adapter is data, not a subclass. Adding a family means writing one ``Adapter(...)``
 with the dotted paths of its language-model parts and, for image families, two small
 functions: which positions receive image features, and how those positions map onto each
-image's patch grid.
+image's patch grid. Video and audio families add the same pair for their modality
+(``video_mask`` / ``video_plans``, ``audio_mask`` / ``audio_plans``: a
+:class:`~hooks_mm.layout.MediaPlan` per video or clip, with frames, cells and seconds).
 
 Example::
 
@@ -31,6 +33,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from hooks_mm.layout import MediaPlan
+
 # An image plan says, for each LM position that receives the features of one image (in the
 # order the model writes them), which tile of the image it shows and which (row, col) cell
 # of that tile's grid.  col == -1 marks a separator that is not a patch (a newline /
@@ -39,6 +43,11 @@ ImagePlan = Int[Tensor, "n_tokens 3"]
 
 ImageMaskFn = Callable[[Any, Int[Tensor, "batch seq"]], Bool[Tensor, "batch seq"]]
 ImagePlansFn = Callable[[Any, dict[str, Any]], list[ImagePlan]]
+# (config, inputs, processor or None) -> one MediaPlan per video / audio clip, in the order
+# the model writes their features; the processor tells frame rates where the inputs do not
+MediaPlansFn = Callable[[Any, dict[str, Any], Any], list[MediaPlan]]
+# (hf_model, inputs) -> [batch, seq] seconds from the model's own time-aligned position ids
+PositionTimesFn = Callable[[Any, dict[str, Any]], Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,17 @@ class Adapter:
     image_mask: ImageMaskFn | None = None
     # grid plan of every image, in the order the model writes image features
     image_plans: ImagePlansFn | None = None
+    # positions that receive video features and the plan (frames x cells, seconds) of each video
+    video_mask: ImageMaskFn | None = None
+    video_plans: MediaPlansFn | None = None
+    # positions that receive audio features / hold audio codes, and the plan of each clip
+    audio_mask: ImageMaskFn | None = None
+    audio_plans: MediaPlansFn | None = None
+    # audio side: module whose INPUT is the audio encoder's output and whose OUTPUT is what is
+    # written at the audio positions (hook_audio_out / hook_audio_projector_out)
+    audio_projector: str | None = None
+    # seconds of every position from time-aligned position ids (Qwen2.5-Omni), else None
+    position_times: PositionTimesFn | None = None
     # token ids that are structural (begin/end of image, vision start/end, row markers)
     special_ids: Callable[[Any], set[int]] = field(default=lambda config: set())
     # extra forward kwargs the model needs that a plain tokenizer call lacks

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan, token_id_mask
+from hooks_mm.adapters.base import Adapter, ImagePlan, MediaPlan, config_get, grid_plan, token_id_mask
 
 # vision towers without a CLS token: "default" then drops the first PATCH (as HF does)
 _NO_CLS = ("siglip", "pixtral", "moonvit")
@@ -146,6 +146,53 @@ def llava_onevision_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan
 
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
+_video_mask = token_id_mask("video_token_id", "video_token_index")
+
+
+def _video_shape(inputs: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """(n_videos, frames, height, width) of ``pixel_values_videos`` [n, frames, C, H, W]."""
+    pv = inputs.get("pixel_values_videos")
+    if pv is None:
+        return None
+    return int(pv.shape[0]), int(pv.shape[1]), int(pv.shape[-2]), int(pv.shape[-1])
+
+
+def onevision_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
+    """LlavaOnevision videos: each frame's ``side x side`` grid bilinearly pooled to
+    ``ceil(side / 2)`` squared cells, frames in order, then ONE ``image_newline`` for the whole
+    video (``(last frame, -1, -1)``). No frame rate reaches the model: times are NaN."""
+    shape = _video_shape(inputs)
+    if shape is None:
+        return []
+    n, frames, _, _ = shape
+    pooled = math.ceil((config.vision_config.image_size // config.vision_config.patch_size) / 2)
+    plans = []
+    for _ in range(n):
+        p = MediaPlan.video(frames, pooled, pooled)
+        end = torch.tensor([[frames - 1, -1, -1]])
+        plans.append(MediaPlan(torch.cat([p.cells, end]), torch.cat([p.time, p.time[-1:]])))
+    return plans
+
+
+def video_llava_image_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    """Video-LLaVA images (``pixel_values_images``): the CLIP grid, CLS dropped by 'default'."""
+    pv = inputs.get("pixel_values_images", inputs.get("pixel_values"))
+    if pv is None:
+        return []
+    patch = config.vision_config.patch_size
+    plan = _tower_plan(config, _strategy(config, inputs), int(pv.shape[-2]) // patch, int(pv.shape[-1]) // patch)
+    return [plan.clone() for _ in range(int(pv.shape[0]))]
+
+
+def video_llava_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
+    """Video-LLaVA videos: every frame's CLS token (``(f, -1, -1)``, kept for videos whatever
+    the strategy) followed by its ``rows x cols`` patch grid."""
+    shape = _video_shape(inputs)
+    if shape is None:
+        return []
+    n, frames, h, w = shape
+    patch = config.vision_config.patch_size
+    return [MediaPlan.video(frames, h // patch, w // patch, frame_token=True) for _ in range(n)]
 
 
 def _no_special(config: Any) -> set[int]:
@@ -158,7 +205,7 @@ def _onevision_special(config: Any) -> set[int]:
     return {int(video)} if video is not None else set()
 
 
-def _adapter(name: str, cls: str, plans, notes: str, special=_no_special) -> Adapter:
+def _adapter(name: str, cls: str, plans, notes: str, special=_no_special, **media: Any) -> Adapter:
     return Adapter(
         name=name,
         architectures=(cls,),
@@ -170,6 +217,7 @@ def _adapter(name: str, cls: str, plans, notes: str, special=_no_special) -> Ada
         image_plans=plans,
         special_ids=special,
         notes=notes,
+        **media,
     )
 
 
@@ -196,10 +244,24 @@ LLAVA_ONEVISION = _adapter(
     "Qwen2 LM + SigLIP ('full'); needs image_sizes (+ batch_num_images: multi-image rows get "
     "base tile + 1 newline); projector output precedes unpad/bilinear-resize/newline packing.",
     special=_onevision_special,
+    video_mask=_video_mask,
+    video_plans=onevision_video_plans,
+)
+
+VIDEO_LLAVA = _adapter(
+    "video_llava",
+    "VideoLlavaForConditionalGeneration",
+    video_llava_image_plans,
+    "separate image_tower and video_tower (CLIP), one multi_modal_projector called once for "
+    "images and once for videos (hook_vision_out / hook_projector_out fire for both); images "
+    "drop CLS ('default'), video frames keep it: frames * (1 + grid) tokens per video",
+    video_mask=_video_mask,
+    video_plans=video_llava_video_plans,
 )
 
 ADAPTERS = (
     LLAVA,
     LLAVA_NEXT,
     LLAVA_ONEVISION,
+    VIDEO_LLAVA,
 )

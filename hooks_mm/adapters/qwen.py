@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooks_mm.adapters.base import Adapter, config_get, grid_plan, token_id_mask
+from hooks_mm.adapters.base import Adapter, MediaPlan, config_get, grid_plan, token_id_mask
 
 
 def _merge(config: Any) -> int:
@@ -40,6 +40,27 @@ def qwen_image_plans(config: Any, inputs: dict[str, Any]) -> list[Tensor]:
     for t, h, w in torch.as_tensor(grid).reshape(-1, 3).tolist():
         frames = [grid_plan(int(h) // m, int(w) // m, tile=f) for f in range(int(t))]
         plans.append(torch.cat(frames, dim=0))
+    return plans
+
+
+def qwen_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
+    """One plan per row of ``video_grid_thw``: ``t`` frames of an ``(h/m) x (w/m)`` grid.
+
+    A frame here is one temporal patch (``temporal_patch_size`` = 2 decoded frames). Its
+    time is ``frame * second_per_grid_ts[i]`` (Qwen2.5-VL; ``video_second_per_grid`` in
+    Qwen2.5-Omni), the seconds HF puts into the temporal M-RoPE ids; NaN where the inputs
+    carry no rate (Qwen2-VL).
+    """
+    grid = inputs.get("video_grid_thw")
+    if grid is None:
+        return []
+    m = _merge(config)
+    seconds = inputs.get("second_per_grid_ts", inputs.get("video_second_per_grid"))
+    seconds = torch.as_tensor(seconds).flatten().tolist() if seconds is not None else None
+    plans = []
+    for i, (t, h, w) in enumerate(torch.as_tensor(grid).reshape(-1, 3).tolist()):
+        rate = float(seconds[i]) if seconds is not None else None
+        plans.append(MediaPlan.video(int(t), int(h) // m, int(w) // m, seconds_per_frame=rate))
     return plans
 
 
@@ -86,6 +107,7 @@ def qwen3_injection_layers(config: Any) -> list[int]:
 
 
 _IMAGE_MASK = token_id_mask("image_token_id")
+_VIDEO_MASK = token_id_mask("video_token_id")
 
 QWEN2_VL = Adapter(
     name="qwen2_vl",
@@ -96,6 +118,8 @@ QWEN2_VL = Adapter(
     projector="model.visual.merger",
     image_mask=_IMAGE_MASK,
     image_plans=qwen_image_plans,
+    video_mask=_VIDEO_MASK,
+    video_plans=qwen_video_plans,
     special_ids=qwen_special_ids,
     notes=(
         "forward needs image_grid_thw and mm_token_type_ids (ValueError without); 3-axis "
@@ -112,6 +136,8 @@ QWEN2_5_VL = Adapter(
     projector="model.visual.merger",
     image_mask=_IMAGE_MASK,
     image_plans=qwen_image_plans,
+    video_mask=_VIDEO_MASK,
+    video_plans=qwen_video_plans,
     special_ids=qwen_special_ids,
     notes=(
         "pass mm_token_type_ids (without it positions silently fall back to 1-D); merger "
@@ -129,6 +155,8 @@ QWEN3_VL = Adapter(
     projector="model.visual.merger",
     image_mask=_IMAGE_MASK,
     image_plans=qwen_image_plans,
+    video_mask=_VIDEO_MASK,
+    video_plans=qwen_video_plans,
     special_ids=qwen_special_ids,
     injection_layers=qwen3_injection_layers,
     notes=(

@@ -6,6 +6,10 @@ the modality of a position is a token-id range. hooks_mm reads the ranges from t
     config.modality_token_ranges = {"image": [first_id, end_id]}   # end exclusive
     config.modality_grids = {"image": [rows, cols]}                # optional, else square
     config.modality_special_ids = [soi_id, eoi_id]                 # optional
+
+Audio codes work the same way: ``modality_token_ranges["audio"]``, each maximal run of audio
+codes is one clip (one code per step along time), and
+``config.modality_seconds_per_token = {"audio": 0.04}`` gives the layout its times.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, grid_plan, square_side
+from hooks_mm.adapters.base import Adapter, MediaPlan, grid_plan, square_side
 
 
 def _image_range(config: Any) -> tuple[int, int] | None:
@@ -48,6 +52,33 @@ def code_run_plans(config: Any, inputs: dict[str, Any]) -> list[torch.Tensor]:
     return plans
 
 
+def audio_range_mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    rng = (getattr(config, "modality_token_ranges", None) or {}).get("audio")
+    if rng is None:
+        return torch.zeros_like(input_ids, dtype=torch.bool)
+    return (input_ids >= rng[0]) & (input_ids < rng[1])
+
+
+def audio_run_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
+    """Each maximal run of audio codes in a row is one clip, one step per code."""
+    mask = audio_range_mask(config, inputs["input_ids"])
+    if "attention_mask" in inputs:
+        mask &= inputs["attention_mask"].bool()
+    seconds = (getattr(config, "modality_seconds_per_token", None) or {}).get("audio")
+    if seconds is None and processor is not None:
+        seconds = getattr(processor, "audio_frame_seconds", None)
+    plans = []
+    for row in mask:
+        pos = row.nonzero().flatten().tolist()
+        runs: list[int] = []
+        for i, p in enumerate(pos):
+            if i == 0 or p != pos[i - 1] + 1:
+                runs.append(0)
+            runs[-1] += 1
+        plans += [MediaPlan.audio(n, seconds) for n in runs]
+    return plans
+
+
 def _special(config: Any) -> set[int]:
     ids = set(getattr(config, "modality_special_ids", None) or [])
     if getattr(config, "bos_token_id", None) is not None:
@@ -68,6 +99,8 @@ CAUSAL_LM = Adapter(
     final_norm="model.norm",
     image_mask=code_range_mask,
     image_plans=code_run_plans,
+    audio_mask=audio_range_mask,
+    audio_plans=audio_run_plans,
     special_ids=_special,
     notes="text-only baseline, or a discrete-token MLLM when config.modality_token_ranges is set",
 )

@@ -1,19 +1,25 @@
 """The research analyses as library calls (see the README's Analyses section).
 
-- :mod:`.neurons`: modality-specific neurons (LAPE, top-k% difference), neuron-masking matrix
-- :mod:`.alignment`: implicit multimodal alignment, MaxSim/MedSim, drift, norms, attention flow
+- :mod:`.neurons`: modality-specific neurons (LAPE, top-k% difference), neuron-masking matrix,
+  over any set of modalities (text / image / video / audio)
+- :mod:`.alignment`: implicit multimodal alignment (any set of modalities), MaxSim/MedSim,
+  drift, norms, attention flow
 - :mod:`.sequence`: GAK and soft-DTW between interleaved sequences of hidden states
 - :mod:`.weights`: activated-weight overlap (Wanda masks calibrated per modality, IoU)
 - :mod:`.erasure`: centroid erasure cost, TCCD (with alpha search), VCD, text-centric bias
 """
 
 from hooks_mm.analysis.alignment import (
+    MODALITY_SELECTORS,
+    PooledModalities,
+    alignment_matrix,
     attention_flow,
     cross_modal_cosine,
     drift,
     global_cosine,
     last_token_heatmaps,
     max_med_sim,
+    pooled_by_modality,
     pooled_embeddings,
     token_similarity,
 )
@@ -46,6 +52,10 @@ __all__ = [
     "text_centric_bias",
     "tune_tccd",
     "vcd_logits",
+    "MODALITY_SELECTORS",
+    "PooledModalities",
+    "alignment_matrix",
+    "pooled_by_modality",
     "activation_probabilities",
     "attention_flow",
     "cross_modal_cosine",

@@ -1,10 +1,16 @@
 """Implicit multimodal alignment (Shukor & Cord 2024; methods.md section 2) and attention
 flow from the instruction to the image (methods.md section 3).
 
+Any set of modalities (text / image / video / audio) works the same way:
+:func:`pooled_by_modality` pools each one per example, :func:`alignment_matrix` gives the
+cosine of every pair per layer.
+
 Example::
 
     emb = pooled_embeddings(model, batches)                 # per example, per layer
     cross_modal_cosine(emb.image, emb.text)                 # per-layer mean/std over N x N
+    pooled = pooled_by_modality(model, batches, ("text", "image", "audio"))
+    alignment_matrix(pooled)                                # [3, 3, layer] mean cosines
     token_similarity(model, inputs, layer=2)                # MaxSim / MedSim per row
     attention_flow(model, inputs)                           # instruction -> image, per layer
 """
@@ -19,7 +25,9 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hooks_mm.layout import After, Image, Last, Selector, Text
+from hooks_mm.layout import After, Audio, Image, Last, Selector, Text, Video
+
+MODALITY_SELECTORS: dict[str, Selector] = {"text": Text(), "image": Image(), "video": Video(), "audio": Audio()}
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -35,6 +43,86 @@ class Pooled:
     text_norm: Float[Tensor, " layer"]
 
 
+@dataclass
+class PooledModalities:
+    """Per modality: the mean hidden state per example (rows holding every modality) and
+    layer ``[N, layer, d]``, and the median token L2 norm per layer."""
+
+    means: dict[str, Float[Tensor, "n layer d"]]
+    norms: dict[str, Float[Tensor, " layer"]]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.means)
+
+
+def _selectors(modalities: Iterable[str] | dict[str, Selector]) -> dict[str, Selector]:
+    if isinstance(modalities, dict):
+        return dict(modalities)
+    out = {}
+    for m in modalities:
+        if m not in MODALITY_SELECTORS:
+            raise ValueError(f"unknown modality {m!r}: use {sorted(MODALITY_SELECTORS)}, or pass {{name: Selector}}.")
+        out[m] = MODALITY_SELECTORS[m]
+    return out
+
+
+@torch.no_grad()
+def pooled_by_modality(
+    model: "HookedMLLM",
+    batches: Iterable[Any],
+    modalities: Iterable[str] | dict[str, Selector] = ("text", "image"),
+    hook: str = "hook_resid_post",
+) -> PooledModalities:
+    """Per example and layer, the mean over the positions of each modality (names from
+    text / image / video / audio, or ``{name: Selector}``); only rows that hold every one
+    count, so the i-th rows of all modalities come from the same example.
+
+    Example::
+
+        pooled = pooled_by_modality(model, [inputs], ("text", "image", "audio"))
+        pooled.means["audio"].shape     # [n_examples, n_layers, d_model]
+    """
+    sels = _selectors(modalities)
+    if len(sels) < 1:
+        raise ValueError("pooled_by_modality: name at least one modality.")
+    names = [f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)]
+    means: dict[str, list[Tensor]] = {m: [] for m in sels}
+    norms: dict[str, list[Tensor]] = {m: [] for m in sels}
+    for batch in batches:
+        inputs = model._as_inputs(batch)
+        layout = model._layout(inputs)
+        masks = {m: layout.select(sel) for m, sel in sels.items()}
+        _, cache = model.run_with_cache(inputs, names_filter=names)
+        acts = torch.stack([cache[n] for n in names], 1)  # [b, L, s, d]
+        for r in range(acts.shape[0]):
+            if not all(mask[r].any() for mask in masks.values()):
+                continue
+            for m, mask in masks.items():
+                means[m].append(acts[r][:, mask[r]].mean(1))
+        for m, mask in masks.items():
+            norms[m].append(acts.permute(0, 2, 1, 3)[mask].norm(dim=-1))  # [tokens, L]
+    if not means[next(iter(sels))]:
+        raise ValueError(f"pooled_by_modality: no row holds positions of every one of {list(sels)}.")
+    return PooledModalities({m: torch.stack(v) for m, v in means.items()},
+                            {m: torch.cat(v).median(0).values for m, v in norms.items()})
+
+
+def alignment_matrix(pooled: PooledModalities, exclude_diagonal: bool = True) -> Float[Tensor, "m m layer"]:
+    """Per layer, the mean cosine (over all example pairs) between every two modalities;
+    the diagonal (a modality with itself) leaves out i == j when ``exclude_diagonal``."""
+    mods = pooled.modalities
+    n_layers = next(iter(pooled.means.values())).shape[1]
+    out = torch.zeros(len(mods), len(mods), n_layers)
+    for i, a in enumerate(mods):
+        for j, b in enumerate(mods):
+            sims = F.cosine_similarity(pooled.means[a][:, None], pooled.means[b][None], dim=-1)  # [n, n, L]
+            if i == j and exclude_diagonal and sims.shape[0] > 1:
+                sims = sims[~torch.eye(sims.shape[0], dtype=torch.bool)]
+            out[i, j] = sims.reshape(-1, n_layers).mean(0)
+    return out
+
+
 @torch.no_grad()
 def pooled_embeddings(
     model: "HookedMLLM",
@@ -44,26 +132,13 @@ def pooled_embeddings(
     hook: str = "hook_resid_post",
 ) -> Pooled:
     """Per example and layer: the mean over image positions and over text positions, and
-    the median token L2 norm of each modality per layer."""
-    image, text = image or Image(), text or Text()
-    names = [f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)]
-    imgs, txts, inorms, tnorms = [], [], [], []
-    for batch in batches:
-        inputs = model._as_inputs(batch)
-        layout = model._layout(inputs)
-        im, tm = layout.select(image), layout.select(text)
-        _, cache = model.run_with_cache(inputs, names_filter=names)
-        acts = torch.stack([cache[n] for n in names], 1)  # [b, L, s, d]
-        for r in range(acts.shape[0]):
-            if not (im[r].any() and tm[r].any()):
-                continue
-            imgs.append(acts[r][:, im[r]].mean(1))
-            txts.append(acts[r][:, tm[r]].mean(1))
-        inorms.append(acts.permute(0, 2, 1, 3)[im].norm(dim=-1))  # [tokens, L]
-        tnorms.append(acts.permute(0, 2, 1, 3)[tm].norm(dim=-1))
-    if not imgs:
-        raise ValueError("pooled_embeddings: no row holds both image and text positions.")
-    return Pooled(torch.stack(imgs), torch.stack(txts), torch.cat(inorms).median(0).values, torch.cat(tnorms).median(0).values)
+    the median token L2 norm of each modality per layer (the image / text pair of
+    :func:`pooled_by_modality`; pass ``image=Audio()`` for another modality)."""
+    try:
+        pooled = pooled_by_modality(model, batches, {"image": image or Image(), "text": text or Text()}, hook)
+    except ValueError as e:
+        raise ValueError("pooled_embeddings: no row holds both image and text positions.") from e
+    return Pooled(pooled.means["image"], pooled.means["text"], pooled.norms["image"], pooled.norms["text"])
 
 
 def cross_modal_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"], exclude_diagonal: bool = False) -> tuple[Tensor, Tensor]:

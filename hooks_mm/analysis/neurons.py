@@ -1,9 +1,13 @@
 """Modality-specific neurons (LAPE and the top-k%-difference selector) and the neuron-masking
 matrix (methods.md section 1).
 
+Any set of modalities works (``"text"``, ``"image"``, ``"video"``, ``"audio"``: the
+:class:`~hooks_mm.layout.Modality` names), e.g. LAPE over text / image / audio positions of
+a mixed-modality model.
+
 Example::
 
-    probs = activation_probabilities(model, batches, modalities=("text", "image"))
+    probs = activation_probabilities(model, batches, modalities=("text", "image", "audio"))
     found = lape(probs)                                  # published defaults
     found.specific["image"]                              # [(layer, neuron), ...]
     neuron_masking_matrix(model, batches, found.specific)   # masked x evaluated perplexity
@@ -43,7 +47,8 @@ def activation_probabilities(
     modalities: Sequence[str] = ("text", "image"),
     layers: Sequence[int] | None = None,
 ) -> ActivationProbabilities:
-    """Stream ``batches``; count, per MLP neuron, how often it is active per modality.
+    """Stream ``batches``; count, per MLP neuron, how often it is active per modality (any
+    of text / image / video / audio / special).
 
     Active means ``act_fn(gate_proj(x)) > 0`` in gated MLPs (``act_fn(fc1(x)) > 0``
     otherwise), as the published LAPE code counts it: the sign of the gate activation, not
@@ -52,7 +57,7 @@ def activation_probabilities(
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = [f"blocks.{l}.mlp.hook_pre" for l in layers]
-    codes = [Modality[m.upper()] for m in modalities]
+    codes = [_modality(m) for m in modalities]
     pos = torch.zeros(len(layers), model.cfg.d_mlp, len(codes), dtype=torch.float64)
     tokens = torch.zeros(len(codes), dtype=torch.float64)
     for batch in batches:
@@ -68,6 +73,17 @@ def activation_probabilities(
     if empty:
         raise ValueError(f"activation_probabilities: no tokens of {empty} in the batches given.")
     return ActivationProbabilities((pos / tokens).float(), tuple(modalities), dict(zip(modalities, tokens.long().tolist())))
+
+
+def _modality(name: str) -> Modality:
+    try:
+        code = Modality[name.upper()]
+    except KeyError:
+        code = None
+    if code is None or code == Modality.PAD:
+        valid = [m.name.lower() for m in Modality if m != Modality.PAD]
+        raise ValueError(f"unknown modality {name!r}: use one of {valid}.")
+    return code
 
 
 @dataclass

@@ -16,7 +16,7 @@ from hooks_mm.processing import save_processor
 from hooks_mm.zoo.base import Tiny, toy_image
 
 BUILDERS: dict[str, Callable[..., Tiny]] = {}
-for _module in ("text", "llava", "qwen", "idefics_gemma", "discrete_cross"):
+for _module in ("text", "llava", "qwen", "idefics_gemma", "discrete_cross", "qwen_video", "omni", "audio", "llava_video"):
     BUILDERS.update(importlib.import_module(f"hooks_mm.zoo.{_module}").BUILDERS)
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -65,4 +65,42 @@ def build_anygpt(seed: int = 0) -> Tiny:
     return Tiny(model, inputs, proc, 3)
 
 
-BUILDERS = {"llama": build_llama, "anygpt": build_anygpt}
+N_AUDIO_CODES = 16
+AUDIO_BANDS = 8
+AUDIO_FRAME_SECONDS = 0.04
+
+
+def anygpt_audio_processor() -> CodebookProcessor:
+    codes = [f"<img_{k}>" for k in range(N_CODES)]
+    audio = [f"<aud_{k}>" for k in range(N_AUDIO_CODES)]
+    tok = word_tokenizer(WORDS + ["sound", "hear", "pitch", "high", "low"],
+                         extra_special=("<image>", "<soi>", "<eoi>", *codes, "<audio>", "<soa>", "<eoa>", *audio))
+    g = torch.Generator().manual_seed(1234)
+    codebook = torch.rand(N_CODES, 3, generator=g)
+    audio_codebook = torch.rand(N_AUDIO_CODES, AUDIO_BANDS, generator=g) * 12  # log1p band energies
+    return CodebookProcessor(tok, codebook, GRID, image_size=32, audio_codebook=audio_codebook,
+                             audio_frame_seconds=AUDIO_FRAME_SECONDS)
+
+
+def build_anygpt_audio(seed: int = 0) -> Tiny:
+    """AnyGPT-style with image AND audio codes: 16 image codes (4x4 per image) and 16 audio
+    codes (one per 40 ms frame of log band energies), two ranges in one vocabulary."""
+    from hooks_mm.media import chirp, tone
+
+    proc = anygpt_audio_processor()
+    first, first_audio = proc.code_ids[0], proc.audio_code_ids[0]
+    model = _llama(
+        len(proc.tokenizer),
+        seed,
+        modality_token_ranges={"image": [first, first + N_CODES], "audio": [first_audio, first_audio + N_AUDIO_CODES]},
+        modality_grids={"image": list(GRID)},
+        modality_seconds_per_token={"audio": AUDIO_FRAME_SECONDS},
+        modality_special_ids=[proc.soi, proc.eoi, proc.soa, proc.eoa],
+    )
+    proc.tokenizer.padding_side = "left"
+    texts = ["<image> <audio> what colour is the square ?", "<audio> is the pitch high ?"]
+    inputs = dict(proc(texts, images=[toy_image(0)], audio=[tone(0.4, 880.0), chirp(0.24)]))
+    return Tiny(model, inputs, proc, 1, notes={"audio_steps": [10, 6], "seconds_per_step": AUDIO_FRAME_SECONDS})
+
+
+BUILDERS = {"llama": build_llama, "anygpt": build_anygpt, "anygpt_audio": build_anygpt_audio}
