@@ -147,3 +147,15 @@ def test_monotune_starts_from_its_base_and_says_so_when_it_is_missing(tmp_path) 
     with open(os.path.join(ORGANISMS["toy-anygpt-monotune"].path, LOG_NAME)) as f:
         log = json.load(f)
     assert log["base"] == "toy-anygpt" and log["base_sha256"] == weights_hash(load("toy-anygpt").hf_model)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_weights_come_from_the_recipe(name: str) -> None:
+    """The training log beside the weights names the recipe in organisms.py (seed 0)."""
+    from dataclasses import asdict
+
+    with open(os.path.join(resolve(name), LOG_NAME)) as f:
+        log = json.load(f)
+    assert log["name"] == name and log["seed"] == 0
+    assert log["stages"] == [asdict(s) for s in ORGANISMS[name].stages]
+    assert log.get("base") == ORGANISMS[name].base
