@@ -150,7 +150,8 @@ def cross_modal_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer 
         sims = sims[keep]
     else:
         sims = sims.flatten(0, 1)
-    return sims.mean(0), sims.std(0)
+    std = sims.std(0) if sims.shape[0] > 1 else torch.zeros_like(sims[0])  # one pair: no spread
+    return sims.mean(0), std
 
 
 def global_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"]) -> Float[Tensor, " layer"]:
