@@ -35,8 +35,8 @@ from hooks_mm.analysis.neurons import activation_probabilities, lape, neuron_mas
 from hooks_mm.interventions import CentroidBank
 from hooks_mm.layout import After, Image
 from hooks_mm.model import HookedMLLM
-from hooks_mm.tasks.evaluate import answer_ids, encode
-from hooks_mm.tasks.shapes import Example, make_captions, make_drawings, make_qa
+from hooks_mm.tasks.evaluate import encode, word_ids
+from hooks_mm.tasks.shapes import ANSWERS, Example, make_captions, make_drawings, make_qa
 
 
 @dataclass
@@ -64,10 +64,9 @@ def erasure(model: HookedMLLM, n: int = 200, seed: int = 0, k: int = 64) -> dict
     text_bank = CentroidBank.fit(model, fit, positions=After(Image()), k=k)
     visual_bank = CentroidBank.fit(model, fit, positions=Image(), k=k)
     qa = [e for e in make_qa(2 * n, "test", seed) if e.needs_image][:n]
-    words = sorted({e.answer for e in make_qa(2000, "train", seed)})
-    options = answer_ids(model, [Example(qa[0].scene, "", w, "", True) for w in words]).tolist()
-    answers = [torch.tensor([words.index(e.answer) for e in qa[i : i + 64]]) for i in range(0, len(qa), 64)]
-    return erasure_cost(model, _batches(model, qa), answers, choice_score(options), text_bank, visual_bank)
+    answers = [torch.tensor([ANSWERS.index(e.answer) for e in qa[i : i + 64]]) for i in range(0, len(qa), 64)]
+    score = choice_score(word_ids(model, ANSWERS).tolist())
+    return erasure_cost(model, _batches(model, qa), answers, score, text_bank, visual_bank)
 
 
 def bias(model: HookedMLLM, n: int = 200, seed: int = 0) -> dict[str, float]:

@@ -8,6 +8,7 @@ prompt with one ``<image>``, a one-word answer, ``kind`` and ``needs_image``);
 from hooks_mm.tasks.shapes import (
     CAPTION_PROMPT,
     KINDS,
+    ANSWERS,
     WORDS,
     Example,
     Obj,
@@ -25,6 +26,7 @@ from hooks_mm.tasks.shapes import (
 __all__ = [
     "CAPTION_PROMPT",
     "KINDS",
+    "ANSWERS",
     "WORDS",
     "Example",
     "Obj",

@@ -39,14 +39,19 @@ def encode(model: HookedMLLM, examples: Sequence[Example], answers: bool = False
     return model.to_inputs([e.prompt for e in examples], images=[e.image for e in examples], chat=uses_chat(model), answer=answer)
 
 
-def answer_ids(model: HookedMLLM, examples: Sequence[Example]) -> Int[Tensor, " batch"]:
-    """Token id of each example's (one-word) answer."""
+def word_ids(model: HookedMLLM, words: Sequence[str]) -> Int[Tensor, " n"]:
+    """Token id of each word (each must be one token of the model's tokenizer)."""
     tok = getattr(model.processor, "tokenizer", model.processor)
-    ids = [tok(e.answer, add_special_tokens=False)["input_ids"] for e in examples]
+    ids = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
     if any(len(i) != 1 for i in ids):
-        bad = next(e.answer for e, i in zip(examples, ids) if len(i) != 1)
+        bad = next(w for w, i in zip(words, ids) if len(i) != 1)
         raise ValueError(f"answer {bad!r} is not one token of this tokenizer; QA accuracy needs one-word answers.")
     return torch.tensor([i[0] for i in ids])
+
+
+def answer_ids(model: HookedMLLM, examples: Sequence[Example]) -> Int[Tensor, " batch"]:
+    """Token id of each example's (one-word) answer."""
+    return word_ids(model, [e.answer for e in examples])
 
 
 @torch.no_grad()

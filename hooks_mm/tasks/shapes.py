@@ -57,6 +57,8 @@ WORDS = (
     "left of above describe image yes no"
 ).split() + [*COLOURS, *SHAPES, *ROWS, *COLS, *NUMBERS]
 """Every word the task's texts use (tokenizers of the organisms hold exactly these)."""
+ANSWERS = ("yes", "no", *COLOURS, *SHAPES, *ROWS, *COLS, *NUMBERS)
+"""Every one-word answer a question can have."""
 
 
 @dataclass(frozen=True)
