@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
 figures: $(STAMP)
-	$(PY) -m hooks_mm.vis.readme_figures docs/img
+	$(PY) scripts/readme_figures.py docs/img
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,9 +1,9 @@
 """Every kind of visualization and the report page in real headless Chromium (Debian
 ``chromium`` at /usr/bin/chromium; ``.ci/run`` installs it).
 
-Offline: each page is loaded from file:// while a DevTools request listener
-(``Network.requestWillBeSent`` over ``--remote-debugging-pipe``) records every URL the
-page asks for; anything but file:, data:, blob: or about: fails the test.
+Offline: each page is loaded from file:// while Playwright's request listener
+(``tests/browser.py``) records every URL the page, or any frame in it, asks for;
+anything but file:, data:, blob: or about: fails the test.
 Not blank: the screenshot of each visualization's own element must hold coloured pixels
 (grey text alone does not count), e.g. the WebGL canvas of AttentionPattern.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, Chromium, find_chromium
 
 from hooks_mm import HookedMLLM, zoo
 from hooks_mm.vis import (
@@ -25,7 +26,6 @@ from hooks_mm.vis import (
     str_tokens,
     topk_tokens,
 )
-from hooks_mm.vis.browser import CHROMIUM, Chromium, find_chromium
 from hooks_mm.vis.report import write_report
 from hooks_mm.zoo import toy_image
 

@@ -10,13 +10,13 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, Chromium, find_chromium
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from hooks_mm import HookedMLLM, zoo
 from hooks_mm.media import moving_square, tone
 from hooks_mm.vis import audio_strip, audio_strip_html, audio_tracks, page, video_frames, video_frames_html, video_maps
-from hooks_mm.vis.browser import CHROMIUM, Chromium, find_chromium
 
 HOT = np.array(colormaps["viridis"](1.0)[:3]) * 255
 COLD = np.array(colormaps["viridis"](0.0)[:3]) * 255

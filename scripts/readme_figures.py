@@ -1,12 +1,12 @@
 """The two README pictures, produced by the library on tiny random-weight models.
 
-``python -m hooks_mm.vis.readme_figures [OUT_DIR]`` (default ``docs/img``) writes
+``python scripts/readme_figures.py [OUT_DIR]`` (default ``docs/img``; ``make figures``) writes
 
 * ``patch_heatmap.png``: attention from the last token over the patches of a wide image
   in tiny LLaVA-NeXT (base grid, unpadded high-res grid and its newline tokens);
 * ``attention_view.png``: the offline circuitsvis attention view of tiny LLaVA with its
   two image spans collapsed and their patch grids below (a headless-Chromium screenshot,
-  so Chromium must be installed).
+  so Chromium must be installed: the tests' Playwright helper, ``tests/browser.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from hooks_mm import HookedMLLM
-from hooks_mm.vis.browser import Chromium
 from hooks_mm.vis.circuits import attention_heads
 from hooks_mm.vis.common import str_tokens
 from hooks_mm.vis.heatmap import patch_heatmap
 from hooks_mm.vis.html import page
 from hooks_mm.zoo import toy_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # for tests/browser.py
 
 
 def heatmap_figure(out: Path) -> Path:
@@ -40,6 +41,8 @@ def heatmap_figure(out: Path) -> Path:
 
 
 def attention_figure(out: Path) -> Path:
+    from browser import Chromium  # tests/browser.py: Playwright driving Debian's chromium
+
     model = HookedMLLM.from_pretrained("tiny-llava")
     images = [toy_image(1), toy_image(2)]
     inputs = model.to_inputs(["<image> <image> what is the red square ?"], images=[images])
