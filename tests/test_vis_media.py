@@ -24,14 +24,14 @@ HOT_CSS = "rgba({},{},{},1)".format(*(round(x) for x in HOT))
 _MODELS: dict[str, tuple] = {}
 
 
-def model_and_layout(family: str):  # noqa: ANN201
+def model_and_layout(family: str):
     if family not in _MODELS:
         tiny = zoo.build(family)
         _MODELS[family] = (tiny, HookedMLLM(tiny.model, tiny.processor).layout(tiny.inputs))
     return _MODELS[family]
 
 
-def audio_case(t_plant: float = 0.4):  # noqa: ANN201
+def audio_case(t_plant: float = 0.4):
     """Omni row 0: the audio step holding ``t_plant`` s of the 1.0 s clip (40 ms steps)."""
     tiny, layout = model_and_layout("qwen2_5_omni")
     ids = tiny.inputs["input_ids"][0]
@@ -40,20 +40,20 @@ def audio_case(t_plant: float = 0.4):  # noqa: ANN201
     return tiny, layout, first + step, step * 0.04, 0.04, 1.0
 
 
-def video_case(frame: int = 1, r: int = 1, c: int = 2):  # noqa: ANN201
+def video_case(frame: int = 1, r: int = 1, c: int = 2):
     """Qwen2.5-VL video row 0: 2 LM frames of 2x3 cells, row-major, frame after frame."""
     tiny, layout = model_and_layout("qwen2_5_vl_video")
     pos = (tiny.inputs["input_ids"][0] == tiny.model.config.video_token_id).nonzero().flatten()
     return tiny, layout, int(pos[frame * 6 + r * 3 + c]), (frame, r, c)
 
 
-def render(fig) -> tuple[np.ndarray, dict]:  # noqa: ANN001
+def render(fig) -> tuple[np.ndarray, dict]:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].astype(float), {ax.get_label(): ax for ax in fig.axes}
 
 
-def pixel(buf: np.ndarray, ax, x: float, y: float) -> np.ndarray:  # noqa: ANN001
+def pixel(buf: np.ndarray, ax, x: float, y: float) -> np.ndarray:
     px, py = ax.transData.transform((x, y))
     return buf[round(buf.shape[0] - py), round(px)]
 
@@ -76,7 +76,7 @@ class Cells(HTMLParser):
         super().__init__()
         self.cells, self.panel = [], {}
 
-    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+    def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if "hmm-frame" in a.get("class", "").split():
             self.panel = a
@@ -146,18 +146,18 @@ browser_only = pytest.mark.skipif(find_chromium() is None, reason=f"Chromium is 
 
 
 @pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
+def browser():
     with Chromium() as b:
         yield b
 
 
-def _rect(browser, selector: str, index: int = 0) -> dict:  # noqa: ANN001
+def _rect(browser, selector: str, index: int = 0) -> dict:
     return browser.evaluate(f"(() => {{ const r = document.querySelectorAll({selector!r})[{index}].getBoundingClientRect();"
                             " return {x: r.x, y: r.y, w: r.width, h: r.height}; })()")
 
 
 @browser_only
-def test_planted_audio_time_and_video_cell_land_in_place_in_the_browser(browser, tmp_path) -> None:  # noqa: ANN001
+def test_planted_audio_time_and_video_cell_land_in_place_in_the_browser(browser, tmp_path) -> None:
     _, a_layout, a_pos, t0, step, dur = audio_case(0.6)
     _, v_layout, v_pos, (f, r, c) = video_case(1, 1, 2)
     a_vals, v_vals = torch.zeros(a_layout.shape), torch.zeros(v_layout.shape)
@@ -178,7 +178,7 @@ def test_planted_audio_time_and_video_cell_land_in_place_in_the_browser(browser,
     assert abs(cell["x"] - strip["x"] - t0 / dur * width) <= 1 and abs(cell["w"] - step / dur * width) <= 1
     shot = np.asarray(browser.screenshot(".hmm-strip")).astype(float)
     y = shot.shape[0] // 2
-    for k in range(int(round(dur / step))):
+    for k in range(round(dur / step)):
         x = int((k + 0.5) * step / dur * shot.shape[1])
         want = HOT if k == round(t0 / step) else COLD
         assert np.abs(shot[y, x] - want).max() < 10, f"audio step {k} at x={x}: {shot[y, x]}"
@@ -195,7 +195,7 @@ def test_planted_audio_time_and_video_cell_land_in_place_in_the_browser(browser,
 
 
 @browser_only
-def test_media_views_over_signals_render_offline(browser, tmp_path) -> None:  # noqa: ANN001
+def test_media_views_over_signals_render_offline(browser, tmp_path) -> None:
     _, layout = model_and_layout("qwen2_5_omni")
     values = torch.rand(layout.shape)
     path = tmp_path / "signals.html"
