@@ -23,9 +23,9 @@ import time
 
 import torch
 from common import llava_100m, llava_inputs, machine
+from nnsight_baseline import MultimodalNNsight
 
 from hooks_mm import HookedMLLM, NonPad
-from hooks_mm.remote import MultimodalNNsight
 from hooks_mm.sweep import answer_logprob, attribution_patching, single_neurons, sweep
 
 
@@ -43,7 +43,7 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
 def fast_path_flops(model: HookedMLLM, layer: int, batch: int, seq: int) -> float:
     """FLOPs the fast path spends per config: the replayed layers, the head at the metric's
     position, the low-rank update."""
-    layer_params = sum(p.numel() for l in model._layers[layer + 1 :] for p in l.parameters())
+    layer_params = sum(p.numel() for l in model.decoder_layers[layer + 1 :] for p in l.parameters())
     head = model.hf_model.get_output_embeddings().weight.numel()
     tokens = batch * seq
     attn = 4 * seq * seq * model.cfg.d_model * batch * (model.cfg.n_layers - layer - 1)
@@ -72,7 +72,7 @@ def main() -> None:
     metric = answer_logprob(model, inputs)
     neurons = list(range(args.slow_configs))
     path = model.adapter
-    down = model._layers[L].get_submodule(path.mlp).get_submodule(path.down)
+    down = model.decoder_layers[L].get_submodule(path.mlp).get_submodule(path.down)
     print(f"model: {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params, {model.cfg.n_layers} layers, "
           f"d_mlp {model.cfg.d_mlp}; input {b} x {s}; ablated layer {L}")
 

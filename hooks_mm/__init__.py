@@ -1,27 +1,8 @@
 """hooks_mm: mechanistic interpretability of multimodal LLMs on one hook interface."""
 
 from hooks_mm.adapters import Adapter, adapter_for, register
-from hooks_mm.layout import (
-    After,
-    Answer,
-    Audio,
-    AudioTime,
-    Frame,
-    Image,
-    Instruction,
-    Last,
-    Modality,
-    ModalityLayout,
-    NonPad,
-    Positions,
-    Segment,
-    Selector,
-    Special,
-    System,
-    Text,
-    Video,
-    Where,
-)
+from hooks_mm.layout import Modality, ModalityLayout, Segment
+from hooks_mm.selectors import After, Answer, Audio, AudioTime, Frame, Image, Instruction, Last, NonPad, Positions, Selector, Special, System, Text, Video, Where
 from hooks_mm.model import HookedMLLM
 
 __version__ = "0.1.0"

@@ -1,16 +1,17 @@
 """One attention function for every hooked decoder: the model's own path unless hooked.
 
 HookedMLLM registers this function with transformers' ``AttentionInterface`` (next to the
-mask function the model already used) and points the language model's config at it. For an
-attention module with no ``hook_attn_scores`` / ``hook_pattern`` hook it calls the original
-implementation (sdpa) unchanged, so logits stay identical to the bare model. For a hooked
-module it computes eager attention explicitly and routes scores and pattern through the
-hook points.
+mask function the model already used) and sets it as the language model's attention
+implementation (``set_attn_implementation``). For an attention call without hooked
+internals it calls the original implementation (sdpa) unchanged, so logits stay identical
+to the bare model. When scores, pattern or rotated q / k are hooked, the wiring adds the
+keyword ``hooks_mm_site`` (the four hook points, None where not hooked) to that attention
+module's call, and this function computes eager attention explicitly, routing them through
+the hook points.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -18,10 +19,6 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-# attention module -> (hook_attn_scores, hook_pattern, hook_rot_q, hook_rot_k), each None
-# unless hooked; filled while hooked
-SITES: "weakref.WeakKeyDictionary[nn.Module, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
 
 NAMES = {"sdpa": "hooks_mm_sdpa", "eager": "hooks_mm_eager"}
 
@@ -37,7 +34,7 @@ def hooked_attention(
     softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    site = SITES.get(module)
+    site = kwargs.pop("hooks_mm_site", None)
     if site is None and module.config._attn_implementation == NAMES["sdpa"]:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, softcap=softcap, **kwargs
@@ -94,14 +91,14 @@ def eager_attention(
     return out, pattern
 
 
-def install(configs: list[Any]) -> str:
-    """Point each decoder attention config at the hooked function; returns the original name."""
-    original = configs[0]._attn_implementation or "sdpa"
+def install(language_model: Any) -> str:
+    """Make the hooked function the attention of ``language_model`` (a PreTrainedModel) and
+    its sub-models; returns the implementation it had ("sdpa" or "eager" kind)."""
+    original = language_model.config._attn_implementation or "sdpa"
     if original in NAMES.values():
         return original
     kind = "sdpa" if original == "sdpa" else "eager"
     AttentionInterface.register(NAMES[kind], hooked_attention)
     AttentionMaskInterface.register(NAMES[kind], sdpa_mask if kind == "sdpa" else eager_mask)
-    for config in configs:
-        config._attn_implementation_internal = NAMES[kind]
+    language_model.set_attn_implementation(NAMES[kind])
     return original

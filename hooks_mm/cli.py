@@ -32,8 +32,7 @@ def example_inputs(model: HookedMLLM) -> dict[str, Any]:
     """A two-prompt example with images (where the model takes them) built from raw text."""
     if model.processor is None:
         raise SystemExit(f"{model.cfg.architecture}: no processor saved with the model, cannot build an example.")
-    takes_images = model.adapter.image_mask is not None and model.cfg.family != "causal-lm"
-    takes_images |= hasattr(model.processor, "encode_image")
+    takes_images = hasattr(model.processor, "image_processor") or hasattr(model.processor, "encode_image")
     if not takes_images:
         return model.to_inputs(["what colour is the square ?", "describe the picture ."])
     chat = bool(getattr(model.processor, "chat_template", None))
@@ -133,8 +132,12 @@ def sweep_main(
     run.mkdir(parents=True, exist_ok=True)
     metric = answer_logprob(model, inputs, targets)
     configs = single_neurons(model, layers=layers, positions=Image(), neurons=None if neurons is None else range(neurons))
-    where = {"backend": "nnsight", "remote": remote, "max_configs_per_request": per_request} if remote else {}
-    result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"), **where)
+    backend = None
+    if remote:
+        from hooks_mm.remote import NNsightSweep
+
+        backend = NNsightSweep(remote=remote, max_configs_per_request=per_request)
+    result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"), backend=backend)
     result.table.to_csv(run / "results.csv", index=False)
     meta = {
         "model": source,

@@ -87,10 +87,7 @@ def pair(request) -> Pair:  # noqa: ANN001
 
 def assert_clean(model: HookedMLLM) -> None:
     """No hook left anywhere: not on hook points, not on the HF modules."""
-    from hooks_mm import attention
-
     assert not any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values())
     for name, mod in model.hf_model.named_modules():  # (transformers keeps hooks of its own)
         for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
             assert not getattr(fn, "__module__", "").startswith("hooks_mm"), f"hook left on {name}"
-    assert not any(model._attn_module(l) in attention.SITES for l in range(model.cfg.n_layers))

@@ -73,7 +73,7 @@ def test_activation_probabilities_count_positive_activations_per_modality() -> N
     p = pair_for("llava")
     probs = activation_probabilities(p.model, [p.inputs], layers=[1])
     _, cache = p.model.run_with_cache(p.inputs, names_filter="blocks.1.ln2.hook_normalized")
-    mlp = p.model._layers[1].mlp  # the gate activation act_fn(gate_proj(x)), as published LAPE counts it
+    mlp = p.model.decoder_layers[1].mlp  # the gate activation act_fn(gate_proj(x)), as published LAPE counts it
     with torch.no_grad():
         gate = mlp.act_fn(mlp.gate_proj(cache["blocks.1.ln2.hook_normalized"]))
     layout = p.model.layout(p.inputs)

@@ -127,7 +127,7 @@ def test_knockout_equals_explicitly_masked_attention(family: str) -> None:
     allowed = allowed & ~(qs[:, None, :, None] & ks[:, None, None, :])
     rep = q.shape[2] // k.shape[2]
     k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
-    attn_mod = p.model._attn_module(l)
+    attn_mod = p.model.attention(l)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * attn_mod.scaling
     pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
     expected = torch.einsum("bhqk,bkhd->bqhd", pattern, v)

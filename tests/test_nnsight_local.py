@@ -1,13 +1,18 @@
-"""The nnsight wrapper: batched invokes equal one trace per config equal hooks_mm's own run."""
+"""The benchmarks' nnsight baseline: batched invokes equal one trace per config equal hooks_mm's own run."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import torch
 
 from conftest import pair_for
 from hooks_mm import NonPad
 from hooks_mm.interventions import NeuronAblation
-from hooks_mm.remote import MultimodalNNsight
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from nnsight_baseline import MultimodalNNsight  # noqa: E402
 
 
 def test_batched_invokes_equal_single_traces_and_hooks_mm() -> None:

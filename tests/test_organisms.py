@@ -11,7 +11,7 @@ import torch
 
 import transformers
 from hooks_mm import HookedMLLM, Image, Modality, Text
-from hooks_mm.model import SEGMENTS_KEY
+from hooks_mm.layout import SEGMENTS_KEY
 from hooks_mm.tasks import cell_code, make_drawings, make_qa
 from hooks_mm.tasks.evaluate import accuracy_table, encode, evaluate, perplexity, qa_correct
 from hooks_mm.zoo import resolve

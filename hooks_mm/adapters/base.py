@@ -108,6 +108,9 @@ class Adapter:
     position_times: PositionTimesFn | None = None
     # token ids that are structural (begin/end of image, vision start/end, row markers)
     special_ids: Callable[[Any], set[int]] = field(default=lambda config: set())
+    # (hf_model, logits) -> logits: what the model's head does after the unembedding
+    # (soft-capping, suppressed tokens), for code that unembeds a residual itself (the sweep's replay)
+    logits_post: Callable[[Any, Tensor], Tensor] | None = None
     # extra forward kwargs the model needs that a plain tokenizer call lacks
     notes: str = ""
 
@@ -158,3 +161,9 @@ def square_side(n: int) -> tuple[int, int]:
     """(rows, cols) of a square grid of ``n`` tokens, or one row when ``n`` is no square."""
     side = math.isqrt(n)
     return (side, side) if side * side == n else (1, n)
+
+
+def softcap_logits(hf_model: Any, logits: Tensor) -> Tensor:
+    """``cap * tanh(logits / cap)`` with the text config's ``final_logit_softcapping`` (when set)."""
+    cap = config_get(hf_model.config, "final_logit_softcapping")
+    return torch.tanh(logits / cap) * cap if cap else logits

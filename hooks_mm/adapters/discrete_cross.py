@@ -124,6 +124,12 @@ def _chameleon_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     return [grid_plan(_vq_grid(h, n_down), _vq_grid(w, n_down)) for _ in range(n)]
 
 
+def _no_image_codes(hf_model: Any, logits: Tensor) -> Tensor:
+    """Chameleon's head never emits image codes."""
+    logits[..., hf_model.model.vocabulary_mapping.image_tokens] = torch.finfo(logits.dtype).min
+    return logits
+
+
 CHAMELEON = Adapter(
     name="chameleon",
     architectures=("ChameleonForConditionalGeneration",),
@@ -133,6 +139,7 @@ CHAMELEON = Adapter(
     projector=None,
     image_mask=_vocab_mask("<image>", "image_token_id"),
     image_plans=_chameleon_plans,
+    logits_post=_no_image_codes,
     special_ids=lambda config: _ids(
         config, fields=("image_token_id",), vocab=("<image>", "<racm3:break>", "<eoss>")
     ),

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan, square_side, token_id_mask
+from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan, softcap_logits, square_side, token_id_mask
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
 
@@ -269,6 +269,7 @@ PALIGEMMA = Adapter(
     projector="model.multi_modal_projector",
     image_mask=_image_mask,
     image_plans=paligemma_plans,
+    logits_post=softcap_logits,
     notes=(
         "Gemma LM (GELU-tanh MLP, embed scaled by sqrt(d) inside embed_tokens; image "
         "features are NOT scaled); image tokens first, then BOS, prompt, '\\n'; "

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hooks_mm.layout import After, Audio, Image, Last, Selector, Text, Video
+from hooks_mm.selectors import After, Audio, Image, Last, Selector, Text, Video
 
 MODALITY_SELECTORS: dict[str, Selector] = {"text": Text(), "image": Image(), "video": Video(), "audio": Audio()}
 
@@ -89,11 +89,10 @@ def pooled_by_modality(
     names = [f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)]
     means: dict[str, list[Tensor]] = {m: [] for m in sels}
     norms: dict[str, list[Tensor]] = {m: [] for m in sels}
-    for batch in batches:
-        inputs = model._as_inputs(batch)
-        layout = model._layout(inputs)
-        masks = {m: layout.select(sel) for m, sel in sels.items()}
-        _, cache = model.run_with_cache(inputs, names_filter=names)
+    for inputs in batches:
+        batch = model.prepare(inputs)
+        masks = {m: batch.layout.select(sel) for m, sel in sels.items()}
+        _, cache = model.run_with_cache(batch, names_filter=names)
         acts = torch.stack([cache[n] for n in names], 1)  # [b, L, s, d]
         for r in range(acts.shape[0]):
             if not all(mask[r].any() for mask in masks.values()):
@@ -173,11 +172,10 @@ def max_med_sim(x: Float[Tensor, "p d"], y: Float[Tensor, "t d"]) -> tuple[Tenso
 @torch.no_grad()
 def token_similarity(model: "HookedMLLM", inputs: Any, layer: int, image: Selector | None = None, text: Selector | None = None) -> tuple[Tensor, Tensor]:
     """Per row: MaxSim and MedSim between its image tokens and its text tokens at ``layer``."""
-    inputs = model._as_inputs(inputs)
-    layout = model._layout(inputs)
-    im, tm = layout.select(image or Image()), layout.select(text or Text())
+    batch = model.prepare(inputs)
+    im, tm = batch.layout.select(image or Image()), batch.layout.select(text or Text())
     name = f"blocks.{layer}.hook_resid_post"
-    _, cache = model.run_with_cache(inputs, names_filter=[name])
+    _, cache = model.run_with_cache(batch, names_filter=[name])
     out = [max_med_sim(cache[name][r][im[r]], cache[name][r][tm[r]]) for r in range(im.shape[0]) if im[r].any() and tm[r].any()]
     return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
@@ -195,14 +193,14 @@ def attention_flow(
     averaged over queries and rows (the FastV convention)."""
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
-    inputs = model._as_inputs(inputs)
-    layout = model._layout(inputs)
+    batch = model.prepare(inputs)
+    layout = batch.layout
     q, k = layout.select(queries or After(Image())), layout.select(keys or Image())
     if not (q.any() and k.any()):
         raise ValueError(f"attention_flow: queries or keys select nothing (present: {layout.summary()}).")
     layers = [l for l in range(model.cfg.n_layers) if l not in model.cfg.cross_attn_layers]
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
-    _, cache = model.run_with_cache(inputs, names_filter=names)
+    _, cache = model.run_with_cache(batch, names_filter=names)
     flows = []
     for n in names:
         a = cache[n].mean(1)  # [b, q, k]
@@ -217,19 +215,17 @@ def attention_flow(
 def last_token_heatmaps(model: "HookedMLLM", inputs: Any, layer: int, row: int = 0) -> list[Tensor]:
     """Head-mean attention from the last position to each image of ``row``, on its patch grid
     (one [rows, cols] map per image tile)."""
-    inputs = model._as_inputs(inputs)
-    layout = model._layout(inputs)
+    batch = model.prepare(inputs)
+    layout = batch.layout
     name = f"blocks.{layer}.attn.hook_pattern"
-    _, cache = model.run_with_cache(inputs, names_filter=[name])
+    _, cache = model.run_with_cache(batch, names_filter=[name])
     last = layout.indices(Last())[row, 0]
     att = cache[name][row, :, last].mean(0)  # [k]
     maps = []
     for image in range(int(layout.image_index[row].max()) + 1):
-        at = (layout.image_index[row] == image) & (layout.grid_col[row] >= 0)
-        for tile in layout.tile[row][at].unique().tolist():
-            cells = at & (layout.tile[row] == tile)
-            r, c = layout.grid_row[row][cells], layout.grid_col[row][cells]
-            grid = torch.zeros(int(r.max()) + 1, int(c.max()) + 1)
-            grid[r, c] = att[cells]
-            maps.append(grid)
+        for tile in layout.tiles(row, image):
+            grid = layout.grid(row, image, tile)
+            if grid is None:
+                raise ValueError(f"image {image} tile {tile} of row {row} has no complete patch grid in this layout.")
+            maps.append(att[grid].float().cpu())
     return maps

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
-from hooks_mm.layout import After, Image, Last, Modality
+from hooks_mm.layout import Modality
+from hooks_mm.selectors import After, Image, Last
 from hooks_mm.sweep.metrics import modality_nll
 
 if TYPE_CHECKING:
-    from hooks_mm.model import HookedMLLM
+    from hooks_mm.model import Batch, HookedMLLM
 
 Score = Callable[[Tensor, Tensor], Tensor]  # (last-position logits [b, vocab], answers [b]) -> correct [b]
 
@@ -37,8 +38,8 @@ def choice_score(option_ids: Sequence[int]) -> Score:
     return score
 
 
-def _last(model: "HookedMLLM", inputs: dict[str, Any], logits: Tensor) -> Tensor:
-    idx = model._layout(inputs).indices(Last())[:, 0]
+def _last(batch: Batch, logits: Tensor) -> Tensor:
+    idx = batch.layout.indices(Last())[:, 0]
     return logits[torch.arange(len(idx)), idx]
 
 
@@ -46,13 +47,13 @@ def _last(model: "HookedMLLM", inputs: dict[str, Any], logits: Tensor) -> Tensor
 def accuracy(model: "HookedMLLM", batches: Sequence[Any], answers: Sequence[Tensor], score: Score, spec: Any = None, logits_fn: Callable | None = None) -> float:
     """Mean score over ``batches`` (``answers[i]`` for batch i), optionally under ``spec``."""
     hits, n = 0.0, 0
-    for batch, ans in zip(batches, answers):
-        inputs = model._as_inputs(batch)
+    for inputs, ans in zip(batches, answers):
+        batch = model.prepare(inputs)
         if logits_fn is not None:
-            last = logits_fn(inputs)
+            last = logits_fn(batch)
         else:
-            logits = model(inputs) if spec is None else model.run_with_interventions(inputs, spec)
-            last = _last(model, inputs, logits)
+            logits = model(batch) if spec is None else model.run_with_interventions(batch, spec)
+            last = _last(batch, logits)
         s = score(last, torch.as_tensor(ans))
         hits, n = hits + float(s.sum()), n + len(s)
     return hits / n
@@ -79,9 +80,9 @@ def erasure_cost(
 def tccd_logits(model: "HookedMLLM", inputs: Any, text_bank: CentroidBank, alpha: float = 1.0, a_interp: float = 0.4) -> Tensor:
     """Text-centroid contrastive decoding at the last position:
     ``l_clean + alpha (l_clean - l_text_erased)`` (no plausibility cut-off)."""
-    inputs = model._as_inputs(inputs)
-    clean = _last(model, inputs, model(inputs))
-    erased = _last(model, inputs, model.run_with_interventions(inputs, CentroidReplacement(text_bank, After(Image()), a_interp)))
+    batch = model.prepare(inputs)
+    clean = _last(batch, model(batch))
+    erased = _last(batch, model.run_with_interventions(batch, CentroidReplacement(text_bank, After(Image()), a_interp)))
     return clean + alpha * (clean - erased)
 
 
@@ -117,12 +118,12 @@ def diffusion_noise(pixel_values: Tensor, t: int = 500, steps: int = 1000, seed:
 def vcd_logits(model: "HookedMLLM", inputs: Any, alpha: float = 1.0, beta: float = 0.1, t: int = 500, seed: int = 0) -> Tensor:
     """Visual contrastive decoding at the last position: ``(1 + a) l(y|v,x) - a l(y|v',x)``
     with v' the noised image, and -inf where ``p(y|v,x) < beta * max_w p(w|v,x)``."""
-    inputs = model._as_inputs(inputs)
-    if "pixel_values" not in inputs:
+    batch = model.prepare(inputs)
+    if "pixel_values" not in batch:
         raise ValueError("visual contrastive decoding noises pixel_values; these inputs have none (a discrete-token model?).")
-    clean = _last(model, inputs, model(inputs)).float().log_softmax(-1)
-    noised = dict(inputs, pixel_values=diffusion_noise(inputs["pixel_values"], t, seed=seed))
-    distorted = _last(model, noised, model(noised)).float().log_softmax(-1)
+    clean = _last(batch, model(batch)).float().log_softmax(-1)
+    noised = dict(batch.inputs, pixel_values=diffusion_noise(batch["pixel_values"], t, seed=seed))
+    distorted = _last(batch, model(noised)).float().log_softmax(-1)
     out = (1 + alpha) * clean - alpha * distorted
     cutoff = clean < (torch.log(torch.tensor(beta)) + clean.max(-1, keepdim=True).values)
     return out.masked_fill(cutoff, float("-inf"))
@@ -176,7 +177,8 @@ def skip_tradeoff(
     from hooks_mm.interventions import Skip, layer_window
 
     n = model.cfg.n_layers
-    layouts = [model._layout(model._as_inputs(b)) for b in batches]
+    batches = [model.prepare(b) for b in batches]
+    layouts = [b.layout for b in batches]
     real = sum(int((L.modality != Modality.PAD).sum()) for L in layouts)
     image = sum(int(L.select(Image()).sum()) for L in layouts)
     rows = [{"interval": 0, "layers_skipped": 0, "accuracy": accuracy(model, batches, answers, score), "mlp_flops_saved": 0.0}]

@@ -33,7 +33,7 @@ from hooks_mm.analysis.alignment import cross_modal_cosine, pooled_embeddings
 from hooks_mm.analysis.erasure import choice_score, erasure_cost, text_centric_bias
 from hooks_mm.analysis.neurons import activation_probabilities, lape, neuron_masking_matrix, top_difference
 from hooks_mm.interventions import CentroidBank
-from hooks_mm.layout import After, Image
+from hooks_mm.selectors import After, Image
 from hooks_mm.model import HookedMLLM
 from hooks_mm.tasks.evaluate import encode, word_ids
 from hooks_mm.tasks.shapes import ANSWERS, Example, make_captions, make_drawings, make_qa

@@ -24,7 +24,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hooks_mm.interventions import NeuronAblation, compose
-from hooks_mm.layout import Modality, NonPad
+from hooks_mm.layout import Modality
+from hooks_mm.selectors import NonPad
 from hooks_mm.sweep.metrics import modality_nll
 
 if TYPE_CHECKING:
@@ -60,12 +61,11 @@ def activation_probabilities(
     codes = [_modality(m) for m in modalities]
     pos = torch.zeros(len(layers), model.cfg.d_mlp, len(codes), dtype=torch.float64)
     tokens = torch.zeros(len(codes), dtype=torch.float64)
-    for batch in batches:
-        inputs = model._as_inputs(batch)
-        layout = model._layout(inputs)
-        _, cache = model.run_with_cache(inputs, names_filter=names)
+    for inputs in batches:
+        batch = model.prepare(inputs)
+        _, cache = model.run_with_cache(batch, names_filter=names)
         for mi, code in enumerate(codes):
-            mask = layout.modality == code
+            mask = batch.layout.modality == code
             tokens[mi] += mask.sum()
             for li, n in enumerate(names):
                 pos[li, :, mi] += (cache[n][mask] > 0).sum(0).double()
@@ -157,10 +157,10 @@ def neuron_masking_matrix(
         vals = {}
         for ev in evaluate:
             nll, n = 0.0, 0
-            for batch in batches:
-                inputs = model._as_inputs(batch)
-                metric = modality_nll(model, inputs, ev)
-                logits = model(inputs) if spec is None else model.run_with_interventions(inputs, spec)
+            for inputs in batches:
+                batch = model.prepare(inputs)
+                metric = modality_nll(model, batch, ev)
+                logits = model(batch) if spec is None else model.run_with_interventions(batch, spec)
                 nll += float(metric(logits))
                 n += 1
             vals[ev] = float(torch.tensor(nll / n).exp())

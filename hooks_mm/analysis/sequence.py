@@ -77,10 +77,10 @@ def all_alignments(n: int, m: int) -> list[list[tuple[int, int]]]:
 
 def sequence_elements(model: "HookedMLLM", inputs: Any, layer: int, hook: str = "hook_resid_post") -> list[Float[Tensor, "elements d"]]:
     """Per row: one embedding per text segment (its last token) and per image (its mean)."""
-    inputs = model._as_inputs(inputs)
-    layout = model._layout(inputs)
+    batch = model.prepare(inputs)
+    layout = batch.layout
     name = f"blocks.{layer}.{hook}"
-    _, cache = model.run_with_cache(inputs, names_filter=[name])
+    _, cache = model.run_with_cache(batch, names_filter=[name])
     acts = cache[name]
     out = []
     for r in range(acts.shape[0]):

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from hooks_mm.layout import Image, Selector, Text
+from hooks_mm.selectors import Image, Selector, Text
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -35,8 +35,8 @@ def wanda_mask(weight: Float[Tensor, "out inp"], input_norm: Float[Tensor, " inp
 
 def _linears(model: "HookedMLLM") -> dict[str, nn.Linear]:
     a, out = model.adapter, {}
-    for l, layer in enumerate(model._layers):
-        attn = model._attn_module(l)
+    for l, layer in enumerate(model.decoder_layers):
+        attn = model.attention(l)
         mlp = layer.get_submodule(a.mlp)
         parts = {"q": (attn, a.q), "k": (attn, a.k), "v": (attn, a.v), "o": (attn, a.o), "up": (mlp, a.up), "down": (mlp, a.down)}
         if a.gate:
@@ -64,10 +64,10 @@ def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector
 
     handles = [m.register_forward_pre_hook(grab(k)) for k, m in linears.items()]
     try:
-        for batch in batches:
-            inputs = model._as_inputs(batch)
-            state["mask"] = model._layout(inputs).select(positions)
-            model(inputs)
+        for inputs in batches:
+            batch = model.prepare(inputs)
+            state["mask"] = batch.layout.select(positions)
+            model(batch)
     finally:
         for h in handles:
             h.remove()

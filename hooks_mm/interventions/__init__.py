@@ -1,5 +1,8 @@
 """Composable, serialisable interventions on the HookedMLLM hook interface.
 
+Each spec lives in a file of its own (its checks and its edits); what the edits do to an
+activation is :mod:`hooks_mm.interventions.ops`, shared by every backend.
+
 Example::
 
     from hooks_mm.interventions import NeuronAblation, AttentionKnockout, Steer
@@ -11,10 +14,12 @@ Example::
 """
 
 from hooks_mm.interventions.ablation import NeuronAblation, NeuronMeans
-from hooks_mm.interventions.base import Compose, Context, Intervention, compile_hooks, compose
+from hooks_mm.interventions.base import Compose, Context, Edit, Intervention, compose, source_key
 from hooks_mm.interventions.centroid import CentroidBank, CentroidReplacement
-from hooks_mm.interventions.edits import AttentionKnockout, Skip, Steer, layer_window
+from hooks_mm.interventions.knockout import AttentionKnockout
 from hooks_mm.interventions.patching import Patch, patching_sweep
+from hooks_mm.interventions.skip import Skip, layer_window
+from hooks_mm.interventions.steer import Steer
 
 __all__ = [
     "AttentionKnockout",
@@ -22,14 +27,15 @@ __all__ = [
     "CentroidReplacement",
     "Compose",
     "Context",
+    "Edit",
     "Intervention",
     "NeuronAblation",
     "NeuronMeans",
     "Patch",
     "Skip",
     "Steer",
-    "compile_hooks",
     "compose",
     "layer_window",
     "patching_sweep",
+    "source_key",
 ]

@@ -19,8 +19,9 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hooks_mm.interventions.base import Context, Hooks, Intervention, where_positions
-from hooks_mm.layout import Modality, NonPad, Selector
+from hooks_mm.interventions.base import Context, Edit, Intervention
+from hooks_mm.layout import Modality
+from hooks_mm.selectors import NonPad, Selector
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -51,10 +52,10 @@ class NeuronMeans:
         names = {l: f"blocks.{l}.{hook}" for l in layers}
         sums: dict[int, dict[str, Tensor]] = {l: {} for l in layers}
         counts: dict[int, dict[str, int]] = {l: {} for l in layers}
-        for batch in batches:
-            inputs = model._as_inputs(batch)
-            layout = model._layout(inputs)
-            _, cache = model.run_with_cache(inputs, names_filter=list(names.values()))
+        for inputs in batches:
+            batch = model.prepare(inputs)
+            layout = batch.layout
+            _, cache = model.run_with_cache(batch, names_filter=list(names.values()))
             groups = {m.name.lower(): layout.modality == m for m in Modality if m != Modality.PAD}
             groups["all"] = layout.modality != Modality.PAD
             for l, name in names.items():
@@ -68,17 +69,23 @@ class NeuronMeans:
         means = {l: {g: (sums[l][g] / counts[l][g]).float() for g in sums[l]} for l in layers}
         return cls(hook, means, counts)
 
-    def for_positions(self, layer: int, layout_modality: Tensor) -> Float[Tensor, "batch seq d"]:
-        """The mean of each position's own modality (``"all"`` where that one is missing)."""
+    def table(self, layer: int, layout_modality: Tensor) -> tuple[Float[Tensor, "n d"], Tensor]:
+        """(rows [n, d], index [batch, seq]): row ``index[b, s]`` is the mean of that position's
+        own modality (``"all"`` where that one is missing)."""
         if layer not in self.means:
             raise KeyError(f"NeuronMeans has layers {sorted(self.means)}, not {layer}: fit it on that layer.")
         m = self.means[layer]
-        out = m["all"].expand(*layout_modality.shape, -1).clone()
+        rows, index = [m["all"]], torch.zeros(layout_modality.shape, dtype=torch.long, device=layout_modality.device)
         for mod in Modality:
-            name = mod.name.lower()
-            if name in m:
-                out[layout_modality == mod] = m[name]
-        return out
+            if mod.name.lower() in m:
+                rows.append(m[mod.name.lower()])
+                index[layout_modality == mod] = len(rows) - 1
+        return torch.stack(rows).float(), index
+
+    def for_positions(self, layer: int, layout_modality: Tensor) -> Float[Tensor, "batch seq d"]:
+        """The mean of each position's own modality (``"all"`` where that one is missing)."""
+        table, index = self.table(layer, layout_modality)
+        return table.to(index.device)[index]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,56 +146,32 @@ class NeuronAblation(Intervention):
     def decode_field(cls, key: str, v: Any) -> Any:
         return NeuronMeans.from_dict(v) if key == "means" and isinstance(v, dict) else v
 
-    def _names(self, ctx: Context) -> dict[int, str]:
-        return {l: ctx.hook_name(self.hook, l) for l in ctx.layers(self.layers, "NeuronAblation")}
+    def neuron_index(self, width: int | None) -> Tensor | None:
+        """The neurons as an index tensor (None: all), checked against the hook's ``width``."""
+        if self.neurons is None:
+            return None
+        idx = torch.as_tensor(self.neurons, dtype=torch.long)
+        if idx.numel() == 0 or (width is not None and (int(idx.max()) >= width or int(idx.min()) < -width)):
+            limit = f"within 0..{width - 1}" if width is not None else "valid for the hook"
+            raise IndexError(f"NeuronAblation: neurons must be non-empty and {limit}, got {self.neurons}.")
+        return idx
 
-    def needs(self, ctx: Context) -> set[tuple[str, str]]:
-        return {(self.source, n) for n in self._names(ctx).values()} if self.mode == "resample" else set()
-
-    def hooks(self, ctx: Context) -> Hooks:
+    def edits(self, ctx: Context) -> list[Edit]:
         mask = ctx.mask(self.positions, "NeuronAblation")
-        names = self._names(ctx)
-        width = ctx.model.cfg.d_mlp if self.hook == "mlp.hook_post" else None
-        idx = None if self.neurons is None else torch.as_tensor(self.neurons, dtype=torch.long)
-        if idx is not None and width is not None and (idx.numel() == 0 or int(idx.max()) >= width or int(idx.min()) < -width):
-            raise IndexError(f"NeuronAblation: neurons must be non-empty and within 0..{width - 1}, got {self.neurons}.")
         out = []
-        for l, name in names.items():
-            replacement = self._replacement(ctx, l, name)
-            out.append((name, _ablate_fn(mask, idx, self.mode, self.value, replacement)))
+        for l in ctx.layers(self.layers, "NeuronAblation"):
+            name = ctx.hook_name(self.hook, l)
+            idx = self.neuron_index(ctx.width(name))
+            rep: Any = None
+            if self.mode == "mean":
+                rep = self.means.table(l, ctx.layout.modality)  # type: ignore[union-attr]
+            elif self.mode == "resample":
+                src = ctx.source(self.source).layout.shape
+                if src != ctx.layout.shape:
+                    raise ValueError(
+                        f"resample source {self.source!r} has shape {src}, this run {ctx.layout.shape}: "
+                        "resample from inputs with the same batch and sequence layout."
+                    )
+                rep = ctx.read(self.source, name)
+            out.append(Edit(name, ("ablate", mask, idx, self.mode, float(self.value), rep)))
         return out
-
-    def _replacement(self, ctx: Context, layer: int, name: str) -> Tensor | None:
-        if self.mode == "mean":
-            return self.means.for_positions(layer, ctx.layout.modality)  # type: ignore[union-attr]
-        if self.mode == "resample":
-            src = ctx.source_activation(self.source, name)
-            if src.shape[:2] != ctx.layout.shape:
-                raise ValueError(
-                    f"resample source {self.source!r} has shape {tuple(src.shape[:2])}, this run "
-                    f"{ctx.layout.shape}: resample from inputs with the same batch and sequence layout."
-                )
-            return src
-        return None
-
-
-def _ablate_fn(mask: Tensor, idx: Tensor | None, mode: str, value: float, replacement: Tensor | None):  # noqa: ANN202
-    def hook(x: Tensor, hook: Any) -> Tensor:
-        cols = x if idx is None else x[..., idx]
-        if mode == "zero":
-            new = torch.zeros_like(cols)
-        elif mode == "scale":
-            new = cols * value
-        elif mode == "set":
-            new = torch.full_like(cols, value)
-        else:
-            rep = replacement.to(x)  # type: ignore[union-attr]
-            new = rep if idx is None else rep[..., idx]
-        new = where_positions(cols, mask, new)
-        if idx is None:
-            return new
-        x = x.clone()
-        x[..., idx] = new
-        return x
-
-    return hook

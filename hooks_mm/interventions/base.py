@@ -1,7 +1,10 @@
-"""Intervention specs: declarative, serialisable, composable; compiled to hook functions.
+"""Intervention specs: declarative, serialisable, composable; resolved to edits, compiled to hooks.
 
 An intervention names a site (hook name template + layers), positions (a layout selector)
-and an operation. ``a + b`` composes (applied in that order); ``to_dict`` / ``from_dict``
+and an operation. ``spec.edits(ctx)`` checks it against one batch and resolves it to
+:class:`Edit`\\ s (a hook name and a torch-only op of :mod:`hooks_mm.interventions.ops`);
+every backend runs those: local hooks (``spec.compile``), nnsight traces, the sweep's fast
+path, attribution. ``a + b`` composes (applied in that order); ``to_dict`` / ``from_dict``
 round-trip through JSON. Tensors that belong to a run (a clean source input, another
 image) are not part of a spec: they are passed by name at run time as ``sources``.
 
@@ -22,26 +25,44 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from hooks_mm.layout import ModalityLayout, Selector
+from hooks_mm.hooks import lookup
+from hooks_mm.interventions.ops import apply
+from hooks_mm.selectors import Selector
 
 if TYPE_CHECKING:
-    from hooks_mm.model import HookedMLLM
+    from hooks_mm.model import Batch, HookedMLLM
 
 HookFn = Callable[..., Any]
 Hooks = list[tuple[str, HookFn]]
-INTERVENTIONS: dict[str, type["Intervention"]] = {}
+INTERVENTIONS: dict[str, type[Intervention]] = {}
 
 
-@dataclass
+@dataclass(frozen=True)
+class Edit:
+    """One resolved operation: ``op`` (see :mod:`~hooks_mm.interventions.ops`) at hook point ``hook``."""
+
+    hook: str
+    op: tuple
+
+
+def source_key(source: str, hook: str) -> str:
+    """The store key of activation ``hook`` of the run named ``source``."""
+    return f"{source}|{hook}"
+
+
 class Context:
-    """What compiling a spec needs: the model, this run's inputs and layout, named sources."""
+    """What resolving a spec needs: the model, this run's :class:`Batch`, named source runs.
 
-    model: "HookedMLLM"
-    inputs: dict[str, Any]
-    layout: ModalityLayout
-    sources: dict[str, Any]
-    _caches: dict[tuple[str, str], Tensor] = dataclasses.field(default_factory=dict)
-    _pending: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    Checks raise here, before any hook is added; ``reads`` collects the (source, hook)
+    activations the edits read, which a backend computes once per source.
+    """
+
+    def __init__(self, model: HookedMLLM, batch: Batch, sources: dict[str, Any] | None = None):
+        self.model, self.batch, self.layout = model, batch, batch.layout
+        self.sources = dict(sources or {})
+        self.reads: set[tuple[str, str]] = set()
+        self._batches: dict[str, Batch] = {}
+        self._keys = 0
 
     def mask(self, selector: Selector, what: str) -> Tensor:
         """Bool [batch, seq] of ``selector``; an error when it selects nothing."""
@@ -62,34 +83,50 @@ class Context:
         return [l % n for l in out]
 
     def hook_name(self, template: str, layer: int) -> str:
-        name = template.format(l=layer) if "{l}" in template else f"blocks.{layer}.{template}"
-        self.model._check_name(name)
-        return name
+        """The full name of ``template`` (``"mlp.hook_post"`` or ``"blocks.{l}...."``) at ``layer``; checked."""
+        return self.model.hook_name(template.format(l=layer) if "{l}" in template else f"blocks.{layer}.{template}")
 
-    def source(self, name: str) -> tuple[dict[str, Any], ModalityLayout]:
+    def width(self, hook: str) -> int | None:
+        """Size of the last axis of hook point ``hook`` on this model (None where it varies)."""
+        return lookup(hook).width(self.model.cfg)
+
+    def source(self, name: str) -> Batch:
+        """The prepared batch of the run named ``name`` (prepared once)."""
         if name not in self.sources:
             raise KeyError(
                 f"this intervention reads the run named {name!r}, but sources has "
                 f"{sorted(self.sources) or 'no runs'}: pass sources={{{name!r}: inputs}}."
             )
-        inputs = self.model._as_inputs(self.sources[name])
-        return inputs, self.model._layout(inputs)
+        if name not in self._batches:
+            self._batches[name] = self.model.prepare(self.sources[name])
+        return self._batches[name]
 
-    def source_activation(self, source: str, hook: str) -> Tensor:
-        """Activation ``hook`` of the named source run (one cached forward per source)."""
-        key = (source, hook)
-        if key not in self._caches:
-            wanted = sorted({h for (s, h) in self._pending if s == source} | {hook})
-            inputs, _ = self.source(source)
-            with torch.no_grad():
-                _, cache = self.model.run_with_cache(inputs, names_filter=wanted)
-            for h in wanted:
-                self._caches[(source, h)] = cache[h]
-        return self._caches[key]
+    def read(self, source: str, hook: str) -> str:
+        """Ask for activation ``hook`` of the run ``source``; the store key it will have."""
+        self.source(source)
+        self.reads.add((source, hook))
+        return source_key(source, hook)
+
+    def new_key(self, what: str) -> str:
+        """A store key no other edit of this context uses (values kept within a forward)."""
+        self._keys += 1
+        return f"{what}|{self._keys}"
+
+    @torch.no_grad()
+    def read_sources(self, store: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``store`` plus every activation in ``reads`` it lacks: one forward per source run."""
+        by_source: dict[str, list[str]] = {}
+        for source, hook in sorted(self.reads):
+            if source_key(source, hook) not in store:
+                by_source.setdefault(source, []).append(hook)
+        for source, hooks in by_source.items():
+            _, cache = self.model.run_with_cache(self.source(source), names_filter=hooks)
+            store.update({source_key(source, h): cache[h] for h in hooks})
+        return store
 
 
 class Intervention:
-    """Base of every spec: a dataclass with ``hooks(ctx)``, composition and serialisation."""
+    """Base of every spec: a dataclass with ``edits(ctx)``, composition and serialisation."""
 
     kind: ClassVar[str]
 
@@ -102,14 +139,23 @@ class Intervention:
         if isinstance(layers, (range, tuple)):  # one canonical form, so specs compare and round-trip
             self.layers = list(layers)  # type: ignore[attr-defined]
 
-    def hooks(self, ctx: Context) -> Hooks:
+    def edits(self, ctx: Context) -> list[Edit]:
+        """Check this spec against ``ctx``'s batch and resolve it; raises before anything runs."""
         raise NotImplementedError
 
-    def needs(self, ctx: Context) -> set[tuple[str, str]]:
-        """(source, hook name) activations this spec reads from other runs."""
-        return set()
+    def compile(self, model: HookedMLLM, inputs: Any, sources: dict[str, Any] | None = None,
+                store: dict[str, Tensor] | None = None) -> Hooks:
+        """Hook functions ``[(hook name, fn)]`` running this spec on ``inputs``.
 
-    def __add__(self, other: "Intervention") -> "Compose":
+        ``sources`` names the other runs it reads; ``store`` holds source activations already
+        computed (keys from :func:`source_key`), so a caller runs each source once.
+        """
+        ctx = Context(model, model.prepare(inputs), sources)
+        edits = self.edits(ctx)
+        store = ctx.read_sources(dict(store or {}))
+        return [(e.hook, op_hook(e.op, store)) for e in edits]
+
+    def __add__(self, other: Intervention) -> Compose:
         return Compose([*_flat(self), *_flat(other)])
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +165,7 @@ class Intervention:
         return out
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Intervention":
+    def from_dict(d: dict[str, Any]) -> Intervention:
         d = dict(d)
         name = d.pop("type", None)
         if name not in INTERVENTIONS:
@@ -128,17 +174,19 @@ class Intervention:
         return cls(**{k: _decode(cls, k, v) for k, v in d.items()})
 
 
+def op_hook(op: tuple, store: dict[str, Tensor]) -> HookFn:
+    """A TransformerLens hook function running ``op``."""
+    return lambda x, hook: apply(x, op, store)
+
+
 @dataclass
 class Compose(Intervention):
     """Several interventions applied in list order (hooks on one site run in that order)."""
 
     items: list[Intervention]
 
-    def hooks(self, ctx: Context) -> Hooks:
-        return [h for item in self.items for h in item.hooks(ctx)]
-
-    def needs(self, ctx: Context) -> set[tuple[str, str]]:
-        return set().union(*(i.needs(ctx) for i in self.items)) if self.items else set()
+    def edits(self, ctx: Context) -> list[Edit]:
+        return [e for item in self.items for e in item.edits(ctx)]
 
 
 def compose(items: Sequence[Intervention]) -> Compose:
@@ -151,14 +199,10 @@ def _flat(x: Intervention) -> list[Intervention]:
 
 
 def _encode(v: Any) -> Any:
-    if isinstance(v, Selector):
-        return v.to_dict()
-    if isinstance(v, Intervention):
+    if isinstance(v, (Selector, Intervention)) or (hasattr(v, "to_dict") and not isinstance(v, Tensor)):
         return v.to_dict()
     if isinstance(v, Tensor):
         return v.tolist()
-    if hasattr(v, "to_dict"):
-        return v.to_dict()
     if isinstance(v, (list, tuple, range)):
         return [_encode(x) for x in v]
     return v
@@ -173,34 +217,3 @@ def _decode(cls: type, key: str, v: Any) -> Any:
         return [Intervention.from_dict(x) for x in v]
     decoder = getattr(cls, "decode_field", None)
     return decoder(key, v) if decoder else v
-
-
-def compile_hooks(
-    model: "HookedMLLM",
-    spec: Intervention,
-    inputs: Any,
-    sources: dict[str, Any] | None = None,
-    source_caches: dict[tuple[str, str], Tensor] | None = None,
-) -> Hooks:
-    """Hook functions for ``spec`` on this batch; raises before any hook is added.
-
-    ``source_caches`` maps (source name, hook name) to activations already computed, so a
-    sweep runs each source once.
-    """
-    inputs = model._as_inputs(inputs)
-    ctx = Context(model, inputs, model._layout(inputs), dict(sources or {}), dict(source_caches or {}))
-    ctx._pending = spec.needs(ctx)
-    return spec.hooks(ctx)
-
-
-def where_positions(x: Tensor, mask: Tensor, new: Tensor, pos_dim: int = 1) -> Tensor:
-    """``x`` with ``new`` at the positions ``mask`` [batch, seq] selects (out of place)."""
-    if x.shape[0] != mask.shape[0] or x.shape[pos_dim] != mask.shape[1]:
-        raise ValueError(
-            f"activation shape {tuple(x.shape)} does not match the layout {tuple(mask.shape)}: "
-            "position-selected interventions apply to a full forward of the inputs they were "
-            "compiled for (not to KV-cached generation steps)."
-        )
-    shape = [1] * x.dim()
-    shape[0], shape[pos_dim] = mask.shape
-    return torch.where(mask.view(shape), new, x)

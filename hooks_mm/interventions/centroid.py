@@ -24,8 +24,8 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hooks_mm.interventions.base import Context, Hooks, Intervention, where_positions
-from hooks_mm.layout import After, Image, Selector
+from hooks_mm.interventions.base import Context, Edit, Intervention
+from hooks_mm.selectors import After, Image, Selector
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -74,14 +74,13 @@ class CentroidBank:
 
         positions = positions if positions is not None else After(Image())
         layer = default_layer(model.cfg.n_layers, positions) if layer is None else layer
-        name = f"blocks.{layer}.{hook}"
-        model._check_name(name)
+        name = model.hook_name(f"blocks.{layer}.{hook}")
         chunks: list[Tensor] = []
         n = 0
-        for batch in batches:
-            inputs = model._as_inputs(batch)
-            mask = model._layout(inputs).select(positions)
-            _, cache = model.run_with_cache(inputs, names_filter=[name], stop_at_layer=min(layer + 1, model.cfg.n_layers))
+        for inputs in batches:
+            batch = model.prepare(inputs)
+            mask = batch.layout.select(positions)
+            _, cache = model.run_with_cache(batch, names_filter=[name], stop_at_layer=min(layer + 1, model.cfg.n_layers))
             chunks.append(cache[name][mask].float().cpu())
             n += chunks[-1].shape[0]
             if max_tokens is not None and n >= max_tokens:
@@ -144,7 +143,7 @@ class CentroidReplacement(Intervention):
     def decode_field(cls, key: str, v: Any) -> Any:
         return CentroidBank.load(v["path"]) if key == "bank" and isinstance(v, dict) else v
 
-    def hooks(self, ctx: Context) -> Hooks:
+    def edits(self, ctx: Context) -> list[Edit]:
         d_model, d_bank = ctx.model.cfg.d_model, self.bank.centroids.shape[1]
         if d_bank != d_model:
             raise ValueError(
@@ -154,10 +153,4 @@ class CentroidReplacement(Intervention):
             )
         mask = ctx.mask(self.positions, "CentroidReplacement")
         name = ctx.hook_name(self.bank.hook, self.bank.layer)
-        bank, a = self.bank, self.a_interp
-
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            mu = bank.nearest(x.flatten(0, 1)).view_as(x)
-            return where_positions(x, mask, mu + a * (x - mu))
-
-        return [(name, hook)]
+        return [Edit(name, ("centroid", mask, self.bank.centroids.float(), float(self.a_interp)))]

@@ -1,11 +1,11 @@
 """nnsight backend: hooks_mm intervention specs as nnsight traces, in process or on NDIF.
 
-- :class:`MultimodalNNsight`: an ``NNsight`` whose invokes batch multimodal inputs.
 - :class:`NNsightBackend` / :func:`load_nnsight`: compile specs (neuron ablation, centroid
   replacement, steering, patching, skipping, attention knockout) into nnsight trace code on
   the module paths of hooks_mm's adapter tables; run with ``remote=False``, ``"local"``,
   ``True`` or a host URL.
-- :func:`remote_sweep`: a sweep in few requests that returns only metric values.
+- :class:`NNsightSweep` / :func:`remote_sweep`: the sweep backend, in few requests that
+  return only metric values.
 
 Example::
 
@@ -23,15 +23,14 @@ from hooks_mm.remote.errors import (
     ServerUnavailableError,
     VersionMismatchError,
 )
-from hooks_mm.remote.nnsight_model import MultimodalNNsight
-from hooks_mm.remote.sweep import RemoteSweepJob, deployed_models, remote_sweep
+from hooks_mm.remote.sweep import NNsightSweep, RemoteSweepJob, deployed_models, remote_sweep
 
 __all__ = [
     "AuthenticationError",
     "ModelNotDeployedError",
-    "MultimodalNNsight",
     "NDIFError",
     "NNsightBackend",
+    "NNsightSweep",
     "RemoteExecutionError",
     "RemoteSweepJob",
     "RequestTooLargeError",

@@ -1,10 +1,10 @@
 """Run intervention specs through nnsight: in process, ``remote="local"``, or on an NDIF server.
 
 ``NNsightBackend(model, lm)`` pairs a :class:`~hooks_mm.HookedMLLM` (layout, adapter table,
-validation; its weights may stay on the meta device for a model only the server holds)
-with an nnsight ``TransformersModel`` of the same checkpoint. Specs compile to plain-data
-plans (:mod:`hooks_mm.remote.compile`) executed in the trace by :mod:`hooks_mm.remote.ops`,
-which is shipped by value, so the server needs nothing of hooks_mm.
+validation) with an nnsight ``TransformersModel`` of the same checkpoint. Specs compile to
+plain-data plans (:mod:`hooks_mm.remote.compile`) executed in the trace by
+:mod:`hooks_mm.remote.runner` with the specs' own ops (:mod:`hooks_mm.interventions.ops`);
+both are shipped by value, so the server needs nothing of hooks_mm.
 
 ``remote``: ``False`` (this process), ``"local"`` (nnsight's serialisation round-trip, run
 here with hooks_mm hidden, exactly as the server would deserialise it), ``True`` (the
@@ -15,7 +15,7 @@ from ``api_key=``, else nnsight's config (``nnsight.CONFIG.set_default_api_key``
 Example::
 
     lm = load_nnsight("/models/tiny-llava", task="image-text-to-text")
-    backend = NNsightBackend(HookedMLLM(lm._module, processor), lm)
+    backend = NNsightBackend(HookedMLLM.from_pretrained("/models/tiny-llava"), lm)
     logits = backend.run(inputs, NeuronAblation(0, [3], Image()), remote="http://127.0.0.1:8001")
 """
 
@@ -29,28 +29,28 @@ from typing import TYPE_CHECKING, Any
 import nnsight
 import torch
 from jaxtyping import Float
-from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
 from torch import Tensor
 
-from hooks_mm.remote import ops
+import hooks_mm.interventions.ops as ops
+import hooks_mm.remote.runner as runner
 from hooks_mm.remote.compile import compile_plan
-from hooks_mm.remote.errors import (
-    AuthenticationError,
-    ModelNotDeployedError,
-    NDIFError,
-    RemoteExecutionError,
-    RequestTooLargeError,
-    ServerUnavailableError,
-    VersionMismatchError,
-    classify,
-    is_transient,
+from hooks_mm.remote.errors import NDIFError, ServerUnavailableError, classify, is_transient
+from hooks_mm.remote.nnsight_compat import (
+    MeteredRemoteBackend,
+    RemoteBackend,
+    RemoteError,
+    local_simulation,
+    register_local_checkpoint,
+    remote_env,
+    ship_by_value,
+    wrapped_module,
 )
 
 if TYPE_CHECKING:
     from hooks_mm.interventions import Intervention
     from hooks_mm.model import HookedMLLM
 
-nnsight.register(ops)  # ship the executor's source with every request
+ship_by_value(ops, runner)  # the executor's and the ops' source go with every request
 
 Remote = bool | str
 
@@ -62,14 +62,13 @@ def load_nnsight(repo_or_path: str, *, task: str | None = None, processor: Any =
     directory is registered with nnsight so no hub look-up happens; ``task`` defaults to
     ``image-text-to-text`` when the directory has a processor config, else ``text-generation``.
     """
-    from nnsight.modeling import huggingface
     from nnsight.modeling.transformers import TransformersModel
 
     from hooks_mm.processing import load_processor
 
     if os.path.isdir(repo_or_path):
         repo_or_path = os.path.abspath(repo_or_path)
-        huggingface._ID_CACHE[repo_or_path] = repo_or_path
+        register_local_checkpoint(repo_or_path)
         if task is None:
             task = "image-text-to-text" if os.path.exists(os.path.join(repo_or_path, "processor_config.json")) else "text-generation"
     if processor is None:
@@ -94,28 +93,6 @@ class Stats:
             f"{self.requests} requests, {self.bytes_sent:,} bytes sent, {self.bytes_received:,} bytes returned, "
             f"{self.retries} retries, {self.seconds:.2f} s"
         )
-
-
-class _Backend(RemoteBackend):
-    """nnsight's RemoteBackend that meters bytes and refuses a payload over ``max_request_bytes``."""
-
-    def __init__(self, *args: Any, stats: Stats, max_request_bytes: int | None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.stats, self.max_request_bytes = stats, max_request_bytes
-
-    def _serialize(self, tracer: Any) -> bytes:
-        blob = super()._serialize(tracer)
-        if self.max_request_bytes is not None and len(blob) > self.max_request_bytes:
-            raise RequestTooLargeError(
-                f"this request serialises to {len(blob):,} bytes, over max_request_bytes={self.max_request_bytes:,}: "
-                "lower max_configs_per_request, send smaller inputs, or raise the limit."
-            )
-        self.stats.bytes_sent += len(blob)
-        return blob
-
-    def finalize(self, content: bytes) -> Any:
-        self.stats.bytes_received += len(content)
-        return super().finalize(content)
 
 
 class NNsightBackend:
@@ -143,8 +120,7 @@ class NNsightBackend:
         self.api_key = api_key
         self.max_request_bytes = max_request_bytes
         self.stats = Stats()
-        impl = getattr(getattr(lm._module, "config", None), "_attn_implementation", None)
-        self.attn_implementation = impl
+        self.attn_implementation = getattr(getattr(wrapped_module(lm), "config", None), "_attn_implementation", None)
 
     # ------------------------------------------------------------------ public
 
@@ -157,13 +133,7 @@ class NNsightBackend:
 
     def plan(self, specs: list[Intervention | None], inputs: Any, *, sources: dict[str, Any] | None = None, reduce: Any = None) -> dict[str, Any]:
         """Compile ``specs`` (one batched forward, one copy of ``inputs`` per spec); raises before any request."""
-        impl = self.attn_implementation
-        if any(_has_knockout(s) for s in specs) and impl is not None and not impl.endswith(("eager", "sdpa")):
-            raise NotImplementedError(
-                f"attention knockout edits the attention mask, which {self.attn_implementation!r} attention does not "
-                "take as a tensor: load the model with attn_implementation='sdpa' or 'eager'."
-            )
-        return compile_plan(self.model, specs, inputs, sources, reduce)
+        return compile_plan(self.model, specs, inputs, sources, reduce, self.attn_implementation)
 
     def execute(self, plans: list[dict[str, Any]], *, remote: Remote = False, blocking: bool = True) -> Any:
         """Run plans (sharing inputs and sources) as one request; their results in order.
@@ -179,10 +149,10 @@ class NNsightBackend:
         except NDIFError:
             raise
         except RemoteError as e:
-            raise classify(e, self._host(remote), self.lm) from e
+            raise classify(e, self.host(remote), self.lm) from e
         except Exception as e:
             if isinstance(e, (OSError, ConnectionError)) or type(e).__module__.startswith("websocket") or is_transient(e):
-                raise ServerUnavailableError(f"NDIF at {self._host(remote)} did not answer: {type(e).__name__}: {e}") from e
+                raise ServerUnavailableError(f"NDIF at {self.host(remote)} did not answer: {type(e).__name__}: {e}") from e
             raise
         finally:
             if remote not in (False, None):
@@ -195,16 +165,15 @@ class NNsightBackend:
 
     # ------------------------------------------------------------------ internals
 
-    def _host(self, remote: Remote) -> str:
+    def host(self, remote: Remote) -> str:
+        """The server ``remote`` names (nnsight's configured host for ``True``)."""
         return remote if isinstance(remote, str) and remote != "local" else nnsight.CONFIG.API.HOST
 
     def _backend(self, remote: Remote, blocking: bool) -> Any:
         if remote in (False, None):
             return None
         if remote == "local":
-            from nnsight.intervention.backends.local import LocalSimulationBackend
-
-            return LocalSimulationBackend(self.lm)
+            return local_simulation(self.lm)
         try:
             key = self.lm.to_model_key()
         except Exception as e:
@@ -212,12 +181,12 @@ class NNsightBackend:
                 "this nnsight model has no server identity (it wraps an in-process module): load it with "
                 "hooks_mm.remote.load_nnsight(repo_or_dir) to run it on NDIF."
             ) from e
-        host = self._host(remote)
-        backend = _Backend(
+        host = self.host(remote)
+        backend = MeteredRemoteBackend(
             key,
             host=host,
             api_key=self.api_key,
-            env=self.lm._remoteable_get_env(),
+            env=remote_env(self.lm),
             blocking=blocking,
             stats=self.stats,
             max_request_bytes=self.max_request_bytes,
@@ -226,17 +195,9 @@ class NNsightBackend:
         return backend
 
 
-def _has_knockout(spec: Any) -> bool:
-    from hooks_mm.interventions import AttentionKnockout, Compose
-
-    if isinstance(spec, Compose):
-        return any(_has_knockout(s) for s in spec.items)
-    return isinstance(spec, AttentionKnockout)
-
-
 def _trace(lm: Any, plans: list[dict[str, Any]], backend: Any) -> Any:
     """One nnsight request: a trace for one plan, else a session (source traces, then one trace per plan)."""
-    run = ops.run
+    run = runner.run
     store: dict[str, Any] = {}
     sources = list(plans[0]["sources"].values())
     with torch.no_grad():
@@ -276,16 +237,4 @@ def poll(backend: RemoteBackend) -> list[Any] | None:
     return out if isinstance(out, list) else [out]
 
 
-__all__ = [
-    "AuthenticationError",
-    "ModelNotDeployedError",
-    "NDIFError",
-    "NNsightBackend",
-    "RemoteExecutionError",
-    "RequestTooLargeError",
-    "ServerUnavailableError",
-    "Stats",
-    "VersionMismatchError",
-    "load_nnsight",
-    "poll",
-]
+__all__ = ["NNsightBackend", "Stats", "load_nnsight", "poll"]

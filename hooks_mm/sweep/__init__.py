@@ -9,19 +9,24 @@ Example::
 
 from hooks_mm.sweep.attribution import Attribution, attribution_patching
 from hooks_mm.sweep.configs import neuron_groups, position_groups, single_neurons
-from hooks_mm.sweep.engine import SweepResult, sweep
-from hooks_mm.sweep.metrics import answer_logprob, kl_to_clean, logit_diff, modality_nll
+from hooks_mm.sweep.core import SweepBackend, SweepResult, run_sweep
+from hooks_mm.sweep.engine import HooksSweep, sweep
+from hooks_mm.sweep.metrics import PositionMetric, answer_logprob, kl_to_clean, logit_diff, modality_nll
 
 __all__ = [
     "Attribution",
-    "attribution_patching",
+    "HooksSweep",
+    "PositionMetric",
+    "SweepBackend",
     "SweepResult",
     "answer_logprob",
+    "attribution_patching",
     "kl_to_clean",
     "logit_diff",
     "modality_nll",
     "neuron_groups",
     "position_groups",
+    "run_sweep",
     "single_neurons",
     "sweep",
 ]

@@ -19,8 +19,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooks_mm.interventions import NeuronAblation, NeuronMeans
-from hooks_mm.layout import NonPad, Selector
+from hooks_mm.interventions import Context, NeuronAblation, NeuronMeans
+from hooks_mm.interventions.ops import apply
+from hooks_mm.selectors import NonPad, Selector
+from hooks_mm.sweep.engine import sweep
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -38,48 +40,46 @@ class Attribution:
 
 
 def attribution_patching(
-    model: "HookedMLLM",
+    model: HookedMLLM,
     inputs: Any,
     metric: Callable[[Tensor], Tensor],
     *,
     layers: Sequence[int] | None = None,
     positions: Selector | None = None,
     mode: str = "zero",
+    value: float = 0.0,
     means: NeuronMeans | None = None,
+    sources: dict[str, Any] | None = None,
     verify_top_k: int = 0,
 ) -> Attribution:
     """First-order ablation effects of every neuron at ``positions`` in ``layers``.
 
-    ``mode``: "zero" or "mean" (with ``means``), as in :class:`NeuronAblation`. The
-    per-position estimate is the effect of ablating all neurons of a layer at one position.
+    ``mode`` / ``value`` / ``means`` / ``sources``: as in :class:`NeuronAblation` (the
+    replacement is that spec's own op). The per-position estimate is the effect of ablating
+    all neurons of a layer at one position.
     """
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"attribution_patching supports mode 'zero' or 'mean', not {mode!r}.")
-    if mode == "mean" and means is None:
-        raise ValueError("mode='mean' needs means=NeuronMeans.fit(model, batches, layers).")
-    inputs = model._as_inputs(inputs)
+    batch = model.prepare(inputs)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions = positions or NonPad()
-    layout = model._layout(inputs)
-    mask = layout.select(positions)
-    if not bool(mask.any()):
-        raise ValueError(f"attribution_patching: positions {positions!r} select nothing in this batch.")
+    ctx = Context(model, batch, sources)
+    specs = [NeuronAblation(l, None, positions, mode, value, means) for l in layers]
+    edits = [spec.edits(ctx)[0] for spec in specs]  # checks every layer, mode and position before running
+    store = ctx.read_sources({})
     acts: dict[str, Tensor] = {}
     grads: dict[str, Tensor] = {}
-    names = [f"blocks.{l}.mlp.hook_post" for l in layers]
+    names = [e.hook for e in edits]
     fwd = [(n, lambda x, hook: acts.__setitem__(hook.name, x.detach())) for n in names]
     bwd = [(n, lambda g, hook: grads.__setitem__(hook.name, g.detach())) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
-        value = torch.as_tensor(metric(model(inputs)))
-        if value.dim() != 0:
-            raise ValueError(f"attribution_patching needs a scalar metric, got shape {tuple(value.shape)}.")
-        value.backward()
+        value_ = torch.as_tensor(metric(model(batch)))
+        if value_.dim() != 0:
+            raise ValueError(f"attribution_patching needs a scalar metric, got shape {tuple(value_.shape)}.")
+        value_.backward()
     model.hf_model.zero_grad(set_to_none=True)
     per_neuron, per_pos = [], []
-    for l, n in zip(layers, names):
-        act = acts[n]
-        new = torch.zeros_like(act) if mode == "zero" else means.for_positions(l, layout.modality).to(act)  # type: ignore[union-attr]
-        contrib = grads[n] * (new - act) * mask[..., None]
+    for e in edits:
+        act = acts[e.hook]
+        contrib = grads[e.hook] * (apply(act, e.op, store) - act)  # zero outside the positions
         per_neuron.append(contrib.sum((0, 1)))
         per_pos.append(contrib.sum(-1))
     neurons, pos = torch.stack(per_neuron), torch.stack(per_pos)
@@ -90,11 +90,9 @@ def attribution_patching(
         {"layer": [layers[int(i) // d] for i in order], "neuron": [int(i) % d for i in order], "estimate": flat[order].tolist()}
     )
     if verify_top_k:
-        from hooks_mm.sweep.engine import sweep
-
         top = table.head(verify_top_k)
-        configs = [NeuronAblation(int(l), [int(j)], positions, mode, means=means) for l, j in zip(top.layer, top.neuron)]
-        exact = sweep(model, inputs, configs, metric, progress=False)
+        configs = [NeuronAblation(int(l), [int(j)], positions, mode, value, means) for l, j in zip(top.layer, top.neuron)]
+        exact = sweep(model, batch, configs, metric, progress=False, sources=sources)
         table["exact"] = float("nan")
         table.loc[: verify_top_k - 1, "exact"] = exact.table["delta"].to_numpy()
     return Attribution(neurons, pos, layers, table)

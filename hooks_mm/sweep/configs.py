@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hooks_mm.interventions import NeuronAblation
-from hooks_mm.layout import NonPad, Selector
+from hooks_mm.selectors import NonPad, Selector
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM

@@ -1,6 +1,9 @@
 """Metrics of logits for sweeps and patching: each factory binds a batch, returns ``f(logits)``.
 
-``f(logits[batch, seq, vocab])`` returns a scalar (the mean over rows).
+``f(logits[batch, seq, vocab])`` returns a scalar (the mean over rows). Metrics that need
+the clean run (``answer_logprob`` without targets, ``kl_to_clean``) take it from the clean
+forward a sweep runs anyway; called on their own, they run the bare HF model once, on first
+use (so hooks active at that time never leak into the clean reference).
 
 Example::
 
@@ -15,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from hooks_mm.layout import Last, Modality, Selector
+from hooks_mm.layout import Modality
+from hooks_mm.selectors import Last, Selector
 
 if TYPE_CHECKING:
-    from hooks_mm.model import HookedMLLM
+    from hooks_mm.model import Batch, HookedMLLM
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -26,66 +30,91 @@ Metric = Callable[[Tensor], Tensor]
 class PositionMetric:
     """A metric that reads one position per row: ``f(logits) = at(logits[rows, positions])``.
 
-    The sweep's fast path then unembeds only those positions (``at`` gets [batch, vocab]).
+    ``fn(logits_at, state)`` computes it; ``state`` is given, or derived from the clean
+    logits at those positions by ``from_clean`` (bound by a sweep's clean run with
+    :meth:`bind`, else computed from ``model(batch)`` on first use). The sweep's fast path
+    unembeds only those positions (``at`` gets [batch, vocab]).
     """
 
-    def __init__(self, positions: Tensor, at: Callable[[Tensor], Tensor]):
-        self.positions, self.at = positions, at
+    def __init__(self, positions: Tensor, fn: Callable[[Tensor, Any], Tensor], state: Any = None, *,
+                 from_clean: Callable[[Tensor], Any] | None = None, model: HookedMLLM | None = None, batch: Batch | None = None):
+        self.positions, self.fn, self.state = positions, fn, state
         self.rows = torch.arange(len(positions))
+        self._from_clean, self._model, self._batch = from_clean, model, batch
+
+    def bind(self, batch: Batch, clean_logits: Tensor) -> None:
+        """Take the clean state from ``clean_logits`` of ``batch``, when this metric was made for it."""
+        if self.state is None and self._from_clean is not None and batch is self._batch:
+            self.state = self._from_clean(clean_logits[self.rows, self.positions.to(clean_logits.device)].detach())
+
+    def _ready(self) -> Any:
+        if self.state is None and self._from_clean is not None:
+            with torch.no_grad():  # the bare HF forward: clean even inside model.hooks(...) / model.interventions(...)
+                self.bind(self._batch, self._model.hf_model(**self._batch.model_inputs).logits)  # type: ignore[union-attr, arg-type]
+        return self.state
+
+    def at(self, logits_at: Tensor) -> Tensor:
+        return self.fn(logits_at, self._ready())
+
+    def reducer(self) -> Callable[[Tensor], Tensor]:
+        """``at`` as a plain closure (no hooks_mm objects), e.g. to ship to an NDIF server."""
+        fn, state = self.fn, self._ready()
+        return lambda at: fn(at, state)
 
     def __call__(self, logits: Tensor) -> Tensor:
         return self.at(logits[self.rows, self.positions.to(logits.device)])
 
 
-def _rows_at(model: "HookedMLLM", inputs: Any, positions: Selector) -> Tensor:
-    idx = model.layout(inputs).indices(positions)
+def _rows_at(batch: Batch, positions: Selector) -> Tensor:
+    idx = batch.layout.indices(positions)
     if idx.shape[1] != 1:
         raise ValueError(f"{positions!r} must pick one position per row, got {idx.shape[1]}.")
     return idx[:, 0]
 
 
-def answer_logprob(model: "HookedMLLM", inputs: Any, targets: Sequence[int] | Tensor | None = None, positions: Selector | None = None) -> Metric:
+def answer_logprob(model: HookedMLLM, inputs: Any, targets: Sequence[int] | Tensor | None = None, positions: Selector | None = None) -> PositionMetric:
     """Mean log-probability of ``targets`` (default: the clean argmax) at ``positions`` (last)."""
-    pos = _rows_at(model, inputs, positions or Last())
+    batch = model.prepare(inputs)
+    pos = _rows_at(batch, positions or Last())
     rows = torch.arange(len(pos))
-    if targets is None:
-        with torch.no_grad():
-            targets = model(inputs)[rows, pos].argmax(-1)
-    tgt = torch.as_tensor(targets).view(-1)
-    return PositionMetric(pos, lambda at: at.float().log_softmax(-1)[rows, tgt.to(at.device)].mean())
+
+    def logprob(at: Tensor, tgt: Tensor) -> Tensor:
+        return at.float().log_softmax(-1)[rows, tgt.to(at.device)].mean()
+
+    if targets is not None:
+        return PositionMetric(pos, logprob, torch.as_tensor(targets).view(-1))
+    return PositionMetric(pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch)
 
 
-def logit_diff(model: "HookedMLLM", inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None) -> Metric:
+def logit_diff(model: HookedMLLM, inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None) -> PositionMetric:
     """Mean of ``logit[correct] - logit[wrong]`` per row at ``positions`` (last)."""
-    pos = _rows_at(model, inputs, positions or Last())
+    pos = _rows_at(model.prepare(inputs), positions or Last())
     rows = torch.arange(len(pos))
     c, w = torch.as_tensor(correct).view(-1), torch.as_tensor(wrong).view(-1)
-    return PositionMetric(pos, lambda at: (at[rows, c.to(at.device)] - at[rows, w.to(at.device)]).float().mean())
+    return PositionMetric(pos, lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(), (c, w))
 
 
-def kl_to_clean(model: "HookedMLLM", inputs: Any, positions: Selector | None = None) -> Metric:
+def kl_to_clean(model: HookedMLLM, inputs: Any, positions: Selector | None = None) -> PositionMetric:
     """Mean KL(clean || run) of the next-token distributions at ``positions`` (last)."""
-    pos = _rows_at(model, inputs, positions or Last())
-    rows = torch.arange(len(pos))
-    with torch.no_grad():
-        clean = model(inputs)[rows, pos].float().log_softmax(-1)
+    batch = model.prepare(inputs)
+    pos = _rows_at(batch, positions or Last())
 
-    def kl(at: Tensor) -> Tensor:
-        run = at.float().log_softmax(-1)
-        return (clean.to(run.device).exp() * (clean.to(run.device) - run)).sum(-1).mean()
+    def kl(at: Tensor, clean: Tensor) -> Tensor:
+        run, clean = at.float().log_softmax(-1), clean.to(at.device)
+        return (clean.exp() * (clean - run)).sum(-1).mean()
 
-    return PositionMetric(pos, kl)
+    return PositionMetric(pos, kl, from_clean=lambda c: c.float().log_softmax(-1), model=model, batch=batch)
 
 
-def modality_nll(model: "HookedMLLM", inputs: Any, modality: str = "text") -> Metric:
+def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metric:
     """Mean next-token NLL over the tokens of one modality (``exp`` of it is the perplexity).
 
     Token ``t`` is predicted at position ``t - 1``; only real (non-padding) predictions count.
     """
-    inputs = model._as_inputs(inputs)
-    layout = model.layout(inputs)
+    batch = model.prepare(inputs)
+    layout = batch.layout
     want = Modality[modality.upper()]
-    ids = inputs["input_ids"]
+    ids = batch["input_ids"]
     target = (layout.modality[:, 1:] == want) & (layout.modality[:, :-1] != Modality.PAD)
     if not bool(target.any()):
         raise ValueError(f"no {modality} tokens to predict in this batch (present: {layout.summary()}).")

@@ -18,10 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooks_mm.adapters import config_get
-
 if TYPE_CHECKING:
-    from hooks_mm.model import HookedMLLM
+    from hooks_mm.model import Batch, HookedMLLM
 
 
 def _tile(v: Any, batch: int, n: int) -> Any:
@@ -40,11 +38,11 @@ def _tile(v: Any, batch: int, n: int) -> Any:
 class Replay:
     """Recorded clean run of ``model`` on ``inputs``: residuals, layer kwargs, clean logits."""
 
-    def __init__(self, model: "HookedMLLM", inputs: dict[str, Any]):
+    def __init__(self, model: HookedMLLM, batch: Batch):
         self.model = model
-        self.batch = int(inputs["input_ids"].shape[0])
+        self.batch = batch.shape[0]
         self.calls: dict[int, tuple[tuple, dict]] = {}
-        layers = model._layers
+        layers = model.decoder_layers
 
         def record(l: int):  # noqa: ANN202
             def hook(m: Any, args: tuple, kwargs: dict) -> None:
@@ -57,7 +55,7 @@ class Replay:
         handles = [layer.register_forward_pre_hook(record(l), with_kwargs=True) for l, layer in enumerate(layers)]
         try:
             with torch.no_grad():
-                self.logits, cache = model.run_with_cache(inputs, names_filter=names + ["ln_final.hook_normalized"])
+                self.logits, cache = model.run_with_cache(batch, names_filter=names + ["ln_final.hook_normalized"])
         finally:
             for h in handles:
                 h.remove()
@@ -83,7 +81,7 @@ class Replay:
         for l in range(after, model.cfg.n_layers):
             if l > after:
                 args, kw = self.calls[l]
-                out = model._layers[l](h, *_tile(args, self.batch, n), **{k: _tile(v, self.batch, n) for k, v in kw.items()})
+                out = model.decoder_layers[l](h, *_tile(args, self.batch, n), **{k: _tile(v, self.batch, n) for k, v in kw.items()})
                 h = out[0] if isinstance(out, tuple) else out
             if l in self.injected:
                 h = h + self.injected[l].repeat(n, 1, 1)
@@ -92,15 +90,11 @@ class Replay:
         return self.head(h)
 
     def head(self, h: Tensor) -> Tensor:
-        """Final norm, unembedding and the family's logit post-processing."""
-        hf = self.model.hf_model
-        logits = hf.get_output_embeddings()(self.model._module(self.model.adapter.final_norm)(h))
-        cap = config_get(hf.config, "final_logit_softcapping")
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        if self.model.adapter.name == "chameleon":  # Chameleon never emits image codes
-            logits[..., hf.model.vocabulary_mapping.image_tokens] = torch.finfo(logits.dtype).min
-        return logits
+        """Final norm, unembedding and the family's logit post-processing (``Adapter.logits_post``)."""
+        model = self.model
+        logits = model.hf_model.get_output_embeddings()(model.submodule(model.adapter.final_norm)(h))
+        post = model.adapter.logits_post
+        return logits if post is None else post(model.hf_model, logits)
 
     def verify(self, after: int, atol: float = 1e-4) -> bool:
         """Does replaying from block ``after`` (two packed copies) give the clean logits?"""

@@ -1,4 +1,4 @@
-"""An nnsight wrapper for HF multimodal models whose invokes batch together.
+"""The benchmarks' nnsight baseline: an nnsight wrapper for HF multimodal models whose invokes batch together.
 
 nnsight's generic ``NNsight`` runs one invoke per trace; a multimodal model's inputs are a
 dict of tensors (input_ids, attention_mask, pixel_values, image_grid_thw, ...) that batch

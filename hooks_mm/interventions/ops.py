@@ -1,0 +1,131 @@
+"""The operations of every intervention spec: what happens to an activation at a site. Torch only.
+
+A spec resolves against a batch into :class:`~hooks_mm.interventions.base.Edit`\\ s: a hook
+name and an *op*, a plain tuple ``(kind, *args)`` of tensors and numbers. :func:`apply`
+executes an op, and every backend calls it: local hook functions, nnsight traces (this
+module is shipped by value with each NDIF request, so it imports nothing but torch), the
+sweep's fast path and attribution patching.
+
+Ops (``mask``: bool ``[batch, seq]`` positions; ``key``: an entry of ``store``, the
+activations read from other runs and values kept within a forward):
+
+- ``("ablate", mask, idx, mode, value, rep)``: neurons ``idx`` (None: all) set to zero /
+  scaled by / set to ``value``, or replaced by ``rep`` (a ``key``, or ``(table, index)``: a
+  per-position row of a table of means);
+- ``("steer", mask, vector, scale)``: add ``scale * vector``;
+- ``("centroid", mask, centroids, a)``: ``mu + a (x - mu)``, ``mu`` the nearest centroid;
+- ``("zero", mask)``;
+- ``("copy", key, s_rows, s_cols, t_rows, t_cols)``: source positions into target positions;
+- ``("grid", key, pairs)``: per image tile, the source patch grid resampled (bilinear) onto
+  the target grid;
+- ``("keep", key)`` / ``("restore", mask, key)``: remember a value, write it back later in
+  the forward;
+- ``("knock", block)``: attention edges ``block`` [batch, head or 1, q, k] removed from
+  scores (float) or from a boolean attention mask.
+
+Example::
+
+    x = apply(x, ("steer", mask, vector, 4.0), store={})
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def where(x, mask, new, pos_dim=1):
+    """``x`` with ``new`` at the positions ``mask`` [batch, seq] selects (out of place)."""
+    if x.shape[0] != mask.shape[0] or x.shape[pos_dim] != mask.shape[1]:
+        raise ValueError(
+            f"activation shape {tuple(x.shape)} does not match the layout {tuple(mask.shape)}: "
+            "position-selected interventions apply to a full forward of the inputs they were "
+            "compiled for (not to KV-cached generation steps)."
+        )
+    shape = [1] * x.dim()
+    shape[0], shape[pos_dim] = mask.shape
+    return torch.where(mask.to(x.device).view(shape), new, x)
+
+
+def ablate(x, mask, idx, mode, value, rep):
+    """Neurons ``idx`` (None: all) of ``x`` replaced at ``mask`` as ``mode`` says."""
+    if idx is not None:
+        idx = idx.to(x.device)
+    cols = x if idx is None else x[..., idx]
+    if mode == "zero":
+        new = torch.zeros_like(cols)
+    elif mode == "scale":
+        new = cols * value
+    elif mode == "set":
+        new = torch.full_like(cols, value)
+    else:
+        rep = rep.to(x)
+        new = rep if idx is None else rep[..., idx]
+    new = where(cols, mask, new)
+    if idx is None:
+        return new
+    x = x.clone()
+    x[..., idx] = new
+    return x
+
+
+def grid(x, src, pairs):
+    """Per ``(row, source grid, target grid)``: the source tile resampled onto the target tile."""
+    x = x.clone()
+    for row, s_grid, t_grid in pairs:
+        d = src.shape[-1]
+        g = src[row, s_grid.flatten().to(src.device)].reshape(s_grid.shape[0], s_grid.shape[1], d)
+        g = g.permute(2, 0, 1).unsqueeze(0).float()
+        g = F.interpolate(g, size=tuple(t_grid.shape), mode="bilinear", align_corners=False)
+        x[row, t_grid.flatten().to(x.device)] = g[0].permute(1, 2, 0).reshape(-1, d).to(x)
+    return x
+
+
+def knock(x, block):
+    """Remove the attention edges ``block`` from scores (float: dtype minimum) or a bool mask."""
+    if x.shape[-2:] != block.shape[-2:]:
+        raise ValueError(
+            f"attention scores {tuple(x.shape)} do not match the layout {tuple(block.shape[-2:])}: "
+            "knockout applies to a full forward of the inputs it was compiled for."
+        )
+    block = block.to(x.device)
+    if x.dtype == torch.bool:
+        return x & ~block
+    return x.masked_fill(block, torch.finfo(x.dtype).min)
+
+
+def apply(x, op, store):
+    """Run one op on ``x`` (``[batch, seq, ...]``; ``[batch, head, q, k]`` for ``knock``)."""
+    kind = op[0]
+    if kind == "ablate":
+        _, mask, idx, mode, value, rep = op
+        if isinstance(rep, str):
+            rep = store[rep]
+        elif isinstance(rep, tuple):  # (table [n, d], index [b, s]): a per-position mean
+            rep = rep[0].to(x.device)[rep[1].to(x.device)]
+        return ablate(x, mask, idx, mode, value, rep)
+    if kind == "steer":
+        _, mask, vec, scale = op
+        if x.shape[-1] != vec.shape[-1]:
+            raise ValueError(f"Steer: vector has {vec.shape[-1]} dims but the activation has {x.shape[-1]}.")
+        return where(x, mask, x + scale * vec.to(x))
+    if kind == "centroid":
+        _, mask, centroids, a = op
+        c = centroids.to(x)
+        mu = c[torch.cdist(x.flatten(0, 1), c).argmin(-1)].view_as(x)
+        return where(x, mask, mu + a * (x - mu))
+    if kind == "zero":
+        return where(x, op[1], torch.zeros_like(x))
+    if kind == "copy":
+        _, key, s_rows, s_cols, t_rows, t_cols = op
+        x = x.clone()
+        x[t_rows, t_cols] = store[key][s_rows, s_cols].to(x)
+        return x
+    if kind == "grid":
+        return grid(x, store[op[1]], op[2])
+    if kind == "keep":
+        store[op[1]] = x
+        return x
+    if kind == "restore":
+        return where(x, op[1], store.pop(op[2]))
+    if kind == "knock":
+        return knock(x, op[1])
+    raise ValueError(f"unknown op {kind!r}")

@@ -1,0 +1,7 @@
+"""HookedMLLM and Batch (see :mod:`hooks_mm.model.core`); the hook tree, its wiring into the HF
+model, input building, loading and the batch value each live in a module of their own."""
+
+from hooks_mm.model.batch import Batch
+from hooks_mm.model.core import HookedMLLM
+
+__all__ = ["Batch", "HookedMLLM"]

@@ -1,0 +1,102 @@
+"""Batch: one batch of model inputs and what is derived from it once (layout, token strings).
+
+``model.prepare(inputs)`` builds it; every public call of hooks_mm takes a Batch wherever
+it takes inputs, so the layout of a batch is assembled once, however many interventions,
+metrics and analyses then read it.
+
+Example::
+
+    batch = model.prepare(model.to_inputs("<image> what colour ?", images=img, chat=True))
+    batch.layout.describe(0)          # 'special[0:1] image0 4x4[1:17] text[17:21] ...'
+    batch.str_tokens[0][:3]           # ['<s>', 'USER', ':']
+    logits = model(batch)             # a Batch is a mapping of model inputs, too
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
+
+from torch import Tensor
+
+from hooks_mm.adapters import Adapter
+from hooks_mm.layout import SEGMENTS_KEY, ModalityLayout, build_layout
+
+
+class Batch(Mapping):
+    """Model inputs (on the model's device) with their :class:`ModalityLayout`.
+
+    A read-only mapping of the inputs (``batch["input_ids"]``); ``model_inputs`` drops the
+    keys only hooks_mm reads (the segment codes of ``to_inputs(..., answer=...)``).
+    """
+
+    def __init__(self, inputs: dict[str, Any], layout: ModalityLayout | None, tokenizer: Any = None):
+        self.inputs, self._layout, self._tokenizer = inputs, layout, tokenizer
+
+    @property
+    def layout(self) -> ModalityLayout:
+        if self._layout is None:
+            raise ValueError("a layout needs input_ids; inputs_embeds alone carry no token identities.")
+        return self._layout
+
+    @property
+    def model_inputs(self) -> dict[str, Any]:
+        """The keyword inputs the HF model takes."""
+        return {k: v for k, v in self.inputs.items() if k != SEGMENTS_KEY}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.inputs["input_ids"].shape)  # type: ignore[return-value]
+
+    @cached_property
+    def str_tokens(self) -> list[list[str]]:
+        """One string per position of every row (special tokens kept)."""
+        tok = getattr(self._tokenizer, "tokenizer", self._tokenizer)
+        if tok is None or not hasattr(tok, "batch_decode"):
+            raise ValueError("token strings need a tokenizer: load the model with its processor.")
+        return [tok.batch_decode([[i] for i in row], clean_up_tokenization_spaces=False) for row in self.inputs["input_ids"].tolist()]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.inputs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __repr__(self) -> str:
+        shape = f"{self.shape[0]} x {self.shape[1]}" if "input_ids" in self.inputs else "no input_ids"
+        return f"Batch({shape}, keys={sorted(self.inputs)})"
+
+
+def layout_of(adapter: Adapter, hf_model: Any, processor: Any, inputs: dict[str, Any]) -> ModalityLayout | None:
+    """Assemble the layout of ``inputs`` from the adapter's tables (None without input_ids).
+
+    Raises a clear error when the image / video / audio positions do not match the media given.
+    """
+    a, config = adapter, hf_model.config
+    ids = inputs.get("input_ids")
+    if ids is None:
+        return None
+    real = inputs["attention_mask"].bool() if "attention_mask" in inputs else None
+
+    def positions(fn: Any) -> Tensor | None:
+        mask = fn(config, ids) if fn else None
+        return mask & real if (mask is not None and real is not None) else mask
+
+    mask = positions(a.image_mask)
+    plans = a.image_plans(config, inputs) if (a.image_plans and mask is not None and mask.any()) else []
+    video, audio = positions(a.video_mask), positions(a.audio_mask)
+    video_plans = a.video_plans(config, inputs, processor) if (a.video_plans and video is not None and video.any()) else []
+    audio_plans = a.audio_plans(config, inputs, processor) if (a.audio_plans and audio is not None and audio.any()) else []
+    times = a.position_times(hf_model, inputs) if a.position_times else None
+    special = set(a.special_ids(config))
+    tok = getattr(processor, "tokenizer", processor)
+    if tok is not None and hasattr(tok, "all_special_ids"):
+        special |= set(tok.all_special_ids)
+    return build_layout(
+        ids, inputs.get("attention_mask"), mask, plans, special, inputs.get(SEGMENTS_KEY),
+        video_mask=video, video_plans=video_plans, audio_mask=audio, audio_plans=audio_plans, times=times,
+    )

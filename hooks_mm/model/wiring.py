@@ -1,0 +1,239 @@
+"""Wire the hook points into the unmodified HF model, per forward, for the hooks that are live.
+
+Only hook points with hook functions get PyTorch hooks, so a forward with no hooks is the
+bare HF forward. Most hook points are a module's input or output (named by the adapter
+table); the rest are derived inside a decoder layer: ``hook_resid_mid`` (the input of the
+second norm), ``hook_attn_out`` / ``hook_mlp_out`` where no module returns the branch
+output (``mid - pre`` / ``post - mid``), Qwen3-VL's deepstack injection (the difference
+between a block's output and the next block's input), and the attention internals, which
+the hooked attention function of :mod:`hooks_mm.attention` reads from the keyword
+``hooks_mm_site`` added to that attention module's call.
+
+Example::
+
+    wiring = Wiring(model)
+    with wiring.attached(stop_at_layer=None):
+        hf_model(**inputs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from hooks_mm.attention import NAMES
+
+ATTN_SITE = ("hook_attn_scores", "hook_pattern", "hook_rot_q", "hook_rot_k")
+
+
+class Stop(Exception):
+    """Raised at ``stop_at_layer``; carries the residual stream there."""
+
+    def __init__(self, value: Tensor):
+        self.value = value
+
+
+def edited(hp: HookPoint, value: Tensor) -> Tensor | None:
+    """Run a derived hook point; the new value, or None when the hooks left it unchanged."""
+    before = value.clone()
+    out = hp(value)
+    return None if (out is value and torch.equal(value, before)) else out
+
+
+def first(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def replace_first(out: Any, h: Tensor) -> Any:
+    return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+class Wiring:
+    """The PyTorch hooks of one forward: attached from the live hook points, always removed."""
+
+    def __init__(self, model: HookedRootModule):
+        """``model``: the HookedMLLM (its hook points, adapter, decoder layers and attention modules)."""
+        self.model = model
+        self.handles: list[Any] = []
+        self.state: dict[Any, Any] = {}
+
+    @contextlib.contextmanager
+    def attached(self, stop_at_layer: int | None) -> Iterator[None]:
+        try:
+            self.attach(stop_at_layer)
+            yield
+        finally:
+            for h in self.handles:
+                h.remove()
+            self.handles.clear()
+            self.state.clear()
+
+    def _fwd(self, m: nn.Module, fn: Callable) -> None:
+        self.handles.append(m.register_forward_hook(fn))
+
+    def _pre(self, m: nn.Module, fn: Callable, with_kwargs: bool = False) -> None:
+        self.handles.append(m.register_forward_pre_hook(fn, with_kwargs=with_kwargs))
+
+    def attach(self, stop_at_layer: int | None) -> None:
+        model = self.model
+        hd = model.hook_dict
+        live = {n for n, hp in hd.items() if hp.fwd_hooks or hp.bwd_hooks}
+        if not live and stop_at_layer is None:
+            return
+        a, cfg, state = model.adapter, model.cfg, self.state
+        d_head = cfg.d_head
+
+        def out_hook(hp: HookPoint) -> Callable:
+            return lambda m, i, o: replace_first(o, hp(first(o)))
+
+        def in_hook(hp: HookPoint) -> Callable:
+            return lambda m, args: (hp(args[0]), *args[1:])
+
+        def heads_out(hp: HookPoint) -> Callable:
+            return lambda m, i, o: hp(o.unflatten(-1, (-1, d_head))).flatten(-2)
+
+        def heads_in(hp: HookPoint) -> Callable:
+            return lambda m, args: (hp(args[0].unflatten(-1, (-1, d_head))).flatten(-2), *args[1:])
+
+        if "hook_embed" in live:  # the first embedding call of a forward (Chameleon and Emu3 embed image codes again)
+            def embed(m: nn.Module, i: Any, o: Tensor) -> Tensor | None:
+                if state.get("embedded"):
+                    return None
+                state["embedded"] = True
+                return hd["hook_embed"](o)
+
+            self._pre(model.hf_model, lambda m, args: state.pop("embedded", None) and None)
+            self._fwd(model.submodule(a.embed), embed)
+        for path, pre_name, post_name in ((a.projector, "hook_vision_out", "hook_projector_out"),
+                                          (a.audio_projector, "hook_audio_out", "hook_audio_projector_out")):
+            if path is not None:
+                if pre_name in live:
+                    self._pre(model.submodule(path), in_hook(hd[pre_name]))
+                if post_name in live:
+                    self._fwd(model.submodule(path), out_hook(hd[post_name]))
+
+        n = cfg.n_layers
+        final_norm = model.submodule(a.final_norm)
+        for l, layer in enumerate(model.decoder_layers):
+            p = f"blocks.{l}."
+            cross = l in cfg.cross_attn_layers
+            attn_name = "cross_attn" if cross else "attn"
+            attn = model.attention(l)
+            derived_attn = (cross or a.attn_out is None) and p + "hook_attn_out" in live
+            derived_mlp = (cross or a.mlp_out is None) and p + "hook_mlp_out" in live
+            prev_inject = l > 0 and f"blocks.{l - 1}.hook_deepstack" in live
+            inject = p + "hook_deepstack" in live
+
+            if p + "hook_resid_pre" in live or derived_attn or prev_inject:
+                self._pre(layer, self._layer_pre(l, prev_inject), True)
+            if p + "ln1.hook_normalized" in live:
+                self._fwd(layer.get_submodule(a.ln1), out_hook(hd[p + "ln1.hook_normalized"]))
+            for key in ("q", "k", "v"):
+                if f"{p}{attn_name}.hook_{key}" in live:
+                    self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hd[f"{p}{attn_name}.hook_{key}"]))
+            if f"{p}{attn_name}.hook_z" in live:
+                self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"]))
+            site = tuple(hd.get(f"{p}{attn_name}.{h}") if f"{p}{attn_name}.{h}" in live else None for h in ATTN_SITE)
+            if any(hp is not None for hp in site):
+                impl = getattr(getattr(attn, "config", None), "_attn_implementation", None)
+                if impl not in NAMES.values():
+                    raise NotImplementedError(
+                        f"{type(attn).__name__} does not call transformers' AttentionInterface (its attention is "
+                        f"{impl!r}), so hooks_mm cannot expose its scores, pattern or rotated q / k; hook "
+                        "attn.hook_q / hook_k / hook_v / hook_z or the residual stream instead."
+                    )
+                self._pre(attn, lambda m, args, kwargs, site=site: (args, {**kwargs, "hooks_mm_site": site}), True)
+            if p + "hook_attn_out" in live and not derived_attn:
+                self._fwd(layer.get_submodule(a.attn_out), out_hook(hd[p + "hook_attn_out"]))
+            mid = p + "hook_resid_mid" in live
+            if mid or derived_attn or derived_mlp:
+                self._pre(layer.get_submodule(a.ln2), self._ln2_pre(l, derived_attn, mid))
+            if p + "ln2.hook_normalized" in live:
+                self._fwd(layer.get_submodule(a.ln2), out_hook(hd[p + "ln2.hook_normalized"]))
+            mlp = layer.get_submodule(a.mlp)
+            if p + "mlp.hook_pre" in live:
+                self._fwd(mlp.get_submodule(a.gate or a.up), out_hook(hd[p + "mlp.hook_pre"]))
+            if p + "mlp.hook_pre_linear" in live:
+                self._fwd(mlp.get_submodule(a.up), out_hook(hd[p + "mlp.hook_pre_linear"]))
+            if p + "mlp.hook_post" in live:
+                self._pre(mlp.get_submodule(a.down), in_hook(hd[p + "mlp.hook_post"]))
+            if p + "hook_mlp_out" in live and not derived_mlp:
+                self._fwd(layer.get_submodule(a.mlp_out), out_hook(hd[p + "hook_mlp_out"]))
+            if mid or derived_attn or derived_mlp or p + "hook_resid_post" in live or inject:
+                self._fwd(layer, self._layer_post(l, derived_mlp, inject))
+        if f"blocks.{n - 1}.hook_deepstack" in live:
+            self._pre(final_norm, lambda m, args, kwargs: ((self._injected(n - 1, args[0]), *args[1:]), kwargs), True)
+        if "ln_final.hook_normalized" in live:
+            self._fwd(final_norm, out_hook(hd["ln_final.hook_normalized"]))
+        if stop_at_layer is not None:
+            stop_at_layer = stop_at_layer + n if stop_at_layer < 0 else stop_at_layer
+
+            def stop(m: nn.Module, args: tuple, kwargs: dict) -> None:
+                raise Stop(args[0] if args else kwargs["hidden_states"])
+
+            self._pre(model.decoder_layers[stop_at_layer] if stop_at_layer < n else final_norm, stop, True)
+
+    def _injected(self, l: int, x: Tensor) -> Tensor:
+        """Route the injection after block ``l`` (x - resid_post[l]) through hook_deepstack."""
+        post = self.state["post", l]
+        new = edited(self.model.hook_dict[f"blocks.{l}.hook_deepstack"], x - post)
+        return x if new is None else post + new
+
+    def _layer_pre(self, l: int, prev_inject: bool) -> Callable:
+        hp, state = self.model.hook_dict[f"blocks.{l}.hook_resid_pre"], self.state
+
+        def fn(m: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            x = args[0] if args else kwargs["hidden_states"]
+            if prev_inject:
+                x = self._injected(l - 1, x)
+            x = hp(x)
+            state["pre", l] = x
+            if args:
+                return (x, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": x}
+
+        return fn
+
+    def _ln2_pre(self, l: int, derived_attn: bool, mid: bool) -> Callable:
+        hd, state = self.model.hook_dict, self.state
+
+        def fn(m: nn.Module, args: tuple) -> tuple:
+            x0 = x = args[0]
+            if derived_attn:
+                resid_pre = state["pre", l]
+                new = edited(hd[f"blocks.{l}.hook_attn_out"], x - resid_pre)
+                if new is not None:
+                    x = resid_pre + new
+            if mid:
+                x = hd[f"blocks.{l}.hook_resid_mid"](x)
+            if x is not x0:  # the residual branch inside the layer still holds x0
+                state["delta", l] = x - x0
+            state["mid", l] = x
+            return (x, *args[1:])
+
+        return fn
+
+    def _layer_post(self, l: int, derived_mlp: bool, inject: bool) -> Callable:
+        hd, state = self.model.hook_dict, self.state
+
+        def fn(m: nn.Module, args: tuple, out: Any) -> Any:
+            h = first(out)
+            delta = state.pop(("delta", l), None)
+            if delta is not None:
+                h = h + delta
+            if derived_mlp:
+                mid = state["mid", l]
+                new = edited(hd[f"blocks.{l}.hook_mlp_out"], h - mid)
+                if new is not None:
+                    h = mid + new
+            h = hd[f"blocks.{l}.hook_resid_post"](h)
+            if inject:
+                state["post", l] = h
+            return replace_first(out, h)
+
+        return fn

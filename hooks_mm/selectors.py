@@ -1,0 +1,298 @@
+"""Position selectors over a :class:`~hooks_mm.layout.ModalityLayout`, shared by the whole library.
+
+Selectors compose with ``|``, ``&`` and ``~`` and serialise with ``to_dict`` /
+``Selector.from_dict``; ``layout.select(sel)`` gives a bool mask, ``layout.indices(sel)``
+per-row indices.
+
+Example::
+
+    from hooks_mm.selectors import After, Image, Last
+    mask = layout.select(Image(0) | Last())          # bool [batch, seq]
+    Selector.from_dict(After(Image()).to_dict())     # round trip
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from hooks_mm.layout import Modality, ModalityLayout, Segment
+
+
+class Selector:
+    """A set of positions defined on a layout; compose with ``|``, ``&`` and ``~``."""
+
+    def mask(self, layout: ModalityLayout) -> Bool[Tensor, "batch seq"]:
+        raise NotImplementedError
+
+    def __or__(self, other: "Selector") -> "Selector":
+        return Union(self, as_selector(other))
+
+    def __and__(self, other: "Selector") -> "Selector":
+        return Intersection(self, as_selector(other))
+
+    def __invert__(self) -> "Selector":
+        return Not(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        args = {k: (v.to_dict() if isinstance(v, Selector) else v) for k, v in vars(self).items()}
+        return {"selector": type(self).__name__, **args}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Selector":
+        d = dict(d)
+        cls = SELECTORS[d.pop("selector")]
+        args = {k: (Selector.from_dict(v) if isinstance(v, dict) and "selector" in v else v) for k, v in d.items()}
+        return cls(**args)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Image(Selector):
+    """Image positions: all, or image ``i`` of each row, optionally one tile."""
+
+    def __init__(self, i: int | None = None, tile: int | None = None, patches_only: bool = False):
+        self.i, self.tile, self.patches_only = i, tile, patches_only
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = layout.modality == Modality.IMAGE
+        if self.i is not None:
+            if self.i >= max((int(layout.image_index.max()) + 1), 0):
+                raise ValueError(
+                    f"Image({self.i}) is out of range: rows hold at most "
+                    f"{int(layout.image_index.max()) + 1} image(s)."
+                )
+            m &= layout.image_index == self.i
+        if self.tile is not None:
+            m &= layout.tile == self.tile
+        if self.patches_only:
+            m &= layout.grid_col >= 0
+        return m
+
+
+def _check_index(kind: str, i: int, index: Tensor) -> None:
+    n = int(index.max()) + 1 if index.numel() else 0
+    if not 0 <= i < max(n, 0):
+        raise ValueError(f"{kind}({i}) is out of range: rows hold at most {max(n, 0)} {kind.lower()}(s).")
+
+
+class Video(Selector):
+    """Video positions: all, or video ``i`` of each row (every frame, every cell)."""
+
+    def __init__(self, i: int | None = None):
+        self.i = i
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = layout.modality == Modality.VIDEO
+        if self.i is not None:
+            _check_index("Video", self.i, layout.video_index)
+            m &= layout.video_index == self.i
+        return m
+
+
+class Frame(Selector):
+    """Video positions of frame ``t`` (an int) or of frames ``start <= frame < stop``
+    (``Frame((start, stop))`` or ``Frame(range(start, stop))``), in every video; combine
+    with ``Video(i)`` for one video: ``Video(0) & Frame(1)``.
+
+    Frames are the LM's temporal index (one temporal patch where the model merges frames,
+    e.g. 2 raw frames in Qwen2-VL). ``layout.video_grids`` gives each video's frame count.
+    """
+
+    def __init__(self, t: int | Sequence[int] | range):
+        if isinstance(t, range):
+            if t.step != 1:
+                raise ValueError(f"Frame({t!r}): only contiguous ranges (step 1) are supported.")
+            t = [t.start, t.stop]
+        if not isinstance(t, int):
+            t = [int(v) for v in t]
+            if len(t) != 2 or t[1] <= t[0]:
+                raise ValueError(f"Frame({t!r}): give one frame index or a (start, stop) pair with stop > start.")
+        self.t = t
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        video = layout.modality == Modality.VIDEO
+        if isinstance(self.t, int):
+            return video & (layout.frame == self.t)
+        return video & (layout.frame >= self.t[0]) & (layout.frame < self.t[1])
+
+
+class Audio(Selector):
+    """Audio positions: all, or audio clip ``i`` of each row."""
+
+    def __init__(self, i: int | None = None):
+        self.i = i
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = layout.modality == Modality.AUDIO
+        if self.i is not None:
+            _check_index("Audio", self.i, layout.audio_index)
+            m &= layout.audio_index == self.i
+        return m
+
+
+class AudioTime(Selector):
+    """Audio positions whose time (seconds from the start of their clip) lies in ``[t0, t1)``.
+
+    Needs known times: the processor's frame rate (Whisper-style feature extractors:
+    hop_length / sampling_rate) or a model with time-aligned positions (Qwen2.5-Omni).
+    """
+
+    def __init__(self, t0: float, t1: float):
+        if not t1 > t0:
+            raise ValueError(f"AudioTime({t0}, {t1}): t1 must be larger than t0.")
+        self.t0, self.t1 = float(t0), float(t1)
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        audio = layout.modality == Modality.AUDIO
+        if bool(audio.any()) and not bool(torch.isfinite(layout.time[audio]).any()):
+            raise ValueError(
+                "AudioTime: the audio positions of this layout have no known times (the "
+                "processor gave no frame rate). Load the model with its processor (feature "
+                "extractor with sampling_rate and hop_length), or select steps with "
+                "Where(lambda L: L.frame < n) & Audio()."
+            )
+        return audio & (layout.time >= self.t0) & (layout.time < self.t1)
+
+
+class Text(Selector):
+    """Text positions (not image, video, audio, special or padding)."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.modality == Modality.TEXT
+
+
+class Special(Selector):
+    """Structural tokens: BOS, begin/end of image, vision start/end, row markers."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.modality == Modality.SPECIAL
+
+
+class NonPad(Selector):
+    """Every real (non-padding) position."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.modality != Modality.PAD
+
+
+class Last(Selector):
+    """The last real position of each row (where the next token is predicted)."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        real = layout.modality != Modality.PAD
+        idx = torch.arange(real.shape[1], device=real.device).expand_as(real)
+        last = torch.where(real, idx, -1).max(1).values
+        return idx == last[:, None]
+
+
+class Instruction(Selector):
+    """Text of the prompt (known for inputs built by ``HookedMLLM.to_inputs``)."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return (layout.segment == Segment.INSTRUCTION) & (layout.modality == Modality.TEXT)
+
+
+class Answer(Selector):
+    """Answer tokens appended by ``HookedMLLM.to_inputs(..., answer=...)``."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.segment == Segment.ANSWER
+
+
+class System(Selector):
+    """System-prompt positions (where known)."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.segment == Segment.SYSTEM
+
+
+class After(Selector):
+    """Positions after the last position that ``of`` selects in each row."""
+
+    def __init__(self, of: Selector):
+        self.of = as_selector(of)
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = self.of.mask(layout)
+        idx = torch.arange(m.shape[1], device=m.device).expand_as(m)
+        last = torch.where(m, idx, -1).max(1).values
+        return (idx > last[:, None]) & m.any(1, keepdim=True) & (layout.modality != Modality.PAD)
+
+
+class Positions(Selector):
+    """Explicit positions (negative counts from the end of the padded sequence)."""
+
+    def __init__(self, positions: Sequence[int] | int):
+        self.positions = [positions] if isinstance(positions, int) else [int(p) for p in positions]
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.at_positions(self.positions)
+
+
+class Where(Selector):
+    """Any predicate on the layout, e.g. ``Where(lambda L: L.grid_row == 0)``."""
+
+    def __init__(self, fn: Callable[[ModalityLayout], Tensor]):
+        self.fn = fn
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return self.fn(layout).bool()
+
+    def to_dict(self) -> dict[str, Any]:
+        raise TypeError("Where(...) holds a Python function and cannot be serialised; use the named selectors.")
+
+
+class Union(Selector):
+    def __init__(self, a: Selector, b: Selector):
+        self.a, self.b = a, b
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return self.a.mask(layout) | self.b.mask(layout)
+
+
+class Intersection(Selector):
+    def __init__(self, a: Selector, b: Selector):
+        self.a, self.b = a, b
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return self.a.mask(layout) & self.b.mask(layout)
+
+
+class Not(Selector):
+    def __init__(self, a: Selector):
+        self.a = a
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return ~self.a.mask(layout) & (layout.modality != Modality.PAD)
+
+
+SELECTORS: dict[str, type[Selector]] = {
+    c.__name__: c
+    for c in (
+        Image, Video, Frame, Audio, AudioTime, Text, Special, NonPad, Last, Instruction, Answer, System, After,
+        Positions, Union, Intersection, Not,
+    )
+}
+
+
+def as_selector(x: Any) -> Selector:
+    """Selectors pass through; ints and int lists become :class:`Positions`."""
+    if isinstance(x, Selector):
+        return x
+    if isinstance(x, int) or (isinstance(x, (list, tuple)) and all(isinstance(p, int) for p in x)):
+        return Positions(x)
+    raise TypeError(
+        f"cannot select positions with {x!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."
+    )
