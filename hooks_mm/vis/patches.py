@@ -103,23 +103,22 @@ def infer_tile_grid(n: int, aspect: float | None = None) -> tuple[int, int]:
 def _tile_panels(layout: ModalityLayout, vals: np.ndarray, row: int, image_id: int) -> list[Panel]:
     mask = (to_numpy(layout.image_id[row]) == image_id) & (to_numpy(layout.modality[row]) == Modality.IMAGE)
     tile, r_, c_ = (to_numpy(t[row]) for t in (layout.tile, layout.grid_row, layout.grid_col))
+    image = int(to_numpy(layout.image_index[row])[mask][0])
     panels = []
     for t, rows, cols in layout.grids[image_id]:
-        if rows == 0 or cols == 0:
+        grid = layout.grid(row, image, t) if rows and cols else None
+        if grid is None:
             raise ValueError(
-                f"image {image_id} occupies a single position with no patch grid (Mllama's "
-                "<|image|> token: its patches are cross-attention keys, not positions); plot "
-                "the cross-attention pattern over the vision tiles instead."
+                f"image {image_id} tile {t} has no patch grid of positions (Mllama's <|image|> token: its "
+                "patches are cross-attention keys, not positions); plot the cross-attention pattern over the "
+                "vision tiles instead."
             )
-        v, p = np.full((rows, cols), np.nan), np.full((rows, cols), -1)
+        p = to_numpy(grid)
         sep_v, sep_p = np.full(rows, np.nan), np.full(rows, -1)
-        for pos in np.flatnonzero(mask & (tile == t)):
-            if c_[pos] >= 0:
-                v[r_[pos], c_[pos]], p[r_[pos], c_[pos]] = vals[pos], pos
-            else:
-                sep_v[r_[pos]], sep_p[r_[pos]] = vals[pos], pos
-        has_sep = bool((sep_p >= 0).any())
-        panels.append(Panel(f"tile {t}", v, p, sep_v if has_sep else None, sep_p if has_sep else None))
+        sep = np.flatnonzero(mask & (tile == t) & (c_ < 0))  # newline / end-of-row tokens, one per grid row
+        sep_v[r_[sep]], sep_p[r_[sep]] = vals[sep], sep
+        has_sep = len(sep) > 0
+        panels.append(Panel(f"tile {t}", vals[p], p, sep_v if has_sep else None, sep_p if has_sep else None))
     return panels
 
 
