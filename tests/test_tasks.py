@@ -10,7 +10,7 @@ import torch
 
 from hooks_mm.tasks import WORDS, cell_codebook, make_captions, make_drawings, make_qa, make_scenes
 from hooks_mm.tasks import shapes
-from hooks_mm.zoo.codebook import CodebookProcessor
+from hooks_mm.processing.codebook import CodebookProcessor
 from hooks_mm.zoo.tokenizers import word_tokenizer
 
 PALETTE = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 235), "yellow": (235, 215, 40)}

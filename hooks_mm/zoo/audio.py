@@ -12,7 +12,8 @@ from a real ``WhisperFeatureExtractor`` (16 mel bins, 10 ms hop, 16 kHz, 2 s chu
   ``[n_chunks, 16, 200]``), ``[AUDIO]`` repeated ``max_source_positions * d_model /
   intermediate_size`` = 25 times per chunk (80 ms per step, as in the released model), inside
   ``[INST][BEGIN_AUDIO] ... [/INST]``. The saved processor is then the feature extractor
-  plus the tokenizer (:class:`AudioTextProcessor`), so layout times are known.
+  plus the tokenizer (:class:`~hooks_mm.processing.audio_text.AudioTextProcessor`), so
+  layout times are known.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from hooks_mm.media import chirp, tone
+from hooks_mm.processing.audio_text import AudioTextProcessor
 from hooks_mm.zoo.base import Tiny
 from hooks_mm.zoo.omni import CHAT_TEMPLATE, build_feature_extractor, build_tokenizer
 
@@ -67,26 +69,6 @@ def build_qwen2_audio(seed: int = 0) -> Tiny:
 
 # ---------------------------------------------------------------------------------------
 # Voxtral
-
-
-class AudioTextProcessor:
-    """Tokenizer + Whisper feature extractor for a model whose HF processor cannot be built
-    here (Voxtral: mistral_common). Holds what the layout needs (``feature_extractor``,
-    ``tokenizer``) and saves / loads with the model.
-    """
-
-    def __init__(self, tokenizer: Any, feature_extractor: Any):
-        self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
-
-    def __call__(self, text: Any, **kwargs: Any) -> Any:
-        return self.tokenizer(text, **kwargs)
-
-    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def save_pretrained(self, path: str) -> None:
-        self.tokenizer.save_pretrained(path)
-        self.feature_extractor.save_pretrained(path)
 
 
 VOXTRAL_SPECIAL = ["<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]", "<unk>"]

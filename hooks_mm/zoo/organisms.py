@@ -128,7 +128,7 @@ def build_toy_anygpt(seed: int = 0) -> tuple[Any, Any]:
     """Untrained toy-anygpt and its CodebookProcessor (a 3 x 3 grid of cell codes)."""
     from transformers import LlamaForCausalLM
 
-    from hooks_mm.zoo.codebook import CodebookProcessor
+    from hooks_mm.processing.codebook import CodebookProcessor
     from hooks_mm.zoo.tokenizers import word_tokenizer
 
     codebook = cell_codebook()
