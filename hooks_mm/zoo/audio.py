@@ -132,6 +132,3 @@ def build_voxtral(seed: int = 0) -> Tiny:
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "input_features": torch.cat(feats)}
     return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe), n_images=0,
                 notes={"steps_per_chunk": per_chunk, "seconds_per_step": 0.08})
-
-
-BUILDERS = {"qwen2_audio": build_qwen2_audio, "voxtral": build_voxtral}

@@ -270,11 +270,3 @@ def build_mllama(seed: int = 0) -> Tiny:
         "cross_attention_mask": cross_attention_mask,
     }
     return Tiny(model, inputs, n_images=3, notes={"aspect_ratios": ratios})
-
-
-BUILDERS = {
-    "janus": build_janus,
-    "chameleon": build_chameleon,
-    "emu3": build_emu3,
-    "mllama": build_mllama,
-}

@@ -319,13 +319,3 @@ def build_internvl(seed: int = 0) -> Tiny:
     inputs["pixel_values"] = torch.randn(sum(map(sum, layouts)), 3, 32, 32, generator=g)
     notes = {"tiles_per_image": [t for ts in layouts for t in ts], "tokens_per_tile": seq}
     return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
-
-
-BUILDERS = {
-    "idefics3": build_idefics3,
-    "smolvlm": build_smolvlm,
-    "paligemma": build_paligemma,
-    "gemma3": build_gemma3,
-    "internvl": build_internvl,
-    "paligemma2": build_paligemma2,
-}

@@ -359,10 +359,3 @@ def build_llava_onevision(seed: int = 0) -> Tiny:
             "image_processor": image_processor,
         },
     )
-
-
-BUILDERS = {
-    "llava": build_llava,
-    "llava_next": build_llava_next,
-    "llava_onevision": build_llava_onevision,
-}

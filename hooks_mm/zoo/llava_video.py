@@ -108,6 +108,3 @@ def build_video_llava(seed: int = 0) -> Tiny:
     out = processor(text=text, images=_images(seed, [(40, 30)]), videos=videos, return_tensors="pt", padding=True)
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
     return Tiny(model=model, inputs=inputs, processor=processor, n_images=1, notes={"video_frames": [2, 2]})
-
-
-BUILDERS = {"llava_onevision_video": build_llava_onevision_video, "video_llava": build_video_llava}

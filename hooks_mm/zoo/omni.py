@@ -159,6 +159,3 @@ def build_qwen2_5_omni(seed: int = 0) -> Tiny:
     return Tiny(model=model, inputs=inputs, processor=processor, n_images=1,
                 notes={"audio_seconds": [1.0, 0.6], "fps": FPS, "video_lm_grid": (2, 2, 3),
                        "position_id_per_seconds": 25})
-
-
-BUILDERS = {"qwen2_5_omni": build_qwen2_5_omni}

@@ -325,10 +325,3 @@ def build_qwen3_vl(seed: int = 0) -> Tiny:
             "injection_layers": [0, 1],
         },
     )
-
-
-BUILDERS = {
-    "qwen2_vl": build_qwen2_vl,
-    "qwen2_5_vl": build_qwen2_5_vl,
-    "qwen3_vl": build_qwen3_vl,
-}

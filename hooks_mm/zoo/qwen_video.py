@@ -59,9 +59,3 @@ def build_qwen2_vl_video(seed: int = 0) -> Tiny:
 def build_qwen2_5_vl_video(seed: int = 0) -> Tiny:
     """Qwen2.5-VL with an image and videos; ``second_per_grid_ts`` = 1 s per LM frame."""
     return _with_video(build_qwen2_5_vl(seed), seed, 14)
-
-
-BUILDERS = {
-    "qwen2_vl_video": build_qwen2_vl_video,
-    "qwen2_5_vl_video": build_qwen2_5_vl_video,
-}

@@ -101,6 +101,3 @@ def build_anygpt_audio(seed: int = 0) -> Tiny:
     texts = ["<image> <audio> what colour is the square ?", "<audio> is the pitch high ?"]
     inputs = dict(proc(texts, images=[toy_image(0)], audio=[tone(0.4, 880.0), chirp(0.24)]))
     return Tiny(model, inputs, proc, 1, notes={"audio_steps": [10, 6], "seconds_per_step": AUDIO_FRAME_SECONDS})
-
-
-BUILDERS = {"llama": build_llama, "anygpt": build_anygpt, "anygpt_audio": build_anygpt_audio}
