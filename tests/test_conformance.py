@@ -198,7 +198,7 @@ def test_layout_matches_image_features(family: str) -> None:
     n_img_pos = int((layout.modality == Modality.IMAGE).sum())
     mask = p.model.adapter.image_mask(p.model.hf_model.config, p.inputs["input_ids"])
     assert n_img_pos == int((mask & p.real).sum()) > 0
-    assert layout.n_images == p.tiny.n_images
+    assert layout.n_images == p.n_images
     # every image of the batch sits in exactly one row and has distinct grid cells
     for k in range(layout.n_images):
         at = layout.image_id == k

@@ -86,7 +86,7 @@ def idefics3_cases():
     out = []
     for start, end in img_runs:
         marker = int(ids[start - 1])
-        if marker == tiny.notes["global_image_token_id"]:
+        if marker == 102:  # <global-img> in the zoo's Idefics vocabulary
             out.append((1, start + 2 * side + 3, 0, "global", (2, 3), False))
         else:
             r, c = divmod(marker - 103, 6)  # <row_{r+1}_col_{c+1}> = 103 + 6r + c
@@ -114,7 +114,7 @@ def qwen2_vl_cases():
 def emu3_cases():
     tiny, _ = model_and_layout("emu3")
     ids = tiny.inputs["input_ids"][0]
-    gw = tiny.notes["image_sizes"][1][1] // tiny.notes["factor"]
+    gw = int(tiny.inputs["image_sizes"][1, 1]) // 8  # image 1's width in px, 8 px per VQ code
     start = runs(ids == 3)[1][0]  # second <image> run of row 0 = image 1 (gh x (gw + 1))
     return [(0, start + 2 * (gw + 1) + 3, 1, "patches", (2, 3), False),
             (0, start + 1 * (gw + 1) + gw, 1, "patches", (1, 0), True)]  # end-of-row token

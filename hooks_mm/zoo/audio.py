@@ -63,8 +63,7 @@ def build_qwen2_audio(seed: int = 0) -> Tiny:
     out = processor(text=texts, audio=[tone(0.8, 880.0), chirp(0.4), tone(1.2, 220.0)], return_tensors="pt",
                     padding=True, sampling_rate=SAMPLING_RATE)
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-    return Tiny(model=model, inputs=inputs, processor=processor, n_images=0,
-                notes={"audio_seconds": [0.8, 0.4, 1.2], "seconds_per_step": 0.04})
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,5 +129,4 @@ def build_voxtral(seed: int = 0) -> Tiny:
         texts.append("<s>[INST]" + "".join(parts) + " what is this sound ? [/INST]")
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "input_features": torch.cat(feats)}
-    return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe), n_images=0,
-                notes={"steps_per_chunk": per_chunk, "seconds_per_step": 0.08})
+    return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe))
