@@ -11,7 +11,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hooks_mm import HookedMLLM, zoo  # noqa: E402
-
 from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
 
 # the tiny random-weight families, then the shipped trained organisms (loaded from the package)

@@ -187,7 +187,8 @@ def test_planted_value_lands_in_its_cell(family: str) -> None:
         maps = patch_maps(values, layout, row)
         # the PNG: exactly one hot cell, the expected one; every other cell cold
         colors = cell_colors(patch_heatmap(values, layout, row), maps)
-        assert (image, panel, cell, sep) in colors, f"{family}: no cell {(image, panel, cell, sep)} in {sorted(colors)[:5]}..."
+        want = (image, panel, cell, sep)
+        assert want in colors, f"{family}: no cell {want} in {sorted(colors)[:5]}..."
         for key, rgb in colors.items():
             target = HOT if key == (image, panel, cell, sep) else COLD
             assert np.abs(rgb - target).max() < 8, f"{family} position {pos}: cell {key} is {rgb}, expected {target}"
@@ -224,7 +225,8 @@ def test_tile_grid_from_tokens_and_inference() -> None:
     tiny, layout = model_and_layout("idefics3")
     ids = tiny.inputs["input_ids"]
     for row, expected in ((0, {0: (1, 2)}), (1, {0: (2, 2)})):
-        tokens = [f"<row_{(i - 103) // 6 + 1}_col_{(i - 103) % 6 + 1}>" if 103 <= i < 139 else str(i) for i in ids[row].tolist()]
+        tokens = [f"<row_{(i - 103) // 6 + 1}_col_{(i - 103) % 6 + 1}>" if 103 <= i < 139 else str(i)
+                  for i in ids[row].tolist()]
         assert tile_grid_from_tokens(tokens, layout, row) == expected
     assert infer_tile_grid(2) == (1, 2) and infer_tile_grid(4) == (2, 2) and infer_tile_grid(6) == (2, 3)
     assert infer_tile_grid(2, aspect=0.5) == (2, 1) and infer_tile_grid(6, aspect=3.0) == (1, 6)

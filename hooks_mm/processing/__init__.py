@@ -21,8 +21,9 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer

@@ -56,7 +56,8 @@ def build_qwen2_audio(seed: int = 0) -> Tiny:
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).float().eval()
     msgs = [
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"}, {"type": "text", "text": "which sound is high ?"}]}],
+        [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"},
+                                      {"type": "text", "text": "which sound is high ?"}]}],
         [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "describe the sound"}]}],
     ]
     texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
@@ -95,7 +96,8 @@ def voxtral_chunks(waveform: np.ndarray, feature_extractor: Any) -> torch.Tensor
     padded = np.zeros(n * chunk, dtype=np.float32)
     padded[: len(waveform)] = waveform
     parts = [padded[i * chunk:(i + 1) * chunk] for i in range(n)]
-    return feature_extractor(parts, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")["input_features"]
+    out = feature_extractor(parts, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+    return out["input_features"]
 
 
 def build_voxtral(seed: int = 0) -> Tiny:
@@ -106,8 +108,9 @@ def build_voxtral(seed: int = 0) -> Tiny:
     fe = build_feature_extractor(chunk_seconds=2)
     d_model, factor = 32, 4
     config = VoxtralConfig(
-        audio_config=dict(num_mel_bins=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=d_model * factor,
-                          hidden_size=d_model, max_source_positions=100, num_key_value_heads=2),
+        audio_config=dict(num_mel_bins=16, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=d_model * factor, hidden_size=d_model, max_source_positions=100,
+                          num_key_value_heads=2),
         text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, head_dim=16,
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
@@ -128,5 +131,6 @@ def build_voxtral(seed: int = 0) -> Tiny:
             parts.append("[BEGIN_AUDIO]" + "[AUDIO]" * (per_chunk * f.shape[0]))
         texts.append("<s>[INST]" + "".join(parts) + " what is this sound ? [/INST]")
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "input_features": torch.cat(feats)}
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+              "input_features": torch.cat(feats)}
     return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe))

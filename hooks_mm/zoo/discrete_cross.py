@@ -226,7 +226,7 @@ def build_mllama(seed: int = 0) -> Tiny:
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("gate") or name.endswith(("gate_attn", "gate_ffn")):
+            if name.endswith(("gate", "gate_attn", "gate_ffn")):
                 sign = torch.where(torch.rand(p.shape, generator=g) < 0.5, -1.0, 1.0)
                 p.copy_(sign * (0.5 + torch.rand(p.shape, generator=g)))
     model = _finish(model, "MllamaForConditionalGeneration")

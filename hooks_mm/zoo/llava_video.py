@@ -68,13 +68,20 @@ def build_llava_onevision_video(seed: int = 0) -> Tiny:
 def _stack_videos(videos: list[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(v.shape) for v in videos}
     if len(shapes) != 1:
-        raise ValueError(f"videos of one batch need the same number of frames and size for pixel_values_videos; got {shapes}")
+        raise ValueError(
+            f"videos of one batch need the same number of frames and size for pixel_values_videos; got {shapes}"
+        )
     return torch.stack(list(videos))
 
 
 def build_video_llava(seed: int = 0) -> Tiny:
     """Video-LLaVA: row 0 = image + 2-frame video, row 1 = 2-frame video (left-padded)."""
-    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor, VideoLlavaProcessor
+    from transformers import (
+        VideoLlavaConfig,
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+        VideoLlavaProcessor,
+    )
 
     tok = build_tokenizer(("<image>", "<video>"))
     image_processor = VideoLlavaImageProcessor(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE})

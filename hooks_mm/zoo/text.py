@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hooks_mm.zoo.base import WORDS, Tiny, toy_image
 from hooks_mm.processing.codebook import CodebookProcessor
+from hooks_mm.zoo.base import WORDS, Tiny, toy_image
 from hooks_mm.zoo.tokenizers import word_tokenizer
 
 N_CODES = 16
