@@ -11,7 +11,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hooks_mm import HookedMLLM, zoo  # noqa: E402
-
 from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
 
 # the tiny random-weight families, then the shipped trained organisms (loaded from the package)
@@ -21,6 +20,14 @@ IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = ["qwen2_vl_video", "qwen2_5_vl_video", "qwen2_5_omni", "llava_onevision_video", "video_llava"]
 AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
+# images in each tiny family's example batch, as its builder writes them (none where not listed)
+N_IMAGES = {
+    **dict.fromkeys(["anygpt", "chameleon", "emu3", "gemma3", "idefics3", "internvl", "janus", "llava", "llava_next",
+                     "llava_onevision", "mllama", "paligemma", "paligemma2", "qwen2_5_vl", "qwen2_vl", "qwen3_vl",
+                     "smolvlm"], 3),
+    **dict.fromkeys(["anygpt_audio", "llava_onevision_video", "qwen2_5_omni", "qwen2_5_vl_video", "qwen2_vl_video",
+                     "video_llava"], 1),
+}
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}
 
@@ -51,9 +58,11 @@ class Pair:
             self.bare = HookedMLLM.from_pretrained(family).hf_model
             examples = make_qa(3, "test", 0) + make_drawings(1, "test", 0)  # mixed lengths: padding
             inputs = encode(self.model, examples)
-            self.tiny = zoo.Tiny(self.model.hf_model, inputs, self.model.processor, n_images=len(examples))
+            self.tiny = zoo.Tiny(self.model.hf_model, inputs, self.model.processor)
+            self.n_images = len(examples)  # one image per example
         else:
             self.tiny = zoo.build(family)
+            self.n_images = N_IMAGES.get(family, 0)
             self.bare = zoo.build(family).model
             self.model = HookedMLLM(self.tiny.model, self.tiny.processor)
         self.inputs = self.tiny.inputs

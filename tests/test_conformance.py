@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import IMAGE_FAMILIES, Pair, assert_clean, pair_for, record
-from hooks_mm import Last, Modality, zoo
+
+from hooks_mm import Last, Modality
 
 TOL = 1e-5
 
@@ -160,10 +160,11 @@ def test_hooks_removed_when_a_hook_raises(pair: Pair) -> None:
     def boom(x, hook):  # noqa: ANN001, ANN202
         raise RuntimeError("hook failed")
 
+    early = "blocks.0.hook_resid_pre" if 0 in m.cfg.cross_attn_layers else "blocks.0.attn.hook_pattern"
     with torch.no_grad():
         clean = m(pair.inputs)
         with pytest.raises(RuntimeError, match="hook failed"):
-            m.run_with_hooks(pair.inputs, fwd_hooks=[("blocks.1.mlp.hook_post", boom), ("blocks.0.attn.hook_pattern" if 0 not in m.cfg.cross_attn_layers else "blocks.0.hook_resid_pre", lambda x, hook: None)])
+            m.run_with_hooks(pair.inputs, fwd_hooks=[("blocks.1.mlp.hook_post", boom), (early, lambda x, hook: None)])
         assert_clean(m)
         assert torch.equal(m(pair.inputs), clean)
 
@@ -198,7 +199,7 @@ def test_layout_matches_image_features(family: str) -> None:
     n_img_pos = int((layout.modality == Modality.IMAGE).sum())
     mask = p.model.adapter.image_mask(p.model.hf_model.config, p.inputs["input_ids"])
     assert n_img_pos == int((mask & p.real).sum()) > 0
-    assert layout.n_images == p.tiny.n_images
+    assert layout.n_images == p.n_images
     # every image of the batch sits in exactly one row and has distinct grid cells
     for k in range(layout.n_images):
         at = layout.image_id == k

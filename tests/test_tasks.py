@@ -6,11 +6,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
-from hooks_mm.tasks import WORDS, cell_codebook, make_captions, make_drawings, make_qa, make_scenes
-from hooks_mm.tasks import shapes
-from hooks_mm.zoo.codebook import CodebookProcessor
+from hooks_mm.processing.codebook import CodebookProcessor
+from hooks_mm.tasks import WORDS, cell_codebook, make_captions, make_drawings, make_qa, make_scenes, shapes
 from hooks_mm.zoo.tokenizers import word_tokenizer
 
 PALETTE = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 235), "yellow": (235, 215, 40)}
@@ -100,7 +98,8 @@ def test_every_answer_matches_the_image() -> None:
     assert {k for k, needs in kinds if not needs} == {"colour", "shape", "exists"}
     for e in examples:
         objects = read_image(e.image)
-        assert sorted(objects, key=lambda o: (o[2], o[3])) == [(o.colour, o.shape, o.row, o.col) for o in e.scene.objects]
+        expected = [(o.colour, o.shape, o.row, o.col) for o in e.scene.objects]
+        assert sorted(objects, key=lambda o: (o[2], o[3])) == expected
         _, question = split_prompt(e.prompt)
         assert solve(objects, question) == e.answer, e.prompt
 
@@ -110,7 +109,9 @@ def test_text_guessable_answers_follow_from_the_text_and_the_others_do_not() -> 
         named, question = split_prompt(e.prompt)
         objects = read_image(e.image)
         assert all(any(o[:2] == n for o in objects) for n in named), "the context only names real objects"
-        m = re.fullmatch(r"what colour is the (\w+) \?|what shape is the (\w+) object \?|is there a (\w+ \w+) \?", question)
+        m = re.fullmatch(
+            r"what colour is the (\w+) \?|what shape is the (\w+) object \?|is there a (\w+ \w+) \?", question
+        )
         if not e.needs_image:
             assert m is not None, e.prompt
             if m[1]:
@@ -151,7 +152,8 @@ def test_codebook_quantises_each_cell_to_its_place_and_object() -> None:
         for c, s, r, k in read_image(e.image):
             expect[3 * r + k] += 1 + 3 * colours.index(c) + shape_names.index(s)
         assert got == expect
-        assert got == [shapes.cell_code(i // 3, i % 3, next((o for o in e.scene.objects if (o.row, o.col) == (i // 3, i % 3)), None)) for i in range(9)]
+        at = {(o.row, o.col): o for o in e.scene.objects}
+        assert got == [shapes.cell_code(r, c, at.get((r, c))) for r in range(3) for c in range(3)]
 
 
 def test_every_word_is_in_the_vocabulary() -> None:

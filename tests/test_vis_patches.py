@@ -86,7 +86,7 @@ def idefics3_cases():
     out = []
     for start, end in img_runs:
         marker = int(ids[start - 1])
-        if marker == tiny.notes["global_image_token_id"]:
+        if marker == 102:  # <global-img> in the zoo's Idefics vocabulary
             out.append((1, start + 2 * side + 3, 0, "global", (2, 3), False))
         else:
             r, c = divmod(marker - 103, 6)  # <row_{r+1}_col_{c+1}> = 103 + 6r + c
@@ -114,7 +114,7 @@ def qwen2_vl_cases():
 def emu3_cases():
     tiny, _ = model_and_layout("emu3")
     ids = tiny.inputs["input_ids"][0]
-    gw = tiny.notes["image_sizes"][1][1] // tiny.notes["factor"]
+    gw = int(tiny.inputs["image_sizes"][1, 1]) // 8  # image 1's width in px, 8 px per VQ code
     start = runs(ids == 3)[1][0]  # second <image> run of row 0 = image 1 (gh x (gw + 1))
     return [(0, start + 2 * (gw + 1) + 3, 1, "patches", (2, 3), False),
             (0, start + 1 * (gw + 1) + gw, 1, "patches", (1, 0), True)]  # end-of-row token
@@ -187,7 +187,8 @@ def test_planted_value_lands_in_its_cell(family: str) -> None:
         maps = patch_maps(values, layout, row)
         # the PNG: exactly one hot cell, the expected one; every other cell cold
         colors = cell_colors(patch_heatmap(values, layout, row), maps)
-        assert (image, panel, cell, sep) in colors, f"{family}: no cell {(image, panel, cell, sep)} in {sorted(colors)[:5]}..."
+        want = (image, panel, cell, sep)
+        assert want in colors, f"{family}: no cell {want} in {sorted(colors)[:5]}..."
         for key, rgb in colors.items():
             target = HOT if key == (image, panel, cell, sep) else COLD
             assert np.abs(rgb - target).max() < 8, f"{family} position {pos}: cell {key} is {rgb}, expected {target}"
@@ -224,7 +225,8 @@ def test_tile_grid_from_tokens_and_inference() -> None:
     tiny, layout = model_and_layout("idefics3")
     ids = tiny.inputs["input_ids"]
     for row, expected in ((0, {0: (1, 2)}), (1, {0: (2, 2)})):
-        tokens = [f"<row_{(i - 103) // 6 + 1}_col_{(i - 103) % 6 + 1}>" if 103 <= i < 139 else str(i) for i in ids[row].tolist()]
+        tokens = [f"<row_{(i - 103) // 6 + 1}_col_{(i - 103) % 6 + 1}>" if 103 <= i < 139 else str(i)
+                  for i in ids[row].tolist()]
         assert tile_grid_from_tokens(tokens, layout, row) == expected
     assert infer_tile_grid(2) == (1, 2) and infer_tile_grid(4) == (2, 2) and infer_tile_grid(6) == (2, 3)
     assert infer_tile_grid(2, aspect=0.5) == (2, 1) and infer_tile_grid(6, aspect=3.0) == (1, 6)

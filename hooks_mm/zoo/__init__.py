@@ -10,23 +10,55 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Callable
 
 from hooks_mm.processing import save_processor
 from hooks_mm.zoo.base import Tiny, toy_image
 
-BUILDERS: dict[str, Callable[..., Tiny]] = {}
-for _module in ("text", "llava", "qwen", "idefics_gemma", "discrete_cross", "qwen_video", "omni", "audio", "llava_video"):
-    BUILDERS.update(importlib.import_module(f"hooks_mm.zoo.{_module}").BUILDERS)
+# family -> "module:function" of its builder (a module of this package), imported on build()
+BUILDERS: dict[str, str] = {
+    "llama": "text:build_llama",
+    "anygpt": "text:build_anygpt",
+    "anygpt_audio": "text:build_anygpt_audio",
+    "llava": "llava:build_llava",
+    "llava_next": "llava:build_llava_next",
+    "llava_onevision": "llava:build_llava_onevision",
+    "qwen2_vl": "qwen:build_qwen2_vl",
+    "qwen2_5_vl": "qwen:build_qwen2_5_vl",
+    "qwen3_vl": "qwen:build_qwen3_vl",
+    "idefics3": "idefics_gemma:build_idefics3",
+    "smolvlm": "idefics_gemma:build_smolvlm",
+    "paligemma": "idefics_gemma:build_paligemma",
+    "gemma3": "idefics_gemma:build_gemma3",
+    "internvl": "idefics_gemma:build_internvl",
+    "paligemma2": "idefics_gemma:build_paligemma2",
+    "janus": "discrete_cross:build_janus",
+    "chameleon": "discrete_cross:build_chameleon",
+    "emu3": "discrete_cross:build_emu3",
+    "mllama": "discrete_cross:build_mllama",
+    "qwen2_vl_video": "qwen_video:build_qwen2_vl_video",
+    "qwen2_5_vl_video": "qwen_video:build_qwen2_5_vl_video",
+    "qwen2_5_omni": "omni:build_qwen2_5_omni",
+    "qwen2_audio": "audio:build_qwen2_audio",
+    "voxtral": "audio:build_voxtral",
+    "llava_onevision_video": "llava_video:build_llava_onevision_video",
+    "video_llava": "llava_video:build_video_llava",
+}
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
 
 
 def build(name: str, seed: int = 0) -> Tiny:
-    """Build the tiny model of a family (``llava``, ``qwen2_vl``, ``anygpt``, ...)."""
+    """Build the tiny model of a family (``llava``, ``qwen2_vl``, ``anygpt``, ...).
+
+    Example::
+
+        tiny = build("qwen2_vl")
+        logits = tiny.model(**tiny.inputs).logits
+    """
     if name not in BUILDERS:
         raise KeyError(f"no tiny builder {name!r}; known: {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[name](seed=seed)
+    module, function = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)(seed=seed)
 
 
 def cache_dir() -> str:

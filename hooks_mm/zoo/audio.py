@@ -12,7 +12,8 @@ from a real ``WhisperFeatureExtractor`` (16 mel bins, 10 ms hop, 16 kHz, 2 s chu
   ``[n_chunks, 16, 200]``), ``[AUDIO]`` repeated ``max_source_positions * d_model /
   intermediate_size`` = 25 times per chunk (80 ms per step, as in the released model), inside
   ``[INST][BEGIN_AUDIO] ... [/INST]``. The saved processor is then the feature extractor
-  plus the tokenizer (:class:`AudioTextProcessor`), so layout times are known.
+  plus the tokenizer (:class:`~hooks_mm.processing.audio_text.AudioTextProcessor`), so
+  layout times are known.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from hooks_mm.media import chirp, tone
+from hooks_mm.processing.audio_text import AudioTextProcessor
 from hooks_mm.zoo.base import Tiny
 from hooks_mm.zoo.omni import CHAT_TEMPLATE, build_feature_extractor, build_tokenizer
 
@@ -54,39 +56,19 @@ def build_qwen2_audio(seed: int = 0) -> Tiny:
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).float().eval()
     msgs = [
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"}, {"type": "text", "text": "which sound is high ?"}]}],
+        [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"},
+                                      {"type": "text", "text": "which sound is high ?"}]}],
         [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "describe the sound"}]}],
     ]
     texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
     out = processor(text=texts, audio=[tone(0.8, 880.0), chirp(0.4), tone(1.2, 220.0)], return_tensors="pt",
                     padding=True, sampling_rate=SAMPLING_RATE)
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-    return Tiny(model=model, inputs=inputs, processor=processor, n_images=0,
-                notes={"audio_seconds": [0.8, 0.4, 1.2], "seconds_per_step": 0.04})
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 # ---------------------------------------------------------------------------------------
 # Voxtral
-
-
-class AudioTextProcessor:
-    """Tokenizer + Whisper feature extractor for a model whose HF processor cannot be built
-    here (Voxtral: mistral_common). Holds what the layout needs (``feature_extractor``,
-    ``tokenizer``) and saves / loads with the model.
-    """
-
-    def __init__(self, tokenizer: Any, feature_extractor: Any):
-        self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
-
-    def __call__(self, text: Any, **kwargs: Any) -> Any:
-        return self.tokenizer(text, **kwargs)
-
-    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def save_pretrained(self, path: str) -> None:
-        self.tokenizer.save_pretrained(path)
-        self.feature_extractor.save_pretrained(path)
 
 
 VOXTRAL_SPECIAL = ["<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]", "<unk>"]
@@ -114,7 +96,8 @@ def voxtral_chunks(waveform: np.ndarray, feature_extractor: Any) -> torch.Tensor
     padded = np.zeros(n * chunk, dtype=np.float32)
     padded[: len(waveform)] = waveform
     parts = [padded[i * chunk:(i + 1) * chunk] for i in range(n)]
-    return feature_extractor(parts, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")["input_features"]
+    out = feature_extractor(parts, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+    return out["input_features"]
 
 
 def build_voxtral(seed: int = 0) -> Tiny:
@@ -125,8 +108,9 @@ def build_voxtral(seed: int = 0) -> Tiny:
     fe = build_feature_extractor(chunk_seconds=2)
     d_model, factor = 32, 4
     config = VoxtralConfig(
-        audio_config=dict(num_mel_bins=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=d_model * factor,
-                          hidden_size=d_model, max_source_positions=100, num_key_value_heads=2),
+        audio_config=dict(num_mel_bins=16, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=d_model * factor, hidden_size=d_model, max_source_positions=100,
+                          num_key_value_heads=2),
         text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, head_dim=16,
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
@@ -147,9 +131,6 @@ def build_voxtral(seed: int = 0) -> Tiny:
             parts.append("[BEGIN_AUDIO]" + "[AUDIO]" * (per_chunk * f.shape[0]))
         texts.append("<s>[INST]" + "".join(parts) + " what is this sound ? [/INST]")
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "input_features": torch.cat(feats)}
-    return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe), n_images=0,
-                notes={"steps_per_chunk": per_chunk, "seconds_per_step": 0.08})
-
-
-BUILDERS = {"qwen2_audio": build_qwen2_audio, "voxtral": build_voxtral}
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+              "input_features": torch.cat(feats)}
+    return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,8 +19,6 @@ class Tiny:
     model: Any
     inputs: dict[str, torch.Tensor]
     processor: Any | None = None
-    n_images: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def toy_image(seed: int, size: int = 32) -> Any:

@@ -88,8 +88,7 @@ def build_janus(seed: int = 0) -> Tiny:
         "attention_mask": attention_mask,
         "pixel_values": _images(3, 32, 32, seed),
     }
-    return Tiny(model, inputs, n_images=3, notes={"boi": boi, "eoi": eoi,
-                                                   "tokens_per_image": n_tok})
+    return Tiny(model, inputs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,7 +132,7 @@ def build_chameleon(seed: int = 0) -> Tiny:
         "attention_mask": attention_mask,
         "pixel_values": _images(3, 32, 32, seed),
     }
-    return Tiny(model, inputs, n_images=3, notes={"tokens_per_image": n_tok})
+    return Tiny(model, inputs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def build_emu3(seed: int = 0) -> Tiny:
         "pixel_values": pixel_values,
         "image_sizes": torch.tensor(sizes, dtype=torch.long),
     }
-    return Tiny(model, inputs, n_images=3, notes={"image_sizes": sizes, "factor": factor})
+    return Tiny(model, inputs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,7 +226,7 @@ def build_mllama(seed: int = 0) -> Tiny:
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("gate") or name.endswith(("gate_attn", "gate_ffn")):
+            if name.endswith(("gate", "gate_attn", "gate_ffn")):
                 sign = torch.where(torch.rand(p.shape, generator=g) < 0.5, -1.0, 1.0)
                 p.copy_(sign * (0.5 + torch.rand(p.shape, generator=g)))
     model = _finish(model, "MllamaForConditionalGeneration")
@@ -269,12 +268,4 @@ def build_mllama(seed: int = 0) -> Tiny:
         "aspect_ratio_mask": aspect_ratio_mask,
         "cross_attention_mask": cross_attention_mask,
     }
-    return Tiny(model, inputs, n_images=3, notes={"aspect_ratios": ratios})
-
-
-BUILDERS = {
-    "janus": build_janus,
-    "chameleon": build_chameleon,
-    "emu3": build_emu3,
-    "mllama": build_mllama,
-}
+    return Tiny(model, inputs)

@@ -3,7 +3,7 @@
 Each builder returns a real HF ``...ForConditionalGeneration`` (fp32, sdpa, eval) and
 inputs laid out exactly as the family's processor writes them (image tokens expanded,
 structural tokens in place): row 0 holds two images, row 1 one image and is left-padded.
-No processor is built; ``Tiny.notes`` records the token ids and the tile layout used.
+No processor is built: the token ids are this module's constants, listed below.
 
 Shared token ids (vocabulary 160): 0 pad, 1 bos, 2 eos, 10 "\\n", 20..89 words,
 100 image token, 101/102 structural (fake/global, boi/eoi, <img>/</img>),
@@ -129,14 +129,7 @@ def _build_idefics(cls_name: str, seed: int) -> Tiny:
         pixel_attention_mask[b, : sum(t)] = True
     inputs["pixel_values"] = pixel_values
     inputs["pixel_attention_mask"] = pixel_attention_mask
-    notes = {
-        "tiles_per_image": [n for t in tiles for n in t],
-        "tokens_per_tile": seq,
-        "layouts": layouts,
-        "fake_image_token_id": S1,
-        "global_image_token_id": S2,
-    }
-    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+    return Tiny(model=model, inputs=inputs)
 
 
 def build_idefics3(seed: int = 0) -> Tiny:
@@ -206,11 +199,10 @@ def _build_paligemma(text: dict[str, Any], seed: int) -> Tiny:
         prefix = [IMG] * (per * n_img) + [BOS] + _words(g, n_prompt) + [NL]
         suffix = _words(g, n_suffix) + [EOS]
         rows.append(prefix + suffix)
-        types.append([0] * len(prefix) + [1] * len(suffix))
+        types.append([0] * len(prefix) + [1] * len(suffix))  # 0: the prefix (bidirectional), 1: the suffix
     inputs = _left_pad(rows, types)
     inputs["pixel_values"] = torch.randn(3, 3, 32, 32, generator=g)
-    notes = {"tokens_per_image": per, "token_type_ids": "0 prefix (bidirectional), 1 suffix"}
-    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+    return Tiny(model=model, inputs=inputs)
 
 
 def build_paligemma(seed: int = 0) -> Tiny:
@@ -269,11 +261,10 @@ def build_gemma3(seed: int = 0) -> Tiny:
         for _ in range(n_img):
             r += image + _words(g, 2)
         rows.append(r + [NL])
-    types = [[int(t == IMG) for t in r] for r in rows]
+    types = [[int(t == IMG) for t in r] for r in rows]  # 1 at image tokens (a bidirectional block)
     inputs = _left_pad(rows, types)
     inputs["pixel_values"] = torch.randn(3, 3, 32, 32, generator=g)
-    notes = {"tokens_per_image": mm, "token_type_ids": "1 at image tokens (bidirectional block)"}
-    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
+    return Tiny(model=model, inputs=inputs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -317,15 +308,4 @@ def build_internvl(seed: int = 0) -> Tiny:
         rows.append(r)
     inputs = _left_pad(rows)
     inputs["pixel_values"] = torch.randn(sum(map(sum, layouts)), 3, 32, 32, generator=g)
-    notes = {"tiles_per_image": [t for ts in layouts for t in ts], "tokens_per_tile": seq}
-    return Tiny(model=model, inputs=inputs, n_images=3, notes=notes)
-
-
-BUILDERS = {
-    "idefics3": build_idefics3,
-    "smolvlm": build_smolvlm,
-    "paligemma": build_paligemma,
-    "gemma3": build_gemma3,
-    "internvl": build_internvl,
-    "paligemma2": build_paligemma2,
-}
+    return Tiny(model=model, inputs=inputs)

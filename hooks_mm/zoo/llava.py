@@ -8,7 +8,8 @@ one image and left padding.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,8 +177,6 @@ def build_llava(seed: int = 0) -> Tiny:
         model=model,
         inputs=inputs,
         processor=processor,
-        n_images=3,
-        notes={"tokens_per_image": side * side, "vision_feature_select_strategy": "default"},
     )
 
 
@@ -233,8 +232,6 @@ def build_llava_next(seed: int = 0) -> Tiny:
         model=model,
         inputs=inputs,
         processor=processor,
-        n_images=3,
-        notes={"image_grid_pinpoints": PINPOINTS},
     )
 
 
@@ -288,7 +285,13 @@ def _onevision_expand(
     return out
 
 
-def build_llava_onevision(seed: int = 0) -> Tiny:
+def build_llava_onevision_model(seed: int = 0) -> tuple[Any, Any, Any]:
+    """A tiny LlavaOnevision model, its tokenizer (``<image>``, ``<video>``) and PIL image processor.
+
+    Example::
+
+        model, tok, image_processor = build_llava_onevision_model(seed=0)
+    """
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -334,6 +337,11 @@ def build_llava_onevision(seed: int = 0) -> Tiny:
     model = _finish(
         LlavaOnevisionForConditionalGeneration(config), "LlavaOnevisionForConditionalGeneration"
     )
+    return model, tok, image_processor
+
+
+def build_llava_onevision(seed: int = 0) -> Tiny:
+    model, tok, image_processor = build_llava_onevision_model(seed)
     # row 0: two images -> base tile + newline each (batch_num_images = 2);
     # row 1: one large image -> anyres 2x2 tiles, downsampled by anyres_max_2
     images = _images(seed, [(40, 90), (70, 50), (64, 60)])
@@ -347,22 +355,4 @@ def build_llava_onevision(seed: int = 0) -> Tiny:
     inputs = dict(tok(text, return_tensors="pt", padding=True))
     inputs.pop("token_type_ids", None)
     inputs.update(image_inputs)
-    return Tiny(
-        model=model,
-        inputs=inputs,
-        processor=None,
-        n_images=3,
-        notes={
-            "image_grid_pinpoints": PINPOINTS,
-            "vision_aspect_ratio": ONEVISION_ASPECT,
-            "tokenizer": tok,
-            "image_processor": image_processor,
-        },
-    )
-
-
-BUILDERS = {
-    "llava": build_llava,
-    "llava_next": build_llava_next,
-    "llava_onevision": build_llava_onevision,
-}
+    return Tiny(model=model, inputs=inputs)

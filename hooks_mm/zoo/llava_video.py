@@ -9,8 +9,6 @@ HF code expands ``<video>`` (Video-LLaVA: ``VideoLlavaProcessor``; OneVision:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from hooks_mm.media import FramewiseVideoProcessor, moving_square
@@ -26,7 +24,7 @@ from hooks_mm.zoo.llava import (
     _llama_text,
     _onevision_expand,
     _vocab_size,
-    build_llava_onevision,
+    build_llava_onevision_model,
     build_tokenizer,
 )
 
@@ -38,12 +36,9 @@ def build_llava_onevision_video(seed: int = 0) -> Tiny:
 
     ``pixel_values_videos`` is one ``[n_videos, frames, C, H, W]`` tensor, so the videos of a
     batch share their frame count."""
-    import math
-
     from transformers import CLIPImageProcessorPil, LlavaOnevisionProcessor
 
-    base = build_llava_onevision(seed)
-    tok, image_processor = base.notes["tokenizer"], base.notes["image_processor"]
+    model, tok, image_processor = build_llava_onevision_model(seed)
     frames = CLIPImageProcessorPil(size={"height": TILE, "width": TILE}, do_center_crop=False,
                                    image_mean=image_processor.image_mean, image_std=image_processor.image_std)
     video_processor = FramewiseVideoProcessor(frames, fps=FPS)
@@ -67,21 +62,26 @@ def build_llava_onevision_video(seed: int = 0) -> Tiny:
     inputs.pop("token_type_ids", None)
     inputs.update(image_inputs)
     inputs["pixel_values_videos"] = _stack_videos(video_inputs["pixel_values_videos"])
-    pooled = math.ceil(side / 2)
-    return Tiny(model=base.model, inputs=inputs, processor=None, n_images=1,
-                notes={**base.notes, "video_frames": [2, 2], "pooled": pooled, "video_processor": video_processor})
+    return Tiny(model=model, inputs=inputs)
 
 
 def _stack_videos(videos: list[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(v.shape) for v in videos}
     if len(shapes) != 1:
-        raise ValueError(f"videos of one batch need the same number of frames and size for pixel_values_videos; got {shapes}")
+        raise ValueError(
+            f"videos of one batch need the same number of frames and size for pixel_values_videos; got {shapes}"
+        )
     return torch.stack(list(videos))
 
 
 def build_video_llava(seed: int = 0) -> Tiny:
     """Video-LLaVA: row 0 = image + 2-frame video, row 1 = 2-frame video (left-padded)."""
-    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor, VideoLlavaProcessor
+    from transformers import (
+        VideoLlavaConfig,
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+        VideoLlavaProcessor,
+    )
 
     tok = build_tokenizer(("<image>", "<video>"))
     image_processor = VideoLlavaImageProcessor(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE})
@@ -107,7 +107,4 @@ def build_video_llava(seed: int = 0) -> Tiny:
     videos = [moving_square(2, 40, 40, seed), moving_square(2, 48, 36, seed + 1)]
     out = processor(text=text, images=_images(seed, [(40, 30)]), videos=videos, return_tensors="pt", padding=True)
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-    return Tiny(model=model, inputs=inputs, processor=processor, n_images=1, notes={"video_frames": [2, 2]})
-
-
-BUILDERS = {"llava_onevision_video": build_llava_onevision_video, "video_llava": build_video_llava}
+    return Tiny(model=model, inputs=inputs, processor=processor)

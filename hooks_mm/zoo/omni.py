@@ -156,9 +156,4 @@ def build_qwen2_5_omni(seed: int = 0) -> Tiny:
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).float().eval()
     model.config.architectures = ["Qwen2_5OmniThinkerForConditionalGeneration"]
     inputs = omni_inputs(processor, seed)
-    return Tiny(model=model, inputs=inputs, processor=processor, n_images=1,
-                notes={"audio_seconds": [1.0, 0.6], "fps": FPS, "video_lm_grid": (2, 2, 3),
-                       "position_id_per_seconds": 25})
-
-
-BUILDERS = {"qwen2_5_omni": build_qwen2_5_omni}
+    return Tiny(model=model, inputs=inputs, processor=processor)

@@ -24,8 +24,9 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tokenizers import normalizers
@@ -128,7 +129,7 @@ def build_toy_anygpt(seed: int = 0) -> tuple[Any, Any]:
     """Untrained toy-anygpt and its CodebookProcessor (a 3 x 3 grid of cell codes)."""
     from transformers import LlamaForCausalLM
 
-    from hooks_mm.zoo.codebook import CodebookProcessor
+    from hooks_mm.processing.codebook import CodebookProcessor
     from hooks_mm.zoo.tokenizers import word_tokenizer
 
     codebook = cell_codebook()

@@ -234,8 +234,6 @@ def build_qwen2_vl(seed: int = 0) -> Tiny:
         model=model,
         inputs=inputs,
         processor=processor,
-        n_images=3,
-        notes={"lm_grids": [(2, 3), (3, 2), (2, 2)], "needs": ["image_grid_thw", "mm_token_type_ids"]},
     )
 
 
@@ -275,8 +273,6 @@ def build_qwen2_5_vl(seed: int = 0) -> Tiny:
         model=model,
         inputs=inputs,
         processor=processor,
-        n_images=3,
-        notes={"lm_grids": [(2, 3), (3, 2), (2, 2)], "needs": ["image_grid_thw", "mm_token_type_ids"]},
     )
 
 
@@ -318,17 +314,4 @@ def build_qwen3_vl(seed: int = 0) -> Tiny:
         model=model,
         inputs=inputs,
         processor=processor,
-        n_images=3,
-        notes={
-            "lm_grids": [(2, 3), (3, 2), (2, 2)],
-            "needs": ["image_grid_thw", "mm_token_type_ids"],
-            "injection_layers": [0, 1],
-        },
     )
-
-
-BUILDERS = {
-    "qwen2_vl": build_qwen2_vl,
-    "qwen2_5_vl": build_qwen2_5_vl,
-    "qwen3_vl": build_qwen3_vl,
-}

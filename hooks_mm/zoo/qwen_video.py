@@ -47,8 +47,7 @@ def video_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tens
 def _with_video(tiny: Tiny, seed: int, patch: int) -> Tiny:
     processor = attach_video_processor(tiny.processor)
     inputs = video_inputs(processor, seed, patch * 2)
-    notes = {**tiny.notes, "video_lm_grids": [(2, 2, 3), (1, 3, 2)], "fps": FPS}
-    return Tiny(model=tiny.model, inputs=inputs, processor=processor, n_images=1, notes=notes)
+    return Tiny(model=tiny.model, inputs=inputs, processor=processor)
 
 
 def build_qwen2_vl_video(seed: int = 0) -> Tiny:
@@ -59,9 +58,3 @@ def build_qwen2_vl_video(seed: int = 0) -> Tiny:
 def build_qwen2_5_vl_video(seed: int = 0) -> Tiny:
     """Qwen2.5-VL with an image and videos; ``second_per_grid_ts`` = 1 s per LM frame."""
     return _with_video(build_qwen2_5_vl(seed), seed, 14)
-
-
-BUILDERS = {
-    "qwen2_vl_video": build_qwen2_vl_video,
-    "qwen2_5_vl_video": build_qwen2_5_vl_video,
-}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from hooks_mm.processing.codebook import CodebookProcessor
 from hooks_mm.zoo.base import WORDS, Tiny, toy_image
-from hooks_mm.zoo.codebook import CodebookProcessor
 from hooks_mm.zoo.tokenizers import word_tokenizer
 
 N_CODES = 16
@@ -38,7 +38,7 @@ def build_llama(seed: int = 0) -> Tiny:
     model = _llama(len(tok), seed)
     tok.padding_side = "left"
     inputs = dict(tok(["what colour is the square ?", "describe the image ."], return_tensors="pt", padding=True))
-    return Tiny(model, inputs, tok, 0)
+    return Tiny(model, inputs, tok)
 
 
 def anygpt_processor() -> CodebookProcessor:
@@ -62,7 +62,7 @@ def build_anygpt(seed: int = 0) -> Tiny:
     proc.tokenizer.padding_side = "left"
     texts = ["<image> <image> what colour is the square ?", "<image> describe the image ."]
     inputs = dict(proc(texts, images=[toy_image(0), toy_image(1), toy_image(2)]))
-    return Tiny(model, inputs, proc, 3)
+    return Tiny(model, inputs, proc)
 
 
 N_AUDIO_CODES = 16
@@ -100,7 +100,4 @@ def build_anygpt_audio(seed: int = 0) -> Tiny:
     proc.tokenizer.padding_side = "left"
     texts = ["<image> <audio> what colour is the square ?", "<audio> is the pitch high ?"]
     inputs = dict(proc(texts, images=[toy_image(0)], audio=[tone(0.4, 880.0), chirp(0.24)]))
-    return Tiny(model, inputs, proc, 1, notes={"audio_steps": [10, 6], "seconds_per_step": AUDIO_FRAME_SECONDS})
-
-
-BUILDERS = {"llama": build_llama, "anygpt": build_anygpt, "anygpt_audio": build_anygpt_audio}
+    return Tiny(model, inputs, proc)

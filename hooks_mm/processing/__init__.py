@@ -1,23 +1,36 @@
 """Loading and saving processors, including where transformers wants torchvision.
 
+Everything a saved model needs to get its processor back lives here (not in
+:mod:`hooks_mm.zoo`, which builds tiny models and may import this package).
+
 transformers 5.23 attaches a video processor to every Qwen-VL-style processor and that
 class needs torchvision, which does not install beside the CPU torch wheel. hooks_mm then
 builds the processor from its tokenizer, its slow (PIL) image processor and its audio
 feature extractor (Qwen2.5-Omni), and puts :class:`~hooks_mm.media.QwenVideoProcessorPil`
 (PIL + numpy) in the video slot of Qwen-style processors, so videos work too.  A model whose
 processor cannot be built at all (Voxtral: mistral_common) gets its tokenizer and feature
-extractor (:class:`~hooks_mm.zoo.audio.AudioTextProcessor`).
+extractor (:class:`~hooks_mm.processing.audio_text.AudioTextProcessor`); one saved with a
+codebook, a :class:`~hooks_mm.processing.codebook.CodebookProcessor`.
+
+Example::
+
+    save_processor(processor, path)
+    processor = load_processor(path)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 from transformers.processing_utils import ProcessorMixin
+
+from hooks_mm.processing.audio_text import AudioTextProcessor
+from hooks_mm.processing.codebook import CodebookProcessor
 
 
 @contextmanager
@@ -39,8 +52,6 @@ def allow_missing_video_processor() -> Iterator[None]:
 
 def load_processor(path: str) -> Any | None:
     """The processor saved in ``path`` (or hub id), else its tokenizer, else None."""
-    from hooks_mm.zoo.codebook import CodebookProcessor
-
     if CodebookProcessor.is_saved_in(path):
         return CodebookProcessor.from_pretrained(path)
     try:
@@ -61,8 +72,6 @@ def load_processor(path: str) -> Any | None:
         return None
     feature_extractor = _feature_extractor(path)
     if feature_extractor is not None:
-        from hooks_mm.zoo.audio import AudioTextProcessor
-
         return AudioTextProcessor(tokenizer, feature_extractor)
     return tokenizer
 

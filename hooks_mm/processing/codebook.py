@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,19 +48,20 @@ class CodebookProcessor:
         self.audio_frame_seconds = float(audio_frame_seconds)
         self.sampling_rate = int(sampling_rate)
         if self.audio_codebook is not None:
-            self.audio_code_ids = tokenizer.convert_tokens_to_ids([f"<aud_{k}>" for k in range(len(self.audio_codebook))])
+            audio_codes = [f"<aud_{k}>" for k in range(len(self.audio_codebook))]
+            self.audio_code_ids = tokenizer.convert_tokens_to_ids(audio_codes)
             self.soa, self.eoa = tokenizer.convert_tokens_to_ids(["<soa>", "<eoa>"])
 
     def audio_features(self, waveform: Any) -> torch.Tensor:
         """``[n_frames, n_bands]`` log band energies of a waveform (one row per code)."""
         x = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
-        hop = int(round(self.audio_frame_seconds * self.sampling_rate))
+        hop = round(self.audio_frame_seconds * self.sampling_rate)
         n = max(1, len(x) // hop)
         x = torch.nn.functional.pad(x, (0, n * hop - len(x)))[: n * hop]
         spec = torch.fft.rfft(rearrange(x, "(n h) -> n h", h=hop), dim=-1).abs() ** 2
         bands = self.audio_codebook.shape[1]
         edges = torch.linspace(0, spec.shape[1], bands + 1).long()
-        energy = torch.stack([spec[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:])], -1)
+        energy = torch.stack([spec[:, a:b].sum(-1) for a, b in pairwise(edges)], -1)
         return torch.log1p(energy)
 
     def encode_audio(self, waveform: Any) -> list[int]:
@@ -125,14 +128,15 @@ class CodebookProcessor:
             json.dump(cfg, f)
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "CodebookProcessor":
+    def from_pretrained(cls, path: str) -> CodebookProcessor:
         with open(os.path.join(path, CONFIG_NAME)) as f:
             cfg = json.load(f)
         tok = AutoTokenizer.from_pretrained(path)
         audio = cfg.get("audio_codebook")
         return cls(tok, torch.tensor(cfg["codebook"]), tuple(cfg["grid"]), cfg["image_size"],
                    audio_codebook=None if audio is None else torch.tensor(audio),
-                   audio_frame_seconds=cfg.get("audio_frame_seconds", 0.04), sampling_rate=cfg.get("sampling_rate", 16000))
+                   audio_frame_seconds=cfg.get("audio_frame_seconds", 0.04),
+                   sampling_rate=cfg.get("sampling_rate", 16000))
 
     @staticmethod
     def is_saved_in(path: str) -> bool:
