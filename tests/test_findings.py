@@ -4,10 +4,13 @@ follows from its numbers."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
-from hooks_mm.analysis.findings import findings, markdown
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from findings import findings, markdown  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

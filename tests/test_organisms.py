@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,9 @@ from hooks_mm.tasks import cell_code, make_drawings, make_qa
 from hooks_mm.tasks.evaluate import accuracy_table, encode, evaluate, perplexity, qa_correct
 from hooks_mm.zoo import resolve
 from hooks_mm.zoo.organisms import ORGANISMS
-from hooks_mm.zoo.train import LOG_NAME, train, weights_hash
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from train_organism import LOG_NAME, train, weights_hash  # noqa: E402
 
 NAMES = sorted(ORGANISMS)
 TARGET = 0.9  # held-out accuracy on the image-dependent questions
@@ -123,7 +127,7 @@ def test_unknown_organism_and_missing_weights_are_clear_errors(tmp_path, monkeyp
     monkeypatch.setattr(organisms, "DIR", str(tmp_path))
     monkeypatch.setitem(organisms.ORGANISMS, "toy-llava", organisms.Organism("toy-llava", organisms.build_toy_llava, ()))
     object.__setattr__(organisms.ORGANISMS["toy-llava"], "name", "toy-llava")
-    with pytest.raises(FileNotFoundError, match="python -m hooks_mm.zoo.train toy-llava"):
+    with pytest.raises(FileNotFoundError, match="python scripts/train_organism.py toy-llava"):
         resolve("toy-llava")
 
 
@@ -141,7 +145,7 @@ def test_training_is_reproducible(name: str, tmp_path) -> None:  # noqa: ANN001
 
 
 def test_monotune_starts_from_its_base_and_says_so_when_it_is_missing(tmp_path) -> None:  # noqa: ANN001
-    with pytest.raises(FileNotFoundError, match="python -m hooks_mm.zoo.train toy-anygpt"):
+    with pytest.raises(FileNotFoundError, match="python scripts/train_organism.py toy-anygpt"):
         train("toy-anygpt-monotune", out=str(tmp_path / "m"), steps=1, n_scenes=4, with_eval=False, base=str(tmp_path / "none"))
     assert not (tmp_path / "m").exists()
     with open(os.path.join(ORGANISMS["toy-anygpt-monotune"].path, LOG_NAME)) as f:

@@ -87,7 +87,7 @@ def resolve(name_or_path: str) -> str:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(
                 f"organism {name_or_path!r}: no weights in {path}; train them with "
-                f"`python -m hooks_mm.zoo.train {name_or_path}`."
+                f"`python scripts/train_organism.py {name_or_path}` (in a clone of the repository)."
             )
         return path
     if name_or_path.startswith("tiny-") and name_or_path[5:].replace("-", "_") in BUILDERS:

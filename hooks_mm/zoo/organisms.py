@@ -1,7 +1,7 @@
 """The built-in model organisms: small multimodal models trained on the shapes task.
 
 Each organism is a real Hugging Face class with its processor, and a training recipe
-(``stages``) that ``python -m hooks_mm.zoo.train NAME`` runs. The trained weights ship in
+(``stages``) that ``python scripts/train_organism.py NAME`` runs. The trained weights ship in
 ``hooks_mm/zoo/organisms/<name>/`` and load offline with
 ``HookedMLLM.from_pretrained("toy-llava")``.
 

@@ -1,6 +1,6 @@
 """Train a built-in organism on the shapes task, evaluate it, and save it.
 
-    python -m hooks_mm.zoo.train toy-llava [--seed 0] [--out DIR] [--steps N]
+    python scripts/train_organism.py toy-llava [--seed 0] [--out DIR] [--steps N]
 
 Writes the weights (safetensors), config and processor into ``--out`` (default: the
 package's ``hooks_mm/zoo/organisms/<name>/``) and prints the held-out QA accuracy
@@ -8,9 +8,11 @@ package's ``hooks_mm/zoo/organisms/<name>/``) and prints the held-out QA accurac
 the same weights on the same machine and thread count (``--threads``, default 1: on a
 CPU shared with other jobs one thread per process ran several times faster than two).
 
+A development tool, outside the package: the recipes live in ``hooks_mm.zoo.organisms``.
+
 Example::
 
-    from hooks_mm.zoo.train import train
+    from train_organism import train          # with scripts/ on sys.path
     result = train("toy-anygpt", seed=0, out="/tmp/toy-anygpt", steps=20)   # a quick run
     result.sha256
 """
@@ -241,7 +243,7 @@ def train(
         if not os.path.isfile(os.path.join(src, "config.json")):
             raise FileNotFoundError(
                 f"{name} starts from {organism.base}'s weights, and {src} has none; train it first: "
-                f"`python -m hooks_mm.zoo.train {organism.base}` (or pass --base DIR)."
+                f"`python scripts/train_organism.py {organism.base}` (or pass --base DIR)."
             )
         loaded = HookedMLLM.from_pretrained(src)
         hf_model, processor = loaded.hf_model.float(), loaded.processor
@@ -306,7 +308,7 @@ def save(hf_model: torch.nn.Module, processor: Any, path: str, log: dict[str, An
 def main(argv: Sequence[str] | None = None) -> None:
     from hooks_mm.zoo.organisms import ORGANISMS
 
-    p = argparse.ArgumentParser(prog="python -m hooks_mm.zoo.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python scripts/train_organism.py", description=__doc__.split("\n")[0])
     p.add_argument("name", choices=sorted(ORGANISMS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default: the package's organisms/<name>/)")

@@ -1,6 +1,6 @@
 """The research findings, measured on the built-in organisms (the README's findings table).
 
-    python -m hooks_mm.analysis.findings [--n 200]
+    python scripts/findings.py [--n 200]
 
 Each finding is one library call on one organism, reported with its measured numbers and
 whether it agrees with what the papers report (methods.md):
@@ -14,9 +14,11 @@ whether it agrees with what the papers report (methods.md):
 - implicit alignment (``toy-llava``): pooled image and text states have a low cosine, below
   the image-image control, and image tokens have larger norms.
 
+A development tool, outside the package (it writes the README's table from library calls).
+
 Example::
 
-    from hooks_mm.analysis.findings import findings
+    from findings import findings           # with scripts/ on sys.path
     for f in findings(n=100):
         print(f.name, f.holds, f.measured)
 """
@@ -154,7 +156,7 @@ def markdown(rows: list[Finding]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m hooks_mm.analysis.findings", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python scripts/findings.py", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=200, help="examples per measurement")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
