@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if needed, then runs the main job (a neuron-ablation sweep) on the
 #               built-in default model, toy-llava: results table + HTML report in runs/demo
-#   make test   creates .venv if needed, then runs the whole test suite
+#   make test   creates .venv if needed, then checks lint and formatting (ruff) and runs the whole test suite
 # TORCH is the torch requirement installed first: the CPU wheel by default. GPU users:
 #   make test TORCH=   (keep the torch already in .venv, e.g. your CUDA build)
 
@@ -10,7 +10,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench figures clean
+.PHONY: demo test lint bench figures clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/hooks-mm sweep --out runs/demo
 
-test: $(STAMP)
+test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

@@ -25,12 +25,21 @@ def llava_100m(text_tokens: int = 64, batch: int = 2):  # noqa: ANN201
     torch.manual_seed(0)
     config = LlavaConfig(
         text_config=LlamaConfig(
-            vocab_size=8000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-            num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=1024,
+            vocab_size=8000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
         ),
         vision_config=CLIPVisionConfig(
-            hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-            image_size=112, patch_size=14,
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=112,
+            patch_size=14,
         ),
         image_token_index=7999,
         vision_feature_select_strategy="default",

@@ -35,9 +35,15 @@ class MultimodalNNsight(NNsight):
         kwargs = [kw for _, kw in invokes]
         keys = kwargs[0].keys()
         if any(kw.keys() != keys for kw in kwargs) or any(args for args, _ in invokes):
-            raise ValueError("batched invokes need the same keyword inputs (input_ids=..., pixel_values=...) in every invoke.")
+            raise ValueError(
+                "batched invokes need the same keyword inputs (input_ids=..., pixel_values=...) in every invoke."
+            )
         lengths = {kw["input_ids"].shape[-1] for kw in kwargs}
         if len(lengths) > 1:
-            raise ValueError(f"batched invokes need equal sequence lengths (got {sorted(lengths)}): pad the inputs together first.")
-        merged = {k: torch.cat([kw[k] for kw in kwargs]) if torch.is_tensor(kwargs[0][k]) else kwargs[0][k] for k in keys}
+            raise ValueError(
+                f"batched invokes need equal sequence lengths (got {sorted(lengths)}): pad the inputs together first."
+            )
+        merged = {
+            k: torch.cat([kw[k] for kw in kwargs]) if torch.is_tensor(kwargs[0][k]) else kwargs[0][k] for k in keys
+        }
         return (), merged

@@ -44,7 +44,9 @@ def bench(name: str, model, inputs, reps: int) -> None:  # noqa: ANN001
                 times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["bare HF forward"])
     seq = tuple(inputs["input_ids"].shape)
-    print(f"\n{name}: {n_params / 1e6:.1f}M parameters, input_ids {seq}, {len(hooked.hook_dict)} hook points, {reps} reps")
+    print(
+        f"\n{name}: {n_params / 1e6:.1f}M parameters, input_ids {seq}, {len(hooked.hook_dict)} hook points, {reps} reps"
+    )
     print(f"  {'variant':<38} {'median ms':>10} {'vs bare':>8}")
     for k, ts in times.items():
         med = statistics.median(ts)

@@ -62,8 +62,10 @@ def main() -> None:
     configs = single_neurons(model, layers=[0, 1], positions=Image())[: args.configs]
     backend = NNsightBackend(model, load_nnsight(path, processor=model.processor, dispatch=True))
     n = len(configs)
-    print(f"machine: {machine()}\nmodel: tiny LLaVA ({path}), {n} configs, batch {inputs['input_ids'].shape[0]} x "
-          f"{inputs['input_ids'].shape[1]} tokens, NDIF at {host} (one CPU actor)\n")
+    print(
+        f"machine: {machine()}\nmodel: tiny LLaVA ({path}), {n} configs, batch {inputs['input_ids'].shape[0]} x "
+        f"{inputs['input_ids'].shape[1]} tokens, NDIF at {host} (one CPU actor)\n"
+    )
 
     # one-config request latency (submit to result), warm
     plan = [backend.plan([configs[0]], inputs, reduce=(metric.positions, metric.at))]
@@ -73,13 +75,19 @@ def main() -> None:
         t0 = time.perf_counter()
         backend.execute(plan, remote=host)
         lat.append(time.perf_counter() - t0)
-    print(f"one-config request latency: median {statistics.median(lat) * 1e3:.0f} ms, min {min(lat) * 1e3:.0f} ms (20 requests)\n")
+    print(
+        f"one-config request latency: median {statistics.median(lat) * 1e3:.0f} ms, "
+        f"min {min(lat) * 1e3:.0f} ms (20 requests)\n"
+    )
 
     t_ref, ref = timed(lambda: sweep(model, inputs, configs, metric, progress=False), args.reps)
     rows = [("(a) hooks_mm.sweep, local fast path", t_ref, 0, 0, 0.0)]
 
     def run(label: str, **kw):
-        t, out = timed(lambda: remote_sweep(backend, inputs, configs, metric, progress=False, check_deployed=False, **kw), args.reps)
+        t, out = timed(
+            lambda: remote_sweep(backend, inputs, configs, metric, progress=False, check_deployed=False, **kw),
+            args.reps,
+        )
         diff = float((out.values - ref.values).abs().max())
         rows.append((label, t, out.meta["requests"], out.meta["bytes_received"], diff))
 
@@ -88,13 +96,35 @@ def main() -> None:
     for chunk in (1, 8, 32, 64, 128, 256):
         if chunk == 1 and n > 64:  # 1 config per request: time a slice, scale per config
             sub = configs[:64]
-            t, out = timed(lambda sub=sub: remote_sweep(backend, inputs, sub, metric, remote=host, max_configs_per_request=1, progress=False, check_deployed=False), 1)
-            rows.append((f"(d) NDIF, 1/request (first {len(sub)} configs)", t * n / len(sub), out.meta["requests"] * n // len(sub), out.meta["bytes_received"] * n // len(sub), float((out.values - ref.values[: len(sub)]).abs().max())))
+            t, out = timed(
+                lambda sub=sub: remote_sweep(
+                    backend,
+                    inputs,
+                    sub,
+                    metric,
+                    remote=host,
+                    max_configs_per_request=1,
+                    progress=False,
+                    check_deployed=False,
+                ),
+                1,
+            )
+            rows.append(
+                (
+                    f"(d) NDIF, 1/request (first {len(sub)} configs)",
+                    t * n / len(sub),
+                    out.meta["requests"] * n // len(sub),
+                    out.meta["bytes_received"] * n // len(sub),
+                    float((out.values - ref.values[: len(sub)]).abs().max()),
+                )
+            )
             continue
         run(f"(d) NDIF, {chunk}/request", remote=host, max_configs_per_request=chunk)
     run("(e) NDIF, 256/request as 8 traces of 32", remote=host, max_configs_per_request=256, configs_per_trace=32)
 
-    print(f"{'way':<48} {'s total':>8} {'ms/config':>10} {'vs (a)':>8} {'requests':>9} {'bytes back':>11} {'max diff':>9}")
+    print(
+        f"{'way':<48} {'s total':>8} {'ms/config':>10} {'vs (a)':>8} {'requests':>9} {'bytes back':>11} {'max diff':>9}"
+    )
     for label, t, req, back, diff in rows:
         print(f"{label:<48} {t:8.2f} {t / n * 1e3:10.2f} {t / t_ref:8.1f} {req:9d} {back:11,d} {diff:9.1e}")
 

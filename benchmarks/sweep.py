@@ -71,15 +71,17 @@ def main() -> None:
     L = args.layer
     metric = answer_logprob(model, inputs)
     neurons = list(range(args.slow_configs))
-    path = model.adapter
-    down = model.decoder_layers[L].get_submodule(path.mlp).get_submodule(path.down)
-    print(f"model: {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params, {model.cfg.n_layers} layers, "
-          f"d_mlp {model.cfg.d_mlp}; input {b} x {s}; ablated layer {L}")
+    print(
+        f"model: {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params, {model.cfg.n_layers} layers, "
+        f"d_mlp {model.cfg.d_mlp}; input {b} x {s}; ablated layer {L}"
+    )
 
     def naive() -> None:
         for j in neurons:
+
             def zero(x, hook, j=j):  # noqa: ANN001, ANN202
                 x[..., j] = 0
+
             metric(model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{L}.mlp.hook_post", zero)]))
 
     nn_model = MultimodalNNsight(hf)
@@ -131,7 +133,9 @@ def main() -> None:
         print(f"  {n:8d} {s:5d} {times[n]:8.2f} {1e3 * times[n] / n:10.1f}")
     marginal = (times[256] - times[16]) / 240
     gflops = fast_path_flops(model, L, b, s) / marginal / 1e9
-    print(f"  marginal cost {1e3 * marginal:.1f} ms/config = {gflops:.0f} GFLOP/s achieved (fixed cost: one clean pass)")
+    print(
+        f"  marginal cost {1e3 * marginal:.1f} ms/config = {gflops:.0f} GFLOP/s achieved (fixed cost: one clean pass)"
+    )
     for text in (32, 192):
         inp = llava_inputs(text)
         met = answer_logprob(model, inp)

@@ -2,8 +2,25 @@
 
 from hooks_mm.adapters import Adapter, adapter_for, register
 from hooks_mm.layout import Modality, ModalityLayout, Segment
-from hooks_mm.selectors import After, Answer, Audio, AudioTime, Frame, Image, Instruction, Last, NonPad, Positions, Selector, Special, System, Text, Video, Where
 from hooks_mm.model import HookedMLLM
+from hooks_mm.selectors import (
+    After,
+    Answer,
+    Audio,
+    AudioTime,
+    Frame,
+    Image,
+    Instruction,
+    Last,
+    NonPad,
+    Positions,
+    Selector,
+    Special,
+    System,
+    Text,
+    Video,
+    Where,
+)
 
 __version__ = "0.1.0"
 

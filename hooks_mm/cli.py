@@ -72,7 +72,10 @@ def _hook_summary(model: HookedMLLM) -> list[str]:
 def inspect(model: HookedMLLM, inputs: dict[str, Any]) -> None:
     c = model.cfg
     print(f"model      {c.architecture} (family {c.family})")
-    print(f"layers     {c.n_layers}   d_model {c.d_model}   heads {c.n_heads} (kv {c.n_key_value_heads})   d_mlp {c.d_mlp}")
+    print(
+        f"layers     {c.n_layers}   d_model {c.d_model}   heads {c.n_heads} (kv {c.n_key_value_heads})"
+        f"   d_mlp {c.d_mlp}"
+    )
     if c.cross_attn_layers:
         print(f"cross-attention layers {c.cross_attn_layers}")
     if c.injection_layers:
@@ -105,6 +108,7 @@ def demo(model: HookedMLLM, inputs: dict[str, Any]) -> None:
     print("\nzero-ablate all MLP neurons at the image positions, one layer at a time:")
     print("layer   KL(clean || ablated) at the last token")
     for l in range(model.cfg.n_layers):
+
         def ablate(x: torch.Tensor, hook: Any) -> torch.Tensor:
             return torch.where(img[..., None], torch.zeros_like(x), x)
 
@@ -131,7 +135,9 @@ def sweep_main(
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     metric = answer_logprob(model, inputs, targets)
-    configs = single_neurons(model, layers=layers, positions=Image(), neurons=None if neurons is None else range(neurons))
+    configs = single_neurons(
+        model, layers=layers, positions=Image(), neurons=None if neurons is None else range(neurons)
+    )
     backend = None
     if remote:
         from hooks_mm.remote import NNsightSweep
@@ -152,7 +158,10 @@ def sweep_main(
     }
     (run / "meta.json").write_text(json.dumps(meta, indent=1))
     worst = result.table.nsmallest(10, "delta")[["layer", "neuron", "value", "delta"]]
-    print(f"\n{len(configs)} configs in {result.meta['seconds']:.1f} s ({result.meta['fast']} on the fast path); clean metric {float(result.clean):.4f}")
+    print(
+        f"\n{len(configs)} configs in {result.meta['seconds']:.1f} s ({result.meta['fast']} on the fast path); "
+        f"clean metric {float(result.clean):.4f}"
+    )
     print("neurons whose ablation lowers the answer's log-prob most:")
     print(worst.to_string(index=False))
     from hooks_mm.vis.report import write_report
@@ -162,13 +171,22 @@ def sweep_main(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hooks-mm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hooks-mm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("inspect", "hook points, layers and modality layout"), ("demo", "inspect, cache and ablate")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})")
+        p.add_argument(
+            "model",
+            nargs="?",
+            default=DEFAULT_MODEL,
+            help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})",
+        )
     p = sub.add_parser("sweep", help="neuron-ablation sweep over the layers, results table and report")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "model", nargs="?", default=DEFAULT_MODEL, help=f"hub id, directory or built-in name (default {DEFAULT_MODEL})"
+    )
     p.add_argument("--out", default="runs/sweep", help="run directory (results.csv, meta.json, report.html)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to sweep (default all)")
     p.add_argument("--neurons", type=int, default=None, help="sweep only the first N neurons of each layer")
@@ -196,7 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"hooks_mm on {platform.machine()} / torch {torch.__version__} / {args.model}\n")
     if args.command == "sweep":
         inspect(model, inputs)
-        sweep_main(model, inputs, args.out, args.layers, args.neurons, args.model, args.remote, args.max_configs_per_request, targets)
+        sweep_main(
+            model,
+            inputs,
+            args.out,
+            args.layers,
+            args.neurons,
+            args.model,
+            args.remote,
+            args.max_configs_per_request,
+            targets,
+        )
     else:
         {"inspect": inspect, "demo": demo}[args.command](model, inputs)
     return 0

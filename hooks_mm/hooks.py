@@ -63,13 +63,21 @@ _ATTN = [
     ("hook_z", "batch pos head d_head"),
 ]
 # cross-attention keys and values are vision tiles, not LM positions
-_CROSS_KV = {"hook_k": "batch kv kv_head d_head", "hook_v": "batch kv kv_head d_head", "hook_rot_k": "batch kv kv_head d_head",
-             "hook_attn_scores": "batch head q kv", "hook_pattern": "batch head q kv"}
+_CROSS_KV = {
+    "hook_k": "batch kv kv_head d_head",
+    "hook_v": "batch kv kv_head d_head",
+    "hook_rot_k": "batch kv kv_head d_head",
+    "hook_attn_scores": "batch head q kv",
+    "hook_pattern": "batch head q kv",
+}
 
 BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("hook_resid_pre", "batch pos d_model", nnsight=((), "input")),
     HookSpec("ln1.hook_normalized", "batch pos d_model"),
-    *(HookSpec(f"attn.{n}", s, "self", nnsight=(("attn",), "mask") if n == "hook_attn_scores" else None) for n, s in _ATTN),
+    *(
+        HookSpec(f"attn.{n}", s, "self", nnsight=(("attn",), "mask") if n == "hook_attn_scores" else None)
+        for n, s in _ATTN
+    ),
     *(HookSpec(f"cross_attn.{n}", _CROSS_KV.get(n, s), "cross") for n, s in _ATTN),
     HookSpec("hook_attn_out", "batch pos d_model", nnsight=(("attn_out",), "output")),
     HookSpec("hook_resid_mid", "batch pos d_model"),
@@ -113,5 +121,9 @@ def lookup(name: str) -> HookSpec:
 
 def block_hooks(cross: bool, gated: bool, injection: bool) -> list[HookSpec]:
     """The rows one decoder block has."""
-    have = {"block", "cross" if cross else "self"} | ({"gated"} if gated else set()) | ({"injection"} if injection else set())
+    have = (
+        {"block", "cross" if cross else "self"}
+        | ({"gated"} if gated else set())
+        | ({"injection"} if injection else set())
+    )
     return [h for h in BLOCK_HOOKS if h.where in have]

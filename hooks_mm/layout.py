@@ -61,8 +61,14 @@ class MediaPlan(NamedTuple):
         return MediaPlan(cells, start + step.double() * rate)
 
     @staticmethod
-    def video(frames: int, rows: int, cols: int, seconds_per_frame: float | None = None,
-              newline: bool = False, frame_token: bool = False) -> "MediaPlan":
+    def video(
+        frames: int,
+        rows: int,
+        cols: int,
+        seconds_per_frame: float | None = None,
+        newline: bool = False,
+        frame_token: bool = False,
+    ) -> "MediaPlan":
         """``frames`` row-major ``rows x cols`` grids; ``newline``: one separator per grid row;
         ``frame_token``: one ``(f, -1, -1)`` token before each frame's grid (a CLS)."""
         per = []
@@ -160,10 +166,13 @@ class ModalityLayout:
         int lists are positions (negative: from the end of the padded sequence)."""
         if hasattr(selector, "mask"):
             return selector.mask(self)
-        if isinstance(selector, int) or (isinstance(selector, (list, tuple)) and all(isinstance(p, int) for p in selector)):
+        if isinstance(selector, int) or (
+            isinstance(selector, (list, tuple)) and all(isinstance(p, int) for p in selector)
+        ):
             return self.at_positions([selector] if isinstance(selector, int) else list(selector))
         raise TypeError(
-            f"cannot select positions with {selector!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."
+            f"cannot select positions with {selector!r}: use a Selector (Image(), Video(), Audio(), Text(), "
+            "Last(), ...) or ints."
         )
 
     def at_positions(self, positions: Sequence[int]) -> Bool[Tensor, "batch seq"]:
@@ -241,7 +250,11 @@ class ModalityLayout:
                 name = f"video{int(self.video_index[row, start])} {f}f {r}x{c}"
             elif mod[start] == Modality.AUDIO:
                 t = self.time[row, start:i]
-                secs = f" {float(t[-1] - t[0]) + (float(t[1] - t[0]) if len(t) > 1 else 0.0):.2f}s" if bool(torch.isfinite(t).all()) else ""
+                secs = (
+                    f" {float(t[-1] - t[0]) + (float(t[1] - t[0]) if len(t) > 1 else 0.0):.2f}s"
+                    if bool(torch.isfinite(t).all())
+                    else ""
+                )
                 name = f"audio{int(self.audio_index[row, start])} {i - start} steps{secs}"
             parts.append(f"{name}[{start}:{i}]")
             start = i
@@ -316,14 +329,29 @@ def build_layout(
     for p in video_plans:
         cells = p.cells[p.cells[:, 2] >= 0]
         f = int(p.cells[:, 0].max()) + 1 if len(p.cells) else 0
-        video_grids.append((f, int(cells[:, 1].max()) + 1 if len(cells) else 0, int(cells[:, 2].max()) + 1 if len(cells) else 0))
+        video_grids.append(
+            (f, int(cells[:, 1].max()) + 1 if len(cells) else 0, int(cells[:, 2].max()) + 1 if len(cells) else 0)
+        )
     if attention_mask is not None:
         modality[attention_mask == 0] = Modality.PAD
     segment = segments.to(device).long() if segments is not None else full(Segment.NONE)
     return ModalityLayout(
-        modality, image_index, image_id, tile, grid_row, grid_col, segment, grids,
-        video_index=video_index, video_id=video_id, audio_index=audio_index, audio_id=audio_id,
-        frame=frame, time=time, video_grids=video_grids, audio_lengths=[len(p.cells) for p in audio_plans],
+        modality,
+        image_index,
+        image_id,
+        tile,
+        grid_row,
+        grid_col,
+        segment,
+        grids,
+        video_index=video_index,
+        video_id=video_id,
+        audio_index=audio_index,
+        audio_id=audio_id,
+        frame=frame,
+        time=time,
+        video_grids=video_grids,
+        audio_lengths=[len(p.cells) for p in audio_plans],
     )
 
 

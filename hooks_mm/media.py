@@ -99,14 +99,13 @@ class QwenVideoProcessorPil:
             video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
         t, _, h, w = video.shape
         patches = rearrange(
-            video,
-            "(gt tp) c (gh mh ph) (gw mw pw) -> (gt gh gw mh mw) (c tp ph pw)",
-            tp=tps, mh=m, ph=p, mw=m, pw=p,
+            video, "(gt tp) c (gh mh ph) (gw mw pw) -> (gt gh gw mh mw) (c tp ph pw)", tp=tps, mh=m, ph=p, mw=m, pw=p
         )
         return patches, [t // tps, h // p, w // p]
 
-    def __call__(self, videos: Any, return_tensors: str | None = None, fps: float | Sequence[float] | None = None,
-                 **kwargs: Any) -> BatchFeature:
+    def __call__(
+        self, videos: Any, return_tensors: str | None = None, fps: float | Sequence[float] | None = None, **kwargs: Any
+    ) -> BatchFeature:
         from transformers.video_utils import VideoMetadata
 
         videos = _as_videos(videos)
@@ -117,8 +116,15 @@ class QwenVideoProcessorPil:
             patches, grid = self.patchify(self._frames(frames))
             all_patches.append(patches)
             grids.append(grid)
-            metadata.append(VideoMetadata(total_num_frames=len(frames), fps=rate, height=frames[0].shape[0],
-                                          width=frames[0].shape[1], frames_indices=list(range(len(frames)))))
+            metadata.append(
+                VideoMetadata(
+                    total_num_frames=len(frames),
+                    fps=rate,
+                    height=frames[0].shape[0],
+                    width=frames[0].shape[1],
+                    frames_indices=list(range(len(frames))),
+                )
+            )
         data = {"pixel_values_videos": np.concatenate(all_patches), "video_grid_thw": np.asarray(grids, dtype=np.int64)}
         out = BatchFeature(data, tensor_type=return_tensors)
         out["video_metadata"] = metadata
@@ -129,7 +135,9 @@ class QwenVideoProcessorPil:
 
         size = self.image_processor.size
         factor = self.patch_size * self.merge_size
-        rh, rw = smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+        rh, rw = smart_resize(
+            height, width, factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"]
+        )
         t = -(-num_frames // self.temporal_patch_size)
         return t * (rh // self.patch_size) * (rw // self.patch_size)
 
@@ -176,18 +184,22 @@ def moving_square(n_frames: int, height: int, width: int, seed: int = 0) -> list
     for t in range(n_frames):
         arr = rng.integers(0, 96, size=(height, width, 3), dtype=np.uint8)
         x = int((width - side) * t / max(1, n_frames - 1))
-        arr[height // 3: height // 3 + side, x: x + side, seed % 3] = 255
+        arr[height // 3 : height // 3 + side, x : x + side, seed % 3] = 255
         frames.append(Image.fromarray(arr, "RGB"))
     return frames
 
 
-def tone(seconds: float, freq: float = 440.0, sampling_rate: int = 16000, amplitude: float = 0.5) -> Float[np.ndarray, " samples"]:
+def tone(
+    seconds: float, freq: float = 440.0, sampling_rate: int = 16000, amplitude: float = 0.5
+) -> Float[np.ndarray, " samples"]:
     """A sine tone (float32 waveform) of ``seconds`` at ``freq`` Hz."""
     t = np.arange(int(round(seconds * sampling_rate))) / sampling_rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def chirp(seconds: float, f0: float = 200.0, f1: float = 2000.0, sampling_rate: int = 16000) -> Float[np.ndarray, " samples"]:
+def chirp(
+    seconds: float, f0: float = 200.0, f1: float = 2000.0, sampling_rate: int = 16000
+) -> Float[np.ndarray, " samples"]:
     """A linear sweep from ``f0`` to ``f1`` Hz: its spectrogram shows time clearly."""
     t = np.arange(int(round(seconds * sampling_rate))) / sampling_rate
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * max(seconds, 1e-9)))

@@ -70,8 +70,7 @@ class Image(Selector):
         if self.i is not None:
             if self.i >= max((int(layout.image_index.max()) + 1), 0):
                 raise ValueError(
-                    f"Image({self.i}) is out of range: rows hold at most "
-                    f"{int(layout.image_index.max()) + 1} image(s)."
+                    f"Image({self.i}) is out of range: rows hold at most {int(layout.image_index.max()) + 1} image(s)."
                 )
             m &= layout.image_index == self.i
         if self.tile is not None:
@@ -281,8 +280,23 @@ class Not(Selector):
 SELECTORS: dict[str, type[Selector]] = {
     c.__name__: c
     for c in (
-        Image, Video, Frame, Audio, AudioTime, Text, Special, NonPad, Last, Instruction, Answer, System, After,
-        Positions, Union, Intersection, Not,
+        Image,
+        Video,
+        Frame,
+        Audio,
+        AudioTime,
+        Text,
+        Special,
+        NonPad,
+        Last,
+        Instruction,
+        Answer,
+        System,
+        After,
+        Positions,
+        Union,
+        Intersection,
+        Not,
     )
 }
 

@@ -35,8 +35,8 @@ from hooks_mm.analysis.alignment import cross_modal_cosine, pooled_embeddings
 from hooks_mm.analysis.erasure import choice_score, erasure_cost, text_centric_bias
 from hooks_mm.analysis.neurons import activation_probabilities, lape, neuron_masking_matrix, top_difference
 from hooks_mm.interventions import CentroidBank
-from hooks_mm.selectors import After, Image
 from hooks_mm.model import HookedMLLM
+from hooks_mm.selectors import After, Image
 from hooks_mm.tasks.evaluate import encode, word_ids
 from hooks_mm.tasks.shapes import ANSWERS, Example, make_captions, make_drawings, make_qa
 
@@ -54,7 +54,9 @@ class Finding:
         return f"| {self.name} | `{self.model}` | {self.expected} | {nums} | {'yes' if self.holds else 'no'} |"
 
 
-def _batches(model: HookedMLLM, examples: Sequence[Example], size: int = 64, answers: bool = False) -> list[dict[str, Any]]:
+def _batches(
+    model: HookedMLLM, examples: Sequence[Example], size: int = 64, answers: bool = False
+) -> list[dict[str, Any]]:
     return [encode(model, examples[i : i + size], answers=answers) for i in range(0, len(examples), size)]
 
 
@@ -123,13 +125,30 @@ def findings(n: int = 200, seed: int = 0, models: dict[str, HookedMLLM] | None =
             models[name] = HookedMLLM.from_pretrained(name)
     out = []
     e = erasure(models["toy-llava"], n, seed)
-    out.append(Finding("centroid erasure: text costs more than image", "toy-llava", "text_cost > visual_cost",
-                       {k: e[k] for k in ("clean", "text_cost", "visual_cost")}, e["text_cost"] > e["visual_cost"]))
+    out.append(
+        Finding(
+            "centroid erasure: text costs more than image",
+            "toy-llava",
+            "text_cost > visual_cost",
+            {k: e[k] for k in ("clean", "text_cost", "visual_cost")},
+            e["text_cost"] > e["visual_cost"],
+        )
+    )
     paired, mono = bias(models["toy-anygpt"], n, seed), bias(models["toy-anygpt-monotune"], n, seed)
-    out.append(Finding("text-centric bias: monotune lowers it", "toy-anygpt(-monotune)", "bias(monotune) < bias(paired)",
-                       {"bias_paired": paired["bias"], "bias_monotune": mono["bias"],
-                        "image_gain_paired": paired["image_gain"], "image_gain_monotune": mono["image_gain"]},
-                       mono["bias"] < paired["bias"]))
+    out.append(
+        Finding(
+            "text-centric bias: monotune lowers it",
+            "toy-anygpt(-monotune)",
+            "bias(monotune) < bias(paired)",
+            {
+                "bias_paired": paired["bias"],
+                "bias_monotune": mono["bias"],
+                "image_gain_paired": paired["image_gain"],
+                "image_gain_monotune": mono["image_gain"],
+            },
+            mono["bias"] < paired["bias"],
+        )
+    )
     for selector in ("lape", "top2"):
         m = masking(models["toy-anygpt"], n, seed, selector)
         if "ppl_image|mask_image" in m:
@@ -137,16 +156,41 @@ def findings(n: int = 200, seed: int = 0, models: dict[str, HookedMLLM] | None =
             hurt_text = m["ppl_text|mask_image"] / m["ppl_text|mask_none"]
         else:  # no image-specific neuron found
             hurt_image = hurt_text = 1.0
-        out.append(Finding(f"masking image neurons ({'LAPE' if selector == 'lape' else 'top 2%'}) hurts image tokens most",
-                           "toy-anygpt", "ppl x image > ppl x text",
-                           {"n_image_neurons": m.get("n_image_neurons", 0.0), "image_ppl_x": hurt_image, "text_ppl_x": hurt_text,
-                            "text_neurons_text_ppl_x": m["ppl_text|mask_text"] / m["ppl_text|mask_none"] if "ppl_text|mask_text" in m else 1.0},
-                           hurt_image > hurt_text))
+        out.append(
+            Finding(
+                f"masking image neurons ({'LAPE' if selector == 'lape' else 'top 2%'}) hurts image tokens most",
+                "toy-anygpt",
+                "ppl x image > ppl x text",
+                {
+                    "n_image_neurons": m.get("n_image_neurons", 0.0),
+                    "image_ppl_x": hurt_image,
+                    "text_ppl_x": hurt_text,
+                    "text_neurons_text_ppl_x": m["ppl_text|mask_text"] / m["ppl_text|mask_none"]
+                    if "ppl_text|mask_text" in m
+                    else 1.0,
+                },
+                hurt_image > hurt_text,
+            )
+        )
     a = alignment(models["toy-llava"], n, seed)
-    out.append(Finding("implicit alignment: cross-modal cosine low", "toy-llava", "cos(image, text) < cos(image, image)",
-                       {k: a[k] for k in ("layer", "cos_image_text", "cos_image_image")}, a["cos_image_text"] < a["cos_image_image"]))
-    out.append(Finding("image tokens have larger norms", "toy-llava", "norm(image) > norm(text)",
-                       {k: a[k] for k in ("norm_image", "norm_text")}, a["norm_image"] > a["norm_text"]))
+    out.append(
+        Finding(
+            "implicit alignment: cross-modal cosine low",
+            "toy-llava",
+            "cos(image, text) < cos(image, image)",
+            {k: a[k] for k in ("layer", "cos_image_text", "cos_image_image")},
+            a["cos_image_text"] < a["cos_image_image"],
+        )
+    )
+    out.append(
+        Finding(
+            "image tokens have larger norms",
+            "toy-llava",
+            "norm(image) > norm(text)",
+            {k: a[k] for k in ("norm_image", "norm_text")},
+            a["norm_image"] > a["norm_text"],
+        )
+    )
     return out
 
 

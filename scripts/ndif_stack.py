@@ -2,8 +2,8 @@
 
 Runs under the stack's own interpreter (``scripts/ndif-stack.sh`` installs ``.ndif-venv``
 and Redis first); the tiny models are built and saved by hooks_mm's interpreter
-(``$HOOKS_MM_PYTHON``, default ``.venv/bin/python``). ``up`` starts, each bound to 127.0.0.1 and recorded by PID in the state
-dir: Redis, an S3 stand-in (moto), the Ray head (with a fake GPU and a
+(``$HOOKS_MM_PYTHON``, default ``.venv/bin/python``). ``up`` starts, each bound to 127.0.0.1 and recorded
+by PID in the state dir: Redis, an S3 stand-in (moto), the Ray head (with a fake GPU and a
 ``cuda_memory_bytes`` resource, which the controller requires), the NDIF controller, the
 NDIF API (gunicorn), then saves two tiny models (``tiny-llama``, ``tiny-llava`` from
 ``hooks_mm.zoo``) and deploys them pinned, on the CPU actor of
@@ -185,7 +185,9 @@ def save_models() -> dict[str, str]:
     root = Path(__file__).resolve().parents[1]
     python = os.environ.get("HOOKS_MM_PYTHON", str(root / ".venv" / "bin" / "python"))
     if not os.path.exists(python):
-        raise RuntimeError(f"{python} does not exist: create hooks_mm's venv first (`make .venv/.installed`) or set HOOKS_MM_PYTHON.")
+        raise RuntimeError(
+            f"{python} does not exist: create hooks_mm's venv first (`make .venv/.installed`) or set HOOKS_MM_PYTHON."
+        )
     args = [x for name, (family, _) in MODELS.items() for x in (family, model_dir(name))]
     subprocess.run([python, "-c", SAVE, *args], check=True, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return {name: model_dir(name) for name in MODELS}
@@ -251,7 +253,10 @@ def up() -> None:
         if inner.returncode != 0:
             raise RuntimeError(f"starting the stack failed; see {state / 'logs'}")
         _wait("the NDIF API through the forwarder", lambda: _get("/ping") is not None, 30, fwd)
-        info = {"host": api_url(), "models": {n: {"key": model_key(n), "path": paths[n], "task": MODELS[n][1]} for n in MODELS}}
+        info = {
+            "host": api_url(),
+            "models": {n: {"key": model_key(n), "path": paths[n], "task": MODELS[n][1]} for n in MODELS},
+        }
         (state / "stack.json").write_text(json.dumps(info, indent=1))
     except BaseException:
         down()
@@ -307,15 +312,32 @@ def _inner(t0: float) -> None:
     state = state_dir()
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
-    stamp = lambda what: print(f"[{time.time() - t0:6.1f} s] {what}", flush=True)
-    redis = _spawn("redis", ["redis-server", "--bind", HOST, "--port", str(PORTS["redis"]), "--save", "", "--appendonly", "no"], env)
+
+    def stamp(what):
+        return print(f"[{time.time() - t0:6.1f} s] {what}", flush=True)
+
+    redis = _spawn(
+        "redis",
+        ["redis-server", "--bind", HOST, "--port", str(PORTS["redis"]), "--save", "", "--appendonly", "no"],
+        env,
+    )
     s3 = _spawn("s3", ["moto_server", "-H", HOST, "-p", str(PORTS["s3"])], env)
     resources = json.dumps({"head": 10, "cuda_memory_bytes": 8 << 30, "cpu_memory_bytes": 16 << 30})
     cmd = [
-        "ray", "start", "--head", f"--node-ip-address={HOST}", f"--port={PORTS['ray']}", "--num-cpus=4",
-        "--num-gpus=1", f"--resources={resources}", "--include-dashboard=true", f"--dashboard-host={HOST}",
-        f"--dashboard-port={PORTS['dashboard']}", f"--ray-client-server-port={PORTS['ray_client']}",
-        f"--temp-dir={state / 'ray'}", "--disable-usage-stats",
+        "ray",
+        "start",
+        "--head",
+        f"--node-ip-address={HOST}",
+        f"--port={PORTS['ray']}",
+        "--num-cpus=4",
+        "--num-gpus=1",
+        f"--resources={resources}",
+        "--include-dashboard=true",
+        f"--dashboard-host={HOST}",
+        f"--dashboard-port={PORTS['dashboard']}",
+        f"--ray-client-server-port={PORTS['ray_client']}",
+        f"--temp-dir={state / 'ray'}",
+        "--disable-usage-stats",
     ]
     with open(state / "logs" / "ray.log", "ab") as log:
         if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode != 0:
@@ -333,8 +355,14 @@ def _inner(t0: float) -> None:
     from ndif.cli.lib.deploy import deploy
 
     specs = [
-        {"checkpoint": model_dir(n), "task": MODELS[n][1], "model_key": model_key(n), "size_bytes": _size(model_dir(n)),
-         "dtype": "float32", "pinned": True}
+        {
+            "checkpoint": model_dir(n),
+            "task": MODELS[n][1],
+            "model_key": model_key(n),
+            "size_bytes": _size(model_dir(n)),
+            "dtype": "float32",
+            "pinned": True,
+        }
         for n in MODELS
     ]
     os.environ.update({k: v for k, v in env.items() if k.startswith(("NDIF_", "HF_", "RAY_", "GRPC_"))})
@@ -345,7 +373,14 @@ def _inner(t0: float) -> None:
 
 def _start_api(enter: list[str], env: dict[str, str]) -> subprocess.Popen:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    cmd = [gunicorn, "--config", "python:ndif.services.api.gunicorn_conf", "--bind", f"{HOST}:{PORTS['api']}", "ndif.services.api.app:app"]
+    cmd = [
+        gunicorn,
+        "--config",
+        "python:ndif.services.api.gunicorn_conf",
+        "--bind",
+        f"{HOST}:{PORTS['api']}",
+        "ndif.services.api.app:app",
+    ]
     return _spawn("api", [*enter, *cmd], env)
 
 
@@ -387,7 +422,7 @@ def deployed() -> list[str]:
     """Model keys the API reports as RUNNING."""
     status = _get("/status", timeout=10)
     out = []
-    for name, v in ((status.get("deployments") or {}).items() if isinstance(status, dict) else []):
+    for name, v in (status.get("deployments") or {}).items() if isinstance(status, dict) else []:
         if str(v.get("application_state", "")).upper() == "RUNNING":
             out.append(name.split(":", 2)[2])  # "<replica>:<actor class>:<model key>"
     return out

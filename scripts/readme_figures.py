@@ -34,7 +34,13 @@ def heatmap_figure(out: Path) -> Path:
     layout = model.layout(inputs)
     _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern"))
     attn = cache["blocks.1.attn.hook_pattern"][0, :, -1].mean(0)  # [seq]: from the last token
-    fig = patch_heatmap(attn, layout, 0, images=[image], title="tiny-llava-next (random weights): attention from the last token, layer 1, mean of heads")
+    fig = patch_heatmap(
+        attn,
+        layout,
+        0,
+        images=[image],
+        title="tiny-llava-next (random weights): attention from the last token, layer 1, mean of heads",
+    )
     path = out / "patch_heatmap.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
@@ -48,8 +54,13 @@ def attention_figure(out: Path) -> Path:
     inputs = model.to_inputs(["<image> <image> what is the red square ?"], images=[images])
     layout = model.layout(inputs)
     _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern"))
-    view = attention_heads(cache["blocks.1.attn.hook_pattern"], str_tokens(model, inputs), layout, images=images,
-                           title="tiny-llava (random weights), layer 1: image spans collapsed, patch grids below")
+    view = attention_heads(
+        cache["blocks.1.attn.hook_pattern"],
+        str_tokens(model, inputs),
+        layout,
+        images=images,
+        title="tiny-llava (random weights), layer 1: image spans collapsed, patch grids below",
+    )
     path = out / "attention_view.png"
     with tempfile.TemporaryDirectory() as tmp, Chromium(width=900, height=900) as browser:
         html = Path(tmp) / "view.html"

@@ -132,9 +132,7 @@ def encode_pool(
     return Pool(ids, targets, torch.tensor(scene))
 
 
-def collate(
-    pools: dict[str, Pool], picks: dict[str, Tensor], pad_id: int
-) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+def collate(pools: dict[str, Pool], picks: dict[str, Tensor], pad_id: int) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Left-padded batch of the picked sequences, their scene indices and loss targets (bool)."""
     rows = [(pools[s].ids[i], pools[s].targets[i], pools[s].scene[i]) for s, idx in picks.items() for i in idx.tolist()]
     width = max(len(r[0]) for r in rows)
@@ -267,15 +265,39 @@ def train(
     on_log = (lambda: _quick_accuracy(model, monitor)) if eval_every_log else None
     for i, stage in enumerate(stages):
         print(f"{name}: stage {i + 1}/{len(stages)} {stage}", flush=True)
-        run_stage(hf_model, stage, pools, pixels, organism.batch_size, tok.pad_token_id, gen, log_every, on_log, organism.lr_scales)
+        run_stage(
+            hf_model,
+            stage,
+            pools,
+            pixels,
+            organism.batch_size,
+            tok.pad_token_id,
+            gen,
+            log_every,
+            on_log,
+            organism.lr_scales,
+        )
     seconds = time.perf_counter() - start
     sha = weights_hash(hf_model)
     evaluation = evaluate(model) if with_eval else None
-    path = save(hf_model, processor, out or organism.path, log=dict(
-        name=name, seed=seed, base=organism.base, base_sha256=base_sha, stages=[asdict(s) for s in stages], n_scenes=len(scenes),
-        threads=threads, torch=torch.__version__, train_seconds=round(seconds, 1), sha256=sha,
-        evaluation=asdict(evaluation) if evaluation else None,
-    ))
+    path = save(
+        hf_model,
+        processor,
+        out or organism.path,
+        log=dict(
+            name=name,
+            seed=seed,
+            base=organism.base,
+            base_sha256=base_sha,
+            stages=[asdict(s) for s in stages],
+            n_scenes=len(scenes),
+            threads=threads,
+            torch=torch.__version__,
+            train_seconds=round(seconds, 1),
+            sha256=sha,
+            evaluation=asdict(evaluation) if evaluation else None,
+        ),
+    )
     return TrainResult(path, seconds, sha, evaluation)
 
 
@@ -317,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--monitor", action="store_true", help="print held-out accuracy at every log line")
     p.add_argument("--base", default=None, help="directory of the base organism's weights (default: the shipped ones)")
     args = p.parse_args(argv)
-    result = train(args.name, args.seed, args.out, args.steps, threads=args.threads, eval_every_log=args.monitor, base=args.base)
+    result = train(
+        args.name, args.seed, args.out, args.steps, threads=args.threads, eval_every_log=args.monitor, base=args.base
+    )
     print(f"trained {args.name} (seed {args.seed}) in {result.seconds:.0f} s on {args.threads} threads")
     print(f"weights sha256 {result.sha256}")
     print(f"saved to {result.path}")

@@ -26,9 +26,17 @@ from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = (  # besides --headless, which Playwright adds
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--mute-audio",
     "--enable-unsafe-swiftshader",  # software WebGL (circuitsvis AttentionPattern draws with it)
 )
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
@@ -36,7 +44,12 @@ LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 
 def find_chromium() -> str | None:
     """Path of the Chromium binary (``$HOOKS_MM_CHROMIUM``, /usr/bin/chromium, or PATH)."""
-    for cand in (os.environ.get("HOOKS_MM_CHROMIUM"), CHROMIUM, shutil.which("chromium"), shutil.which("chromium-browser")):
+    for cand in (
+        os.environ.get("HOOKS_MM_CHROMIUM"),
+        CHROMIUM,
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
@@ -62,7 +75,9 @@ class Chromium:
     def __init__(self, binary: str | None = None, width: int = 1100, height: int = 900, timeout: float = 30.0):
         binary = binary or find_chromium()
         if binary is None:
-            raise FileNotFoundError("Chromium not found: install it (Debian: apt-get install -y chromium) or set HOOKS_MM_CHROMIUM.")
+            raise FileNotFoundError(
+                "Chromium not found: install it (Debian: apt-get install -y chromium) or set HOOKS_MM_CHROMIUM."
+            )
         self._playwright = sync_playwright().start()
         try:
             self._browser = self._playwright.chromium.launch(executable_path=binary, args=FLAGS, timeout=timeout * 1000)

@@ -22,11 +22,32 @@ VIDEO_FAMILIES = ["qwen2_vl_video", "qwen2_5_vl_video", "qwen2_5_omni", "llava_o
 AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
-    **dict.fromkeys(["anygpt", "chameleon", "emu3", "gemma3", "idefics3", "internvl", "janus", "llava", "llava_next",
-                     "llava_onevision", "mllama", "paligemma", "paligemma2", "qwen2_5_vl", "qwen2_vl", "qwen3_vl",
-                     "smolvlm"], 3),
-    **dict.fromkeys(["anygpt_audio", "llava_onevision_video", "qwen2_5_omni", "qwen2_5_vl_video", "qwen2_vl_video",
-                     "video_llava"], 1),
+    **dict.fromkeys(
+        [
+            "anygpt",
+            "chameleon",
+            "emu3",
+            "gemma3",
+            "idefics3",
+            "internvl",
+            "janus",
+            "llava",
+            "llava_next",
+            "llava_onevision",
+            "mllama",
+            "paligemma",
+            "paligemma2",
+            "qwen2_5_vl",
+            "qwen2_vl",
+            "qwen3_vl",
+            "smolvlm",
+        ],
+        3,
+    ),
+    **dict.fromkeys(
+        ["anygpt_audio", "llava_onevision_video", "qwen2_5_omni", "qwen2_5_vl_video", "qwen2_vl_video", "video_llava"],
+        1,
+    ),
 }
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}

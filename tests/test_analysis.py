@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import pair_for
+
 from hooks_mm import After, Image, Modality
 from hooks_mm.analysis import (
     activation_probabilities,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import pair_for
+
 from hooks_mm import Audio, Text
 from hooks_mm.analysis import (
     activation_probabilities,
@@ -24,8 +24,18 @@ from hooks_mm.analysis import (
 def id_masks(p) -> dict[str, torch.Tensor]:  # noqa: ANN001
     """Modality masks straight from the Omni token ids (not from the layout)."""
     cfg, ids, real = p.model.hf_model.config, p.inputs["input_ids"], p.real
-    special = torch.isin(ids, torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.audio_start_token_id,
-                                            cfg.audio_end_token_id, *p.tiny.processor.tokenizer.all_special_ids]))
+    special = torch.isin(
+        ids,
+        torch.tensor(
+            [
+                cfg.vision_start_token_id,
+                cfg.vision_end_token_id,
+                cfg.audio_start_token_id,
+                cfg.audio_end_token_id,
+                *p.tiny.processor.tokenizer.all_special_ids,
+            ]
+        ),
+    )
     return {
         "image": (ids == cfg.image_token_id) & real,
         "video": (ids == cfg.video_token_id) & real,
@@ -38,9 +48,14 @@ def gate_acts(p) -> list[torch.Tensor]:  # noqa: ANN001
     """act_fn(gate_proj(x)) per layer of the bare model (what LAPE counts as active when > 0)."""
     a = p.model.adapter
     seen: list[torch.Tensor] = []
-    handles = [layer.get_submodule(a.mlp).get_submodule(a.gate).register_forward_hook(
-        lambda m, args, out, mlp=layer.get_submodule(a.mlp): seen.append(mlp.act_fn(out).detach()))
-        for layer in p.bare.get_submodule(a.layers)]
+    handles = [
+        layer.get_submodule(a.mlp)
+        .get_submodule(a.gate)
+        .register_forward_hook(
+            lambda m, args, out, mlp=layer.get_submodule(a.mlp): seen.append(mlp.act_fn(out).detach())
+        )
+        for layer in p.bare.get_submodule(a.layers)
+    ]
     try:
         p.bare_out()
     finally:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_clean, pair_for
+
 from hooks_mm import Image, Last, NonPad
 from hooks_mm.interventions import NeuronAblation, Patch, Steer
-from hooks_mm.model import Batch
-from hooks_mm.model import core
+from hooks_mm.model import Batch, core
 from hooks_mm.remote import remote_sweep
 from hooks_mm.sweep import answer_logprob, attribution_patching, kl_to_clean, single_neurons, sweep
 
@@ -57,7 +56,10 @@ def test_one_layout_and_one_clean_forward_per_sweep(count_layouts) -> None:  # n
     try:
         metric = answer_logprob(p.model, inputs)  # targets from the clean run: taken from the sweep's own
         configs = single_neurons(p.model, layers=[0, 1], positions=Image(), neurons=range(8))
-        configs += [NeuronAblation(1, [3], Image(), mode="resample", source="other"), Steer(0, [0.2] * p.model.cfg.d_model)]
+        configs += [
+            NeuronAblation(1, [3], Image(), mode="resample", source="other"),
+            Steer(0, [0.2] * p.model.cfg.d_model),
+        ]
         result = sweep(p.model, inputs, configs, metric, progress=False, sources={"other": _fresh(p)})
     finally:
         handle.remove()
@@ -105,7 +107,9 @@ def test_batch_is_accepted_everywhere_and_equals_raw_inputs() -> None:
     with torch.no_grad():
         assert torch.equal(p.model(batch), p.model(p.inputs))
         spec = NeuronAblation(1, [0, 5], NonPad())
-        assert torch.equal(p.model.run_with_interventions(batch, spec), p.model.run_with_interventions(dict(p.inputs), spec))
+        assert torch.equal(
+            p.model.run_with_interventions(batch, spec), p.model.run_with_interventions(dict(p.inputs), spec)
+        )
         _, cache = p.model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post", pos=Last())
     assert torch.equal(cache.positions[:, 0], batch.layout.indices(Last())[:, 0])
 

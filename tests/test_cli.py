@@ -28,7 +28,7 @@ def test_sweep_writes_results_and_meta(tmp_path, monkeypatch, capsys) -> None:  
     assert meta["architecture"] == "LlavaForConditionalGeneration" and meta["fast"] == 16
     assert "neurons whose ablation" in capsys.readouterr().out
     report = (run / "report.html").read_text()
-    assert "data:image/png;base64" in report and "src=\"http" not in report  # figures inlined, nothing fetched
+    assert "data:image/png;base64" in report and 'src="http' not in report  # figures inlined, nothing fetched
     assert main(["report", str(run), "--out", str(tmp_path / "again.html")]) == 0
     assert (tmp_path / "again.html").read_text().count("<html") == 1
 

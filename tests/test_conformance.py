@@ -75,9 +75,9 @@ def test_mlp_post_is_down_proj_input(pair: Pair) -> None:
     a = pair.model.adapter
     layers = pair.bare.get_submodule(a.layers)
     handles = [
-        layer.get_submodule(a.mlp).get_submodule(a.down).register_forward_pre_hook(
-            lambda m, args, l=l: seen.__setitem__(l, args[0].detach())
-        )
+        layer.get_submodule(a.mlp)
+        .get_submodule(a.down)
+        .register_forward_pre_hook(lambda m, args, l=l: seen.__setitem__(l, args[0].detach()))
         for l, layer in enumerate(layers)
     ]
     try:

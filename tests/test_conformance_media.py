@@ -12,8 +12,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import AUDIO_FAMILIES, VIDEO_FAMILIES, assert_clean, pair_for
+
 from hooks_mm import Audio, AudioTime, Frame, Last, Modality, Video
 from hooks_mm.interventions import AttentionKnockout, Intervention, NeuronAblation, Steer
 
@@ -82,8 +82,14 @@ def test_omni_times_are_its_time_aligned_position_ids() -> None:
     p = pair_for("qwen2_5_omni")
     inputs = p.inputs
     pos, _ = p.model.hf_model.model.get_rope_index(
-        inputs["input_ids"], inputs["image_grid_thw"], inputs["video_grid_thw"], inputs["attention_mask"],
-        False, inputs["feature_attention_mask"].sum(-1), inputs["video_second_per_grid"])
+        inputs["input_ids"],
+        inputs["image_grid_thw"],
+        inputs["video_grid_thw"],
+        inputs["attention_mask"],
+        False,
+        inputs["feature_attention_mask"].sum(-1),
+        inputs["video_second_per_grid"],
+    )
     layout = p.model.layout(inputs)
     for kind in (Modality.AUDIO, Modality.VIDEO):
         for r in range(layout.shape[0]):
@@ -105,11 +111,14 @@ def test_hook_audio_projector_out_lands_on_audio_positions(family: str) -> None:
     audio = layout.modality == Modality.AUDIO
     _, clean = m.run_with_cache(p.inputs, names_filter="blocks.0.hook_resid_pre")
     seen: dict[str, torch.Tensor] = {}
-    m.run_with_hooks(p.inputs, fwd_hooks=[
-        ("hook_audio_projector_out", lambda x, hook: x + 1.0),
-        ("hook_audio_out", lambda x, hook: seen.__setitem__("enc", x.detach())),
-        ("blocks.0.hook_resid_pre", lambda x, hook: seen.__setitem__("r", x.detach())),
-    ])
+    m.run_with_hooks(
+        p.inputs,
+        fwd_hooks=[
+            ("hook_audio_projector_out", lambda x, hook: x + 1.0),
+            ("hook_audio_out", lambda x, hook: seen.__setitem__("enc", x.detach())),
+            ("blocks.0.hook_resid_pre", lambda x, hook: seen.__setitem__("r", x.detach())),
+        ],
+    )
     moved = (seen["r"] - clean["blocks.0.hook_resid_pre"]).abs().amax(-1) > 1e-4
     assert torch.equal(moved & p.real, audio)
     assert seen["enc"].shape[-1] != m.cfg.d_model or seen["enc"].numel() > 0
@@ -143,7 +152,9 @@ def test_interventions_take_video_and_audio_selectors(family: str) -> None:
     with torch.no_grad():
         base = m(p.inputs)
         steered = m.run_with_interventions(p.inputs, Steer(layers=l, vector=v.tolist(), positions=sel, scale=4.0))
-        knocked = m.run_with_interventions(p.inputs, AttentionKnockout(layers=[0, 1], queries=Last(), keys=sel | Audio()))
+        knocked = m.run_with_interventions(
+            p.inputs, AttentionKnockout(layers=[0, 1], queries=Last(), keys=sel | Audio())
+        )
     assert (steered - base)[p.real].abs().max() > 1e-4
     assert (knocked - base)[:, -1].abs().max() > 1e-6
     assert_clean(m)

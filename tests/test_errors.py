@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import IMAGE_FAMILIES, assert_clean, pair_for
+
 from hooks_mm import HookedMLLM, Image, Positions, zoo
 
 
@@ -45,7 +45,9 @@ def test_unsupported_architecture_names_supported_ones_and_how_to_add(tmp_path) 
         HookedMLLM.from_pretrained(str(tmp_path))
 
 
-@pytest.mark.parametrize("family", [f for f in IMAGE_FAMILIES if "anygpt" not in f])  # anygpt, toy-anygpt*: codes are the image
+@pytest.mark.parametrize(
+    "family", [f for f in IMAGE_FAMILIES if "anygpt" not in f]
+)  # anygpt, toy-anygpt*: codes are the image
 def test_image_token_count_that_does_not_match_the_images(family: str) -> None:
     p = pair_for(family)
     with torch.no_grad():
@@ -102,8 +104,17 @@ def test_in_place_edit_of_validated_inputs_is_checked_again(llava) -> None:  # n
             llava.model(inputs)
 
 
-@pytest.mark.parametrize(("family", "kind"), [("qwen2_audio", "audio"), ("qwen2_5_omni", "audio"), ("qwen2_5_omni", "video"),
-                                              ("voxtral", "audio"), ("qwen2_vl_video", "video"), ("video_llava", "video")])
+@pytest.mark.parametrize(
+    ("family", "kind"),
+    [
+        ("qwen2_audio", "audio"),
+        ("qwen2_5_omni", "audio"),
+        ("qwen2_5_omni", "video"),
+        ("voxtral", "audio"),
+        ("qwen2_vl_video", "video"),
+        ("video_llava", "video"),
+    ],
+)
 def test_media_token_count_that_does_not_match_the_inputs(family: str, kind: str) -> None:
     p = pair_for(family)
     with torch.no_grad():

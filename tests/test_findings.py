@@ -31,6 +31,9 @@ def test_findings_are_measured_and_judged_by_their_numbers() -> None:
         if r.name.startswith("masking"):
             assert r.holds == (r.measured["image_ppl_x"] > r.measured["text_ppl_x"])
     a = by["implicit alignment"].measured
-    assert by["implicit alignment"].holds == (a["cos_image_text"] < a["cos_image_image"]) and -1 <= a["cos_image_text"] <= 1
+    assert (
+        by["implicit alignment"].holds == (a["cos_image_text"] < a["cos_image_image"])
+        and -1 <= a["cos_image_text"] <= 1
+    )
     table = markdown(rows)
     assert table.count("\n") == len(rows) + 1 and all(f"`{r.model}`" in table for r in rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_clean, pair_for
 
 
@@ -14,7 +13,9 @@ def test_hooks_fire_at_every_step_with_kv_cache(family: str) -> None:
     steps: list[tuple[int, list[int]]] = []
     record = lambda x, hook: steps.append((x.shape[1], p.model.positions.tolist()))  # noqa: E731
     n_new, seq = 4, p.inputs["input_ids"].shape[1]
-    out = p.model.generate(p.inputs, max_new_tokens=n_new, min_new_tokens=n_new, fwd_hooks=[("blocks.1.hook_resid_post", record)])
+    out = p.model.generate(
+        p.inputs, max_new_tokens=n_new, min_new_tokens=n_new, fwd_hooks=[("blocks.1.hook_resid_post", record)]
+    )
     assert out.shape[1] == seq + n_new
     assert [s for s, _ in steps] == [seq] + [1] * (n_new - 1)  # cached steps see one position
     assert steps[0][1] == list(range(seq)) and [pos for _, pos in steps[1:]] == [[seq + i] for i in range(n_new - 1)]

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def import_graph() -> dict[str, set[str]]:
     """hooks_mm module -> the hooks_mm modules it names in an import (at module level or inside
     functions). Parent packages are left out: importing any submodule also runs ``hooks_mm/__init__``."""
-    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in (ROOT / "hooks_mm").rglob("*.py")}
+    files = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / "hooks_mm").rglob("*.py")
+    }
     graph = {}
     for module, path in files.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import assert_clean, pair_for
+
 from hooks_mm import After, Image, Last, Modality, NonPad, Text, Where, zoo
 from hooks_mm.interventions import (
     AttentionKnockout,
@@ -105,7 +105,9 @@ def test_mean_scale_set_and_resample_ablation(family: str) -> None:
 
     source = other_images(p)
     src_act = capture(p.model, source, [name])[name]
-    got = capture(p.model, p.inputs, [name], NeuronAblation(l, None, Image(), "resample", source="other"), {"other": source})[name]
+    got = capture(
+        p.model, p.inputs, [name], NeuronAblation(l, None, Image(), "resample", source="other"), {"other": source}
+    )[name]
     assert torch.equal(got[img], src_act[img]) and torch.equal(got[~img], clean[~img])
     assert_clean(p.model)
 
@@ -146,7 +148,9 @@ def test_patching_every_position_of_every_layer_gives_the_clean_logits(family: s
     with torch.no_grad():
         clean, corrupt = p.model(p.inputs), p.model(corrupted)
         assert not torch.equal(clean, corrupt)
-        patched = p.model.run_with_interventions(corrupted, Patch(layers=None, source="clean"), sources={"clean": p.inputs})
+        patched = p.model.run_with_interventions(
+            corrupted, Patch(layers=None, source="clean"), sources={"clean": p.inputs}
+        )
     assert torch.equal(patched, clean)
     assert_clean(p.model)
 
@@ -158,14 +162,20 @@ def test_cross_position_patch_writes_image_positions_of_a_into_text_positions_of
     source = other_images(p)
     layout = p.model.layout(p.inputs)
     n = int(layout.select(Image(0)).sum(1)[0])
-    last_n = Where(lambda L: (L.modality != Modality.PAD).flip(1).cumsum(1).flip(1).le(n) & (L.modality != Modality.PAD))
+    last_n = Where(
+        lambda L: (L.modality != Modality.PAD).flip(1).cumsum(1).flip(1).le(n) & (L.modality != Modality.PAD)
+    )
     spec = Patch(layers=l, source="a", component="resid_pre", positions=last_n, source_positions=Image(0), map="order")
     got = capture(p.model, p.inputs, [name], spec, {"a": source})[name]
     src = capture(p.model, source, [name])[name]
     s_mask, t_mask = p.model.layout(source).select(Image(0)), layout.select(last_n)
     assert torch.equal(got[t_mask], src[s_mask])
     with pytest.raises(ValueError, match="per row the source selects"):
-        p.model.run_with_interventions(p.inputs, Patch(layers=l, source="a", positions=Last(), source_positions=Image(0), map="order"), sources={"a": source})
+        p.model.run_with_interventions(
+            p.inputs,
+            Patch(layers=l, source="a", positions=Last(), source_positions=Image(0), map="order"),
+            sources={"a": source},
+        )
     assert_clean(p.model)
 
 
@@ -186,8 +196,12 @@ def test_grid_patch_resamples_between_different_image_token_counts() -> None:
     assert lb.grids[0][0][1:] != ls.grids[0][0][1:]  # different grids
     name = "blocks.0.hook_resid_pre"
     with pytest.raises(ValueError, match="map='grid'"):
-        p.model.run_with_interventions(dict(small), Patch(layers=0, source="big", positions=Image()), sources={"big": dict(big)})
-    got = capture(p.model, dict(small), [name], Patch(layers=0, source="big", positions=Image(), map="grid"), {"big": dict(big)})[name]
+        p.model.run_with_interventions(
+            dict(small), Patch(layers=0, source="big", positions=Image()), sources={"big": dict(big)}
+        )
+    got = capture(
+        p.model, dict(small), [name], Patch(layers=0, source="big", positions=Image(), map="grid"), {"big": dict(big)}
+    )[name]
     src = capture(p.model, dict(big), [name])[name]
     (_, rb, cb), (_, rs, cs) = lb.grids[0][0], ls.grids[0][0]
     grid = src[0][lb.select(Image())[0]].view(rb, cb, -1).permute(2, 0, 1)[None]
@@ -214,7 +228,9 @@ def test_patching_sweep_normalised_effect() -> None:
     m = lambda x: float(metric(x).mean())  # noqa: E731
     with torch.no_grad():
         mc, mx = m(p.model(p.inputs)), m(p.model(corrupted))
-        mp = m(p.model.run_with_interventions(corrupted, Patch(layers=1, positions=Image()), sources={"clean": p.inputs}))
+        mp = m(
+            p.model.run_with_interventions(corrupted, Patch(layers=1, positions=Image()), sources={"clean": p.inputs})
+        )
     assert abs(effect[1, 1].item() - (mp - mx) / (mc - mx)) < 1e-5
     with pytest.raises(ValueError, match="undefined"):
         patching_sweep(p.model, p.inputs, p.inputs, metric)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import pair_for
 
 from hooks_mm import After, Image, Last, Modality, NonPad, Positions, Selector, Special, Text, Where
 from hooks_mm.adapters import grid_plan
 from hooks_mm.layout import build_layout
-from conftest import pair_for
 
 IMG, BOI, PAD = 9, 8, 0
 

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import pair_for
+
 from hooks_mm import Audio, AudioTime, Frame, Image, Last, Modality, NonPad, Selector, Special, Text, Video, Where
 from hooks_mm.adapters import MediaPlan, grid_plan
 from hooks_mm.layout import build_layout
@@ -26,9 +26,15 @@ def _batch(side: str):  # noqa: ANN202
     row1 = pad + row1 if side == "left" else row1 + pad
     ids = torch.tensor([row0, row1])
     layout = build_layout(
-        ids, (ids != PAD).long(), ids == IMG, [grid_plan(2, 2)], {BOS},
-        video_mask=ids == VID, video_plans=[MediaPlan.video(2, 1, 2, seconds_per_frame=0.5)],
-        audio_mask=ids == AUD, audio_plans=[MediaPlan.audio(5, 0.04), MediaPlan.audio(3, 0.04)],
+        ids,
+        (ids != PAD).long(),
+        ids == IMG,
+        [grid_plan(2, 2)],
+        {BOS},
+        video_mask=ids == VID,
+        video_plans=[MediaPlan.video(2, 1, 2, seconds_per_frame=0.5)],
+        audio_mask=ids == AUD,
+        audio_plans=[MediaPlan.audio(5, 0.04), MediaPlan.audio(3, 0.04)],
     )
     return layout, ids
 
@@ -43,9 +49,9 @@ def test_mixed_row_with_padding(side: str) -> None:
     assert layout.grid_col[0, 6:10].tolist() == [0, 1, 0, 1] and layout.grid_row[0, 6:10].tolist() == [0, 0, 0, 0]
     assert layout.time[0, 6:10].tolist() == [0.0, 0.0, 0.5, 0.5]
     assert torch.allclose(layout.time[0, 11:16], torch.tensor([0.0, 0.04, 0.08, 0.12, 0.16], dtype=torch.float64))
-    assert torch.allclose(layout.time[1, off + 1:off + 4], torch.tensor([0.0, 0.04, 0.08], dtype=torch.float64))
+    assert torch.allclose(layout.time[1, off + 1 : off + 4], torch.tensor([0.0, 0.04, 0.08], dtype=torch.float64))
     assert torch.isnan(layout.time[layout.modality <= Modality.PAD]).all()  # text, image, special, pad
-    assert layout.audio_id[1, off + 1:off + 4].tolist() == [1, 1, 1] and layout.audio_index[1, off + 1] == 0
+    assert layout.audio_id[1, off + 1 : off + 4].tolist() == [1, 1, 1] and layout.audio_index[1, off + 1] == 0
     assert layout.video_grids == [(2, 1, 2)] and layout.audio_lengths == [5, 3]
     assert layout.summary() == {"text": 4, "image": 4, "special": 2, "pad": 12, "video": 4, "audio": 8}
     d = layout.describe(0)
@@ -77,16 +83,25 @@ def test_bad_media_input_is_named() -> None:
     with pytest.raises(ValueError, match="audio token count does not match"):
         build_layout(ids, None, ids == IMG, [grid_plan(2, 2)], audio_mask=ids == AUD, audio_plans=[MediaPlan.audio(5)])
     with pytest.raises(ValueError, match="video token count does not match"):
-        build_layout(ids, None, ids == IMG, [grid_plan(2, 2)], video_mask=ids == VID,
-                     video_plans=[MediaPlan.video(1, 1, 2)], audio_mask=ids == AUD,
-                     audio_plans=[MediaPlan.audio(5), MediaPlan.audio(3)])
+        build_layout(
+            ids,
+            None,
+            ids == IMG,
+            [grid_plan(2, 2)],
+            video_mask=ids == VID,
+            video_plans=[MediaPlan.video(1, 1, 2)],
+            audio_mask=ids == AUD,
+            audio_plans=[MediaPlan.audio(5), MediaPlan.audio(3)],
+        )
     with pytest.raises(ValueError, match=r"Video\(3\) is out of range"):
         layout.select(Video(3))
     with pytest.raises(ValueError, match="stop > start"):
         Frame((3, 1))
     with pytest.raises(ValueError, match="t1 must be larger"):
         AudioTime(1.0, 0.5)
-    unknown = build_layout(ids, None, None, [], audio_mask=ids == AUD, audio_plans=[MediaPlan.audio(5), MediaPlan.audio(3)])
+    unknown = build_layout(
+        ids, None, None, [], audio_mask=ids == AUD, audio_plans=[MediaPlan.audio(5), MediaPlan.audio(3)]
+    )
     assert math.isnan(float(unknown.time[0, 11]))
     with pytest.raises(ValueError, match="no known times"):
         unknown.select(AudioTime(0.0, 1.0))
@@ -100,8 +115,14 @@ def test_real_mixed_prompt_text_image_audio_video_with_padding() -> None:
     ids, am = p.inputs["input_ids"], p.inputs["attention_mask"]
     layout = p.model.layout(p.inputs)
     expect = torch.full_like(ids, int(Modality.TEXT))
-    expect[torch.isin(ids, torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id,
-                                         cfg.audio_start_token_id, cfg.audio_end_token_id]))] = Modality.SPECIAL
+    expect[
+        torch.isin(
+            ids,
+            torch.tensor(
+                [cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.audio_start_token_id, cfg.audio_end_token_id]
+            ),
+        )
+    ] = Modality.SPECIAL
     expect[ids == cfg.image_token_id] = Modality.IMAGE
     expect[ids == cfg.video_token_id] = Modality.VIDEO
     expect[ids == cfg.audio_token_id] = Modality.AUDIO

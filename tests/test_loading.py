@@ -86,7 +86,10 @@ def test_from_pretrained_offline_runs_raw_audio_and_video(family, tmp_path, monk
     if family == "qwen2_5_vl_video":
         kwargs, prompt = {"videos": [moving_square(4, 56, 84)], "fps": 2.0}, "<video> what is this ?"
     elif family == "qwen2_5_omni":
-        kwargs, prompt = {"audio": [tone(0.5)], "videos": [moving_square(2, 56, 56)], "fps": 2.0}, "<audio> <video> what ?"
+        kwargs, prompt = (
+            {"audio": [tone(0.5)], "videos": [moving_square(2, 56, 56)], "fps": 2.0},
+            "<audio> <video> what ?",
+        )
     else:
         kwargs = {"audio": [tone(0.5)]}
     inputs = model.to_inputs([prompt], chat=family != "anygpt_audio", **kwargs)

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import pair_for
+
 from hooks_mm import NonPad
 from hooks_mm.interventions import NeuronAblation
 

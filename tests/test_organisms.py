@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import transformers
+
 from hooks_mm import HookedMLLM, Image, Modality, Text
 from hooks_mm.layout import SEGMENTS_KEY
 from hooks_mm.tasks import cell_code, make_drawings, make_qa
@@ -113,7 +113,9 @@ def test_evaluate_reports_what_the_parts_compute() -> None:
     with torch.no_grad():
         logp = torch.log_softmax(model(inputs), -1)
     layout = model.layout(inputs)
-    nll = [-logp[r, p - 1, inputs["input_ids"][r, p]] for r, p in (layout.modality == Modality.IMAGE).nonzero().tolist()]
+    nll = [
+        -logp[r, p - 1, inputs["input_ids"][r, p]] for r, p in (layout.modality == Modality.IMAGE).nonzero().tolist()
+    ]
     assert result.perplexity["image|text"] == pytest.approx(torch.stack(nll).mean().exp().item(), rel=1e-5)
     assert perplexity(model, drawings, "image") == pytest.approx(result.perplexity["image|text"], rel=1e-6)
     assert "image-dependent" in result.format()
@@ -125,7 +127,9 @@ def test_unknown_organism_and_missing_weights_are_clear_errors(tmp_path, monkeyp
     with pytest.raises(KeyError, match="no organism"):
         organisms.get("toy-nothing")
     monkeypatch.setattr(organisms, "DIR", str(tmp_path))
-    monkeypatch.setitem(organisms.ORGANISMS, "toy-llava", organisms.Organism("toy-llava", organisms.build_toy_llava, ()))
+    monkeypatch.setitem(
+        organisms.ORGANISMS, "toy-llava", organisms.Organism("toy-llava", organisms.build_toy_llava, ())
+    )
     object.__setattr__(organisms.ORGANISMS["toy-llava"], "name", "toy-llava")
     with pytest.raises(FileNotFoundError, match="python scripts/train_organism.py toy-llava"):
         resolve("toy-llava")
@@ -146,7 +150,14 @@ def test_training_is_reproducible(name: str, tmp_path) -> None:  # noqa: ANN001
 
 def test_monotune_starts_from_its_base_and_says_so_when_it_is_missing(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(FileNotFoundError, match="python scripts/train_organism.py toy-anygpt"):
-        train("toy-anygpt-monotune", out=str(tmp_path / "m"), steps=1, n_scenes=4, with_eval=False, base=str(tmp_path / "none"))
+        train(
+            "toy-anygpt-monotune",
+            out=str(tmp_path / "m"),
+            steps=1,
+            n_scenes=4,
+            with_eval=False,
+            base=str(tmp_path / "none"),
+        )
     assert not (tmp_path / "m").exists()
     with open(os.path.join(ORGANISMS["toy-anygpt-monotune"].path, LOG_NAME)) as f:
         log = json.load(f)

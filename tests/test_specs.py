@@ -8,15 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hooks_mm import After, Image, Last, NonPad, Positions, Selector, Special, Text
-from hooks_mm.interventions import (
-    AttentionKnockout,
-    Intervention,
-    NeuronAblation,
-    Patch,
-    Skip,
-    Steer,
-    compose,
-)
+from hooks_mm.interventions import AttentionKnockout, Intervention, NeuronAblation, Patch, Skip, Steer, compose
 
 leaf = st.one_of(
     st.builds(Image, st.none() | st.integers(0, 3), st.none() | st.integers(0, 2), st.booleans()),

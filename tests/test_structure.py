@@ -87,5 +87,7 @@ def test_no_private_hooked_mllm_use_outside_model() -> None:
 
 
 def test_no_file_over_500_lines() -> None:
-    long = {str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    long = {
+        str(p.relative_to(PKG.parent)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500
+    }
     assert not long, f"split these modules: {long}"

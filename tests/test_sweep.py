@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_clean, pair_for
+
 from hooks_mm import Image, NonPad, Text
 from hooks_mm.interventions import NeuronAblation, NeuronMeans, Steer
 from hooks_mm.sweep import (
@@ -79,7 +79,14 @@ def test_mixed_configs_and_resume_after_interrupt(tmp_path: Path) -> None:
     assert torch.allclose(again.values, full.values, atol=1e-6)
     other = pair_for("qwen2_vl")  # a checkpoint never serves another model or input
     with pytest.raises(ValueError, match="written for another model"):
-        sweep(other.model, other.inputs, single_neurons(other.model, 0, neurons=[1]), answer_logprob(other.model, other.inputs), progress=False, checkpoint=ckpt)
+        sweep(
+            other.model,
+            other.inputs,
+            single_neurons(other.model, 0, neurons=[1]),
+            answer_logprob(other.model, other.inputs),
+            progress=False,
+            checkpoint=ckpt,
+        )
     assert_clean(p.model)
 
 
@@ -105,7 +112,9 @@ def test_metrics_equal_independent_computations() -> None:
     assert abs(float(answer_logprob(p.model, p.inputs)(logits)) - float(last.max(-1).values.mean())) < 1e-6
     assert float(kl_to_clean(p.model, p.inputs)(logits)) == pytest.approx(0.0, abs=1e-7)
     diff = logit_diff(p.model, p.inputs, [3, 4], [5, 6])(logits)
-    assert float(diff) == pytest.approx(float(((logits[0, -1, 3] - logits[0, -1, 5]) + (logits[1, -1, 4] - logits[1, -1, 6])) / 2), abs=1e-5)
+    assert float(diff) == pytest.approx(
+        float(((logits[0, -1, 3] - logits[0, -1, 5]) + (logits[1, -1, 4] - logits[1, -1, 6])) / 2), abs=1e-5
+    )
     ids, am = p.inputs["input_ids"], p.inputs["attention_mask"].bool()
     layout = p.model.layout(p.inputs)
     keep = (layout.modality[:, 1:] == 0) & am[:, :-1]

@@ -42,6 +42,7 @@ def read_image(image) -> list[tuple[str, str, int, int]]:  # noqa: ANN001
 
 def solve(objects: list[tuple[str, str, int, int]], question: str) -> str:
     """Answer a question from the objects alone (an independent reading of the templates)."""
+
     def one(colour=None, shape=None):  # noqa: ANN001, ANN202
         found = [o for o in objects if colour in (None, o[0]) and shape in (None, o[1])]
         assert len(found) == 1, f"{question!r} is ambiguous or about nothing: {found}"

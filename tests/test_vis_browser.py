@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 RENDERED = "[...document.querySelectorAll('.hmm-cv')].every(e => e.children.length > 0)"
-NASTY = ["<image>", "<s>", "</script>", "a & b", '"q\'', '<img src=x onerror="window.__pwned=1">', "end"]
+NASTY = ["<image>", "<s>", "</script>", "a & b", "\"q'", '<img src=x onerror="window.__pwned=1">', "end"]
 
 
 def coloured_fraction(img) -> float:
@@ -66,7 +66,9 @@ def llava_views():
     return [
         attention_heads(cache["blocks.1.attn.hook_pattern"], tokens, layout, images=images, title="AttentionHeads"),
         attention_pattern(cache["blocks.1.attn.hook_pattern"][0, 0], tokens, layout, title="AttentionPattern"),
-        colored_tokens(tokens, cache["blocks.1.hook_resid_post"][0].norm(dim=-1), layout, images=images, title="ColoredTokens"),
+        colored_tokens(
+            tokens, cache["blocks.1.hook_resid_post"][0].norm(dim=-1), layout, images=images, title="ColoredTokens"
+        ),
         neuron_activations(tokens, acts, layout, images=images, title="TextNeuronActivations"),
         topk_tokens([tokens], [acts], [layout], title="TopkTokens"),
     ]
@@ -100,7 +102,9 @@ def test_patch_heatmap_html_renders_offline(browser, tmp_path, family) -> None:
     layout = HookedMLLM(tiny.model, tiny.processor).layout(tiny.inputs)
     values = torch.rand(layout.shape)  # viridis: every cell has a hue
     items = [patch_heatmap_html(values, layout, row, title=f"{family} row {row}") for row in range(layout.shape[0])]
-    items.append(patch_heatmap_html(values, layout, 0, images=[toy_image(i) for i in range(3)], title="over the images"))
+    items.append(
+        patch_heatmap_html(values, layout, 0, images=[toy_image(i) for i in range(3)], title="over the images")
+    )
     path = tmp_path / "heat.html"
     path.write_text(page(items))
     assert_offline(browser.open(path))
@@ -114,7 +118,9 @@ def test_tokens_render_as_text_and_break_nothing(browser, tmp_path) -> None:
     vals = np.linspace(-1, 1, len(NASTY))
     acts = np.stack([vals, vals[::-1]], -1)[:, None, :]  # [seq, layer=1, neuron=2]
     views = [
-        colored_tokens(NASTY, vals), neuron_activations(NASTY, acts), topk_tokens([NASTY], [acts], k=len(NASTY)),
+        colored_tokens(NASTY, vals),
+        neuron_activations(NASTY, acts),
+        topk_tokens([NASTY], [acts], k=len(NASTY)),
         attention_heads(np.tril(np.ones((2, len(NASTY), len(NASTY)))) / np.arange(1, len(NASTY) + 1)[:, None], NASTY),
     ]
     path = tmp_path / "escape.html"
@@ -123,7 +129,10 @@ def test_tokens_render_as_text_and_break_nothing(browser, tmp_path) -> None:
     assert_offline(loaded)  # the unescaped <img src=x> would have requested file:///.../x: fine, but see below
     assert not any(u.endswith("/x") for u in loaded.requests)
     assert browser.evaluate("window.__pwned") is None
-    assert browser.evaluate("document.querySelectorAll('.hmm-cv s, .hmm-cv image, .hmm-cv img, .hmm-cv script').length") == 0
+    assert (
+        browser.evaluate("document.querySelectorAll('.hmm-cv s, .hmm-cv image, .hmm-cv img, .hmm-cv script').length")
+        == 0
+    )
     texts = browser.evaluate("[...document.querySelectorAll('.hmm-cv')].map(e => e.innerText.replace(/\\u00a0/g, ' '))")
     for kind, text in zip(("ColoredTokens", "TextNeuronActivations", "TopkTokens"), texts):
         for token in NASTY:
@@ -157,10 +166,16 @@ def test_report_page_renders_offline(browser, llava_views, tmp_path) -> None:
     llava_views[0].save(tmp_path / "attention.html")
     report = write_report(tmp_path)
     frame = "document.querySelector('iframe').contentDocument"
-    loaded = browser.open(report, ready=f"{frame} && {frame}.querySelector('.hmm-cv') && {frame}.querySelector('.hmm-cv').children.length", settle=0.8)
+    loaded = browser.open(
+        report,
+        ready=f"{frame} && {frame}.querySelector('.hmm-cv') && {frame}.querySelector('.hmm-cv').children.length",
+        settle=0.8,
+    )
     assert_offline(loaded)
     assert browser.evaluate("document.querySelectorAll('figure img').length") == 2  # top neurons, per layer
-    assert browser.evaluate("[...document.querySelectorAll('figure img')].every(i => i.complete && i.naturalWidth > 100)")
+    assert browser.evaluate(
+        "[...document.querySelectorAll('figure img')].every(i => i.complete && i.naturalWidth > 100)"
+    )
     for i in range(2):  # bars / jittered points
         assert coloured_fraction(browser.screenshot("figure img", i)) > 0.002
     assert browser.evaluate("document.querySelectorAll('table.hmm-table tr').length") == 3 + 21  # meta + results

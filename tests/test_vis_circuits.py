@@ -23,7 +23,7 @@ from hooks_mm.vis import (
 )
 from hooks_mm.vis.html import js_literal
 
-NASTY = ["<image>", "<s>", "</script>", "a & b", '"q\'', "<!--", "\u2028"]
+NASTY = ["<image>", "<s>", "</script>", "a & b", "\"q'", "<!--", "\u2028"]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,9 @@ def test_topk_matches_torch_topk(llava) -> None:
     k = c.props["tokens"][0].index("[image0:4x4]")
     top = acts[layout.select(Image(0))[0]].double().max(0).values  # [layer, neuron]
     hit = np.asarray(c.props["topkIdxs"][0]) == k
-    np.testing.assert_allclose(np.asarray(c.props["topkVals"][0])[hit], np.broadcast_to(top.numpy()[:, None], hit.shape)[hit])
+    np.testing.assert_allclose(
+        np.asarray(c.props["topkVals"][0])[hit], np.broadcast_to(top.numpy()[:, None], hit.shape)[hit]
+    )
 
 
 def test_neuron_activations_grids(llava) -> None:

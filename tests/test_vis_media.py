@@ -116,7 +116,15 @@ def test_video_value_lands_in_its_frame_cell() -> None:
 
 
 def test_every_media_position_is_drawn_once() -> None:
-    for family in ("qwen2_5_omni", "qwen2_audio", "voxtral", "anygpt_audio", "qwen2_vl_video", "llava_onevision_video", "video_llava"):
+    for family in (
+        "qwen2_5_omni",
+        "qwen2_audio",
+        "voxtral",
+        "anygpt_audio",
+        "qwen2_vl_video",
+        "llava_onevision_video",
+        "video_llava",
+    ):
         _, layout = model_and_layout(family)
         seq = torch.arange(layout.shape[1]).float()
         for row in range(layout.shape[0]):
@@ -126,7 +134,9 @@ def test_every_media_position_is_drawn_once() -> None:
                 assert sorted(drawn) == (mod == 5).nonzero().flatten().tolist(), family
             if (mod == 4).any():
                 maps = video_maps(seq, layout, row)
-                drawn = [p for m in maps for p in m.positions[m.positions >= 0].tolist()] + [p for m in maps for p in m.extra]
+                drawn = [p for m in maps for p in m.positions[m.positions >= 0].tolist()] + [
+                    p for m in maps for p in m.extra
+                ]
                 assert sorted(drawn) == (mod == 4).nonzero().flatten().tolist(), family
 
 
@@ -152,8 +162,10 @@ def browser():
 
 
 def _rect(browser, selector: str, index: int = 0) -> dict:
-    return browser.evaluate(f"(() => {{ const r = document.querySelectorAll({selector!r})[{index}].getBoundingClientRect();"
-                            " return {x: r.x, y: r.y, w: r.width, h: r.height}; })()")
+    return browser.evaluate(
+        f"(() => {{ const r = document.querySelectorAll({selector!r})[{index}].getBoundingClientRect();"
+        " return {x: r.x, y: r.y, w: r.width, h: r.height}; })()"
+    )
 
 
 @browser_only
@@ -164,15 +176,23 @@ def test_planted_audio_time_and_video_cell_land_in_place_in_the_browser(browser,
     a_vals[0, a_pos], v_vals[0, v_pos] = 1.0, 1.0
     width = 500
     path = tmp_path / "media.html"
-    path.write_text(page([
-        audio_strip_html(a_vals, a_layout, 0, audio=[tone(1.0)], width=width, title="audio"),
-        video_frames_html(v_vals, v_layout, 0, size=120, title="video"),
-    ]))
+    path.write_text(
+        page(
+            [
+                audio_strip_html(a_vals, a_layout, 0, audio=[tone(1.0)], width=width, title="audio"),
+                video_frames_html(v_vals, v_layout, 0, size=120, title="video"),
+            ]
+        )
+    )
     loaded = browser.open(path)
     assert not loaded.external and not loaded.errors
     # audio: the hot cell starts at t0 / duration of the strip's width, and is one step wide
     strip = _rect(browser, ".hmm-strip")
-    hot = browser.evaluate(f"[...document.querySelectorAll('.hmm-step')].findIndex(e => e.style.background.replace(/ /g, '') === {HOT_CSS.replace('rgba', 'rgb').replace(',1)', ')')!r})")
+    hot_rgb = HOT_CSS.replace("rgba", "rgb").replace(",1)", ")")
+    hot = browser.evaluate(
+        "[...document.querySelectorAll('.hmm-step')]"
+        f".findIndex(e => e.style.background.replace(/ /g, '') === {hot_rgb!r})"
+    )
     assert hot == round(t0 / step)
     cell = _rect(browser, ".hmm-step", hot)
     assert abs(cell["x"] - strip["x"] - t0 / dur * width) <= 1 and abs(cell["w"] - step / dur * width) <= 1
@@ -199,11 +219,15 @@ def test_media_views_over_signals_render_offline(browser, tmp_path) -> None:
     _, layout = model_and_layout("qwen2_5_omni")
     values = torch.rand(layout.shape)
     path = tmp_path / "signals.html"
-    path.write_text(page([
-        audio_strip_html(values, layout, 0, audio=[tone(1.0)]),
-        audio_strip_html(values, layout, 0, audio=[tone(1.0)], spectrogram=True),
-        video_frames_html(values, layout, 0, videos=[moving_square(4, 56, 84)]),
-    ]))
+    path.write_text(
+        page(
+            [
+                audio_strip_html(values, layout, 0, audio=[tone(1.0)]),
+                audio_strip_html(values, layout, 0, audio=[tone(1.0)], spectrogram=True),
+                video_frames_html(values, layout, 0, videos=[moving_square(4, 56, 84)]),
+            ]
+        )
+    )
     loaded = browser.open(path, ready="[...document.images].every(i => i.complete)")
     assert not loaded.external and not loaded.errors
     assert browser.evaluate("document.querySelectorAll('svg.hmm-wave path').length") == 1

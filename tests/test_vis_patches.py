@@ -51,8 +51,10 @@ def llava_cases():
     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
     pos = (tiny.inputs["input_ids"][0] == cfg.image_token_index).nonzero().flatten()
     # row 0 holds two images of side*side tokens each, in order
-    return [(0, int(pos[side * side + 2 * side + 1]), 1, "patches", (2, 1), False),
-            (0, int(pos[3]), 0, "patches", (0, 3), False)]
+    return [
+        (0, int(pos[side * side + 2 * side + 1]), 1, "patches", (2, 1), False),
+        (0, int(pos[3]), 0, "patches", (0, 3), False),
+    ]
 
 
 def llava_next_cases():
@@ -69,7 +71,10 @@ def llava_next_cases():
     pos = (tiny.inputs["input_ids"][0] == cfg.image_token_index).nonzero().flatten()
     start1 = side * side + shapes[0][0] * (shapes[0][1] + 1)
     w1 = shapes[1][1]
-    hi = lambda r, c: int(pos[start1 + side * side + r * (w1 + 1) + c])
+
+    def hi(r, c):
+        return int(pos[start1 + side * side + r * (w1 + 1) + c])
+
     return [
         (0, hi(5, 3), 1, "high-res", (5, 3), False),
         (0, hi(2, w1), 1, "high-res", (2, 0), True),  # the newline token closing row 2
@@ -107,8 +112,10 @@ def qwen2_vl_cases():
     n0 = thw[0][0] * thw[0][1] * thw[0][2] // merge**2
     h1, w1 = thw[1][1] // merge, thw[1][2] // merge
     assert (h1, w1) == (3, 2)
-    return [(0, int(pos[n0 + 2 * w1 + 0]), 1, "patches", (2, 0), False),
-            (0, int(pos[1 * (thw[0][2] // merge) + 2]), 0, "patches", (1, 2), False)]
+    return [
+        (0, int(pos[n0 + 2 * w1 + 0]), 1, "patches", (2, 0), False),
+        (0, int(pos[1 * (thw[0][2] // merge) + 2]), 0, "patches", (1, 2), False),
+    ]
 
 
 def emu3_cases():
@@ -116,8 +123,10 @@ def emu3_cases():
     ids = tiny.inputs["input_ids"][0]
     gw = int(tiny.inputs["image_sizes"][1, 1]) // 8  # image 1's width in px, 8 px per VQ code
     start = runs(ids == 3)[1][0]  # second <image> run of row 0 = image 1 (gh x (gw + 1))
-    return [(0, start + 2 * (gw + 1) + 3, 1, "patches", (2, 3), False),
-            (0, start + 1 * (gw + 1) + gw, 1, "patches", (1, 0), True)]  # end-of-row token
+    return [
+        (0, start + 2 * (gw + 1) + 3, 1, "patches", (2, 3), False),
+        (0, start + 1 * (gw + 1) + gw, 1, "patches", (1, 0), True),
+    ]  # end-of-row token
 
 
 def anygpt_cases():
@@ -129,8 +138,14 @@ def anygpt_cases():
     return [(0, start + 3 * cols + 2, 1, "patches", (3, 2), False)]
 
 
-CASES = {"llava": llava_cases, "llava_next": llava_next_cases, "idefics3": idefics3_cases,
-         "qwen2_vl": qwen2_vl_cases, "emu3": emu3_cases, "anygpt": anygpt_cases}
+CASES = {
+    "llava": llava_cases,
+    "llava_next": llava_next_cases,
+    "idefics3": idefics3_cases,
+    "qwen2_vl": qwen2_vl_cases,
+    "emu3": emu3_cases,
+    "anygpt": anygpt_cases,
+}
 
 
 # --- reading the picture back -----------------------------------------------------------
@@ -225,8 +240,10 @@ def test_tile_grid_from_tokens_and_inference() -> None:
     tiny, layout = model_and_layout("idefics3")
     ids = tiny.inputs["input_ids"]
     for row, expected in ((0, {0: (1, 2)}), (1, {0: (2, 2)})):
-        tokens = [f"<row_{(i - 103) // 6 + 1}_col_{(i - 103) % 6 + 1}>" if 103 <= i < 139 else str(i)
-                  for i in ids[row].tolist()]
+        tokens = [
+            f"<row_{(i - 103) // 6 + 1}_col_{(i - 103) % 6 + 1}>" if 103 <= i < 139 else str(i)
+            for i in ids[row].tolist()
+        ]
         assert tile_grid_from_tokens(tokens, layout, row) == expected
     assert infer_tile_grid(2) == (1, 2) and infer_tile_grid(4) == (2, 2) and infer_tile_grid(6) == (2, 3)
     assert infer_tile_grid(2, aspect=0.5) == (2, 1) and infer_tile_grid(6, aspect=3.0) == (1, 6)

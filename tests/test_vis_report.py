@@ -27,11 +27,15 @@ def neuron_sweep(model: HookedMLLM, inputs, neurons: range) -> list[dict]:
     rows = []
     for layer in range(model.cfg.n_layers):
         for n in neurons:
+
             def ablate(acts, hook, n=n):
                 acts[..., n] = acts[..., n].masked_fill(img, 0.0)
+
             with torch.no_grad():
                 out = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", ablate)])[0, -1]
-            rows.append({"layer": layer, "neuron": n, "metric": "logit_diff", "value": float(out[target] - clean[target])})
+            rows.append(
+                {"layer": layer, "neuron": n, "metric": "logit_diff", "value": float(out[target] - clean[target])}
+            )
     return rows
 
 
@@ -50,7 +54,12 @@ def run_dir(tmp_path_factory) -> Path:
     images = [toy_image(1)]
     inputs = model.to_inputs(["<image> What colour is the square?"], images=[images])
     write_csv(d / "results.csv", neuron_sweep(model, inputs, range(6)))
-    meta = {"model": "tiny-llava", "command": "sweep <b>neurons</b>", "created": "2025-01-01T00:00:00", "positions": ["Image()"]}
+    meta = {
+        "model": "tiny-llava",
+        "command": "sweep <b>neurons</b>",
+        "created": "2025-01-01T00:00:00",
+        "positions": ["Image()"],
+    }
     (d / "meta.json").write_text(json.dumps(meta))
     layout = model.layout(inputs)
     _, cache = model.run_with_cache(inputs)
@@ -79,10 +88,14 @@ def test_report_renders_the_run(run_dir: Path) -> None:
 
 
 def test_report_column_sets_and_cli(tmp_path: Path, capsys) -> None:
-    write_csv(tmp_path / "results.csv", [
-        {"layer": l, "group": g, "metric": "logit_diff", "value": float(l - i)}
-        for l in range(3) for i, g in enumerate(["text", "image0", "last"])
-    ])
+    write_csv(
+        tmp_path / "results.csv",
+        [
+            {"layer": l, "group": g, "metric": "logit_diff", "value": float(l - i)}
+            for l in range(3)
+            for i, g in enumerate(["text", "image0", "last"])
+        ],
+    )
     assert main([str(tmp_path), "--out", str(tmp_path / "r.html"), "--top", "4"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "r.html")
     html = (tmp_path / "r.html").read_text()
@@ -90,9 +103,10 @@ def test_report_column_sets_and_cli(tmp_path: Path, capsys) -> None:
     write_csv(tmp_path / "results.csv", [{"layer": l, "value": l * 0.5} for l in range(4)])
     assert "value per layer" in write_report(tmp_path).read_text()
     # as `hooks-mm sweep` writes it: value = metric after ablation, delta = its change
-    write_csv(tmp_path / "results.csv", [
-        {"layer": 0, "neuron": n, "value": -3.0 + d, "delta": d} for n, d in enumerate([0.01, -0.5, 0.2])
-    ])
+    write_csv(
+        tmp_path / "results.csv",
+        [{"layer": 0, "neuron": n, "value": -3.0 + d, "delta": d} for n, d in enumerate([0.01, -0.5, 0.2])],
+    )
     html = write_report(tmp_path).read_text()
     assert "rows by |delta|" in html and "top neurons (delta)" in html
     first = re.search(r"<tr><td>(\d+)</td><td>(\d+)</td>", html.split("<h2>Results</h2>", 1)[1]).groups()

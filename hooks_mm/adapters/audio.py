@@ -86,8 +86,12 @@ def omni_position_times(hf_model: Any, inputs: dict[str, Any]) -> Tensor | None:
     fam = inputs.get("feature_attention_mask")
     with torch.no_grad():
         pos, _ = hf_model.model.get_rope_index(
-            ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), inputs.get("attention_mask"),
-            bool(inputs.get("use_audio_in_video", False)), fam.sum(-1) if fam is not None else None,
+            ids,
+            inputs.get("image_grid_thw"),
+            inputs.get("video_grid_thw"),
+            inputs.get("attention_mask"),
+            bool(inputs.get("use_audio_in_video", False)),
+            fam.sum(-1) if fam is not None else None,
             inputs.get("video_second_per_grid"),
         )
     temporal = pos[0].double()

@@ -150,9 +150,7 @@ def grid_plan(rows: int, cols: int, tile: int = 0, newline: bool = False) -> Ima
     c = torch.arange(cols).repeat(rows)
     plan = torch.stack([torch.full_like(r, tile), r, c], dim=1)
     if newline:
-        sep = torch.stack(
-            [torch.full((rows,), tile), torch.arange(rows), torch.full((rows,), -1)], dim=1
-        )
+        sep = torch.stack([torch.full((rows,), tile), torch.arange(rows), torch.full((rows,), -1)], dim=1)
         plan = torch.cat([plan.view(rows, cols, 3), sep.view(rows, 1, 3)], dim=1).view(-1, 3)
     return plan
 

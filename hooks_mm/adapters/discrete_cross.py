@@ -140,9 +140,7 @@ CHAMELEON = Adapter(
     image_mask=_vocab_mask("<image>", "image_token_id"),
     image_plans=_chameleon_plans,
     logits_post=_no_image_codes,
-    special_ids=lambda config: _ids(
-        config, fields=("image_token_id",), vocab=("<image>", "<racm3:break>", "<eoss>")
-    ),
+    special_ids=lambda config: _ids(config, fields=("image_token_id",), vocab=("<image>", "<racm3:break>", "<eoss>")),
     notes=(
         "Chameleon: discrete image codes, no projector; the VQ-VAE codes are embedded by "
         "model.embed_tokens in a SECOND call (after the input_ids call) and written over the "
@@ -184,8 +182,7 @@ EMU3 = Adapter(
     special_ids=lambda config: _ids(
         config,
         fields=("image_token_id",),
-        vocab=("<image>", "<|image start|>", "<|image end|>", "<|image token|>",
-               "<|extra_200|>", "<|extra_201|>"),
+        vocab=("<image>", "<|image start|>", "<|image end|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>"),
     ),
     notes=(
         "Emu3: discrete image codes, no projector; needs image_sizes; every <image> "
@@ -233,9 +230,4 @@ MLLAMA = Adapter(
 )
 
 
-ADAPTERS = (
-    JANUS,
-    CHAMELEON,
-    EMU3,
-    MLLAMA,
-)
+ADAPTERS = (JANUS, CHAMELEON, EMU3, MLLAMA)

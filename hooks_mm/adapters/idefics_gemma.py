@@ -336,14 +336,6 @@ INTERNVL = Adapter(
 )
 
 # classes whose layer layout varies by checkpoint: the registry picks the table from the config
-VARIANTS = {
-    "PaliGemmaForConditionalGeneration": paligemma_adapter_for,
-}
+VARIANTS = {"PaliGemmaForConditionalGeneration": paligemma_adapter_for}
 
-ADAPTERS = (
-    IDEFICS3,
-    SMOLVLM,
-    PALIGEMMA,
-    GEMMA3,
-    INTERNVL,
-)
+ADAPTERS = (IDEFICS3, SMOLVLM, PALIGEMMA, GEMMA3, INTERNVL)

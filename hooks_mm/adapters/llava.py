@@ -37,9 +37,7 @@ def _has_cls(vision_config: Any) -> bool:
 
 
 def _strategy(config: Any, inputs: dict[str, Any]) -> str:
-    return inputs.get("vision_feature_select_strategy") or getattr(
-        config, "vision_feature_select_strategy", "default"
-    )
+    return inputs.get("vision_feature_select_strategy") or getattr(config, "vision_feature_select_strategy", "default")
 
 
 def _as_list(x: Any) -> list:
@@ -259,9 +257,4 @@ VIDEO_LLAVA = _adapter(
     video_plans=video_llava_video_plans,
 )
 
-ADAPTERS = (
-    LLAVA,
-    LLAVA_NEXT,
-    LLAVA_ONEVISION,
-    VIDEO_LLAVA,
-)
+ADAPTERS = (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, VIDEO_LLAVA)

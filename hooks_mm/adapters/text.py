@@ -88,12 +88,7 @@ def _special(config: Any) -> set[int]:
 
 CAUSAL_LM = Adapter(
     name="causal-lm",
-    architectures=(
-        "LlamaForCausalLM",
-        "MistralForCausalLM",
-        "Qwen2ForCausalLM",
-        "Qwen3ForCausalLM",
-    ),
+    architectures=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"),
     layers="model.layers",
     embed="model.embed_tokens",
     final_norm="model.norm",

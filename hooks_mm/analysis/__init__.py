@@ -33,13 +33,7 @@ from hooks_mm.analysis.erasure import (
     tune_tccd,
     vcd_logits,
 )
-from hooks_mm.analysis.neurons import (
-    activation_probabilities,
-    lape,
-    mask_spec,
-    neuron_masking_matrix,
-    top_difference,
-)
+from hooks_mm.analysis.neurons import activation_probabilities, lape, mask_spec, neuron_masking_matrix, top_difference
 from hooks_mm.analysis.sequence import gak_similarity, log_gak, sequence_elements, soft_dtw
 from hooks_mm.analysis.weights import input_norms, wanda_mask, wanda_overlap
 

@@ -103,8 +103,9 @@ def pooled_by_modality(
             norms[m].append(acts.permute(0, 2, 1, 3)[mask].norm(dim=-1))  # [tokens, L]
     if not means[next(iter(sels))]:
         raise ValueError(f"pooled_by_modality: no row holds positions of every one of {list(sels)}.")
-    return PooledModalities({m: torch.stack(v) for m, v in means.items()},
-                            {m: torch.cat(v).median(0).values for m, v in norms.items()})
+    return PooledModalities(
+        {m: torch.stack(v) for m, v in means.items()}, {m: torch.cat(v).median(0).values for m, v in norms.items()}
+    )
 
 
 def alignment_matrix(pooled: PooledModalities, exclude_diagonal: bool = True) -> Float[Tensor, "m m layer"]:
@@ -140,7 +141,9 @@ def pooled_embeddings(
     return Pooled(pooled.means["image"], pooled.means["text"], pooled.norms["image"], pooled.norms["text"])
 
 
-def cross_modal_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"], exclude_diagonal: bool = False) -> tuple[Tensor, Tensor]:
+def cross_modal_cosine(
+    a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"], exclude_diagonal: bool = False
+) -> tuple[Tensor, Tensor]:
     """Per layer: mean and std of the cosine over ALL pairs (a_i, b_j); with
     ``exclude_diagonal`` (a is b, the image-image / text-text controls) i == j is left out."""
     sims = F.cosine_similarity(a[:, None], b[None], dim=-1)  # [n, m, L]
@@ -170,23 +173,25 @@ def max_med_sim(x: Float[Tensor, "p d"], y: Float[Tensor, "t d"]) -> tuple[Tenso
 
 
 @torch.no_grad()
-def token_similarity(model: "HookedMLLM", inputs: Any, layer: int, image: Selector | None = None, text: Selector | None = None) -> tuple[Tensor, Tensor]:
+def token_similarity(
+    model: "HookedMLLM", inputs: Any, layer: int, image: Selector | None = None, text: Selector | None = None
+) -> tuple[Tensor, Tensor]:
     """Per row: MaxSim and MedSim between its image tokens and its text tokens at ``layer``."""
     batch = model.prepare(inputs)
     im, tm = batch.layout.select(image or Image()), batch.layout.select(text or Text())
     name = f"blocks.{layer}.hook_resid_post"
     _, cache = model.run_with_cache(batch, names_filter=[name])
-    out = [max_med_sim(cache[name][r][im[r]], cache[name][r][tm[r]]) for r in range(im.shape[0]) if im[r].any() and tm[r].any()]
+    out = [
+        max_med_sim(cache[name][r][im[r]], cache[name][r][tm[r]])
+        for r in range(im.shape[0])
+        if im[r].any() and tm[r].any()
+    ]
     return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
 
 @torch.no_grad()
 def attention_flow(
-    model: "HookedMLLM",
-    inputs: Any,
-    queries: Selector | None = None,
-    keys: Selector | None = None,
-    reduce: str = "sum",
+    model: "HookedMLLM", inputs: Any, queries: Selector | None = None, keys: Selector | None = None, reduce: str = "sum"
 ) -> Float[Tensor, " layer"]:
     """Per layer: head-mean attention from the query positions (default the text after the
     image) to the key positions (default the image), summed (or averaged) over keys and

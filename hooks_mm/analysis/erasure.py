@@ -44,7 +44,14 @@ def _last(batch: Batch, logits: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: "HookedMLLM", batches: Sequence[Any], answers: Sequence[Tensor], score: Score, spec: Any = None, logits_fn: Callable | None = None) -> float:
+def accuracy(
+    model: "HookedMLLM",
+    batches: Sequence[Any],
+    answers: Sequence[Tensor],
+    score: Score,
+    spec: Any = None,
+    logits_fn: Callable | None = None,
+) -> float:
     """Mean score over ``batches`` (``answers[i]`` for batch i), optionally under ``spec``."""
     hits, n = 0.0, 0
     for inputs, ans in zip(batches, answers):
@@ -73,11 +80,19 @@ def erasure_cost(
     clean = accuracy(model, batches, answers, score)
     text = accuracy(model, batches, answers, score, CentroidReplacement(text_bank, After(Image()), a_interp))
     visual = accuracy(model, batches, answers, score, CentroidReplacement(visual_bank, Image(), a_interp))
-    return {"clean": clean, "text_erased": text, "visual_erased": visual, "text_cost": clean - text, "visual_cost": clean - visual}
+    return {
+        "clean": clean,
+        "text_erased": text,
+        "visual_erased": visual,
+        "text_cost": clean - text,
+        "visual_cost": clean - visual,
+    }
 
 
 @torch.no_grad()
-def tccd_logits(model: "HookedMLLM", inputs: Any, text_bank: CentroidBank, alpha: float = 1.0, a_interp: float = 0.4) -> Tensor:
+def tccd_logits(
+    model: "HookedMLLM", inputs: Any, text_bank: CentroidBank, alpha: float = 1.0, a_interp: float = 0.4
+) -> Tensor:
     """Text-centroid contrastive decoding at the last position:
     ``l_clean + alpha (l_clean - l_text_erased)`` (no plausibility cut-off)."""
     batch = model.prepare(inputs)
@@ -97,12 +112,20 @@ def tune_tccd(
 ) -> dict[str, Any]:
     """Per-task search over alpha and a_interp; the best accuracy and its setting."""
     grid = {
-        (alpha, a): accuracy(model, batches, answers, score, logits_fn=lambda x, al=alpha, ai=a: tccd_logits(model, x, text_bank, al, ai))
+        (alpha, a): accuracy(
+            model, batches, answers, score, logits_fn=lambda x, al=alpha, ai=a: tccd_logits(model, x, text_bank, al, ai)
+        )
         for alpha in alphas
         for a in a_interps
     }
     (alpha, a), best = max(grid.items(), key=lambda kv: kv[1])
-    return {"alpha": alpha, "a_interp": a, "accuracy": best, "clean": accuracy(model, batches, answers, score), "grid": grid}
+    return {
+        "alpha": alpha,
+        "a_interp": a,
+        "accuracy": best,
+        "clean": accuracy(model, batches, answers, score),
+        "grid": grid,
+    }
 
 
 def diffusion_noise(pixel_values: Tensor, t: int = 500, steps: int = 1000, seed: int = 0) -> Tensor:
@@ -115,12 +138,16 @@ def diffusion_noise(pixel_values: Tensor, t: int = 500, steps: int = 1000, seed:
 
 
 @torch.no_grad()
-def vcd_logits(model: "HookedMLLM", inputs: Any, alpha: float = 1.0, beta: float = 0.1, t: int = 500, seed: int = 0) -> Tensor:
+def vcd_logits(
+    model: "HookedMLLM", inputs: Any, alpha: float = 1.0, beta: float = 0.1, t: int = 500, seed: int = 0
+) -> Tensor:
     """Visual contrastive decoding at the last position: ``(1 + a) l(y|v,x) - a l(y|v',x)``
     with v' the noised image, and -inf where ``p(y|v,x) < beta * max_w p(w|v,x)``."""
     batch = model.prepare(inputs)
     if "pixel_values" not in batch:
-        raise ValueError("visual contrastive decoding noises pixel_values; these inputs have none (a discrete-token model?).")
+        raise ValueError(
+            "visual contrastive decoding noises pixel_values; these inputs have none (a discrete-token model?)."
+        )
     clean = _last(batch, model(batch)).float().log_softmax(-1)
     noised = dict(batch.inputs, pixel_values=diffusion_noise(batch["pixel_values"], t, seed=seed))
     distorted = _last(batch, model(noised)).float().log_softmax(-1)
@@ -141,7 +168,9 @@ def text_centric_bias(model: "HookedMLLM", texts: Sequence[str], images: Sequenc
     proc = model.processor
     token = getattr(proc, "image_token", None)
     if token is None:
-        raise ValueError("text_centric_bias needs a processor with an image placeholder token (a discrete-token model).")
+        raise ValueError(
+            "text_centric_bias needs a processor with an image placeholder token (a discrete-token model)."
+        )
 
     def ppl(prompts: list[str], imgs: list[Any] | None, modality: str) -> float:
         inputs = model.to_inputs(prompts, images=imgs)
@@ -181,9 +210,23 @@ def skip_tradeoff(
     layouts = [b.layout for b in batches]
     real = sum(int((L.modality != Modality.PAD).sum()) for L in layouts)
     image = sum(int(L.select(Image()).sum()) for L in layouts)
-    rows = [{"interval": 0, "layers_skipped": 0, "accuracy": accuracy(model, batches, answers, score), "mlp_flops_saved": 0.0}]
+    rows = [
+        {
+            "interval": 0,
+            "layers_skipped": 0,
+            "accuracy": accuracy(model, batches, answers, score),
+            "mlp_flops_saved": 0.0,
+        }
+    ]
     for k in intervals:
         layers = layer_window(start, n, k)
         acc = accuracy(model, batches, answers, score, Skip(layers, component, Image()))
-        rows.append({"interval": k, "layers_skipped": len(layers), "accuracy": acc, "mlp_flops_saved": len(layers) / n * image / real})
+        rows.append(
+            {
+                "interval": k,
+                "layers_skipped": len(layers),
+                "accuracy": acc,
+                "mlp_flops_saved": len(layers) / n * image / real,
+            }
+        )
     return rows

@@ -72,7 +72,9 @@ def activation_probabilities(
     empty = [m for m, t in zip(modalities, tokens) if t == 0]
     if empty:
         raise ValueError(f"activation_probabilities: no tokens of {empty} in the batches given.")
-    return ActivationProbabilities((pos / tokens).float(), tuple(modalities), dict(zip(modalities, tokens.long().tolist())))
+    return ActivationProbabilities(
+        (pos / tokens).float(), tuple(modalities), dict(zip(modalities, tokens.long().tolist()))
+    )
 
 
 def _modality(name: str) -> Modality:
@@ -94,10 +96,7 @@ class SpecificNeurons:
 
 
 def lape(
-    probs: ActivationProbabilities,
-    filter_rate: float = 0.95,
-    top_rate: float = 0.01,
-    activation_bar: float = 0.95,
+    probs: ActivationProbabilities, filter_rate: float = 0.95, top_rate: float = 0.01, activation_bar: float = 0.95
 ) -> SpecificNeurons:
     """LAPE: the lowest-entropy ``top_rate`` of neurons whose max probability passes the
     ``filter_rate`` quantile; a selected neuron is specific to every modality where its

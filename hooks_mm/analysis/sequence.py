@@ -75,7 +75,9 @@ def all_alignments(n: int, m: int) -> list[list[tuple[int, int]]]:
     return out
 
 
-def sequence_elements(model: "HookedMLLM", inputs: Any, layer: int, hook: str = "hook_resid_post") -> list[Float[Tensor, "elements d"]]:
+def sequence_elements(
+    model: "HookedMLLM", inputs: Any, layer: int, hook: str = "hook_resid_post"
+) -> list[Float[Tensor, "elements d"]]:
     """Per row: one embedding per text segment (its last token) and per image (its mean)."""
     batch = model.prepare(inputs)
     layout = batch.layout

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
 
 
-def wanda_mask(weight: Float[Tensor, "out inp"], input_norm: Float[Tensor, " inp"], sparsity: float) -> Bool[Tensor, "out inp"]:
+def wanda_mask(
+    weight: Float[Tensor, "out inp"], input_norm: Float[Tensor, " inp"], sparsity: float
+) -> Bool[Tensor, "out inp"]:
     """Keep the top ``1 - sparsity`` of each output row by ``|W_ij| * ||X_j||``."""
     score = weight.abs() * input_norm[None, :]
     keep = max(1, round(weight.shape[1] * (1 - sparsity)))
@@ -38,7 +40,14 @@ def _linears(model: "HookedMLLM") -> dict[str, nn.Linear]:
     for l, layer in enumerate(model.decoder_layers):
         attn = model.attention(l)
         mlp = layer.get_submodule(a.mlp)
-        parts = {"q": (attn, a.q), "k": (attn, a.k), "v": (attn, a.v), "o": (attn, a.o), "up": (mlp, a.up), "down": (mlp, a.down)}
+        parts = {
+            "q": (attn, a.q),
+            "k": (attn, a.k),
+            "v": (attn, a.v),
+            "o": (attn, a.o),
+            "up": (mlp, a.up),
+            "down": (mlp, a.down),
+        }
         if a.gate:
             parts["gate"] = (mlp, a.gate)
         for name, (root, path) in parts.items():
@@ -74,7 +83,9 @@ def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector
     return {k: v.sqrt().float() for k, v in sums.items()}
 
 
-def wanda_overlap(model: "HookedMLLM", batches: list[Any], sparsity: float = 0.5, a: Selector | None = None, b: Selector | None = None) -> pd.DataFrame:
+def wanda_overlap(
+    model: "HookedMLLM", batches: list[Any], sparsity: float = 0.5, a: Selector | None = None, b: Selector | None = None
+) -> pd.DataFrame:
     """IoU of the Wanda masks calibrated on positions ``a`` (image) and ``b`` (text)."""
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}.")

@@ -101,7 +101,10 @@ class NeuronMeans:
 
     def save(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
-        save_file({f"{l}/{g}": v.contiguous() for l, d in self.means.items() for g, v in d.items()}, os.path.join(path, "means.safetensors"))
+        save_file(
+            {f"{l}/{g}": v.contiguous() for l, d in self.means.items() for g, v in d.items()},
+            os.path.join(path, "means.safetensors"),
+        )
         with open(os.path.join(path, "means.json"), "w") as f:
             json.dump({"hook": self.hook, "counts": {str(l): c for l, c in self.counts.items()}}, f)
 

@@ -143,8 +143,13 @@ class Intervention:
         """Check this spec against ``ctx``'s batch and resolve it; raises before anything runs."""
         raise NotImplementedError
 
-    def compile(self, model: HookedMLLM, inputs: Any, sources: dict[str, Any] | None = None,
-                store: dict[str, Tensor] | None = None) -> Hooks:
+    def compile(
+        self,
+        model: HookedMLLM,
+        inputs: Any,
+        sources: dict[str, Any] | None = None,
+        store: dict[str, Tensor] | None = None,
+    ) -> Hooks:
         """Hook functions ``[(hook name, fn)]`` running this spec on ``inputs``.
 
         ``sources`` names the other runs it reads; ``store`` holds source activations already

@@ -80,7 +80,9 @@ class CentroidBank:
         for inputs in batches:
             batch = model.prepare(inputs)
             mask = batch.layout.select(positions)
-            _, cache = model.run_with_cache(batch, names_filter=[name], stop_at_layer=min(layer + 1, model.cfg.n_layers))
+            _, cache = model.run_with_cache(
+                batch, names_filter=[name], stop_at_layer=min(layer + 1, model.cfg.n_layers)
+            )
             chunks.append(cache[name][mask].float().cpu())
             n += chunks[-1].shape[0]
             if max_tokens is not None and n >= max_tokens:

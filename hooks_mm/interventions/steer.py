@@ -34,6 +34,8 @@ class Steer(Intervention):
             name = ctx.hook_name(self.hook, l)
             width = ctx.width(name)
             if v.dim() != 1 or (width is not None and v.shape[-1] != width):
-                raise ValueError(f"Steer: vector has shape {tuple(v.shape)} but {name} has width {width}: give {width} numbers.")
+                raise ValueError(
+                    f"Steer: vector has shape {tuple(v.shape)} but {name} has width {width}: give {width} numbers."
+                )
             out.append(Edit(name, ("steer", mask, v, float(self.scale))))
         return out

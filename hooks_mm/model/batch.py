@@ -55,7 +55,10 @@ class Batch(Mapping):
         tok = getattr(self._tokenizer, "tokenizer", self._tokenizer)
         if tok is None or not hasattr(tok, "batch_decode"):
             raise ValueError("token strings need a tokenizer: load the model with its processor.")
-        return [tok.batch_decode([[i] for i in row], clean_up_tokenization_spaces=False) for row in self.inputs["input_ids"].tolist()]
+        return [
+            tok.batch_decode([[i] for i in row], clean_up_tokenization_spaces=False)
+            for row in self.inputs["input_ids"].tolist()
+        ]
 
     def __getitem__(self, key: str) -> Any:
         return self.inputs[key]
@@ -89,14 +92,27 @@ def layout_of(adapter: Adapter, hf_model: Any, processor: Any, inputs: dict[str,
     mask = positions(a.image_mask)
     plans = a.image_plans(config, inputs) if (a.image_plans and mask is not None and mask.any()) else []
     video, audio = positions(a.video_mask), positions(a.audio_mask)
-    video_plans = a.video_plans(config, inputs, processor) if (a.video_plans and video is not None and video.any()) else []
-    audio_plans = a.audio_plans(config, inputs, processor) if (a.audio_plans and audio is not None and audio.any()) else []
+    video_plans = (
+        a.video_plans(config, inputs, processor) if (a.video_plans and video is not None and video.any()) else []
+    )
+    audio_plans = (
+        a.audio_plans(config, inputs, processor) if (a.audio_plans and audio is not None and audio.any()) else []
+    )
     times = a.position_times(hf_model, inputs) if a.position_times else None
     special = set(a.special_ids(config))
     tok = getattr(processor, "tokenizer", processor)
     if tok is not None and hasattr(tok, "all_special_ids"):
         special |= set(tok.all_special_ids)
     return build_layout(
-        ids, inputs.get("attention_mask"), mask, plans, special, inputs.get(SEGMENTS_KEY),
-        video_mask=video, video_plans=video_plans, audio_mask=audio, audio_plans=audio_plans, times=times,
+        ids,
+        inputs.get("attention_mask"),
+        mask,
+        plans,
+        special,
+        inputs.get(SEGMENTS_KEY),
+        video_mask=video,
+        video_plans=video_plans,
+        audio_mask=audio,
+        audio_plans=audio_plans,
+        times=times,
     )

@@ -32,16 +32,16 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 from transformers import PreTrainedModel
 
-from hooks_mm.attention import install
 from hooks_mm.adapters import Adapter, adapter_for
+from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
 from hooks_mm.layout import ModalityLayout
-from hooks_mm.selectors import Selector, as_selector
 from hooks_mm.model.batch import Batch, layout_of
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load
 from hooks_mm.model.tree import block_tree, put
 from hooks_mm.model.wiring import Stop, Wiring
+from hooks_mm.selectors import Selector, as_selector
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 
@@ -79,9 +79,15 @@ class HookedMLLM(HookedRootModule):
         n = len(layers)
         cross = set(adapter.cross_attn_layers(config)) if adapter.cross_attn_layers else set()
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
-        self.__dict__["_attn"] = [layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)]
+        self.__dict__["_attn"] = [
+            layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
+        ]
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        where = {"model"} | ({"projector"} if adapter.projector else set()) | ({"audio"} if adapter.audio_projector else set())
+        where = (
+            {"model"}
+            | ({"projector"} if adapter.projector else set())
+            | ({"audio"} if adapter.audio_projector else set())
+        )
         for spec in MODEL_HOOKS:
             if spec.where in where:
                 put(self, spec.name)
@@ -171,7 +177,9 @@ class HookedMLLM(HookedRootModule):
             inputs = model.to_inputs("<audio> <video> What do you hear?", audio=[wave], videos=[frames],
                                      chat=True, fps=2.0)
         """
-        return to_inputs(self.processor, text, images, videos=videos, audio=audio, answer=answer, chat=chat, **processor_kwargs)
+        return to_inputs(
+            self.processor, text, images, videos=videos, audio=audio, answer=answer, chat=chat, **processor_kwargs
+        )
 
     def prepare(self, inputs: Any = None, **kwargs: Any) -> Batch:
         """A :class:`~hooks_mm.model.batch.Batch`: the inputs on the model's device and their layout, built once.
@@ -202,7 +210,9 @@ class HookedMLLM(HookedRootModule):
 
     # ------------------------------------------------------------------ forward passes
 
-    def forward(self, inputs: Any = None, *, return_type: str | None = "logits", stop_at_layer: int | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self, inputs: Any = None, *, return_type: str | None = "logits", stop_at_layer: int | None = None, **kwargs: Any
+    ) -> Any:
         """Run the HF model with the hook points live.
 
         ``inputs``: a Batch, a dict of model inputs (from ``to_inputs`` or a processor), a
@@ -274,7 +284,9 @@ class HookedMLLM(HookedRootModule):
         with self.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), reset_hooks_end=reset_hooks_end):
             return self.forward(inputs, **kwargs)
 
-    def run_with_interventions(self, inputs: Any, spec: Any, *, sources: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    def run_with_interventions(
+        self, inputs: Any, spec: Any, *, sources: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
         """Run with an intervention spec (see :mod:`hooks_mm.interventions`); weights untouched.
 
         ``sources`` names other runs a spec reads (``Patch(source="clean")``,
@@ -291,7 +303,13 @@ class HookedMLLM(HookedRootModule):
 
     @torch.no_grad()
     def generate(
-        self, inputs: Any = None, *, max_new_tokens: int = 10, fwd_hooks: HookList = (), do_sample: bool = False, **gen_kwargs: Any
+        self,
+        inputs: Any = None,
+        *,
+        max_new_tokens: int = 10,
+        fwd_hooks: HookList = (),
+        do_sample: bool = False,
+        **gen_kwargs: Any,
     ) -> Int[Tensor, "batch total"]:
         """Generate with hooks firing at every step (KV cache on, as HF does it).
 
@@ -310,7 +328,9 @@ class HookedMLLM(HookedRootModule):
         handle = self.hf_model.register_forward_pre_hook(track, with_kwargs=True)
         try:
             with self.hooks(fwd_hooks=list(fwd_hooks)), self._wiring.attached(None):
-                return self.hf_model.generate(**batch.model_inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **gen_kwargs)
+                return self.hf_model.generate(
+                    **batch.model_inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **gen_kwargs
+                )
         finally:
             handle.remove()
             self.positions = None

@@ -106,7 +106,11 @@ def append_answers(enc: dict[str, Any], seq_keys: list[str], answers: list[list[
     rows: dict[str, list[Tensor]] = {k: [] for k in seq_keys}
     for i, ans in enumerate(answers):
         a = torch.tensor(ans, dtype=torch.long)
-        fill = {"input_ids": a, "attention_mask": torch.ones_like(a), SEGMENTS_KEY: torch.full_like(a, int(Segment.ANSWER))}
+        fill = {
+            "input_ids": a,
+            "attention_mask": torch.ones_like(a),
+            SEGMENTS_KEY: torch.full_like(a, int(Segment.ANSWER)),
+        }
         for k in seq_keys:
             rows[k].append(torch.cat([enc[k][i][am[i]], fill.get(k, torch.zeros_like(a)).to(enc[k].dtype)]))
     width = max(len(r) for r in rows["input_ids"])

@@ -101,6 +101,7 @@ class Wiring:
             return lambda m, args: (hp(args[0].unflatten(-1, (-1, d_head))).flatten(-2), *args[1:])
 
         if "hook_embed" in live:  # the first embedding call of a forward (Chameleon and Emu3 embed image codes again)
+
             def embed(m: nn.Module, i: Any, o: Tensor) -> Tensor | None:
                 if state.get("embedded"):
                     return None
@@ -109,8 +110,10 @@ class Wiring:
 
             self._pre(model.hf_model, lambda m, args: state.pop("embedded", None) and None)
             self._fwd(model.submodule(a.embed), embed)
-        for path, pre_name, post_name in ((a.projector, "hook_vision_out", "hook_projector_out"),
-                                          (a.audio_projector, "hook_audio_out", "hook_audio_projector_out")):
+        for path, pre_name, post_name in (
+            (a.projector, "hook_vision_out", "hook_projector_out"),
+            (a.audio_projector, "hook_audio_out", "hook_audio_projector_out"),
+        ):
             if path is not None:
                 if pre_name in live:
                     self._pre(model.submodule(path), in_hook(hd[pre_name]))

@@ -35,9 +35,16 @@ class CodebookProcessor:
     image_token = "<image>"
     audio_token = "<audio>"
 
-    def __init__(self, tokenizer: Any, codebook: torch.Tensor, grid: tuple[int, int] = (4, 4), image_size: int = 32,
-                 audio_codebook: torch.Tensor | None = None, audio_frame_seconds: float = 0.04,
-                 sampling_rate: int = 16000):
+    def __init__(
+        self,
+        tokenizer: Any,
+        codebook: torch.Tensor,
+        grid: tuple[int, int] = (4, 4),
+        image_size: int = 32,
+        audio_codebook: torch.Tensor | None = None,
+        audio_frame_seconds: float = 0.04,
+        sampling_rate: int = 16000,
+    ):
         self.tokenizer = tokenizer
         self.codebook = torch.as_tensor(codebook, dtype=torch.float32)
         self.grid = tuple(grid)
@@ -122,8 +129,11 @@ class CodebookProcessor:
         self.tokenizer.save_pretrained(path)
         cfg = {"codebook": self.codebook.tolist(), "grid": list(self.grid), "image_size": self.image_size}
         if self.audio_codebook is not None:
-            cfg.update(audio_codebook=self.audio_codebook.tolist(), audio_frame_seconds=self.audio_frame_seconds,
-                       sampling_rate=self.sampling_rate)
+            cfg.update(
+                audio_codebook=self.audio_codebook.tolist(),
+                audio_frame_seconds=self.audio_frame_seconds,
+                sampling_rate=self.sampling_rate,
+            )
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump(cfg, f)
 
@@ -133,10 +143,15 @@ class CodebookProcessor:
             cfg = json.load(f)
         tok = AutoTokenizer.from_pretrained(path)
         audio = cfg.get("audio_codebook")
-        return cls(tok, torch.tensor(cfg["codebook"]), tuple(cfg["grid"]), cfg["image_size"],
-                   audio_codebook=None if audio is None else torch.tensor(audio),
-                   audio_frame_seconds=cfg.get("audio_frame_seconds", 0.04),
-                   sampling_rate=cfg.get("sampling_rate", 16000))
+        return cls(
+            tok,
+            torch.tensor(cfg["codebook"]),
+            tuple(cfg["grid"]),
+            cfg["image_size"],
+            audio_codebook=None if audio is None else torch.tensor(audio),
+            audio_frame_seconds=cfg.get("audio_frame_seconds", 0.04),
+            sampling_rate=cfg.get("sampling_rate", 16000),
+        )
 
     @staticmethod
     def is_saved_in(path: str) -> bool:

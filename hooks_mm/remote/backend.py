@@ -55,7 +55,9 @@ ship_by_value(ops, runner)  # the executor's and the ops' source go with every r
 Remote = bool | str
 
 
-def load_nnsight(repo_or_path: str, *, task: str | None = None, processor: Any = None, dispatch: bool = False, **kwargs: Any) -> Any:
+def load_nnsight(
+    repo_or_path: str, *, task: str | None = None, processor: Any = None, dispatch: bool = False, **kwargs: Any
+) -> Any:
     """An nnsight ``TransformersModel`` of a hub id or local directory (meta weights unless ``dispatch``).
 
     Its model key is the one an NDIF deployment of the same checkpoint answers to. A local
@@ -70,7 +72,11 @@ def load_nnsight(repo_or_path: str, *, task: str | None = None, processor: Any =
         repo_or_path = os.path.abspath(repo_or_path)
         register_local_checkpoint(repo_or_path)
         if task is None:
-            task = "image-text-to-text" if os.path.exists(os.path.join(repo_or_path, "processor_config.json")) else "text-generation"
+            task = (
+                "image-text-to-text"
+                if os.path.exists(os.path.join(repo_or_path, "processor_config.json"))
+                else "text-generation"
+            )
     if processor is None:
         processor = load_processor(repo_or_path)
     key = "processor" if task == "image-text-to-text" else "tokenizer"
@@ -105,7 +111,13 @@ class NNsightBackend:
     """
 
     def __init__(
-        self, model: HookedMLLM, lm: Any = None, *, api_key: str | None = None, max_request_bytes: int | None = None, verbose: bool = False
+        self,
+        model: HookedMLLM,
+        lm: Any = None,
+        *,
+        api_key: str | None = None,
+        max_request_bytes: int | None = None,
+        verbose: bool = False,
     ):
         self.model = model
         self.verbose = verbose
@@ -131,7 +143,14 @@ class NNsightBackend:
         plan = self.plan([spec], inputs, sources=sources)
         return self.execute([plan], remote=remote)[0]
 
-    def plan(self, specs: list[Intervention | None], inputs: Any, *, sources: dict[str, Any] | None = None, reduce: Any = None) -> dict[str, Any]:
+    def plan(
+        self,
+        specs: list[Intervention | None],
+        inputs: Any,
+        *,
+        sources: dict[str, Any] | None = None,
+        reduce: Any = None,
+    ) -> dict[str, Any]:
         """Compile ``specs`` (one batched forward, one copy of ``inputs`` per spec); raises before any request."""
         return compile_plan(self.model, specs, inputs, sources, reduce, self.attn_implementation)
 
@@ -151,8 +170,14 @@ class NNsightBackend:
         except RemoteError as e:
             raise classify(e, self.host(remote), self.lm) from e
         except Exception as e:
-            if isinstance(e, (OSError, ConnectionError)) or type(e).__module__.startswith("websocket") or is_transient(e):
-                raise ServerUnavailableError(f"NDIF at {self.host(remote)} did not answer: {type(e).__name__}: {e}") from e
+            if (
+                isinstance(e, (OSError, ConnectionError))
+                or type(e).__module__.startswith("websocket")
+                or is_transient(e)
+            ):
+                raise ServerUnavailableError(
+                    f"NDIF at {self.host(remote)} did not answer: {type(e).__name__}: {e}"
+                ) from e
             raise
         finally:
             if remote not in (False, None):

@@ -52,13 +52,15 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
     spec = lookup(hook)
     if layer is None or spec.nnsight is None:
         raise NotImplementedError(
-            f"the nnsight backend cannot edit {hook!r}: it edits module inputs and outputs ({_REACHABLE}) and "
-            "attention masks; hooks inside a module's forward exist only as hooks_mm bridges. Run this spec with HookedMLLM."
+            f"the nnsight backend cannot edit {hook!r}: it edits module inputs and outputs ({_REACHABLE}) "
+            "and attention masks; hooks inside a module's forward exist only as hooks_mm bridges. Run this "
+            "spec with HookedMLLM."
         )
     fields, attr = spec.nnsight
     if attr == "mask" and kind != "knock":
         raise NotImplementedError(
-            f"the nnsight backend reaches {hook!r} only through the attention mask, for AttentionKnockout; run this spec with HookedMLLM."
+            f"the nnsight backend reaches {hook!r} only through the attention mask, for AttentionKnockout; "
+            "run this spec with HookedMLLM."
         )
     a = model.adapter
     paths = [getattr(a, f) for f in fields]
@@ -99,7 +101,11 @@ def compile_plan(
     merged: dict[Site, list[tuple[int, tuple]]] = {}
     for k, spec in enumerate(specs):
         for e in spec.edits(ctx) if spec is not None else ():
-            if e.op[0] == "knock" and attn_implementation is not None and not attn_implementation.endswith(("eager", "sdpa")):
+            if (
+                e.op[0] == "knock"
+                and attn_implementation is not None
+                and not attn_implementation.endswith(("eager", "sdpa"))
+            ):
                 raise NotImplementedError(
                     f"attention knockout edits the attention mask, which {attn_implementation!r} attention does not "
                     "take as a tensor: load the model with attn_implementation='sdpa' or 'eager'."

@@ -41,9 +41,25 @@ class RequestTooLargeError(NDIFError):
     """A request is over the configured per-request limit."""
 
 
-TRANSIENT = ("connection refused", "connect call failed", "timed out", "temporarily unavailable", "502", "503", "504",
-             "connection reset", "remote end closed", "server disconnected", "broken pipe", "connection aborted",
-             "all connection attempts failed", "name or service not known", "eof occurred", "bad gateway", "unavailable")
+TRANSIENT = (
+    "connection refused",
+    "connect call failed",
+    "timed out",
+    "temporarily unavailable",
+    "502",
+    "503",
+    "504",
+    "connection reset",
+    "remote end closed",
+    "server disconnected",
+    "broken pipe",
+    "connection aborted",
+    "all connection attempts failed",
+    "name or service not known",
+    "eof occurred",
+    "bad gateway",
+    "unavailable",
+)
 
 
 def classify(error: BaseException, host: str, lm: Any) -> NDIFError:
@@ -53,7 +69,9 @@ def classify(error: BaseException, host: str, lm: Any) -> NDIFError:
     key = _key(lm)
     if low.startswith("failed to send request"):
         if "nnsight version" in low or "python version" in low:
-            return VersionMismatchError(f"NDIF at {host} refuses this client: {msg}. Install the nnsight version it asks for.")
+            return VersionMismatchError(
+                f"NDIF at {host} refuses this client: {msg}. Install the nnsight version it asks for."
+            )
         if any(w in low for w in ("api key", "unauthorized", "forbidden", "401", "403")):
             return AuthenticationError(
                 f"NDIF at {host} refused the API key: {msg}. Set it with nnsight.CONFIG.set_default_api_key(KEY), "

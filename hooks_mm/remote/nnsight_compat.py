@@ -10,7 +10,9 @@ gets a clear error naming both, on first use, instead of a failure deep inside a
 Example::
 
     lm = TransformersModel(path, task="text-generation")
-    backend = MeteredRemoteBackend(lm.to_model_key(), host=host, env=remote_env(lm), stats=stats, max_request_bytes=None)
+    backend = MeteredRemoteBackend(
+        lm.to_model_key(), host=host, env=remote_env(lm), stats=stats, max_request_bytes=16 << 20
+    )
 """
 
 from __future__ import annotations

@@ -38,7 +38,17 @@ from torch import Tensor
 
 from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, poll
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
-from hooks_mm.sweep.core import CLEAN, SAVE, Checkpoint, Job, SweepResult, config_key, fingerprint, make_result, run_sweep
+from hooks_mm.sweep.core import (
+    CLEAN,
+    SAVE,
+    Checkpoint,
+    Job,
+    SweepResult,
+    config_key,
+    fingerprint,
+    make_result,
+    run_sweep,
+)
 from hooks_mm.sweep.metrics import PositionMetric
 
 if TYPE_CHECKING:
@@ -47,14 +57,18 @@ if TYPE_CHECKING:
 
 
 def backend_for(model: HookedMLLM | NNsightBackend, remote: Remote, **kwargs: Any) -> NNsightBackend:
-    """An :class:`NNsightBackend` for ``model``: in process for ``False`` / ``"local"``, else keyed to its checkpoint."""
+    """An :class:`NNsightBackend` for ``model``: in process for ``False`` / ``"local"``, else keyed to its
+    checkpoint."""
     if isinstance(model, NNsightBackend):
         return model
     if remote in (False, None, "local"):
         return NNsightBackend(model, **kwargs)
     path = getattr(model.hf_model.config, "_name_or_path", None) or getattr(model.hf_model, "name_or_path", None)
     if not path:
-        raise ValueError("this model has no checkpoint name to address a server with: pass an NNsightBackend(model, load_nnsight(repo)).")
+        raise ValueError(
+            "this model has no checkpoint name to address a server with: pass "
+            "NNsightBackend(model, load_nnsight(repo))."
+        )
     return NNsightBackend(model, load_nnsight(path, processor=model.processor), **kwargs)
 
 
@@ -80,10 +94,20 @@ class NNsightSweep:
     ``backend``: an :class:`NNsightBackend` to use (default: one for the swept model).
     """
 
-    def __init__(self, backend: NNsightBackend | None = None, *, remote: Remote = True, max_configs_per_request: int = 64,
-                 configs_per_trace: int | None = 32, max_request_bytes: int | None = 16 << 20, retries: int = 3,
-                 backoff: float = 1.0, api_key: str | None = None, check_deployed: bool = True,
-                 callback: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        backend: NNsightBackend | None = None,
+        *,
+        remote: Remote = True,
+        max_configs_per_request: int = 64,
+        configs_per_trace: int | None = 32,
+        max_request_bytes: int | None = 16 << 20,
+        retries: int = 3,
+        backoff: float = 1.0,
+        api_key: str | None = None,
+        check_deployed: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ):
         if max_configs_per_request < 1 or (configs_per_trace is not None and configs_per_trace < 1):
             raise ValueError("max_configs_per_request and configs_per_trace must be >= 1.")
         self.backend, self.remote, self.per_request = backend, remote, max_configs_per_request
@@ -91,10 +115,18 @@ class NNsightSweep:
         self.max_request_bytes, self.retries, self.backoff = max_request_bytes, retries, backoff
         self.api_key, self.check_deployed, self.callback = api_key, check_deployed, callback
 
-    def start(self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None) -> bytes:
-        nn = self.nn = backend_for(self.backend or model, self.remote, api_key=self.api_key, max_request_bytes=self.max_request_bytes)
+    def start(
+        self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
+    ) -> bytes:
+        nn = self.nn = backend_for(
+            self.backend or model, self.remote, api_key=self.api_key, max_request_bytes=self.max_request_bytes
+        )
         self.batch, self.sources = batch, sources
-        self.stats0, self.n_lat, self.n_configs = dataclasses.replace(nn.stats, latencies=[]), len(nn.stats.latencies), 0
+        self.stats0, self.n_lat, self.n_configs = (
+            dataclasses.replace(nn.stats, latencies=[]),
+            len(nn.stats.latencies),
+            0,
+        )
         if self.check_deployed and self.remote not in (False, None, "local"):
             self._with_retries(self._check_deployed)
         self.reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
@@ -111,7 +143,10 @@ class NNsightSweep:
         for r in range(0, len(jobs), self.per_request):
             request = jobs[r : r + self.per_request]
             traces = [request[t : t + self.per_trace] for t in range(0, len(request), self.per_trace)]
-            plans = [self.nn.plan([spec for _, spec in trace], self.batch, sources=self.sources, reduce=self.reduce) for trace in traces]
+            plans = [
+                self.nn.plan([spec for _, spec in trace], self.batch, sources=self.sources, reduce=self.reduce)
+                for trace in traces
+            ]
             out.append((plans, [[i for i, _ in trace] for trace in traces]))
         return out
 
@@ -130,9 +165,16 @@ class NNsightSweep:
     def meta(self) -> dict[str, Any]:
         st, s0 = self.nn.stats, self.stats0
         return {
-            "chunk": self.per_request, "configs_per_trace": self.per_trace, "backend": "nnsight", "remote": self.remote,
-            "fast": 0, "nnsight": self.n_configs, "requests": st.requests - s0.requests, "bytes_sent": st.bytes_sent - s0.bytes_sent,
-            "bytes_received": st.bytes_received - s0.bytes_received, "retries": st.retries - s0.retries,
+            "chunk": self.per_request,
+            "configs_per_trace": self.per_trace,
+            "backend": "nnsight",
+            "remote": self.remote,
+            "fast": 0,
+            "nnsight": self.n_configs,
+            "requests": st.requests - s0.requests,
+            "bytes_sent": st.bytes_sent - s0.bytes_sent,
+            "bytes_received": st.bytes_received - s0.bytes_received,
+            "retries": st.retries - s0.retries,
             "latencies": list(st.latencies[self.n_lat :]),
         }
 
@@ -169,7 +211,13 @@ class NNsightSweep:
 class RemoteSweepJob:
     """A sweep submitted without waiting (``blocking=False``): ``poll()``, ``done()``, ``result()``."""
 
-    def __init__(self, finish: Callable[[dict[str, Tensor]], SweepResult], pending: list[tuple[Any, list[list[str]]]], done: dict[str, Tensor], keys: list[str]):
+    def __init__(
+        self,
+        finish: Callable[[dict[str, Tensor]], SweepResult],
+        pending: list[tuple[Any, list[list[str]]]],
+        done: dict[str, Tensor],
+        keys: list[str],
+    ):
         self._finish, self._pending, self._done, self._keys = finish, pending, done, keys
 
     def poll(self) -> float:
@@ -193,7 +241,9 @@ class RemoteSweepJob:
         t0 = time.time()
         while not self.done():
             if time.time() - t0 > timeout:
-                raise TimeoutError(f"the remote sweep was not finished after {timeout:.0f} s ({len(self._pending)} requests pending).")
+                raise TimeoutError(
+                    f"the remote sweep was not finished after {timeout:.0f} s ({len(self._pending)} requests pending)."
+                )
             time.sleep(interval)
         return self._finish(self._done)
 
@@ -223,26 +273,44 @@ def remote_sweep(
     ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries`` and ``latencies``.
     """
     if not blocking and remote in (False, None, "local"):
-        raise ValueError("blocking=False needs a server (remote=True or a host URL): local runs finish before returning.")
+        raise ValueError(
+            "blocking=False needs a server (remote=True or a host URL): local runs finish before returning."
+        )
     nn = model if isinstance(model, NNsightBackend) else None
     hooked = model.model if isinstance(model, NNsightBackend) else model
     backend = NNsightSweep(nn, remote=remote, **options)
     if blocking:
-        return run_sweep(backend, hooked, inputs, configs, metric, checkpoint=checkpoint, progress=progress, sources=sources)
+        return run_sweep(
+            backend, hooked, inputs, configs, metric, checkpoint=checkpoint, progress=progress, sources=sources
+        )
     configs = list(configs)
     if not configs:
-        raise ValueError("sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0).")
+        raise ValueError(
+            "sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0)."
+        )
     t0, batch = time.perf_counter(), hooked.prepare(inputs)
     done = Checkpoint(checkpoint, fingerprint(backend.start(hooked, batch, metric, sources), batch)).load()
     keys = [config_key(c) for c in configs]
-    jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [(i, c) for i, (k, c) in enumerate(zip(keys, configs)) if k not in done]
+    jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [
+        (i, c) for i, (k, c) in enumerate(zip(keys, configs)) if k not in done
+    ]
     n_jobs = sum(i >= 0 for i, _ in jobs)
-    pending = [(backend.nn.execute(plans, remote=remote, blocking=False), [[keys[i] if i >= 0 else CLEAN for i in trace] for trace in ids])
-               for plans, ids in backend.plans(jobs)]
+    pending = [
+        (
+            backend.nn.execute(plans, remote=remote, blocking=False),
+            [[keys[i] if i >= 0 else CLEAN for i in trace] for trace in ids],
+        )
+        for plans, ids in backend.plans(jobs)
+    ]
 
     def finish(done: dict[str, Tensor]) -> SweepResult:
-        meta = {"seconds": time.perf_counter() - t0, "configs": len(configs), "resumed": len(configs) - n_jobs,
-                **backend.meta(), "nnsight": n_jobs}
+        meta = {
+            "seconds": time.perf_counter() - t0,
+            "configs": len(configs),
+            "resumed": len(configs) - n_jobs,
+            **backend.meta(),
+            "nnsight": n_jobs,
+        }
         return make_result(configs, done, meta)
 
     return RemoteSweepJob(finish, pending, done, [*keys, CLEAN])

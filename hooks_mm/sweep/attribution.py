@@ -87,11 +87,17 @@ def attribution_patching(
     flat = neurons.flatten()
     order = flat.abs().argsort(descending=True)
     table = pd.DataFrame(
-        {"layer": [layers[int(i) // d] for i in order], "neuron": [int(i) % d for i in order], "estimate": flat[order].tolist()}
+        {
+            "layer": [layers[int(i) // d] for i in order],
+            "neuron": [int(i) % d for i in order],
+            "estimate": flat[order].tolist(),
+        }
     )
     if verify_top_k:
         top = table.head(verify_top_k)
-        configs = [NeuronAblation(int(l), [int(j)], positions, mode, value, means) for l, j in zip(top.layer, top.neuron)]
+        configs = [
+            NeuronAblation(int(l), [int(j)], positions, mode, value, means) for l, j in zip(top.layer, top.neuron)
+        ]
         exact = sweep(model, batch, configs, metric, progress=False, sources=sources)
         table["exact"] = float("nan")
         table.loc[: verify_top_k - 1, "exact"] = exact.table["delta"].to_numpy()

@@ -50,7 +50,9 @@ class SweepResult:
 class SweepBackend(Protocol):
     """Turns configs into metric values on one batch."""
 
-    def start(self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None) -> bytes:
+    def start(
+        self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
+    ) -> bytes:
         """Check everything, before anything runs; returns what the values depend on besides
         the configs and the batch (the model's identity, ...), for the checkpoint."""
 
@@ -70,7 +72,9 @@ def metric_value(metric: Callable[[Tensor], Tensor], logits: Tensor, shape: torc
             "(e.g. one value per answer), reduced over the batch and positions."
         )
     if shape is not None and v.shape != shape:
-        raise ValueError(f"the metric returned shape {tuple(v.shape)} for one config and {tuple(shape)} for the clean run.")
+        raise ValueError(
+            f"the metric returned shape {tuple(v.shape)} for one config and {tuple(shape)} for the clean run."
+        )
     return v
 
 
@@ -130,7 +134,9 @@ class Checkpoint:
     def save(self, done: dict[str, Tensor]) -> None:
         if self.path is None:
             return
-        torch.save({"fingerprint": self.fingerprint, "keys": list(done), "values": list(done.values())}, f"{self.path}.tmp")
+        torch.save(
+            {"fingerprint": self.fingerprint, "keys": list(done), "values": list(done.values())}, f"{self.path}.tmp"
+        )
         os.replace(f"{self.path}.tmp", self.path)
 
 
@@ -163,7 +169,9 @@ def run_sweep(
     """
     configs = list(configs)
     if not configs:
-        raise ValueError("sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0).")
+        raise ValueError(
+            "sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0)."
+        )
     t0 = time.perf_counter()
     batch = model.prepare(inputs)
     store = Checkpoint(checkpoint, fingerprint(backend.start(model, batch, metric, sources), batch))
@@ -192,12 +200,20 @@ def run_sweep(
         raise
     finally:
         bar.close()
-    meta = {"seconds": time.perf_counter() - t0, "configs": len(configs), "resumed": len(configs) - len(todo), **backend.meta()}
+    meta = {
+        "seconds": time.perf_counter() - t0,
+        "configs": len(configs),
+        "resumed": len(configs) - len(todo),
+        **backend.meta(),
+    }
     return make_result(configs, done, meta)
 
 
 def _finished(done: dict[str, Tensor], keys: list[str], checkpoint: str | None) -> str:
     n = sum(k in done for k in keys)
-    where = (f"; saved to {checkpoint!r}: call again with checkpoint={checkpoint!r} to resume" if checkpoint
-             else "; pass checkpoint=PATH to make sweeps resumable (finished configs are in this error's .partial)")
+    where = (
+        f"; saved to {checkpoint!r}: call again with checkpoint={checkpoint!r} to resume"
+        if checkpoint
+        else "; pass checkpoint=PATH to make sweeps resumable (finished configs are in this error's .partial)"
+    )
     return f"{n}/{len(keys)} configs finished{where}"

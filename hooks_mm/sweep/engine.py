@@ -57,7 +57,9 @@ class HooksSweep:
             raise ValueError(f"method {method!r} is not one of 'auto', 'fast', 'naive'.")
         self.batch_size, self.max_memory, self.method = batch_size, max_memory, method
 
-    def start(self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None) -> bytes:
+    def start(
+        self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
+    ) -> bytes:
         b, s = batch.shape
         per = bytes_per_config(model, b, s, all_logits=not isinstance(metric, PositionMetric))
         if per > self.max_memory:
@@ -103,7 +105,9 @@ class HooksSweep:
     def meta(self) -> dict[str, Any]:
         return {"chunk": self.chunk, **self.counts}
 
-    def _partition(self, configs: list[tuple[int, Intervention]]) -> tuple[list[list[tuple[int, Intervention]]], list[tuple[int, Intervention]]]:
+    def _partition(
+        self, configs: list[tuple[int, Intervention]]
+    ) -> tuple[list[list[tuple[int, Intervention]]], list[tuple[int, Intervention]]]:
         """Fast-path configs grouped by what they share; the rest run one forward each."""
         groups: dict[str, list[tuple[int, Intervention]]] = {}
         naive = []
@@ -142,7 +146,14 @@ class HooksSweep:
 class FastGroup:
     """Configs that differ only in their neuron sets: shared clean tensors, packed suffix."""
 
-    def __init__(self, model: HookedMLLM, replay: Replay, batch: Batch, configs: list[NeuronAblation], sources: dict[str, Any] | None):
+    def __init__(
+        self,
+        model: HookedMLLM,
+        replay: Replay,
+        batch: Batch,
+        configs: list[NeuronAblation],
+        sources: dict[str, Any] | None,
+    ):
         self.model, self.replay, self.configs = model, replay, configs
         # the spec's own op on every neuron: act - op(act) is each neuron's change at the ablated positions
         ctx = Context(model, batch, sources)
@@ -207,6 +218,7 @@ def sweep(
         backend = HooksSweep(batch_size, max_memory, method)
     elif not hasattr(backend, "run") or not hasattr(backend, "start"):
         raise TypeError(
-            f"backend={backend!r} is not a sweep backend: pass HooksSweep(...) or hooks_mm.remote.NNsightSweep(remote=...)."
+            f"backend={backend!r} is not a sweep backend: pass HooksSweep(...) or "
+            "hooks_mm.remote.NNsightSweep(remote=...)."
         )
     return run_sweep(backend, model, inputs, configs, metric, checkpoint=checkpoint, progress=progress, sources=sources)

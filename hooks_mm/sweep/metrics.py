@@ -36,8 +36,16 @@ class PositionMetric:
     unembeds only those positions (``at`` gets [batch, vocab]).
     """
 
-    def __init__(self, positions: Tensor, fn: Callable[[Tensor, Any], Tensor], state: Any = None, *,
-                 from_clean: Callable[[Tensor], Any] | None = None, model: HookedMLLM | None = None, batch: Batch | None = None):
+    def __init__(
+        self,
+        positions: Tensor,
+        fn: Callable[[Tensor, Any], Tensor],
+        state: Any = None,
+        *,
+        from_clean: Callable[[Tensor], Any] | None = None,
+        model: HookedMLLM | None = None,
+        batch: Batch | None = None,
+    ):
         self.positions, self.fn, self.state = positions, fn, state
         self.rows = torch.arange(len(positions))
         self._from_clean, self._model, self._batch = from_clean, model, batch
@@ -72,7 +80,9 @@ def _rows_at(batch: Batch, positions: Selector) -> Tensor:
     return idx[:, 0]
 
 
-def answer_logprob(model: HookedMLLM, inputs: Any, targets: Sequence[int] | Tensor | None = None, positions: Selector | None = None) -> PositionMetric:
+def answer_logprob(
+    model: HookedMLLM, inputs: Any, targets: Sequence[int] | Tensor | None = None, positions: Selector | None = None
+) -> PositionMetric:
     """Mean log-probability of ``targets`` (default: the clean argmax) at ``positions`` (last)."""
     batch = model.prepare(inputs)
     pos = _rows_at(batch, positions or Last())
@@ -86,12 +96,16 @@ def answer_logprob(model: HookedMLLM, inputs: Any, targets: Sequence[int] | Tens
     return PositionMetric(pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch)
 
 
-def logit_diff(model: HookedMLLM, inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None) -> PositionMetric:
+def logit_diff(
+    model: HookedMLLM, inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None
+) -> PositionMetric:
     """Mean of ``logit[correct] - logit[wrong]`` per row at ``positions`` (last)."""
     pos = _rows_at(model.prepare(inputs), positions or Last())
     rows = torch.arange(len(pos))
     c, w = torch.as_tensor(correct).view(-1), torch.as_tensor(wrong).view(-1)
-    return PositionMetric(pos, lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(), (c, w))
+    return PositionMetric(
+        pos, lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(), (c, w)
+    )
 
 
 def kl_to_clean(model: HookedMLLM, inputs: Any, positions: Selector | None = None) -> PositionMetric:

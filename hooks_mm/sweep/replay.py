@@ -51,7 +51,11 @@ class Replay:
 
             return hook
 
-        names = [f"blocks.{l}.{h}" for l in range(len(layers)) for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "mlp.hook_post")]
+        names = [
+            f"blocks.{l}.{h}"
+            for l in range(len(layers))
+            for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "mlp.hook_post")
+        ]
         handles = [layer.register_forward_pre_hook(record(l), with_kwargs=True) for l, layer in enumerate(layers)]
         try:
             with torch.no_grad():
@@ -81,7 +85,9 @@ class Replay:
         for l in range(after, model.cfg.n_layers):
             if l > after:
                 args, kw = self.calls[l]
-                out = model.decoder_layers[l](h, *_tile(args, self.batch, n), **{k: _tile(v, self.batch, n) for k, v in kw.items()})
+                out = model.decoder_layers[l](
+                    h, *_tile(args, self.batch, n), **{k: _tile(v, self.batch, n) for k, v in kw.items()}
+                )
                 h = out[0] if isinstance(out, tuple) else out
             if l in self.injected:
                 h = h + self.injected[l].repeat(n, 1, 1)

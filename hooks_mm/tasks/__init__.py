@@ -6,9 +6,9 @@ prompt with one ``<image>``, a one-word answer, ``kind`` and ``needs_image``);
 """
 
 from hooks_mm.tasks.shapes import (
+    ANSWERS,
     CAPTION_PROMPT,
     KINDS,
-    ANSWERS,
     WORDS,
     Example,
     Obj,

@@ -36,7 +36,9 @@ def uses_chat(model: HookedMLLM) -> bool:
 def encode(model: HookedMLLM, examples: Sequence[Example], answers: bool = False) -> dict[str, Tensor]:
     """Model inputs for ``examples`` (left-padded), answers (+ ``</s>``) appended if asked."""
     answer = [f"{e.answer} {EOS}".strip() for e in examples] if answers else None
-    return model.to_inputs([e.prompt for e in examples], images=[e.image for e in examples], chat=uses_chat(model), answer=answer)
+    return model.to_inputs(
+        [e.prompt for e in examples], images=[e.image for e in examples], chat=uses_chat(model), answer=answer
+    )
 
 
 def word_ids(model: HookedMLLM, words: Sequence[str]) -> Int[Tensor, " n"]:
@@ -156,6 +158,8 @@ def evaluate(
     n = {"qa": len(qa), "captions": len(captions)}
     if predicts_image_tokens(model):
         ppl["image|text"] = perplexity(model, make_drawings(n_text, "test", seed), "image", fwd_hooks=fwd_hooks)
-        ppl["image"] = perplexity(model, make_drawings(n_text, "test", seed, with_text=False), "image", fwd_hooks=fwd_hooks)
+        ppl["image"] = perplexity(
+            model, make_drawings(n_text, "test", seed, with_text=False), "image", fwd_hooks=fwd_hooks
+        )
         n["drawings"] = n_text
     return Evaluation(acc, acc_blind, ppl, n)

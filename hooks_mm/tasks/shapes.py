@@ -35,10 +35,12 @@ CELL = 16  # px per cell
 IMAGE_SIZE = GRID * CELL
 SIZE = 12  # px per shape (fits a cell with up to 4 px of offset)
 
+
 def background(row: int, col: int) -> tuple[int, int, int]:
     """The dark tile behind cell ``(row, col)``: its red level grows with the row, its green
     level with the column, so every patch of the image also shows where it is."""
     return (20 + 16 * row, 20 + 16 * col, 40)
+
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 235), "yellow": (235, 215, 40)}
 SHAPES = ("square", "circle", "triangle")

@@ -15,7 +15,16 @@ from hooks_mm.vis.circuits import attention_heads, attention_pattern, colored_to
 from hooks_mm.vis.common import str_tokens
 from hooks_mm.vis.heatmap import PatchHeatmapHTML, patch_heatmap, patch_heatmap_html
 from hooks_mm.vis.html import Vis, page
-from hooks_mm.vis.media import AudioTrack, VideoMap, audio_strip, audio_strip_html, audio_tracks, video_frames, video_frames_html, video_maps
+from hooks_mm.vis.media import (
+    AudioTrack,
+    VideoMap,
+    audio_strip,
+    audio_strip_html,
+    audio_tracks,
+    video_frames,
+    video_frames_html,
+    video_maps,
+)
 from hooks_mm.vis.patches import ImageMap, Panel, patch_maps, tile_grid_from_tokens
 from hooks_mm.vis.spans import Units, collapse_attention, reduce, units
 

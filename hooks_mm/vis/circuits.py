@@ -37,7 +37,9 @@ def _row(x: Any, layout: ModalityLayout | None, row: int, ndim: int, seq_axis: i
     if x.ndim == ndim + 1:
         x = x[row]
     if x.ndim != ndim:
-        raise ValueError(f"expected {ndim} dimensions for one row (or {ndim + 1} with a batch axis first), got shape {x.shape}")
+        raise ValueError(
+            f"expected {ndim} dimensions for one row (or {ndim + 1} with a batch axis first), got shape {x.shape}"
+        )
     if layout is not None and x.shape[seq_axis] != layout.shape[1]:
         raise ValueError(f"shape {x.shape} does not match the layout's {layout.shape[1]} positions per row")
     return x
@@ -84,8 +86,14 @@ def attention_heads(
     heads = list(range(p.shape[0])) if heads is None else list(heads)
     p = p[heads]
     q = _last_real(layout, row, seq) if query is None else query % seq
-    grids = _grids(p[:, q, :].mean(0), layout, row, images, tile_grid,
-                   f"attention from position {q} ({u.labels[_unit_of(u, q)]}) to the image patches, mean over heads {heads}")
+    grids = _grids(
+        p[:, q, :].mean(0),
+        layout,
+        row,
+        images,
+        tile_grid,
+        f"attention from position {q} ({u.labels[_unit_of(u, q)]}) to the image patches, mean over heads {heads}",
+    )
     props = {
         "attention": collapse_attention(p, u),
         "tokens": u.labels,  # axis labels are plain text in AttentionHeads
@@ -189,7 +197,9 @@ def neuron_activations(
         "firstDimensionLabels": list(layer_labels) if layer_labels is not None else None,
         "secondDimensionLabels": list(neuron_labels) if neuron_labels is not None else None,
     }
-    return Vis("TextNeuronActivations", props, title=title, extra=f'<div class="hmm-grids">{extra}</div>' if extra else "")
+    return Vis(
+        "TextNeuronActivations", props, title=title, extra=f'<div class="hmm-grids">{extra}</div>' if extra else ""
+    )
 
 
 def topk_tokens(
@@ -224,8 +234,13 @@ def topk_tokens(
         ti.append(top.tolist()), tv.append(np.take_along_axis(hi, top, 1).tolist())
         bi.append(bot.tolist()), bv.append(np.take_along_axis(lo, bot, 1).tolist())
     props = {
-        "tokens": labels, "topkVals": tv, "topkIdxs": ti, "bottomkVals": bv, "bottomkIdxs": bi,
-        "firstDimensionName": "Layer", "thirdDimensionName": "Neuron",
+        "tokens": labels,
+        "topkVals": tv,
+        "topkIdxs": ti,
+        "bottomkVals": bv,
+        "bottomkIdxs": bi,
+        "firstDimensionName": "Layer",
+        "thirdDimensionName": "Neuron",
         "sampleLabels": list(sample_labels) if sample_labels is not None else None,
         "firstDimensionLabels": list(layer_labels) if layer_labels is not None else None,
     }

@@ -31,7 +31,9 @@ def str_tokens(model: Any, inputs: dict[str, Any], row: int = 0) -> list[str]:
     proc = getattr(model, "processor", model)
     tok = getattr(proc, "tokenizer", proc)
     if tok is None or not hasattr(tok, "batch_decode"):
-        raise ValueError("str_tokens needs a tokenizer: load the model with its processor, or pass token strings yourself.")
+        raise ValueError(
+            "str_tokens needs a tokenizer: load the model with its processor, or pass token strings yourself."
+        )
     ids = to_numpy(inputs["input_ids"][row]).tolist()
     return tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
 

@@ -75,14 +75,25 @@ def patch_heatmap(
     for ax, (m, p) in zip(axes[0], panels):
         rows, cols = p.shape
         if images is not None and m.image_index < len(images):
-            ax.imshow(np.asarray(images[m.image_index].convert("RGB")), extent=(0, cols, rows, 0), interpolation="bilinear")
+            ax.imshow(
+                np.asarray(images[m.image_index].convert("RGB")), extent=(0, cols, rows, 0), interpolation="bilinear"
+            )
         over = np.ma.masked_invalid(p.values)
-        mappable = ax.imshow(over, extent=(0, cols, rows, 0), cmap=cm, vmin=lo, vmax=hi,
-                             alpha=alpha if images is not None else 1.0, interpolation="nearest")
+        mappable = ax.imshow(
+            over,
+            extent=(0, cols, rows, 0),
+            cmap=cm,
+            vmin=lo,
+            vmax=hi,
+            alpha=alpha if images is not None else 1.0,
+            interpolation="nearest",
+        )
         right = cols
         if p.separators is not None:
             sep = np.ma.masked_invalid(p.separators[:, None])
-            ax.imshow(sep, extent=(cols + 0.25, cols + 1.0, rows, 0), cmap=cm, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.imshow(
+                sep, extent=(cols + 0.25, cols + 1.0, rows, 0), cmap=cm, vmin=lo, vmax=hi, interpolation="nearest"
+            )
             ax.text(cols + 0.625, -0.1, "\u21b5", ha="center", va="bottom", fontsize=8)
             right = cols + 1.0
         ax.set_xlim(0, right)
@@ -110,16 +121,29 @@ class PatchHeatmapHTML:
         return self.html
 
 
-def _grid_html(vals: np.ndarray, pos: np.ndarray, colors: list[str], rows: int, cols: int, w: int, h: int,
-               cls: str = "hmm-grid", style: str = "") -> str:
+def _grid_html(
+    vals: np.ndarray,
+    pos: np.ndarray,
+    colors: list[str],
+    rows: int,
+    cols: int,
+    w: int,
+    h: int,
+    cls: str = "hmm-grid",
+    style: str = "",
+) -> str:
     cells = []
     for k, (v, p, c) in enumerate(zip(vals.ravel(), pos.ravel(), colors)):
         r, q = divmod(k, cols)
         tip = f"pos {p} \u00b7 ({r}, {q}) \u00b7 {v:.4g}" if p >= 0 else "no position"
-        cells.append(f'<div class="hmm-cell" data-pos="{p}" data-r="{r}" data-c="{q}" data-v="{v:.6g}" '
-                     f'style="background:{c}" title="{html.escape(tip)}"></div>')
-    return (f'<div class="{cls}" style="grid-template-columns:repeat({cols},1fr);grid-template-rows:repeat({rows},1fr);'
-            f'width:{w}px;height:{h}px;{style}">{"".join(cells)}</div>')
+        cells.append(
+            f'<div class="hmm-cell" data-pos="{p}" data-r="{r}" data-c="{q}" data-v="{v:.6g}" '
+            f'style="background:{c}" title="{html.escape(tip)}"></div>'
+        )
+    return (
+        f'<div class="{cls}" style="grid-template-columns:repeat({cols},1fr);grid-template-rows:repeat({rows},1fr);'
+        f'width:{w}px;height:{h}px;{style}">{"".join(cells)}</div>'
+    )
 
 
 def patch_heatmap_html(
@@ -142,8 +166,10 @@ def patch_heatmap_html(
     lo, hi, cm = _limits(maps, vmin, vmax, cmap)
     bar = ",".join(css_colors(np.linspace(lo, hi, 9), lo, hi, cm))
     label = html.escape(title) + " &middot; " if title else ""
-    head = (f'<div class="hmm-note">{label}'
-            f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>')
+    head = (
+        f'<div class="hmm-note">{label}'
+        f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>'
+    )
     panels = []
     for m in maps:
         uri = None
@@ -156,16 +182,33 @@ def patch_heatmap_html(
             cell = max(4, size // max(rows, cols))
             w, h = cell * cols, cell * rows
             a = alpha if uri else 1.0
-            grid = _grid_html(p.values, p.positions, css_colors(p.values, lo, hi, cm, a), rows, cols, w, h,
-                              style="position:absolute;inset:0;gap:0;background:transparent;border:0" if uri else "")
+            grid = _grid_html(
+                p.values,
+                p.positions,
+                css_colors(p.values, lo, hi, cm, a),
+                rows,
+                cols,
+                w,
+                h,
+                style="position:absolute;inset:0;gap:0;background:transparent;border:0" if uri else "",
+            )
             if uri:
                 grid = f'<div class="hmm-grid-bg" style="width:{w}px;height:{h}px"><img src="{uri}" alt="">{grid}</div>'
             if p.separators is not None:
-                sep = _grid_html(p.separators, p.separator_positions, css_colors(p.separators, lo, hi, cm), rows, 1,
-                                 max(4, cell // 2), h, cls="hmm-grid hmm-sep")
+                sep = _grid_html(
+                    p.separators,
+                    p.separator_positions,
+                    css_colors(p.separators, lo, hi, cm),
+                    rows,
+                    1,
+                    max(4, cell // 2),
+                    h,
+                    cls="hmm-grid hmm-sep",
+                )
                 grid = f'<div style="display:flex">{grid}{sep}</div>'
             panels.append(
                 f'<div class="hmm-panel" data-image="{m.image_index}" data-panel="{html.escape(p.name)}">'
-                f'<div class="hmm-panel-title">image {m.image_index} \u00b7 {html.escape(p.name)} {rows}x{cols}</div>{grid}</div>'
+                f'<div class="hmm-panel-title">image {m.image_index} \u00b7 {html.escape(p.name)} {rows}x{cols}</div>'
+                f"{grid}</div>"
             )
     return PatchHeatmapHTML(f'<div class="hmm-heatmap">{head}<div class="hmm-grids">{"".join(panels)}</div></div>')

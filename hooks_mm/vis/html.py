@@ -67,8 +67,11 @@ def js_literal(value: Any) -> str:
     """
     text = json.dumps(_plain(value), ensure_ascii=False, allow_nan=False)
     return (
-        text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
     )
 
 
@@ -143,7 +146,9 @@ def page(items: Sequence[Vis | str | Any], title: str = "hooks_mm") -> str:
         elif hasattr(item, "_repr_html_"):
             body.append(item._repr_html_())
         else:
-            raise TypeError(f"cannot put {type(item).__name__} on a page: pass a Vis, an HTML string or an object with _repr_html_")
+            raise TypeError(
+                f"cannot put {type(item).__name__} on a page: pass a Vis, an HTML string or an object with _repr_html_"
+            )
     needs_js = any(isinstance(item, Vis) for item in items)
     js = f"<script>{circuitsvis_js()}</script>" if needs_js else ""
     return (

@@ -108,7 +108,9 @@ def video_maps(values: Any, layout: ModalityLayout, row: int = 0) -> list[VideoM
     return out
 
 
-def _limits(arrays: list[np.ndarray], vmin: float | None, vmax: float | None, cmap: str | None) -> tuple[float, float, str]:
+def _limits(
+    arrays: list[np.ndarray], vmin: float | None, vmax: float | None, cmap: str | None
+) -> tuple[float, float, str]:
     lo, hi, default = color_limits(np.concatenate([a.ravel() for a in arrays]), vmin, vmax)
     return lo, hi, cmap or default
 
@@ -127,7 +129,7 @@ def _spectrogram(wave: np.ndarray, sampling_rate: int, n_fft: int = 256) -> np.n
     hop = n_fft // 4
     wave = np.pad(np.asarray(wave, dtype=float), (0, max(0, n_fft - len(wave))))
     n = 1 + (len(wave) - n_fft) // hop
-    frames = np.stack([wave[i * hop: i * hop + n_fft] * np.hanning(n_fft) for i in range(n)])
+    frames = np.stack([wave[i * hop : i * hop + n_fft] * np.hanning(n_fft) for i in range(n)])
     return np.log1p(np.abs(np.fft.rfft(frames, axis=-1)) ** 2).T
 
 
@@ -172,8 +174,13 @@ def audio_strip(
             ax = axes[2 * i]
             wave = np.asarray(audio[t.audio_index], dtype=float)
             if spectrogram:
-                ax.imshow(_spectrogram(wave, sampling_rate), origin="lower", aspect="auto", cmap="magma",
-                          extent=(0, len(wave) / sampling_rate, 0, sampling_rate / 2))
+                ax.imshow(
+                    _spectrogram(wave, sampling_rate),
+                    origin="lower",
+                    aspect="auto",
+                    cmap="magma",
+                    extent=(0, len(wave) / sampling_rate, 0, sampling_rate / 2),
+                )
                 ax.set_ylabel("Hz", fontsize=7)
             else:
                 ax.plot(np.arange(len(wave)) / sampling_rate, wave, color="#555", lw=0.6)
@@ -208,8 +215,10 @@ def _wave_svg(wave: np.ndarray, width: int, height: int, seconds: float, samplin
         if len(c):
             top, bot = height / 2 * (1 - c.max() / peak), height / 2 * (1 - c.min() / peak)
             pts.append(f"M{x + 0.5:.1f},{top:.1f}V{bot:.1f}")
-    return (f'<svg class="hmm-wave" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-            f'style="display:block"><path d="{"".join(pts)}" stroke="#555" stroke-width="1" fill="none"/></svg>')
+    return (
+        f'<svg class="hmm-wave" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'style="display:block"><path d="{"".join(pts)}" stroke="#555" stroke-width="1" fill="none"/></svg>'
+    )
 
 
 def audio_strip_html(
@@ -235,8 +244,10 @@ def audio_strip_html(
     lo, hi, cm = _limits([t.values for t in tracks], vmin, vmax, cmap)
     bar = ",".join(css_colors(np.linspace(lo, hi, 9), lo, hi, cm))
     label = html.escape(title) + " &middot; " if title else ""
-    head = (f'<div class="hmm-note">{label}'
-            f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>')
+    head = (
+        f'<div class="hmm-note">{label}'
+        f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>'
+    )
     blocks = []
     for t in tracks:
         x0, dur = float(t.start[0]), t.duration
@@ -249,11 +260,17 @@ def audio_strip_html(
 
                 fig = Figure(figsize=(width / 100, 0.8), dpi=100)
                 ax = fig.add_axes((0, 0, 1, 1))
-                ax.imshow(_spectrogram(wave, sampling_rate), origin="lower", aspect="auto", cmap="magma",
-                          extent=(0, len(wave) / sampling_rate, 0, 1))
+                ax.imshow(
+                    _spectrogram(wave, sampling_rate),
+                    origin="lower",
+                    aspect="auto",
+                    cmap="magma",
+                    extent=(0, len(wave) / sampling_rate, 0, 1),
+                )
                 ax.set_xlim(x0, x0 + dur)
                 ax.axis("off")
-                signal = f'<img class="hmm-spec" src="{png_data_uri(fig, dpi=100)}" style="display:block;width:{width}px;height:80px" alt="">'
+                uri = png_data_uri(fig, dpi=100)
+                signal = f'<img class="hmm-spec" src="{uri}" style="display:block;width:{width}px;height:80px" alt="">'
             elif t.seconds:
                 signal = _wave_svg(wave, width, 60, x0 + dur, sampling_rate)
         cells = []
@@ -261,19 +278,30 @@ def audio_strip_html(
         for k, (v, p, s, c) in enumerate(zip(t.values, t.positions, t.start, colors)):
             left, w = (s - x0) / dur * width, t.step / dur * width
             tip = f"pos {p} \u00b7 step {k} \u00b7 {s:.3g}{unit} \u00b7 {v:.4g}"
-            cells.append(f'<div class="hmm-cell hmm-step" data-pos="{p}" data-step="{k}" data-t0="{s:.6g}" '
-                         f'data-t1="{s + t.step:.6g}" data-v="{v:.6g}" title="{html.escape(tip)}" '
-                         f'style="position:absolute;left:{left:.3f}px;width:{w:.3f}px;top:0;bottom:0;background:{c}"></div>')
-        strip = (f'<div class="hmm-strip" style="position:relative;width:{width}px;height:{strip_height}px;'
-                 f'background:#eee">{"".join(cells)}</div>')
-        axis = (f'<div class="hmm-note" style="display:flex;justify-content:space-between;width:{width}px">'
-                f'<span>{x0:.3g}{unit}</span><span>{x0 + dur:.3g}{unit}</span></div>')
-        blocks.append(f'<div class="hmm-panel hmm-audio" data-audio="{t.audio_index}" data-start="{x0:.6g}" '
-                      f'data-duration="{dur:.6g}" data-seconds="{int(t.seconds)}">'
-                      f'<div class="hmm-panel-title">audio {t.audio_index} \u00b7 {len(t.values)} steps \u00b7 {dur:.3g}{unit}</div>'
-                      f'{signal}{strip}{axis}</div>')
-    return PatchHeatmapHTML(f'<div class="hmm-heatmap hmm-audio-strips">{head}<div class="hmm-grids" '
-                            f'style="flex-direction:column">{"".join(blocks)}</div></div>')
+            cells.append(
+                f'<div class="hmm-cell hmm-step" data-pos="{p}" data-step="{k}" data-t0="{s:.6g}" '
+                f'data-t1="{s + t.step:.6g}" data-v="{v:.6g}" title="{html.escape(tip)}" '
+                f'style="position:absolute;left:{left:.3f}px;width:{w:.3f}px;top:0;bottom:0;background:{c}"></div>'
+            )
+        strip = (
+            f'<div class="hmm-strip" style="position:relative;width:{width}px;height:{strip_height}px;'
+            f'background:#eee">{"".join(cells)}</div>'
+        )
+        axis = (
+            f'<div class="hmm-note" style="display:flex;justify-content:space-between;width:{width}px">'
+            f"<span>{x0:.3g}{unit}</span><span>{x0 + dur:.3g}{unit}</span></div>"
+        )
+        blocks.append(
+            f'<div class="hmm-panel hmm-audio" data-audio="{t.audio_index}" data-start="{x0:.6g}" '
+            f'data-duration="{dur:.6g}" data-seconds="{int(t.seconds)}">'
+            f'<div class="hmm-panel-title">audio {t.audio_index} \u00b7 {len(t.values)} steps '
+            f"\u00b7 {dur:.3g}{unit}</div>"
+            f"{signal}{strip}{axis}</div>"
+        )
+    return PatchHeatmapHTML(
+        f'<div class="hmm-heatmap hmm-audio-strips">{head}<div class="hmm-grids" '
+        f'style="flex-direction:column">{"".join(blocks)}</div></div>'
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,8 +353,15 @@ def video_frames(
                 continue
             if images[f] is not None:
                 ax.imshow(np.asarray(images[f].convert("RGB")), extent=(0, cols, rows, 0), interpolation="bilinear")
-            mappable = ax.imshow(np.ma.masked_invalid(m.values[f]), extent=(0, cols, rows, 0), cmap=cm, vmin=lo,
-                                 vmax=hi, alpha=alpha if images[f] is not None else 1.0, interpolation="nearest")
+            mappable = ax.imshow(
+                np.ma.masked_invalid(m.values[f]),
+                extent=(0, cols, rows, 0),
+                cmap=cm,
+                vmin=lo,
+                vmax=hi,
+                alpha=alpha if images[f] is not None else 1.0,
+                interpolation="nearest",
+            )
             ax.set_xlim(0, cols)
             ax.set_ylim(rows, 0)
             ax.set_xticks([])
@@ -361,8 +396,10 @@ def video_frames_html(
     lo, hi, cm = _limits([m.values for m in maps], vmin, vmax, cmap)
     bar = ",".join(css_colors(np.linspace(lo, hi, 9), lo, hi, cm))
     label = html.escape(title) + " &middot; " if title else ""
-    head = (f'<div class="hmm-note">{label}'
-            f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>')
+    head = (
+        f'<div class="hmm-note">{label}'
+        f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>'
+    )
     blocks = []
     for m in maps:
         frames, rows, cols = m.values.shape
@@ -377,18 +414,30 @@ def video_frames_html(
                 thumb.thumbnail((2 * size, 2 * size))
                 uri = png_data_uri(thumb)
             a = alpha if uri else 1.0
-            grid = _grid_html(m.values[f], m.positions[f], css_colors(m.values[f], lo, hi, cm, a), rows, cols, w, h,
-                              style="position:absolute;inset:0;gap:0;background:transparent;border:0" if uri else "")
+            grid = _grid_html(
+                m.values[f],
+                m.positions[f],
+                css_colors(m.values[f], lo, hi, cm, a),
+                rows,
+                cols,
+                w,
+                h,
+                style="position:absolute;inset:0;gap:0;background:transparent;border:0" if uri else "",
+            )
             if uri:
                 grid = f'<div class="hmm-grid-bg" style="width:{w}px;height:{h}px"><img src="{uri}" alt="">{grid}</div>'
             when = f" \u00b7 {m.times[f]:.3g}s" if np.isfinite(m.times[f]) else ""
-            panels.append(f'<div class="hmm-panel hmm-frame" data-video="{m.video_index}" data-frame="{f}">'
-                          f'<div class="hmm-panel-title">frame {f}{when}</div>{grid}</div>')
+            panels.append(
+                f'<div class="hmm-panel hmm-frame" data-video="{m.video_index}" data-frame="{f}">'
+                f'<div class="hmm-panel-title">frame {f}{when}</div>{grid}</div>'
+            )
         extra = ""
         if m.extra:
-            items = [f'pos {p} (frame {f}): {v:.4g}' for p, (v, f) in sorted(m.extra.items())]
+            items = [f"pos {p} (frame {f}): {v:.4g}" for p, (v, f) in sorted(m.extra.items())]
             extra = f'<div class="hmm-note">other video tokens: {html.escape("; ".join(items))}</div>'
-        blocks.append(f'<div class="hmm-video" data-video="{m.video_index}"><div class="hmm-panel-title">'
-                      f'video {m.video_index} \u00b7 {frames} frames x {rows}x{cols}</div>'
-                      f'<div class="hmm-grids">{"".join(panels)}</div>{extra}</div>')
+        blocks.append(
+            f'<div class="hmm-video" data-video="{m.video_index}"><div class="hmm-panel-title">'
+            f"video {m.video_index} \u00b7 {frames} frames x {rows}x{cols}</div>"
+            f'<div class="hmm-grids">{"".join(panels)}</div>{extra}</div>'
+        )
     return PatchHeatmapHTML(f'<div class="hmm-heatmap hmm-video-frames">{head}{"".join(blocks)}</div>')

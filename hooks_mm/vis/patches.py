@@ -165,7 +165,10 @@ def patch_maps(
             aspect = images[i].size[0] / images[i].size[1] if images is not None and i < len(images) else None
             grid = infer_tile_grid(n_sub, aspect)
         if grid[0] * grid[1] != n_sub:
-            raise ValueError(f"tile_grid {grid} does not hold the {n_sub} split tiles of image {i}; pass (rows, cols) with rows * cols == {n_sub}.")
+            raise ValueError(
+                f"tile_grid {grid} does not hold the {n_sub} split tiles of image {i}; pass (rows, cols) with "
+                f"rows * cols == {n_sub}."
+            )
         tiles[-1].name = "global"
         out.append(ImageMap(row, i, int(k), "tiles", [_stitch(tiles[:-1], tuple(grid)), tiles[-1]]))
     if not out:

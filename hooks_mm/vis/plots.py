@@ -91,7 +91,9 @@ def layer_group_heatmap(
     return fig
 
 
-def top_neurons(layer: Any, neuron: Any, value: Any, *, k: int = 20, title: str | None = None, value_label: str = "value"):
+def top_neurons(
+    layer: Any, neuron: Any, value: Any, *, k: int = 20, title: str | None = None, value_label: str = "value"
+):
     """Horizontal bars of the ``k`` (layer, neuron) pairs with the largest |value|."""
     l, n, v = (to_numpy(x).ravel() for x in (layer, neuron, value))
     v = v.astype(float)

@@ -90,11 +90,12 @@ def _table_html(cols: list[str], rows: list[dict[str, Any]], top: int) -> str:
     if effect is not None:
         shown = sorted(rows, key=lambda r: -abs(r[effect]))
         note = f"top {min(top, len(rows))} of {len(rows)} rows by |{effect}|"
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in shown[:top]
-    )
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in shown[:top])
     return f"<h2>Results</h2><p class='hmm-note'>{note}</p><table class='hmm-table'><tr>{head}</tr>{body}</table>"
 
 
@@ -121,7 +122,9 @@ def default_plots(cols: list[str], rows: list[dict[str, Any]]) -> list[tuple[str
             grid = np.full((len(layers), len(groups)), np.nan)
             for r in sub:
                 grid[layers.index(r["layer"]), groups.index(str(r[group]))] = r[effect]
-            out.append((f"layer x {group} ({name})", layer_group_heatmap(grid, groups, layers=layers, value_label=name)))
+            out.append(
+                (f"layer x {group} ({name})", layer_group_heatmap(grid, groups, layers=layers, value_label=name))
+            )
         else:
             layers = sorted(set(layer.tolist()))
             mean = [float(value[layer == l].mean()) for l in layers]
@@ -130,14 +133,17 @@ def default_plots(cols: list[str], rows: list[dict[str, Any]]) -> list[tuple[str
 
 
 def _figure_html(caption: str, uri: str) -> str:
-    return f"<figure><img class='hmm-fig' src='{uri}' alt='{html.escape(caption)}'><figcaption class='hmm-note'>{html.escape(caption)}</figcaption></figure>"
+    text = html.escape(caption)
+    img = f"<img class='hmm-fig' src='{uri}' alt='{text}'>"
+    return f"<figure>{img}<figcaption class='hmm-note'>{text}</figcaption></figure>"
 
 
 def _fragment_html(path: Path) -> str:
     doc = path.read_text(encoding="utf-8")
     fit = "this.style.height=(this.contentDocument.documentElement.scrollHeight+20)+'px'"
     return (
-        f"<h3>{html.escape(path.name)}</h3><iframe title='{html.escape(path.name)}' srcdoc=\"{html.escape(doc, quote=True)}\" "
+        f"<h3>{html.escape(path.name)}</h3><iframe title='{html.escape(path.name)}' "
+        f'srcdoc="{html.escape(doc, quote=True)}" '
         f"style='width:100%;height:600px;border:1px solid #ddd' onload=\"{fit}\"></iframe>"
     )
 
@@ -146,7 +152,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, top: int = 
     """Write ``RUN_DIR/report.html`` (or ``out``) and return its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the directory holding meta.json / results.csv.")
+        raise FileNotFoundError(
+            f"run directory {run_dir} does not exist; pass the directory holding meta.json / results.csv."
+        )
     out = Path(out) if out is not None else run_dir / REPORT_NAME
     meta: dict[str, Any] = {}
     if (run_dir / "meta.json").is_file():
@@ -181,7 +189,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, top: int = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hooks-mm report RUN_DIR [--out FILE] [--top N]``."""
-    parser = argparse.ArgumentParser(prog="hooks-mm report", description="Write one self-contained offline HTML page for a run directory.")
+    parser = argparse.ArgumentParser(
+        prog="hooks-mm report", description="Write one self-contained offline HTML page for a run directory."
+    )
     parser.add_argument("run_dir", help="directory with meta.json, results.csv, *.png, *.html")
     parser.add_argument("--out", default=None, help=f"output file (default RUN_DIR/{REPORT_NAME})")
     parser.add_argument("--top", type=int, default=20, help="table rows to show (default 20)")

@@ -79,8 +79,11 @@ def row_tokens(tokens: Sequence[str] | None, layout: ModalityLayout | None, row:
 
 
 def units(
-    layout: ModalityLayout | None, row: int = 0, tokens: Sequence[str] | None = None,
-    seq_len: int | None = None, collapse: bool = True,
+    layout: ModalityLayout | None,
+    row: int = 0,
+    tokens: Sequence[str] | None = None,
+    seq_len: int | None = None,
+    collapse: bool = True,
 ) -> Units:
     """Units of batch row ``row``; without a layout every position is its own unit."""
     if layout is None:

@@ -34,8 +34,9 @@ SAMPLING_RATE = 16000
 def build_qwen2_audio_processor() -> Any:
     from transformers import Qwen2AudioProcessor
 
-    return Qwen2AudioProcessor(feature_extractor=build_feature_extractor(), tokenizer=build_tokenizer(),
-                               chat_template=CHAT_TEMPLATE)
+    return Qwen2AudioProcessor(
+        feature_extractor=build_feature_extractor(), tokenizer=build_tokenizer(), chat_template=CHAT_TEMPLATE
+    )
 
 
 def build_qwen2_audio(seed: int = 0) -> Tiny:
@@ -45,24 +46,47 @@ def build_qwen2_audio(seed: int = 0) -> Tiny:
     processor = build_qwen2_audio_processor()
     tok = processor.tokenizer
     config = Qwen2AudioConfig(
-        audio_config=dict(num_mel_bins=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          d_model=32, max_source_positions=100),
-        text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id),
+        audio_config=dict(
+            num_mel_bins=16,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            d_model=32,
+            max_source_positions=100,
+        ),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
     )
     config.architectures = ["Qwen2AudioForConditionalGeneration"]
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).float().eval()
     msgs = [
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"},
-                                      {"type": "text", "text": "which sound is high ?"}]}],
+        [
+            {
+                "role": "user",
+                "content": [{"type": "audio"}, {"type": "audio"}, {"type": "text", "text": "which sound is high ?"}],
+            }
+        ],
         [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "describe the sound"}]}],
     ]
     texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
-    out = processor(text=texts, audio=[tone(0.8, 880.0), chirp(0.4), tone(1.2, 220.0)], return_tensors="pt",
-                    padding=True, sampling_rate=SAMPLING_RATE)
+    out = processor(
+        text=texts,
+        audio=[tone(0.8, 880.0), chirp(0.4), tone(1.2, 220.0)],
+        return_tensors="pt",
+        padding=True,
+        sampling_rate=SAMPLING_RATE,
+    )
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
     return Tiny(model=model, inputs=inputs, processor=processor)
 
@@ -83,8 +107,14 @@ def build_voxtral_tokenizer() -> Any:
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.add_special_tokens(VOXTRAL_SPECIAL)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>", padding_side="left")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="left",
+    )
     tok.add_special_tokens({"additional_special_tokens": VOXTRAL_SPECIAL[3:7]}, replace_extra_special_tokens=False)
     return tok
 
@@ -95,7 +125,7 @@ def voxtral_chunks(waveform: np.ndarray, feature_extractor: Any) -> torch.Tensor
     n = max(1, -(-len(waveform) // chunk))
     padded = np.zeros(n * chunk, dtype=np.float32)
     padded[: len(waveform)] = waveform
-    parts = [padded[i * chunk:(i + 1) * chunk] for i in range(n)]
+    parts = [padded[i * chunk : (i + 1) * chunk] for i in range(n)]
     out = feature_extractor(parts, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
     return out["input_features"]
 
@@ -108,12 +138,28 @@ def build_voxtral(seed: int = 0) -> Tiny:
     fe = build_feature_extractor(chunk_seconds=2)
     d_model, factor = 32, 4
     config = VoxtralConfig(
-        audio_config=dict(num_mel_bins=16, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=d_model * factor, hidden_size=d_model, max_source_positions=100,
-                          num_key_value_heads=2),
-        text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, head_dim=16,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        audio_config=dict(
+            num_mel_bins=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=d_model * factor,
+            hidden_size=d_model,
+            max_source_positions=100,
+            num_key_value_heads=2,
+        ),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            head_dim=16,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
         audio_token_id=tok.convert_tokens_to_ids("[AUDIO]"),
         projector_hidden_act="gelu",
     )
@@ -131,6 +177,9 @@ def build_voxtral(seed: int = 0) -> Tiny:
             parts.append("[BEGIN_AUDIO]" + "[AUDIO]" * (per_chunk * f.shape[0]))
         texts.append("<s>[INST]" + "".join(parts) + " what is this sound ? [/INST]")
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-              "input_features": torch.cat(feats)}
+    inputs = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "input_features": torch.cat(feats),
+    }
     return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe))

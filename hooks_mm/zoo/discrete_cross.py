@@ -24,8 +24,8 @@ def _batch(rows: list[list[int]], pad: int = PAD) -> tuple[torch.Tensor, torch.T
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -56,38 +56,50 @@ def build_janus(seed: int = 0) -> Tiny:
     hidden = 64
     image_token, boi, eoi = 100, 101, 102
     text = LlamaConfig(
-        vocab_size=128, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        vocab_size=128,
+        hidden_size=hidden,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
     )
     vision = JanusVisionConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-        mlp_ratio=2.0, projection_dim=hidden, depth=2, num_image_tokens=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        mlp_ratio=2.0,
+        projection_dim=hidden,
+        depth=2,
+        num_image_tokens=16,
     )
     vq = JanusVQVAEConfig(
-        embed_dim=8, num_embeddings=32, latent_channels=32, base_channels=32,
-        channel_multiplier=[1, 1], num_res_blocks=1, projection_dim=hidden,
-        image_token_embed_dim=hidden, num_hidden_layers=1,
+        embed_dim=8,
+        num_embeddings=32,
+        latent_channels=32,
+        base_channels=32,
+        channel_multiplier=[1, 1],
+        num_res_blocks=1,
+        projection_dim=hidden,
+        image_token_embed_dim=hidden,
+        num_hidden_layers=1,
     )
     config = JanusConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), vq_config=vq.to_dict(),
-        image_token_id=image_token,
+        text_config=text.to_dict(), vision_config=vision.to_dict(), vq_config=vq.to_dict(), image_token_id=image_token
     )
     torch.manual_seed(seed)
     model = _finish(JanusForConditionalGeneration(config), "JanusForConditionalGeneration")
 
     n_tok = (32 // 8) ** 2  # processor: boi + <image>*num_image_tokens + eoi
     img = [boi] + [image_token] * n_tok + [eoi]
-    rows = [
-        [BOS, 10, 11, *img, 12, *img, 13, 14],
-        [BOS, 20, *img, 21, 22],
-    ]
+    rows = [[BOS, 10, 11, *img, 12, *img, 13, 14], [BOS, 20, *img, 21, 22]]
     input_ids, attention_mask = _batch(rows)
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": _images(3, 32, 32, seed),
-    }
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": _images(3, 32, 32, seed)}
     return Tiny(model, inputs)
 
 
@@ -103,16 +115,28 @@ def build_chameleon(seed: int = 0) -> Tiny:
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
     n_codes, first_code = 32, 16
-    vocabulary_map = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<image>": 3,
-                      "<racm3:break>": 4, "<eoss>": 5}
+    vocabulary_map = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<image>": 3, "<racm3:break>": 4, "<eoss>": 5}
     vocabulary_map.update({_chameleon_code_name(i): first_code + i for i in range(n_codes)})
     config = ChameleonConfig(
-        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, vocabulary_map=vocabulary_map,
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        vocabulary_map=vocabulary_map,
         vq_config=dict(
-            embed_dim=8, num_embeddings=n_codes, latent_channels=16, resolution=32,
-            base_channels=32, channel_multiplier=[1, 1, 1], num_res_blocks=1,
+            embed_dim=8,
+            num_embeddings=n_codes,
+            latent_channels=16,
+            resolution=32,
+            base_channels=32,
+            channel_multiplier=[1, 1, 1],
+            num_res_blocks=1,
             attn_resolutions=None,
         ),
     )
@@ -122,16 +146,9 @@ def build_chameleon(seed: int = 0) -> Tiny:
     side = 32 // 4  # two downsamples
     n_tok = side * side
     img = [4] + [3] * n_tok + [5]  # <racm3:break> <image>*n <eoss>
-    rows = [
-        [BOS, 6, 7, *img, 8, *img, 9],
-        [BOS, 10, *img, 11, 12],
-    ]
+    rows = [[BOS, 6, 7, *img, 8, *img, 9], [BOS, 10, *img, 11, 12]]
     input_ids, attention_mask = _batch(rows)
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": _images(3, 32, 32, seed),
-    }
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": _images(3, 32, 32, seed)}
     return Tiny(model, inputs)
 
 
@@ -143,20 +160,41 @@ def build_emu3(seed: int = 0) -> Tiny:
     from transformers import Emu3Config, Emu3ForConditionalGeneration
 
     n_codes, first_code = 32, 16
-    special = {"<image>": 3, "<|image start|>": 4, "<|image end|>": 5, "<|image token|>": 6,
-               "<|extra_200|>": 7, "<|extra_201|>": 8}
+    special = {
+        "<image>": 3,
+        "<|image start|>": 4,
+        "<|image end|>": 5,
+        "<|image token|>": 6,
+        "<|extra_200|>": 7,
+        "<|extra_201|>": 8,
+    }
     vocabulary_map = {"<|endoftext|>": PAD, "<|extra_203|>": BOS, "<|extra_204|>": EOS, **special}
     vocabulary_map.update({f"<|visual token{i:06d}|>": first_code + i for i in range(n_codes)})
     config = Emu3Config(
         text_config=dict(
-            vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, attention_dropout=0.0,
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            attention_dropout=0.0,
         ),
         vq_config=dict(
-            codebook_size=n_codes, embed_dim=4, latent_channels=4, temporal_downsample_factor=4,
-            base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1,
-            attn_resolutions=[], hidden_size=32, num_attention_heads=1,
+            codebook_size=n_codes,
+            embed_dim=4,
+            latent_channels=4,
+            temporal_downsample_factor=4,
+            base_channels=32,
+            channel_multiplier=[1, 1, 1, 1],
+            num_res_blocks=1,
+            attn_resolutions=[],
+            hidden_size=32,
+            num_attention_heads=1,
         ),
         vocabulary_map=vocabulary_map,
     )
@@ -171,10 +209,7 @@ def build_emu3(seed: int = 0) -> Tiny:
         # processor: boi "{h}*{w}" <|image token|> <image>*(h*(w+1)) eof eoi
         return [4, 52 + gh, 60, 52 + gw, 6] + [3] * (gh * (gw + 1)) + [8, 5]
 
-    rows = [
-        [BOS, 9, 10, *img(*sizes[0]), 11, *img(*sizes[1]), 12],
-        [BOS, 13, *img(*sizes[2]), 14, 15],
-    ]
+    rows = [[BOS, 9, 10, *img(*sizes[0]), 11, *img(*sizes[1]), 12], [BOS, 13, *img(*sizes[2]), 14, 15]]
     input_ids, attention_mask = _batch(rows)
     # the image processor pads every image to the largest (bottom/right) in the batch
     pixel_values = torch.zeros(3, 3, 32, 32)
@@ -206,14 +241,28 @@ def build_mllama(seed: int = 0) -> Tiny:
     layers_idx = [0, 1]
     config = MllamaConfig(
         text_config=dict(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            cross_attention_layers=[1], pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            cross_attention_layers=[1],
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
         ),
         vision_config=dict(
-            hidden_size=vision_hidden, num_hidden_layers=2, num_global_layers=1,
-            attention_heads=2, intermediate_size=64, image_size=28, patch_size=14,
-            max_num_tiles=2, intermediate_layers_indices=layers_idx,
+            hidden_size=vision_hidden,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            attention_heads=2,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=14,
+            max_num_tiles=2,
+            intermediate_layers_indices=layers_idx,
             vision_output_dim=vision_hidden * (1 + len(layers_idx)),
             supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
         ),
@@ -231,10 +280,7 @@ def build_mllama(seed: int = 0) -> Tiny:
                 p.copy_(sign * (0.5 + torch.rand(p.shape, generator=g)))
     model = _finish(model, "MllamaForConditionalGeneration")
 
-    rows = [
-        [BOS, image_token, 10, 11, image_token, 12, 13, 14],
-        [BOS, 20, image_token, 21, 22],
-    ]
+    rows = [[BOS, image_token, 10, 11, image_token, 12, 13, 14], [BOS, 20, image_token, 21, 22]]
     input_ids, attention_mask = _batch(rows)
     # images per row, as aspect ratios (tiles_h, tiles_w); supported ratio ids are 1-based
     ratios = [[(1, 2), (1, 1)], [(2, 1)]]
@@ -249,7 +295,7 @@ def build_mllama(seed: int = 0) -> Tiny:
     for b, row in enumerate(ratios):
         for i, (th, tw) in enumerate(row):
             n = th * tw
-            pixel_values[b, i, :n] = content[k:k + n]
+            pixel_values[b, i, :n] = content[k : k + n]
             k += n
             aspect_ratio_ids[b, i] = supported.index((th, tw)) + 1
             aspect_ratio_mask[b, i, :n] = 1

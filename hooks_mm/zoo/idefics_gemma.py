@@ -211,9 +211,7 @@ def build_paligemma(seed: int = 0) -> Tiny:
 
 def build_paligemma2(seed: int = 0) -> Tiny:
     """PaliGemma with a Gemma2 LM (sandwich norms); same HF class, see PALIGEMMA2."""
-    return _build_paligemma(
-        _gemma_text("gemma2", query_pre_attn_scalar=8, sliding_window=24), seed
-    )
+    return _build_paligemma(_gemma_text("gemma2", query_pre_attn_scalar=8, sliding_window=24), seed)
 
 
 # ---------------------------------------------------------------------------------------

@@ -41,9 +41,7 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(
-    special: Iterable[str] = ("<image>",), vocab_extra: Iterable[str] = ()
-) -> Any:
+def build_tokenizer(special: Iterable[str] = ("<image>",), vocab_extra: Iterable[str] = ()) -> Any:
     """A WordLevel fast tokenizer: <unk> <pad> <s> </s>, then ``special``, then words.
 
     Left padding; prepends <s>. The ``special`` tokens are added tokens, so
@@ -130,9 +128,7 @@ def _clip_vision(image_size: int = TILE, patch_size: int = PATCH) -> Any:
 # Llava
 
 
-def build_llava_processor(
-    image_size: int = TILE, patch_size: int = PATCH, vocab_extra: Iterable[str] = ()
-) -> Any:
+def build_llava_processor(image_size: int = TILE, patch_size: int = PATCH, vocab_extra: Iterable[str] = ()) -> Any:
     """LlavaProcessor: local WordLevel tokenizer, slow CLIP image processor, chat template."""
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
@@ -173,20 +169,14 @@ def build_llava(seed: int = 0) -> Tiny:
         "USER: <image>\nwhat is in the image ? ASSISTANT:",
     ]
     inputs = dict(processor(text=text, images=images, return_tensors="pt", padding=True))
-    return Tiny(
-        model=model,
-        inputs=inputs,
-        processor=processor,
-    )
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 # ---------------------------------------------------------------------------------------
 # LlavaNext
 
 
-def build_llava_next_processor(
-    image_size: int = TILE, patch_size: int = PATCH, vocab_extra: Iterable[str] = ()
-) -> Any:
+def build_llava_next_processor(image_size: int = TILE, patch_size: int = PATCH, vocab_extra: Iterable[str] = ()) -> Any:
     from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
     tokenizer = build_tokenizer(("<image>",), vocab_extra)
@@ -228,11 +218,7 @@ def build_llava_next(seed: int = 0) -> Tiny:
         "USER: <image>\nwhat is in the image ? ASSISTANT:",
     ]
     inputs = dict(processor(text=text, images=images, return_tensors="pt", padding=True))
-    return Tiny(
-        model=model,
-        inputs=inputs,
-        processor=processor,
-    )
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,14 +227,11 @@ def build_llava_next(seed: int = 0) -> Tiny:
 ONEVISION_ASPECT = "anyres_max_2"  # small so that the bilinear downsampling path runs
 
 
-def build_llava_onevision_image_processor(
-    image_size: int = TILE, pinpoints: list | None = None
-) -> Any:
+def build_llava_onevision_image_processor(image_size: int = TILE, pinpoints: list | None = None) -> Any:
     from transformers import LlavaOnevisionImageProcessorPil
 
     return LlavaOnevisionImageProcessorPil(
-        size={"height": image_size, "width": image_size},
-        image_grid_pinpoints=pinpoints or PINPOINTS,
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints or PINPOINTS
     )
 
 
@@ -334,9 +317,7 @@ def build_llava_onevision_model(seed: int = 0) -> tuple[Any, Any, Any]:
         vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
-    model = _finish(
-        LlavaOnevisionForConditionalGeneration(config), "LlavaOnevisionForConditionalGeneration"
-    )
+    model = _finish(LlavaOnevisionForConditionalGeneration(config), "LlavaOnevisionForConditionalGeneration")
     return model, tok, image_processor
 
 

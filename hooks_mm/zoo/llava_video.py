@@ -39,8 +39,12 @@ def build_llava_onevision_video(seed: int = 0) -> Tiny:
     from transformers import CLIPImageProcessorPil, LlavaOnevisionProcessor
 
     model, tok, image_processor = build_llava_onevision_model(seed)
-    frames = CLIPImageProcessorPil(size={"height": TILE, "width": TILE}, do_center_crop=False,
-                                   image_mean=image_processor.image_mean, image_std=image_processor.image_std)
+    frames = CLIPImageProcessorPil(
+        size={"height": TILE, "width": TILE},
+        do_center_crop=False,
+        image_mean=image_processor.image_mean,
+        image_std=image_processor.image_std,
+    )
     video_processor = FramewiseVideoProcessor(frames, fps=FPS)
     text = ["USER: <image>\n<video>\nwhat is in the image ? ASSISTANT:", "USER: <video>\ndescribe this ? ASSISTANT:"]
     image_inputs = image_processor([_images(seed, [(40, 90)])], return_tensors="pt")
@@ -86,9 +90,15 @@ def build_video_llava(seed: int = 0) -> Tiny:
     tok = build_tokenizer(("<image>", "<video>"))
     image_processor = VideoLlavaImageProcessor(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE})
     with allow_missing_video_processor():
-        processor = VideoLlavaProcessor(image_processor=image_processor, video_processor=None, tokenizer=tok,
-                                        patch_size=PATCH, vision_feature_select_strategy="default",
-                                        num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
+        processor = VideoLlavaProcessor(
+            image_processor=image_processor,
+            video_processor=None,
+            tokenizer=tok,
+            patch_size=PATCH,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=LLAVA_CHAT_TEMPLATE,
+        )
     processor.video_processor = FramewiseVideoProcessor(image_processor, fps=FPS)
     config = VideoLlavaConfig(
         text_config=_llama_text(_vocab_size(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id).to_dict(),

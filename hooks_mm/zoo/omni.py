@@ -22,8 +22,17 @@ from hooks_mm.zoo.base import Tiny
 from hooks_mm.zoo.qwen import _images, build_image_processor
 
 SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_bos|>", "<|vision_eos|>",
-    "<|audio_bos|>", "<|audio_eos|>", "<|IMAGE|>", "<|VIDEO|>", "<|AUDIO|>", "<unk>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|AUDIO|>",
+    "<unk>",
 ]
 WORDS = (
     "system user assistant you are a helpful what is in this image video sound audio the "
@@ -59,17 +68,25 @@ def build_tokenizer() -> Any:
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.add_special_tokens(SPECIAL)  # matched whole: "<|im_start|>" stays one token
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
         padding_side="left",
         extra_special_tokens={
-            "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "audio_token": "<|AUDIO|>",
-            "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-            "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+            "image_token": "<|IMAGE|>",
+            "video_token": "<|VIDEO|>",
+            "audio_token": "<|AUDIO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
         },
     )
     # the rest of SPECIAL (<|im_start|>, ...) are special too, beside the named ones
-    tok.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL if t != "<unk>"]},
-                           replace_extra_special_tokens=False)
+    tok.add_special_tokens(
+        {"additional_special_tokens": [t for t in SPECIAL if t != "<unk>"]}, replace_extra_special_tokens=False
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -78,8 +95,9 @@ def build_feature_extractor(chunk_seconds: int = 2) -> Any:
     """Whisper log-mel features: 16 mel bins, 10 ms hop, inputs padded to ``chunk_seconds``."""
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor(feature_size=N_MELS, sampling_rate=SAMPLING_RATE, hop_length=160,
-                                   chunk_length=chunk_seconds, n_fft=400)
+    return WhisperFeatureExtractor(
+        feature_size=N_MELS, sampling_rate=SAMPLING_RATE, hop_length=160, chunk_length=chunk_seconds, n_fft=400
+    )
 
 
 def build_processor(patch: int = 14) -> Any:
@@ -89,17 +107,30 @@ def build_processor(patch: int = 14) -> Any:
 
     image_processor = build_image_processor(patch)
     with allow_missing_video_processor():
-        proc = Qwen2_5OmniProcessor(image_processor=image_processor, video_processor=None,
-                                    feature_extractor=build_feature_extractor(), tokenizer=build_tokenizer(),
-                                    chat_template=CHAT_TEMPLATE)
+        proc = Qwen2_5OmniProcessor(
+            image_processor=image_processor,
+            video_processor=None,
+            feature_extractor=build_feature_extractor(),
+            tokenizer=build_tokenizer(),
+            chat_template=CHAT_TEMPLATE,
+        )
     proc.video_processor = QwenVideoProcessorPil(image_processor, fps=FPS)
     return proc
 
 
 def omni_inputs(processor: Any, seed: int = 0, factor: int = 28) -> dict[str, torch.Tensor]:
     msgs = [
-        [{"role": "user", "content": [{"type": "image"}, {"type": "audio"}, {"type": "video"},
-                                      {"type": "text", "text": "what is in this image video and sound ?"}]}],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "audio"},
+                    {"type": "video"},
+                    {"type": "text", "text": "what is in this image video and sound ?"},
+                ],
+            }
+        ],
         [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "describe the pitch"}]}],
     ]
     texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
@@ -123,15 +154,40 @@ def build_config(processor: Any, patch: int = 14) -> Any:
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
     config = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(num_mel_bins=N_MELS, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                          d_model=32, max_source_positions=100, n_window=50, output_dim=64),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        text_config=dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-                         pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"]),
+        audio_config=dict(
+            num_mel_bins=N_MELS,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            d_model=32,
+            max_source_positions=100,
+            n_window=50,
+            output_dim=64,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=patch,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            pad_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+        ),
         audio_token_index=ids["<|AUDIO|>"],
         image_token_index=ids["<|IMAGE|>"],
         video_token_index=ids["<|VIDEO|>"],

@@ -151,10 +151,7 @@ def build_toy_anygpt(seed: int = 0) -> tuple[Any, Any]:
 
 # Captions first: dense supervision on every object teaches perception fast; the questions
 # after that (without it the image-dependent accuracy stalled near 0.7 within budget).
-LLAVA = (
-    Stage(steps=500, lr=1e-3, mix={"caption": 1.0}),
-    Stage(steps=2500, lr=1e-3, mix={"qa": 0.8, "caption": 0.2}),
-)
+LLAVA = (Stage(steps=500, lr=1e-3, mix={"caption": 1.0}), Stage(steps=2500, lr=1e-3, mix={"qa": 0.8, "caption": 0.2}))
 PAIRED = (
     Stage(steps=400, lr=1e-3, mix={"caption": 0.5, "drawing": 0.5}),
     Stage(steps=1600, lr=1e-3, mix={"qa": 0.7, "caption": 0.15, "drawing": 0.15}),

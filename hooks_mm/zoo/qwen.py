@@ -82,9 +82,7 @@ def token_ids() -> dict[str, int]:
 
 def build_image_processor(patch_size: int, merge_size: int = 2) -> Any:
     """The slow (PIL) Qwen2-VL image processor with tiny min/max pixels."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     factor = patch_size * merge_size
     return Qwen2VLImageProcessorPil(
@@ -123,10 +121,7 @@ def build_processor(processor_cls: Any, patch_size: int, merge_size: int = 2) ->
         )
     with allow_missing_video_processor():
         return processor_cls(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=CHAT_TEMPLATE,
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=CHAT_TEMPLATE
         )
 
 
@@ -154,13 +149,9 @@ def processor_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.
     imgs = _images(seed, factor)
     texts = [
         processor.apply_chat_template(
-            _messages(2, "compare the two images . which one is red ?"),
-            tokenize=False,
-            add_generation_prompt=True,
+            _messages(2, "compare the two images . which one is red ?"), tokenize=False, add_generation_prompt=True
         ),
-        processor.apply_chat_template(
-            _messages(1, "describe this image"), tokenize=False, add_generation_prompt=True
-        ),
+        processor.apply_chat_template(_messages(1, "describe this image"), tokenize=False, add_generation_prompt=True),
     ]
     out = processor(text=texts, images=[imgs[0], imgs[1], imgs[2]], return_tensors="pt", padding=True)
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
@@ -230,19 +221,11 @@ def build_qwen2_vl(seed: int = 0) -> Tiny:
     model = _finish(Qwen2VLForConditionalGeneration(config), "Qwen2VLForConditionalGeneration")
     processor = build_processor(Qwen2VLProcessor, patch)
     inputs = processor_inputs(processor, seed, patch * 2)
-    return Tiny(
-        model=model,
-        inputs=inputs,
-        processor=processor,
-    )
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 def build_qwen2_5_vl(seed: int = 0) -> Tiny:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
     patch = 14
     config = Qwen2_5_VLConfig(
@@ -269,11 +252,7 @@ def build_qwen2_5_vl(seed: int = 0) -> Tiny:
     model = _finish(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLForConditionalGeneration")
     processor = build_processor(Qwen2_5_VLProcessor, patch)
     inputs = processor_inputs(processor, seed, patch * 2)
-    return Tiny(
-        model=model,
-        inputs=inputs,
-        processor=processor,
-    )
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 def build_qwen3_vl(seed: int = 0) -> Tiny:
@@ -310,8 +289,4 @@ def build_qwen3_vl(seed: int = 0) -> Tiny:
     model = _finish(Qwen3VLForConditionalGeneration(config), "Qwen3VLForConditionalGeneration")
     processor = build_processor(Qwen3VLProcessor, patch)
     inputs = processor_inputs(processor, seed, patch * 2)
-    return Tiny(
-        model=model,
-        inputs=inputs,
-        processor=processor,
-    )
+    return Tiny(model=model, inputs=inputs, processor=processor)

@@ -32,11 +32,25 @@ def video_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tens
     videos = [moving_square(4, 2 * factor, 3 * factor, seed), moving_square(2, 3 * factor, 2 * factor, seed + 1)]
     chat = processor.apply_chat_template
     texts = [
-        chat([{"role": "user", "content": [{"type": "image"}, {"type": "video"},
-                                           {"type": "text", "text": "what is in this image and left picture ?"}]}],
-             tokenize=False, add_generation_prompt=True),
-        chat([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "describe"}]}],
-             tokenize=False, add_generation_prompt=True),
+        chat(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image"},
+                        {"type": "video"},
+                        {"type": "text", "text": "what is in this image and left picture ?"},
+                    ],
+                }
+            ],
+            tokenize=False,
+            add_generation_prompt=True,
+        ),
+        chat(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "describe"}]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        ),
     ]
     out = processor(text=texts, images=[image], videos=videos, fps=FPS, return_tensors="pt", padding=True)
     inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}

@@ -73,13 +73,16 @@ AUDIO_FRAME_SECONDS = 0.04
 def anygpt_audio_processor() -> CodebookProcessor:
     codes = [f"<img_{k}>" for k in range(N_CODES)]
     audio = [f"<aud_{k}>" for k in range(N_AUDIO_CODES)]
-    tok = word_tokenizer(WORDS + ["sound", "hear", "pitch", "high", "low"],
-                         extra_special=("<image>", "<soi>", "<eoi>", *codes, "<audio>", "<soa>", "<eoa>", *audio))
+    tok = word_tokenizer(
+        WORDS + ["sound", "hear", "pitch", "high", "low"],
+        extra_special=("<image>", "<soi>", "<eoi>", *codes, "<audio>", "<soa>", "<eoa>", *audio),
+    )
     g = torch.Generator().manual_seed(1234)
     codebook = torch.rand(N_CODES, 3, generator=g)
     audio_codebook = torch.rand(N_AUDIO_CODES, AUDIO_BANDS, generator=g) * 12  # log1p band energies
-    return CodebookProcessor(tok, codebook, GRID, image_size=32, audio_codebook=audio_codebook,
-                             audio_frame_seconds=AUDIO_FRAME_SECONDS)
+    return CodebookProcessor(
+        tok, codebook, GRID, image_size=32, audio_codebook=audio_codebook, audio_frame_seconds=AUDIO_FRAME_SECONDS
+    )
 
 
 def build_anygpt_audio(seed: int = 0) -> Tiny:

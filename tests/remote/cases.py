@@ -26,8 +26,10 @@ def inputs_for(model: HookedMLLM) -> tuple[dict[str, Any], dict[str, Any]]:
     """(inputs, a source run of the same shape): two rows, left padding, images for a VLM."""
     if model.adapter.projector is not None:
         prompts = ["<image> what colour is it", "<image> where ?"]
-        return (model.to_inputs(prompts, images=[toy_image(1), toy_image(2)]),
-                model.to_inputs(prompts, images=[toy_image(3), toy_image(4)]))
+        return (
+            model.to_inputs(prompts, images=[toy_image(1), toy_image(2)]),
+            model.to_inputs(prompts, images=[toy_image(3), toy_image(4)]),
+        )
     return model.to_inputs(["a b c d", "b c"]), model.to_inputs(["c d a b", "a a"])
 
 
@@ -39,7 +41,9 @@ def specs_for(model: HookedMLLM, inputs: dict[str, Any]) -> dict[str, Any]:
     means = NeuronMeans.fit(model, [inputs], layers=[0])
     return {
         "ablate_zero": NeuronAblation(0, [3, 7], pos),
-        "ablate_mean_all_layers": NeuronAblation(None, [1, 2], NonPad(), mode="mean", means=NeuronMeans.fit(model, [inputs])),
+        "ablate_mean_all_layers": NeuronAblation(
+            None, [1, 2], NonPad(), mode="mean", means=NeuronMeans.fit(model, [inputs])
+        ),
         "ablate_scale": NeuronAblation(1, None, pos, mode="scale", value=0.5),
         "ablate_set": NeuronAblation(0, [5], Last(), mode="set", value=2.0),
         "resample": NeuronAblation(1, [1, 2, 5], pos, mode="resample", source="clean"),
@@ -51,7 +55,8 @@ def specs_for(model: HookedMLLM, inputs: dict[str, Any]) -> dict[str, Any]:
         "knockout": AttentionKnockout([0, 1], queries=Last(), keys=pos & ~Last()),
         "knockout_heads": AttentionKnockout(1, queries=NonPad(), keys=Positions([1]), heads=[0, 2]),
         "skip": Skip(0, "block", positions=pos) + Skip(1, "mlp", positions=Last()) + Skip(1, "attn", positions=pos),
-        "compose": NeuronAblation(0, [3], pos, mode="mean", means=means) + Steer(0, vector=[0.1] * model.cfg.d_model, positions=pos),
+        "compose": NeuronAblation(0, [3], pos, mode="mean", means=means)
+        + Steer(0, vector=[0.1] * model.cfg.d_model, positions=pos),
     }
 
 

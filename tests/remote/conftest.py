@@ -20,7 +20,10 @@ STATE = Path(os.environ.get("NDIF_STATE", ROOT / ".ndif-state"))
 
 
 def pytest_configure(config: Any) -> None:
-    config.addinivalue_line("markers", "ndif: runs against the loopback NDIF stack (scripts/ndif-stack.sh up); skips when it does not answer")
+    config.addinivalue_line(
+        "markers",
+        "ndif: runs against the loopback NDIF stack (scripts/ndif-stack.sh up); skips when it does not answer",
+    )
 
 
 def stack_info() -> dict[str, Any]:
@@ -33,7 +36,9 @@ def stack_info() -> dict[str, Any]:
         with urllib.request.urlopen(info["host"] + "/ping", timeout=5) as r:
             r.read()
     except OSError as e:
-        pytest.skip(f"the NDIF stack at {info['host']} does not answer /ping ({e}); restart it with `scripts/ndif-stack.sh up`")
+        pytest.skip(
+            f"the NDIF stack at {info['host']} does not answer /ping ({e}); restart it with `scripts/ndif-stack.sh up`"
+        )
     return info
 
 
@@ -44,4 +49,8 @@ def ndif() -> dict[str, Any]:
 
 def stack(command: str) -> None:
     """``scripts/ndif-stack.sh api-stop|api-start``: stop or restart the real API server."""
-    subprocess.run(["bash", str(ROOT / "scripts" / "ndif-stack.sh"), command], check=True, env={**os.environ, "NDIF_STATE": str(STATE)})
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ndif-stack.sh"), command],
+        check=True,
+        env={**os.environ, "NDIF_STATE": str(STATE)},
+    )

@@ -54,7 +54,9 @@ def test_remote_sweep_table_equals_local_sweep(remote: str | bool) -> None:
     configs = single_neurons(model, layers=[0, 1], positions=Image(), neurons=range(0, 128, 8))
     configs += [Steer(1, vector=[0.05 * i] * model.cfg.d_model, positions=NonPad()) for i in range(1, 4)]
     ref = sweep(model, inputs, configs, metric, progress=False)
-    out = remote_sweep(backend, inputs, configs, metric, remote=remote, max_configs_per_request=8, configs_per_trace=4, progress=False)
+    out = remote_sweep(
+        backend, inputs, configs, metric, remote=remote, max_configs_per_request=8, configs_per_trace=4, progress=False
+    )
     assert out.table.drop(columns=["value", "delta"]).equals(ref.table.drop(columns=["value", "delta"]))
     assert (out.values - ref.values).abs().max() <= TOL and (out.clean - ref.clean).abs().max() <= TOL
     assert out.meta["requests"] == (0 if remote is False else -(-(len(configs) + 1) // 8))
@@ -65,9 +67,13 @@ def test_checkpoint_resumes_without_rerunning(tmp_path) -> None:
     metric = answer_logprob(model, inputs)
     configs = single_neurons(model, layers=0, neurons=range(10))
     ckpt = str(tmp_path / "sweep.pt")
-    first = remote_sweep(backend, inputs, configs[:6], metric, remote="local", max_configs_per_request=4, checkpoint=ckpt, progress=False)
+    first = remote_sweep(
+        backend, inputs, configs[:6], metric, remote="local", max_configs_per_request=4, checkpoint=ckpt, progress=False
+    )
     before = backend.stats.requests
-    second = remote_sweep(backend, inputs, configs, metric, remote="local", max_configs_per_request=4, checkpoint=ckpt, progress=False)
+    second = remote_sweep(
+        backend, inputs, configs, metric, remote="local", max_configs_per_request=4, checkpoint=ckpt, progress=False
+    )
     assert second.meta["resumed"] == 6 and backend.stats.requests - before == 1  # only the 4 new configs ran
     assert torch.equal(second.values[:6], first.values)
 
@@ -83,12 +89,22 @@ def test_specs_nnsight_cannot_express_raise_before_running() -> None:
     with pytest.raises(ValueError, match="no server identity"):
         backend.run(inputs, NeuronAblation(0, [0]), remote="http://127.0.0.1:9")
     with pytest.raises(ValueError, match="blocking=False needs a server"):
-        remote_sweep(backend, inputs, single_neurons(model, 0, neurons=[0]), answer_logprob(model, inputs), remote="local", blocking=False)
+        remote_sweep(
+            backend,
+            inputs,
+            single_neurons(model, 0, neurons=[0]),
+            answer_logprob(model, inputs),
+            remote="local",
+            blocking=False,
+        )
 
 
 def test_server_side_exception_arrives_as_remote_execution_error() -> None:
     model, backend, inputs, _ = setup("tiny-llama")
-    bad = lambda logits: logits[:, 10**6].mean()
+
+    def bad(logits):
+        return logits[:, 10**6].mean()
+
     with pytest.raises(Exception, match="index"):
         remote_sweep(backend, inputs, single_neurons(model, 0, neurons=[0]), bad, remote="local", progress=False)
 
@@ -98,7 +114,11 @@ def test_server_side_exception_arrives_as_remote_execution_error() -> None:
     [  # the exact details ndif 0.1.2's API answers with (auth.py, versioning.py)
         ("Failed to send request: Missing or invalid API key. Please visit https://login.ndif.us", AuthenticationError),
         ("Failed to send request: Invalid API key.", AuthenticationError),
-        ("Failed to send request: Client nnsight version 0.4.0 is below the minimum supported 0.8.0. Please `pip install --upgrade nnsight`.", VersionMismatchError),
+        (
+            "Failed to send request: Client nnsight version 0.4.0 is below the minimum supported 0.8.0. "
+            "Please `pip install --upgrade nnsight`.",
+            VersionMismatchError,
+        ),
         ("Failed to send request: Auth backend unavailable.", ServerUnavailableError),
         ("Failed to send request: [Errno 111] Connection refused", ServerUnavailableError),
         ("IndexError: index 1000000 is out of bounds", RemoteExecutionError),

@@ -57,8 +57,10 @@ def test_hooked_mllm_equals_nnsight_local_serialised_and_real_ndif(ndif: dict, n
             worst[str(remote)] = max(worst.get(str(remote), 0.0), d)
             assert d <= TOL, f"{name} {label} remote={remote!r}: max abs diff {d:.2e}"
     lat = backend.stats.latencies
-    print(f"\n{name}: worst max-abs diff vs HookedMLLM {worst}; remote request latency median "
-          f"{sorted(lat)[len(lat) // 2] * 1e3:.0f} ms over {len(lat)} requests")
+    print(
+        f"\n{name}: worst max-abs diff vs HookedMLLM {worst}; remote request latency median "
+        f"{sorted(lat)[len(lat) // 2] * 1e3:.0f} ms over {len(lat)} requests"
+    )
 
 
 def _sweep_case(ndif: dict) -> tuple:
@@ -77,10 +79,21 @@ def _assert_same_table(out, ref) -> None:
 
 def test_remote_sweep_of_256_configs_in_few_requests_equals_local_sweep(ndif: dict) -> None:
     _model, backend, inputs, metric, configs, ref = _sweep_case(ndif)
-    out = remote_sweep(backend, inputs, configs, metric, remote=ndif["host"], max_configs_per_request=64, configs_per_trace=32, progress=False)
+    out = remote_sweep(
+        backend,
+        inputs,
+        configs,
+        metric,
+        remote=ndif["host"],
+        max_configs_per_request=64,
+        configs_per_trace=32,
+        progress=False,
+    )
     m = out.meta
-    print(f"\nremote sweep: {len(configs)} configs, {m['requests']} requests, {m['bytes_sent']:,} bytes sent, "
-          f"{m['bytes_received']:,} bytes returned, {m['seconds']:.2f} s")
+    print(
+        f"\nremote sweep: {len(configs)} configs, {m['requests']} requests, {m['bytes_sent']:,} bytes sent, "
+        f"{m['bytes_received']:,} bytes returned, {m['seconds']:.2f} s"
+    )
     assert m["requests"] == math.ceil((len(configs) + 1) / 64)
     assert m["bytes_received"] < 1000 * m["requests"] + 16 * len(configs)  # metric values only, never activations
     _assert_same_table(out, ref)
@@ -88,7 +101,16 @@ def test_remote_sweep_of_256_configs_in_few_requests_equals_local_sweep(ndif: di
 
 def test_non_blocking_sweep_job(ndif: dict) -> None:
     _model, backend, inputs, metric, configs, ref = _sweep_case(ndif)
-    job = remote_sweep(backend, inputs, configs, metric, remote=ndif["host"], max_configs_per_request=128, blocking=False, progress=False)
+    job = remote_sweep(
+        backend,
+        inputs,
+        configs,
+        metric,
+        remote=ndif["host"],
+        max_configs_per_request=128,
+        blocking=False,
+        progress=False,
+    )
     _assert_same_table(job.result(timeout=120), ref)
 
 
@@ -104,13 +126,34 @@ def test_server_stopped_mid_sweep_keeps_finished_chunks_and_resumes(ndif: dict, 
 
     try:
         with pytest.raises(ServerUnavailableError, match="configs finished") as err:
-            remote_sweep(backend, inputs, configs, metric, remote=ndif["host"], max_configs_per_request=40, retries=1, backoff=0.2,
-                         checkpoint=ckpt, check_deployed=False, callback=stop_after_two, progress=False)
+            remote_sweep(
+                backend,
+                inputs,
+                configs,
+                metric,
+                remote=ndif["host"],
+                max_configs_per_request=40,
+                retries=1,
+                backoff=0.2,
+                checkpoint=ckpt,
+                check_deployed=False,
+                callback=stop_after_two,
+                progress=False,
+            )
     finally:
         stack("api-start")
     partial = err.value.partial
     assert len(partial) == 2 * 40 - 1  # two finished requests (the first carried the clean run)
-    out = remote_sweep(backend, inputs, configs, metric, remote=ndif["host"], max_configs_per_request=40, checkpoint=ckpt, progress=False)
+    out = remote_sweep(
+        backend,
+        inputs,
+        configs,
+        metric,
+        remote=ndif["host"],
+        max_configs_per_request=40,
+        checkpoint=ckpt,
+        progress=False,
+    )
     assert out.meta["resumed"] == len(partial) and out.meta["requests"] == math.ceil((len(configs) - len(partial)) / 40)
     _assert_same_table(out, ref)
 
@@ -121,24 +164,43 @@ def test_model_not_deployed(ndif: dict, tmp_path) -> None:
     shutil.copytree(ndif["models"]["tiny-llama"]["path"], other)
     backend = NNsightBackend(model, load_nnsight(other, processor=model.processor))
     with pytest.raises(ModelNotDeployedError, match="not-deployed") as err:
-        remote_sweep(backend, inputs, single_neurons(model, 0, neurons=[0]), answer_logprob(model, inputs), remote=ndif["host"], progress=False)
+        remote_sweep(
+            backend,
+            inputs,
+            single_neurons(model, 0, neurons=[0]),
+            answer_logprob(model, inputs),
+            remote=ndif["host"],
+            progress=False,
+        )
     assert "tiny-llama" in str(err.value)  # lists what is deployed
 
 
 def test_request_over_the_limit_is_refused_before_sending(ndif: dict) -> None:
     model, _, inputs, _ = setup(ndif, "tiny-llava")
-    backend = NNsightBackend(model, load_nnsight(ndif["models"]["tiny-llava"]["path"], processor=model.processor), max_request_bytes=4000)
+    backend = NNsightBackend(
+        model, load_nnsight(ndif["models"]["tiny-llava"]["path"], processor=model.processor), max_request_bytes=4000
+    )
     configs = single_neurons(model, 0, neurons=range(4))
     with pytest.raises(RequestTooLargeError, match="max_request_bytes=4,000"):
         remote_sweep(backend, inputs, configs, answer_logprob(model, inputs), remote=ndif["host"], progress=False)
     assert backend.stats.requests == 1 and backend.stats.bytes_sent == 0  # refused here, nothing sent
     backend.max_request_bytes = None
-    assert len(remote_sweep(backend, inputs, configs, answer_logprob(model, inputs), remote=ndif["host"], progress=False).table) == 4
+    assert (
+        len(
+            remote_sweep(
+                backend, inputs, configs, answer_logprob(model, inputs), remote=ndif["host"], progress=False
+            ).table
+        )
+        == 4
+    )
 
 
 def test_server_side_exception_is_a_clear_error_and_the_server_keeps_serving(ndif: dict) -> None:
     model, backend, inputs, _ = setup(ndif, "tiny-llama")
-    bad = lambda logits: logits[:, 10**6].mean()
+
+    def bad(logits):
+        return logits[:, 10**6].mean()
+
     with pytest.raises(RemoteExecutionError, match="IndexError"):
         remote_sweep(backend, inputs, single_neurons(model, 0, neurons=[0]), bad, remote=ndif["host"], progress=False)
     spec = specs_for(model, inputs)["ablate_zero"]
