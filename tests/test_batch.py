@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import assert_clean, pair_for
 
-from hooks_mm import Image, Last, NonPad
+from hooks_mm import HookedMLLM, Image, Last, NonPad
 from hooks_mm.interventions import NeuronAblation, Patch, Steer
 from hooks_mm.model import Batch, core
 from hooks_mm.remote import remote_sweep
@@ -112,6 +112,15 @@ def test_batch_is_accepted_everywhere_and_equals_raw_inputs() -> None:
         )
         _, cache = p.model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post", pos=Last())
     assert torch.equal(cache.positions[:, 0], batch.layout.indices(Last())[:, 0])
+
+
+def test_a_batch_of_another_model_is_laid_out_again() -> None:
+    p, q = pair_for("llava"), pair_for("llava_next")
+    batch = p.model.prepare(p.inputs)
+    with pytest.raises(ValueError, match="image token count does not match"):  # not silently llava's layout
+        q.model.prepare(batch)
+    other = HookedMLLM(p.bare, p.model.processor)  # the same family, another wrapper: its own batch
+    assert other.prepare(batch) is not batch and other.prepare(batch).layout.describe(0) == batch.layout.describe(0)
 
 
 def test_a_modified_tensor_is_prepared_again() -> None:

@@ -58,6 +58,22 @@ def test_fast_path_equals_the_naive_loop(family: str, mode: str) -> None:
     assert_clean(p.model)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl"])
+@pytest.mark.parametrize(
+    "mode, extra", [("scale", {"value": 1.7}), ("set", {"value": 0.5}), ("resample", {"source": "other"})]
+)
+def test_fast_path_equals_the_naive_loop_in_every_ablation_mode(family: str, mode: str, extra: dict) -> None:
+    p = pair_for(family)
+    other = dict(p.inputs, pixel_values=p.inputs["pixel_values"].flip(0))  # the same layout, other images
+    cfgs = [c for c in configs_for(p, mode) for c in [NeuronAblation(c.layers, c.neurons, c.positions, mode, **extra)]]
+    metric = answer_logprob(p.model, p.inputs)
+    fast = sweep(p.model, p.inputs, cfgs, metric, progress=False, batch_size=16, sources={"other": other})
+    naive = sweep(p.model, p.inputs, cfgs, metric, method="naive", progress=False, sources={"other": other})
+    assert fast.meta["fast"] == len(cfgs) and (fast.values - fast.clean).abs().max() > 1e-3
+    assert (fast.values - naive.values).abs().max().item() <= 1e-5
+    assert_clean(p.model)
+
+
 def test_mixed_configs_and_resume_after_interrupt(tmp_path: Path) -> None:
     p = pair_for("llava")
     cfgs = single_neurons(p.model, layers=[0, 1], neurons=range(6)) + [Steer(0, [0.1] * p.model.cfg.d_model)]

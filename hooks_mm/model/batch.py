@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
@@ -31,8 +32,13 @@ class Batch(Mapping):
     keys only hooks_mm reads (the segment codes of ``to_inputs(..., answer=...)``).
     """
 
-    def __init__(self, inputs: dict[str, Any], layout: ModalityLayout | None, tokenizer: Any = None):
+    def __init__(self, inputs: dict[str, Any], layout: ModalityLayout | None, tokenizer: Any = None, owner: Any = None):
         self.inputs, self._layout, self._tokenizer = inputs, layout, tokenizer
+        self._owner = weakref.ref(owner) if owner is not None else None
+
+    def prepared_by(self, model: Any) -> bool:
+        """Whether ``model`` built this batch (another model's adapter may lay it out differently)."""
+        return self._owner is not None and self._owner() is model
 
     @property
     def layout(self) -> ModalityLayout:

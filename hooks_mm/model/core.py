@@ -149,27 +149,17 @@ class HookedMLLM(HookedRootModule):
 
     # ------------------------------------------------------------------ inputs and layout
 
-    def to_inputs(
-        self,
-        text: str | Sequence[str],
-        images: Any = None,
-        *,
-        videos: Any = None,
-        audio: Any = None,
-        answer: str | Sequence[str] | None = None,
-        chat: bool = False,
-        **processor_kwargs: Any,
-    ) -> dict[str, Tensor]:
+    def to_inputs(self, text: str | Sequence[str], images: Any = None, **kwargs: Any) -> dict[str, Tensor]:
         """Model inputs from raw text (+ PIL images, videos, audio), through the model's processor.
 
-        ``images``: one PIL image, a list (one per prompt) or a list of lists. ``videos``: a
+        ``images``: one PIL image, a list (one per prompt) or a list of lists. ``videos=``: a
         list of videos, each a list of PIL frames (pass ``fps=`` for the frame rate);
-        ``audio``: a list of 1-D float waveforms at the feature extractor's sampling rate.
+        ``audio=``: a list of 1-D float waveforms at the feature extractor's sampling rate.
         With ``chat=True`` each prompt is a user turn rendered by the processor's chat
         template, and ``"<image>"``, ``"<video>"``, ``"<audio>"`` in it mark where each input
         goes (any family); otherwise the text must hold the processor's own placeholders.
-        ``answer`` appends answer tokens after each prompt (segment ``Answer()``; the prompt
-        text is ``Instruction()``). Rows are left-padded.
+        ``answer=`` appends answer tokens after each prompt (segment ``Answer()``; the prompt
+        text is ``Instruction()``). Rows are left-padded. Other keywords go to the processor.
 
         Example::
 
@@ -177,19 +167,17 @@ class HookedMLLM(HookedRootModule):
             inputs = model.to_inputs("<audio> <video> What do you hear?", audio=[wave], videos=[frames],
                                      chat=True, fps=2.0)
         """
-        return to_inputs(
-            self.processor, text, images, videos=videos, audio=audio, answer=answer, chat=chat, **processor_kwargs
-        )
+        return to_inputs(self.processor, text, images, **kwargs)
 
     def prepare(self, inputs: Any = None, **kwargs: Any) -> Batch:
         """A :class:`~hooks_mm.model.batch.Batch`: the inputs on the model's device and their layout, built once.
 
-        Accepts what every call accepts: a Batch (returned as is), a dict of model inputs, a
-        tensor of input_ids, or text. Raises a clear error when image / video / audio
+        Accepts what every call accepts: a Batch (returned as is when this model prepared it),
+        a dict of model inputs, a tensor of input_ids, or text. Raises a clear error when image / video / audio
         positions do not match the media given. Preparing the very same, unmodified tensors
         again returns the same Batch.
         """
-        if isinstance(inputs, Batch) and not kwargs and self._on_device(inputs):
+        if isinstance(inputs, Batch) and not kwargs and inputs.prepared_by(self) and self._on_device(inputs):
             return inputs
         raw = as_inputs(self.processor, inputs, self.cfg.device, **kwargs)
         tensors = tuple(v for v in raw.values() if torch.is_tensor(v))
@@ -197,7 +185,7 @@ class HookedMLLM(HookedRootModule):
         last = self._last_batch
         if last is not None and last[0] == key:
             return last[1]
-        batch = Batch(raw, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor)
+        batch = Batch(raw, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor, self)
         self.__dict__["_last_batch"] = (key, batch, tensors)  # holds the tensors, so their ids cannot be reused
         return batch
 

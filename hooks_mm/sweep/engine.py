@@ -162,8 +162,6 @@ class FastGroup:
         act = replay.cache[edit.hook]
         self.layer = int(edit.hook.split(".")[1])
         self.width = act.shape[-1]
-        for c in configs:
-            c.neuron_index(self.width)
         a = model.adapter
         block = model.decoder_layers[self.layer]
         self.down = block.get_submodule(a.mlp).get_submodule(a.down)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from hooks_mm import HookedMLLM, Image, NonPad
-from hooks_mm.interventions import NeuronAblation, Steer
+from hooks_mm.interventions import Context, Edit, Intervention, NeuronAblation, Steer
 from hooks_mm.remote import NNsightBackend, remote_sweep
 from hooks_mm.remote.errors import (
     AuthenticationError,
@@ -127,3 +129,53 @@ def test_server_side_exception_arrives_as_remote_execution_error() -> None:
 def test_errors_are_classified(message: str, kind: type) -> None:
     err = classify(RuntimeError(message), "http://127.0.0.1:8001", None)
     assert type(err) is kind and message.split(": ", 1)[-1][:20] in str(err)
+
+
+@dataclass
+class ClampResidual(Intervention):
+    """A spec defined outside hooks_mm: one file's worth of code, no backend code."""
+
+    layers: int | list[int] | None
+    bound: float = 1.0
+    hook: str = "hook_resid_post"
+
+    def edits(self, ctx: Context) -> list[Edit]:
+        mask = ctx.mask(NonPad(), "ClampResidual")
+        return [
+            Edit(ctx.hook_name(self.hook, l), ("ablate", mask, None, "scale", self.bound, None))
+            for l in ctx.layers(self.layers, "ClampResidual")
+        ]
+
+
+def test_a_new_spec_runs_on_every_backend_with_no_backend_code() -> None:
+    model, backend, inputs, _ = setup("tiny-llava")
+    spec = ClampResidual(layers=[0, 1], bound=0.5)
+    with torch.no_grad():
+        clean, ref = model(inputs), model.run_with_interventions(inputs, spec)
+        by_hand = model.run_with_hooks(  # the same edit written as TransformerLens hooks
+            inputs, fwd_hooks=[(f"blocks.{l}.hook_resid_post", lambda x, hook: x * 0.5) for l in (0, 1)]
+        )
+    assert max_diff(ref, clean, inputs) > 1e-3 and max_diff(ref, by_hand, inputs) <= TOL
+    for remote in (False, "local"):
+        assert max_diff(backend.run(inputs, spec, remote=remote), ref, inputs) <= TOL
+    metric = answer_logprob(model, inputs)
+    local = sweep(model, inputs, [spec, ClampResidual(1, 2.0)], metric, progress=False)
+    remote = remote_sweep(backend, inputs, [spec, ClampResidual(1, 2.0)], metric, remote="local", progress=False)
+    assert (local.values - remote.values).abs().max() <= TOL
+    assert Intervention.from_dict(spec.to_dict()) == spec
+    with pytest.raises(NotImplementedError, match="hook_resid_mid"):  # a hook nnsight cannot reach: said when compiling
+        backend.run(inputs, ClampResidual(0, hook="hook_resid_mid"))
+
+
+def test_nnsight_versions_other_than_the_tested_ones_get_a_clear_error(monkeypatch) -> None:  # noqa: ANN001
+    import nnsight
+
+    from hooks_mm.remote import nnsight_compat
+
+    monkeypatch.setattr(nnsight, "__version__", "0.9.0")
+    nnsight_compat.require.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"checked on nnsight 0\.8\.1, but nnsight 0\.9\.0 is installed"):
+            nnsight_compat.wrapped_module(setup("tiny-llama")[1].lm)
+    finally:
+        nnsight_compat.require.cache_clear()
