@@ -2,7 +2,7 @@
 
 from hooks_mm.adapters import Adapter, adapter_for, register
 from hooks_mm.layout import Modality, ModalityLayout, Segment
-from hooks_mm.model import HookedMLLM
+from hooks_mm.model import Batch, HookedMLLM
 from hooks_mm.selectors import (
     After,
     Answer,
@@ -30,6 +30,7 @@ __all__ = [
     "Answer",
     "Audio",
     "AudioTime",
+    "Batch",
     "Frame",
     "HookedMLLM",
     "Image",

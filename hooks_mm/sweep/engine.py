@@ -80,9 +80,9 @@ class HooksSweep:
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, Tensor] | None]:
         configs = [(i, spec) for i, spec in jobs if spec is not None]
+        groups, naive = self._partition(configs)
         if len(configs) < len(jobs):
             yield -1, self.clean
-        groups, naive = self._partition(configs)
         metric, batch, chunk = self.metric, self.batch.shape[0], self.chunk
         positional = isinstance(metric, PositionMetric)
         for group in groups:
@@ -129,9 +129,9 @@ class HooksSweep:
             return None
         layers = spec.layers
         layer = layers if isinstance(layers, int) else layers[0] if layers is not None and len(layers) == 1 else None
-        if layer is None or not -model.cfg.n_layers <= layer < model.cfg.n_layers:
+        if layer is None:
             return None
-        layer %= model.cfg.n_layers
+        layer %= model.cfg.n_layers  # in range: edits() checked it
         if layer in model.cfg.cross_attn_layers or model.adapter.mlp_out is None:
             return None
         if layer not in replay.verified:
