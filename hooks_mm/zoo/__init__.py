@@ -35,13 +35,13 @@ BUILDERS: dict[str, str] = {
     "chameleon": "discrete_cross:build_chameleon",
     "emu3": "discrete_cross:build_emu3",
     "mllama": "discrete_cross:build_mllama",
-    "qwen2_vl_video": "qwen_video:build_qwen2_vl_video",
-    "qwen2_5_vl_video": "qwen_video:build_qwen2_5_vl_video",
+    "qwen2_vl_video": "qwen:build_qwen2_vl_video",
+    "qwen2_5_vl_video": "qwen:build_qwen2_5_vl_video",
     "qwen2_5_omni": "omni:build_qwen2_5_omni",
     "qwen2_audio": "audio:build_qwen2_audio",
     "voxtral": "audio:build_voxtral",
-    "llava_onevision_video": "llava_video:build_llava_onevision_video",
-    "video_llava": "llava_video:build_video_llava",
+    "llava_onevision_video": "llava:build_llava_onevision_video",
+    "video_llava": "llava:build_video_llava",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -25,8 +25,9 @@ import torch
 
 from hooks_mm.media import chirp, tone
 from hooks_mm.processing.audio_text import AudioTextProcessor
-from hooks_mm.zoo.base import Tiny
-from hooks_mm.zoo.omni import CHAT_TEMPLATE, build_feature_extractor, build_tokenizer
+from hooks_mm.zoo.base import Tiny, chat_prompts, init_model, lm_config, processor_batch, token_ids
+from hooks_mm.zoo.omni import CHAT_TEMPLATE, build_feature_extractor, build_tokenizer, whisper_encoder
+from hooks_mm.zoo.tokenizers import word_level
 
 SAMPLING_RATE = 16000
 
@@ -46,48 +47,14 @@ def build_qwen2_audio(seed: int = 0) -> Tiny:
     processor = build_qwen2_audio_processor()
     tok = processor.tokenizer
     config = Qwen2AudioConfig(
-        audio_config=dict(
-            num_mel_bins=16,
-            encoder_layers=2,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            d_model=32,
-            max_source_positions=100,
-        ),
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
+        audio_config=whisper_encoder(),
+        text_config=lm_config(64, **token_ids(tok)),
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
     )
-    config.architectures = ["Qwen2AudioForConditionalGeneration"]
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config).float().eval()
-    msgs = [
-        [
-            {
-                "role": "user",
-                "content": [{"type": "audio"}, {"type": "audio"}, {"type": "text", "text": "which sound is high ?"}],
-            }
-        ],
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "describe the sound"}]}],
-    ]
-    texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
-    out = processor(
-        text=texts,
-        audio=[tone(0.8, 880.0), chirp(0.4), tone(1.2, 220.0)],
-        return_tensors="pt",
-        padding=True,
-        sampling_rate=SAMPLING_RATE,
-    )
-    inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    model = init_model(Qwen2AudioForConditionalGeneration, config, seed)
+    texts = chat_prompts(processor, (["audio", "audio"], "which sound is high ?"), (["audio"], "describe the sound"))
+    audio = [tone(0.8, 880.0), chirp(0.4), tone(1.2, 220.0)]
+    inputs = processor_batch(processor, texts, audio=audio, sampling_rate=SAMPLING_RATE)
     return Tiny(model=model, inputs=inputs, processor=processor)
 
 
@@ -100,23 +67,16 @@ VOXTRAL_WORDS = "what is this sound describe the pitch high low which one . ? ,"
 
 
 def build_voxtral_tokenizer() -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(VOXTRAL_SPECIAL + VOXTRAL_WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.add_special_tokens(VOXTRAL_SPECIAL)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
+    return word_level(
+        VOXTRAL_SPECIAL + VOXTRAL_WORDS,
+        VOXTRAL_SPECIAL,
         unk_token="<unk>",
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
+        additional_special_tokens=VOXTRAL_SPECIAL[3:7],
         padding_side="left",
     )
-    tok.add_special_tokens({"additional_special_tokens": VOXTRAL_SPECIAL[3:7]}, replace_extra_special_tokens=False)
-    return tok
 
 
 def voxtral_chunks(waveform: np.ndarray, feature_extractor: Any) -> torch.Tensor:
@@ -147,25 +107,11 @@ def build_voxtral(seed: int = 0) -> Tiny:
             max_source_positions=100,
             num_key_value_heads=2,
         ),
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            head_dim=16,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
+        text_config=lm_config(64, head_dim=16, **token_ids(tok)),
         audio_token_id=tok.convert_tokens_to_ids("[AUDIO]"),
         projector_hidden_act="gelu",
     )
-    config.architectures = ["VoxtralForConditionalGeneration"]
-    torch.manual_seed(seed)
-    model = VoxtralForConditionalGeneration(config).float().eval()
+    model = init_model(VoxtralForConditionalGeneration, config, seed)
     per_chunk = config.audio_config.max_source_positions * d_model // config.audio_config.intermediate_size
     clips = [[tone(2.5, 660.0)], [chirp(1.0)]]  # row 0: 2 chunks (50 steps), row 1: 1 chunk (25 steps)
     texts, feats = [], []

@@ -9,35 +9,15 @@ processor writes them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from hooks_mm.zoo.base import Tiny
-
-PAD, BOS, EOS = 0, 1, 2
-
-
-def _batch(rows: list[list[int]], pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token rows into (input_ids, attention_mask)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
+from hooks_mm.zoo.base import BOS, EOS, PAD, SPECIAL_IDS, Tiny, init_model, left_pad, lm_config
 
 
 def _images(n: int, h: int, w: int, seed: int) -> torch.Tensor:
     """``n`` distinct random images in [-1, 1], shape [n, 3, h, w]."""
     g = torch.Generator().manual_seed(1000 + seed)
     return torch.rand((n, 3, h, w), generator=g) * 2 - 1
-
-
-def _finish(model: Any, arch: str) -> Any:
-    model.config.architectures = [arch]
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------
@@ -55,18 +35,7 @@ def build_janus(seed: int = 0) -> Tiny:
 
     hidden = 64
     image_token, boi, eoi = 100, 101, 102
-    text = LlamaConfig(
-        vocab_size=128,
-        hidden_size=hidden,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
+    text = LlamaConfig(**lm_config(128, max_position_embeddings=256, **SPECIAL_IDS))
     vision = JanusVisionConfig(
         hidden_size=32,
         num_hidden_layers=2,
@@ -92,15 +61,12 @@ def build_janus(seed: int = 0) -> Tiny:
     config = JanusConfig(
         text_config=text.to_dict(), vision_config=vision.to_dict(), vq_config=vq.to_dict(), image_token_id=image_token
     )
-    torch.manual_seed(seed)
-    model = _finish(JanusForConditionalGeneration(config), "JanusForConditionalGeneration")
+    model = init_model(JanusForConditionalGeneration, config, seed)
 
     n_tok = (32 // 8) ** 2  # processor: boi + <image>*num_image_tokens + eoi
     img = [boi] + [image_token] * n_tok + [eoi]
     rows = [[BOS, 10, 11, *img, 12, *img, 13, 14], [BOS, 20, *img, 21, 22]]
-    input_ids, attention_mask = _batch(rows)
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": _images(3, 32, 32, seed)}
-    return Tiny(model, inputs)
+    return Tiny(model, {**left_pad(rows), "pixel_values": _images(3, 32, 32, seed)})
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,16 +84,7 @@ def build_chameleon(seed: int = 0) -> Tiny:
     vocabulary_map = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<image>": 3, "<racm3:break>": 4, "<eoss>": 5}
     vocabulary_map.update({_chameleon_code_name(i): first_code + i for i in range(n_codes)})
     config = ChameleonConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
+        **lm_config(64, **SPECIAL_IDS),
         vocabulary_map=vocabulary_map,
         vq_config=dict(
             embed_dim=8,
@@ -140,16 +97,13 @@ def build_chameleon(seed: int = 0) -> Tiny:
             attn_resolutions=None,
         ),
     )
-    torch.manual_seed(seed)
-    model = _finish(ChameleonForConditionalGeneration(config), "ChameleonForConditionalGeneration")
+    model = init_model(ChameleonForConditionalGeneration, config, seed)
 
     side = 32 // 4  # two downsamples
     n_tok = side * side
     img = [4] + [3] * n_tok + [5]  # <racm3:break> <image>*n <eoss>
     rows = [[BOS, 6, 7, *img, 8, *img, 9], [BOS, 10, *img, 11, 12]]
-    input_ids, attention_mask = _batch(rows)
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": _images(3, 32, 32, seed)}
-    return Tiny(model, inputs)
+    return Tiny(model, {**left_pad(rows), "pixel_values": _images(3, 32, 32, seed)})
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,19 +125,7 @@ def build_emu3(seed: int = 0) -> Tiny:
     vocabulary_map = {"<|endoftext|>": PAD, "<|extra_203|>": BOS, "<|extra_204|>": EOS, **special}
     vocabulary_map.update({f"<|visual token{i:06d}|>": first_code + i for i in range(n_codes)})
     config = Emu3Config(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            pad_token_id=PAD,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            attention_dropout=0.0,
-        ),
+        text_config=lm_config(64, attention_dropout=0.0, **SPECIAL_IDS),
         vq_config=dict(
             codebook_size=n_codes,
             embed_dim=4,
@@ -198,8 +140,7 @@ def build_emu3(seed: int = 0) -> Tiny:
         ),
         vocabulary_map=vocabulary_map,
     )
-    torch.manual_seed(seed)
-    model = _finish(Emu3ForConditionalGeneration(config), "Emu3ForConditionalGeneration")
+    model = init_model(Emu3ForConditionalGeneration, config, seed)
 
     factor = 8  # 2 ** (len(channel_multiplier) - 1), as the Emu3 processor assumes
     sizes = [(32, 32), (24, 32), (32, 16)]  # (height, width) of each image, in order
@@ -210,18 +151,13 @@ def build_emu3(seed: int = 0) -> Tiny:
         return [4, 52 + gh, 60, 52 + gw, 6] + [3] * (gh * (gw + 1)) + [8, 5]
 
     rows = [[BOS, 9, 10, *img(*sizes[0]), 11, *img(*sizes[1]), 12], [BOS, 13, *img(*sizes[2]), 14, 15]]
-    input_ids, attention_mask = _batch(rows)
+    inputs = left_pad(rows)
     # the image processor pads every image to the largest (bottom/right) in the batch
     pixel_values = torch.zeros(3, 3, 32, 32)
     content = _images(3, 32, 32, seed)
     for i, (h, w) in enumerate(sizes):
         pixel_values[i, :, :h, :w] = content[i, :, :h, :w]
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": pixel_values,
-        "image_sizes": torch.tensor(sizes, dtype=torch.long),
-    }
+    inputs.update(pixel_values=pixel_values, image_sizes=torch.tensor(sizes, dtype=torch.long))
     return Tiny(model, inputs)
 
 
@@ -240,18 +176,8 @@ def build_mllama(seed: int = 0) -> Tiny:
     vision_hidden = 32
     layers_idx = [0, 1]
     config = MllamaConfig(
-        text_config=dict(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            cross_attention_layers=[1],
-            pad_token_id=PAD,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
+        text_config=lm_config(
+            vocab, num_hidden_layers=3, max_position_embeddings=256, cross_attention_layers=[1], **SPECIAL_IDS
         ),
         vision_config=dict(
             hidden_size=vision_hidden,
@@ -268,8 +194,7 @@ def build_mllama(seed: int = 0) -> Tiny:
         ),
         image_token_index=image_token,
     )
-    torch.manual_seed(seed)
-    model = MllamaForConditionalGeneration(config)
+    model = init_model(MllamaForConditionalGeneration, config, seed)
     # the tanh gates are initialised to 0: make them nonzero so the cross path (and the
     # gated tile / position embeddings of the vision tower) change the output
     g = torch.Generator().manual_seed(seed + 7)
@@ -278,10 +203,10 @@ def build_mllama(seed: int = 0) -> Tiny:
             if name.endswith(("gate", "gate_attn", "gate_ffn")):
                 sign = torch.where(torch.rand(p.shape, generator=g) < 0.5, -1.0, 1.0)
                 p.copy_(sign * (0.5 + torch.rand(p.shape, generator=g)))
-    model = _finish(model, "MllamaForConditionalGeneration")
 
     rows = [[BOS, image_token, 10, 11, image_token, 12, 13, 14], [BOS, 20, image_token, 21, 22]]
-    input_ids, attention_mask = _batch(rows)
+    inputs = left_pad(rows)
+    input_ids = inputs["input_ids"]
     # images per row, as aspect ratios (tiles_h, tiles_w); supported ratio ids are 1-based
     ratios = [[(1, 2), (1, 1)], [(2, 1)]]
     supported = [tuple(r) for r in config.vision_config.supported_aspect_ratios]
@@ -306,12 +231,10 @@ def build_mllama(seed: int = 0) -> Tiny:
             token_masks, num_tiles=num_tiles, max_num_tiles=max_tiles, length=input_ids.shape[1]
         )
     )
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": pixel_values,
-        "aspect_ratio_ids": aspect_ratio_ids,
-        "aspect_ratio_mask": aspect_ratio_mask,
-        "cross_attention_mask": cross_attention_mask,
-    }
+    inputs.update(
+        pixel_values=pixel_values,
+        aspect_ratio_ids=aspect_ratio_ids,
+        aspect_ratio_mask=aspect_ratio_mask,
+        cross_attention_mask=cross_attention_mask,
+    )
     return Tiny(model, inputs)

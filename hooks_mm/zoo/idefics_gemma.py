@@ -3,9 +3,9 @@
 Each builder returns a real HF ``...ForConditionalGeneration`` (fp32, sdpa, eval) and
 inputs laid out exactly as the family's processor writes them (image tokens expanded,
 structural tokens in place): row 0 holds two images, row 1 one image and is left-padded.
-No processor is built: the token ids are this module's constants, listed below.
+No processor is built: the token ids are constants, listed below.
 
-Shared token ids (vocabulary 160): 0 pad, 1 bos, 2 eos, 10 "\\n", 20..89 words,
+Shared token ids (vocabulary 160): 0 pad, 1 bos, 2 eos (``hooks_mm.zoo.base``), 10 "\\n", 20..89 words,
 100 image token, 101/102 structural (fake/global, boi/eoi, <img>/</img>),
 103.. Idefics row/col markers.
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from hooks_mm.zoo.base import Tiny
+from hooks_mm.zoo.base import BOS, EOS, SPECIAL_IDS, Tiny, init_model, left_pad, lm_config
 
 VOCAB = 160
-PAD, BOS, EOS, NL = 0, 1, 2, 10
+NL = 10
 IMG, S1, S2 = 100, 101, 102
 ROWCOL0 = 103  # <row_{r+1}_col_{c+1}> = ROWCOL0 + 6 * r + c
 
@@ -28,42 +28,34 @@ def _words(g: torch.Generator, n: int) -> list[int]:
     return torch.randint(20, 90, (n,), generator=g).tolist()
 
 
-def _left_pad(rows: list[list[int]], extra: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
-    """input_ids / attention_mask (and optional aligned per-token lists) left-padded."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    out = {"input_ids": ids, "attention_mask": att}
-    if extra is not None:
-        out["token_type_ids"] = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r) :] = torch.tensor(r)
-        att[b, width - len(r) :] = 1
-        if extra is not None:
-            out["token_type_ids"][b, width - len(r) :] = torch.tensor(extra[b])
-    return out
+def _rows(g: torch.Generator, images: list[list[list[int]]], end: list[int]) -> list[list[int]]:
+    """Token rows: ``<bos>`` and 3 random words, each image's tokens followed by 2 words, ``end``."""
+    rows = []
+    for row in images:
+        r = [BOS] + _words(g, 3)
+        for tokens in row:
+            r += tokens + _words(g, 2)
+        rows.append(r + end)
+    return rows
 
 
-def _llama_text(**kw: Any) -> dict[str, Any]:
-    return dict(
-        model_type="llama",
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        **kw,
-    )
+def _text(model_type: str, **kw: Any) -> dict[str, Any]:
+    """The LM: ``lm_config`` at hidden 32; ``kw`` adds or overrides."""
+    return lm_config(VOCAB, model_type=model_type, hidden_size=32, intermediate_size=64, **SPECIAL_IDS) | kw
 
 
-def _finish(model: Any, cls: type) -> Any:
-    model.config.architectures = [cls.__name__]
-    return model.float().eval()
+def _gemma_text(model_type: str, **kw: Any) -> dict[str, Any]:
+    return _text(model_type, num_key_value_heads=1, head_dim=8) | kw
+
+
+def _vision(patch_size: int, **kw: Any) -> dict[str, Any]:
+    """A 2-layer vision tower, width 32, over 32 px images."""
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    return dict(**sizes, image_size=32, patch_size=patch_size, **kw)
+
+
+def _siglip(patch_size: int) -> dict[str, Any]:
+    return _vision(patch_size, model_type="siglip_vision_model", vision_use_head=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,24 +74,14 @@ def _idefics_image(rows: int, cols: int, seq: int) -> list[int]:
     return out + [NL, S1, S2] + [IMG] * seq + [S1]
 
 
-def _build_idefics(cls_name: str, seed: int) -> Tiny:
+def _build_idefics(name: str, seed: int) -> Tiny:
     import transformers
 
-    cfg_cls = getattr(transformers, cls_name.replace("ForConditionalGeneration", "Config"))
-    model_cls = getattr(transformers, cls_name)
-    torch.manual_seed(seed)
     image_size, patch, scale = 32, 4, 2
     seq = (image_size // patch) ** 2 // scale**2  # 16 tokens per tile (4 x 4)
-    config = cfg_cls(
-        text_config=_llama_text(),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch,
-        ),
+    config = getattr(transformers, f"{name}Config")(
+        text_config=_text("llama"),
+        vision_config=_vision(patch),
         image_token_id=IMG,
         scale_factor=scale,
         tie_word_embeddings=False,
@@ -108,18 +90,12 @@ def _build_idefics(cls_name: str, seed: int) -> Tiny:
     config.fake_image_token_id = S1
     config.global_image_token_id = S2
     config.row_col_token_ids = [ROWCOL0 + i for i in range(36)]
-    model = _finish(model_cls(config), model_cls)
+    model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
 
     g = torch.Generator().manual_seed(seed + 1)
     # row 0: a 1x2-split image (2 tiles + global) and an unsplit image; row 1: 2x2 split
     layouts = [[(1, 2), (0, 0)], [(2, 2)]]
-    rows = []
-    for images in layouts:
-        r = [BOS] + _words(g, 3)
-        for rr, cc in images:
-            r += _idefics_image(rr, cc, seq) + _words(g, 2)
-        rows.append(r + [NL])
-    inputs = _left_pad(rows)
+    inputs = left_pad(_rows(g, [[_idefics_image(rr, cc, seq) for rr, cc in images] for images in layouts], [NL]))
     tiles = [[rr * cc + 1 for rr, cc in images] for images in layouts]
     n_sub = max(sum(t) for t in tiles)
     pixel_values = torch.zeros(2, n_sub, 3, image_size, image_size)
@@ -133,64 +109,29 @@ def _build_idefics(cls_name: str, seed: int) -> Tiny:
 
 
 def build_idefics3(seed: int = 0) -> Tiny:
-    return _build_idefics("Idefics3ForConditionalGeneration", seed)
+    return _build_idefics("Idefics3", seed)
 
 
 def build_smolvlm(seed: int = 0) -> Tiny:
-    return _build_idefics("SmolVLMForConditionalGeneration", seed)
+    return _build_idefics("SmolVLM", seed)
 
 
 # ---------------------------------------------------------------------------------------
 # PaliGemma
 
 
-def _paligemma_config(text: dict[str, Any]) -> Any:
-    from transformers import PaliGemmaConfig
+def _build_paligemma(text: dict[str, Any], seed: int) -> Tiny:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
-    return PaliGemmaConfig(
+    config = PaliGemmaConfig(
         text_config=text,
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            vision_use_head=False,
-        ),
+        vision_config=_siglip(8),
         image_token_index=IMG,
         vocab_size=VOCAB,
         projection_dim=32,
         hidden_size=32,
     )
-
-
-def _gemma_text(model_type: str, **kw: Any) -> dict[str, Any]:
-    text = dict(
-        model_type=model_type,
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=512,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    text.update(kw)
-    return text
-
-
-def _build_paligemma(text: dict[str, Any], seed: int) -> Tiny:
-    from transformers import PaliGemmaForConditionalGeneration
-
-    torch.manual_seed(seed)
-    config = _paligemma_config(text)
-    model = _finish(PaliGemmaForConditionalGeneration(config), PaliGemmaForConditionalGeneration)
+    model = init_model(PaliGemmaForConditionalGeneration, config, seed)
     per = (32 // 8) ** 2  # 16 tokens per image, 4 x 4
 
     g = torch.Generator().manual_seed(seed + 1)
@@ -200,7 +141,7 @@ def _build_paligemma(text: dict[str, Any], seed: int) -> Tiny:
         suffix = _words(g, n_suffix) + [EOS]
         rows.append(prefix + suffix)
         types.append([0] * len(prefix) + [1] * len(suffix))  # 0: the prefix (bidirectional), 1: the suffix
-    inputs = _left_pad(rows, types)
+    inputs = left_pad(rows, types)
     inputs["pixel_values"] = torch.randn(3, 3, 32, 32, generator=g)
     return Tiny(model=model, inputs=inputs)
 
@@ -221,7 +162,6 @@ def build_paligemma2(seed: int = 0) -> Tiny:
 def build_gemma3(seed: int = 0) -> Tiny:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    torch.manual_seed(seed)
     mm = 16  # 8 x 8 patches avg-pooled to 4 x 4
     config = Gemma3Config(
         text_config=_gemma_text(
@@ -231,36 +171,22 @@ def build_gemma3(seed: int = 0) -> Tiny:
             layer_types=["sliding_attention", "full_attention"],
             num_key_value_heads=2,
         ),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=4,
-            vision_use_head=False,
-        ),
+        vision_config=_siglip(4),
         mm_tokens_per_image=mm,
         image_token_index=IMG,
         boi_token_index=S1,
         eoi_token_index=S2,
     )
-    model = _finish(Gemma3ForConditionalGeneration(config), Gemma3ForConditionalGeneration)
+    model = init_model(Gemma3ForConditionalGeneration, config, seed)
     with torch.no_grad():  # HF initialises the projection to zeros: the image path would be dead
         proj = model.model.multi_modal_projector.mm_input_projection_weight
         proj.copy_(torch.randn(proj.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
 
     g = torch.Generator().manual_seed(seed + 1)
     image = [NL, NL, S1] + [IMG] * mm + [S2, NL, NL]  # processor's full_image_sequence
-    rows = []
-    for n_img in (2, 1):
-        r = [BOS] + _words(g, 3)
-        for _ in range(n_img):
-            r += image + _words(g, 2)
-        rows.append(r + [NL])
+    rows = _rows(g, [[image, image], [image]], [NL])
     types = [[int(t == IMG) for t in r] for r in rows]  # 1 at image tokens (a bidirectional block)
-    inputs = _left_pad(rows, types)
+    inputs = left_pad(rows, types)
     inputs["pixel_values"] = torch.randn(3, 3, 32, 32, generator=g)
     return Tiny(model=model, inputs=inputs)
 
@@ -272,20 +198,10 @@ def build_gemma3(seed: int = 0) -> Tiny:
 def build_internvl(seed: int = 0) -> Tiny:
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-    torch.manual_seed(seed)
     seq = 16  # (32 / 4)^2 patches * 0.5^2
-    text = _llama_text()
-    text.update(model_type="qwen2")
     config = InternVLConfig(
-        text_config=text,
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=4,
-        ),
+        text_config=_text("qwen2"),
+        vision_config=_vision(4),
         image_token_id=IMG,
         image_seq_length=seq,
         downsample_ratio=0.5,
@@ -293,17 +209,11 @@ def build_internvl(seed: int = 0) -> Tiny:
     )
     config.start_image_token_id = S1  # optional ids hooks_mm reads (tokenizer ids)
     config.end_image_token_id = S2
-    model = _finish(InternVLForConditionalGeneration(config), InternVLForConditionalGeneration)
+    model = init_model(InternVLForConditionalGeneration, config, seed)
 
     g = torch.Generator().manual_seed(seed + 1)
     # row 0: a 3-tile image (2 crops + thumbnail) and a 1-tile image; row 1: 3 tiles
     layouts = [[3, 1], [3]]
-    rows = []
-    for tiles in layouts:
-        r = [BOS] + _words(g, 3)
-        for t in tiles:
-            r += [S1] + [IMG] * (seq * t) + [S2, NL] + _words(g, 2)
-        rows.append(r)
-    inputs = _left_pad(rows)
+    inputs = left_pad(_rows(g, [[[S1] + [IMG] * (seq * t) + [S2, NL] for t in tiles] for tiles in layouts], []))
     inputs["pixel_values"] = torch.randn(sum(map(sum, layouts)), 3, 32, 32, generator=g)
     return Tiny(model=model, inputs=inputs)

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from hooks_mm.media import QwenVideoProcessorPil, chirp, moving_square, tone
-from hooks_mm.zoo.base import Tiny
-from hooks_mm.zoo.qwen import _images, build_image_processor
+from hooks_mm.processing import allow_missing_video_processor
+from hooks_mm.zoo.base import Tiny, chat_prompts, init_model, lm_config, processor_batch, token_ids
+from hooks_mm.zoo.qwen import _images, build_image_processor, mrope, vision_config
 
 SPECIAL = [
     "<|endoftext|>",
@@ -57,18 +58,13 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer() -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A WordLevel fast tokenizer with the Omni special tokens, named as Qwen2.5-Omni names them
+    (``image_token``, ``audio_bos_token``, ...); left padding."""
+    from hooks_mm.zoo.tokenizers import word_level
 
-    vocab: dict[str, int] = {}
-    for t in SPECIAL + WORDS:
-        vocab.setdefault(t, len(vocab))
-    assert len(vocab) <= VOCAB
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.add_special_tokens(SPECIAL)  # matched whole: "<|im_start|>" stays one token
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
+    tok = word_level(
+        SPECIAL + WORDS,
+        SPECIAL,  # matched whole: "<|im_start|>" stays one token
         unk_token="<unk>",
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
@@ -82,12 +78,13 @@ def build_tokenizer() -> Any:
             "audio_bos_token": "<|audio_bos|>",
             "audio_eos_token": "<|audio_eos|>",
         },
+        chat_template=CHAT_TEMPLATE,
     )
     # the rest of SPECIAL (<|im_start|>, ...) are special too, beside the named ones
     tok.add_special_tokens(
         {"additional_special_tokens": [t for t in SPECIAL if t != "<unk>"]}, replace_extra_special_tokens=False
     )
-    tok.chat_template = CHAT_TEMPLATE
+    assert len(tok) <= VOCAB
     return tok
 
 
@@ -100,10 +97,14 @@ def build_feature_extractor(chunk_seconds: int = 2) -> Any:
     )
 
 
+def whisper_encoder(**extra: Any) -> dict[str, Any]:
+    """A tiny Whisper-style audio encoder config (16 mel bins, 2 layers, width 32); ``extra`` adds."""
+    sizes = dict(encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32)
+    return dict(num_mel_bins=N_MELS, **sizes, max_source_positions=100, **extra)
+
+
 def build_processor(patch: int = 14) -> Any:
     from transformers import Qwen2_5OmniProcessor
-
-    from hooks_mm.processing import allow_missing_video_processor
 
     image_processor = build_image_processor(patch)
     with allow_missing_video_processor():
@@ -119,33 +120,19 @@ def build_processor(patch: int = 14) -> Any:
 
 
 def omni_inputs(processor: Any, seed: int = 0, factor: int = 28) -> dict[str, torch.Tensor]:
-    msgs = [
-        [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image"},
-                    {"type": "audio"},
-                    {"type": "video"},
-                    {"type": "text", "text": "what is in this image video and sound ?"},
-                ],
-            }
-        ],
-        [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "describe the pitch"}]}],
-    ]
-    texts = [processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in msgs]
-    out = processor(
-        text=texts,
-        images=[_images(seed, factor)[0]],
+    texts = chat_prompts(
+        processor,
+        (["image", "audio", "video"], "what is in this image video and sound ?"),
+        (["audio"], "describe the pitch"),
+    )
+    return processor_batch(
+        processor,
+        texts,
+        images=_images(seed, factor)[:1],
         videos=[moving_square(4, 2 * factor, 3 * factor, seed)],
         audio=[tone(1.0, 440.0), chirp(0.6)],
         fps=FPS,
-        return_tensors="pt",
-        padding=True,
     )
-    inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-    assert bool((inputs["attention_mask"][1] == 0).any()), "row 1 should be padded"
-    return inputs
 
 
 def build_config(processor: Any, patch: int = 14) -> Any:
@@ -153,41 +140,10 @@ def build_config(processor: Any, patch: int = 14) -> Any:
 
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
-    config = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(
-            num_mel_bins=N_MELS,
-            encoder_layers=2,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            d_model=32,
-            max_source_positions=100,
-            n_window=50,
-            output_dim=64,
-        ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            patch_size=patch,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-        ),
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            pad_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-        ),
+    return Qwen2_5OmniThinkerConfig(
+        audio_config=whisper_encoder(n_window=50, output_dim=64),
+        vision_config=vision_config(patch, window_size=56, fullatt_block_indexes=[1]),
+        text_config=lm_config(VOCAB, max_position_embeddings=1024, rope_parameters=mrope(2, 3, 3), **token_ids(tok)),
         audio_token_index=ids["<|AUDIO|>"],
         image_token_index=ids["<|IMAGE|>"],
         video_token_index=ids["<|VIDEO|>"],
@@ -198,8 +154,6 @@ def build_config(processor: Any, patch: int = 14) -> Any:
         position_id_per_seconds=25,
         seconds_per_chunk=2,
     )
-    config.architectures = ["Qwen2_5OmniThinkerForConditionalGeneration"]
-    return config
 
 
 def build_qwen2_5_omni(seed: int = 0) -> Tiny:
@@ -207,9 +161,5 @@ def build_qwen2_5_omni(seed: int = 0) -> Tiny:
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     processor = build_processor()
-    config = build_config(processor)
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config).float().eval()
-    model.config.architectures = ["Qwen2_5OmniThinkerForConditionalGeneration"]
-    inputs = omni_inputs(processor, seed)
-    return Tiny(model=model, inputs=inputs, processor=processor)
+    model = init_model(Qwen2_5OmniThinkerForConditionalGeneration, build_config(processor), seed)
+    return Tiny(model=model, inputs=omni_inputs(processor, seed), processor=processor)

@@ -1,10 +1,17 @@
-"""Tiny random-weight Qwen-VL family models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with processors.
+"""Tiny random-weight Qwen-VL family models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) with processors,
+on images and (Qwen2-VL, Qwen2.5-VL) video.
 
 Each builder returns a real HF ``...ForConditionalGeneration`` (fp32, sdpa, eval) and the
 output of the family's own processor for a batch of two chat prompts: row 0 holds two
 images, row 1 one image and is left-padded.  Images have non-square patch grids so that a
 row/column mix-up shows.  The processor (local WordLevel tokenizer, slow PIL image processor
 with tiny min/max pixels, a Qwen-style chat template) is returned as ``Tiny.processor``.
+
+Video: the processor's video slot holds :class:`~hooks_mm.media.QwenVideoProcessorPil`
+(transformers' Qwen2VLVideoProcessor needs torchvision). Row 0: an image, then a 4-frame
+video (2 LM frames of 2x3 cells); row 1: a 2-frame video (1 LM frame of 3x2 cells),
+left-padded. Videos are sampled at 2 fps, so one LM frame (2 decoded frames) lasts 1 s
+(``second_per_grid_ts`` in Qwen2.5-VL).
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from hooks_mm.media import QwenVideoProcessorPil, moving_square
 from hooks_mm.processing import allow_missing_video_processor
-from hooks_mm.zoo.base import Tiny
+from hooks_mm.zoo.base import Tiny, chat_prompts, init_model, lm_config, processor_batch
 
 # ---------------------------------------------------------------------------------------
-# Tokenizer / processor shared by the three families
+# Tokenizer / processor / configs shared by the three families (and Qwen2.5-Omni's vision)
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",  # 0: pad
@@ -37,6 +45,7 @@ WORDS = (
     "green colour color shows show . , ? ! :"
 ).split()
 VOCAB_SIZE = 64  # model vocabulary (covers the tokenizer's ids)
+FPS = 2.0
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -54,30 +63,19 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer() -> Any:
     """A WordLevel PreTrainedTokenizerFast with the Qwen-VL special tokens (left padding)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from hooks_mm.zoo.tokenizers import word_level
 
-    vocab: dict[str, int] = {}
-    for tok in SPECIAL_TOKENS + WORDS:
-        vocab.setdefault(tok, len(vocab))
-    assert len(vocab) <= VOCAB_SIZE
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
+    tok = word_level(
+        SPECIAL_TOKENS + WORDS,
         unk_token="<unk>",
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<unk>",)],
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t != "<unk>"],
         padding_side="left",
+        chat_template=CHAT_TEMPLATE,
     )
-    tok.chat_template = CHAT_TEMPLATE
+    assert len(tok) <= VOCAB_SIZE
     return tok
-
-
-def token_ids() -> dict[str, int]:
-    tok = build_tokenizer()
-    return {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
 def build_image_processor(patch_size: int, merge_size: int = 2) -> Any:
@@ -103,26 +101,17 @@ def build_processor(processor_cls: Any, patch_size: int, merge_size: int = 2) ->
     """
     from transformers.utils import is_torchvision_available
 
-    image_processor = build_image_processor(patch_size, merge_size)
-    tokenizer = build_tokenizer()
+    parts = dict(image_processor=build_image_processor(patch_size, merge_size), tokenizer=build_tokenizer())
     if is_torchvision_available():  # pragma: no cover - not in the CPU test environment
         from transformers.models.auto.video_processing_auto import video_processor_class_from_name
 
-        qwen3 = processor_cls.__name__.startswith("Qwen3")
-        name = "Qwen3VLVideoProcessor" if qwen3 else "Qwen2VLVideoProcessor"
+        name = "Qwen3VLVideoProcessor" if processor_cls.__name__.startswith("Qwen3") else "Qwen2VLVideoProcessor"
         video_processor = video_processor_class_from_name(name)(
             patch_size=patch_size, temporal_patch_size=2, merge_size=merge_size
         )
-        return processor_cls(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=video_processor,
-            chat_template=CHAT_TEMPLATE,
-        )
+        return processor_cls(**parts, video_processor=video_processor, chat_template=CHAT_TEMPLATE)
     with allow_missing_video_processor():
-        return processor_cls(
-            image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=CHAT_TEMPLATE
-        )
+        return processor_cls(**parts, video_processor=None, chat_template=CHAT_TEMPLATE)
 
 
 def _images(seed: int, factor: int) -> list[Any]:
@@ -139,154 +128,97 @@ def _images(seed: int, factor: int) -> list[Any]:
     return out
 
 
-def _messages(n_images: int, text: str) -> list[dict[str, Any]]:
-    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
-    return [{"role": "user", "content": content}]
-
-
 def processor_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tensor]:
     """Batch of two prompts: row 0 with images 0 and 1, row 1 with image 2 (left-padded)."""
-    imgs = _images(seed, factor)
-    texts = [
-        processor.apply_chat_template(
-            _messages(2, "compare the two images . which one is red ?"), tokenize=False, add_generation_prompt=True
-        ),
-        processor.apply_chat_template(_messages(1, "describe this image"), tokenize=False, add_generation_prompt=True),
-    ]
-    out = processor(text=texts, images=[imgs[0], imgs[1], imgs[2]], return_tensors="pt", padding=True)
-    inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    texts = chat_prompts(
+        processor,
+        (["image", "image"], "compare the two images . which one is red ?"),
+        (["image"], "describe this image"),
+    )
+    inputs = processor_batch(processor, texts, images=_images(seed, factor))
     assert "mm_token_type_ids" in inputs, "processor did not return mm_token_type_ids"
-    assert bool((inputs["attention_mask"][1] == 0).any()), "row 1 should be padded"
     return inputs
 
 
-def _text_config(n_layers: int, **extra: Any) -> dict[str, Any]:
-    ids = token_ids()
-    cfg = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|im_start|>"],
-        eos_token_id=ids["<|im_end|>"],
+def video_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tensor]:
+    """Row 0: image + 4-frame video (h 2f x w 3f); row 1: 2-frame video (3f x 2f), padded."""
+    texts = chat_prompts(
+        processor, (["image", "video"], "what is in this image and left picture ?"), (["video"], "describe")
     )
-    cfg.update(extra)
-    return cfg
+    videos = [moving_square(4, 2 * factor, 3 * factor, seed), moving_square(2, 3 * factor, 2 * factor, seed + 1)]
+    return processor_batch(processor, texts, images=_images(seed, factor)[:1], videos=videos, fps=FPS)
 
 
-def _top_ids() -> dict[str, int]:
-    ids = token_ids()
-    return dict(
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+def mrope(*section: int, **extra: Any) -> dict[str, Any]:
+    """``rope_parameters`` of a 3-axis M-RoPE with ``section`` frequencies per axis (t, h, w)."""
+    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(section), **extra}
 
 
-def _finish(model: Any, arch: str) -> Any:
-    model.config.architectures = [arch]
-    return model.float().eval()
+def vision_config(patch_size: int, **extra: Any) -> dict[str, Any]:
+    """A Qwen2.5-VL / Qwen3-VL style vision tower (2 x 2 merge, 2 frames per temporal patch);
+    ``extra`` adds or overrides."""
+    sizes = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    return dict(**sizes, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2) | extra
 
 
 # ---------------------------------------------------------------------------------------
 # Builders
 
 
-def build_qwen2_vl(seed: int = 0) -> Tiny:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+def _build_qwen(name: str, seed: int, patch: int, vision: dict[str, Any], video: bool = False, **text: Any) -> Tiny:
+    """``{name}ForConditionalGeneration`` (Qwen2VL, Qwen2_5_VL, Qwen3VL) with its processor, on
+    images or (``video``) an image and videos; ``text`` adds to the LM config."""
+    import transformers
 
-    patch = 14
-    config = Qwen2VLConfig(
-        text_config=_text_config(
-            2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    processor = build_processor(getattr(transformers, f"{name}Processor"), patch)
+    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = getattr(transformers, f"{name}Config")(
+        text_config=lm_config(
+            VOCAB_SIZE,
+            pad_token_id=ids["<|endoftext|>"],
+            bos_token_id=ids["<|im_start|>"],
+            eos_token_id=ids["<|im_end|>"],
+            **text,
         ),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=64,  # = LM hidden: output size of the merger
-            mlp_ratio=2,
-            num_heads=2,
-            patch_size=patch,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        **_top_ids(),
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(seed)
-    model = _finish(Qwen2VLForConditionalGeneration(config), "Qwen2VLForConditionalGeneration")
-    processor = build_processor(Qwen2VLProcessor, patch)
-    inputs = processor_inputs(processor, seed, patch * 2)
-    return Tiny(model=model, inputs=inputs, processor=processor)
+    model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
+    if video:
+        processor.video_processor = QwenVideoProcessorPil(processor.image_processor, fps=FPS)
+        return Tiny(model=model, inputs=video_inputs(processor, seed, patch * 2), processor=processor)
+    return Tiny(model=model, inputs=processor_inputs(processor, seed, patch * 2), processor=processor)
 
 
-def build_qwen2_5_vl(seed: int = 0) -> Tiny:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+def build_qwen2_vl(seed: int = 0, video: bool = False) -> Tiny:
+    # vision hidden_size = LM hidden: the output size of the merger
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
+    vision.update(spatial_merge_size=2, temporal_patch_size=2)
+    return _build_qwen("Qwen2VL", seed, 14, vision, video, rope_parameters=mrope(2, 3, 3))
 
-    patch = 14
-    config = Qwen2_5_VLConfig(
-        text_config=_text_config(
-            2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
-        ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            patch_size=patch,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            # window of 2x2 merged tokens: the 2x3 / 3x2 grids split into several windows,
-            # so the merger's output order differs from the sequence order (see adapter)
-            window_size=56,
-            fullatt_block_indexes=[1],
-        ),
-        **_top_ids(),
-    )
-    torch.manual_seed(seed)
-    model = _finish(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLForConditionalGeneration")
-    processor = build_processor(Qwen2_5_VLProcessor, patch)
-    inputs = processor_inputs(processor, seed, patch * 2)
-    return Tiny(model=model, inputs=inputs, processor=processor)
+
+def build_qwen2_5_vl(seed: int = 0, video: bool = False) -> Tiny:
+    # window of 2x2 merged tokens: the 2x3 / 3x2 grids split into several windows,
+    # so the merger's output order differs from the sequence order (see adapter)
+    vision = vision_config(14, window_size=56, fullatt_block_indexes=[1])
+    return _build_qwen("Qwen2_5_VL", seed, 14, vision, video, rope_parameters=mrope(2, 3, 3))
 
 
 def build_qwen3_vl(seed: int = 0) -> Tiny:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    # deepstack: vision blocks whose outputs are injected after LM layers 0 and 1
+    vision = vision_config(16, depth=3, num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
+    rope = mrope(4, 2, 2, mrope_interleaved=True)
+    return _build_qwen("Qwen3VL", seed, 16, vision, num_hidden_layers=3, head_dim=16, rope_parameters=rope)
 
-    patch = 16
-    config = Qwen3VLConfig(
-        text_config=_text_config(
-            3,
-            head_dim=16,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [4, 2, 2],
-                "mrope_interleaved": True,
-            },
-        ),
-        vision_config=dict(
-            depth=3,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            patch_size=patch,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=16,
-            # vision blocks whose outputs are injected after LM layers 0 and 1
-            deepstack_visual_indexes=[0, 1],
-        ),
-        **_top_ids(),
-    )
-    torch.manual_seed(seed)
-    model = _finish(Qwen3VLForConditionalGeneration(config), "Qwen3VLForConditionalGeneration")
-    processor = build_processor(Qwen3VLProcessor, patch)
-    inputs = processor_inputs(processor, seed, patch * 2)
-    return Tiny(model=model, inputs=inputs, processor=processor)
+
+def build_qwen2_vl_video(seed: int = 0) -> Tiny:
+    """Qwen2-VL with an image and videos (no frame rate reaches the model: times are NaN)."""
+    return build_qwen2_vl(seed, video=True)
+
+
+def build_qwen2_5_vl_video(seed: int = 0) -> Tiny:
+    """Qwen2.5-VL with an image and videos; ``second_per_grid_ts`` = 1 s per LM frame."""
+    return build_qwen2_5_vl(seed, video=True)

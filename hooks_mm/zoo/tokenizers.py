@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def word_level(
+    tokens: Sequence[str],
+    special: Sequence[str] = (),
+    *,
+    pre_tokenizer: Any = None,
+    post_processor: Any = None,
+    **fast: Any,
+) -> PreTrainedTokenizerFast:
+    """A WordLevel fast tokenizer: ``tokens`` get ids in order (a repeat keeps its first id),
+    anything else is ``<unk>``.
+
+    ``special`` are added to the backend whole, so ``"<image><image>"`` is two ids whatever the
+    pre-tokenizer (default: ``Whitespace``) does; ``fast`` goes to ``PreTrainedTokenizerFast``
+    (``unk_token``, ``pad_token``, ``padding_side``, ``chat_template``, ...).
+
+    Example::
+
+        tok = word_level(["<unk>", "<pad>", "<image>", "red"], ["<image>"], unk_token="<unk>", pad_token="<pad>")
+    """
+    vocab: dict[str, int] = {}
+    for t in tokens:
+        vocab.setdefault(t, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizer or pre_tokenizers.Whitespace()
+    backend.add_special_tokens(list(special))
+    if post_processor is not None:
+        backend.post_processor = post_processor
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **fast)
 
 
 def word_tokenizer(words: Sequence[str], extra_special: Sequence[str] = ()) -> PreTrainedTokenizerFast:
@@ -16,13 +47,9 @@ def word_tokenizer(words: Sequence[str], extra_special: Sequence[str] = ()) -> P
     Ids: ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2, ``</s>`` 3, then ``extra_special``, then words.
     Special tokens are matched whole, so ``"<image>"`` stays one token.
     """
-    vocab: dict[str, int] = {}
-    for w in (*SPECIALS, *extra_special, *words):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    fast = word_level(
+        [*SPECIALS, *extra_special, *words],
+        pre_tokenizer=pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]),
         pad_token="<pad>",
         unk_token="<unk>",
         bos_token="<s>",
