@@ -225,6 +225,13 @@ def square_side(n: int) -> tuple[int, int]:
     return (side, side) if side * side == n else (1, n)
 
 
+def grid_plan_for(n: int, side: Any = None, tile: int = 0) -> ImagePlan:
+    """Row-major plan of ``n`` tokens: the ``side = (rows, cols)`` grid when it holds ``n``, else
+    :func:`square_side`."""
+    rows, cols = side if side and side[0] * side[1] == n else square_side(n)
+    return grid_plan(rows, cols, tile=tile)
+
+
 def softcap_logits(hf_model: Any, logits: Tensor) -> Tensor:
     """``cap * tanh(logits / cap)`` with the text config's ``final_logit_softcapping`` (when set)."""
     cap = config_get(hf_model.config, "final_logit_softcapping")

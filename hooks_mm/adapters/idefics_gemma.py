@@ -45,12 +45,12 @@ from hooks_mm.adapters.base import (
     ImagePlan,
     config_get,
     grid_plan,
+    grid_plan_for,
     lm_paths,
     patch_grid,
     runs,
     softcap_logits,
     special_ids,
-    square_side,
     token_id_mask,
 )
 
@@ -60,11 +60,6 @@ _image_mask = token_id_mask("image_token_id", "image_token_index")
 def _n_images(inputs: dict[str, Any]) -> int:
     pixel_values = inputs.get("pixel_values")
     return 0 if pixel_values is None else int(pixel_values.shape[0])
-
-
-def _grid(n: int, side: tuple[int, int] | None, tile: int = 0) -> ImagePlan:
-    rows, cols = side if side is not None and side[0] * side[1] == n else square_side(n)
-    return grid_plan(rows, cols, tile=tile)
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,11 +109,11 @@ def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     if pixel_values is not None:  # the model writes features for every non-padding sub-image
         n_sub = int((pixel_values.flatten(2).abs().sum(-1) > 0).sum())
         if sum(e - s for spans in row_runs for s, e in spans) != n_sub * side[0] * side[1]:
-            return [_grid(side[0] * side[1], side) for _ in range(n_sub)]
+            return [grid_plan_for(side[0] * side[1], side) for _ in range(n_sub)]
     for b, spans in enumerate(row_runs):
         tiles: list[ImagePlan] = []
         for start, end in spans:
-            tiles.append(_grid(end - start, side, tile=len(tiles)))
+            tiles.append(grid_plan_for(end - start, side, tile=len(tiles)))
             if is_global(b, start):
                 plans.append(torch.cat(tiles))
                 tiles = []
@@ -148,7 +143,7 @@ def paligemma_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 def gemma3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     per = int(config.mm_tokens_per_image)
     side = math.isqrt(per)
-    return [_grid(per, (side, side)) for _ in range(_n_images(inputs))]
+    return [grid_plan_for(per, (side, side)) for _ in range(_n_images(inputs))]
 
 
 _gemma3_special = special_ids("boi_token_id", "boi_token_index", "eoi_token_id", "eoi_token_index")
@@ -180,7 +175,7 @@ def internvl_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
             if per and n % per == 0:
                 plans.append(torch.cat([grid_plan(*side, tile=t) for t in range(n // per)]))
             else:
-                plans.append(_grid(n, None))
+                plans.append(grid_plan_for(n))
     return plans
 
 

@@ -18,16 +18,7 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import (
-    Adapter,
-    ImageMaskFn,
-    MediaPlan,
-    grid_plan,
-    lm_paths,
-    run_lengths,
-    special_ids,
-    square_side,
-)
+from hooks_mm.adapters.base import Adapter, ImageMaskFn, MediaPlan, grid_plan_for, lm_paths, run_lengths, special_ids
 
 
 def _range_mask(modality: str) -> ImageMaskFn:
@@ -49,11 +40,7 @@ audio_range_mask = _range_mask("audio")
 def code_run_plans(config: Any, inputs: dict[str, Any]) -> list[torch.Tensor]:
     """Each maximal run of image codes in a row is one image, a row-major grid."""
     grid = (getattr(config, "modality_grids", None) or {}).get("image")
-    plans = []
-    for n in run_lengths(code_range_mask(config, inputs["input_ids"])):
-        rows, cols = grid if grid and grid[0] * grid[1] == n else square_side(n)
-        plans.append(grid_plan(rows, cols))
-    return plans
+    return [grid_plan_for(n, grid) for n in run_lengths(code_range_mask(config, inputs["input_ids"]))]
 
 
 def audio_run_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
