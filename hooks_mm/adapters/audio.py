@@ -18,13 +18,14 @@ layout times are read from ``get_rope_index`` (see :func:`omni_position_times`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hooks_mm.adapters.base import Adapter, MediaPlan, config_get, token_id_mask
-from hooks_mm.adapters.qwen import qwen_image_plans, qwen_video_plans
+from hooks_mm.adapters.base import Adapter, MediaPlan, lm_paths, run_lengths, special_ids, token_id_mask
+from hooks_mm.adapters.qwen import QWEN2_5_VL
 
 
 def _feature_seconds(processor: Any) -> float | None:
@@ -48,18 +49,6 @@ def pooled_audio_plans(config: Any, inputs: dict[str, Any], processor: Any = Non
     return [MediaPlan.audio(int(n), None if seconds is None else 4 * seconds) for n in steps]
 
 
-def _runs(mask: Tensor) -> list[int]:
-    """Lengths of the maximal runs of True in each row, row-major."""
-    out = []
-    for row in mask:
-        pos = row.nonzero().flatten().tolist()
-        for i, p in enumerate(pos):
-            if i == 0 or p != pos[i - 1] + 1:
-                out.append(0)
-            out[-1] += 1
-    return out
-
-
 def voxtral_audio_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
     """Voxtral: each run of ``[AUDIO]`` positions is one clip; a step is
     ``2 * intermediate_size / d_model`` mel frames."""
@@ -67,9 +56,8 @@ def voxtral_audio_plans(config: Any, inputs: dict[str, Any], processor: Any = No
     frames_per_step = 2 * audio.intermediate_size // audio.hidden_size
     seconds = _feature_seconds(processor)
     mask = token_id_mask("audio_token_id")(config, inputs["input_ids"])
-    if "attention_mask" in inputs:
-        mask &= inputs["attention_mask"].bool()
-    return [MediaPlan.audio(n, None if seconds is None else frames_per_step * seconds) for n in _runs(mask)]
+    steps = run_lengths(mask, inputs.get("attention_mask"))
+    return [MediaPlan.audio(n, None if seconds is None else frames_per_step * seconds) for n in steps]
 
 
 def omni_position_times(hf_model: Any, inputs: dict[str, Any]) -> Tensor | None:
@@ -108,19 +96,10 @@ def omni_position_times(hf_model: Any, inputs: dict[str, Any]) -> Tensor | None:
     return times
 
 
-def _ids(*fields: str):  # noqa: ANN202
-    def special(config: Any) -> set[int]:
-        return {int(v) for f in fields if (v := config_get(config, f)) is not None}
-
-    return special
-
-
 QWEN2_AUDIO = Adapter(
     name="qwen2_audio",
     architectures=("Qwen2AudioForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
+    **lm_paths("model.language_model"),
     audio_projector="model.multi_modal_projector",
     audio_mask=token_id_mask("audio_token_id", "audio_token_index"),
     audio_plans=pooled_audio_plans,
@@ -130,13 +109,10 @@ QWEN2_AUDIO = Adapter(
     ),
 )
 
-VOXTRAL = Adapter(
+VOXTRAL = replace(
+    QWEN2_AUDIO,
     name="voxtral",
     architectures=("VoxtralForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    audio_projector="model.multi_modal_projector",
     audio_mask=token_id_mask("audio_token_id"),
     audio_plans=voxtral_audio_plans,
     notes=(
@@ -145,22 +121,20 @@ VOXTRAL = Adapter(
     ),
 )
 
-QWEN2_5_OMNI = Adapter(
+# the Qwen2.5-VL table plus the audio path and time-aligned positions
+QWEN2_5_OMNI = replace(
+    QWEN2_5_VL,
     name="qwen2_5_omni",
     architectures=("Qwen2_5OmniThinkerForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    projector="model.visual.merger",
     image_mask=token_id_mask("image_token_id", "image_token_index"),
-    image_plans=qwen_image_plans,
     video_mask=token_id_mask("video_token_id", "video_token_index"),
-    video_plans=qwen_video_plans,
     audio_projector="model.audio_tower.proj",
     audio_mask=token_id_mask("audio_token_id", "audio_token_index"),
     audio_plans=pooled_audio_plans,
     position_times=omni_position_times,
-    special_ids=_ids("vision_start_token_id", "vision_end_token_id", "audio_start_token_id", "audio_end_token_id"),
+    special_ids=special_ids(
+        "vision_start_token_id", "vision_end_token_id", "audio_start_token_id", "audio_end_token_id"
+    ),
     notes=(
         "thinker only (no talker / token2wav); audio: Whisper-style encoder, ln_post + proj "
         "(model.audio_tower.proj output is written at <|AUDIO|>); vision as Qwen2.5-VL "

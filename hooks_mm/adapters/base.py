@@ -132,16 +132,80 @@ def config_get(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def token_id_mask(*fields: str) -> ImageMaskFn:
-    """Image positions are where ``input_ids`` equals the config's image token id."""
+def vocab_id(config: Any, name: str) -> int | None:
+    """The id of token ``name`` in the config's ``vocabulary_map`` (Chameleon, Emu3, Janus)."""
+    return (getattr(config, "vocabulary_map", None) or {}).get(name)
+
+
+def token_id_mask(*fields: str, vocab: str | None = None) -> ImageMaskFn:
+    """Image positions are where ``input_ids`` equals the config's image token id: the first of
+    ``fields`` the config holds, else the ``vocabulary_map`` entry ``vocab``."""
 
     def mask(config: Any, input_ids: Tensor) -> Tensor:
         token = config_get(config, *fields)
+        if token is None and vocab is not None:
+            token = vocab_id(config, vocab)
         if token is None:
-            raise ValueError(f"config has none of {fields}: cannot find image positions")
+            where = f"no {vocab!r} in vocabulary_map" if vocab is not None else f"none of {fields}"
+            raise ValueError(f"config has {where}: cannot find image positions")
         return input_ids == token
 
     return mask
+
+
+def special_ids(*fields: str, vocab: tuple[str, ...] = ()) -> Callable[[Any], set[int]]:
+    """A ``special_ids`` entry: the ids the config holds under ``fields`` (one id or a list of
+    ids each) and those of the ``vocabulary_map`` tokens ``vocab``."""
+
+    def ids(config: Any) -> set[int]:
+        out = {vocab_id(config, name) for name in vocab}
+        for name in fields:
+            value = config_get(config, name)
+            out |= set(value) if isinstance(value, (list, tuple)) else {value}
+        return {int(v) for v in out if v is not None}
+
+    return ids
+
+
+def runs(row: Tensor) -> list[tuple[int, int]]:
+    """Maximal runs ``[start, end)`` of True in a 1-D bool tensor."""
+    out: list[list[int]] = []
+    for p in row.nonzero().flatten().tolist():
+        if out and out[-1][1] == p:
+            out[-1][1] = p + 1
+        else:
+            out.append([p, p + 1])
+    return [(s, e) for s, e in out]
+
+
+def run_lengths(mask: Tensor, attention_mask: Tensor | None = None) -> list[int]:
+    """Lengths of the maximal runs of True in each row of ``mask`` (real positions only when
+    ``attention_mask`` is given), row-major: one run per image / clip for code-run families."""
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()
+    return [end - start for row in mask for start, end in runs(row)]
+
+
+def pair(v: Any) -> tuple[int, int]:
+    """``(h, w)`` of a size given as one int or a pair."""
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+def patch_grid(config: Any, pixel_values: Tensor | None) -> tuple[int, int]:
+    """``(rows, cols)`` of the vision tower's patch grid over ``pixel_values`` (else over the
+    config's ``image_size``), ``patch_size`` pixels per patch."""
+    vision = config.vision_config
+    ph, pw = pair(vision.patch_size)
+    if pixel_values is not None:
+        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
+    else:
+        h, w = pair(vision.image_size)
+    return h // ph, w // pw
+
+
+def lm_paths(prefix: str) -> dict[str, str]:
+    """``layers``, ``embed`` and ``final_norm`` of a decoder whose model sits at ``prefix``."""
+    return {"layers": f"{prefix}.layers", "embed": f"{prefix}.embed_tokens", "final_norm": f"{prefix}.norm"}
 
 
 def grid_plan(rows: int, cols: int, tile: int = 0, newline: bool = False) -> ImagePlan:
@@ -159,6 +223,13 @@ def square_side(n: int) -> tuple[int, int]:
     """(rows, cols) of a square grid of ``n`` tokens, or one row when ``n`` is no square."""
     side = math.isqrt(n)
     return (side, side) if side * side == n else (1, n)
+
+
+def grid_plan_for(n: int, side: Any = None, tile: int = 0) -> ImagePlan:
+    """Row-major plan of ``n`` tokens: the ``side = (rows, cols)`` grid when it holds ``n``, else
+    :func:`square_side`."""
+    rows, cols = side if side and side[0] * side[1] == n else square_side(n)
+    return grid_plan(rows, cols, tile=tile)
 
 
 def softcap_logits(hf_model: Any, logits: Tensor) -> Tensor:

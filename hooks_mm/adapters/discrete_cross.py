@@ -23,51 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan
-
-# ---------------------------------------------------------------------------------------
-# helpers
-
-
-def _vocab_id(config: Any, name: str) -> int | None:
-    vocab = getattr(config, "vocabulary_map", None) or {}
-    return vocab.get(name)
-
-
-def _vocab_mask(name: str, *fields: str):
-    """Positions whose id is the vocabulary_map entry ``name`` (or one of ``fields``)."""
-
-    def mask(config: Any, input_ids: Tensor) -> Tensor:
-        token = config_get(config, *fields) if fields else None
-        if token is None:
-            token = _vocab_id(config, name)
-        if token is None:
-            raise ValueError(f"config has no {name!r} in vocabulary_map: cannot find image positions")
-        return input_ids == token
-
-    return mask
-
-
-def _ids(config: Any, *, fields: tuple[str, ...] = (), vocab: tuple[str, ...] = ()) -> set[int]:
-    out: set[int] = set()
-    for f in fields:
-        v = config_get(config, f)
-        if isinstance(v, int):
-            out.add(v)
-    for name in vocab:
-        v = _vocab_id(config, name)
-        if isinstance(v, int):
-            out.add(v)
-    return out
-
-
-def _pixel_hw(inputs: dict[str, Any]) -> tuple[int, int, int] | None:
-    """(n_images, height, width) of 4-D ``pixel_values`` [n_images, C, H, W]."""
-    pv = inputs.get("pixel_values")
-    if pv is None:
-        return None
-    return int(pv.shape[0]), int(pv.shape[-2]), int(pv.shape[-1])
-
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    config_get,
+    grid_plan,
+    lm_paths,
+    patch_grid,
+    special_ids,
+    token_id_mask,
+)
 
 # ---------------------------------------------------------------------------------------
 # Janus
@@ -76,25 +41,20 @@ def _pixel_hw(inputs: dict[str, Any]) -> tuple[int, int, int] | None:
 def _janus_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     # JanusVisionEmbeddings: conv patch embedding (no CLS token); the aligner keeps every
     # patch, features are reshaped to (-1, hidden) and scattered image after image.
-    shape = _pixel_hw(inputs)
-    if shape is None:
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is None:
         return []
-    n, h, w = shape
-    patch = config.vision_config.patch_size
-    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch)
-    return [grid_plan(h // patch_h, w // patch_w) for _ in range(n)]
+    return [grid_plan(*patch_grid(config, pixel_values)) for _ in range(int(pixel_values.shape[0]))]
 
 
 JANUS = Adapter(
     name="janus",
     architectures=("JanusForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
+    **lm_paths("model.language_model"),
     projector="model.aligner",
-    image_mask=_vocab_mask("<image_placeholder>", "image_token_id"),
+    image_mask=token_id_mask("image_token_id", vocab="<image_placeholder>"),
     image_plans=_janus_plans,
-    special_ids=lambda config: _ids(config, fields=("image_token_id",)),
+    special_ids=special_ids("image_token_id"),
     notes=(
         "Janus: Llama LM; understanding path = vision_model -> aligner, one feature per "
         "patch (square grid, no CLS) over image_token_id; boi/eoi ids live only in the "
@@ -116,12 +76,12 @@ def _vq_grid(side: int, n_down: int) -> int:
 
 def _chameleon_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     # VQ-VAE encoder -> codes [n, h', w'] -> flattened row-major per image -> embed_tokens.
-    shape = _pixel_hw(inputs)
-    if shape is None:
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is None:
         return []
-    n, h, w = shape
     n_down = len(config.vq_config.channel_multiplier) - 1
-    return [grid_plan(_vq_grid(h, n_down), _vq_grid(w, n_down)) for _ in range(n)]
+    rows, cols = (_vq_grid(int(side), n_down) for side in pixel_values.shape[-2:])
+    return [grid_plan(rows, cols) for _ in range(int(pixel_values.shape[0]))]
 
 
 def _no_image_codes(hf_model: Any, logits: Tensor) -> Tensor:
@@ -133,14 +93,11 @@ def _no_image_codes(hf_model: Any, logits: Tensor) -> Tensor:
 CHAMELEON = Adapter(
     name="chameleon",
     architectures=("ChameleonForConditionalGeneration",),
-    layers="model.layers",
-    embed="model.embed_tokens",
-    final_norm="model.norm",
-    projector=None,
-    image_mask=_vocab_mask("<image>", "image_token_id"),
+    **lm_paths("model"),
+    image_mask=token_id_mask("image_token_id", vocab="<image>"),
     image_plans=_chameleon_plans,
     logits_post=_no_image_codes,
-    special_ids=lambda config: _ids(config, fields=("image_token_id",), vocab=("<image>", "<racm3:break>", "<eoss>")),
+    special_ids=special_ids("image_token_id", vocab=("<image>", "<racm3:break>", "<eoss>")),
     notes=(
         "Chameleon: discrete image codes, no projector; the VQ-VAE codes are embedded by "
         "model.embed_tokens in a SECOND call (after the input_ids call) and written over the "
@@ -173,15 +130,11 @@ def _emu3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 EMU3 = Adapter(
     name="emu3",
     architectures=("Emu3ForConditionalGeneration",),
-    layers="model.text_model.layers",
-    embed="model.text_model.embed_tokens",
-    final_norm="model.text_model.norm",
-    projector=None,
-    image_mask=_vocab_mask("<image>", "image_token_id"),
+    **lm_paths("model.text_model"),
+    image_mask=token_id_mask("image_token_id", vocab="<image>"),
     image_plans=_emu3_plans,
-    special_ids=lambda config: _ids(
-        config,
-        fields=("image_token_id",),
+    special_ids=special_ids(
+        "image_token_id",
         vocab=("<image>", "<|image start|>", "<|image end|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>"),
     ),
     notes=(
@@ -211,15 +164,12 @@ def _mllama_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 MLLAMA = Adapter(
     name="mllama",
     architectures=("MllamaForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
+    **lm_paths("model.language_model"),
     projector="model.multi_modal_projector",
-    image_mask=_vocab_mask("<|image|>", "image_token_index", "image_token_id"),
+    image_mask=token_id_mask("image_token_index", "image_token_id", vocab="<|image|>"),
     image_plans=_mllama_plans,
     cross_attn_layers=lambda config: list(config_get(config, "cross_attention_layers") or []),
-    cross_attn="cross_attn",
-    special_ids=lambda config: _ids(config, fields=("image_token_index",)),
+    special_ids=special_ids("image_token_index"),
     notes=(
         "Mllama: images enter only through cross-attention layers (cross_attn, keys/values = "
         "projected vision tiles, q_norm/k_norm); resid_mid = x + tanh(cross_attn_attn_gate) * "

@@ -40,31 +40,26 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, grid_plan, softcap_logits, square_side, token_id_mask
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    config_get,
+    grid_plan,
+    grid_plan_for,
+    lm_paths,
+    patch_grid,
+    runs,
+    softcap_logits,
+    special_ids,
+    token_id_mask,
+)
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
 
 
-def _runs(row_mask: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximal runs [start, end) of True in a 1-D bool tensor."""
-    runs: list[list[int]] = []
-    for p in row_mask.nonzero().flatten().tolist():
-        if runs and runs[-1][1] == p:
-            runs[-1][1] = p + 1
-        else:
-            runs.append([p, p + 1])
-    return [(s, e) for s, e in runs]
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def _grid(n: int, side: tuple[int, int] | None, tile: int = 0) -> ImagePlan:
-    rows, cols = side if side is not None and side[0] * side[1] == n else square_side(n)
-    return grid_plan(rows, cols, tile=tile)
+def _n_images(inputs: dict[str, Any]) -> int:
+    pixel_values = inputs.get("pixel_values")
+    return 0 if pixel_values is None else int(pixel_values.shape[0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,16 +67,9 @@ def _grid(n: int, side: tuple[int, int] | None, tile: int = 0) -> ImagePlan:
 
 
 def _idefics_side(config: Any, inputs: dict[str, Any]) -> tuple[int, int]:
-    vision = config.vision_config
-    ph, pw = _pair(vision.patch_size)
-    scale = int(getattr(config, "scale_factor", 2) or 1)
-    pixel_values = inputs.get("pixel_values")
-    if pixel_values is not None:
-        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
-    else:
-        h, w = _pair(vision.image_size)
     # the connector assumes a square patch map: side = sqrt(n_patches)
-    side = math.isqrt((h // ph) * (w // pw)) // scale
+    rows, cols = patch_grid(config, inputs.get("pixel_values"))
+    side = math.isqrt(rows * cols) // int(getattr(config, "scale_factor", 2) or 1)
     return side, side
 
 
@@ -91,13 +79,13 @@ def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     side = _idefics_side(config, inputs)
     fake = config_get(config, "fake_image_token_id")
     glob = config_get(config, "global_image_token_id")
-    row_runs = [_runs(m) for m in mask]
+    row_runs = [runs(m) for m in mask]
     seq = ids.shape[1]
 
     if fake is None:  # the token right after the last tile of a row closes its image
-        for b, runs in enumerate(row_runs):
-            if runs and runs[-1][1] < seq:
-                fake = int(ids[b, runs[-1][1]])
+        for b, spans in enumerate(row_runs):
+            if spans and spans[-1][1] < seq:
+                fake = int(ids[b, spans[-1][1]])
                 break
 
     def marker(b: int, start: int) -> tuple[int, ...]:
@@ -110,9 +98,9 @@ def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
         is_global = lambda b, start: start > 0 and int(ids[b, start - 1]) == int(glob)  # noqa: E731
     else:
         glob_marker = None
-        for b, runs in enumerate(row_runs):
-            if runs:
-                glob_marker = marker(b, runs[-1][0])
+        for b, spans in enumerate(row_runs):
+            if spans:
+                glob_marker = marker(b, spans[-1][0])
                 break
         is_global = lambda b, start: marker(b, start) == glob_marker  # noqa: E731
 
@@ -120,12 +108,12 @@ def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     pixel_values = inputs.get("pixel_values")
     if pixel_values is not None:  # the model writes features for every non-padding sub-image
         n_sub = int((pixel_values.flatten(2).abs().sum(-1) > 0).sum())
-        if sum(e - s for runs in row_runs for s, e in runs) != n_sub * side[0] * side[1]:
-            return [_grid(side[0] * side[1], side) for _ in range(n_sub)]
-    for b, runs in enumerate(row_runs):
+        if sum(e - s for spans in row_runs for s, e in spans) != n_sub * side[0] * side[1]:
+            return [grid_plan_for(side[0] * side[1], side) for _ in range(n_sub)]
+    for b, spans in enumerate(row_runs):
         tiles: list[ImagePlan] = []
-        for start, end in runs:
-            tiles.append(_grid(end - start, side, tile=len(tiles)))
+        for start, end in spans:
+            tiles.append(grid_plan_for(end - start, side, tile=len(tiles)))
             if is_global(b, start):
                 plans.append(torch.cat(tiles))
                 tiles = []
@@ -134,15 +122,9 @@ def idefics3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     return plans
 
 
-def _idefics_special(config: Any) -> set[int]:
-    ids = set()
-    for name in ("fake_image_token_id", "global_image_token_id", "end_of_utterance_token_id"):
-        v = config_get(config, name)
-        if v is not None:
-            ids.add(int(v))
-    for v in config_get(config, "row_col_token_ids", default=None) or []:
-        ids.add(int(v))
-    return ids
+_idefics_special = special_ids(
+    "fake_image_token_id", "global_image_token_id", "end_of_utterance_token_id", "row_col_token_ids"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,16 +132,8 @@ def _idefics_special(config: Any) -> set[int]:
 
 
 def paligemma_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
-    vision = config.vision_config
-    ph, pw = _pair(vision.patch_size)
-    pixel_values = inputs.get("pixel_values")
-    if pixel_values is not None:
-        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
-    else:
-        h, w = _pair(vision.image_size)
-    rows, cols = h // ph, w // pw
-    n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
-    return [grid_plan(rows, cols) for _ in range(n_images)]
+    rows, cols = patch_grid(config, inputs.get("pixel_values"))
+    return [grid_plan(rows, cols) for _ in range(_n_images(inputs))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,18 +143,10 @@ def paligemma_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 def gemma3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     per = int(config.mm_tokens_per_image)
     side = math.isqrt(per)
-    pixel_values = inputs.get("pixel_values")
-    n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
-    return [_grid(per, (side, side)) for _ in range(n_images)]
+    return [grid_plan_for(per, (side, side)) for _ in range(_n_images(inputs))]
 
 
-def _gemma3_special(config: Any) -> set[int]:
-    ids = set()
-    for name in ("boi_token_id", "boi_token_index", "eoi_token_id", "eoi_token_index"):
-        v = getattr(config, name, None)
-        if v is not None:
-            ids.add(int(v))
-    return ids
+_gemma3_special = special_ids("boi_token_id", "boi_token_index", "eoi_token_id", "eoi_token_index")
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,14 +154,8 @@ def _gemma3_special(config: Any) -> set[int]:
 
 
 def _internvl_side(config: Any, inputs: dict[str, Any]) -> tuple[int, int]:
-    vision = config.vision_config
-    ph, pw = _pair(vision.patch_size)
-    pixel_values = inputs.get("pixel_values")
-    if pixel_values is not None:
-        h, w = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
-    else:
-        h, w = _pair(vision.image_size)
-    side = int(math.isqrt((h // ph) * (w // pw)) * float(config.downsample_ratio))
+    rows, cols = patch_grid(config, inputs.get("pixel_values"))
+    side = int(math.isqrt(rows * cols) * float(config.downsample_ratio))
     return side, side
 
 
@@ -206,27 +166,20 @@ def internvl_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     if side[0] * side[1] != per:
         per = side[0] * side[1]
     plans = []
-    pixel_values = inputs.get("pixel_values")
-    n_tiles = 0 if pixel_values is None else int(pixel_values.shape[0])
+    n_tiles = _n_images(inputs)
     if int(_image_mask(config, ids).sum()) != n_tiles * per:  # one feature grid per tile
         return [grid_plan(*side) for _ in range(n_tiles)]
     for m in _image_mask(config, ids):
-        for start, end in _runs(m):
+        for start, end in runs(m):
             n = end - start
             if per and n % per == 0:
                 plans.append(torch.cat([grid_plan(*side, tile=t) for t in range(n // per)]))
             else:
-                plans.append(_grid(n, None))
+                plans.append(grid_plan_for(n))
     return plans
 
 
-def _internvl_special(config: Any) -> set[int]:
-    ids = set()
-    for name in ("start_image_token_id", "end_image_token_id", "img_start_token_id", "img_end_token_id"):
-        v = config_get(config, name)
-        if v is not None:
-            ids.add(int(v))
-    return ids
+_internvl_special = special_ids("start_image_token_id", "end_image_token_id", "img_start_token_id", "img_end_token_id")
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,9 +196,7 @@ _IDEFICS_NOTES = (
 IDEFICS3 = Adapter(
     name="idefics3",
     architectures=("Idefics3ForConditionalGeneration",),
-    layers="model.text_model.layers",
-    embed="model.text_model.embed_tokens",
-    final_norm="model.text_model.norm",
+    **lm_paths("model.text_model"),
     projector="model.connector",
     image_mask=_image_mask,
     image_plans=idefics3_plans,
@@ -263,9 +214,7 @@ SMOLVLM = replace(
 PALIGEMMA = Adapter(
     name="paligemma",
     architectures=("PaliGemmaForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
+    **lm_paths("model.language_model"),
     projector="model.multi_modal_projector",
     image_mask=_image_mask,
     image_plans=paligemma_plans,
@@ -278,16 +227,17 @@ PALIGEMMA = Adapter(
     ),
 )
 
+# sandwich norms (Gemma2 / Gemma3): the attention output and the MLP are each wrapped by norms
+_SANDWICH = {
+    "ln2": "pre_feedforward_layernorm",
+    "attn_out": "post_attention_layernorm",
+    "mlp_out": "post_feedforward_layernorm",
+}
+
 # PaliGemma 2 checkpoints have the same class name but a Gemma2 text model with sandwich
 # norms; the registry keys on class name only, so this table is chosen by
 # ``paligemma_adapter_for(config)`` (text_config.model_type == "gemma2"), not registered.
-PALIGEMMA2 = replace(
-    PALIGEMMA,
-    name="paligemma2",
-    ln2="pre_feedforward_layernorm",
-    attn_out="post_attention_layernorm",
-    mlp_out="post_feedforward_layernorm",
-)
+PALIGEMMA2 = replace(PALIGEMMA, name="paligemma2", **_SANDWICH)
 
 
 def paligemma_adapter_for(config: Any) -> Adapter:
@@ -300,12 +250,8 @@ def paligemma_adapter_for(config: Any) -> Adapter:
 GEMMA3 = Adapter(
     name="gemma3",
     architectures=("Gemma3ForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    ln2="pre_feedforward_layernorm",
-    attn_out="post_attention_layernorm",
-    mlp_out="post_feedforward_layernorm",
+    **lm_paths("model.language_model"),
+    **_SANDWICH,
     projector="model.multi_modal_projector",
     image_mask=_image_mask,
     image_plans=gemma3_plans,
@@ -321,9 +267,7 @@ GEMMA3 = Adapter(
 INTERNVL = Adapter(
     name="internvl",
     architectures=("InternVLForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
+    **lm_paths("model.language_model"),
     projector="model.multi_modal_projector",
     image_mask=_image_mask,
     image_plans=internvl_plans,

@@ -25,7 +25,19 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, MediaPlan, config_get, grid_plan, token_id_mask
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    MediaPlan,
+    grid_plan,
+    lm_paths,
+    patch_grid,
+    special_ids,
+    token_id_mask,
+)
+
+_image_mask = token_id_mask("image_token_id", "image_token_index")
+_video_mask = token_id_mask("video_token_id", "video_token_index")
 
 # vision towers without a CLS token: "default" then drops the first PATCH (as HF does)
 _NO_CLS = ("siglip", "pixtral", "moonvit")
@@ -60,8 +72,7 @@ def _tower_plan(config: Any, strategy: str, rows: int, cols: int, tile: int = 0)
 
 
 def llava_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
-    vision = config.vision_config
-    patch = vision.patch_size
+    patch = config.vision_config.patch_size
     strategy = _strategy(config, inputs)
     image_sizes = inputs.get("image_sizes")
     if image_sizes is not None:
@@ -69,14 +80,11 @@ def llava_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
         # [IMG_BREAK]/[IMG_END] tokens are ordinary text tokens outside the image mask
         return [grid_plan(int(h) // patch, int(w) // patch) for h, w in _as_list(image_sizes)]
     pixel_values = inputs.get("pixel_values")
+    plan = _tower_plan(config, strategy, *patch_grid(config, pixel_values))
     if pixel_values is not None:
-        height, width = int(pixel_values.shape[-2]), int(pixel_values.shape[-1])
         n = int(pixel_values.shape[0])
     else:
-        height = width = vision.image_size
-        per = _tower_plan(config, strategy, height // patch, width // patch).shape[0]
-        n = int(token_id_mask("image_token_id", "image_token_index")(config, inputs["input_ids"]).sum()) // per
-    plan = _tower_plan(config, strategy, height // patch, width // patch)
+        n = int(_image_mask(config, inputs["input_ids"]).sum()) // plan.shape[0]
     return [plan.clone() for _ in range(n)]
 
 
@@ -143,26 +151,14 @@ def llava_onevision_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan
     return _anyres_plans(config, inputs, max_patches=int(aspect.removeprefix("anyres_max_")))
 
 
-_image_mask = token_id_mask("image_token_id", "image_token_index")
-_video_mask = token_id_mask("video_token_id", "video_token_index")
-
-
-def _video_shape(inputs: dict[str, Any]) -> tuple[int, int, int, int] | None:
-    """(n_videos, frames, height, width) of ``pixel_values_videos`` [n, frames, C, H, W]."""
-    pv = inputs.get("pixel_values_videos")
-    if pv is None:
-        return None
-    return int(pv.shape[0]), int(pv.shape[1]), int(pv.shape[-2]), int(pv.shape[-1])
-
-
 def onevision_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
     """LlavaOnevision videos: each frame's ``side x side`` grid bilinearly pooled to
     ``ceil(side / 2)`` squared cells, frames in order, then ONE ``image_newline`` for the whole
     video (``(last frame, -1, -1)``). No frame rate reaches the model: times are NaN."""
-    shape = _video_shape(inputs)
-    if shape is None:
+    pv = inputs.get("pixel_values_videos")
+    if pv is None:
         return []
-    n, frames, _, _ = shape
+    n, frames = int(pv.shape[0]), int(pv.shape[1])
     pooled = math.ceil((config.vision_config.image_size // config.vision_config.patch_size) / 2)
     plans = []
     for _ in range(n):
@@ -177,39 +173,29 @@ def video_llava_image_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePl
     pv = inputs.get("pixel_values_images", inputs.get("pixel_values"))
     if pv is None:
         return []
-    patch = config.vision_config.patch_size
-    plan = _tower_plan(config, _strategy(config, inputs), int(pv.shape[-2]) // patch, int(pv.shape[-1]) // patch)
+    plan = _tower_plan(config, _strategy(config, inputs), *patch_grid(config, pv))
     return [plan.clone() for _ in range(int(pv.shape[0]))]
 
 
 def video_llava_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
     """Video-LLaVA videos: every frame's CLS token (``(f, -1, -1)``, kept for videos whatever
     the strategy) followed by its ``rows x cols`` patch grid."""
-    shape = _video_shape(inputs)
-    if shape is None:
+    pv = inputs.get("pixel_values_videos")
+    if pv is None:
         return []
-    n, frames, h, w = shape
-    patch = config.vision_config.patch_size
-    return [MediaPlan.video(frames, h // patch, w // patch, frame_token=True) for _ in range(n)]
+    rows, cols = patch_grid(config, pv)
+    return [MediaPlan.video(int(pv.shape[1]), rows, cols, frame_token=True) for _ in range(int(pv.shape[0]))]
 
 
-def _no_special(config: Any) -> set[int]:
-    return set()
+# the video placeholder is not an image position; listed so it is not read as text
+_onevision_special = special_ids("video_token_id", "video_token_index")
 
 
-def _onevision_special(config: Any) -> set[int]:
-    # the video placeholder is not an image position; listed so it is not read as text
-    video = config_get(config, "video_token_id", "video_token_index")
-    return {int(video)} if video is not None else set()
-
-
-def _adapter(name: str, cls: str, plans, notes: str, special=_no_special, **media: Any) -> Adapter:
+def _adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **media: Any) -> Adapter:
     return Adapter(
         name=name,
         architectures=(cls,),
-        layers="model.language_model.layers",
-        embed="model.language_model.embed_tokens",
-        final_norm="model.language_model.norm",
+        **lm_paths("model.language_model"),
         projector="model.multi_modal_projector",
         image_mask=_image_mask,
         image_plans=plans,

@@ -11,12 +11,13 @@ Qwen3-VL raise without it, Qwen2.5-VL silently falls back to 1-D positions).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hooks_mm.adapters.base import Adapter, MediaPlan, config_get, grid_plan, token_id_mask
+from hooks_mm.adapters.base import Adapter, MediaPlan, config_get, grid_plan, lm_paths, special_ids, token_id_mask
 
 
 def _merge(config: Any) -> int:
@@ -64,13 +65,7 @@ def qwen_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None)
     return plans
 
 
-def qwen_special_ids(config: Any) -> set[int]:
-    ids = set()
-    for name in ("vision_start_token_id", "vision_end_token_id"):
-        value = config_get(config, name)
-        if value is not None:
-            ids.add(int(value))
-    return ids
+qwen_special_ids = special_ids("vision_start_token_id", "vision_end_token_id")
 
 
 def qwen2_5_projector_order(config: Any, inputs: dict[str, Any]) -> Tensor:
@@ -106,19 +101,14 @@ def qwen3_injection_layers(config: Any) -> list[int]:
     return list(range(min(n, n_layers)))
 
 
-_IMAGE_MASK = token_id_mask("image_token_id")
-_VIDEO_MASK = token_id_mask("video_token_id")
-
 QWEN2_VL = Adapter(
     name="qwen2_vl",
     architectures=("Qwen2VLForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
+    **lm_paths("model.language_model"),
     projector="model.visual.merger",
-    image_mask=_IMAGE_MASK,
+    image_mask=token_id_mask("image_token_id"),
     image_plans=qwen_image_plans,
-    video_mask=_VIDEO_MASK,
+    video_mask=token_id_mask("video_token_id"),
     video_plans=qwen_video_plans,
     special_ids=qwen_special_ids,
     notes=(
@@ -127,18 +117,10 @@ QWEN2_VL = Adapter(
     ),
 )
 
-QWEN2_5_VL = Adapter(
+QWEN2_5_VL = replace(
+    QWEN2_VL,
     name="qwen2_5_vl",
     architectures=("Qwen2_5_VLForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    projector="model.visual.merger",
-    image_mask=_IMAGE_MASK,
-    image_plans=qwen_image_plans,
-    video_mask=_VIDEO_MASK,
-    video_plans=qwen_video_plans,
-    special_ids=qwen_special_ids,
     notes=(
         "pass mm_token_type_ids (without it positions silently fall back to 1-D); merger "
         "rows are in vision-window order: merger_out[qwen2_5_projector_order(config, inputs)] "
@@ -146,18 +128,10 @@ QWEN2_5_VL = Adapter(
     ),
 )
 
-QWEN3_VL = Adapter(
+QWEN3_VL = replace(
+    QWEN2_VL,
     name="qwen3_vl",
     architectures=("Qwen3VLForConditionalGeneration",),
-    layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    projector="model.visual.merger",
-    image_mask=_IMAGE_MASK,
-    image_plans=qwen_image_plans,
-    video_mask=_VIDEO_MASK,
-    video_plans=qwen_video_plans,
-    special_ids=qwen_special_ids,
     injection_layers=qwen3_injection_layers,
     notes=(
         "deepstack: after decoder layer i < len(deepstack_visual_indexes), "

@@ -18,85 +18,49 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, MediaPlan, grid_plan, square_side
+from hooks_mm.adapters.base import Adapter, ImageMaskFn, MediaPlan, grid_plan_for, lm_paths, run_lengths, special_ids
 
 
-def _image_range(config: Any) -> tuple[int, int] | None:
-    ranges = getattr(config, "modality_token_ranges", None) or {}
-    return tuple(ranges["image"]) if "image" in ranges else None  # type: ignore[return-value]
+def _range_mask(modality: str) -> ImageMaskFn:
+    """Positions whose id lies in ``config.modality_token_ranges[modality]`` (none without one)."""
+
+    def mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
+        rng = (getattr(config, "modality_token_ranges", None) or {}).get(modality)
+        if rng is None:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        return (input_ids >= rng[0]) & (input_ids < rng[1])
+
+    return mask
 
 
-def code_range_mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
-    rng = _image_range(config)
-    if rng is None:
-        return torch.zeros_like(input_ids, dtype=torch.bool)
-    return (input_ids >= rng[0]) & (input_ids < rng[1])
+code_range_mask = _range_mask("image")
+audio_range_mask = _range_mask("audio")
 
 
 def code_run_plans(config: Any, inputs: dict[str, Any]) -> list[torch.Tensor]:
     """Each maximal run of image codes in a row is one image, a row-major grid."""
-    ids = inputs["input_ids"]
-    mask = code_range_mask(config, ids)
     grid = (getattr(config, "modality_grids", None) or {}).get("image")
-    plans = []
-    for row in mask:
-        pos = row.nonzero().flatten().tolist()
-        runs: list[int] = []
-        for i, p in enumerate(pos):
-            if i == 0 or p != pos[i - 1] + 1:
-                runs.append(0)
-            runs[-1] += 1
-        for n in runs:
-            rows, cols = grid if grid and grid[0] * grid[1] == n else square_side(n)
-            plans.append(grid_plan(rows, cols))
-    return plans
-
-
-def audio_range_mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
-    rng = (getattr(config, "modality_token_ranges", None) or {}).get("audio")
-    if rng is None:
-        return torch.zeros_like(input_ids, dtype=torch.bool)
-    return (input_ids >= rng[0]) & (input_ids < rng[1])
+    return [grid_plan_for(n, grid) for n in run_lengths(code_range_mask(config, inputs["input_ids"]))]
 
 
 def audio_run_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
     """Each maximal run of audio codes in a row is one clip, one step per code."""
     mask = audio_range_mask(config, inputs["input_ids"])
-    if "attention_mask" in inputs:
-        mask &= inputs["attention_mask"].bool()
     seconds = (getattr(config, "modality_seconds_per_token", None) or {}).get("audio")
     if seconds is None and processor is not None:
         seconds = getattr(processor, "audio_frame_seconds", None)
-    plans = []
-    for row in mask:
-        pos = row.nonzero().flatten().tolist()
-        runs: list[int] = []
-        for i, p in enumerate(pos):
-            if i == 0 or p != pos[i - 1] + 1:
-                runs.append(0)
-            runs[-1] += 1
-        plans += [MediaPlan.audio(n, seconds) for n in runs]
-    return plans
-
-
-def _special(config: Any) -> set[int]:
-    ids = set(getattr(config, "modality_special_ids", None) or [])
-    if getattr(config, "bos_token_id", None) is not None:
-        ids.add(config.bos_token_id)
-    return ids
+    return [MediaPlan.audio(n, seconds) for n in run_lengths(mask, inputs.get("attention_mask"))]
 
 
 CAUSAL_LM = Adapter(
     name="causal-lm",
     architectures=("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"),
-    layers="model.layers",
-    embed="model.embed_tokens",
-    final_norm="model.norm",
+    **lm_paths("model"),
     image_mask=code_range_mask,
     image_plans=code_run_plans,
     audio_mask=audio_range_mask,
     audio_plans=audio_run_plans,
-    special_ids=_special,
+    special_ids=special_ids("modality_special_ids", "bos_token_id"),
     notes="text-only baseline, or a discrete-token MLLM when config.modality_token_ranges is set",
 )
 

@@ -27,8 +27,19 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from hooks_mm.layout import Modality, ModalityLayout
-from hooks_mm.vis.common import color_limits, css_colors, png_data_uri, to_numpy
-from hooks_mm.vis.heatmap import PatchHeatmapHTML, _grid_html
+from hooks_mm.vis.common import (
+    color_limits,
+    css_colors,
+    draw_panel,
+    finish_figure,
+    panel_html,
+    pick,
+    png_data_uri,
+    scale_html,
+    thumbnail_uri,
+    to_numpy,
+)
+from hooks_mm.vis.heatmap import PatchHeatmapHTML
 from hooks_mm.vis.patches import row_values
 
 
@@ -108,29 +119,14 @@ def video_maps(values: Any, layout: ModalityLayout, row: int = 0) -> list[VideoM
     return out
 
 
-def _limits(
-    arrays: list[np.ndarray], vmin: float | None, vmax: float | None, cmap: str | None
-) -> tuple[float, float, str]:
-    lo, hi, default = color_limits(np.concatenate([a.ravel() for a in arrays]), vmin, vmax)
-    return lo, hi, cmap or default
-
-
-def _pick(items: list[Any], which: int | None, attr: str, kind: str) -> list[Any]:
-    if which is None:
-        return items
-    chosen = [m for m in items if getattr(m, attr) == which]
-    if not chosen:
-        raise ValueError(f"{kind} {which} is not in this row; it holds {kind}s {[getattr(m, attr) for m in items]}.")
-    return chosen
-
-
-def _spectrogram(wave: np.ndarray, sampling_rate: int, n_fft: int = 256) -> np.ndarray:
-    """Log power spectrogram [freq, frames] (hop n_fft / 4, Hann window), numpy only."""
+def _draw_spectrogram(ax: Any, wave: np.ndarray, sampling_rate: int, top: float, n_fft: int = 256) -> None:
+    """Log power spectrogram of ``wave`` (hop n_fft / 4, Hann window, numpy only) on ``ax``, from 0 to ``top``."""
     hop = n_fft // 4
-    wave = np.pad(np.asarray(wave, dtype=float), (0, max(0, n_fft - len(wave))))
-    n = 1 + (len(wave) - n_fft) // hop
-    frames = np.stack([wave[i * hop : i * hop + n_fft] * np.hanning(n_fft) for i in range(n)])
-    return np.log1p(np.abs(np.fft.rfft(frames, axis=-1)) ** 2).T
+    padded = np.pad(np.asarray(wave, dtype=float), (0, max(0, n_fft - len(wave))))
+    n = 1 + (len(padded) - n_fft) // hop
+    frames = np.stack([padded[i * hop : i * hop + n_fft] * np.hanning(n_fft) for i in range(n)])
+    spec = np.log1p(np.abs(np.fft.rfft(frames, axis=-1)) ** 2).T
+    ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", extent=(0, len(wave) / sampling_rate, 0, top))
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,8 +156,8 @@ def audio_strip(
     """
     from matplotlib.figure import Figure
 
-    tracks = _pick(audio_tracks(values, layout, row), clip, "audio_index", "audio clip")
-    lo, hi, cm = _limits([t.values for t in tracks], vmin, vmax, cmap)
+    tracks = pick(audio_tracks(values, layout, row), clip, "audio_index", "audio clip")
+    lo, hi, cm = color_limits(*(t.values for t in tracks), vmin=vmin, vmax=vmax, cmap=cmap)
     show_signal = audio is not None
     heights = [1.2, 0.45] * len(tracks) if show_signal else [0.45] * len(tracks)
     fig = Figure(figsize=(width, sum(heights) + 0.9 * len(tracks)), layout="constrained")
@@ -174,13 +170,7 @@ def audio_strip(
             ax = axes[2 * i]
             wave = np.asarray(audio[t.audio_index], dtype=float)
             if spectrogram:
-                ax.imshow(
-                    _spectrogram(wave, sampling_rate),
-                    origin="lower",
-                    aspect="auto",
-                    cmap="magma",
-                    extent=(0, len(wave) / sampling_rate, 0, sampling_rate / 2),
-                )
+                _draw_spectrogram(ax, wave, sampling_rate, sampling_rate / 2)
                 ax.set_ylabel("Hz", fontsize=7)
             else:
                 ax.plot(np.arange(len(wave)) / sampling_rate, wave, color="#555", lw=0.6)
@@ -199,10 +189,7 @@ def audio_strip(
         strip.set_label(f"audio{t.audio_index}/strip")
         if not show_signal:
             strip.set_title(f"audio {t.audio_index} \u00b7 {len(t.values)} steps", fontsize=8)
-    fig.colorbar(mappable, ax=list(axes), fraction=0.03)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
+    return finish_figure(fig, mappable, axes, title)
 
 
 def _wave_svg(wave: np.ndarray, width: int, height: int, seconds: float, sampling_rate: int) -> str:
@@ -240,14 +227,8 @@ def audio_strip_html(
     """The strip of :func:`audio_strip` as HTML (no JavaScript): per clip, the waveform (SVG)
     or spectrogram (PNG) over a row of cells placed along time (``data-t0`` / ``data-t1`` in
     seconds, ``data-pos`` the sequence position; hover shows the value)."""
-    tracks = _pick(audio_tracks(values, layout, row), clip, "audio_index", "audio clip")
-    lo, hi, cm = _limits([t.values for t in tracks], vmin, vmax, cmap)
-    bar = ",".join(css_colors(np.linspace(lo, hi, 9), lo, hi, cm))
-    label = html.escape(title) + " &middot; " if title else ""
-    head = (
-        f'<div class="hmm-note">{label}'
-        f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>'
-    )
+    tracks = pick(audio_tracks(values, layout, row), clip, "audio_index", "audio clip")
+    scale = color_limits(*(t.values for t in tracks), vmin=vmin, vmax=vmax, cmap=cmap)
     blocks = []
     for t in tracks:
         x0, dur = float(t.start[0]), t.duration
@@ -260,13 +241,7 @@ def audio_strip_html(
 
                 fig = Figure(figsize=(width / 100, 0.8), dpi=100)
                 ax = fig.add_axes((0, 0, 1, 1))
-                ax.imshow(
-                    _spectrogram(wave, sampling_rate),
-                    origin="lower",
-                    aspect="auto",
-                    cmap="magma",
-                    extent=(0, len(wave) / sampling_rate, 0, 1),
-                )
+                _draw_spectrogram(ax, wave, sampling_rate, 1)
                 ax.set_xlim(x0, x0 + dur)
                 ax.axis("off")
                 uri = png_data_uri(fig, dpi=100)
@@ -274,7 +249,7 @@ def audio_strip_html(
             elif t.seconds:
                 signal = _wave_svg(wave, width, 60, x0 + dur, sampling_rate)
         cells = []
-        colors = css_colors(t.values, lo, hi, cm)
+        colors = css_colors(t.values, *scale)
         for k, (v, p, s, c) in enumerate(zip(t.values, t.positions, t.start, colors)):
             left, w = (s - x0) / dur * width, t.step / dur * width
             tip = f"pos {p} \u00b7 step {k} \u00b7 {s:.3g}{unit} \u00b7 {v:.4g}"
@@ -299,7 +274,7 @@ def audio_strip_html(
             f"{signal}{strip}{axis}</div>"
         )
     return PatchHeatmapHTML(
-        f'<div class="hmm-heatmap hmm-audio-strips">{head}<div class="hmm-grids" '
+        f'<div class="hmm-heatmap hmm-audio-strips">{scale_html(scale, title)}<div class="hmm-grids" '
         f'style="flex-direction:column">{"".join(blocks)}</div></div>'
     )
 
@@ -336,43 +311,31 @@ def video_frames(
     frames). Axes are labelled ``"video{i}/frame{t}"``."""
     from matplotlib.figure import Figure
 
-    maps = _pick(video_maps(values, layout, row), video, "video_index", "video")
-    lo, hi, cm = _limits([m.values for m in maps], vmin, vmax, cmap)
+    maps = pick(video_maps(values, layout, row), video, "video_index", "video")
+    scale = color_limits(*(m.values for m in maps), vmin=vmin, vmax=vmax, cmap=cmap)
     n_cols = max(m.values.shape[0] for m in maps)
     aspect = max(m.values.shape[2] / max(1, m.values.shape[1]) for m in maps)
     fig = Figure(figsize=(panel_size * aspect * n_cols + 1.2, (panel_size + 0.5) * len(maps)), layout="constrained")
     axes = fig.subplots(len(maps), n_cols, squeeze=False)
     mappable = None
     for i, m in enumerate(maps):
-        frames, rows, cols = m.values.shape
-        images = _frame_images(videos, m.video_index, frames)
+        images = _frame_images(videos, m.video_index, m.values.shape[0])
         for f in range(n_cols):
-            ax = axes[i, f]
-            if f >= frames:
-                ax.axis("off")
+            if f >= len(images):
+                axes[i, f].axis("off")
                 continue
-            if images[f] is not None:
-                ax.imshow(np.asarray(images[f].convert("RGB")), extent=(0, cols, rows, 0), interpolation="bilinear")
-            mappable = ax.imshow(
-                np.ma.masked_invalid(m.values[f]),
-                extent=(0, cols, rows, 0),
-                cmap=cm,
-                vmin=lo,
-                vmax=hi,
-                alpha=alpha if images[f] is not None else 1.0,
-                interpolation="nearest",
-            )
-            ax.set_xlim(0, cols)
-            ax.set_ylim(rows, 0)
-            ax.set_xticks([])
-            ax.set_yticks([])
             when = f" \u00b7 {m.times[f]:.2g}s" if np.isfinite(m.times[f]) else ""
-            ax.set_title(f"video {m.video_index} \u00b7 frame {f}{when}", fontsize=7)
-            ax.set_label(f"video{m.video_index}/frame{f}")
-    fig.colorbar(mappable, ax=list(axes.ravel()), fraction=0.03)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig
+            mappable = draw_panel(
+                axes[i, f],
+                m.values[f],
+                scale,
+                image=images[f],
+                alpha=alpha if images[f] is not None else 1.0,
+                title=f"video {m.video_index} \u00b7 frame {f}{when}",
+                label=f"video{m.video_index}/frame{f}",
+                fontsize=7,
+            )
+    return finish_figure(fig, mappable, axes.ravel(), title)
 
 
 def video_frames_html(
@@ -392,40 +355,16 @@ def video_frames_html(
     """The panels of :func:`video_frames` as HTML cells: per video a row of frame panels
     (``data-video``, ``data-frame``), each a ``rows x cols`` grid (``data-r``, ``data-c``,
     ``data-pos``). Per-frame tokens (CLS) and separators are listed under the frames."""
-    maps = _pick(video_maps(values, layout, row), video, "video_index", "video")
-    lo, hi, cm = _limits([m.values for m in maps], vmin, vmax, cmap)
-    bar = ",".join(css_colors(np.linspace(lo, hi, 9), lo, hi, cm))
-    label = html.escape(title) + " &middot; " if title else ""
-    head = (
-        f'<div class="hmm-note">{label}'
-        f'{lo:.3g}<span class="hmm-bar" style="background:linear-gradient(to right,{bar})"></span>{hi:.3g}</div>'
-    )
+    maps = pick(video_maps(values, layout, row), video, "video_index", "video")
+    scale = color_limits(*(m.values for m in maps), vmin=vmin, vmax=vmax, cmap=cmap)
     blocks = []
     for m in maps:
         frames, rows, cols = m.values.shape
         cell = max(4, size // max(rows, cols))
-        w, h = cell * cols, cell * rows
         images = _frame_images(videos, m.video_index, frames)
         panels = []
         for f in range(frames):
-            uri = None
-            if images[f] is not None:
-                thumb = images[f].copy()
-                thumb.thumbnail((2 * size, 2 * size))
-                uri = png_data_uri(thumb)
-            a = alpha if uri else 1.0
-            grid = _grid_html(
-                m.values[f],
-                m.positions[f],
-                css_colors(m.values[f], lo, hi, cm, a),
-                rows,
-                cols,
-                w,
-                h,
-                style="position:absolute;inset:0;gap:0;background:transparent;border:0" if uri else "",
-            )
-            if uri:
-                grid = f'<div class="hmm-grid-bg" style="width:{w}px;height:{h}px"><img src="{uri}" alt="">{grid}</div>'
+            grid = panel_html(m.values[f], m.positions[f], scale, cell, thumbnail_uri(images[f], size), alpha)
             when = f" \u00b7 {m.times[f]:.3g}s" if np.isfinite(m.times[f]) else ""
             panels.append(
                 f'<div class="hmm-panel hmm-frame" data-video="{m.video_index}" data-frame="{f}">'
@@ -440,4 +379,6 @@ def video_frames_html(
             f"video {m.video_index} \u00b7 {frames} frames x {rows}x{cols}</div>"
             f'<div class="hmm-grids">{"".join(panels)}</div>{extra}</div>'
         )
-    return PatchHeatmapHTML(f'<div class="hmm-heatmap hmm-video-frames">{head}{"".join(blocks)}</div>')
+    return PatchHeatmapHTML(
+        f'<div class="hmm-heatmap hmm-video-frames">{scale_html(scale, title)}{"".join(blocks)}</div>'
+    )

@@ -22,9 +22,11 @@ from hooks_mm.vis.common import color_limits, to_numpy
 
 
 def _figure(w: float, h: float):
+    """A ``w x h`` inch Figure and its one axes."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), layout="constrained")
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig, fig.subplots()
 
 
 def layer_curves(
@@ -41,8 +43,7 @@ def layer_curves(
         arr = to_numpy(curves).astype(float)
         arr = arr[None] if arr.ndim == 1 else arr
         curves = {f"series {i}": a for i, a in enumerate(arr)}
-    fig = _figure(5.5, 3.2)
-    ax = fig.subplots()
+    fig, ax = _figure(5.5, 3.2)
     for label, ys in curves.items():
         ys = to_numpy(ys).astype(float).ravel()
         xs = np.arange(len(ys)) if layers is None else np.asarray(layers)
@@ -75,10 +76,9 @@ def layer_group_heatmap(
     if v.ndim != 2 or v.shape[1] != len(groups):
         raise ValueError(f"values must be [layers, groups] with {len(groups)} groups; got shape {v.shape}")
     layers = list(range(v.shape[0])) if layers is None else list(layers)
-    lo, hi, cm = color_limits(v)
-    fig = _figure(1.2 + 0.7 * len(groups), 1.0 + 0.32 * len(layers))
-    ax = fig.subplots()
-    im = ax.imshow(v, aspect="auto", cmap=cmap or cm, vmin=lo, vmax=hi, interpolation="nearest")
+    lo, hi, cm = color_limits(v, cmap=cmap)
+    fig, ax = _figure(1.2 + 0.7 * len(groups), 1.0 + 0.32 * len(layers))
+    im = ax.imshow(v, aspect="auto", cmap=cm, vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=8)
     ax.set_ylabel("layer")
@@ -98,8 +98,7 @@ def top_neurons(
     l, n, v = (to_numpy(x).ravel() for x in (layer, neuron, value))
     v = v.astype(float)
     order = np.argsort(-np.abs(v), kind="stable")[:k][::-1]
-    fig = _figure(5.0, 0.8 + 0.22 * len(order))
-    ax = fig.subplots()
+    fig, ax = _figure(5.0, 0.8 + 0.22 * len(order))
     ax.barh(range(len(order)), v[order], color=["#c0392b" if x > 0 else "#2c7fb8" for x in v[order]])
     ax.set_yticks(range(len(order)), [f"L{int(l[i])} N{int(n[i])}" for i in order], fontsize=7)
     ax.axvline(0, color="k", lw=0.6)
@@ -113,8 +112,7 @@ def layer_distribution(layer: Any, value: Any, *, title: str | None = None, valu
     l, v = to_numpy(layer).ravel(), to_numpy(value).ravel().astype(float)
     layers = sorted(set(l.tolist()))
     data = [v[l == x] for x in layers]
-    fig = _figure(1.5 + 0.45 * len(layers), 3.2)
-    ax = fig.subplots()
+    fig, ax = _figure(1.5 + 0.45 * len(layers), 3.2)
     ax.boxplot(data, positions=range(len(layers)), widths=0.6, showfliers=False)
     rng = np.random.default_rng(0)
     for i, d in enumerate(data):

@@ -67,8 +67,7 @@ def _is_numeric(rows: list[dict[str, Any]], col: str) -> bool:
     return bool(rows) and all(isinstance(r[col], (int, float)) for r in rows)
 
 
-def _meta_html(meta: dict[str, Any], run_dir: Path) -> str:
-    title = str(meta.get("title") or meta.get("command") or run_dir.name)
+def _meta_html(meta: dict[str, Any], run_dir: Path, title: str) -> str:
     items = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td style='text-align:left'>"
         f"{html.escape(v if isinstance(v, str) else json.dumps(v, default=str))}</td></tr>"
@@ -169,7 +168,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, top: int = 
     results = run_dir / "results.csv"
     if not meta and not results.is_file() and not pngs and not frags:
         raise ValueError(f"{run_dir} holds nothing to report: expected meta.json, results.csv, *.png or *.html.")
-    parts = [_meta_html(meta, run_dir)]
+    title = str(meta.get("title") or meta.get("command") or run_dir.name)
+    parts = [_meta_html(meta, run_dir, title)]
     if results.is_file():
         cols, rows = read_table(results)
         parts.append(_table_html(cols, rows, top))
@@ -180,7 +180,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, top: int = 
         parts.append("<h2>Figures</h2>" + "".join(_figure_html(p.name, png_data_uri(p.read_bytes())) for p in pngs))
     if frags:
         parts.append("<h2>Views</h2>" + "".join(_fragment_html(p) for p in frags))
-    title = str(meta.get("title") or meta.get("command") or run_dir.name)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page(parts, title=title), encoding="utf-8")
     tmp.replace(out)  # never a half-written report
