@@ -117,6 +117,10 @@ def test_bad_input() -> None:
         sweep(p.model, p.inputs, single_neurons(p.model, 0, neurons=[1]), metric, max_memory=1000)
     with pytest.raises(ValueError, match="method='fast' cannot run"):
         sweep(p.model, p.inputs, [Steer(0, [0.0] * 64)], metric, method="fast", progress=False)
+    with pytest.raises(TypeError, match=r"not a sweep backend: pass HooksSweep\(...\) or hooks_mm.remote.NNsightSweep"):
+        sweep(p.model, p.inputs, single_neurons(p.model, 0, neurons=[1]), metric, backend="nnsight")
+    with pytest.raises(ValueError, match="width 64: give 64 numbers"):  # checked before any config runs
+        sweep(p.model, p.inputs, single_neurons(p.model, 0, neurons=[1]) + [Steer(0, [0.0] * 3)], metric)
     assert_clean(p.model)
 
 
