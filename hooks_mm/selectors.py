@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
@@ -42,11 +44,28 @@ class Selector:
         return {"selector": type(self).__name__, **args}
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Selector":
+    def from_dict(d: dict[str, Any] | str) -> "Selector":
+        """The selector of ``sel.to_dict()`` (a dict, or its JSON text)."""
+        if isinstance(d, (str, bytes)):
+            try:
+                d = json.loads(d)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"Selector.from_dict: the string is not JSON ({e}); pass sel.to_dict().") from None
+        if not isinstance(d, dict):
+            raise TypeError(f"Selector.from_dict needs the dict of sel.to_dict(), got {type(d).__name__}.")
         d = dict(d)
-        cls = SELECTORS[d.pop("selector")]
+        name = d.pop("selector", None)
+        if name not in SELECTORS:
+            raise ValueError(
+                f"unknown selector {name!r} (the 'selector' key of sel.to_dict()); "
+                f"known: {', '.join(sorted(SELECTORS))}"
+                + (" (Where holds a Python function and is not serialisable)" if name == "Where" else "")
+            )
         args = {k: (Selector.from_dict(v) if isinstance(v, dict) and "selector" in v else v) for k, v in d.items()}
-        return cls(**args)
+        try:
+            return SELECTORS[name](**args)
+        except TypeError as e:
+            raise ValueError(f"Selector.from_dict: bad arguments {sorted(args)} for {name}: {e}") from None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
@@ -63,7 +82,10 @@ class Image(Selector):
     """Image positions: all, or image ``i`` of each row, optionally one tile."""
 
     def __init__(self, i: int | None = None, tile: int | None = None, patches_only: bool = False):
-        self.i, self.tile, self.patches_only = i, tile, patches_only
+        self.i, self.tile = _index("Image", "i", i), _index("Image", "tile", tile)
+        if not isinstance(patches_only, bool):
+            raise TypeError(f"Image(patches_only={patches_only!r}): give True or False.")
+        self.patches_only = patches_only
 
     def mask(self, layout: ModalityLayout) -> Tensor:
         m = layout.modality == Modality.IMAGE
@@ -80,6 +102,15 @@ class Image(Selector):
         return m
 
 
+def _index(kind: str, name: str, i: Any) -> int | None:
+    """``i`` as a non-negative int (or None); an error naming ``kind(name=...)`` otherwise."""
+    if i is None:
+        return None
+    if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0:
+        raise TypeError(f"{kind}({name}={i!r}): give a non-negative int index (0 is the first), or None for all.")
+    return int(i)
+
+
 def _check_index(kind: str, i: int, index: Tensor) -> None:
     n = int(index.max()) + 1 if index.numel() else 0
     if not 0 <= i < max(n, 0):
@@ -90,7 +121,7 @@ class Video(Selector):
     """Video positions: all, or video ``i`` of each row (every frame, every cell)."""
 
     def __init__(self, i: int | None = None):
-        self.i = i
+        self.i = _index("Video", "i", i)
 
     def mask(self, layout: ModalityLayout) -> Tensor:
         m = layout.modality == Modality.VIDEO
@@ -131,7 +162,7 @@ class Audio(Selector):
     """Audio positions: all, or audio clip ``i`` of each row."""
 
     def __init__(self, i: int | None = None):
-        self.i = i
+        self.i = _index("Audio", "i", i)
 
     def mask(self, layout: ModalityLayout) -> Tensor:
         m = layout.modality == Modality.AUDIO
@@ -234,7 +265,20 @@ class Positions(Selector):
     """Explicit positions (negative counts from the end of the padded sequence)."""
 
     def __init__(self, positions: Sequence[int] | int):
-        self.positions = [positions] if isinstance(positions, int) else [int(p) for p in positions]
+        if isinstance(positions, Tensor):
+            if positions.dtype == torch.bool or positions.is_floating_point() or positions.dim() > 1:
+                raise TypeError(
+                    f"Positions: got a {positions.dtype} tensor of shape {tuple(positions.shape)}; give position "
+                    "indices (a 1-D int list). For a bool [batch, seq] mask use Where(lambda L: mask)."
+                )
+            positions = positions.tolist()
+        items = [positions] if not isinstance(positions, (list, tuple, range)) else list(positions)
+        if not items or any(isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in items):
+            raise TypeError(
+                f"Positions({positions!r:.80}): give a non-empty list of int positions (a bool mask is not "
+                "positions: use Where(lambda L: mask) for a [batch, seq] mask)."
+            )
+        self.positions = [int(p) for p in items]
 
     def mask(self, layout: ModalityLayout) -> Tensor:
         return layout.at_positions(self.positions)
@@ -247,7 +291,14 @@ class Where(Selector):
         self.fn = fn
 
     def mask(self, layout: ModalityLayout) -> Tensor:
-        return self.fn(layout).bool()
+        m = self.fn(layout)
+        if not isinstance(m, Tensor) or m.dtype != torch.bool or tuple(m.shape) != tuple(layout.shape):
+            got = f"a {m.dtype} tensor of shape {tuple(m.shape)}" if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(
+                f"Where(fn): fn returned {got}; it must return a bool tensor of the layout's shape "
+                f"{tuple(layout.shape)} [batch, seq], e.g. Where(lambda L: L.grid_row == 0)."
+            )
+        return m
 
     def to_dict(self) -> dict[str, Any]:
         raise TypeError("Where(...) holds a Python function and cannot be serialised; use the named selectors.")
@@ -305,7 +356,9 @@ def as_selector(x: Any) -> Selector:
     """Selectors pass through; ints and int lists become :class:`Positions`."""
     if isinstance(x, Selector):
         return x
-    if isinstance(x, int) or (isinstance(x, (list, tuple)) and all(isinstance(p, int) for p in x)):
+    if isinstance(x, Tensor) or (isinstance(x, numbers.Integral) and not isinstance(x, bool)):
+        return Positions(x)
+    if isinstance(x, (list, tuple, range)) and x and all(isinstance(p, int) and not isinstance(p, bool) for p in x):
         return Positions(x)
     raise TypeError(
         f"cannot select positions with {x!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."

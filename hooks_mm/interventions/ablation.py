@@ -10,7 +10,9 @@ Example::
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -19,7 +21,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hooks_mm.interventions.base import Context, Edit, Intervention
+from hooks_mm.interventions.base import Context, Edit, Intervention, ValueEq, check_finite, check_layers
 from hooks_mm.layout import Modality
 from hooks_mm.selectors import NonPad, Selector
 
@@ -30,12 +32,19 @@ MODES = ("zero", "mean", "resample", "scale", "set")
 
 
 @dataclass
-class NeuronMeans:
-    """Mean activation of every neuron per layer and per modality (plus ``"all"``)."""
+class NeuronMeans(ValueEq):
+    """Mean activation of every neuron per layer and per modality (plus ``"all"``).
+
+    ``model`` records the model the means were fitted on: ``architecture``, ``n_layers`` and
+    the ``widths`` (neurons per fitted layer). Applying the means to another model is an error
+    (``NeuronAblation(mode="mean")`` checks it before any hook is added). Means saved before
+    this record existed load with a warning, and only their widths can be checked then.
+    """
 
     hook: str
     means: dict[int, dict[str, Float[Tensor, " d"]]]
     counts: dict[int, dict[str, int]] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     @torch.no_grad()
@@ -48,7 +57,11 @@ class NeuronMeans:
     ) -> "NeuronMeans":
         """Running means over ``batches`` (model inputs), one forward per batch."""
         n = model.cfg.n_layers
+        layers = check_layers(layers, "NeuronMeans.fit")
         layers = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+        bad = [l for l in layers if not 0 <= l < n]
+        if bad:
+            raise IndexError(f"NeuronMeans.fit: layers {bad} out of range for a {n}-layer model (0..{n - 1}).")
         names = {l: f"blocks.{l}.{hook}" for l in layers}
         sums: dict[int, dict[str, Tensor]] = {l: {} for l in layers}
         counts: dict[int, dict[str, int]] = {l: {} for l in layers}
@@ -67,7 +80,32 @@ class NeuronMeans:
         if not any(counts[l] for l in layers):
             raise ValueError("NeuronMeans.fit got no tokens: pass a non-empty iterable of model inputs.")
         means = {l: {g: (sums[l][g] / counts[l][g]).float() for g in sums[l]} for l in layers}
-        return cls(hook, means, counts)
+        ident = {
+            "architecture": model.cfg.architecture,
+            "n_layers": n,
+            "widths": {str(l): int(means[l]["all"].shape[-1]) for l in layers},
+        }
+        return cls(hook, means, counts, ident)
+
+    def check(self, model: "HookedMLLM", layer: int, hook: str, width: int | None) -> None:
+        """An error unless these means fit ``model`` at ``layer`` of ``hook`` (``width`` neurons)."""
+        fix = "refit on this model: NeuronMeans.fit(model, batches, layers)"
+        if hook != self.hook:
+            raise ValueError(f"NeuronMeans were fitted on {self.hook!r}, but this ablation edits {hook!r}: {fix}.")
+        arch, n = self.model.get("architecture"), self.model.get("n_layers")
+        if arch is not None and (arch != model.cfg.architecture or n != model.cfg.n_layers):
+            raise ValueError(
+                f"NeuronMeans were fitted on a {n}-layer {arch}, but this model is a {model.cfg.n_layers}-layer "
+                f"{model.cfg.architecture}: {fix}."
+            )
+        if layer not in self.means:
+            raise KeyError(f"NeuronMeans has layers {sorted(self.means)}, not {layer}: fit it on that layer.")
+        fitted = int(self.means[layer]["all"].shape[-1])
+        if width is not None and fitted != width:
+            raise ValueError(
+                f"NeuronMeans of layer {layer} were fitted on {fitted} neurons ({arch or 'another model'}), but "
+                f"{hook} of this {model.cfg.architecture} has {width}: {fix}."
+            )
 
     def table(self, layer: int, layout_modality: Tensor) -> tuple[Float[Tensor, "n d"], Tensor]:
         """(rows [n, d], index [batch, seq]): row ``index[b, s]`` is the mean of that position's
@@ -92,12 +130,24 @@ class NeuronMeans:
             "hook": self.hook,
             "means": {str(l): {g: v.tolist() for g, v in d.items()} for l, d in self.means.items()},
             "counts": {str(l): d for l, d in self.counts.items()},
+            "model": self.model,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NeuronMeans":
         means = {int(l): {g: torch.tensor(v) for g, v in m.items()} for l, m in d["means"].items()}
-        return cls(d["hook"], means, {int(l): c for l, c in d.get("counts", {}).items()})
+        return cls._with_model(d["hook"], means, {int(l): c for l, c in d.get("counts", {}).items()}, d.get("model"))
+
+    @classmethod
+    def _with_model(cls, hook: str, means: dict, counts: dict, model: dict | None) -> "NeuronMeans":
+        if not model:
+            warnings.warn(
+                "these NeuronMeans were saved without the model they were fitted on (an older hooks_mm), so only "
+                "their widths can be checked against a model: refit with NeuronMeans.fit(model, ...) and save "
+                "again to record it.",
+                stacklevel=3,
+            )
+        return cls(hook, means, counts, dict(model or {}))
 
     def save(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
@@ -106,7 +156,8 @@ class NeuronMeans:
             os.path.join(path, "means.safetensors"),
         )
         with open(os.path.join(path, "means.json"), "w") as f:
-            json.dump({"hook": self.hook, "counts": {str(l): c for l, c in self.counts.items()}}, f)
+            meta = {"hook": self.hook, "counts": {str(l): c for l, c in self.counts.items()}, "model": self.model}
+            json.dump(meta, f)
 
     @classmethod
     def load(cls, path: str) -> "NeuronMeans":
@@ -117,7 +168,7 @@ class NeuronMeans:
         for key, v in tensors.items():
             l, g = key.split("/")
             means.setdefault(int(l), {})[g] = v
-        return cls(meta["hook"], means, {int(l): c for l, c in meta["counts"].items()})
+        return cls._with_model(meta["hook"], means, {int(l): c for l, c in meta["counts"].items()}, meta.get("model"))
 
 
 @dataclass
@@ -141,32 +192,72 @@ class NeuronAblation(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}.")
+            raise ValueError(f"NeuronAblation: mode {self.mode!r} is not one of {MODES}.")
         if self.mode == "mean" and self.means is None:
             raise ValueError("mode='mean' needs means=NeuronMeans.fit(model, batches, layers).")
+        if self.means is not None and not isinstance(self.means, NeuronMeans):
+            raise TypeError(
+                f"NeuronAblation: means must be a NeuronMeans (NeuronMeans.fit(...)), got {type(self.means)}."
+            )
+        if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
+            raise TypeError(f"NeuronAblation: value must be a number, got {self.value!r:.40}.")
+        check_finite(self.value, "NeuronAblation: value")
+        self.neurons = _neuron_list(self.neurons)
 
     @classmethod
     def decode_field(cls, key: str, v: Any) -> Any:
         return NeuronMeans.from_dict(v) if key == "means" and isinstance(v, dict) else v
 
     def neuron_index(self, width: int | None) -> Tensor | None:
-        """The neurons as an index tensor (None: all), checked against the hook's ``width``."""
+        """The neurons as an index tensor (None: all), checked against the hook's ``width``;
+        negative indices count from the end (``-1``: the last neuron)."""
         if self.neurons is None:
             return None
         idx = torch.as_tensor(self.neurons, dtype=torch.long)
         if idx.numel() == 0 or (width is not None and (int(idx.max()) >= width or int(idx.min()) < -width)):
             limit = f"within 0..{width - 1}" if width is not None else "valid for the hook"
             raise IndexError(f"NeuronAblation: neurons must be non-empty and {limit}, got {self.neurons}.")
+        if width is None and int(idx.min()) < 0:
+            raise IndexError(
+                f"NeuronAblation: this hook's width varies, so give neurons counted from 0, not {self.neurons}."
+            )
+        idx = idx % width if width is not None else idx
+        if len(set(idx.tolist())) != idx.numel():
+            raise ValueError(
+                f"NeuronAblation: neurons {self.neurons} name a neuron more than once (as {idx.tolist()}); "
+                "give each neuron once."
+            )
         return idx
 
+    def _check_arguments(self) -> None:
+        """Arguments the mode would ignore: an error, not a silent default ablation."""
+        if self.means is not None and self.mode != "mean":
+            raise ValueError(
+                f"NeuronAblation: means= is used only by mode='mean' (mode is {self.mode!r}): "
+                "pass mode='mean', or drop means."
+            )
+        if self.value != 0.0 and self.mode not in ("scale", "set"):
+            raise ValueError(
+                f"NeuronAblation: value={self.value} is used only by mode='scale' or 'set' "
+                f"(mode is {self.mode!r}): pass the mode, or drop value."
+            )
+        if self.source != "source" and self.mode != "resample":
+            raise ValueError(
+                f"NeuronAblation: source={self.source!r} is used only by mode='resample' "
+                f"(mode is {self.mode!r}): pass mode='resample', or drop source."
+            )
+
     def edits(self, ctx: Context) -> list[Edit]:
+        self._check_arguments()
         mask = ctx.mask(self.positions, "NeuronAblation")
         out = []
         for l in ctx.layers(self.layers, "NeuronAblation"):
-            name = ctx.hook_name(self.hook, l)
-            idx = self.neuron_index(ctx.width(name))
+            name = ctx.position_hook(self.hook, l, "NeuronAblation")
+            width = ctx.width(name)
+            idx = self.neuron_index(width)
             rep: Any = None
             if self.mode == "mean":
+                self.means.check(ctx.model, l, self.hook, width)  # type: ignore[union-attr]
                 rep = self.means.table(l, ctx.layout.modality)  # type: ignore[union-attr]
             elif self.mode == "resample":
                 src = ctx.source(self.source).layout.shape
@@ -178,3 +269,25 @@ class NeuronAblation(Intervention):
                 rep = ctx.read(self.source, name)
             out.append(Edit(name, ("ablate", mask, idx, self.mode, float(self.value), rep)))
         return out
+
+
+def _neuron_list(neurons: Any) -> list[int] | None:
+    """``neurons`` as a list of ints (None: all); an error for bools, floats and masks."""
+    if neurons is None:
+        return None
+    if isinstance(neurons, Tensor):
+        if neurons.dtype == torch.bool or neurons.is_floating_point() or neurons.dim() > 1:
+            raise TypeError(
+                f"NeuronAblation: neurons got a {neurons.dtype} tensor of shape {tuple(neurons.shape)}; give neuron "
+                "indices (for a bool mask: mask.nonzero().flatten().tolist())."
+            )
+        neurons = neurons.tolist()
+    items = [neurons] if isinstance(neurons, numbers.Integral) and not isinstance(neurons, bool) else neurons
+    if not isinstance(items, (list, tuple, range)) or any(
+        isinstance(j, bool) or not isinstance(j, numbers.Integral) for j in items
+    ):
+        raise TypeError(
+            f"NeuronAblation: neurons must be None (all) or a list of int indices, got {neurons!r:.60} "
+            "(for a bool mask: mask.nonzero().flatten().tolist())."
+        )
+    return [int(j) for j in items]

@@ -19,6 +19,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
@@ -27,7 +29,8 @@ from torch import Tensor
 
 from hooks_mm.hooks import lookup
 from hooks_mm.interventions.ops import apply
-from hooks_mm.selectors import Selector
+from hooks_mm.layout import Modality
+from hooks_mm.selectors import Selector, as_selector
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -43,6 +46,77 @@ class Edit:
 
     hook: str
     op: tuple
+
+
+def equal_values(a: Any, b: Any) -> bool:
+    """Value equality that holds for tensors, lists, dicts and objects holding them.
+
+    A tensor equals a tensor or list of the same shape and values (so a spec holding a tensor
+    equals its JSON round trip); lists and dicts compare element-wise; anything else with ``==``.
+    """
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        try:
+            ta, tb = torch.as_tensor(a).detach().cpu(), torch.as_tensor(b).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        return ta.shape == tb.shape and torch.equal(ta.double(), tb.double())
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(equal_values(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(equal_values(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+class ValueEq:
+    """Mixin for dataclasses holding tensors: ``==`` compares fields with :func:`equal_values`.
+
+    (A dataclass's own ``__eq__`` compares field tuples, which raises "Boolean value of Tensor
+    is ambiguous" for tensor fields.) Subclasses get this ``__eq__`` even when decorated with
+    ``@dataclass``, which keeps an ``__eq__`` the class already has.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__eq__" not in cls.__dict__:
+            cls.__eq__ = ValueEq.__eq__  # type: ignore[method-assign]
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(
+            equal_values(getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.compare
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable values: unhashable, as dataclasses are
+
+
+def check_layers(layers: Any, what: str) -> int | list[int] | None:
+    """``layers`` in canonical form (None, an int, or a non-empty list of ints); an error otherwise."""
+    if layers is None:
+        return None
+    if isinstance(layers, Tensor) and layers.dim() <= 1 and layers.dtype in (torch.int32, torch.int64):
+        layers = layers.tolist()
+    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+        return int(layers)
+    if isinstance(layers, (list, tuple, range)):
+        out = list(layers)
+        if out and all(isinstance(l, numbers.Integral) and not isinstance(l, bool) for l in out):
+            return [int(l) for l in out]
+        if not out:
+            raise ValueError(f"{what}: layers=[] selects no layer: give layer indices, or layers=None for all layers.")
+    raise TypeError(
+        f"{what}: layers must be None (all layers), an int, or a list / range of ints, got {layers!r}: "
+        f"e.g. layers=3, layers=[2, 3] or layers=range(0, 4) (one flat list of layer indices)."
+    )
+
+
+def check_finite(x: Any, what: str) -> None:
+    """An error naming ``what`` when the number or tensor ``x`` holds NaN or infinity."""
+    t = torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, Tensor) else x.detach().double()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} holds NaN or infinity ({x!r:.80}): give finite numbers.")
 
 
 def source_key(source: str, hook: str) -> str:
@@ -64,27 +138,66 @@ class Context:
         self._batches: dict[str, Batch] = {}
         self._keys = 0
 
-    def mask(self, selector: Selector, what: str) -> Tensor:
-        """Bool [batch, seq] of ``selector``; an error when it selects nothing."""
-        m = self.layout.select(selector)
+    def mask(self, selector: Selector, what: str, layout: Any = None, padding: str = "drop") -> Tensor:
+        """Bool [batch, seq] of ``selector`` on this run's layout (or ``layout``, a source run's).
+
+        Padding is never edited: an edit there reaches no real token. ``padding="drop"`` leaves
+        padding out; ``"error"`` refuses it (where padding would be read, as a patch source).
+        An error when nothing real is selected.
+        """
+        layout = self.layout if layout is None else layout
+        m = layout.select(selector)
+        pad = m & (layout.modality == Modality.PAD)
+        if padding == "error" and bool(pad.any()):
+            rows = sorted(set(pad.nonzero()[:, 0].tolist()))
+            raise ValueError(
+                f"{what}: positions {selector!r} select padding in rows {rows}, whose activations mean nothing; "
+                "select real positions (add `& NonPad()`)."
+            )
+        m = m & ~pad
         if not bool(m.any()):
             raise ValueError(
-                f"{what}: positions {selector!r} select nothing in this batch "
-                f"(present: {self.layout.summary()}); pick positions that exist."
+                f"{what}: positions {selector!r} select nothing{' but padding' if bool(pad.any()) else ''} in this "
+                f"batch (present: {layout.summary()}); pick positions that exist."
             )
         return m
 
     def layers(self, layers: int | Sequence[int] | None, what: str) -> list[int]:
+        """The layer indices of ``layers`` (None: all) on this model, checked; negative count from the end."""
         n = self.model.cfg.n_layers
+        layers = check_layers(layers, what)
         out = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
         bad = [l for l in out if not -n <= l < n]
         if bad:
             raise IndexError(f"{what}: layers {bad} out of range for a {n}-layer model (0..{n - 1}).")
-        return [l % n for l in out]
+        out = [l % n for l in out]
+        if len(set(out)) != len(out):
+            raise ValueError(
+                f"{what}: layers {layers} name a layer more than once on this {n}-layer model "
+                f"(as {out}); give each layer once (compose two specs to apply an edit twice)."
+            )
+        return out
 
-    def hook_name(self, template: str, layer: int) -> str:
+    def hook_name(self, template: str, layer: int, what: str = "this intervention") -> str:
         """The full name of ``template`` (``"mlp.hook_post"`` or ``"blocks.{l}...."``) at ``layer``; checked."""
+        if "{l}" not in template and template.startswith("blocks."):
+            raise ValueError(
+                f"{what}: hook {template!r} is a full hook name, but hook= is relative to the block "
+                f"(e.g. 'mlp.hook_post', or the template 'blocks.{{l}}.mlp.hook_post'); give layers in layers=."
+            )
         return self.model.hook_name(template.format(l=layer) if "{l}" in template else f"blocks.{layer}.{template}")
+
+    def position_hook(self, template: str, layer: int, what: str) -> str:
+        """:meth:`hook_name`, for edits at LM positions: the hook's axis 1 must be the position axis."""
+        name = self.hook_name(template, layer, what)
+        spec = lookup(name)
+        if spec.pos_dim != 1:
+            raise ValueError(
+                f"{what}: {name} has shape [{spec.shape}], whose axis 1 is not the sequence position, so "
+                "positions cannot select in it; edit a residual, MLP or per-position attention hook "
+                "(hook_resid_post, mlp.hook_post, attn.hook_z, ...)."
+            )
+        return name
 
     def width(self, hook: str) -> int | None:
         """Size of the last axis of hook point ``hook`` on this model (None where it varies)."""
@@ -125,8 +238,16 @@ class Context:
         return store
 
 
-class Intervention:
-    """Base of every spec: a dataclass with ``edits(ctx)``, composition and serialisation."""
+SELECTOR_FIELDS = ("positions", "source_positions", "queries", "keys")
+
+
+class Intervention(ValueEq):
+    """Base of every spec: a dataclass with ``edits(ctx)``, composition and serialisation.
+
+    Specs compare by value (``==`` holds for tensor fields too, and between a tensor and its
+    JSON list). The constructor checks what it can without a model (types, finite numbers,
+    known names); ``edits(ctx)`` checks the rest against the model and batch.
+    """
 
     kind: ClassVar[str]
 
@@ -135,9 +256,16 @@ class Intervention:
         INTERVENTIONS[cls.__name__] = cls
 
     def __post_init__(self) -> None:
-        layers = getattr(self, "layers", None)
-        if isinstance(layers, (range, tuple)):  # one canonical form, so specs compare and round-trip
-            self.layers = list(layers)  # type: ignore[attr-defined]
+        what = type(self).__name__
+        if hasattr(self, "layers"):  # one canonical form, so specs compare and round-trip
+            self.layers = check_layers(self.layers, what)  # type: ignore[attr-defined]
+        for name in SELECTOR_FIELDS:
+            value = getattr(self, name, None)
+            if value is not None and not isinstance(value, Selector):
+                try:
+                    setattr(self, name, as_selector(value))
+                except TypeError as e:
+                    raise TypeError(f"{what}: {name}= {e}") from None
 
     def edits(self, ctx: Context) -> list[Edit]:
         """Check this spec against ``ctx``'s batch and resolve it; raises before anything runs."""
@@ -161,6 +289,8 @@ class Intervention:
         return [(e.hook, op_hook(e.op, store)) for e in edits]
 
     def __add__(self, other: Intervention) -> Compose:
+        if not isinstance(other, Intervention):
+            return NotImplemented
         return Compose([*_flat(self), *_flat(other)])
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,12 +300,29 @@ class Intervention:
         return out
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> Intervention:
+    def from_dict(d: dict[str, Any] | str) -> Intervention:
+        """The spec of ``spec.to_dict()`` (a dict, or its JSON text)."""
+        if isinstance(d, (str, bytes)):
+            try:
+                d = json.loads(d)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"Intervention.from_dict: not JSON text ({e}); pass spec.to_dict().") from None
+        if not isinstance(d, dict):
+            raise TypeError(
+                f"Intervention.from_dict needs the dict of spec.to_dict() (or its JSON text), got {type(d).__name__}."
+            )
         d = dict(d)
         name = d.pop("type", None)
         if name not in INTERVENTIONS:
-            raise ValueError(f"unknown intervention type {name!r}; known: {', '.join(sorted(INTERVENTIONS))}")
+            raise ValueError(
+                f"unknown intervention type {name!r} (the 'type' key of spec.to_dict()); "
+                f"known: {', '.join(sorted(INTERVENTIONS))}"
+            )
         cls = INTERVENTIONS[name]
+        fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(f"{name}: unknown fields {unknown} in the dict; {name} has fields {fields}.")
         return cls(**{k: _decode(cls, k, v) for k, v in d.items()})
 
 
@@ -189,6 +336,12 @@ class Compose(Intervention):
     """Several interventions applied in list order (hooks on one site run in that order)."""
 
     items: list[Intervention]
+
+    def __post_init__(self) -> None:
+        self.items = list(self.items)
+        bad = [x for x in self.items if not isinstance(x, Intervention)]
+        if bad:
+            raise TypeError(f"Compose: items must be intervention specs, got {bad[0]!r:.80}.")
 
     def edits(self, ctx: Context) -> list[Edit]:
         return [e for item in self.items for e in item.edits(ctx)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hooks_mm.interventions.base import Context, Edit, Intervention
+from hooks_mm.layout import Modality
 from hooks_mm.selectors import NonPad, Selector
 
 
@@ -30,6 +31,16 @@ class AttentionKnockout(Intervention):
     keys: Selector = field(default_factory=NonPad)
     heads: list[int] | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.heads is not None:
+            if isinstance(self.heads, (int, range, tuple)) and not isinstance(self.heads, bool):
+                self.heads = [self.heads] if isinstance(self.heads, int) else list(self.heads)
+            if not isinstance(self.heads, list) or any(
+                isinstance(h, bool) or not isinstance(h, int) for h in self.heads
+            ):
+                raise TypeError(f"AttentionKnockout: heads must be a list of head indices or None, got {self.heads!r}.")
+
     def edits(self, ctx: Context) -> list[Edit]:
         q = ctx.mask(self.queries, "AttentionKnockout queries")
         k = ctx.mask(self.keys, "AttentionKnockout keys")
@@ -37,11 +48,15 @@ class AttentionKnockout(Intervention):
         n_heads = ctx.model.cfg.n_heads
         if self.heads is not None:
             bad = [h for h in self.heads if not 0 <= h < n_heads]
-            if bad:
-                raise IndexError(f"AttentionKnockout: heads {bad} out of range (0..{n_heads - 1}).")
+            if bad or not self.heads:
+                raise IndexError(
+                    f"AttentionKnockout: heads {self.heads} must be a non-empty list within 0..{n_heads - 1} "
+                    "(heads=None knocks out every head)."
+                )
             on = torch.zeros(n_heads, dtype=torch.bool, device=block.device)
             on[list(self.heads)] = True
             block = block & on[None, :, None, None]
+        _check_some_key_left(ctx, block)
         out = []
         for l in ctx.layers(self.layers, "AttentionKnockout"):
             if l in ctx.model.cfg.cross_attn_layers:
@@ -51,3 +66,22 @@ class AttentionKnockout(Intervention):
                 )
             out.append(Edit(ctx.hook_name("attn.hook_attn_scores", l), ("knock", block)))
         return out
+
+
+def _check_some_key_left(ctx: Context, block: torch.Tensor) -> None:
+    """An error when a query would have no key left: its causal keys (real positions up to itself,
+    which every model lets it see) all knocked out. The softmax would then spread evenly over
+    every position, padding and later tokens included: a meaningless result, not "no attention"."""
+    real = ctx.layout.modality != Modality.PAD  # [b, s]
+    s = real.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=real.device).tril()
+    seen = (real[:, None, :] & causal[None])[:, None] & real[:, None, :, None]  # [b, 1, q, k], real queries
+    starved = (seen.any(-1) & ~(seen & ~block).any(-1)).any(1)  # [b, q]: some head has no key left
+    if bool(starved.any()):
+        row, pos = starved.nonzero()[0].tolist()
+        raise ValueError(
+            f"AttentionKnockout: query position {pos} of row {row} would have no key left to attend to (every "
+            "earlier real position, itself included, is knocked out), so its softmax would spread over every "
+            "position, later tokens and padding included. Keep at least one key (e.g. leave out BOS: "
+            "keys=Image(), or keys=... & ~Positions(0))."
+        )

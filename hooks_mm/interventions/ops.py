@@ -15,9 +15,10 @@ activations read from other runs and values kept within a forward):
 - ``("steer", mask, vector, scale)``: add ``scale * vector``;
 - ``("centroid", mask, centroids, a)``: ``mu + a (x - mu)``, ``mu`` the nearest centroid;
 - ``("zero", mask)``;
-- ``("copy", key, s_rows, s_cols, t_rows, t_cols)``: source positions into target positions;
-- ``("grid", key, pairs)``: per image tile, the source patch grid resampled (bilinear) onto
-  the target grid;
+- ``("copy", key, s_rows, s_cols, t_rows, t_cols, shape)``: source positions into target
+  positions (``shape``: the target layout's (batch, seq));
+- ``("grid", key, pairs, shape)``: per image tile, the source patch grid resampled (bilinear)
+  onto the target grid;
 - ``("keep", key)`` / ``("restore", mask, key)``: remember a value, write it back later in
   the forward;
 - ``("knock", block)``: attention edges ``block`` [batch, head or 1, q, k] removed from
@@ -32,14 +33,19 @@ import torch
 import torch.nn.functional as F
 
 
-def where(x, mask, new, pos_dim=1):
-    """``x`` with ``new`` at the positions ``mask`` [batch, seq] selects (out of place)."""
-    if x.shape[0] != mask.shape[0] or x.shape[pos_dim] != mask.shape[1]:
+def check_shape(x, shape, pos_dim=1):
+    """An error unless ``x``'s batch and position axes have the layout's ``shape`` (batch, seq)."""
+    if x.shape[0] != shape[0] or x.shape[pos_dim] != shape[1]:
         raise ValueError(
-            f"activation shape {tuple(x.shape)} does not match the layout {tuple(mask.shape)}: "
+            f"activation shape {tuple(x.shape)} does not match the layout {tuple(shape)}: "
             "position-selected interventions apply to a full forward of the inputs they were "
             "compiled for (not to KV-cached generation steps)."
         )
+
+
+def where(x, mask, new, pos_dim=1):
+    """``x`` with ``new`` at the positions ``mask`` [batch, seq] selects (out of place)."""
+    check_shape(x, mask.shape, pos_dim)
     shape = [1] * x.dim()
     shape[0], shape[pos_dim] = mask.shape
     return torch.where(mask.to(x.device).view(shape), new, x)
@@ -115,11 +121,13 @@ def apply(x, op, store):
     if kind == "zero":
         return where(x, op[1], torch.zeros_like(x))
     if kind == "copy":
-        _, key, s_rows, s_cols, t_rows, t_cols = op
+        _, key, s_rows, s_cols, t_rows, t_cols, shape = op
+        check_shape(x, shape)
         x = x.clone()
         x[t_rows, t_cols] = store[key][s_rows, s_cols].to(x)
         return x
     if kind == "grid":
+        check_shape(x, op[3])
         return grid(x, store[op[1]], op[2])
     if kind == "keep":
         store[op[1]] = x

@@ -58,10 +58,22 @@ class Patch(Intervention):
         super().__post_init__()
         if self.map not in MAPS:
             raise ValueError(f"Patch: map {self.map!r} is not one of {MAPS}.")
+        if not isinstance(self.component, str) or (
+            self.component not in COMPONENTS and "hook" not in self.component.split(".")[-1]
+        ):
+            raise ValueError(
+                f"Patch: component {self.component!r} is not one of {sorted(COMPONENTS)} "
+                "(or a block hook name such as 'mlp.hook_post')."
+            )
+        if not isinstance(self.source, str):
+            raise TypeError(
+                f"Patch: source names a run ({self.source!r:.40} is not a name): Patch(..., source='clean') and "
+                "pass the inputs at run time, sources={'clean': inputs}."
+            )
 
     def edits(self, ctx: Context) -> list[Edit]:
         hook = COMPONENTS.get(self.component, self.component)
-        names = [ctx.hook_name(hook, l) for l in ctx.layers(self.layers, "Patch")]
+        names = [ctx.position_hook(hook, l, "Patch") for l in ctx.layers(self.layers, "Patch")]
         src_layout = ctx.source(self.source).layout
         if src_layout.shape[0] != ctx.layout.shape[0]:
             raise ValueError(
@@ -71,8 +83,9 @@ class Patch(Intervention):
         tgt = ctx.mask(self.positions, "Patch target")
         src_sel = self.source_positions if self.source_positions is not None else self.positions
         if self.map == "grid":
+            ctx.mask(src_sel, "Patch source", src_layout, padding="error")
             pairs = grid_pairs(src_layout, ctx.layout, src_sel, self.positions)
-            return [Edit(n, ("grid", ctx.read(self.source, n), pairs)) for n in names]
+            return [Edit(n, ("grid", ctx.read(self.source, n), pairs, ctx.layout.shape)) for n in names]
         if self.map == "same":
             if src_layout.shape != ctx.layout.shape or self.source_positions is not None:
                 raise ValueError(
@@ -83,7 +96,7 @@ class Patch(Intervention):
                 )
             src = tgt
         else:
-            src = src_layout.select(src_sel)
+            src = ctx.mask(src_sel, "Patch source", src_layout, padding="error")
             ns, nt = src.sum(1), tgt.sum(1)
             if not torch.equal(ns, nt):
                 raise ValueError(
@@ -92,7 +105,8 @@ class Patch(Intervention):
                     "use map='grid' to resample image patches."
                 )
         (s_rows, s_cols), (t_rows, t_cols) = src.nonzero(as_tuple=True), tgt.nonzero(as_tuple=True)
-        return [Edit(n, ("copy", ctx.read(self.source, n), s_rows, s_cols, t_rows, t_cols)) for n in names]
+        shape = ctx.layout.shape
+        return [Edit(n, ("copy", ctx.read(self.source, n), s_rows, s_cols, t_rows, t_cols, shape)) for n in names]
 
 
 # (row, source positions [rs, cs], target positions [rt, ct]) per image tile

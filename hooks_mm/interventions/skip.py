@@ -33,9 +33,12 @@ class Skip(Intervention):
     component: str = "mlp"
     positions: Selector = field(default_factory=NonPad)
 
-    def edits(self, ctx: Context) -> list[Edit]:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.component not in SKIPPABLE:
             raise ValueError(f"Skip: component {self.component!r} is not one of {sorted(SKIPPABLE)}.")
+
+    def edits(self, ctx: Context) -> list[Edit]:
         mask = ctx.mask(self.positions, "Skip")
         out = []
         for l in ctx.layers(self.layers, "Skip"):
