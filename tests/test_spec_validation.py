@@ -268,3 +268,22 @@ def test_a_spec_composed_with_itself_applies_twice(llava) -> None:  # noqa: ANN0
     assert torch.allclose(twice, _hand(m, x, "blocks.1.hook_resid_post", lambda a: a + 2 * v * txt), atol=1e-5)
     assert torch.equal(once_skip, twice_skip)
     assert_clean(m)
+
+
+def test_same_position_reads_of_padding_or_another_modality_are_refused() -> None:
+    from hooks_mm import HookedMLLM
+    from hooks_mm.zoo import toy_image
+
+    text = HookedMLLM.from_pretrained("tiny-llama")
+    a, b = text.to_inputs(["a b c d", "b c"]), text.to_inputs(["b c", "a b c d"])  # same shape, padding swapped
+    assert a["input_ids"].shape == b["input_ids"].shape
+    for spec in (Patch(0, positions=NonPad()), NeuronAblation(0, [1], NonPad(), "resample", source="clean")):
+        with pytest.raises(ValueError, match=r"rows \[0\] read padding or another modality.*map='order'"):
+            text.run_with_interventions(a, spec, sources={"clean": b})  # copied padding into row 0 before
+    vlm = HookedMLLM.from_pretrained("tiny-llava")
+    imgs = [toy_image(1)]
+    first, last = vlm.to_inputs(["<image> what is it"], images=imgs), vlm.to_inputs(["what is it <image>"], images=imgs)
+    assert first["input_ids"].shape == last["input_ids"].shape
+    with pytest.raises(ValueError, match="read padding or another modality"):
+        vlm.run_with_interventions(first, Patch(0, positions=Image()), sources={"clean": last})
+    assert_clean(text) and assert_clean(vlm)

@@ -260,12 +260,7 @@ class NeuronAblation(Intervention):
                 self.means.check(ctx.model, l, self.hook, width)  # type: ignore[union-attr]
                 rep = self.means.table(l, ctx.layout.modality)  # type: ignore[union-attr]
             elif self.mode == "resample":
-                src = ctx.source(self.source).layout.shape
-                if src != ctx.layout.shape:
-                    raise ValueError(
-                        f"resample source {self.source!r} has shape {src}, this run {ctx.layout.shape}: "
-                        "resample from inputs with the same batch and sequence layout."
-                    )
+                ctx.same_positions(self.positions, self.source, "NeuronAblation(mode='resample')")
                 rep = ctx.read(self.source, name)
             out.append(Edit(name, ("ablate", mask, idx, self.mode, float(self.value), rep)))
         return out

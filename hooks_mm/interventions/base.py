@@ -162,6 +162,30 @@ class Context:
             )
         return m
 
+    def same_positions(self, selector: Selector, source: str, what: str) -> Tensor:
+        """:meth:`mask` of ``selector``, for an edit that writes position p of the run ``source`` to
+        position p of this run: an error when the layouts differ in shape, or when a selected
+        position is padding in the source or holds media (image, video, audio) in one run only."""
+        m = self.mask(selector, what)
+        src = self.source(source).layout
+        if src.shape != self.layout.shape:
+            where = f"the source's layout is {src.shape}, this run's {self.layout.shape}"
+        else:
+            media = [Modality.IMAGE, Modality.VIDEO, Modality.AUDIO]
+            s_mod, t_mod = src.modality, self.layout.modality
+            in_media = torch.isin(s_mod, torch.tensor(media, device=s_mod.device)) | torch.isin(
+                t_mod, torch.tensor(media, device=t_mod.device)
+            )
+            bad = m & ((s_mod == Modality.PAD) | (in_media & (s_mod != t_mod)))
+            if not bool(bad.any()):
+                return m
+            where = f"rows {sorted(set(bad.nonzero()[:, 0].tolist()))} read padding or another modality there"
+        raise ValueError(
+            f"{what}: positions {selector!r} are read at the same index of the run {source!r}, but {where}. "
+            "Give both runs the same layout (same prompt lengths, padding and media positions), or map "
+            "positions explicitly: Patch(map='order', source_positions=...), or map='grid' to resample image patches."
+        )
+
     def layers(self, layers: int | Sequence[int] | None, what: str) -> list[int]:
         """The layer indices of ``layers`` (None: all) on this model, checked; negative count from the end."""
         n = self.model.cfg.n_layers

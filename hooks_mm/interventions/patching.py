@@ -87,14 +87,12 @@ class Patch(Intervention):
             pairs = grid_pairs(src_layout, ctx.layout, src_sel, self.positions)
             return [Edit(n, ("grid", ctx.read(self.source, n), pairs, ctx.layout.shape)) for n in names]
         if self.map == "same":
-            if src_layout.shape != ctx.layout.shape or self.source_positions is not None:
+            if self.source_positions is not None:
                 raise ValueError(
-                    f"Patch: the source layout {src_layout.shape} and this run's {ctx.layout.shape} "
-                    "differ (or source_positions was given): use map='order' with "
-                    "source_positions for an explicit position map, or map='grid' to resample "
-                    "image patches over the 2-D patch grid."
+                    "Patch: source_positions needs a position map: use map='order' for an explicit "
+                    "position map, or map='grid' to resample image patches over the 2-D patch grid."
                 )
-            src = tgt
+            src = tgt = ctx.same_positions(self.positions, self.source, "Patch")
         else:
             src = ctx.mask(src_sel, "Patch source", src_layout, padding="error")
             ns, nt = src.sum(1), tgt.sum(1)
