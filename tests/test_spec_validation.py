@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_clean, pair_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hooks_mm import After, Image, Last, NonPad, Positions, Selector, Special, Text, Where
 from hooks_mm.interventions import (
@@ -77,6 +79,36 @@ def test_every_spec_kind_round_trips_and_compares_by_value(means) -> None:  # no
         assert spec != specs[label] and specs[label] != spec, label
     assert Compose(list(unequal.values())) != specs["compose"]
     assert Steer(0, [1.0, 2.0]) != Steer(0, [1.0, 2.0, 3.0]) and Steer(0, [1.0]) != Skip(0)
+
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+tensor_specs = st.one_of(
+    st.builds(lambda v, s: Steer(0, torch.tensor(v), Text(), s), st.lists(finite, min_size=1, max_size=8), finite),
+    st.builds(
+        lambda n, v: NeuronAblation([0, 1], torch.tensor(n), Image(), "set", value=v),
+        st.lists(st.integers(0, 127), min_size=1, max_size=6),
+        finite,
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tensor_specs, min_size=1, max_size=3), st.data())
+def test_specs_holding_tensors_round_trip_and_differ_when_a_number_differs(items, data) -> None:  # noqa: ANN001
+    spec = items[0] if len(items) == 1 else Compose(items)
+    assert _json(spec) == spec
+    i = data.draw(st.integers(0, len(items) - 1))
+    changed = [*items]
+    item = items[i]
+    if isinstance(item, Steer):
+        j = data.draw(st.integers(0, len(item.vector) - 1))
+        vec = item.vector.clone()
+        vec[j] = vec[j] + 1.0 if abs(float(vec[j])) < 1e3 else 0.0
+        changed[i] = Steer(0, vec, Text(), item.scale)
+    else:
+        changed[i] = NeuronAblation([0, 1], [*item.neurons, 1000], Image(), "set", value=item.value)
+    other = changed[0] if len(items) == 1 else Compose(changed)
+    assert other != spec and _json(other) != spec
 
 
 def test_round_tripped_mean_ablation_gives_the_same_logits(llava, means) -> None:  # noqa: ANN001

@@ -175,9 +175,16 @@ class NeuronMeans(ValueEq):
 class NeuronAblation(Intervention):
     """Ablate ``neurons`` (None: all) at ``positions`` in ``layers``.
 
-    ``mode``: "zero"; "mean" (each position's modality mean from ``means``); "resample"
-    (the same neurons and positions of the run named ``source``); "scale" (times
-    ``value``); "set" (to ``value``).
+    ``mode``: "zero"; "mean" (each position's modality mean from ``means``, fitted on this
+    model); "resample" (the same neurons and positions of the run named ``source``, which
+    must have this run's layout); "scale" (times ``value``); "set" (to ``value``).
+    ``neurons``: distinct int indices (negative count from the end). An argument the mode
+    does not use (``value`` without "scale"/"set", ``means`` without "mean", ``source``
+    without "resample") is an error, not ignored.
+
+    Example::
+
+        NeuronAblation(layers=1, neurons=[3, -1], positions=Image(), mode="scale", value=0.5)
     """
 
     layers: int | list[int] | None

@@ -123,7 +123,9 @@ def grid_pairs(src: ModalityLayout, tgt: ModalityLayout, src_sel: Selector, tgt_
                 if t_grid is None or s_grid is None:
                     raise ValueError(
                         f"Patch(map='grid'): image {image} tile {tile} of row {row} has no complete "
-                        "patch grid in both runs; select whole images, or give an explicit map."
+                        "patch grid in both runs (the grid map pairs image i, tile t of the source with "
+                        "image i, tile t of the target); select whole images present in both, or give "
+                        "an explicit map (map='order')."
                     )
                 pairs.append((row, s_grid, t_grid))
     if not pairs:
