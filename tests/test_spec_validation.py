@@ -13,7 +13,7 @@ from conftest import assert_clean, pair_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hooks_mm import After, Image, Last, NonPad, Positions, Selector, Special, Text, Where
+from hooks_mm import After, Frame, Image, Last, NonPad, Positions, Selector, Special, Text, Where
 from hooks_mm.interventions import (
     AttentionKnockout,
     Compose,
@@ -23,6 +23,7 @@ from hooks_mm.interventions import (
     Patch,
     Skip,
     Steer,
+    patching_sweep,
 )
 
 D = 64  # tiny llava: d_model 64, d_mlp 128, 2 layers, 4 heads
@@ -165,6 +166,8 @@ CONSTRUCTION = [
     (lambda: NeuronAblation(0, [True, False, True]), TypeError, "list of int indices.*nonzero"),
     (lambda: NeuronAblation(0, torch.ones(8, dtype=torch.bool)), TypeError, "bool tensor.*nonzero"),
     (lambda: NeuronAblation(0, [1.7]), TypeError, "list of int indices"),
+    (lambda: NeuronAblation(0, []), ValueError, r"neurons=\[\] selects no neuron"),
+    (lambda: Frame(True), TypeError, r"Frame\(True\): give one int frame index"),
     (lambda: NeuronAblation(0, [1], mode="Mean"), ValueError, "mode 'Mean' is not one of"),
     (lambda: NeuronAblation(0, [1], mode="scale", value=math.nan), ValueError, "value holds NaN"),
     (lambda: NeuronAblation(0, [1], mode="mean", means={"0": [0.0]}), TypeError, "means must be a NeuronMeans"),
@@ -319,3 +322,23 @@ def test_same_position_reads_of_padding_or_another_modality_are_refused() -> Non
     with pytest.raises(ValueError, match="read padding or another modality"):
         vlm.run_with_interventions(first, Patch(0, positions=Image()), sources={"clean": last})
     assert_clean(text) and assert_clean(vlm)
+
+
+def test_patching_sweep_checks_its_metric_and_groups(llava) -> None:  # noqa: ANN001
+    m, x = llava.model, llava.inputs
+    last = m.layout(x).select(Last())
+    corrupted = {**x, "pixel_values": x["pixel_values"] + 1.0}
+    good = lambda l: l[last][:, 0]  # noqa: E731
+    cases = [
+        (lambda l: None, "metric\\(logits\\) gave NoneType on the clean run"),
+        (lambda l: l[last], "gave shape \\(2, \\d+\\).*one value per row \\(2\\)"),
+        (lambda l: l[last][:, 0] * float("nan"), "not finite on the clean run"),
+    ]
+    for metric, match in cases:
+        with pytest.raises(ValueError, match=match):
+            patching_sweep(m, x, corrupted, metric, layers=[0])
+    with pytest.raises(ValueError, match="positions=\\{\\} has no group"):
+        patching_sweep(m, x, corrupted, good, positions={})
+    effect = patching_sweep(m, x, corrupted, good, layers=[-1], positions={"image": Image()})
+    assert torch.equal(effect, patching_sweep(m, x, corrupted, good, layers=[1], positions={"image": Image()}))
+    assert_clean(m)

@@ -292,4 +292,6 @@ def _neuron_list(neurons: Any) -> list[int] | None:
             f"NeuronAblation: neurons must be None (all) or a list of int indices, got {neurons!r:.60} "
             "(for a bool mask: mask.nonzero().flatten().tolist())."
         )
+    if len(items) == 0:
+        raise ValueError("NeuronAblation: neurons=[] selects no neuron; give neuron indices, or None for all.")
     return [int(j) for j in items]

@@ -153,13 +153,20 @@ def patching_sweep(
     ``layers`` (default all), columns the order of ``positions`` (default all positions).
     """
     clean, corrupted = model.prepare(clean), model.prepare(corrupted)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    if positions is not None and not positions:
+        raise ValueError("patching_sweep: positions={} has no group; give {name: selector}, or None for all positions.")
     groups = positions or {"all": NonPad()}
+    ctx = Context(model, corrupted, {"clean": clean})
+    layers = ctx.layers(layers, "patching_sweep")
+    specs = [[Patch(l, "clean", component, sel, map=map) for sel in groups.values()] for l in layers]
+    for row in specs:  # every cell checked before anything runs
+        for spec in row:
+            spec.edits(ctx)
     hook = COMPONENTS.get(component, component)
     names = [model.hook_name(f"blocks.{l}.{hook}") for l in layers]
     clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
-    m_clean = float(metric(clean_logits).float().mean())
-    m_corrupt = float(metric(model(corrupted)).float().mean())
+    m_clean = _metric(metric, clean_logits, "clean")
+    m_corrupt = _metric(metric, model(corrupted), "corrupted")
     if abs(m_clean - m_corrupt) < 1e-12:
         raise ValueError(
             f"patching_sweep: the metric is {m_clean:.6g} on both the clean and the corrupted run, "
@@ -167,10 +174,25 @@ def patching_sweep(
         )
     shared = {source_key("clean", n): clean_cache[n] for n in names}
     effect = torch.empty(len(layers), len(groups))
-    for i, l in enumerate(layers):
-        for j, sel in enumerate(groups.values()):
-            spec = Patch(layers=l, source="clean", component=component, positions=sel, map=map)
+    for i, row in enumerate(specs):
+        for j, spec in enumerate(row):
             hooks = spec.compile(model, corrupted, {"clean": clean}, store=shared)
-            m = float(metric(model.run_with_hooks(corrupted, fwd_hooks=hooks)).float().mean())
+            m = _metric(metric, model.run_with_hooks(corrupted, fwd_hooks=hooks), "patched")
             effect[i, j] = (m - m_corrupt) / (m_clean - m_corrupt)
     return effect
+
+
+def _metric(metric: Callable[[Tensor], Tensor], logits: Tensor, run: str) -> float:
+    """The mean of ``metric(logits)``: a finite scalar or one finite value per row."""
+    value = metric(logits)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value))
+    if not isinstance(value, Tensor) or value.dim() > 1 or (value.dim() == 1 and len(value) != logits.shape[0]):
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"patching_sweep: metric(logits) gave {got} on the {run} run; return a scalar or one value per "
+            f"row ({logits.shape[0]}), e.g. lambda l: l[last].log_softmax(-1)[..., answer]."
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"patching_sweep: metric(logits) is not finite on the {run} run ({value.tolist()}).")
+    return float(value.float().mean())
