@@ -102,7 +102,7 @@ class Image(Selector):
         return m
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     """An int (numpy ints too), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -111,7 +111,7 @@ def _index(kind: str, name: str, i: Any) -> int | None:
     """``i`` as a non-negative int (or None); an error naming ``kind(name=...)`` otherwise."""
     if i is None:
         return None
-    if not _is_int(i) or i < 0:
+    if not is_int(i) or i < 0:
         raise TypeError(f"{kind}({name}={i!r}): give a non-negative int index (0 is the first), or None for all.")
     return int(i)
 
@@ -150,9 +150,9 @@ class Frame(Selector):
             if t.step != 1:
                 raise ValueError(f"Frame({t!r}): only contiguous ranges (step 1) are supported.")
             t = [t.start, t.stop]
-        if not (_is_int(t) or (isinstance(t, (list, tuple)) and all(_is_int(v) for v in t))):
+        if not (is_int(t) or (isinstance(t, (list, tuple)) and all(is_int(v) for v in t))):
             raise TypeError(f"Frame({t!r}): give one int frame index or a (start, stop) pair of ints.")
-        if not _is_int(t):
+        if not is_int(t):
             t = [int(v) for v in t]
             if len(t) != 2 or t[1] <= t[0]:
                 raise ValueError(f"Frame({t!r}): give one frame index or a (start, stop) pair with stop > start.")
@@ -282,7 +282,7 @@ class Positions(Selector):
                 )
             positions = positions.tolist()
         items = [positions] if not isinstance(positions, (list, tuple, range)) else list(positions)
-        if not items or not all(_is_int(p) for p in items):
+        if not items or not all(is_int(p) for p in items):
             raise TypeError(
                 f"Positions({positions!r:.80}): give a non-empty list of int positions (a bool mask is not "
                 "positions: use Where(lambda L: mask) for a [batch, seq] mask)."
@@ -365,7 +365,7 @@ def as_selector(x: Any) -> Selector:
     """Selectors pass through; ints and int lists become :class:`Positions`."""
     if isinstance(x, Selector):
         return x
-    if isinstance(x, Tensor) or _is_int(x) or (isinstance(x, (list, tuple, range)) and x and all(map(_is_int, x))):
+    if isinstance(x, Tensor) or is_int(x) or (isinstance(x, (list, tuple, range)) and x and all(map(is_int, x))):
         return Positions(x)
     raise TypeError(
         f"cannot select positions with {x!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."

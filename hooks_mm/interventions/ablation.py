@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hooks_mm.interventions.base import Context, Edit, Intervention, ValueEq, check_finite, check_layers
+from hooks_mm.interventions.base import Context, Edit, Intervention, ValueEq, check_layers, check_number
 from hooks_mm.layout import Modality
-from hooks_mm.selectors import NonPad, Selector
+from hooks_mm.selectors import NonPad, Selector, is_int
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -206,9 +205,7 @@ class NeuronAblation(Intervention):
             raise TypeError(
                 f"NeuronAblation: means must be a NeuronMeans (NeuronMeans.fit(...)), got {type(self.means)}."
             )
-        if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
-            raise TypeError(f"NeuronAblation: value must be a number, got {self.value!r:.40}.")
-        check_finite(self.value, "NeuronAblation: value")
+        check_number(self.value, "NeuronAblation: value")
         self.neurons = _neuron_list(self.neurons)
 
     @classmethod
@@ -284,10 +281,8 @@ def _neuron_list(neurons: Any) -> list[int] | None:
                 "indices (for a bool mask: mask.nonzero().flatten().tolist())."
             )
         neurons = neurons.tolist()
-    items = [neurons] if isinstance(neurons, numbers.Integral) and not isinstance(neurons, bool) else neurons
-    if not isinstance(items, (list, tuple, range)) or any(
-        isinstance(j, bool) or not isinstance(j, numbers.Integral) for j in items
-    ):
+    items = [neurons] if is_int(neurons) else neurons
+    if not isinstance(items, (list, tuple, range)) or not all(map(is_int, items)):
         raise TypeError(
             f"NeuronAblation: neurons must be None (all) or a list of int indices, got {neurons!r:.60} "
             "(for a bool mask: mask.nonzero().flatten().tolist())."

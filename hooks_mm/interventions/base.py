@@ -30,7 +30,7 @@ from torch import Tensor
 from hooks_mm.hooks import lookup
 from hooks_mm.interventions.ops import apply
 from hooks_mm.layout import Modality
-from hooks_mm.selectors import Selector, as_selector
+from hooks_mm.selectors import Selector, as_selector, is_int
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -98,11 +98,11 @@ def check_layers(layers: Any, what: str) -> int | list[int] | None:
         return None
     if isinstance(layers, Tensor) and layers.dim() <= 1 and layers.dtype in (torch.int32, torch.int64):
         layers = layers.tolist()
-    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+    if is_int(layers):
         return int(layers)
     if isinstance(layers, (list, tuple, range)):
         out = list(layers)
-        if out and all(isinstance(l, numbers.Integral) and not isinstance(l, bool) for l in out):
+        if out and all(map(is_int, out)):
             return [int(l) for l in out]
         if not out:
             raise ValueError(f"{what}: layers=[] selects no layer: give layer indices, or layers=None for all layers.")
@@ -117,6 +117,14 @@ def check_finite(x: Any, what: str) -> None:
     t = torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, Tensor) else x.detach().double()
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} holds NaN or infinity ({x!r:.80}): give finite numbers.")
+
+
+def check_number(x: Any, what: str) -> float:
+    """``x`` as a float; an error unless it is a finite real number (not a bool)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {x!r:.40}.")
+    check_finite(x, what)
+    return float(x)
 
 
 def source_key(source: str, hook: str) -> str:

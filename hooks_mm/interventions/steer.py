@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hooks_mm.interventions.base import Context, Edit, Intervention, check_finite
+from hooks_mm.interventions.base import Context, Edit, Intervention, check_finite, check_number
 from hooks_mm.selectors import NonPad, Selector
 
 
@@ -50,9 +50,7 @@ class Steer(Intervention):
         if isinstance(v, tuple):
             self.vector = list(v)
         check_finite(self.vector, "Steer: vector")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Real):
-            raise TypeError(f"Steer: scale must be a number, got {self.scale!r:.40}.")
-        check_finite(self.scale, "Steer: scale")
+        check_number(self.scale, "Steer: scale")
 
     def edits(self, ctx: Context) -> list[Edit]:
         mask = ctx.mask(self.positions, "Steer")
