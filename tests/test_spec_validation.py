@@ -315,6 +315,8 @@ def test_same_position_reads_of_padding_or_another_modality_are_refused() -> Non
     for spec in (Patch(0, positions=NonPad()), NeuronAblation(0, [1], NonPad(), "resample", source="clean")):
         with pytest.raises(ValueError, match=r"rows \[0\] read padding or another modality.*map='order'"):
             text.run_with_interventions(a, spec, sources={"clean": b})  # copied padding into row 0 before
+    with pytest.raises(ValueError, match="source 'clean' has 1 rows, this run 2"):
+        text.run_with_interventions(a, Patch(0), sources={"clean": text.to_inputs(["a b c d"])})
     vlm = HookedMLLM.from_pretrained("tiny-llava")
     imgs = [toy_image(1)]
     first, last = vlm.to_inputs(["<image> what is it"], images=imgs), vlm.to_inputs(["what is it <image>"], images=imgs)
@@ -341,4 +343,18 @@ def test_patching_sweep_checks_its_metric_and_groups(llava) -> None:  # noqa: AN
         patching_sweep(m, x, corrupted, good, positions={})
     effect = patching_sweep(m, x, corrupted, good, layers=[-1], positions={"image": Image()})
     assert torch.equal(effect, patching_sweep(m, x, corrupted, good, layers=[1], positions={"image": Image()}))
+    assert_clean(m)
+
+
+def test_mean_ablation_of_a_modality_the_means_never_saw_is_refused(llava) -> None:  # noqa: ANN001
+    m = llava.model
+    text_only = NeuronMeans.fit(m, [m.to_inputs(["a red square", "where is it"])], layers=0)
+    with pytest.raises(ValueError, match=r"no mean of \['image'\] positions.*fit them on batches"):
+        m.run_with_interventions(llava.inputs, NeuronAblation(0, [1], Image(), "mean", means=text_only))  # was "all"
+    with torch.no_grad():  # text positions have their own mean: allowed, and equal to a hand-written hook
+        got = m.run_with_interventions(llava.inputs, NeuronAblation(0, [1], Text(), "mean", means=text_only))
+    txt = m.layout(llava.inputs).select(Text())
+    mean = text_only.means[0]["text"][1]
+    want = _hand(m, llava.inputs, "blocks.0.mlp.hook_post", lambda a: a.index_put((txt, torch.tensor(1)), mean))
+    assert torch.equal(got, want)
     assert_clean(m)

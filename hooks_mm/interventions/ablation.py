@@ -86,8 +86,11 @@ class NeuronMeans(ValueEq):
         }
         return cls(hook, means, counts, ident)
 
-    def check(self, model: "HookedMLLM", layer: int, hook: str, width: int | None) -> None:
-        """An error unless these means fit ``model`` at ``layer`` of ``hook`` (``width`` neurons)."""
+    def check(
+        self, model: "HookedMLLM", layer: int, hook: str, width: int | None, used: set[str] = frozenset()
+    ) -> None:
+        """An error unless these means fit ``model`` at ``layer`` of ``hook`` (``width`` neurons) and
+        hold a mean for each modality in ``used`` (those of the positions to ablate)."""
         fix = "refit on this model: NeuronMeans.fit(model, batches, layers)"
         if hook != self.hook:
             raise ValueError(f"NeuronMeans were fitted on {self.hook!r}, but this ablation edits {hook!r}: {fix}.")
@@ -105,10 +108,17 @@ class NeuronMeans(ValueEq):
                 f"NeuronMeans of layer {layer} were fitted on {fitted} neurons ({arch or 'another model'}), but "
                 f"{hook} of this {model.cfg.architecture} has {width}: {fix}."
             )
+        missing = sorted(set(used) - set(self.means[layer]))
+        if missing:
+            have = sorted(set(self.means[layer]) - {"all"})
+            raise ValueError(
+                f"NeuronMeans of layer {layer} have no mean of {missing} positions (fitted on {have} only), "
+                f"which this ablation selects: fit them on batches that hold {missing} inputs."
+            )
 
     def table(self, layer: int, layout_modality: Tensor) -> tuple[Float[Tensor, "n d"], Tensor]:
         """(rows [n, d], index [batch, seq]): row ``index[b, s]`` is the mean of that position's
-        own modality (``"all"`` where that one is missing)."""
+        own modality (``"all"`` where that one is missing: padding)."""
         if layer not in self.means:
             raise KeyError(f"NeuronMeans has layers {sorted(self.means)}, not {layer}: fit it on that layer.")
         m = self.means[layer]
@@ -261,7 +271,8 @@ class NeuronAblation(Intervention):
             idx = self.neuron_index(width)
             rep: Any = None
             if self.mode == "mean":
-                self.means.check(ctx.model, l, self.hook, width)  # type: ignore[union-attr]
+                used = {Modality(int(v)).name.lower() for v in ctx.layout.modality[mask].unique()}
+                self.means.check(ctx.model, l, self.hook, width, used)  # type: ignore[union-attr]
                 rep = self.means.table(l, ctx.layout.modality)  # type: ignore[union-attr]
             elif self.mode == "resample":
                 ctx.same_positions(self.positions, self.source, "NeuronAblation(mode='resample')")
