@@ -176,7 +176,8 @@ def max_med_sim(x: Float[Tensor, "p d"], y: Float[Tensor, "t d"]) -> tuple[Tenso
 def token_similarity(
     model: "HookedMLLM", inputs: Any, layer: int, image: Selector | None = None, text: Selector | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Per row: MaxSim and MedSim between its image tokens and its text tokens at ``layer``."""
+    """Per row holding both: MaxSim and MedSim between its image tokens and its text tokens
+    at ``layer`` (rows without one of them are left out)."""
     batch = model.prepare(inputs)
     im, tm = batch.layout.select(image or Image()), batch.layout.select(text or Text())
     name = f"blocks.{layer}.hook_resid_post"
@@ -186,6 +187,10 @@ def token_similarity(
         for r in range(im.shape[0])
         if im[r].any() and tm[r].any()
     ]
+    if not out:
+        raise ValueError(
+            f"token_similarity: no row holds both image and text positions (present: {batch.layout.summary()})."
+        )
     return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
 
@@ -195,14 +200,19 @@ def attention_flow(
 ) -> Float[Tensor, " layer"]:
     """Per layer: head-mean attention from the query positions (default the text after the
     image) to the key positions (default the image), summed (or averaged) over keys and
-    averaged over queries and rows (the FastV convention)."""
+    averaged over queries and rows (the FastV convention). Rows without key positions are
+    left out (their flow would be 0 by construction)."""
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
     batch = model.prepare(inputs)
     layout = batch.layout
     q, k = layout.select(queries or After(Image())), layout.select(keys or Image())
+    q = q & k.any(-1, keepdim=True)  # a row without keys would add flows of 0 by construction
     if not (q.any() and k.any()):
-        raise ValueError(f"attention_flow: queries or keys select nothing (present: {layout.summary()}).")
+        raise ValueError(
+            f"attention_flow: no row holds both query and key positions (present: {layout.summary()}): "
+            "give rows with an image and text after it, or other queries / keys."
+        )
     layers = [l for l in range(model.cfg.n_layers) if l not in model.cfg.cross_attn_layers]
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
     _, cache = model.run_with_cache(batch, names_filter=names)
@@ -222,6 +232,11 @@ def last_token_heatmaps(model: "HookedMLLM", inputs: Any, layer: int, row: int =
     (one [rows, cols] map per image tile)."""
     batch = model.prepare(inputs)
     layout = batch.layout
+    rows = layout.modality.shape[0]
+    if not -rows <= row < rows:
+        raise IndexError(f"last_token_heatmaps: row {row} out of range for a batch of {rows} rows.")
+    if int(layout.image_index[row].max()) < 0:
+        raise ValueError(f"last_token_heatmaps: row {row} holds no image (present: {layout.summary()}).")
     name = f"blocks.{layer}.attn.hook_pattern"
     _, cache = model.run_with_cache(batch, names_filter=[name])
     last = layout.indices(Last())[row, 0]
