@@ -177,3 +177,16 @@ def test_tune_tccd_selects_on_dev_and_reports_the_held_out_split() -> None:
     with pytest.raises(ValueError, match="test batch 0 repeats dev batch 0"):
         tune_tccd(model, dev, answers(qa[:8]), score, bank, dev, answers(qa[:8]), alphas=(1.0,), a_interps=(0.4,))
     assert_clean(model)
+
+
+def test_a_nan_a_interp_and_unpaired_bias_inputs_are_refused() -> None:
+    from hooks_mm.analysis import text_centric_bias
+
+    p = pair_for("llava")
+    bank = CentroidBank.fit(p.model, [p.inputs], positions=Text(), k=2, n_iter=5)
+    with pytest.raises(ValueError, match="a_interp must be a finite number"):
+        p.model.run_with_interventions(p.inputs, CentroidReplacement(bank, Text(), float("nan")))
+    anygpt = pair_for("anygpt")
+    with pytest.raises(ValueError, match="2 texts and 1 images: give one image per text"):
+        text_centric_bias(anygpt.model, ["a red square", "a blue circle"], [toy_image(1)])
+    assert_clean(p.model) and assert_clean(anygpt.model)

@@ -146,6 +146,11 @@ def cross_modal_cosine(
 ) -> tuple[Tensor, Tensor]:
     """Per layer: mean and std of the cosine over ALL pairs (a_i, b_j); with
     ``exclude_diagonal`` (a is b, the image-image / text-text controls) i == j is left out."""
+    if exclude_diagonal and (a.shape != b.shape or a.shape[0] < 2):
+        raise ValueError(
+            f"cross_modal_cosine(exclude_diagonal=True) compares a set with itself: pass a is b with at least 2 "
+            f"examples (got {tuple(a.shape)} and {tuple(b.shape)})."
+        )
     sims = F.cosine_similarity(a[:, None], b[None], dim=-1)  # [n, m, L]
     if exclude_diagonal:
         keep = ~torch.eye(a.shape[0], dtype=torch.bool)
@@ -163,6 +168,8 @@ def global_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"]) 
 
 def drift(emb: Float[Tensor, "n layer d"], k: int = 1) -> Float[Tensor, " layer_minus_k"]:
     """Mean cosine between layer l and layer l + k of the same example."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < emb.shape[1]:
+        raise ValueError(f"drift: k must be an int in 1..{emb.shape[1] - 1} (layers apart), got {k!r}.")
     return F.cosine_similarity(emb[:, :-k], emb[:, k:], dim=-1).mean(0)
 
 

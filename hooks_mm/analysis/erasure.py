@@ -276,6 +276,8 @@ def text_centric_bias(model: "HookedMLLM", texts: Sequence[str], images: Sequenc
     ppl(text | image)``; ``bias = image_gain / text_gain`` (> 1: the model leans on text to
     predict images more than on images to predict text).
     """
+    if len(texts) != len(images) or not texts:
+        raise ValueError(f"text_centric_bias: {len(texts)} texts and {len(images)} images: give one image per text.")
     proc = model.processor
     token = getattr(proc, "image_token", None)
     if token is None:
