@@ -127,6 +127,10 @@ def test_bank_and_spec_equality_and_the_saved_identity(tmp_path) -> None:  # noq
     other = CentroidBank(bank.centroids + 1e-3, bank.layer, bank.hook, dict(bank.meta))
     assert other != bank and CentroidReplacement(other, Text(), 0.4) != spec
     assert CentroidBank(bank.centroids, bank.layer + 1, bank.hook, dict(bank.meta)) != bank
+    written = json.loads(json.dumps(spec.to_dict()))
+    other.save(str(tmp_path / "bank"))  # another bank at the same path: the spec must not pick it up
+    with pytest.raises(ValueError, match="changed since this spec was written"):
+        Intervention.from_dict(written)
     with pytest.raises(FileNotFoundError, match="no centroid bank at"):
         CentroidBank.load(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match=r"float tensor \[k, d_model\]"):

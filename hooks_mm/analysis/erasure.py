@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
-from hooks_mm.interventions.centroid import attention_follows
+from hooks_mm.interventions.centroid import as_saved, attention_follows
 from hooks_mm.layout import Modality
 from hooks_mm.selectors import After, Image, Last
 from hooks_mm.sweep.metrics import modality_nll
@@ -138,7 +138,7 @@ def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:
 
 def _check_bank(bank: CentroidBank, positions: Any, what: str) -> None:
     fitted = bank.meta.get("positions")
-    if fitted is not None and fitted != positions.to_dict():
+    if fitted is not None and as_saved(fitted) != as_saved(positions.to_dict()):
         raise ValueError(
             f"{what} was fitted at positions {fitted}, but is used here for {positions!r}: "
             "pass the bank fitted on those positions (text_bank: After(Image()), visual_bank: Image())."

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -101,7 +102,7 @@ class CentroidBank:
             (self.layer, self.hook) == (other.layer, other.hook)
             and self.centroids.shape == other.centroids.shape
             and torch.equal(self.centroids.detach().cpu().double(), other.centroids.detach().cpu().double())
-            and _content(self.meta) == _content(other.meta)
+            and as_saved(_content(self.meta)) == as_saved(_content(other.meta))
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
@@ -228,14 +229,37 @@ class CentroidBank:
             ) from e
         return cls(centroids, layer, hook, {**meta, "path": os.path.abspath(path)})
 
+    def digest(self) -> str:
+        """A short hash of the centroids, layer and hook (what a spec checks on reload)."""
+        h = hashlib.sha256(self.centroids.detach().cpu().float().contiguous().numpy().tobytes())
+        h.update(f"{self.layer}|{self.hook}".encode())
+        return h.hexdigest()[:16]
+
     def to_dict(self) -> dict[str, Any]:
+        """The saved bank's path and digest (a spec refers to a bank; it is not copied)."""
         if "path" not in self.meta:
             raise ValueError("save the bank first (bank.save(dir)): a spec refers to a bank by its path.")
-        return {"path": self.meta["path"]}
+        return {"path": self.meta["path"], "digest": self.digest()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CentroidBank":
+        """The bank at ``d["path"]``; an error if it is not the bank the spec was written with."""
+        bank = cls.load(d["path"])
+        if d.get("digest") not in (None, bank.digest()):
+            raise ValueError(
+                f"the centroid bank at {d['path']!r} changed since this spec was written (digest {d['digest']}, "
+                f"now {bank.digest()}): point the spec at the bank it was written with, or rebuild the spec."
+            )
+        return bank
 
 
 def _content(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k != "path"}
+
+
+def as_saved(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so saved and fresh compare."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _describe(ident: dict[str, Any]) -> str:
@@ -262,7 +286,7 @@ class CentroidReplacement(Intervention):
 
     @classmethod
     def decode_field(cls, key: str, v: Any) -> Any:
-        return CentroidBank.load(v["path"]) if key == "bank" and isinstance(v, dict) else v
+        return CentroidBank.from_dict(v) if key == "bank" and isinstance(v, dict) else v
 
     def edits(self, ctx: Context) -> list[Edit]:
         self.bank.check(ctx.model)
