@@ -123,16 +123,15 @@ def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:
         if isinstance(item, CentroidReplacement):
             rows = item.rows_unreached(model, batch.layout)
             if rows:
+                why = (
+                    "no replaced position at or before it"
+                    if attention_follows(model, item.bank.layer, item.bank.hook)
+                    else "no attention follows the bank and the last position is not replaced"
+                )
                 raise ValueError(
                     f"CentroidReplacement at {item.bank.hook_name} over {item.positions!r} cannot change the "
-                    f"last position of rows {rows[:8]} (no such position at or before it"
-                    + (
-                        ""
-                        if attention_follows(model, item.bank.layer, item.bank.hook)
-                        else ", and no attention follows the bank"
-                    )
-                    + f"; present: {batch.layout.summary()}): its cost there is 0 by "
-                    "construction; give rows that hold those positions, or bank an earlier layer."
+                    f"last position of rows {rows[:8]} ({why}; present: {batch.layout.summary()}): its cost "
+                    "there is 0 by construction; give rows that hold those positions, or bank an earlier layer."
                 )
 
 
