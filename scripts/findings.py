@@ -1,12 +1,13 @@
 """The research findings, measured on the built-in organisms (the README's findings table).
 
     python scripts/findings.py [--n 200]
+    python scripts/findings.py --by-depth      # erasure cost at every block input (toy-llava)
 
 Each finding is one library call on one organism, reported with its measured numbers and
 whether it agrees with what the papers report (methods.md):
 
 - centroid erasure (``toy-llava``): erasing the text after the image costs more accuracy
-  than erasing the image;
+  than erasing the image (K = 256, text bank at ~0.4 and visual at ~0.5 of depth);
 - text-centric bias (``toy-anygpt`` vs ``toy-anygpt-monotune``): the unimodal stage lowers
   the bias ratio;
 - neuron masking (``toy-anygpt``): masking the image-specific neurons (LAPE) hurts
@@ -32,9 +33,9 @@ from typing import Any, Sequence
 import torch
 
 from hooks_mm.analysis.alignment import cross_modal_cosine, pooled_embeddings
-from hooks_mm.analysis.erasure import choice_score, erasure_cost, text_centric_bias
+from hooks_mm.analysis.erasure import accuracy, choice_score, erasure_cost, text_centric_bias
 from hooks_mm.analysis.neurons import activation_probabilities, lape, neuron_masking_matrix, top_difference
-from hooks_mm.interventions import CentroidBank
+from hooks_mm.interventions import CentroidBank, CentroidReplacement
 from hooks_mm.model import HookedMLLM
 from hooks_mm.selectors import After, Image
 from hooks_mm.tasks.evaluate import encode, word_ids
@@ -60,17 +61,43 @@ def _batches(
     return [encode(model, examples[i : i + size], answers=answers) for i in range(0, len(examples), size)]
 
 
-def erasure(model: HookedMLLM, n: int = 200, seed: int = 0, k: int = 64) -> dict[str, float]:
-    """Accuracy on image-dependent questions with the text after the image, or the image,
-    replaced by its nearest centroid (banks fitted on training-split prompts at 0.4 / 0.5 of
-    depth, ``k`` centroids); answers scored by argmax over every answer word."""
+def _erasure_data(model: HookedMLLM, n: int, seed: int) -> tuple[list[Any], list[Any], list[torch.Tensor], Any]:
+    """Fit prompts (training split, 4n), ``n`` held-out image-dependent questions, their answers
+    (indices into ANSWERS) and the score (argmax over every answer word)."""
     fit = _batches(model, make_qa(4 * n, "train", seed))
-    text_bank = CentroidBank.fit(model, fit, positions=After(Image()), k=k)
-    visual_bank = CentroidBank.fit(model, fit, positions=Image(), k=k)
     qa = [e for e in make_qa(2 * n, "test", seed) if e.needs_image][:n]
     answers = [torch.tensor([ANSWERS.index(e.answer) for e in qa[i : i + 64]]) for i in range(0, len(qa), 64)]
-    score = choice_score(word_ids(model, ANSWERS).tolist())
-    return erasure_cost(model, _batches(model, qa), answers, score, text_bank, visual_bank)
+    return fit, _batches(model, qa), answers, choice_score(word_ids(model, ANSWERS).tolist())
+
+
+def erasure(model: HookedMLLM, n: int = 200, seed: int = 0, k: int = 256) -> dict[str, float]:
+    """Accuracy on image-dependent questions with the text after the image, or the image,
+    replaced by its nearest centroid (banks fitted on training-split prompts at the protocol's
+    depth, the input of block floor(0.4 n + 1/2) / floor(0.5 n + 1/2); ``k`` centroids, the
+    protocol's 256 by default); answers scored by argmax over every answer word."""
+    fit, qa, answers, score = _erasure_data(model, n, seed)
+    text_bank = CentroidBank.fit(model, fit, positions=After(Image()), k=k)
+    visual_bank = CentroidBank.fit(model, fit, positions=Image(), k=k)
+    out = erasure_cost(model, qa, answers, score, text_bank, visual_bank)
+    return {**out, "text_layer": float(text_bank.layer), "visual_layer": float(visual_bank.layer)}
+
+
+def erasure_by_depth(model: HookedMLLM, n: int = 200, seed: int = 0, ks: Sequence[int] = (256, 64, 1)) -> list[dict]:
+    """Text and visual erasure cost at the input of every block (``blocks.{l}.hook_resid_pre``),
+    for each K in ``ks`` (K = 1: every position replaced by the mean, the information-removed
+    control). The last block's output is not a site: nothing there reaches the answer from
+    another position (``accuracy`` refuses it)."""
+    fit, qa, answers, score = _erasure_data(model, n, seed)
+    clean = accuracy(model, qa, answers, score)
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        row: dict[str, Any] = {"site": f"blocks.{layer}.hook_resid_pre", "clean": clean}
+        for name, pos in (("text", After(Image())), ("visual", Image())):
+            for k in ks:
+                bank = CentroidBank.fit(model, fit, layer=layer, positions=pos, k=k)
+                row[f"{name}_cost_k{k}"] = clean - accuracy(model, qa, answers, score, CentroidReplacement(bank, pos))
+        rows.append(row)
+    return rows
 
 
 def bias(model: HookedMLLM, n: int = 200, seed: int = 0) -> dict[str, float]:
@@ -130,7 +157,7 @@ def findings(n: int = 200, seed: int = 0, models: dict[str, HookedMLLM] | None =
             "centroid erasure: text costs more than image",
             "toy-llava",
             "text_cost > visual_cost",
-            {k: e[k] for k in ("clean", "text_cost", "visual_cost")},
+            {k: e[k] for k in ("clean", "text_cost", "visual_cost", "text_layer", "visual_layer")},
             e["text_cost"] > e["visual_cost"],
         )
     )
@@ -203,8 +230,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python scripts/findings.py", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=200, help="examples per measurement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--by-depth", action="store_true", help="only the erasure cost at every depth (toy-llava)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
+    if args.by_depth:
+        rows = erasure_by_depth(HookedMLLM.from_pretrained("toy-llava"), args.n, args.seed)
+        keys = list(rows[0])
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(f"`{v}`" if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |")
+        return
     print(markdown(findings(args.n, args.seed)))
 
 

@@ -212,3 +212,40 @@ def test_wanda_mask_and_overlap() -> None:
     table = wanda_overlap(p.model, [p.inputs], sparsity=0.5)
     assert set(table.linear) == {"q", "k", "v", "o", "gate", "up", "down"} and table.iou.between(0, 1).all()
     assert (wanda_overlap(p.model, [p.inputs], sparsity=0.0).iou == 1.0).all()  # nothing pruned: identical
+
+
+def test_analysis_inputs_that_gave_empty_or_nan_results_are_refused() -> None:
+    from hooks_mm.analysis import input_norms
+
+    p = pair_for("toy-llava")
+    text_only = p.model.to_inputs(["there is a red circle . what colour is the circle ?"], chat=True)
+    with pytest.raises(ValueError, match="no row holds both image and text"):
+        token_similarity(p.model, text_only, layer=1)
+    with pytest.raises(ValueError, match="row 0 holds no image"):
+        last_token_heatmaps(p.model, text_only, layer=1)
+    with pytest.raises(IndexError, match="row 9 out of range for a batch of 4 rows"):
+        last_token_heatmaps(p.model, p.inputs, layer=1, row=9)
+    with pytest.raises(ValueError, match="selects no calibration token"):
+        input_norms(p.model, [text_only], Image())
+    one = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        cross_modal_cosine(one, one, exclude_diagonal=True)
+    with pytest.raises(ValueError, match=r"drift: k must be an int in 1\.\.2"):
+        drift(torch.randn(2, 3, 4), 3)
+
+
+def test_masking_matrix_perplexity_is_over_all_tokens_of_unequal_batches() -> None:
+    p = pair_for("anygpt")
+    rows = p.inputs["input_ids"].shape[0]
+    parts = [{k: v[:1] for k, v in p.inputs.items()}, {k: v[1:] for k, v in p.inputs.items()}]
+    got = neuron_masking_matrix(p.model, parts, {}, evaluate=("text",)).loc["none", "text"]
+    nll, count = 0.0, 0
+    for part in parts:  # independent: cross-entropy of every text token predicted from a real position
+        mod = p.model.layout(part).modality
+        target = (mod[:, 1:] == Modality.TEXT) & (mod[:, :-1] != Modality.PAD)
+        with torch.no_grad():
+            logits = p.bare(**{k: v for k, v in part.items() if k in ("input_ids", "attention_mask")}).logits
+        ids = part["input_ids"][:, 1:]
+        nll += torch.nn.functional.cross_entropy(logits[:, :-1][target], ids[target], reduction="sum").item()
+        count += int(target.sum())
+    assert rows >= 2 and got == pytest.approx(math.exp(nll / count), rel=1e-4)

@@ -4,6 +4,7 @@ follows from its numbers."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from findings import findings, markdown  # noqa: E402
+
+from hooks_mm import After, Image  # noqa: E402
+from hooks_mm.interventions.centroid import default_layer  # noqa: E402
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +31,7 @@ def test_findings_are_measured_and_judged_by_their_numbers() -> None:
     assert all(math.isfinite(v) for r in rows for v in r.measured.values())
     e = by["centroid erasure"].measured
     assert by["centroid erasure"].holds == (e["text_cost"] > e["visual_cost"]) and 0 <= e["clean"] <= 1
+    assert (e["text_layer"], e["visual_layer"]) == (default_layer(3, After(Image())), default_layer(3, Image()))
     b = by["text-centric bias"].measured
     assert by["text-centric bias"].holds == (b["bias_monotune"] < b["bias_paired"])
     for r in rows:
@@ -37,3 +44,20 @@ def test_findings_are_measured_and_judged_by_their_numbers() -> None:
     )
     table = markdown(rows)
     assert table.count("\n") == len(rows) + 1 and all(f"`{r.model}`" in table for r in rows)
+
+
+def test_the_readme_erasure_row_agrees_with_its_depth_table_and_the_protocol_depths() -> None:
+    """The README's erasure finding (K = 256 at the protocol depths) is the K = 256 column of
+    its per-depth table at those depths, and its verdict follows from its numbers."""
+    lines = README.read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| centroid erasure"))
+    nums = {k: float(v) for k, v in re.findall(r"(\w+) (-?[\d.]+)", row.split("|")[4])}
+    start = lines.index(next(line for line in lines if line.startswith("| block input |"))) + 2
+    table = lines[start : lines.index("", start)]
+    depth = {cells[1].strip(" `"): [float(c) for c in cells[2:-1]] for cells in (line.split("|") for line in table)}
+    assert len(depth) == 3
+    text_layer, visual_layer = int(nums["text_layer"]), int(nums["visual_layer"])
+    assert (text_layer, visual_layer) == (default_layer(3, After(Image())), default_layer(3, Image()))
+    assert depth[f"blocks.{text_layer}.hook_resid_pre"][0] == pytest.approx(nums["text_cost"], abs=5e-3)
+    assert depth[f"blocks.{visual_layer}.hook_resid_pre"][3] == pytest.approx(nums["visual_cost"], abs=5e-3)
+    assert row.endswith("| yes |") == (nums["text_cost"] > nums["visual_cost"])

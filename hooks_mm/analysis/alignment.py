@@ -146,6 +146,11 @@ def cross_modal_cosine(
 ) -> tuple[Tensor, Tensor]:
     """Per layer: mean and std of the cosine over ALL pairs (a_i, b_j); with
     ``exclude_diagonal`` (a is b, the image-image / text-text controls) i == j is left out."""
+    if exclude_diagonal and (a.shape != b.shape or a.shape[0] < 2):
+        raise ValueError(
+            f"cross_modal_cosine(exclude_diagonal=True) compares a set with itself: pass a is b with at least 2 "
+            f"examples (got {tuple(a.shape)} and {tuple(b.shape)})."
+        )
     sims = F.cosine_similarity(a[:, None], b[None], dim=-1)  # [n, m, L]
     if exclude_diagonal:
         keep = ~torch.eye(a.shape[0], dtype=torch.bool)
@@ -163,6 +168,8 @@ def global_cosine(a: Float[Tensor, "n layer d"], b: Float[Tensor, "m layer d"]) 
 
 def drift(emb: Float[Tensor, "n layer d"], k: int = 1) -> Float[Tensor, " layer_minus_k"]:
     """Mean cosine between layer l and layer l + k of the same example."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < emb.shape[1]:
+        raise ValueError(f"drift: k must be an int in 1..{emb.shape[1] - 1} (layers apart), got {k!r}.")
     return F.cosine_similarity(emb[:, :-k], emb[:, k:], dim=-1).mean(0)
 
 
@@ -176,7 +183,8 @@ def max_med_sim(x: Float[Tensor, "p d"], y: Float[Tensor, "t d"]) -> tuple[Tenso
 def token_similarity(
     model: "HookedMLLM", inputs: Any, layer: int, image: Selector | None = None, text: Selector | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Per row: MaxSim and MedSim between its image tokens and its text tokens at ``layer``."""
+    """Per row holding both: MaxSim and MedSim between its image tokens and its text tokens
+    at ``layer`` (rows without one of them are left out)."""
     batch = model.prepare(inputs)
     im, tm = batch.layout.select(image or Image()), batch.layout.select(text or Text())
     name = f"blocks.{layer}.hook_resid_post"
@@ -186,6 +194,10 @@ def token_similarity(
         for r in range(im.shape[0])
         if im[r].any() and tm[r].any()
     ]
+    if not out:
+        raise ValueError(
+            f"token_similarity: no row holds both image and text positions (present: {batch.layout.summary()})."
+        )
     return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
 
 
@@ -195,14 +207,19 @@ def attention_flow(
 ) -> Float[Tensor, " layer"]:
     """Per layer: head-mean attention from the query positions (default the text after the
     image) to the key positions (default the image), summed (or averaged) over keys and
-    averaged over queries and rows (the FastV convention)."""
+    averaged over queries and rows (the FastV convention). Rows without key positions are
+    left out (their flow would be 0 by construction)."""
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
     batch = model.prepare(inputs)
     layout = batch.layout
     q, k = layout.select(queries or After(Image())), layout.select(keys or Image())
+    q = q & k.any(-1, keepdim=True)  # a row without keys would add flows of 0 by construction
     if not (q.any() and k.any()):
-        raise ValueError(f"attention_flow: queries or keys select nothing (present: {layout.summary()}).")
+        raise ValueError(
+            f"attention_flow: no row holds both query and key positions (present: {layout.summary()}): "
+            "give rows with an image and text after it, or other queries / keys."
+        )
     layers = [l for l in range(model.cfg.n_layers) if l not in model.cfg.cross_attn_layers]
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
     _, cache = model.run_with_cache(batch, names_filter=names)
@@ -222,6 +239,11 @@ def last_token_heatmaps(model: "HookedMLLM", inputs: Any, layer: int, row: int =
     (one [rows, cols] map per image tile)."""
     batch = model.prepare(inputs)
     layout = batch.layout
+    rows = layout.modality.shape[0]
+    if not -rows <= row < rows:
+        raise IndexError(f"last_token_heatmaps: row {row} out of range for a batch of {rows} rows.")
+    if int(layout.image_index[row].max()) < 0:
+        raise ValueError(f"last_token_heatmaps: row {row} holds no image (present: {layout.summary()}).")
     name = f"blocks.{layer}.attn.hook_pattern"
     _, cache = model.run_with_cache(batch, names_filter=[name])
     last = layout.indices(Last())[row, 0]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
+from hooks_mm.interventions.centroid import as_saved, attention_follows
 from hooks_mm.layout import Modality
 from hooks_mm.selectors import After, Image, Last
 from hooks_mm.sweep.metrics import modality_nll
@@ -29,10 +30,30 @@ Score = Callable[[Tensor, Tensor], Tensor]  # (last-position logits [b, vocab], 
 
 
 def choice_score(option_ids: Sequence[int]) -> Score:
-    """Correct when the argmax over the option tokens is the answer's index."""
+    """Correct when the argmax over the option tokens is the answer's index.
+
+    ``answers`` are option indices ``0..k-1`` (``option_ids.index(token_id)``), not token ids;
+    anything else is refused.
+    """
     opts = torch.as_tensor(option_ids)
+    if opts.ndim != 1 or len(opts) < 1 or opts.is_floating_point():
+        raise ValueError(f"choice_score: option_ids must be a non-empty list of token ids, got {option_ids!r}.")
+    k = len(opts)
 
     def score(last_logits: Tensor, answers: Tensor) -> Tensor:
+        answers = torch.as_tensor(answers)
+        if answers.is_floating_point() or answers.is_complex() or answers.dtype == torch.bool:
+            raise ValueError(f"answers must be integer option indices 0..{k - 1}, got dtype {answers.dtype}.")
+        if answers.numel() and not bool(((answers >= 0) & (answers < k)).all()):
+            bad = answers[(answers < 0) | (answers >= k)][:5].tolist()
+            raise ValueError(
+                f"answers {bad} are outside 0..{k - 1}: answers are option indices 0..{k - 1}, "
+                f"not token ids: pass options.index(token_id) for each answer."
+            )
+        if vocab_bad := [i for i in opts.tolist() if not 0 <= i < last_logits.shape[-1]]:
+            raise ValueError(
+                f"option token ids {vocab_bad} are outside the vocabulary (0..{last_logits.shape[-1] - 1})."
+            )
         return (last_logits[:, opts.to(last_logits.device)].argmax(-1) == answers.to(last_logits.device)).float()
 
     return score
@@ -52,18 +73,75 @@ def accuracy(
     spec: Any = None,
     logits_fn: Callable | None = None,
 ) -> float:
-    """Mean score over ``batches`` (``answers[i]`` for batch i), optionally under ``spec``."""
+    """Mean score over ``batches`` (``answers[i]``: one answer per row of batch i), optionally
+    under ``spec`` or with the last-position logits given by ``logits_fn(batch)``.
+
+    With :func:`choice_score`, answers are option indices. A centroid replacement in ``spec``
+    that cannot change a row's last position (no replaced position before it; a bank after
+    the last attention) is refused: its cost would be 0 by construction.
+
+    Example::
+
+        accuracy(model, [inputs], [torch.tensor([0, 2])], choice_score(option_ids))
+    """
+    batches, answers = list(batches), list(answers)
+    if not batches or len(answers) != len(batches):
+        raise ValueError(
+            f"accuracy: {len(batches)} batches and {len(answers)} answer tensors: give one answer tensor "
+            "(one answer per row) for each batch, and at least one batch."
+        )
     hits, n = 0.0, 0
-    for inputs, ans in zip(batches, answers):
+    for i, (inputs, ans) in enumerate(zip(batches, answers)):
         batch = model.prepare(inputs)
+        ans = torch.as_tensor(ans)
+        rows = batch.layout.modality.shape[0]
+        if ans.shape != (rows,):
+            raise ValueError(
+                f"accuracy: answers[{i}] has shape {tuple(ans.shape)}, but batch {i} has {rows} rows: "
+                "give one answer per row."
+            )
         if logits_fn is not None:
             last = logits_fn(batch)
         else:
+            if spec is not None:
+                check_reaches_last(model, batch, spec)
             logits = model(batch) if spec is None else model.run_with_interventions(batch, spec)
             last = _last(batch, logits)
-        s = score(last, torch.as_tensor(ans))
-        hits, n = hits + float(s.sum()), n + len(s)
+        s = torch.as_tensor(score(last, ans))
+        if s.shape != (rows,):
+            raise ValueError(
+                f"accuracy: the score returned shape {tuple(s.shape)} for batch {i} of {rows} rows: "
+                "a score returns one value per row ([batch])."
+            )
+        hits, n = hits + float(s.sum()), n + rows
     return hits / n
+
+
+def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:
+    """Refuse a centroid replacement in ``spec`` that cannot change some row's last position."""
+    for item in getattr(spec, "items", [spec]):
+        if isinstance(item, CentroidReplacement):
+            rows = item.rows_unreached(model, batch.layout)
+            if rows:
+                why = (
+                    "no replaced position at or before it"
+                    if attention_follows(model, item.bank.layer, item.bank.hook)
+                    else "no attention follows the bank and the last position is not replaced"
+                )
+                raise ValueError(
+                    f"CentroidReplacement at {item.bank.hook_name} over {item.positions!r} cannot change the "
+                    f"last position of rows {rows[:8]} ({why}; present: {batch.layout.summary()}): its cost "
+                    "there is 0 by construction; give rows that hold those positions, or bank an earlier layer."
+                )
+
+
+def _check_bank(bank: CentroidBank, positions: Any, what: str) -> None:
+    fitted = bank.meta.get("positions")
+    if fitted is not None and as_saved(fitted) != as_saved(positions.to_dict()):
+        raise ValueError(
+            f"{what} was fitted at positions {fitted}, but is used here for {positions!r}: "
+            "pass the bank fitted on those positions (text_bank: After(Image()), visual_bank: Image())."
+        )
 
 
 def erasure_cost(
@@ -76,7 +154,13 @@ def erasure_cost(
     a_interp: float = 0.0,
 ) -> dict[str, float]:
     """Accuracy clean, with the text after the image erased, with the image span erased;
-    cost = clean - erased (the paper: text erasure costs ~4x visual erasure)."""
+    cost = clean - erased (the paper: text erasure costs ~4x visual erasure).
+
+    Every row must hold image positions and text after them (a row without them would cost
+    0 by construction), and each bank must have been fitted on the positions it erases.
+    """
+    _check_bank(text_bank, After(Image()), "text_bank")
+    _check_bank(visual_bank, Image(), "visual_bank")
     clean = accuracy(model, batches, answers, score)
     text = accuracy(model, batches, answers, score, CentroidReplacement(text_bank, After(Image()), a_interp))
     visual = accuracy(model, batches, answers, score, CentroidReplacement(visual_bank, Image(), a_interp))
@@ -95,9 +179,12 @@ def tccd_logits(
 ) -> Tensor:
     """Text-centroid contrastive decoding at the last position:
     ``l_clean + alpha (l_clean - l_text_erased)`` (no plausibility cut-off)."""
+    _check_bank(text_bank, After(Image()), "text_bank")
     batch = model.prepare(inputs)
+    spec = CentroidReplacement(text_bank, After(Image()), a_interp)
+    check_reaches_last(model, batch, spec)
     clean = _last(batch, model(batch))
-    erased = _last(batch, model.run_with_interventions(batch, CentroidReplacement(text_bank, After(Image()), a_interp)))
+    erased = _last(batch, model.run_with_interventions(batch, spec))
     return clean + alpha * (clean - erased)
 
 
@@ -107,23 +194,46 @@ def tune_tccd(
     answers: Sequence[Tensor],
     score: Score,
     text_bank: CentroidBank,
+    test_batches: Sequence[Any],
+    test_answers: Sequence[Tensor],
     alphas: Sequence[float] = (-1.0, 0.5, 1.0, 2.0),
     a_interps: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
 ) -> dict[str, Any]:
-    """Per-task search over alpha and a_interp; the best accuracy and its setting."""
-    grid = {
-        (alpha, a): accuracy(
-            model, batches, answers, score, logits_fn=lambda x, al=alpha, ai=a: tccd_logits(model, x, text_bank, al, ai)
-        )
-        for alpha in alphas
-        for a in a_interps
-    }
+    """Per-task search over alpha and a_interp on the development split (``batches``,
+    ``answers``), reported on the held-out split (``test_batches``, ``test_answers``).
+
+    Returns ``alpha``, ``a_interp`` (chosen on dev), ``dev_accuracy`` / ``dev_clean`` (in-sample:
+    optimistic), ``test_accuracy`` / ``test_clean`` / ``test_gain`` (the honest figure) and the
+    dev ``grid``. A test batch that repeats a dev batch is refused.
+
+    Example::
+
+        tuned = tune_tccd(model, dev, dev_answers, score, text_bank, test, test_answers)
+        tuned["test_gain"]          # held-out accuracy gain of TCCD over the clean model
+    """
+    dev, test = [model.prepare(b) for b in batches], [model.prepare(b) for b in test_batches]
+    for i, t in enumerate(test):
+        for j, d in enumerate(dev):
+            if t["input_ids"].shape == d["input_ids"].shape and torch.equal(t["input_ids"], d["input_ids"]):
+                raise ValueError(
+                    f"tune_tccd: test batch {i} repeats dev batch {j}; the held-out figure needs other "
+                    "examples: split your data into a development and a test part."
+                )
+
+    def acc(bs: list[Any], ans: Sequence[Tensor], alpha: float, a: float) -> float:
+        return accuracy(model, bs, ans, score, logits_fn=lambda x: tccd_logits(model, x, text_bank, alpha, a))
+
+    grid = {(alpha, a): acc(dev, answers, alpha, a) for alpha in alphas for a in a_interps}
     (alpha, a), best = max(grid.items(), key=lambda kv: kv[1])
+    test_acc, test_clean = acc(test, test_answers, alpha, a), accuracy(model, test, test_answers, score)
     return {
         "alpha": alpha,
         "a_interp": a,
-        "accuracy": best,
-        "clean": accuracy(model, batches, answers, score),
+        "dev_accuracy": best,
+        "dev_clean": accuracy(model, dev, answers, score),
+        "test_accuracy": test_acc,
+        "test_clean": test_clean,
+        "test_gain": test_acc - test_clean,
         "grid": grid,
     }
 
@@ -165,6 +275,8 @@ def text_centric_bias(model: "HookedMLLM", texts: Sequence[str], images: Sequenc
     ppl(text | image)``; ``bias = image_gain / text_gain`` (> 1: the model leans on text to
     predict images more than on images to predict text).
     """
+    if len(texts) != len(images) or not texts:
+        raise ValueError(f"text_centric_bias: {len(texts)} texts and {len(images)} images: give one image per text.")
     proc = model.processor
     token = getattr(proc, "image_token", None)
     if token is None:

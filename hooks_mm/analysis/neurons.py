@@ -77,6 +77,11 @@ def activation_probabilities(
     )
 
 
+def _predicted(modality: Tensor, code: Modality) -> int:
+    """Tokens of ``code`` predicted from a real position (what :func:`modality_nll` averages)."""
+    return int(((modality[:, 1:] == code) & (modality[:, :-1] != Modality.PAD)).sum())
+
+
 def _modality(name: str) -> Modality:
     try:
         code = Modality[name.upper()]
@@ -147,7 +152,8 @@ def neuron_masking_matrix(
 ) -> pd.DataFrame:
     """Perplexity of each evaluated modality's tokens with each modality's neurons masked.
 
-    Rows: "none" (clean) and every masked modality; columns: evaluated modalities.
+    Rows: "none" (clean) and every masked modality; columns: evaluated modalities. The
+    perplexity is over all tokens of the batches (each batch weighted by its token count).
     A healthy result is diagonal-dominant (masking image neurons hurts image tokens most).
     """
     rows: dict[str, dict[str, float]] = {}
@@ -160,8 +166,9 @@ def neuron_masking_matrix(
                 batch = model.prepare(inputs)
                 metric = modality_nll(model, batch, ev)
                 logits = model(batch) if spec is None else model.run_with_interventions(batch, spec)
-                nll += float(metric(logits))
-                n += 1
+                count = _predicted(batch.layout.modality, _modality(ev))  # weight each batch by its tokens
+                nll += float(metric(logits)) * count
+                n += count
             vals[ev] = float(torch.tensor(nll / n).exp())
         rows[masked] = vals
     return pd.DataFrame(rows).T

@@ -72,14 +72,21 @@ def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector
         return hook
 
     handles = [m.register_forward_pre_hook(grab(k)) for k, m in linears.items()]
+    n = 0
     try:
         for inputs in batches:
             batch = model.prepare(inputs)
             state["mask"] = batch.layout.select(positions)
+            n += int(state["mask"].sum())
             model(batch)
     finally:
         for h in handles:
             h.remove()
+    if n == 0:
+        raise ValueError(
+            f"input_norms: {positions!r} selects no calibration token in these batches: norms would all be 0 "
+            "(and the masks arbitrary); give batches holding those positions."
+        )
     return {k: v.sqrt().float() for k, v in sums.items()}
 
 
