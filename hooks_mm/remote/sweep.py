@@ -30,25 +30,33 @@ import dataclasses
 import json
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, poll
+from hooks_mm.interventions import Context
+from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_key, poll
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
+from hooks_mm.remote.nnsight_compat import wrapped_module
 from hooks_mm.sweep.core import (
     CLEAN,
     SAVE,
     Checkpoint,
     Job,
     SweepResult,
+    check_configs,
+    check_edits,
+    check_value,
     config_key,
     fingerprint,
     make_result,
+    metric_value,
     run_sweep,
 )
+from hooks_mm.sweep.identity import weights_digest
 from hooks_mm.sweep.metrics import PositionMetric
 
 if TYPE_CHECKING:
@@ -90,7 +98,9 @@ class NNsightSweep:
     ``max_request_bytes``: a request whose payload is larger is refused before sending;
     ``retries`` / ``backoff``: transient failures are retried after ``backoff * 2**attempt``
     s; ``check_deployed``: ask the server's ``/status`` first and fail fast when the model is
-    not deployed; ``callback(requests_done, requests_total)`` runs after each request.
+    not deployed; ``check_weights``: compare the server's clean metric with the local model's
+    (one local forward) and warn when they differ (the deployed weights are not the local ones);
+    ``callback(requests_done, requests_total)`` runs after each request.
     ``backend``: an :class:`NNsightBackend` to use (default: one for the swept model).
     """
 
@@ -106,6 +116,7 @@ class NNsightSweep:
         backoff: float = 1.0,
         api_key: str | None = None,
         check_deployed: bool = True,
+        check_weights: bool = True,
         callback: Callable[[int, int], None] | None = None,
     ):
         if max_configs_per_request < 1 or (configs_per_trace is not None and configs_per_trace < 1):
@@ -114,6 +125,7 @@ class NNsightSweep:
         self.per_trace = configs_per_trace or max_configs_per_request
         self.max_request_bytes, self.retries, self.backoff = max_request_bytes, retries, backoff
         self.api_key, self.check_deployed, self.callback = api_key, check_deployed, callback
+        self.check_weights, self.answered = check_weights, False
 
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
@@ -129,16 +141,24 @@ class NNsightSweep:
         )
         if self.check_deployed and self.remote not in (False, None, "local"):
             self._with_retries(self._check_deployed)
+        self.model, self.metric, self.shape = model, metric, None
+        self.local_clean = None  # the metric on the local model's clean run: checks it before any request
+        if not next(model.hf_model.parameters()).is_meta and (
+            self.check_weights or self.remote in (False, None, "local")
+        ):
+            with torch.no_grad():
+                self.local_clean = metric_value(metric, model.hf_model(**batch.model_inputs).logits, None)
         self.reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
-        try:
-            identity = nn.lm.to_model_key().encode()
-        except Exception:  # noqa: BLE001 - an in-process model: its architecture and size
-            identity = f"{model.cfg.architecture}|{sum(p.numel() for p in model.hf_model.parameters())}".encode()
-        positions = self.reduce[0]
-        return identity + (positions.cpu().numpy().tobytes() if positions is not None else b"")
+        if self.remote in (False, None, "local"):  # the weights this process runs
+            return f"{model.cfg.architecture}|{weights_digest(wrapped_module(nn.lm))}".encode()
+        return model_key(nn.lm).encode()  # the deployed checkpoint: repo id or path, revision, task
 
     def plans(self, jobs: list[Job]) -> list[tuple[list[dict[str, Any]], list[list[int]]]]:
         """Per request: the plan of each trace and the job indices it runs (compiled before anything is sent)."""
+        ctx = Context(self.nn.model, self.batch, self.sources)
+        for i, spec in jobs:
+            if spec is not None:
+                check_edits(spec, spec.edits(ctx), i)
         out = []
         for r in range(0, len(jobs), self.per_request):
             request = jobs[r : r + self.per_request]
@@ -155,8 +175,12 @@ class NNsightSweep:
         for n, (plans, ids) in enumerate(requests, 1):
             out = self._with_retries(lambda plans=plans: self.nn.execute(plans, remote=self.remote))
             for values, trace in zip(out, ids):
-                for v, i in zip(torch.as_tensor(values), trace):
+                for v, i in zip(values, trace):
+                    v = check_value(v, self.metric, None if i < 0 else self.shape)
                     self.n_configs += int(i >= 0)
+                    if i < 0:
+                        self.shape = v.shape
+                        self.compare_clean(v)
                     yield i, v
             yield SAVE
             if self.callback is not None:
@@ -178,15 +202,41 @@ class NNsightSweep:
             "latencies": list(st.latencies[self.n_lat :]),
         }
 
+    def compare_clean(self, remote_clean: Tensor) -> None:
+        """Warn when the server's clean metric is not the local model's: the weights differ, so the
+        layouts, widths and checks made here may not describe the model that ran."""
+        local = self.local_clean
+        if not self.check_weights or self.remote in (False, None, "local") or local is None:
+            return
+        gap = float((local - remote_clean).abs().max()) if local.shape == remote_clean.shape else None
+        if gap is None or gap > 1e-3 * max(1.0, float(local.abs().max())):
+            warnings.warn(
+                f"the deployed model gives clean metric {remote_clean.tolist()} and the local model "
+                f"{local.tolist()}: its weights differ from the local ones (another checkpoint, revision or "
+                "fine-tune?). The sweep's values are the deployed model's; load the HookedMLLM from the deployed "
+                "checkpoint, or pass check_weights=False if the difference is expected (e.g. another dtype).",
+                stacklevel=2,
+            )
+
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         for attempt in range(self.retries + 1):
             try:
-                return call()
+                out = call()
+                self.answered = True
+                return out
             except Exception as e:
                 if not is_transient(e):
                     raise
                 if attempt == self.retries:
-                    err = ServerUnavailableError(f"the server failed {self.retries + 1} times ({e})")
+                    host = self.nn.host(self.remote)
+                    tries = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
+                    if not self.answered:  # nothing came back yet: the host, not this sweep
+                        err = ServerUnavailableError(
+                            f"NDIF at {host} is unreachable ({tries}: {e}). Check the URL and that the server is "
+                            f"up (`curl {host.rstrip('/')}/ping`), then call again."
+                        )
+                    else:
+                        err = ServerUnavailableError(f"NDIF at {host} failed {tries} ({e})")
                     err.resumable = True  # type: ignore[attr-defined]
                     raise err from e
                 self.nn.stats.retries += 1
@@ -283,13 +333,13 @@ def remote_sweep(
         return run_sweep(
             backend, hooked, inputs, configs, metric, checkpoint=checkpoint, progress=progress, sources=sources
         )
-    configs = list(configs)
-    if not configs:
-        raise ValueError(
-            "sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0)."
-        )
+    configs = check_configs(configs)
+    if not callable(metric):
+        raise TypeError(f"metric must be a function of logits, got a {type(metric).__name__}.")
+    store = Checkpoint(checkpoint)
     t0, batch = time.perf_counter(), hooked.prepare(inputs)
-    done = Checkpoint(checkpoint, fingerprint(backend.start(hooked, batch, metric, sources), batch)).load()
+    identity = backend.start(hooked, batch, metric, sources)
+    done = store.load(fingerprint(identity, batch, metric, sources, hooked) if checkpoint else {})
     keys = [config_key(c) for c in configs]
     jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [
         (i, c) for i, (k, c) in enumerate(zip(keys, configs)) if k not in done

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from hooks_mm.interventions import Context, Intervention, NeuronAblation
 from hooks_mm.interventions.ops import apply
-from hooks_mm.sweep.core import SAVE, Job, SweepBackend, SweepResult, metric_value, run_sweep
+from hooks_mm.sweep.core import SAVE, Job, SweepBackend, SweepResult, check_edits, metric_value, run_sweep
+from hooks_mm.sweep.identity import weights_digest
 from hooks_mm.sweep.kernels import lowrank_update
 from hooks_mm.sweep.metrics import PositionMetric
 from hooks_mm.sweep.replay import Replay
@@ -75,8 +76,7 @@ class HooksSweep:
             metric.bind(batch, clean_logits)
         self.clean = metric_value(metric, clean_logits, None)
         self.counts = {"fast": 0, "naive": 0}
-        n_params = sum(p.numel() for p in model.hf_model.parameters())
-        return f"{model.cfg.architecture}|{n_params}|{self.clean.tolist()!r}".encode()
+        return f"{model.cfg.architecture}|{weights_digest(model.hf_model)}".encode()
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, Tensor] | None]:
         configs = [(i, spec) for i, spec in jobs if spec is not None]
@@ -113,7 +113,7 @@ class HooksSweep:
         naive = []
         ctx = Context(self.model, self.batch, self.sources)
         for i, spec in configs:
-            spec.edits(ctx)  # every config is checked before anything runs
+            check_edits(spec, spec.edits(ctx), i)  # every config is checked before anything runs
             key = self._fast_key(spec) if self.method != "naive" else None
             if key is None:
                 if self.method == "fast":

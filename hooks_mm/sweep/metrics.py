@@ -33,7 +33,9 @@ class PositionMetric:
     ``fn(logits_at, state)`` computes it; ``state`` is given, or derived from the clean
     logits at those positions by ``from_clean`` (bound by a sweep's clean run with
     :meth:`bind`, else computed from ``model(batch)`` on first use). The sweep's fast path
-    unembeds only those positions (``at`` gets [batch, vocab]).
+    unembeds only those positions (``at`` gets [batch, vocab]). ``name`` says what it is, in
+    tables and errors; a checkpoint identifies the metric by its name, positions, given
+    ``state`` and functions (:func:`hooks_mm.sweep.identity.metric_identity`).
     """
 
     def __init__(
@@ -45,10 +47,15 @@ class PositionMetric:
         from_clean: Callable[[Tensor], Any] | None = None,
         model: HookedMLLM | None = None,
         batch: Batch | None = None,
+        name: str = "metric",
     ):
-        self.positions, self.fn, self.state = positions, fn, state
+        self.positions, self.fn, self.state, self.name = positions, fn, state, name
+        self.given_state, self.from_clean = state, from_clean
         self.rows = torch.arange(len(positions))
         self._from_clean, self._model, self._batch = from_clean, model, batch
+
+    def __repr__(self) -> str:
+        return f"{self.name}(positions={self.positions.tolist()})"
 
     def bind(self, batch: Batch, clean_logits: Tensor) -> None:
         """Take the clean state from ``clean_logits`` of ``batch``, when this metric was made for it."""
@@ -80,10 +87,28 @@ def _rows_at(batch: Batch, positions: Selector) -> Tensor:
     return idx[:, 0]
 
 
+def _per_row(values: Sequence[int] | Tensor | int, rows: int, vocab: int | None, what: str) -> Tensor:
+    """Token ids, one per row (an int: the same for every row); checked against the batch and vocabulary."""
+    t = torch.as_tensor(values)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{what} must be integer token ids, got {t.dtype}: pass e.g. [tok_id_row0, tok_id_row1].")
+    t = t.reshape(-1).long().expand(rows) if t.dim() == 0 else t.reshape(-1).long()
+    if len(t) != rows:
+        raise ValueError(
+            f"{what} has {len(t)} token ids for a batch of {rows} rows: give one id per row (or one int for all rows)."
+        )
+    if vocab and bool(((t < 0) | (t >= vocab)).any()):
+        raise ValueError(f"{what} {t.tolist()} has ids outside the vocabulary 0..{vocab - 1}: pass token ids.")
+    return t
+
+
 def answer_logprob(
     model: HookedMLLM, inputs: Any, targets: Sequence[int] | Tensor | None = None, positions: Selector | None = None
 ) -> PositionMetric:
-    """Mean log-probability of ``targets`` (default: the clean argmax) at ``positions`` (last)."""
+    """Mean log-probability of ``targets`` (default: the clean argmax) at ``positions`` (last).
+
+    ``targets``: one token id per row (or one int for every row).
+    """
     batch = model.prepare(inputs)
     pos = _rows_at(batch, positions or Last())
     rows = torch.arange(len(pos))
@@ -92,19 +117,29 @@ def answer_logprob(
         return at.float().log_softmax(-1)[rows, tgt.to(at.device)].mean()
 
     if targets is not None:
-        return PositionMetric(pos, logprob, torch.as_tensor(targets).view(-1))
-    return PositionMetric(pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch)
+        tgt = _per_row(targets, len(pos), model.cfg.d_vocab, "answer_logprob: targets")
+        return PositionMetric(pos, logprob, tgt, name="answer_logprob")
+    return PositionMetric(
+        pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch, name="answer_logprob"
+    )
 
 
 def logit_diff(
     model: HookedMLLM, inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None
 ) -> PositionMetric:
-    """Mean of ``logit[correct] - logit[wrong]`` per row at ``positions`` (last)."""
+    """Mean of ``logit[correct] - logit[wrong]`` per row at ``positions`` (last).
+
+    ``correct`` / ``wrong``: one token id per row (or one int for every row).
+    """
     pos = _rows_at(model.prepare(inputs), positions or Last())
     rows = torch.arange(len(pos))
-    c, w = torch.as_tensor(correct).view(-1), torch.as_tensor(wrong).view(-1)
+    c = _per_row(correct, len(pos), model.cfg.d_vocab, "logit_diff: correct")
+    w = _per_row(wrong, len(pos), model.cfg.d_vocab, "logit_diff: wrong")
     return PositionMetric(
-        pos, lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(), (c, w)
+        pos,
+        lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(),
+        (c, w),
+        name="logit_diff",
     )
 
 
@@ -117,7 +152,9 @@ def kl_to_clean(model: HookedMLLM, inputs: Any, positions: Selector | None = Non
         run, clean = at.float().log_softmax(-1), clean.to(at.device)
         return (clean.exp() * (clean - run)).sum(-1).mean()
 
-    return PositionMetric(pos, kl, from_clean=lambda c: c.float().log_softmax(-1), model=model, batch=batch)
+    return PositionMetric(
+        pos, kl, from_clean=lambda c: c.float().log_softmax(-1), model=model, batch=batch, name="kl_to_clean"
+    )
 
 
 def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metric:
