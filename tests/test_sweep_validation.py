@@ -232,3 +232,34 @@ def test_attribution_with_a_metric_it_cannot_differentiate() -> None:
     with pytest.raises(ValueError, match=r"needs a scalar metric, got shape \(2,\): reduce it"):
         attribution_patching(p.model, p.inputs, lambda logits: logits[:, -1, 0], layers=[0])
     assert_clean(p.model)
+
+
+def test_a_position_metric_made_for_other_inputs_is_refused() -> None:
+    """Rows swapped: same shapes, other positions, targets and clean reference (kl_to_clean was 0.012, not 0)."""
+    p = pair_for("llava")
+    swapped = {k: v.flip(0) if torch.is_tensor(v) else v for k, v in p.inputs.items()}
+    cfgs = single_neurons(p.model, 0, neurons=[1])
+    for make in (answer_logprob, kl_to_clean, lambda m, x: logit_diff(m, x, [1, 2], [3, 4])):
+        with pytest.raises(ValueError, match="metric was made for other inputs .* Make it with the inputs you run"):
+            sweep(p.model, swapped, cfgs, make(p.model, p.inputs), progress=False)
+    with pytest.raises(ValueError, match="made for other inputs"):
+        attribution_patching(p.model, swapped, answer_logprob(p.model, p.inputs), layers=[0])
+    equal = {k: v.clone() if torch.is_tensor(v) else v for k, v in p.inputs.items()}  # equal content: accepted
+    out = sweep(p.model, equal, cfgs, kl_to_clean(p.model, p.inputs), progress=False)
+    assert float(out.clean) == pytest.approx(0.0, abs=1e-6)
+    assert_clean(p.model)
+
+
+def test_a_vector_metric_gets_a_delta_per_entry() -> None:
+    p = pair_for("llava")
+    out = sweep(
+        p.model, p.inputs, single_neurons(p.model, 0, neurons=[1, 2]), lambda l: l[:, -1, :3].mean(0), progress=False
+    )
+    expected = out.values - out.clean
+    assert torch.allclose(torch.tensor(out.table[["delta_0", "delta_1", "delta_2"]].to_numpy()).float(), expected)
+
+
+def test_sweep_options_out_of_range() -> None:
+    p = pair_for("llava")
+    with pytest.raises(ValueError, match=r"batch_size=-1: give a positive int"):
+        _sweep(p.model, p.inputs, answer_logprob(p.model, p.inputs), None, batch_size=-1)

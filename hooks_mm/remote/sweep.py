@@ -121,6 +121,8 @@ class NNsightSweep:
     ):
         if max_configs_per_request < 1 or (configs_per_trace is not None and configs_per_trace < 1):
             raise ValueError("max_configs_per_request and configs_per_trace must be >= 1.")
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0.")
         self.backend, self.remote, self.per_request = backend, remote, max_configs_per_request
         self.per_trace = configs_per_trace or max_configs_per_request
         self.max_request_bytes, self.retries, self.backoff = max_request_bytes, retries, backoff
@@ -134,6 +136,8 @@ class NNsightSweep:
             self.backend or model, self.remote, api_key=self.api_key, max_request_bytes=self.max_request_bytes
         )
         self.batch, self.sources = batch, sources
+        if isinstance(metric, PositionMetric):
+            metric.check_batch(batch)
         self.stats0, self.n_lat, self.n_configs = (
             dataclasses.replace(nn.stats, latencies=[]),
             len(nn.stats.latencies),

@@ -24,6 +24,7 @@ from hooks_mm.interventions.ops import apply
 from hooks_mm.selectors import NonPad, Selector
 from hooks_mm.sweep.core import check_value
 from hooks_mm.sweep.engine import sweep
+from hooks_mm.sweep.metrics import PositionMetric
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -60,6 +61,8 @@ def attribution_patching(
     all neurons of a layer at one position.
     """
     batch = model.prepare(inputs)
+    if isinstance(metric, PositionMetric):
+        metric.check_batch(batch)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions = positions or NonPad()
     ctx = Context(model, batch, sources)

@@ -40,7 +40,9 @@ Job = tuple[int, "Intervention | None"]  # (config index, spec); index -1 and sp
 
 @dataclass
 class SweepResult:
-    """``table``: one row per config; ``values`` [n_configs, *metric shape]; ``clean`` metric."""
+    """``table``: one row per config (``value`` and ``delta`` = value - clean for a scalar metric;
+    ``value_j`` and ``delta_j`` per entry of a vector metric); ``values`` [n_configs, *metric shape]
+    in config order; ``clean`` metric."""
 
     table: pd.DataFrame
     values: Tensor
@@ -156,6 +158,7 @@ def make_result(configs: Sequence[Intervention], done: dict[str, Tensor], meta: 
             row["value"], row["delta"] = float(v), float(v - clean)
         else:
             row.update({f"value_{j}": float(x) for j, x in enumerate(v)})
+            row.update({f"delta_{j}": float(x) for j, x in enumerate(v - clean)})
         rows.append(row)
     return SweepResult(pd.DataFrame(rows), values, clean, meta)
 

@@ -56,11 +56,15 @@ class HooksSweep:
     def __init__(self, batch_size: int | None = None, max_memory: int = 2 << 30, method: str = "auto"):
         if method not in ("auto", "fast", "naive"):
             raise ValueError(f"method {method!r} is not one of 'auto', 'fast', 'naive'.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r}: give a positive int (configs per forward), or None.")
         self.batch_size, self.max_memory, self.method = batch_size, max_memory, method
 
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
     ) -> bytes:
+        if isinstance(metric, PositionMetric):
+            metric.check_batch(batch)
         b, s = batch.shape
         per = bytes_per_config(model, b, s, all_logits=not isinstance(metric, PositionMetric))
         if per > self.max_memory:

@@ -57,6 +57,23 @@ class PositionMetric:
     def __repr__(self) -> str:
         return f"{self.name}(positions={self.positions.tolist()})"
 
+    def check_batch(self, batch: Batch) -> None:
+        """An error when this metric was made for other inputs than ``batch`` (its positions, targets
+        and clean reference are those inputs')."""
+        mine = self._batch
+        if mine is None or mine is batch:
+            return
+        a, b = mine.inputs, batch.inputs
+        same = set(a) == set(b) and all(
+            not torch.is_tensor(a[k]) or (a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu())) for k in a
+        )
+        if not same:
+            raise ValueError(
+                f"this {self.name} metric was made for other inputs ({tuple(mine.shape)}) than the ones run here "
+                f"({tuple(batch.shape)}): its positions, targets and clean reference belong to those inputs. Make it "
+                f"with the inputs you run, e.g. {self.name}(model, inputs)."
+            )
+
     def bind(self, batch: Batch, clean_logits: Tensor) -> None:
         """Take the clean state from ``clean_logits`` of ``batch``, when this metric was made for it."""
         if self.state is None and self._from_clean is not None and batch is self._batch:
@@ -118,7 +135,7 @@ def answer_logprob(
 
     if targets is not None:
         tgt = _per_row(targets, len(pos), model.cfg.d_vocab, "answer_logprob: targets")
-        return PositionMetric(pos, logprob, tgt, name="answer_logprob")
+        return PositionMetric(pos, logprob, tgt, model=model, batch=batch, name="answer_logprob")
     return PositionMetric(
         pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch, name="answer_logprob"
     )
@@ -131,7 +148,8 @@ def logit_diff(
 
     ``correct`` / ``wrong``: one token id per row (or one int for every row).
     """
-    pos = _rows_at(model.prepare(inputs), positions or Last())
+    batch = model.prepare(inputs)
+    pos = _rows_at(batch, positions or Last())
     rows = torch.arange(len(pos))
     c = _per_row(correct, len(pos), model.cfg.d_vocab, "logit_diff: correct")
     w = _per_row(wrong, len(pos), model.cfg.d_vocab, "logit_diff: wrong")
@@ -139,6 +157,8 @@ def logit_diff(
         pos,
         lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(),
         (c, w),
+        model=model,
+        batch=batch,
         name="logit_diff",
     )
 
