@@ -19,6 +19,7 @@ from hooks_mm.sweep import (
     attribution_patching,
     kl_to_clean,
     logit_diff,
+    modality_nll,
     single_neurons,
     sweep,
 )
@@ -263,3 +264,31 @@ def test_sweep_options_out_of_range() -> None:
     p = pair_for("llava")
     with pytest.raises(ValueError, match=r"batch_size=-1: give a positive int"):
         _sweep(p.model, p.inputs, answer_logprob(p.model, p.inputs), None, batch_size=-1)
+
+
+def test_a_clean_referenced_metric_compares_with_the_clean_run_of_the_model_swept() -> None:
+    """kl_to_clean / answer_logprob made on model A, swept on B (or on A after its weights changed):
+    the reference is the swept model's clean run (was A's: clean KL 0.023, not 0)."""
+    p = pair_for("llava")
+    tiny = zoo.build("llava", seed=1)
+    other = HookedMLLM(tiny.model, tiny.processor)
+    cfgs = single_neurons(other, 0, neurons=[1])
+    kl = kl_to_clean(p.model, p.inputs)
+    assert float(sweep(other, p.inputs, cfgs, kl, progress=False).clean) == pytest.approx(0.0, abs=1e-6)
+    made_on_a = sweep(other, p.inputs, cfgs, answer_logprob(p.model, p.inputs), progress=False)
+    with torch.no_grad():
+        expected = other.hf_model(**p.inputs).logits[:, -1].log_softmax(-1).max(-1).values.mean()
+    assert float(made_on_a.clean) == pytest.approx(float(expected), abs=1e-5)
+    with torch.no_grad():
+        for w in other.hf_model.parameters():
+            w.mul_(1.3)
+    assert float(sweep(other, p.inputs, cfgs, kl, progress=False).clean) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_modality_nll_made_for_other_inputs_is_refused() -> None:
+    p = pair_for("llava")
+    swapped = {k: v.flip(0) if torch.is_tensor(v) else v for k, v in p.inputs.items()}
+    with pytest.raises(ValueError, match="modality_nll metric was made for other inputs"):
+        sweep(
+            p.model, swapped, single_neurons(p.model, 0, neurons=[1]), modality_nll(p.model, p.inputs), progress=False
+        )

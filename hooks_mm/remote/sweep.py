@@ -57,7 +57,7 @@ from hooks_mm.sweep.core import (
     run_sweep,
 )
 from hooks_mm.sweep.identity import weights_digest
-from hooks_mm.sweep.metrics import PositionMetric
+from hooks_mm.sweep.metrics import PositionMetric, check_metric_batch
 
 if TYPE_CHECKING:
     from hooks_mm.interventions import Intervention
@@ -136,8 +136,7 @@ class NNsightSweep:
             self.backend or model, self.remote, api_key=self.api_key, max_request_bytes=self.max_request_bytes
         )
         self.batch, self.sources = batch, sources
-        if isinstance(metric, PositionMetric):
-            metric.check_batch(batch)
+        check_metric_batch(metric, batch)
         self.stats0, self.n_lat, self.n_configs = (
             dataclasses.replace(nn.stats, latencies=[]),
             len(nn.stats.latencies),
@@ -151,7 +150,10 @@ class NNsightSweep:
             self.check_weights or self.remote in (False, None, "local")
         ):
             with torch.no_grad():
-                self.local_clean = metric_value(metric, model.hf_model(**batch.model_inputs).logits, None)
+                logits = model.hf_model(**batch.model_inputs).logits
+            if isinstance(metric, PositionMetric):
+                metric.bind(batch, logits)
+            self.local_clean = metric_value(metric, logits, None)
         self.reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
         if self.remote in (False, None, "local"):  # the weights this process runs
             return f"{model.cfg.architecture}|{weights_digest(wrapped_module(nn.lm))}".encode()

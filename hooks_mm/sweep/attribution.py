@@ -24,7 +24,7 @@ from hooks_mm.interventions.ops import apply
 from hooks_mm.selectors import NonPad, Selector
 from hooks_mm.sweep.core import check_value
 from hooks_mm.sweep.engine import sweep
-from hooks_mm.sweep.metrics import PositionMetric
+from hooks_mm.sweep.metrics import check_metric_batch
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -61,8 +61,7 @@ def attribution_patching(
     all neurons of a layer at one position.
     """
     batch = model.prepare(inputs)
-    if isinstance(metric, PositionMetric):
-        metric.check_batch(batch)
+    check_metric_batch(metric, batch)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions = positions or NonPad()
     ctx = Context(model, batch, sources)

@@ -30,7 +30,7 @@ from hooks_mm.interventions.ops import apply
 from hooks_mm.sweep.core import SAVE, Job, SweepBackend, SweepResult, check_edits, metric_value, run_sweep
 from hooks_mm.sweep.identity import weights_digest
 from hooks_mm.sweep.kernels import lowrank_update
-from hooks_mm.sweep.metrics import PositionMetric
+from hooks_mm.sweep.metrics import PositionMetric, check_metric_batch
 from hooks_mm.sweep.replay import Replay
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ class HooksSweep:
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
     ) -> bytes:
-        if isinstance(metric, PositionMetric):
-            metric.check_batch(batch)
+        check_metric_batch(metric, batch)
         b, s = batch.shape
         per = bytes_per_config(model, b, s, all_logits=not isinstance(metric, PositionMetric))
         if per > self.max_memory:

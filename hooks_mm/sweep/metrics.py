@@ -31,8 +31,8 @@ class PositionMetric:
     """A metric that reads one position per row: ``f(logits) = at(logits[rows, positions])``.
 
     ``fn(logits_at, state)`` computes it; ``state`` is given, or derived from the clean
-    logits at those positions by ``from_clean`` (bound by a sweep's clean run with
-    :meth:`bind`, else computed from ``model(batch)`` on first use). The sweep's fast path
+    logits at those positions by ``from_clean`` (bound by every sweep's clean run with
+    :meth:`bind`; called on its own, computed from ``model(batch)`` on first use and kept). The sweep's fast path
     unembeds only those positions (``at`` gets [batch, vocab]). ``name`` says what it is, in
     tables and errors; a checkpoint identifies the metric by its name, positions, given
     ``state`` and functions (:func:`hooks_mm.sweep.identity.metric_identity`).
@@ -60,23 +60,16 @@ class PositionMetric:
     def check_batch(self, batch: Batch) -> None:
         """An error when this metric was made for other inputs than ``batch`` (its positions, targets
         and clean reference are those inputs')."""
-        mine = self._batch
-        if mine is None or mine is batch:
-            return
-        a, b = mine.inputs, batch.inputs
-        same = set(a) == set(b) and all(
-            not torch.is_tensor(a[k]) or (a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu())) for k in a
-        )
-        if not same:
-            raise ValueError(
-                f"this {self.name} metric was made for other inputs ({tuple(mine.shape)}) than the ones run here "
-                f"({tuple(batch.shape)}): its positions, targets and clean reference belong to those inputs. Make it "
-                f"with the inputs you run, e.g. {self.name}(model, inputs)."
-            )
+        check_metric_batch(self, batch)
 
     def bind(self, batch: Batch, clean_logits: Tensor) -> None:
-        """Take the clean state from ``clean_logits`` of ``batch``, when this metric was made for it."""
-        if self.state is None and self._from_clean is not None and batch is self._batch:
+        """Derive the clean state (when not given) from ``clean_logits``, a clean run of ``batch``.
+
+        A sweep binds its own clean run every time, so a metric reused on another model, or after
+        the weights changed, compares with the clean run of the model swept (not a stale one).
+        """
+        if self._from_clean is not None and self.given_state is None:
+            self.check_batch(batch)
             self.state = self._from_clean(clean_logits[self.rows, self.positions.to(clean_logits.device)].detach())
 
     def _ready(self) -> Any:
@@ -95,6 +88,25 @@ class PositionMetric:
 
     def __call__(self, logits: Tensor) -> Tensor:
         return self.at(logits[self.rows, self.positions.to(logits.device)])
+
+
+def check_metric_batch(metric: Any, batch: Batch) -> None:
+    """An error when ``metric`` (a :class:`PositionMetric` or a metric function made by this module)
+    was made for other inputs than ``batch``: same shapes are not enough, the tensors must be equal."""
+    mine = metric._batch if isinstance(metric, PositionMetric) else getattr(metric, "made_for", None)
+    if mine is None or mine is batch:
+        return
+    a, b = mine.inputs, batch.inputs
+    same = set(a) == set(b) and all(
+        not torch.is_tensor(a[k]) or (a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu())) for k in a
+    )
+    if not same:
+        name = getattr(metric, "name", None) or getattr(metric, "__qualname__", "metric").split(".")[0]
+        raise ValueError(
+            f"this {name} metric was made for other inputs ({tuple(mine.shape)}) than the ones run here "
+            f"({tuple(batch.shape)}): its positions, targets and clean reference belong to those inputs. Make it "
+            f"with the inputs you run, e.g. {name}(model, inputs)."
+        )
 
 
 def _rows_at(batch: Batch, positions: Selector) -> Tensor:
@@ -194,4 +206,6 @@ def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metr
         lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None].to(logits.device)).squeeze(-1)
         return -lp[target.to(logits.device)].mean()
 
+    metric.made_for = batch  # type: ignore[attr-defined]  # checked by sweeps: check_metric_batch
+    metric.__qualname__ = "modality_nll"
     return metric
