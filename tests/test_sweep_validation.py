@@ -292,3 +292,12 @@ def test_modality_nll_made_for_other_inputs_is_refused() -> None:
         sweep(
             p.model, swapped, single_neurons(p.model, 0, neurons=[1]), modality_nll(p.model, p.inputs), progress=False
         )
+
+
+def test_weights_digest_of_a_tensor_larger_than_float32_counts() -> None:
+    """2**25 + 1 entries: float32 index arithmetic would sample past the end (a 7B model has such tensors)."""
+    module = torch.nn.Module()
+    module.register_buffer("big", torch.zeros(2**25 + 1, dtype=torch.int8))
+    digest = weights_digest(module)
+    module.big[-1] = 1  # the last entry is in the sample
+    assert weights_digest(module) != digest

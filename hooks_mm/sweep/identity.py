@@ -33,7 +33,9 @@ def _sample(t: Tensor) -> bytes:
         return b""
     flat = t.detach().reshape(-1)
     n = flat.numel()
-    parts = [flat[torch.linspace(0, n - 1, min(n, _SAMPLE), device=flat.device).long()]]
+    k = min(n, _SAMPLE)
+    strided = torch.arange(k, device=flat.device) * (n - 1) // max(k - 1, 1)  # integers: exact for any n
+    parts = [flat[strided]]
     if t.dim() >= 2:
         m = t.detach().reshape(t.shape[0], -1)
         r, c = m.shape
