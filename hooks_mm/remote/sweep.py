@@ -273,8 +273,10 @@ class RemoteSweepJob:
         pending: list[tuple[Any, list[list[str]]]],
         done: dict[str, Tensor],
         keys: list[str],
+        on_fetch: Callable[[dict[str, Tensor]], None] | None = None,
     ):
         self._finish, self._pending, self._done, self._keys = finish, pending, done, keys
+        self._on_fetch = on_fetch
 
     def poll(self) -> float:
         """Fetch finished requests; the fraction of configs done."""
@@ -284,8 +286,10 @@ class RemoteSweepJob:
             if out is None:
                 still.append((request, groups))
                 continue
-            for values, keys in zip(out, groups):
-                self._done.update(zip(keys, torch.as_tensor(values)))
+            new = {k: v for values, keys in zip(out, groups) for k, v in zip(keys, values)}
+            if self._on_fetch is not None:
+                self._on_fetch(new)  # checks the values, saves the checkpoint
+            self._done.update(new)
         self._pending = still
         return sum(k in self._done for k in self._keys) / len(self._keys)
 
@@ -323,7 +327,8 @@ def remote_sweep(
     ``max_request_bytes``, ``retries``, ``backoff``, ``api_key``, ``check_deployed``,
     ``callback``); ``checkpoint``: finished configs are saved there after every request, and
     a call with the same file resumes; ``blocking=False`` submits every request and returns
-    a :class:`RemoteSweepJob`.
+    a :class:`RemoteSweepJob` (finished requests are checked and saved to ``checkpoint`` as
+    they are fetched).
 
     Returns the :class:`~hooks_mm.sweep.SweepResult` of :func:`hooks_mm.sweep.sweep`, with
     ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries`` and ``latencies``.
@@ -369,7 +374,15 @@ def remote_sweep(
         }
         return make_result(configs, done, meta)
 
-    return RemoteSweepJob(finish, pending, done, [*keys, CLEAN])
+    def on_fetch(new: dict[str, Tensor]) -> None:
+        shape = None if backend.local_clean is None else backend.local_clean.shape
+        for k, v in new.items():
+            new[k] = check_value(v, metric, shape)
+        if CLEAN in new:
+            backend.compare_clean(new[CLEAN])
+        store.save({**done, **new})
+
+    return RemoteSweepJob(finish, pending, done, [*keys, CLEAN], on_fetch)
 
 
 __all__ = ["NDIFError", "NNsightSweep", "RemoteSweepJob", "backend_for", "deployed_models", "remote_sweep"]

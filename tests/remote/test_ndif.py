@@ -306,3 +306,22 @@ def test_a_server_checkpoint_is_keyed_to_the_deployed_model_and_the_metric(ndif:
             checkpoint=ckpt,
             progress=False,
         )
+
+
+def test_a_non_blocking_sweep_saves_its_checkpoint(ndif: dict, tmp_path) -> None:
+    model, backend, inputs, _ = setup(ndif, "tiny-llama")
+    ckpt = str(tmp_path / "s.pt")
+    configs, metric = single_neurons(model, 0, neurons=range(5)), answer_logprob(model, inputs)
+    job = remote_sweep(
+        backend,
+        inputs,
+        configs,
+        metric,
+        remote=ndif["host"],
+        blocking=False,
+        checkpoint=ckpt,
+        max_configs_per_request=2,
+    )
+    first = job.result(timeout=120)
+    again = remote_sweep(backend, inputs, configs, metric, remote=ndif["host"], checkpoint=ckpt, progress=False)
+    assert again.meta["resumed"] == 5 and again.meta["requests"] == 0 and torch.equal(again.values, first.values)
