@@ -301,3 +301,14 @@ def test_weights_digest_of_a_tensor_larger_than_float32_counts() -> None:
     digest = weights_digest(module)
     module.big[-1] = 1  # the last entry is in the sample
     assert weights_digest(module) != digest
+
+
+def test_config_generators_refuse_what_would_fail_obscurely() -> None:
+    from hooks_mm import Image
+    from hooks_mm.sweep import neuron_groups, position_groups
+
+    p = pair_for("llava")
+    with pytest.raises(ValueError, match="group_size=0: give a positive number"):
+        neuron_groups(p.model, 0, group_size=0)
+    with pytest.raises(TypeError, match=r"takes a dict of name -> selector, got a list"):
+        position_groups(p.model, [Image()], layers=0)
