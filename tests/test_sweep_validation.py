@@ -312,3 +312,25 @@ def test_config_generators_refuse_what_would_fail_obscurely() -> None:
         neuron_groups(p.model, 0, group_size=0)
     with pytest.raises(TypeError, match=r"takes a dict of name -> selector, got a list"):
         position_groups(p.model, [Image()], layers=0)
+
+
+def test_a_bank_refitted_and_saved_to_the_same_path_is_not_resumed(tmp_path: Path) -> None:
+    """A CentroidReplacement serialises as its bank's path: the key must still see the centroids."""
+    from hooks_mm.interventions import CentroidBank, CentroidReplacement
+
+    p = pair_for("llava")
+    metric = answer_logprob(p.model, p.inputs)
+    ckpt, where = str(tmp_path / "s.pt"), str(tmp_path / "bank")
+    bank = CentroidBank.fit(p.model, [p.inputs], layer=0, positions=NonPad(), k=2, hook="hook_resid_post")
+    bank.save(where)
+    first = sweep(p.model, p.inputs, [CentroidReplacement(bank, NonPad())], metric, progress=False, checkpoint=ckpt)
+    refit = CentroidBank.load(where)
+    refit.centroids = refit.centroids * 3  # re-fitted, saved to the same path
+    refit.save(where)
+    refit = CentroidBank.load(where)
+    spec = CentroidReplacement(refit, NonPad())
+    again = sweep(p.model, p.inputs, [spec], metric, progress=False, checkpoint=ckpt)
+    with torch.no_grad():
+        expected = metric(p.model.run_with_interventions(p.inputs, spec))
+    assert again.meta["resumed"] == 0 and float(again.values[0]) == pytest.approx(float(expected), abs=1e-5)
+    assert float(again.values[0]) != pytest.approx(float(first.values[0]), abs=1e-4)

@@ -50,7 +50,7 @@ from hooks_mm.sweep.core import (
     check_configs,
     check_edits,
     check_value,
-    config_key,
+    config_keys,
     fingerprint,
     make_result,
     metric_value,
@@ -351,7 +351,7 @@ def remote_sweep(
     t0, batch = time.perf_counter(), hooked.prepare(inputs)
     identity = backend.start(hooked, batch, metric, sources)
     done = store.load(fingerprint(identity, batch, metric, sources, hooked) if checkpoint else {})
-    keys = [config_key(c) for c in configs]
+    keys = config_keys(configs)
     jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [
         (i, c) for i, (k, c) in enumerate(zip(keys, configs)) if k not in done
     ]

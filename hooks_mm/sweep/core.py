@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooks_mm.interventions import Intervention, NeuronAblation
-from hooks_mm.sweep.identity import metric_identity
+from hooks_mm.sweep.identity import held_state, metric_identity
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -126,8 +126,16 @@ def check_edits(spec: Intervention, edits: list[Any], index: int) -> list[Any]:
     return edits
 
 
-def config_key(spec: Intervention) -> str:
-    return json.dumps(spec.to_dict(), sort_keys=True)
+def config_key(spec: Intervention, cache: dict[int, str] | None = None) -> str:
+    """A config's key in results and checkpoints: its serialised form, plus a digest of the
+    objects it holds by reference (:func:`~hooks_mm.sweep.identity.held_state`)."""
+    held = held_state(spec, cache)
+    return json.dumps(spec.to_dict(), sort_keys=True) + (f"|{held}" if held else "")
+
+
+def config_keys(configs: Sequence[Intervention]) -> list[str]:
+    cache: dict[int, str] = {}
+    return [config_key(c, cache) for c in configs]
 
 
 def describe(spec: Intervention) -> dict[str, Any]:
@@ -150,7 +158,7 @@ def describe(spec: Intervention) -> dict[str, Any]:
 def make_result(configs: Sequence[Intervention], done: dict[str, Tensor], meta: dict[str, Any]) -> SweepResult:
     """The table of finished values ``done`` (keyed by :func:`config_key`, the clean run by :data:`CLEAN`)."""
     clean = torch.as_tensor(done[CLEAN])
-    values = torch.stack([torch.as_tensor(done[config_key(c)]).reshape(clean.shape) for c in configs])
+    values = torch.stack([torch.as_tensor(done[k]).reshape(clean.shape) for k in config_keys(configs)])
     rows = []
     for c, v in zip(configs, values):
         row = describe(c)
@@ -282,7 +290,7 @@ def run_sweep(
     batch = model.prepare(inputs)
     identity = backend.start(model, batch, metric, sources)
     done = store.load(fingerprint(identity, batch, metric, sources, model) if checkpoint else {})
-    keys = [config_key(c) for c in configs]
+    keys = config_keys(configs)
     todo = [i for i, k in enumerate(keys) if k not in done]
     jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [(i, configs[i]) for i in todo]
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), disable=not progress, desc="sweep", unit="cfg")

@@ -70,6 +70,37 @@ def weights_digest(module: nn.Module) -> str:
     return digest
 
 
+def held_state(spec: Any, cache: dict[int, str] | None = None) -> str:
+    """A digest of the objects a spec holds beyond its serialised form (a ``CentroidBank``, fitted
+    means ...): their tensors and plain fields, so two specs that serialise alike (a bank
+    re-fitted and saved to the same path) get different keys. ``cache`` maps ``id(obj)`` to its
+    digest, for many specs sharing one object."""
+    from hooks_mm.interventions import Intervention
+    from hooks_mm.selectors import Selector
+
+    cache = {} if cache is None else cache
+    parts: list[str] = []
+
+    def walk(v: Any, depth: int) -> None:
+        if depth > 4 or v is None or isinstance(v, (bool, int, float, str, bytes, Selector)) or torch.is_tensor(v):
+            return
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x, depth + 1)
+        elif isinstance(v, Intervention):
+            for x in vars(v).values():
+                walk(x, depth + 1)
+        elif hasattr(v, "__dict__") and not callable(v):
+            if id(v) not in cache:
+                h = hashlib.sha256(type(v).__qualname__.encode())
+                _digest({k: x for k, x in vars(v).items() if not callable(x)}, h, 1, set())
+                cache[id(v)] = h.hexdigest()
+            parts.append(cache[id(v)])
+
+    walk(spec, 0)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] if parts else ""
+
+
 class UnidentifiableMetric(TypeError):
     """A metric whose identity cannot be told from another's (so no checkpoint can vouch for it)."""
 
