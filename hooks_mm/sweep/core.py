@@ -56,8 +56,10 @@ class SweepBackend(Protocol):
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
     ) -> bytes:
-        """Check everything, before anything runs; returns what the values depend on besides
-        the configs and the batch (the model's identity, ...), for the checkpoint."""
+        """Check everything, before anything runs (the metric on the clean run included); returns
+        the identity of the model whose values it computes (a digest of the weights it runs, or
+        the deployed model's key and revision), for the checkpoint. The inputs, source runs and
+        metric identity are added by :func:`run_sweep`."""
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, Tensor] | None]:
         """Yield ``(index, value)`` for each finished job and :data:`SAVE` at chunk ends."""
