@@ -334,3 +334,12 @@ def test_a_bank_refitted_and_saved_to_the_same_path_is_not_resumed(tmp_path: Pat
         expected = metric(p.model.run_with_interventions(p.inputs, spec))
     assert again.meta["resumed"] == 0 and float(again.values[0]) == pytest.approx(float(expected), abs=1e-5)
     assert float(again.values[0]) != pytest.approx(float(first.values[0]), abs=1e-4)
+
+
+def test_weights_digest_of_inference_mode_weights() -> None:
+    with torch.inference_mode():
+        module = torch.nn.Linear(4, 3)
+    digest = weights_digest(module)
+    with torch.inference_mode():
+        module.weight[:, 1] = 0
+    assert weights_digest(module) != digest

@@ -53,12 +53,18 @@ def weights_digest(module: nn.Module) -> str:
     viewed as a matrix). So another checkpoint of the same architecture, a fine-tune, or a
     whole row or column edited (a neuron zeroed in the weights) gives another digest; an edit
     of a few scattered entries that the sample misses does not. Computed once per module and
-    cached until a tensor is replaced or modified in place (PyTorch's version counters).
+    cached until a tensor is replaced or modified in place (PyTorch's version counters; tensors
+    made in ``torch.inference_mode`` have none, and are digested on every call).
     """
     tensors = [*module.named_parameters(), *module.named_buffers()]
-    version = tuple((name, t.data_ptr() if not t.is_meta else 0, t._version, str(t.device)) for name, t in tensors)
+    try:
+        version: tuple | None = tuple(
+            (name, t.data_ptr() if not t.is_meta else 0, t._version, str(t.device)) for name, t in tensors
+        )
+    except RuntimeError:  # inference-mode tensors keep no version counter: no caching
+        version = None
     hit = _CACHE.get(module)
-    if hit is not None and hit[0] == version:
+    if version is not None and hit is not None and hit[0] == version:
         return hit[1]
     h = hashlib.sha256(type(module).__name__.encode())
     with torch.no_grad():
@@ -66,7 +72,8 @@ def weights_digest(module: nn.Module) -> str:
             h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{t.is_meta}".encode())
             h.update(_sample(t))
     digest = h.hexdigest()
-    _CACHE[module] = (version, digest)
+    if version is not None:
+        _CACHE[module] = (version, digest)
     return digest
 
 
