@@ -280,7 +280,11 @@ def run_sweep(
     """Run every config on ``inputs`` through ``backend``; a table of ``metric`` per config.
 
     ``checkpoint``: a file where finished configs are saved after every chunk (and when the
-    sweep stops on Ctrl-C or a fault), so calling again with the same file resumes.
+    sweep stops on Ctrl-C or a fault), so calling again with the same file resumes. The file
+    serves only the same model weights, inputs, source runs and metric: another sweep's file,
+    or an empty or corrupt one, raises :class:`CheckpointError` naming what differs.
+    ``configs``: a list of specs (``Intervention.from_dict(d)`` for dicts); ``metric(logits)``
+    returns a scalar or a 1-D vector, checked on the clean run before any config runs.
     """
     configs = check_configs(configs)
     if not callable(metric):
