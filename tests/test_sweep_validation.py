@@ -343,3 +343,19 @@ def test_weights_digest_of_inference_mode_weights() -> None:
     with torch.inference_mode():
         module.weight[:, 1] = 0
     assert weights_digest(module) != digest
+
+
+def test_a_metric_called_on_its_own_follows_weight_changes() -> None:
+    """kl_to_clean kept the first clean reference: after a weight edit, the clean run's KL was not 0."""
+    tiny = zoo.build("llava", seed=2)
+    model = HookedMLLM(tiny.model, tiny.processor)
+    kl, top = kl_to_clean(model, tiny.inputs), answer_logprob(model, tiny.inputs)
+    with torch.no_grad():
+        assert float(kl(model(tiny.inputs))) == pytest.approx(0.0, abs=1e-6)
+        top(model(tiny.inputs))
+        for w in model.hf_model.parameters():
+            w.mul_(1.3)
+        logits = model(tiny.inputs)
+    assert float(kl(logits)) == pytest.approx(0.0, abs=1e-6)
+    expected = logits[:, -1].log_softmax(-1).max(-1).values.mean()
+    assert float(top(logits)) == pytest.approx(float(expected), abs=1e-5)

@@ -152,7 +152,7 @@ class NNsightSweep:
             with torch.no_grad():
                 logits = model.hf_model(**batch.model_inputs).logits
             if isinstance(metric, PositionMetric):
-                metric.bind(batch, logits)
+                metric.bind(batch, logits, model)
             self.local_clean = metric_value(metric, logits, None)
         self.reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
         if self.remote in (False, None, "local"):  # the weights this process runs

@@ -76,7 +76,7 @@ class HooksSweep:
         self.replay = Replay(model, batch) if self.method != "naive" else None
         clean_logits = self.replay.logits if self.replay is not None else model(batch)
         if isinstance(metric, PositionMetric):
-            metric.bind(batch, clean_logits)
+            metric.bind(batch, clean_logits, model)
         self.clean = metric_value(metric, clean_logits, None)
         self.counts = {"fast": 0, "naive": 0}
         return f"{model.cfg.architecture}|{weights_digest(model.hf_model)}".encode()

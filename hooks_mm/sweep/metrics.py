@@ -20,6 +20,7 @@ from torch import Tensor
 
 from hooks_mm.layout import Modality
 from hooks_mm.selectors import Last, Selector
+from hooks_mm.sweep.identity import weights_digest
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -32,10 +33,11 @@ class PositionMetric:
 
     ``fn(logits_at, state)`` computes it; ``state`` is given, or derived from the clean
     logits at those positions by ``from_clean`` (bound by every sweep's clean run with
-    :meth:`bind`; called on its own, computed from ``model(batch)`` on first use and kept). The sweep's fast path
-    unembeds only those positions (``at`` gets [batch, vocab]). ``name`` says what it is, in
-    tables and errors; a checkpoint identifies the metric by its name, positions, given
-    ``state`` and functions (:func:`hooks_mm.sweep.identity.metric_identity`).
+    :meth:`bind`; called on its own, computed from ``model(batch)`` on first use, and again
+    when that model's weights change). The sweep's fast path unembeds only those positions
+    (``at`` gets [batch, vocab]). ``name`` says what it is, in tables and errors; a checkpoint
+    identifies the metric by its name, positions, given ``state`` and functions
+    (:func:`hooks_mm.sweep.identity.metric_identity`).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class PositionMetric:
         self.given_state, self.from_clean = state, from_clean
         self.rows = torch.arange(len(positions))
         self._from_clean, self._model, self._batch = from_clean, model, batch
+        self._source: tuple[Any, str] | None = None  # (model, weights digest) the state was derived from
 
     def __repr__(self) -> str:
         return f"{self.name}(positions={self.positions.tolist()})"
@@ -62,20 +65,30 @@ class PositionMetric:
         and clean reference are those inputs')."""
         check_metric_batch(self, batch)
 
-    def bind(self, batch: Batch, clean_logits: Tensor) -> None:
-        """Derive the clean state (when not given) from ``clean_logits``, a clean run of ``batch``.
+    def bind(self, batch: Batch, clean_logits: Tensor, model: HookedMLLM | None = None) -> None:
+        """Derive the clean state (when not given) from ``clean_logits``, a clean run of ``batch`` by
+        ``model`` (default: the model this metric was made with).
 
-        A sweep binds its own clean run every time, so a metric reused on another model, or after
-        the weights changed, compares with the clean run of the model swept (not a stale one).
+        A sweep binds its own clean run every time, so a metric reused on another model compares
+        with the clean run of the model swept; when that model's weights change afterwards, the
+        state is derived again on next use (never a stale reference).
         """
         if self._from_clean is not None and self.given_state is None:
             self.check_batch(batch)
             self.state = self._from_clean(clean_logits[self.rows, self.positions.to(clean_logits.device)].detach())
+            source = model or self._model
+            self._source = (source, weights_digest(source.hf_model)) if source is not None else None
 
     def _ready(self) -> Any:
-        if self.state is None and self._from_clean is not None:
+        if self._from_clean is None or self.given_state is not None:
+            return self.state
+        source = self._source
+        stale = source is not None and weights_digest(source[0].hf_model) != source[1]
+        if self.state is None or stale:
+            model = source[0] if source is not None else self._model
             with torch.no_grad():  # the bare HF forward: clean even inside model.hooks(...) / model.interventions(...)
-                self.bind(self._batch, self._model.hf_model(**self._batch.model_inputs).logits)  # type: ignore[union-attr, arg-type]
+                logits = model.hf_model(**self._batch.model_inputs).logits  # type: ignore[union-attr]
+            self.bind(self._batch, logits, model)  # type: ignore[arg-type]
         return self.state
 
     def at(self, logits_at: Tensor) -> Tensor:
