@@ -145,12 +145,11 @@ def _names(code: types.CodeType) -> set[str]:
 
 
 def _digest(obj: Any, h: Any, depth: int, seen: set[int], top: bool = False) -> None:
-    from hooks_mm.sweep.metrics import PositionMetric
-
+    parts = getattr(obj, "identity_parts", None)  # a PositionMetric: what it computes, in parts
     if depth > 6:
         h.update(b"<deep>")
         return
-    if isinstance(obj, (types.FunctionType, PositionMetric)):
+    if isinstance(obj, types.FunctionType) or callable(parts):
         if id(obj) in seen:  # recursion, or a helper read twice: once is enough
             h.update(b"<seen>")
             return
@@ -175,10 +174,9 @@ def _digest(obj: Any, h: Any, depth: int, seen: set[int], top: bool = False) -> 
             _digest(obj[k], h, depth + 1, seen)
     elif isinstance(obj, (set, frozenset)):
         h.update(repr(sorted(map(repr, obj))).encode())
-    elif isinstance(obj, PositionMetric):
-        h.update(f"PositionMetric:{obj.name}".encode())
-        for part in (obj.positions, obj.given_state, obj.fn, obj.from_clean):
-            _digest(part, h, depth + 1, seen)
+    elif callable(parts):
+        h.update(f"{type(obj).__qualname__}:".encode())
+        _digest(parts(), h, depth + 1, seen)
     elif isinstance(obj, types.FunctionType):
         h.update(f"fn:{obj.__module__}.{obj.__qualname__}".encode())
         _code(obj.__code__, h)

@@ -60,6 +60,10 @@ class PositionMetric:
     def __repr__(self) -> str:
         return f"{self.name}(positions={self.positions.tolist()})"
 
+    def identity_parts(self) -> tuple:
+        """What this metric computes, for checkpoints: name, positions, given state, functions."""
+        return (self.name, self.positions, self.given_state, self.fn, self.from_clean)
+
     def check_batch(self, batch: Batch) -> None:
         """An error when this metric was made for other inputs than ``batch`` (its positions, targets
         and clean reference are those inputs')."""
