@@ -131,6 +131,7 @@ def sweep_main(
 ) -> Path:
     """Neuron-ablation sweep over the layers; writes RUN_DIR/results.csv, meta.json (+ report)."""
     from hooks_mm.sweep import answer_logprob, single_neurons, sweep
+    from hooks_mm.sweep.core import CheckpointError
 
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,15 @@ def sweep_main(
         from hooks_mm.remote import NNsightSweep
 
         backend = NNsightSweep(remote=remote, max_configs_per_request=per_request)
-    result = sweep(model, inputs, configs, metric, checkpoint=str(run / "checkpoint.pt"), backend=backend)
+    ckpt = run / "checkpoint.pt"
+    try:
+        result = sweep(model, inputs, configs, metric, checkpoint=str(ckpt), backend=backend)
+    except CheckpointError as e:
+        why = str(e).split(": delete it")[0].removeprefix(f"checkpoint {ckpt} ")
+        raise SystemExit(
+            f"hooks-mm sweep: the run directory {run} holds a checkpoint ({ckpt}) that {why}. "
+            f"Pass another --out, or delete {ckpt} to start this sweep over."
+        ) from None
     result.table.to_csv(run / "results.csv", index=False)
     meta = {
         "model": source,

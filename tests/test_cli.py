@@ -56,3 +56,18 @@ def test_main_job_on_the_default_organism_scores_the_right_answers(tmp_path, cap
         logp = model(encode(model, qa))[:, -1].log_softmax(-1)
     expected = logp[torch.arange(8), answer_ids(model, qa)].mean()
     assert meta["clean_metric"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_sweep_into_a_run_dir_of_another_model_names_the_dir_and_the_fix(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    monkeypatch.setenv("HOOKS_MM_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["sweep", "tiny-llava", "--out", str(run), "--neurons", "2", "--layers", "0"]) == 0
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "tiny-qwen2-vl", "--out", str(run), "--neurons", "2", "--layers", "0"])
+    msg = str(e.value)
+    assert f"the run directory {run} holds a checkpoint ({run / 'checkpoint.pt'})" in msg
+    assert "written for another model, inputs or metric" in msg
+    assert f"Pass another --out, or delete {run / 'checkpoint.pt'}" in msg
+    (run / "checkpoint.pt").write_bytes(b"")  # an empty file (a killed disk write)
+    with pytest.raises(SystemExit, match=r"checkpoint.pt\) that is empty.*Pass another --out"):
+        main(["sweep", "tiny-llava", "--out", str(run), "--neurons", "2", "--layers", "0"])

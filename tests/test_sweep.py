@@ -74,25 +74,30 @@ def test_fast_path_equals_the_naive_loop_in_every_ablation_mode(family: str, mod
     assert_clean(p.model)
 
 
-def test_mixed_configs_and_resume_after_interrupt(tmp_path: Path) -> None:
+def test_mixed_configs_and_resume_after_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hooks_mm.sweep import engine
+
     p = pair_for("llava")
     cfgs = single_neurons(p.model, layers=[0, 1], neurons=range(6)) + [Steer(0, [0.1] * p.model.cfg.d_model)]
     base = answer_logprob(p.model, p.inputs)
     full = sweep(p.model, p.inputs, cfgs, base, progress=False, batch_size=4)
     calls = {"n": 0}
+    packed = engine.FastGroup.logits
 
-    def flaky(logits: torch.Tensor) -> torch.Tensor:
+    def flaky(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         calls["n"] += 1
-        if calls["n"] == 7:  # clean + 6 configs, then the user hits Ctrl-C
+        if calls["n"] == 2:  # the first chunk of 4 configs is done, then the user hits Ctrl-C
             raise KeyboardInterrupt
-        return base(logits)
+        return packed(self, *args, **kwargs)
 
     ckpt = str(tmp_path / "sweep.pt")
-    with pytest.raises(KeyboardInterrupt, match=r"interrupted after 5/13 configs.*resume"):
-        sweep(p.model, p.inputs, cfgs, flaky, progress=False, batch_size=4, checkpoint=ckpt)
+    monkeypatch.setattr(engine.FastGroup, "logits", flaky)
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted after 4/13 configs.*resume"):
+        sweep(p.model, p.inputs, cfgs, base, progress=False, batch_size=4, checkpoint=ckpt)
+    monkeypatch.setattr(engine.FastGroup, "logits", packed)
     again = sweep(p.model, p.inputs, cfgs, base, progress=False, batch_size=4, checkpoint=ckpt)
-    assert again.meta["resumed"] == 5 and again.meta["naive"] == 1
-    assert torch.allclose(again.values, full.values, atol=1e-6)
+    assert again.meta["resumed"] == 4 and again.meta["naive"] == 1
+    assert torch.equal(again.values, full.values)  # bit-exact
     other = pair_for("qwen2_vl")  # a checkpoint never serves another model or input
     with pytest.raises(ValueError, match="written for another model"):
         sweep(

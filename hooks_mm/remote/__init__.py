@@ -16,6 +16,8 @@ Example::
 from hooks_mm.remote.backend import NNsightBackend, Stats, load_nnsight
 from hooks_mm.remote.errors import (
     AuthenticationError,
+    DeployError,
+    ModelMismatchError,
     ModelNotDeployedError,
     NDIFError,
     RemoteExecutionError,
@@ -27,6 +29,8 @@ from hooks_mm.remote.sweep import NNsightSweep, RemoteSweepJob, deployed_models,
 
 __all__ = [
     "AuthenticationError",
+    "DeployError",
+    "ModelMismatchError",
     "ModelNotDeployedError",
     "NDIFError",
     "NNsightBackend",

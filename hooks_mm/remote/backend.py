@@ -34,7 +34,7 @@ from torch import Tensor
 import hooks_mm.interventions.ops as ops
 import hooks_mm.remote.runner as runner
 from hooks_mm.remote.compile import compile_plan
-from hooks_mm.remote.errors import NDIFError, ServerUnavailableError, classify, is_transient
+from hooks_mm.remote.errors import ModelMismatchError, NDIFError, ServerUnavailableError, classify, is_transient
 from hooks_mm.remote.nnsight_compat import (
     MeteredRemoteBackend,
     RemoteBackend,
@@ -128,6 +128,8 @@ class NNsightBackend:
             key = "processor" if model.adapter.image_mask is not None and hasattr(proc, "tokenizer") else "tokenizer"
             task = "image-text-to-text" if key == "processor" else "text-generation"
             lm = TransformersModel(model.hf_model, task=task, **{key: proc})
+        else:
+            check_same_model(model, lm)
         self.lm = lm
         self.api_key = api_key
         self.max_request_bytes = max_request_bytes
@@ -199,13 +201,7 @@ class NNsightBackend:
             return None
         if remote == "local":
             return local_simulation(self.lm)
-        try:
-            key = self.lm.to_model_key()
-        except Exception as e:
-            raise ValueError(
-                "this nnsight model has no server identity (it wraps an in-process module): load it with "
-                "hooks_mm.remote.load_nnsight(repo_or_dir) to run it on NDIF."
-            ) from e
+        key = model_key(self.lm)
         host = self.host(remote)
         backend = MeteredRemoteBackend(
             key,
@@ -218,6 +214,58 @@ class NNsightBackend:
         )
         backend.display.enabled = self.verbose
         return backend
+
+
+def check_same_model(model: HookedMLLM, lm: Any) -> None:
+    """Raise :class:`ModelMismatchError` when ``lm`` (the checkpoint a server runs) is not ``model``'s
+    architecture: another class, layer count or parameter shape (compared on nnsight's meta copy,
+    before any request). Equal weights are not checked here (see ``NNsightSweep``)."""
+    try:
+        remote = wrapped_module(lm)
+    except ImportError:
+        raise
+    except Exception:  # noqa: BLE001 - an nnsight model without a wrapped module: nothing to compare
+        return
+    local = model.hf_model
+    problems = []
+    if type(remote).__name__ != type(local).__name__:
+        problems.append(f"class {type(remote).__name__} vs {type(local).__name__} here")
+    try:
+        n = len(remote.get_submodule(model.adapter.layers))
+        if n != model.cfg.n_layers:
+            problems.append(f"{n} layers vs {model.cfg.n_layers} here")
+    except (AttributeError, TypeError):
+        problems.append(f"no {model.adapter.layers} (the decoder layers here)")
+    theirs = {k: tuple(p.shape) for k, p in remote.named_parameters()}
+    ours = {k: tuple(p.shape) for k, p in local.named_parameters()}
+    shapes = [f"{k} {theirs[k]} vs {ours[k]} here" for k in ours if k in theirs and theirs[k] != ours[k]]
+    missing = sorted(set(ours) ^ set(theirs))
+    problems += shapes[:3] + ([f"{len(missing)} parameter names differ (e.g. {missing[0]})"] if missing else [])
+    if problems:
+        raise ModelMismatchError(
+            f"the local model ({model.cfg.architecture}, {model.cfg.n_layers} layers, d_model {model.cfg.d_model}) is "
+            f"not the checkpoint the nnsight model addresses ({_key(lm)}): {'; '.join(problems)}. Load the "
+            "HookedMLLM from the same checkpoint as the deployed model, e.g. HookedMLLM.from_pretrained(repo) "
+            "with load_nnsight(repo)."
+        )
+
+
+def model_key(lm: Any) -> str:
+    """The key an NDIF deployment of ``lm``'s checkpoint answers to (repo id or path, revision, task)."""
+    try:
+        return lm.to_model_key()
+    except Exception as e:
+        raise ValueError(
+            "this nnsight model has no server identity (it wraps an in-process module): load it with "
+            "hooks_mm.remote.load_nnsight(repo_or_dir) to run it on NDIF."
+        ) from e
+
+
+def _key(lm: Any) -> str:
+    try:
+        return lm.to_model_key()
+    except Exception:  # noqa: BLE001
+        return "an in-process module"
 
 
 def _trace(lm: Any, plans: list[dict[str, Any]], backend: Any) -> Any:
@@ -262,4 +310,4 @@ def poll(backend: RemoteBackend) -> list[Any] | None:
     return out if isinstance(out, list) else [out]
 
 
-__all__ = ["NNsightBackend", "Stats", "load_nnsight", "poll"]
+__all__ = ["NNsightBackend", "Stats", "check_same_model", "load_nnsight", "model_key", "poll"]

@@ -33,6 +33,14 @@ class ModelNotDeployedError(NDIFError):
     """The model key is not deployed on the server."""
 
 
+class DeployError(NDIFError):
+    """The server could not deploy the model on demand (the server's reason is in the message)."""
+
+
+class ModelMismatchError(NDIFError, ValueError):
+    """The local HookedMLLM is not the model the nnsight model (the deployed checkpoint) is."""
+
+
 class RemoteExecutionError(NDIFError):
     """The trace raised on the server (the server's traceback is in the message)."""
 
@@ -84,7 +92,21 @@ def classify(error: BaseException, host: str, lm: Any) -> NDIFError:
         return NDIFError(f"NDIF at {host} rejected the request: {msg}")
     if any(w in low for w in ("not deployed", "no deployment for", "not found in deployments")):
         return ModelNotDeployedError(f"{key} is not deployed on {host}: {msg}")
-    return RemoteExecutionError(f"the trace failed on {host}: {msg}")
+    if "could not deploy" in low or "failed to deploy" in low:
+        return DeployError(
+            f"NDIF at {host} could not deploy {key} on demand: {_short(msg)}\nThe trace never ran. Check that the "
+            "server can load this checkpoint (path or hub id, revision, its ndif/nnsight versions), or deploy it "
+            "there first (`ndif deploy`)."
+        )
+    return RemoteExecutionError(f"the trace failed on {host}: {_short(msg)}")
+
+
+def _short(msg: str, lines: int = 12) -> str:
+    """A server message with its traceback cut to the last ``lines`` lines (where the error is)."""
+    parts = msg.splitlines()
+    if len(parts) <= lines + 1:
+        return msg
+    return "\n".join([parts[0], f"  ... ({len(parts) - lines - 1} traceback lines left out)", *parts[-lines:]])
 
 
 def is_transient(error: BaseException) -> bool:

@@ -30,26 +30,34 @@ import dataclasses
 import json
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, poll
+from hooks_mm.interventions import Context
+from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_key, poll
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
+from hooks_mm.remote.nnsight_compat import wrapped_module
 from hooks_mm.sweep.core import (
     CLEAN,
     SAVE,
     Checkpoint,
     Job,
     SweepResult,
-    config_key,
+    check_configs,
+    check_edits,
+    check_value,
+    config_keys,
     fingerprint,
     make_result,
+    metric_value,
     run_sweep,
 )
-from hooks_mm.sweep.metrics import PositionMetric
+from hooks_mm.sweep.identity import weights_digest
+from hooks_mm.sweep.metrics import PositionMetric, check_metric_batch
 
 if TYPE_CHECKING:
     from hooks_mm.interventions import Intervention
@@ -90,7 +98,9 @@ class NNsightSweep:
     ``max_request_bytes``: a request whose payload is larger is refused before sending;
     ``retries`` / ``backoff``: transient failures are retried after ``backoff * 2**attempt``
     s; ``check_deployed``: ask the server's ``/status`` first and fail fast when the model is
-    not deployed; ``callback(requests_done, requests_total)`` runs after each request.
+    not deployed; ``check_weights``: compare the server's clean metric with the local model's
+    (one local forward) and warn when they differ (the deployed weights are not the local ones);
+    ``callback(requests_done, requests_total)`` runs after each request.
     ``backend``: an :class:`NNsightBackend` to use (default: one for the swept model).
     """
 
@@ -106,14 +116,18 @@ class NNsightSweep:
         backoff: float = 1.0,
         api_key: str | None = None,
         check_deployed: bool = True,
+        check_weights: bool = True,
         callback: Callable[[int, int], None] | None = None,
     ):
         if max_configs_per_request < 1 or (configs_per_trace is not None and configs_per_trace < 1):
             raise ValueError("max_configs_per_request and configs_per_trace must be >= 1.")
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0.")
         self.backend, self.remote, self.per_request = backend, remote, max_configs_per_request
         self.per_trace = configs_per_trace or max_configs_per_request
         self.max_request_bytes, self.retries, self.backoff = max_request_bytes, retries, backoff
         self.api_key, self.check_deployed, self.callback = api_key, check_deployed, callback
+        self.check_weights, self.answered = check_weights, False
 
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
@@ -122,6 +136,7 @@ class NNsightSweep:
             self.backend or model, self.remote, api_key=self.api_key, max_request_bytes=self.max_request_bytes
         )
         self.batch, self.sources = batch, sources
+        check_metric_batch(metric, batch)
         self.stats0, self.n_lat, self.n_configs = (
             dataclasses.replace(nn.stats, latencies=[]),
             len(nn.stats.latencies),
@@ -129,16 +144,27 @@ class NNsightSweep:
         )
         if self.check_deployed and self.remote not in (False, None, "local"):
             self._with_retries(self._check_deployed)
+        self.model, self.metric, self.shape = model, metric, None
+        self.local_clean = None  # the metric on the local model's clean run: checks it before any request
+        if not next(model.hf_model.parameters()).is_meta and (
+            self.check_weights or self.remote in (False, None, "local")
+        ):
+            with torch.no_grad():
+                logits = model.hf_model(**batch.model_inputs).logits
+            if isinstance(metric, PositionMetric):
+                metric.bind(batch, logits, model)
+            self.local_clean = metric_value(metric, logits, None)
         self.reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
-        try:
-            identity = nn.lm.to_model_key().encode()
-        except Exception:  # noqa: BLE001 - an in-process model: its architecture and size
-            identity = f"{model.cfg.architecture}|{sum(p.numel() for p in model.hf_model.parameters())}".encode()
-        positions = self.reduce[0]
-        return identity + (positions.cpu().numpy().tobytes() if positions is not None else b"")
+        if self.remote in (False, None, "local"):  # the weights this process runs
+            return f"{model.cfg.architecture}|{weights_digest(wrapped_module(nn.lm))}".encode()
+        return model_key(nn.lm).encode()  # the deployed checkpoint: repo id or path, revision, task
 
     def plans(self, jobs: list[Job]) -> list[tuple[list[dict[str, Any]], list[list[int]]]]:
         """Per request: the plan of each trace and the job indices it runs (compiled before anything is sent)."""
+        ctx = Context(self.nn.model, self.batch, self.sources)
+        for i, spec in jobs:
+            if spec is not None:
+                check_edits(spec, spec.edits(ctx), i)
         out = []
         for r in range(0, len(jobs), self.per_request):
             request = jobs[r : r + self.per_request]
@@ -155,8 +181,12 @@ class NNsightSweep:
         for n, (plans, ids) in enumerate(requests, 1):
             out = self._with_retries(lambda plans=plans: self.nn.execute(plans, remote=self.remote))
             for values, trace in zip(out, ids):
-                for v, i in zip(torch.as_tensor(values), trace):
+                for v, i in zip(values, trace):
+                    v = check_value(v, self.metric, None if i < 0 else self.shape)
                     self.n_configs += int(i >= 0)
+                    if i < 0:
+                        self.shape = v.shape
+                        self.compare_clean(v)
                     yield i, v
             yield SAVE
             if self.callback is not None:
@@ -178,15 +208,41 @@ class NNsightSweep:
             "latencies": list(st.latencies[self.n_lat :]),
         }
 
+    def compare_clean(self, remote_clean: Tensor) -> None:
+        """Warn when the server's clean metric is not the local model's: the weights differ, so the
+        layouts, widths and checks made here may not describe the model that ran."""
+        local = self.local_clean
+        if not self.check_weights or self.remote in (False, None, "local") or local is None:
+            return
+        gap = float((local - remote_clean).abs().max()) if local.shape == remote_clean.shape else None
+        if gap is None or gap > 1e-3 * max(1.0, float(local.abs().max())):
+            warnings.warn(
+                f"the deployed model gives clean metric {remote_clean.tolist()} and the local model "
+                f"{local.tolist()}: its weights differ from the local ones (another checkpoint, revision or "
+                "fine-tune?). The sweep's values are the deployed model's; load the HookedMLLM from the deployed "
+                "checkpoint, or pass check_weights=False if the difference is expected (e.g. another dtype).",
+                stacklevel=2,
+            )
+
     def _with_retries(self, call: Callable[[], Any]) -> Any:
         for attempt in range(self.retries + 1):
             try:
-                return call()
+                out = call()
+                self.answered = True
+                return out
             except Exception as e:
                 if not is_transient(e):
                     raise
                 if attempt == self.retries:
-                    err = ServerUnavailableError(f"the server failed {self.retries + 1} times ({e})")
+                    host = self.nn.host(self.remote)
+                    tries = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
+                    if not self.answered:  # nothing came back yet: the host, not this sweep
+                        err = ServerUnavailableError(
+                            f"NDIF at {host} is unreachable ({tries}: {e}). Check the URL and that the server is "
+                            f"up (`curl {host.rstrip('/')}/ping`), then call again."
+                        )
+                    else:
+                        err = ServerUnavailableError(f"NDIF at {host} failed {tries} ({e})")
                     err.resumable = True  # type: ignore[attr-defined]
                     raise err from e
                 self.nn.stats.retries += 1
@@ -217,8 +273,10 @@ class RemoteSweepJob:
         pending: list[tuple[Any, list[list[str]]]],
         done: dict[str, Tensor],
         keys: list[str],
+        on_fetch: Callable[[dict[str, Tensor]], None] | None = None,
     ):
         self._finish, self._pending, self._done, self._keys = finish, pending, done, keys
+        self._on_fetch = on_fetch
 
     def poll(self) -> float:
         """Fetch finished requests; the fraction of configs done."""
@@ -228,8 +286,10 @@ class RemoteSweepJob:
             if out is None:
                 still.append((request, groups))
                 continue
-            for values, keys in zip(out, groups):
-                self._done.update(zip(keys, torch.as_tensor(values)))
+            new = {k: v for values, keys in zip(out, groups) for k, v in zip(keys, values)}
+            if self._on_fetch is not None:
+                self._on_fetch(new)  # checks the values, saves the checkpoint
+            self._done.update(new)
         self._pending = still
         return sum(k in self._done for k in self._keys) / len(self._keys)
 
@@ -267,7 +327,8 @@ def remote_sweep(
     ``max_request_bytes``, ``retries``, ``backoff``, ``api_key``, ``check_deployed``,
     ``callback``); ``checkpoint``: finished configs are saved there after every request, and
     a call with the same file resumes; ``blocking=False`` submits every request and returns
-    a :class:`RemoteSweepJob`.
+    a :class:`RemoteSweepJob` (finished requests are checked and saved to ``checkpoint`` as
+    they are fetched).
 
     Returns the :class:`~hooks_mm.sweep.SweepResult` of :func:`hooks_mm.sweep.sweep`, with
     ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries`` and ``latencies``.
@@ -283,14 +344,14 @@ def remote_sweep(
         return run_sweep(
             backend, hooked, inputs, configs, metric, checkpoint=checkpoint, progress=progress, sources=sources
         )
-    configs = list(configs)
-    if not configs:
-        raise ValueError(
-            "sweep got an empty config list: pass intervention specs, e.g. single_neurons(model, layers=0)."
-        )
+    configs = check_configs(configs)
+    if not callable(metric):
+        raise TypeError(f"metric must be a function of logits, got a {type(metric).__name__}.")
+    store = Checkpoint(checkpoint)
     t0, batch = time.perf_counter(), hooked.prepare(inputs)
-    done = Checkpoint(checkpoint, fingerprint(backend.start(hooked, batch, metric, sources), batch)).load()
-    keys = [config_key(c) for c in configs]
+    identity = backend.start(hooked, batch, metric, sources)
+    done = store.load(fingerprint(identity, batch, metric, sources, hooked) if checkpoint else {})
+    keys = config_keys(configs)
     jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [
         (i, c) for i, (k, c) in enumerate(zip(keys, configs)) if k not in done
     ]
@@ -313,7 +374,15 @@ def remote_sweep(
         }
         return make_result(configs, done, meta)
 
-    return RemoteSweepJob(finish, pending, done, [*keys, CLEAN])
+    def on_fetch(new: dict[str, Tensor]) -> None:
+        shape = None if backend.local_clean is None else backend.local_clean.shape
+        for k, v in new.items():
+            new[k] = check_value(v, metric, shape)
+        if CLEAN in new:
+            backend.compare_clean(new[CLEAN])
+        store.save({**done, **new})
+
+    return RemoteSweepJob(finish, pending, done, [*keys, CLEAN], on_fetch)
 
 
 __all__ = ["NDIFError", "NNsightSweep", "RemoteSweepJob", "backend_for", "deployed_models", "remote_sweep"]

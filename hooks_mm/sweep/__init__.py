@@ -9,12 +9,13 @@ Example::
 
 from hooks_mm.sweep.attribution import Attribution, attribution_patching
 from hooks_mm.sweep.configs import neuron_groups, position_groups, single_neurons
-from hooks_mm.sweep.core import SweepBackend, SweepResult, run_sweep
+from hooks_mm.sweep.core import CheckpointError, SweepBackend, SweepResult, run_sweep
 from hooks_mm.sweep.engine import HooksSweep, sweep
 from hooks_mm.sweep.metrics import PositionMetric, answer_logprob, kl_to_clean, logit_diff, modality_nll
 
 __all__ = [
     "Attribution",
+    "CheckpointError",
     "HooksSweep",
     "PositionMetric",
     "SweepBackend",

@@ -22,7 +22,9 @@ from torch import Tensor
 from hooks_mm.interventions import Context, NeuronAblation, NeuronMeans
 from hooks_mm.interventions.ops import apply
 from hooks_mm.selectors import NonPad, Selector
+from hooks_mm.sweep.core import check_value
 from hooks_mm.sweep.engine import sweep
+from hooks_mm.sweep.metrics import check_metric_batch
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -59,6 +61,7 @@ def attribution_patching(
     all neurons of a layer at one position.
     """
     batch = model.prepare(inputs)
+    check_metric_batch(metric, batch)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     positions = positions or NonPad()
     ctx = Context(model, batch, sources)
@@ -71,15 +74,25 @@ def attribution_patching(
     fwd = [(n, lambda x, hook: acts.__setitem__(hook.name, x.detach())) for n in names]
     bwd = [(n, lambda g, hook: grads.__setitem__(hook.name, g.detach())) for n in names]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
-        value_ = torch.as_tensor(metric(model(batch)))
+        out = metric(model(batch))
+        value_ = out if torch.is_tensor(out) else check_value(out, metric, None)  # None, a str ...: a clear error
         if value_.dim() != 0:
-            raise ValueError(f"attribution_patching needs a scalar metric, got shape {tuple(value_.shape)}.")
+            raise ValueError(
+                f"attribution_patching needs a scalar metric, got shape {tuple(value_.shape)}: reduce it "
+                "(e.g. .mean()) or pick one entry."
+            )
+        if not value_.requires_grad:
+            raise ValueError(
+                "attribution_patching: the metric's value does not depend on the logits through autograd (it is "
+                "constant, a Python number, or detached): compute it from the logits with torch operations."
+            )
         value_.backward()
     model.hf_model.zero_grad(set_to_none=True)
     per_neuron, per_pos = [], []
     for e in edits:
         act = acts[e.hook]
-        contrib = grads[e.hook] * (apply(act, e.op, store) - act)  # zero outside the positions
+        grad = grads.get(e.hook, torch.zeros_like(act))  # no gradient reached this layer: the metric ignores it
+        contrib = grad * (apply(act, e.op, store) - act)  # zero outside the positions
         per_neuron.append(contrib.sum((0, 1)))
         per_pos.append(contrib.sum(-1))
     neurons, pos = torch.stack(per_neuron), torch.stack(per_pos)

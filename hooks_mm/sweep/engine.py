@@ -27,9 +27,10 @@ from torch import Tensor
 
 from hooks_mm.interventions import Context, Intervention, NeuronAblation
 from hooks_mm.interventions.ops import apply
-from hooks_mm.sweep.core import SAVE, Job, SweepBackend, SweepResult, metric_value, run_sweep
+from hooks_mm.sweep.core import SAVE, Job, SweepBackend, SweepResult, check_edits, metric_value, run_sweep
+from hooks_mm.sweep.identity import weights_digest
 from hooks_mm.sweep.kernels import lowrank_update
-from hooks_mm.sweep.metrics import PositionMetric
+from hooks_mm.sweep.metrics import PositionMetric, check_metric_batch
 from hooks_mm.sweep.replay import Replay
 
 if TYPE_CHECKING:
@@ -55,11 +56,14 @@ class HooksSweep:
     def __init__(self, batch_size: int | None = None, max_memory: int = 2 << 30, method: str = "auto"):
         if method not in ("auto", "fast", "naive"):
             raise ValueError(f"method {method!r} is not one of 'auto', 'fast', 'naive'.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r}: give a positive int (configs per forward), or None.")
         self.batch_size, self.max_memory, self.method = batch_size, max_memory, method
 
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
     ) -> bytes:
+        check_metric_batch(metric, batch)
         b, s = batch.shape
         per = bytes_per_config(model, b, s, all_logits=not isinstance(metric, PositionMetric))
         if per > self.max_memory:
@@ -72,11 +76,10 @@ class HooksSweep:
         self.replay = Replay(model, batch) if self.method != "naive" else None
         clean_logits = self.replay.logits if self.replay is not None else model(batch)
         if isinstance(metric, PositionMetric):
-            metric.bind(batch, clean_logits)
+            metric.bind(batch, clean_logits, model)
         self.clean = metric_value(metric, clean_logits, None)
         self.counts = {"fast": 0, "naive": 0}
-        n_params = sum(p.numel() for p in model.hf_model.parameters())
-        return f"{model.cfg.architecture}|{n_params}|{self.clean.tolist()!r}".encode()
+        return f"{model.cfg.architecture}|{weights_digest(model.hf_model)}".encode()
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, Tensor] | None]:
         configs = [(i, spec) for i, spec in jobs if spec is not None]
@@ -113,7 +116,7 @@ class HooksSweep:
         naive = []
         ctx = Context(self.model, self.batch, self.sources)
         for i, spec in configs:
-            spec.edits(ctx)  # every config is checked before anything runs
+            check_edits(spec, spec.edits(ctx), i)  # every config is checked before anything runs
             key = self._fast_key(spec) if self.method != "naive" else None
             if key is None:
                 if self.method == "fast":

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from hooks_mm.layout import Modality
 from hooks_mm.selectors import Last, Selector
+from hooks_mm.sweep.identity import weights_digest
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -31,9 +32,12 @@ class PositionMetric:
     """A metric that reads one position per row: ``f(logits) = at(logits[rows, positions])``.
 
     ``fn(logits_at, state)`` computes it; ``state`` is given, or derived from the clean
-    logits at those positions by ``from_clean`` (bound by a sweep's clean run with
-    :meth:`bind`, else computed from ``model(batch)`` on first use). The sweep's fast path
-    unembeds only those positions (``at`` gets [batch, vocab]).
+    logits at those positions by ``from_clean`` (bound by every sweep's clean run with
+    :meth:`bind`; called on its own, computed from ``model(batch)`` on first use, and again
+    when that model's weights change). The sweep's fast path unembeds only those positions
+    (``at`` gets [batch, vocab]). ``name`` says what it is, in tables and errors; a checkpoint
+    identifies the metric by its name, positions, given ``state`` and functions
+    (:func:`hooks_mm.sweep.identity.metric_identity`).
     """
 
     def __init__(
@@ -45,20 +49,50 @@ class PositionMetric:
         from_clean: Callable[[Tensor], Any] | None = None,
         model: HookedMLLM | None = None,
         batch: Batch | None = None,
+        name: str = "metric",
     ):
-        self.positions, self.fn, self.state = positions, fn, state
+        self.positions, self.fn, self.state, self.name = positions, fn, state, name
+        self.given_state, self.from_clean = state, from_clean
         self.rows = torch.arange(len(positions))
         self._from_clean, self._model, self._batch = from_clean, model, batch
+        self._source: tuple[Any, str] | None = None  # (model, weights digest) the state was derived from
 
-    def bind(self, batch: Batch, clean_logits: Tensor) -> None:
-        """Take the clean state from ``clean_logits`` of ``batch``, when this metric was made for it."""
-        if self.state is None and self._from_clean is not None and batch is self._batch:
+    def __repr__(self) -> str:
+        return f"{self.name}(positions={self.positions.tolist()})"
+
+    def identity_parts(self) -> tuple:
+        """What this metric computes, for checkpoints: name, positions, given state, functions."""
+        return (self.name, self.positions, self.given_state, self.fn, self.from_clean)
+
+    def check_batch(self, batch: Batch) -> None:
+        """An error when this metric was made for other inputs than ``batch`` (its positions, targets
+        and clean reference are those inputs')."""
+        check_metric_batch(self, batch)
+
+    def bind(self, batch: Batch, clean_logits: Tensor, model: HookedMLLM | None = None) -> None:
+        """Derive the clean state (when not given) from ``clean_logits``, a clean run of ``batch`` by
+        ``model`` (default: the model this metric was made with).
+
+        A sweep binds its own clean run every time, so a metric reused on another model compares
+        with the clean run of the model swept; when that model's weights change afterwards, the
+        state is derived again on next use (never a stale reference).
+        """
+        if self._from_clean is not None and self.given_state is None:
+            self.check_batch(batch)
             self.state = self._from_clean(clean_logits[self.rows, self.positions.to(clean_logits.device)].detach())
+            source = model or self._model
+            self._source = (source, weights_digest(source.hf_model)) if source is not None else None
 
     def _ready(self) -> Any:
-        if self.state is None and self._from_clean is not None:
+        if self._from_clean is None or self.given_state is not None:
+            return self.state
+        source = self._source
+        stale = source is not None and weights_digest(source[0].hf_model) != source[1]
+        if self.state is None or stale:
+            model = source[0] if source is not None else self._model
             with torch.no_grad():  # the bare HF forward: clean even inside model.hooks(...) / model.interventions(...)
-                self.bind(self._batch, self._model.hf_model(**self._batch.model_inputs).logits)  # type: ignore[union-attr, arg-type]
+                logits = model.hf_model(**self._batch.model_inputs).logits  # type: ignore[union-attr]
+            self.bind(self._batch, logits, model)  # type: ignore[arg-type]
         return self.state
 
     def at(self, logits_at: Tensor) -> Tensor:
@@ -73,6 +107,25 @@ class PositionMetric:
         return self.at(logits[self.rows, self.positions.to(logits.device)])
 
 
+def check_metric_batch(metric: Any, batch: Batch) -> None:
+    """An error when ``metric`` (a :class:`PositionMetric` or a metric function made by this module)
+    was made for other inputs than ``batch``: same shapes are not enough, the tensors must be equal."""
+    mine = metric._batch if isinstance(metric, PositionMetric) else getattr(metric, "made_for", None)
+    if mine is None or mine is batch:
+        return
+    a, b = mine.inputs, batch.inputs
+    same = set(a) == set(b) and all(
+        not torch.is_tensor(a[k]) or (a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu())) for k in a
+    )
+    if not same:
+        name = getattr(metric, "name", None) or getattr(metric, "__qualname__", "metric").split(".")[0]
+        raise ValueError(
+            f"this {name} metric was made for other inputs ({tuple(mine.shape)}) than the ones run here "
+            f"({tuple(batch.shape)}): its positions, targets and clean reference belong to those inputs. Make it "
+            f"with the inputs you run, e.g. {name}(model, inputs)."
+        )
+
+
 def _rows_at(batch: Batch, positions: Selector) -> Tensor:
     idx = batch.layout.indices(positions)
     if idx.shape[1] != 1:
@@ -80,10 +133,28 @@ def _rows_at(batch: Batch, positions: Selector) -> Tensor:
     return idx[:, 0]
 
 
+def _per_row(values: Sequence[int] | Tensor | int, rows: int, vocab: int | None, what: str) -> Tensor:
+    """Token ids, one per row (an int: the same for every row); checked against the batch and vocabulary."""
+    t = torch.as_tensor(values)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{what} must be integer token ids, got {t.dtype}: pass e.g. [tok_id_row0, tok_id_row1].")
+    t = t.reshape(-1).long().expand(rows) if t.dim() == 0 else t.reshape(-1).long()
+    if len(t) != rows:
+        raise ValueError(
+            f"{what} has {len(t)} token ids for a batch of {rows} rows: give one id per row (or one int for all rows)."
+        )
+    if vocab and bool(((t < 0) | (t >= vocab)).any()):
+        raise ValueError(f"{what} {t.tolist()} has ids outside the vocabulary 0..{vocab - 1}: pass token ids.")
+    return t
+
+
 def answer_logprob(
     model: HookedMLLM, inputs: Any, targets: Sequence[int] | Tensor | None = None, positions: Selector | None = None
 ) -> PositionMetric:
-    """Mean log-probability of ``targets`` (default: the clean argmax) at ``positions`` (last)."""
+    """Mean log-probability of ``targets`` (default: the clean argmax) at ``positions`` (last).
+
+    ``targets``: one token id per row (or one int for every row).
+    """
     batch = model.prepare(inputs)
     pos = _rows_at(batch, positions or Last())
     rows = torch.arange(len(pos))
@@ -92,19 +163,32 @@ def answer_logprob(
         return at.float().log_softmax(-1)[rows, tgt.to(at.device)].mean()
 
     if targets is not None:
-        return PositionMetric(pos, logprob, torch.as_tensor(targets).view(-1))
-    return PositionMetric(pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch)
+        tgt = _per_row(targets, len(pos), model.cfg.d_vocab, "answer_logprob: targets")
+        return PositionMetric(pos, logprob, tgt, model=model, batch=batch, name="answer_logprob")
+    return PositionMetric(
+        pos, logprob, from_clean=lambda clean: clean.argmax(-1), model=model, batch=batch, name="answer_logprob"
+    )
 
 
 def logit_diff(
     model: HookedMLLM, inputs: Any, correct: Sequence[int], wrong: Sequence[int], positions: Selector | None = None
 ) -> PositionMetric:
-    """Mean of ``logit[correct] - logit[wrong]`` per row at ``positions`` (last)."""
-    pos = _rows_at(model.prepare(inputs), positions or Last())
+    """Mean of ``logit[correct] - logit[wrong]`` per row at ``positions`` (last).
+
+    ``correct`` / ``wrong``: one token id per row (or one int for every row).
+    """
+    batch = model.prepare(inputs)
+    pos = _rows_at(batch, positions or Last())
     rows = torch.arange(len(pos))
-    c, w = torch.as_tensor(correct).view(-1), torch.as_tensor(wrong).view(-1)
+    c = _per_row(correct, len(pos), model.cfg.d_vocab, "logit_diff: correct")
+    w = _per_row(wrong, len(pos), model.cfg.d_vocab, "logit_diff: wrong")
     return PositionMetric(
-        pos, lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(), (c, w)
+        pos,
+        lambda at, cw: (at[rows, cw[0].to(at.device)] - at[rows, cw[1].to(at.device)]).float().mean(),
+        (c, w),
+        model=model,
+        batch=batch,
+        name="logit_diff",
     )
 
 
@@ -117,7 +201,9 @@ def kl_to_clean(model: HookedMLLM, inputs: Any, positions: Selector | None = Non
         run, clean = at.float().log_softmax(-1), clean.to(at.device)
         return (clean.exp() * (clean - run)).sum(-1).mean()
 
-    return PositionMetric(pos, kl, from_clean=lambda c: c.float().log_softmax(-1), model=model, batch=batch)
+    return PositionMetric(
+        pos, kl, from_clean=lambda c: c.float().log_softmax(-1), model=model, batch=batch, name="kl_to_clean"
+    )
 
 
 def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metric:
@@ -137,4 +223,6 @@ def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metr
         lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None].to(logits.device)).squeeze(-1)
         return -lp[target.to(logits.device)].mean()
 
+    metric.made_for = batch  # type: ignore[attr-defined]  # checked by sweeps: check_metric_batch
+    metric.__qualname__ = "modality_nll"
     return metric

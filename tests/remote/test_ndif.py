@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 
 import nnsight
 import pytest
@@ -14,6 +15,8 @@ import torch
 
 from hooks_mm import HookedMLLM, Image
 from hooks_mm.remote import (
+    DeployError,
+    ModelMismatchError,
     ModelNotDeployedError,
     NNsightBackend,
     RemoteExecutionError,
@@ -23,7 +26,7 @@ from hooks_mm.remote import (
     load_nnsight,
     remote_sweep,
 )
-from hooks_mm.sweep import answer_logprob, single_neurons, sweep
+from hooks_mm.sweep import CheckpointError, answer_logprob, logit_diff, single_neurons, sweep
 
 from .cases import TOL, inputs_for, max_diff, specs_for
 from .conftest import stack
@@ -201,8 +204,21 @@ def test_server_side_exception_is_a_clear_error_and_the_server_keeps_serving(ndi
     def bad(logits):
         return logits[:, 10**6].mean()
 
-    with pytest.raises(RemoteExecutionError, match="IndexError"):
+    sent = backend.stats.bytes_sent
+    with pytest.raises(IndexError, match="out of bounds"):  # the local clean run tries the metric first
         remote_sweep(backend, inputs, single_neurons(model, 0, neurons=[0]), bad, remote=ndif["host"], progress=False)
+    assert backend.stats.bytes_sent == sent  # nothing sent
+    with pytest.raises(RemoteExecutionError, match="IndexError") as err:  # without that check, the server's error
+        remote_sweep(
+            backend,
+            inputs,
+            single_neurons(model, 0, neurons=[0]),
+            bad,
+            remote=ndif["host"],
+            progress=False,
+            check_weights=False,
+        )
+    assert len(str(err.value).splitlines()) <= 16  # the server's traceback, cut to where the error is
     spec = specs_for(model, inputs)["ablate_zero"]
     with torch.no_grad():
         ref = model.run_with_interventions(inputs, spec)
@@ -214,3 +230,98 @@ def test_client_version_below_the_server_minimum(ndif: dict, monkeypatch: pytest
     monkeypatch.setattr(nnsight.intervention.backends.remote, "_NNSIGHT_VERSION", "0.4.0")  # what an old client sends
     with pytest.raises(VersionMismatchError, match="0.4.0"):
         backend.run(inputs, None, remote=ndif["host"])
+
+
+def test_a_local_model_other_than_the_deployed_one_is_refused_before_any_request(ndif: dict) -> None:
+    llama, _, _, _ = setup(ndif, "tiny-llama")
+    lm = load_nnsight(ndif["models"]["tiny-llava"]["path"])
+    with pytest.raises(ModelMismatchError, match="tiny-llava.*Load the HookedMLLM from the same checkpoint"):
+        NNsightBackend(llama, lm)
+
+
+def test_local_weights_other_than_the_deployed_ones_warn(ndif: dict) -> None:
+    model, _, inputs, _ = setup(ndif, "tiny-llama")
+    path = ndif["models"]["tiny-llama"]["path"]
+    configs, metric = single_neurons(model, 0, neurons=[0, 1]), answer_logprob(model, inputs, [1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same weights: no warning
+        same = remote_sweep(
+            NNsightBackend(model, load_nnsight(path, processor=model.processor)),
+            inputs,
+            configs,
+            metric,
+            remote=ndif["host"],
+            progress=False,
+        )
+    changed = HookedMLLM.from_pretrained(path)
+    with torch.no_grad():
+        for p in changed.hf_model.parameters():
+            p.mul_(1.5)
+    backend = NNsightBackend(changed, load_nnsight(path, processor=changed.processor))
+    with pytest.warns(UserWarning, match="the deployed model gives clean metric .* its weights differ"):
+        out = remote_sweep(
+            backend, inputs, configs, answer_logprob(changed, inputs, [1, 2]), remote=ndif["host"], progress=False
+        )
+    assert torch.equal(out.values, same.values)  # the values are the deployed model's
+
+
+def test_an_on_demand_deploy_failure_is_a_deploy_error(ndif: dict, tmp_path) -> None:
+    model, _, inputs, _ = setup(ndif, "tiny-llama")
+    broken = tmp_path / "broken"
+    shutil.copytree(ndif["models"]["tiny-llama"]["path"], broken)
+    backend = NNsightBackend(model, load_nnsight(str(broken), processor=model.processor))
+    for f in broken.glob("*.safetensors"):
+        f.write_bytes(b"not weights")
+    with pytest.raises(DeployError, match=r"(?s)could not deploy .*broken.* on demand: .*The trace never ran"):
+        remote_sweep(
+            backend,
+            inputs,
+            single_neurons(model, 0, neurons=[0]),
+            answer_logprob(model, inputs),
+            remote=ndif["host"],
+            check_deployed=False,
+            retries=0,
+            progress=False,
+        )
+
+
+def test_a_server_checkpoint_is_keyed_to_the_deployed_model_and_the_metric(ndif: dict, tmp_path) -> None:
+    model, backend, inputs, _ = setup(ndif, "tiny-llama")
+    ckpt = str(tmp_path / "s.pt")
+    configs = single_neurons(model, 0, neurons=range(3))
+    first = remote_sweep(
+        backend, inputs, configs, answer_logprob(model, inputs), remote=ndif["host"], checkpoint=ckpt, progress=False
+    )
+    again = remote_sweep(
+        backend, inputs, configs, answer_logprob(model, inputs), remote=ndif["host"], checkpoint=ckpt, progress=False
+    )
+    assert again.meta["resumed"] == 3 and again.meta["requests"] == 0 and torch.equal(again.values, first.values)
+    with pytest.raises(CheckpointError, match=r"\(here the metric differs\)"):
+        remote_sweep(
+            backend,
+            inputs,
+            configs,
+            logit_diff(model, inputs, [1, 2], [3, 4]),
+            remote=ndif["host"],
+            checkpoint=ckpt,
+            progress=False,
+        )
+
+
+def test_a_non_blocking_sweep_saves_its_checkpoint(ndif: dict, tmp_path) -> None:
+    model, backend, inputs, _ = setup(ndif, "tiny-llama")
+    ckpt = str(tmp_path / "s.pt")
+    configs, metric = single_neurons(model, 0, neurons=range(5)), answer_logprob(model, inputs)
+    job = remote_sweep(
+        backend,
+        inputs,
+        configs,
+        metric,
+        remote=ndif["host"],
+        blocking=False,
+        checkpoint=ckpt,
+        max_configs_per_request=2,
+    )
+    first = job.result(timeout=120)
+    again = remote_sweep(backend, inputs, configs, metric, remote=ndif["host"], checkpoint=ckpt, progress=False)
+    assert again.meta["resumed"] == 5 and again.meta["requests"] == 0 and torch.equal(again.values, first.values)
