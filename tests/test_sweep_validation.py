@@ -12,7 +12,7 @@ import torch
 from conftest import assert_clean, pair_for
 
 from hooks_mm import HookedMLLM, NonPad, zoo
-from hooks_mm.interventions import NeuronAblation
+from hooks_mm.interventions import Compose, NeuronAblation
 from hooks_mm.sweep import (
     CheckpointError,
     answer_logprob,
@@ -201,7 +201,7 @@ def test_configs_that_are_not_a_list_of_specs() -> None:
         with pytest.raises(TypeError, match=match):
             sweep(p.model, p.inputs, configs, metric, progress=False)
     with pytest.raises(ValueError, match=r"sweep config 1 .* edits nothing on this model \(empty layers\?\)"):
-        sweep(p.model, p.inputs, [spec, NeuronAblation([], [1], NonPad())], metric, progress=False)
+        sweep(p.model, p.inputs, [spec, Compose([])], metric, progress=False)
     assert_clean(p.model)
 
 
