@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hooks_mm import HookedMLLM, NonPad
-from hooks_mm.interventions import NeuronAblation, Steer
+from hooks_mm.interventions import Compose, NeuronAblation, Steer
 from hooks_mm.remote import (
     DeployError,
     ModelMismatchError,
@@ -77,7 +77,7 @@ def test_a_bad_metric_is_refused_before_any_request(bad, match: str) -> None:  #
 
 def test_a_config_that_edits_nothing_is_refused() -> None:
     model, backend, inputs = setup("tiny-llama")
-    configs = [NeuronAblation(0, [1], NonPad()), NeuronAblation([], [1], NonPad())]
+    configs = [NeuronAblation(0, [1], NonPad()), Compose([])]
     with pytest.raises(ValueError, match=r"sweep config 1 .* edits nothing"):
         remote_sweep(backend, inputs, configs, answer_logprob(model, inputs), remote="local", progress=False)
 
