@@ -7,10 +7,10 @@ import torch
 from conftest import FAMILIES, assert_clean, pair_for
 
 from hooks_mm import HookedMLLM, Image
-from hooks_mm.model.checks import MEDIA_KEYS
 from hooks_mm.zoo import toy_image
 
-MEDIA = [k for keys in MEDIA_KEYS.values() for k in keys]
+# the inputs that carry pixels / audio features (written out, independent of hooks_mm's own list)
+MEDIA = ["pixel_values", "pixel_values_images", "pixel_values_videos", "input_features"]
 
 
 def refused(p, bad, match: str, error: type = ValueError) -> None:  # noqa: ANN001
@@ -70,7 +70,9 @@ def llava():  # noqa: ANN201
 
 def test_integer_pixels_are_refused(llava) -> None:  # noqa: ANN001
     raw = (llava.inputs["pixel_values"].clamp(0, 1) * 255).to(torch.uint8)
-    refused(llava, {**llava.inputs, "pixel_values": raw}, r"pixel_values are torch.uint8 raw pixels.*normalised", TypeError)
+    refused(
+        llava, {**llava.inputs, "pixel_values": raw}, r"pixel_values are torch.uint8 raw pixels.*normalised", TypeError
+    )
 
 
 def test_nan_image_tile_is_named_before_the_token_count(llava) -> None:  # noqa: ANN001
@@ -130,6 +132,23 @@ def test_bad_run_options_raise_before_the_run(llava) -> None:  # noqa: ANN001
     with pytest.raises(TypeError, match="cannot run on a tuple"):
         llava.model((llava.inputs["input_ids"],))
     assert_clean(llava.model)
+
+
+def test_a_keyword_the_forward_would_ignore_is_refused(llava) -> None:  # noqa: ANN001
+    from hooks_mm import Last
+
+    with pytest.raises(TypeError, match="'pos' is not an input of this model's forward.*model.run_with_cache"):
+        llava.model(llava.inputs, pos=Last())
+    with pytest.raises(TypeError, match="'names_filter' is not an input.*run_with_cache"):
+        llava.model.run_with_hooks(llava.inputs, names_filter=["blocks.0.hook_resid_post"])
+    typo = {
+        **{k: v for k, v in llava.inputs.items() if k != "pixel_values"},
+        "pixel_value": llava.inputs["pixel_values"],
+    }
+    refused(llava, typo, "'pixel_value' is not an input.*Did you mean 'pixel_values'", TypeError)
+    with torch.no_grad():  # the forward's documented keywords still pass
+        out = llava.model(llava.inputs, return_type="output", output_hidden_states=True)
+    assert len(out.hidden_states) == llava.model.cfg.n_layers + 1
 
 
 # ---------------------------------------------------------------------------------- chat template by default

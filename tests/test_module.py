@@ -72,7 +72,7 @@ def test_half_and_bfloat16_follow_in_cfg_and_equal_the_bare_model(family: str, c
 
 def test_cfg_device_follows_a_move() -> None:
     model, _, _ = fresh()
-    model.to("meta")
+    model.to_empty(device="meta")  # any nn.Module move, not only .to()
     assert model.cfg.device == torch.device("meta")
     assert all(p.device.type == "meta" for p in model.hf_model.parameters())
 

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any
 
@@ -18,6 +19,11 @@ import torch
 from torch import Tensor
 
 from hooks_mm.layout import SEGMENTS_KEY
+
+try:
+    from transformers.utils.generic import TransformersKwargs
+except ImportError:  # older transformers: forwards list their keywords
+    TransformersKwargs = None
 
 # the keys that carry the pixels / features of each medium, as HF forwards name them
 MEDIA_KEYS = {
@@ -47,6 +53,8 @@ def media_masks(adapter: Any, config: Any, ids: Tensor, real: Tensor | None) -> 
 
 def check_inputs(adapter: Any, hf_model: Any, inputs: dict[str, Any]) -> None:
     """Raise a clear error when ``inputs`` would give a wrong or meaningless forward; see the module doc."""
+    params = forward_params(hf_model)
+    check_keys(inputs, params)
     ids = inputs.get("input_ids")
     if ids is None:
         if inputs.get("inputs_embeds") is None:
@@ -70,7 +78,6 @@ def check_inputs(adapter: Any, hf_model: Any, inputs: dict[str, Any]) -> None:
         media |= mask
     check_vocab(hf_model, ids, media)
     check_media(inputs, ids.shape[0])
-    params = forward_params(hf_model)
     for medium, mask in masks.items():
         keys = [k for k in MEDIA_KEYS[medium] if k in params]
         n = int(mask.sum())
@@ -80,6 +87,33 @@ def check_inputs(adapter: Any, hf_model: Any, inputs: dict[str, Any]) -> None:
                 f"placeholder embeddings. Pass the processor's output (model.to_inputs(text, "
                 f"{'audio' if medium == 'audio' else medium + 's'}=...)), not the token ids alone."
             )
+
+
+# options of hooks_mm's run methods that a user may pass to the wrong one (the HF forward would swallow them)
+RUN_OPTIONS = {
+    "pos": "run_with_cache",
+    "names_filter": "run_with_cache",
+    "device": "run_with_cache",
+    "fwd_hooks": "run_with_hooks or generate",
+    "bwd_hooks": "run_with_hooks",
+    "spec": "run_with_interventions",
+    "sources": "run_with_interventions",
+}
+
+
+def check_keys(inputs: dict[str, Any], params: set[str]) -> None:
+    """Every input is one the HF forward reads: its ``**kwargs`` would silently drop a typo or a misplaced option."""
+    known = params | set(getattr(TransformersKwargs, "__annotations__", {})) | {SEGMENTS_KEY}
+    unknown = [k for k in inputs if k not in known]
+    if unknown:
+        key = unknown[0]
+        where = f" (it is an option of model.{RUN_OPTIONS[key]})" if key in RUN_OPTIONS else ""
+        close = difflib.get_close_matches(key, sorted(params), n=2)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise TypeError(
+            f"{key!r} is not an input of this model's forward{where}: "
+            f"the model would ignore it.{hint}"
+        )
 
 
 def check_ids(ids: Any) -> None:
