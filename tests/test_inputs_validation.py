@@ -151,6 +151,18 @@ def test_a_keyword_the_forward_would_ignore_is_refused(llava) -> None:  # noqa: 
     assert len(out.hidden_states) == llava.model.cfg.n_layers + 1
 
 
+def test_generate_refuses_right_padded_rows(llava) -> None:  # noqa: ANN001
+    am = llava.inputs["attention_mask"]
+    row = int((am == 0).any(1).nonzero()[0])
+    shift = int((am[row] == 0).sum())
+    right = {k: v.clone() for k, v in llava.inputs.items()}
+    for key in ("input_ids", "attention_mask"):
+        right[key][row] = right[key][row].roll(-shift)
+    with pytest.raises(ValueError, match=f"row {row} is right-padded.*Left-pad"):
+        llava.model.generate(right, max_new_tokens=2)
+    assert_clean(llava.model)
+
+
 # ---------------------------------------------------------------------------------- chat template by default
 
 

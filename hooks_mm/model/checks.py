@@ -110,10 +110,7 @@ def check_keys(inputs: dict[str, Any], params: set[str]) -> None:
         where = f" (it is an option of model.{RUN_OPTIONS[key]})" if key in RUN_OPTIONS else ""
         close = difflib.get_close_matches(key, sorted(params), n=2)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise TypeError(
-            f"{key!r} is not an input of this model's forward{where}: "
-            f"the model would ignore it.{hint}"
-        )
+        raise TypeError(f"{key!r} is not an input of this model's forward{where}: the model would ignore it.{hint}")
 
 
 def check_ids(ids: Any) -> None:
@@ -187,6 +184,17 @@ def same_inputs(a: Any, b: Any) -> bool:
         elif x != y:
             return False
     return True
+
+
+def check_left_padded(inputs: dict[str, Any]) -> None:
+    """Generation appends after the last position: a right-padded row would continue after its padding."""
+    am = inputs.get("attention_mask")
+    if torch.is_tensor(am) and not am[:, -1].bool().all():
+        row = int((~am[:, -1].bool()).nonzero()[0])
+        raise ValueError(
+            f"row {row} is right-padded: generation would continue after its padding. Left-pad the batch "
+            "(model.to_inputs does; tokenizer.padding_side = 'left')."
+        )
 
 
 def check_return_type(return_type: Any, inputs: dict[str, Any]) -> None:

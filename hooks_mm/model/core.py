@@ -37,7 +37,7 @@ from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
 from hooks_mm.layout import ModalityLayout
 from hooks_mm.model.batch import Batch, layout_of
-from hooks_mm.model.checks import MEDIA_KEYS, check_inputs, check_return_type, same_inputs
+from hooks_mm.model.checks import MEDIA_KEYS, check_inputs, check_left_padded, check_return_type, same_inputs
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
@@ -395,6 +395,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         step computes (all prompt positions first, then one position per new token).
         """
         batch = self._run_batch(inputs)
+        check_left_padded(batch)
 
         def track(module: nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs.get("input_ids")
