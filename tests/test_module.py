@@ -189,6 +189,9 @@ def test_an_interventions_block_refuses_another_batch_of_the_same_shape() -> Non
             assert torch.equal(model(p.inputs), want)
             assert torch.equal(model(copy), want)
             assert torch.equal(model(model.prepare(copy)), want)
+            plain = {k: v for k, v in copy.items() if k != SEGMENTS_KEY}  # segments are not a model input
+            labels = p.inputs["input_ids"]
+            assert torch.equal(model(plain, return_type="output", labels=labels).logits, want)
     assert_clean(model)
     with torch.no_grad():  # the block is over: any batch runs again
         model(reversed_rows)

@@ -168,14 +168,16 @@ def check_media(inputs: dict[str, Any], batch: int) -> None:
             )
 
 
-def same_inputs(a: Any, b: Any) -> bool:
-    """Whether two batches hold the same inputs: keys, token ids, layout-bearing tensors and pixels, value for value."""
-    if a is b:
+def same_inputs(run: Any, bound: Any) -> bool:
+    """Whether batch ``run`` holds every model input of batch ``bound``, value for value (token ids, masks,
+    pixels, grids...); ``run`` may add keywords such as ``labels`` that leave the positions as they are."""
+    if run is bound:
         return True
-    if set(a) != set(b):
-        return False
-    for key in a:
-        x, y = a[key], b[key]
+    a, b = run.model_inputs, bound.model_inputs
+    for key, y in b.items():
+        if key not in a:
+            return False
+        x = a[key]
         if torch.is_tensor(x) or torch.is_tensor(y):
             if not (torch.is_tensor(x) and torch.is_tensor(y)) or x.shape != y.shape or x.dtype != y.dtype:
                 return False
