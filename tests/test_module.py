@@ -45,8 +45,11 @@ def test_parameters_state_dict_and_modes_are_the_hf_models() -> None:
         assert torch.equal(model(inputs), other_bare(**inputs).logits)
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3", "qwen2_vl", "chameleon", "mllama"])
-@pytest.mark.parametrize("convert", ["half", "bfloat16"])
+@pytest.mark.parametrize(
+    ("family", "convert"),
+    [(f, "bfloat16") for f in sorted(zoo.BUILDERS)]
+    + [(f, "half") for f in ("llava", "idefics3", "qwen2_vl", "chameleon", "mllama", "qwen2_audio")],
+)
 def test_half_and_bfloat16_follow_in_cfg_and_equal_the_bare_model(family: str, convert: str) -> None:
     model, inputs, bare = fresh(family)
     batch = model.prepare(inputs)
@@ -62,12 +65,16 @@ def test_half_and_bfloat16_follow_in_cfg_and_equal_the_bare_model(family: str, c
         assert got.dtype == dtype
         assert torch.equal(got, bare(**cast).logits)
         assert torch.equal(model(batch), got)  # a batch prepared before the conversion is prepared again
-    assert model.prepare(inputs)["pixel_values"].dtype == dtype
+    converted = model.prepare(inputs)
+    for key in ("pixel_values", "pixel_values_videos", "input_features"):
+        if key in inputs:
+            assert model.prepare(inputs)[key].dtype == dtype
     model.float()
     bare.float()
     assert model.cfg.dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(model(inputs), bare(**inputs).logits)
+        assert torch.equal(model(converted), bare(**inputs).logits)  # from the given pixels, not the rounded ones
 
 
 def test_cfg_device_follows_a_move() -> None:

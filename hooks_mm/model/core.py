@@ -231,6 +231,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         target = (self.cfg.device, self.cfg.dtype)
         if isinstance(inputs, Batch) and not kwargs and inputs.prepared_by(self) and inputs.target == target:
             return inputs
+        if isinstance(inputs, Batch):  # its inputs as given, before an earlier dtype cast of the pixels
+            inputs = inputs.source
         raw = as_inputs(self.processor, inputs, self.cfg.device, **kwargs)
         tensors = tuple(v for v in raw.values() if torch.is_tensor(v))
         key = (target, tuple(raw), tuple(id(t) for t in tensors), tuple(t._version for t in tensors))
@@ -242,7 +244,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         for k in (k for keys in MEDIA_KEYS.values() for k in keys if torch.is_tensor(raw.get(k))):
             model_in[k] = raw[k].to(self.cfg.dtype)  # as HF casts pixels to its vision tower's dtype
         batch = Batch(model_in, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor, self)
-        batch.target = target
+        batch.target, batch.source = target, raw
         self.__dict__["_last_batch"] = (key, batch, tensors)  # holds the tensors, so their ids cannot be reused
         return batch
 

@@ -71,9 +71,8 @@ def to_inputs(
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError(f"to_inputs needs one prompt string or a non-empty list of strings, got {text!r}.")
     if chat is None:  # the template the model was trained with, unless the text already carries it
-        chat = bool(getattr(processor, "chat_template", None)) and not any(
-            carries_template(processor, t) for t in texts
-        )
+        markers = template_markers(processor) if getattr(processor, "chat_template", None) else None
+        chat = markers is not None and not any(m in t for m in markers for t in texts)
     if chat:
         texts = [render_chat(processor, t) for t in texts]
     tok = getattr(processor, "tokenizer", processor)
@@ -121,17 +120,16 @@ def render_chat(processor: Any, text: str) -> str:
 MARK = "HOOKSMMPROMPT"
 
 
-def carries_template(processor: Any, text: str) -> bool:
-    """Whether ``text`` already holds the chat template's turn markers (``USER:``, ``<|im_start|>user`` ...)."""
-    rendered = render_chat(processor, MARK)
+def template_markers(processor: Any) -> list[str]:
+    """The chat template's turn markers around a user turn (``USER:`` / ``ASSISTANT:``, ``<|im_start|>user`` ...)."""
+    try:
+        rendered = render_chat(processor, MARK)
+    except Exception:  # a template that cannot render a text-only turn: nothing to detect
+        return []
     before, _, after = rendered.partition(MARK)
     bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
     before = before.removeprefix(bos).strip() if bos else before.strip()
-    markers = [
-        before.splitlines()[-1].strip() if before else "",
-        after.strip().splitlines()[0] if after.strip() else "",
-    ]
-    return any(m and m in text for m in markers)
+    return [m for m in (before.splitlines()[-1].strip() if before else "", after.strip().split("\n")[0]) if m]
 
 
 def append_answers(enc: dict[str, Any], seq_keys: list[str], answers: list[list[int]], pad_id: int) -> dict[str, Any]:
