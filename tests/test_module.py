@@ -202,3 +202,14 @@ def test_an_interventions_block_refuses_another_batch_of_the_same_shape() -> Non
     assert_clean(model)
     with torch.no_grad():  # the block is over: any batch runs again
         model(reversed_rows)
+
+
+def test_a_spec_whose_sources_are_another_batch_is_refused_inside_a_block() -> None:
+    p = pair_for("llava")
+    flipped = {k: v.flip(0) for k, v in p.inputs.items()}
+    resample = NeuronAblation(1, [3], mode="resample", source="clean")
+    with p.model.interventions(NeuronAblation(0, [1]), p.inputs):
+        with pytest.raises(ValueError, match="block's hooks would edit its source runs"):
+            with p.model.interventions(resample, p.inputs, sources={"clean": flipped}):
+                pass
+    assert_clean(p.model)

@@ -258,7 +258,9 @@ class HookedMLLM(WrappedModule, HookedRootModule):
                 raise ValueError(
                     "this run's inputs are not the batch the active model.interventions(spec, inputs) block was "
                     "compiled for (token ids, layout or pixels differ, even if the shapes agree): compile the spec "
-                    "for this batch: with model.interventions(spec, B): model(B)."
+                    "for this batch: with model.interventions(spec, B): model(B). (A spec with sources compiled "
+                    "inside the block is refused too: the block's hooks would edit its source runs; nest the blocks "
+                    "the other way or compose the specs.)"
                 )
         return batch
 
