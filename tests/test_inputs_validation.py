@@ -200,3 +200,13 @@ def test_default_to_inputs_keeps_the_organism_accurate() -> None:
 
     default, plain = accuracy(), accuracy(chat=False)
     assert default == accuracy(chat=True) >= 0.9 > 0.5 > plain
+
+
+def test_positions_that_do_not_fit_an_activation_are_an_error_not_the_whole_tensor() -> None:
+    from hooks_mm.model.core import take_positions
+
+    index = torch.zeros(2, 1, dtype=torch.long)
+    assert take_positions(torch.arange(30.0).view(2, 5, 3), "blocks.0.hook_resid_post", index).shape == (2, 1, 3)
+    with pytest.raises(RuntimeError, match="does not match the batch of positions.*without pos="):
+        take_positions(torch.zeros(3, 5, 4), "blocks.0.hook_resid_post", index)
+    assert take_positions(torch.zeros(7, 4), "hook_vision_out", index).shape == (7, 4)  # no position axis

@@ -460,8 +460,13 @@ class HookedMLLM(WrappedModule, HookedRootModule):
 def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
     """Keep positions ``index`` [batch, n] along the position axis of hook ``name``."""
     dim = lookup(name).pos_dim
-    if dim is None or t.dim() <= dim or t.shape[0] != index.shape[0]:
+    if dim is None:
         return t
+    if t.dim() <= dim or t.shape[0] != index.shape[0]:  # never silently keep every position under pos=
+        raise RuntimeError(
+            f"{name} has shape {tuple(t.shape)}, which does not match the batch of positions {tuple(index.shape)}: "
+            "cache it without pos= and index the positions yourself."
+        )
     shape = [1] * t.dim()
     shape[0], shape[dim] = index.shape
     idx = index.view(shape).expand(*[-1 if i in (0, dim) else s for i, s in enumerate(t.shape)])
