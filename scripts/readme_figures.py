@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # for te
 def heatmap_figure(out: Path) -> Path:
     model = HookedMLLM.from_pretrained("tiny-llava_next")
     image = toy_image(3, size=64).resize((96, 40))
-    inputs = model.to_inputs(["<image> what is in the image ?"], images=[[image]])
+    inputs = model.to_inputs(["<image> what is in the image ?"], images=[[image]], chat=False)
     layout = model.layout(inputs)
     _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern"))
     attn = cache["blocks.1.attn.hook_pattern"][0, :, -1].mean(0)  # [seq]: from the last token
@@ -51,7 +51,7 @@ def attention_figure(out: Path) -> Path:
 
     model = HookedMLLM.from_pretrained("tiny-llava")
     images = [toy_image(1), toy_image(2)]
-    inputs = model.to_inputs(["<image> <image> what is the red square ?"], images=[images])
+    inputs = model.to_inputs(["<image> <image> what is the red square ?"], images=[images], chat=False)
     layout = model.layout(inputs)
     _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_pattern"))
     view = attention_heads(

@@ -35,6 +35,8 @@ class Batch(Mapping):
     def __init__(self, inputs: dict[str, Any], layout: ModalityLayout | None, tokenizer: Any = None, owner: Any = None):
         self.inputs, self._layout, self._tokenizer = inputs, layout, tokenizer
         self._owner = weakref.ref(owner) if owner is not None else None
+        self.target: tuple[Any, Any] | None = None  # (device, dtype) of the model when it prepared the batch
+        self.source: dict[str, Any] = inputs  # the inputs as given (pixels before a cast to the model's dtype)
 
     def prepared_by(self, model: Any) -> bool:
         """Whether ``model`` built this batch (another model's adapter may lay it out differently)."""

@@ -37,16 +37,20 @@ from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
 from hooks_mm.layout import ModalityLayout
 from hooks_mm.model.batch import Batch, layout_of
+from hooks_mm.model.checks import MEDIA_KEYS, check_inputs, check_left_padded, check_return_type, same_inputs
 from hooks_mm.model.inputs import as_inputs, to_inputs
-from hooks_mm.model.loading import load
+from hooks_mm.model.loading import load, load_options
+from hooks_mm.model.module import WrappedModule
 from hooks_mm.model.tree import block_tree, put
-from hooks_mm.model.wiring import Stop, Wiring
+from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
+from hooks_mm.processing import save_processor
 from hooks_mm.selectors import Selector, as_selector
 
+RUN_OPTIONS = ("return_type", "stop_at_layer")  # keywords of a run that are not model inputs
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 
 
-class HookedMLLM(HookedRootModule):
+class HookedMLLM(WrappedModule, HookedRootModule):
     """TransformerLens hook points on the language model (and vision side) of an HF MLLM.
 
     Hook names (``l`` = layer; the table with shapes is :mod:`hooks_mm.hooks`):
@@ -64,12 +68,21 @@ class HookedMLLM(HookedRootModule):
     Cross-attention layers (Mllama) hold ``blocks.{l}.cross_attn.*`` instead of ``attn.*``,
     and their ``hook_attn_out`` / ``hook_mlp_out`` are the gated outputs; Qwen3-VL's deepstack
     injection after layer ``l`` is ``blocks.{l}.hook_deepstack``.
+
+    It is an ``nn.Module`` around the HF model: ``to`` / ``cuda`` / ``half`` / ``bfloat16`` /
+    ``float``, ``train`` / ``eval``, ``requires_grad_``, ``parameters`` / ``named_parameters``,
+    ``state_dict`` / ``load_state_dict`` act on the wrapped model (the state dict has the HF
+    model's own keys, as ``model.hf_model.state_dict()``), and ``model.cfg.device`` /
+    ``model.cfg.dtype`` follow every change.
+
+    Hooks are per-module state: a HookedMLLM is not thread-safe (run one forward at a time,
+    and do not call the model from inside one of its hooks; that raises a clear error).
     """
 
     def __init__(self, hf_model: nn.Module, processor: Any | None = None, *, adapter: Adapter | None = None):
         super().__init__()
         adapter = adapter or adapter_for(hf_model)
-        # the HF model is deliberately not a submodule: setup() would rename its modules
+        # registered as a submodule only after setup(), which would otherwise name its modules as hook points
         self.__dict__["hf_model"] = hf_model
         self.__dict__["adapter"] = adapter
         self.processor = processor
@@ -110,25 +123,60 @@ class HookedMLLM(HookedRootModule):
             cross_attn_layers=sorted(cross),
             injection_layers=sorted(inject),
             device=self._device(),
+            dtype=self._dtype(),
             attn_implementation=install(self._language_model()),
         )
         self.setup()
+        del self.__dict__["hf_model"]
+        self.add_module("hf_model", hf_model)  # to / half / train / parameters reach it
         self.__dict__["_wiring"] = Wiring(self)
         self.__dict__["_last_batch"] = None
+        self.__dict__["_bound"] = []  # batches the active model.interventions(...) blocks were compiled for
         self.positions: Int[Tensor, " seq"] | None = None
 
     # ------------------------------------------------------------------ loading and parts
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, processor: Any | bool = True, **hf_kwargs: Any) -> HookedMLLM:
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        processor: Any | bool = True,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        device_map: Any = None,
+        **hf_kwargs: Any,
+    ) -> HookedMLLM:
         """Load an HF model (hub id or local dir, or a built-in name such as ``tiny-llava``).
 
-        ``hf_kwargs`` go to the HF ``from_pretrained`` (``dtype``, ``device_map``...).
-        The processor (or tokenizer) saved with the model is loaded too unless
-        ``processor=False``; pass a processor object to use your own.
+        ``device``: move the model there after loading; ``dtype``: ``torch.bfloat16`` or a
+        string (``"bfloat16"``, ``"float16"``, ``"auto"``: the checkpoint's own, the default);
+        ``device_map`` goes to HF (``"auto"`` spreads a large model over the devices), as do the
+        other ``hf_kwargs``. The processor (or tokenizer) saved with the model is loaded too
+        unless ``processor=False``; pass a processor object to use your own.
+
+        Example::
+
+            model = HookedMLLM.from_pretrained("toy-llava", device="cuda", dtype="bfloat16")
         """
+        hf_kwargs.update(load_options(dtype, device, device_map))
         hf_model, processor, adapter = load(name_or_path, processor, **hf_kwargs)
-        return cls(hf_model, processor, adapter=adapter)
+        model = cls(hf_model, processor, adapter=adapter)
+        return model.to(device) if device is not None else model
+
+    def save_pretrained(self, path: str, **hf_kwargs: Any) -> None:
+        """Write the HF model and its processor into directory ``path``; ``from_pretrained(path)`` reloads both.
+
+        ``hf_kwargs`` go to the HF ``save_pretrained`` (``safe_serialization``, ...).
+
+        Example::
+
+            model.save_pretrained("my-model")
+            same = HookedMLLM.from_pretrained("my-model")
+        """
+        self.hf_model.save_pretrained(path, **hf_kwargs)
+        if self.processor is not None:
+            save_processor(self.processor, path)
 
     def submodule(self, path: str) -> nn.Module:
         """The HF module at an adapter path relative to the top-level model (``adapter.embed`` ...)."""
@@ -155,9 +203,12 @@ class HookedMLLM(HookedRootModule):
         ``images``: one PIL image, a list (one per prompt) or a list of lists. ``videos=``: a
         list of videos, each a list of PIL frames (pass ``fps=`` for the frame rate);
         ``audio=``: a list of 1-D float waveforms at the feature extractor's sampling rate.
-        With ``chat=True`` each prompt is a user turn rendered by the processor's chat
-        template, and ``"<image>"``, ``"<video>"``, ``"<audio>"`` in it mark where each input
-        goes (any family); otherwise the text must hold the processor's own placeholders.
+        ``chat``: by default (None) each prompt is a user turn rendered by the processor's chat
+        template when the processor has one and the prompt does not already carry the
+        template's turn markers (``USER:``, ``<|im_start|>user`` ...), as the model was trained;
+        ``chat=True`` / ``chat=False`` force it on / off. In a chat turn ``"<image>"``,
+        ``"<video>"``, ``"<audio>"`` mark where each input goes (any family); without the
+        template the text must hold the processor's own placeholders.
         ``answer=`` appends answer tokens after each prompt (segment ``Answer()``; the prompt
         text is ``Instruction()``). Rows are left-padded. Other keywords go to the processor.
 
@@ -177,20 +228,41 @@ class HookedMLLM(HookedRootModule):
         positions do not match the media given. Preparing the very same, unmodified tensors
         again returns the same Batch.
         """
-        if isinstance(inputs, Batch) and not kwargs and inputs.prepared_by(self) and self._on_device(inputs):
+        target = (self.cfg.device, self.cfg.dtype)
+        if isinstance(inputs, Batch) and not kwargs and inputs.prepared_by(self) and inputs.target == target:
             return inputs
+        if isinstance(inputs, Batch):  # its inputs as given, before an earlier dtype cast of the pixels
+            inputs = inputs.source
         raw = as_inputs(self.processor, inputs, self.cfg.device, **kwargs)
         tensors = tuple(v for v in raw.values() if torch.is_tensor(v))
-        key = (tuple(raw), tuple(id(t) for t in tensors), tuple(t._version for t in tensors))
+        key = (target, tuple(raw), tuple(id(t) for t in tensors), tuple(t._version for t in tensors))
         last = self._last_batch
         if last is not None and last[0] == key:
             return last[1]
-        batch = Batch(raw, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor, self)
+        check_inputs(self.adapter, self.hf_model, raw)
+        model_in = dict(raw)
+        for k in (k for keys in MEDIA_KEYS.values() for k in keys if torch.is_tensor(raw.get(k))):
+            model_in[k] = raw[k].to(self.cfg.dtype)  # as HF casts pixels to its vision tower's dtype
+        batch = Batch(model_in, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor, self)
+        batch.target, batch.source = target, raw
         self.__dict__["_last_batch"] = (key, batch, tensors)  # holds the tensors, so their ids cannot be reused
         return batch
 
-    def _on_device(self, batch: Batch) -> bool:
-        return all(v.device == self.cfg.device for v in batch.inputs.values() if torch.is_tensor(v))
+    def _run_batch(self, inputs: Any, return_type: Any = "logits", **kwargs: Any) -> Batch:
+        """The checked batch of a run: no run in progress, valid inputs and return_type, the bound batch if any."""
+        check_idle(self.hf_model)
+        batch = self.prepare(inputs, **kwargs)
+        check_return_type(return_type, batch)
+        for bound in self._bound:
+            if not same_inputs(batch, bound):
+                raise ValueError(
+                    "this run's inputs are not the batch the active model.interventions(spec, inputs) block was "
+                    "compiled for (token ids, layout or pixels differ, even if the shapes agree): compile the spec "
+                    "for this batch: with model.interventions(spec, B): model(B). (A spec with sources compiled "
+                    "inside the block is refused too: the block's hooks would edit its source runs; nest the blocks "
+                    "the other way or compose the specs.)"
+                )
+        return batch
 
     def layout(self, inputs: Any) -> ModalityLayout:
         """The :class:`ModalityLayout` of a batch of model inputs."""
@@ -208,11 +280,13 @@ class HookedMLLM(HookedRootModule):
         ``labels``), "output" (the HF output object) or None. ``stop_at_layer=l`` stops before
         block ``l`` and returns the residual stream there.
         """
-        batch = self.prepare(inputs, **kwargs)
+        batch = self._run_batch(inputs, return_type, **kwargs)
         n = self.cfg.n_layers
+        if stop_at_layer is not None and (isinstance(stop_at_layer, bool) or not isinstance(stop_at_layer, int)):
+            raise TypeError(f"stop_at_layer={stop_at_layer!r}: give a layer index (int) or None.")
         if stop_at_layer is not None and not -n <= stop_at_layer <= n:
             raise IndexError(f"stop_at_layer={stop_at_layer} is out of range for {n} layers.")
-        with self._wiring.attached(stop_at_layer):
+        with exclusive(self.hf_model), self._wiring.attached(stop_at_layer):
             try:
                 out = self.hf_model(**batch.model_inputs)
             except Stop as stop:
@@ -242,8 +316,10 @@ class HookedMLLM(HookedRootModule):
         (e.g. ``pos=Image()`` or ``pos=Last()``), so memory follows what is kept; the cache
         then has ``cache.positions`` [batch, n] with the kept indices.
         """
-        batch = self.prepare(inputs, **kwargs)
+        batch = self._run_batch(inputs, return_type, **kwargs)
         names = self._names(names_filter)
+        if device is not None:
+            device = torch.device(device)  # a bad device string fails here, before any hook
         index = batch.layout.indices(as_selector(pos)) if pos is not None else None
         store: dict[str, Tensor] = {}
 
@@ -269,8 +345,10 @@ class HookedMLLM(HookedRootModule):
         **kwargs: Any,
     ) -> Any:
         """Run with temporary hooks ``[(hook_name or name filter, fn(tensor, hook))]``."""
+        run = {k: kwargs.pop(k) for k in RUN_OPTIONS if k in kwargs}
+        inputs = self._run_batch(inputs, run.get("return_type", "logits"), **kwargs)
         with self.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), reset_hooks_end=reset_hooks_end):
-            return self.forward(inputs, **kwargs)
+            return self.forward(inputs, **run)
 
     def run_with_interventions(
         self, inputs: Any, spec: Any, *, sources: dict[str, Any] | None = None, **kwargs: Any
@@ -280,14 +358,30 @@ class HookedMLLM(HookedRootModule):
         ``sources`` names other runs a spec reads (``Patch(source="clean")``,
         ``NeuronAblation(mode="resample", source=...)``): ``{"clean": clean_inputs}``.
         """
-        batch = self.prepare(inputs)
-        return self.run_with_hooks(batch, fwd_hooks=spec.compile(self, batch, sources), **kwargs)
+        run = {k: kwargs.pop(k) for k in RUN_OPTIONS if k in kwargs}
+        batch = self._run_batch(inputs, run.get("return_type", "logits"), **kwargs)
+        return self.run_with_hooks(batch, fwd_hooks=spec.compile(self, batch, sources), **run)
 
     @contextlib.contextmanager
     def interventions(self, spec: Any, inputs: Any, *, sources: dict[str, Any] | None = None) -> Iterator[HookedMLLM]:
-        """Context manager: ``spec`` compiled for ``inputs`` stays on until the block ends."""
-        with self.hooks(fwd_hooks=spec.compile(self, self.prepare(inputs), sources)):
-            yield self
+        """Context manager: ``spec`` compiled for ``inputs`` stays on until the block ends.
+
+        Every run inside the block must be on that same batch (equal token ids, layout and
+        pixels); another batch is a clear error, since the spec's positions belong to ``inputs``.
+
+        Example::
+
+            with model.interventions(NeuronAblation(1, [3]), inputs):
+                logits, cache = model.run_with_cache(inputs)
+        """
+        batch = self._run_batch(inputs)
+        hooks = spec.compile(self, batch, sources)
+        self._bound.append(batch)
+        try:
+            with self.hooks(fwd_hooks=hooks):
+                yield self
+        finally:
+            self._bound.remove(batch)
 
     @torch.no_grad()
     def generate(
@@ -304,7 +398,8 @@ class HookedMLLM(HookedRootModule):
         During a step, ``model.positions`` holds the absolute positions of the tokens that
         step computes (all prompt positions first, then one position per new token).
         """
-        batch = self.prepare(inputs)
+        batch = self._run_batch(inputs)
+        check_left_padded(batch)
 
         def track(module: nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs.get("input_ids")
@@ -315,7 +410,7 @@ class HookedMLLM(HookedRootModule):
 
         handle = self.hf_model.register_forward_pre_hook(track, with_kwargs=True)
         try:
-            with self.hooks(fwd_hooks=list(fwd_hooks)), self._wiring.attached(None):
+            with exclusive(self.hf_model), self.hooks(fwd_hooks=list(fwd_hooks)), self._wiring.attached(None):
                 return self.hf_model.generate(
                     **batch.model_inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **gen_kwargs
                 )
@@ -355,19 +450,6 @@ class HookedMLLM(HookedRootModule):
             self.hook_name(name)
         super()._enable_hook(name, hook, dir)
 
-    # ------------------------------------------------------------------ device
-
-    def _device(self) -> torch.device:
-        try:
-            return next(self.hf_model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
-
-    def to(self, *args: Any, **kwargs: Any) -> HookedMLLM:  # type: ignore[override]
-        self.hf_model.to(*args, **kwargs)
-        self.cfg.device = self._device()
-        return super().to(*args, **kwargs)
-
     def __repr__(self) -> str:
         return (
             f"HookedMLLM({self.cfg.architecture}, family={self.cfg.family}, n_layers={self.cfg.n_layers}, "
@@ -378,8 +460,13 @@ class HookedMLLM(HookedRootModule):
 def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
     """Keep positions ``index`` [batch, n] along the position axis of hook ``name``."""
     dim = lookup(name).pos_dim
-    if dim is None or t.dim() <= dim or t.shape[0] != index.shape[0]:
+    if dim is None:
         return t
+    if t.dim() <= dim or t.shape[0] != index.shape[0]:  # never silently keep every position under pos=
+        raise RuntimeError(
+            f"{name} has shape {tuple(t.shape)}, which does not match the batch of positions {tuple(index.shape)}: "
+            "cache it without pos= and index the positions yourself."
+        )
     shape = [1] * t.dim()
     shape[0], shape[dim] = index.shape
     idx = index.view(shape).expand(*[-1 if i in (0, dim) else s for i, s in enumerate(t.shape)])

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import torch
@@ -31,9 +32,20 @@ def as_inputs(processor: Any, inputs: Any, device: torch.device, **kwargs: Any) 
         inputs = {"input_ids": inputs}
     elif inputs is None:
         inputs = {}
-    else:
+    elif isinstance(inputs, Mapping):
         inputs = dict(inputs)
+    else:
+        raise TypeError(
+            f"cannot run on a {type(inputs).__name__}: pass a dict of model inputs (model.to_inputs(...)), "
+            "a Batch (model.prepare(...)), a [batch, seq] tensor of token ids, or text."
+        )
     inputs.update(kwargs)
+    meta = [k for k, v in inputs.items() if torch.is_tensor(v) and v.is_meta]
+    if meta and device.type != "meta":
+        raise ValueError(
+            f"{', '.join(meta)} on the meta device hold no values: build the inputs on a real device "
+            "(model.to_inputs(...) gives CPU tensors; hooks_mm moves them to the model's device)."
+        )
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
 
 
@@ -45,7 +57,7 @@ def to_inputs(
     videos: Any = None,
     audio: Any = None,
     answer: str | Sequence[str] | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
     **processor_kwargs: Any,
 ) -> dict[str, Tensor]:
     """See :meth:`hooks_mm.HookedMLLM.to_inputs`."""
@@ -56,6 +68,11 @@ def to_inputs(
             "from a directory holding the processor, or HookedMLLM(hf_model, processor)."
         )
     texts = [text] if isinstance(text, str) else list(text)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"to_inputs needs one prompt string or a non-empty list of strings, got {text!r}.")
+    if chat is None:  # the template the model was trained with, unless the text already carries it
+        markers = template_markers(processor) if getattr(processor, "chat_template", None) else None
+        chat = markers is not None and not any(m in t for m in markers for t in texts)
     if chat:
         texts = [render_chat(processor, t) for t in texts]
     tok = getattr(processor, "tokenizer", processor)
@@ -98,6 +115,21 @@ def render_chat(processor: Any, text: str) -> str:
             parts.append({"type": "text", "text": piece.strip()})
     messages = [{"role": "user", "content": parts}]
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+MARK = "HOOKSMMPROMPT"
+
+
+def template_markers(processor: Any) -> list[str]:
+    """The chat template's turn markers around a user turn (``USER:`` / ``ASSISTANT:``, ``<|im_start|>user`` ...)."""
+    try:
+        rendered = render_chat(processor, MARK)
+    except Exception:  # a template that cannot render a text-only turn: nothing to detect
+        return []
+    before, _, after = rendered.partition(MARK)
+    bos = getattr(getattr(processor, "tokenizer", processor), "bos_token", None)
+    before = before.removeprefix(bos).strip() if bos else before.strip()
+    return [m for m in (before.splitlines()[-1].strip() if before else "", after.strip().split("\n")[0]) if m]
 
 
 def append_answers(enc: dict[str, Any], seq_keys: list[str], answers: list[list[int]], pad_id: int) -> dict[str, Any]:

@@ -2,25 +2,66 @@
 
 Example::
 
-    hf_model, processor, adapter = load("tiny-llava")
+    hf_model, processor, adapter = load("tiny-llava", **load_options("bfloat16", None, None))
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import torch
 
 from hooks_mm.adapters import Adapter, adapter_for_names
 from hooks_mm.processing import load_processor
+
+
+def load_options(dtype: Any, device: Any, device_map: Any) -> dict[str, Any]:
+    """The HF ``from_pretrained`` keywords for ``HookedMLLM.from_pretrained``'s dtype / device / device_map."""
+    if device is not None and device_map is not None:
+        raise ValueError("give device= (move the whole model there) or device_map= (let HF place its parts), not both.")
+    out: dict[str, Any] = {}
+    if device is not None:
+        torch.device(device)  # a bad device string fails here, before loading anything
+    if device_map is not None:
+        out["device_map"] = device_map
+    if dtype is not None:
+        out["dtype"] = as_dtype(dtype)
+    return out
+
+
+def as_dtype(dtype: Any) -> torch.dtype | str:
+    """``torch.bfloat16``, ``"bfloat16"``, ``"torch.bfloat16"`` -> ``torch.bfloat16``; ``"auto"`` stays."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(
+            f"dtype={dtype!r} is not a floating torch dtype: use 'float32', 'bfloat16', 'float16', 'auto' "
+            "or a torch dtype (torch.bfloat16)."
+        )
+    return value
 
 
 def load(name_or_path: str, processor: Any | bool = True, **hf_kwargs: Any) -> tuple[Any, Any, Adapter]:
     """(HF model in eval mode, processor or None, adapter) of a checkpoint; see ``HookedMLLM.from_pretrained``."""
     import transformers
 
-    from hooks_mm.zoo import resolve
+    from hooks_mm.zoo import builtin_names, resolve
 
     path = resolve(name_or_path)
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        if os.path.isdir(path):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(
+            f"cannot load {name_or_path!r}: it is not a local directory with a config.json, nor a built-in "
+            f"name ({', '.join(builtin_names())}), and as a hub id it failed ({reason}). Hub ids (owner/name) "
+            "need the network (unset HF_HUB_OFFLINE) or the model in the HF cache; a local directory must hold "
+            "config.json."
+        ) from e
     arch = (config.architectures or [None])[0]
     if arch is None:
         raise ValueError(

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Callable, Iterator
 
 import torch
@@ -240,3 +241,29 @@ class Wiring:
             return replace_first(out, h)
 
         return fn
+
+
+# the HF models a hooks_mm forward is running on now (per HF model: two wrappers of one model share it)
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+def check_idle(hf_model: nn.Module) -> None:
+    """Raise when a forward of ``hf_model`` is running: a run inside a hook would detach the outer run's hooks."""
+    if hf_model in _RUNNING:
+        raise RuntimeError(
+            "a forward of this model is already running: a hook function (or another HookedMLLM wrapping the "
+            "same HF model) called model(...), run_with_cache, run_with_hooks or generate during it. A run inside "
+            "a hook would remove the outer run's hooks. Compute what the hook needs before the run (e.g. with "
+            "model.run_with_cache(...)) and read it inside the hook."
+        )
+
+
+@contextlib.contextmanager
+def exclusive(hf_model: nn.Module) -> Iterator[None]:
+    """Mark ``hf_model`` as running for the duration of the block (see :func:`check_idle`)."""
+    check_idle(hf_model)
+    _RUNNING.add(hf_model)
+    try:
+        yield
+    finally:
+        _RUNNING.discard(hf_model)

@@ -8,6 +8,7 @@ the same ``from_pretrained`` path as a hub model.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 
@@ -74,6 +75,13 @@ def save(tiny: Tiny, path: str) -> str:
     return path
 
 
+def builtin_names() -> list[str]:
+    """Every built-in model name: ``tiny-<family>`` (random weights) and the trained organisms."""
+    from hooks_mm.zoo.organisms import ORGANISMS
+
+    return [f"tiny-{f.replace('_', '-')}" for f in sorted(BUILDERS)] + sorted(ORGANISMS)
+
+
 def resolve(name_or_path: str) -> str:
     """A built-in name becomes a local directory; others pass through.
 
@@ -97,7 +105,11 @@ def resolve(name_or_path: str) -> str:
             save(build(family), path + ".tmp")
             os.replace(path + ".tmp", path) if not os.path.exists(path) else None
         return path
+    if name_or_path.startswith(("tiny-", "toy-")) and not os.path.exists(name_or_path):
+        close = difflib.get_close_matches(name_or_path, builtin_names(), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"no built-in model {name_or_path!r}.{hint} Built-in names: {', '.join(builtin_names())}.")
     return name_or_path
 
 
-__all__ = ["BUILDERS", "DEFAULT_MODEL", "Tiny", "build", "cache_dir", "resolve", "save", "toy_image"]
+__all__ = ["BUILDERS", "DEFAULT_MODEL", "Tiny", "build", "builtin_names", "cache_dir", "resolve", "save", "toy_image"]
