@@ -185,16 +185,19 @@ def saved_bank(env: Env) -> CentroidBank:
 
 
 def nested(env: Env, d: Draw, two_wrappers: bool) -> Result:
-    """A hook runs a forward once (of the same wrapper or of a second one on the same HF model);
-    the outer run's edit at a later hook must still apply, once."""
+    """A hook runs a forward (once, or each time it fires) of the same wrapper or of a second one
+    on the same HF model; the outer run's edit at a later hook must still apply, once."""
     outer = env.fresh()
     inner = HookedMLLM(outer.hf_model, env.pair.tiny.processor) if two_wrappers else outer
     l, name, fn = resid_edit(env, d)
-    calls = []
+    calls, once = [], d.pick([True, False])
 
     def run_inner(x: torch.Tensor, hook: Any) -> None:
-        if not calls:
-            calls.append(inner.run_with_cache(env.inputs, names_filter=["blocks.0.hook_resid_post"]))
+        if once and not calls:  # the inner run fires this hook too
+            calls.append(True)
+            inner.run_with_cache(env.inputs, names_filter=["blocks.0.hook_resid_post"])
+        elif not once:  # every time: recursion unless nested runs are kept apart
+            inner(env.inputs)
 
     at = d.pick([f"blocks.{l}.hook_resid_pre", "hook_embed"])
     got = outer.run_with_hooks(env.inputs, fwd_hooks=[(at, run_inner), (name, fn)])
