@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from misuse_support import (
+    FAMILIES6,
     PIXELS,
+    WITH_PROCESSOR,
     Draw,
     Env,
     Misuse,
@@ -25,6 +27,7 @@ from misuse_support import (
     fitted,
     max_change,
     nested,
+    nnsight_resumed,
     other_family,
     refused,
     refused_vs_bare,
@@ -263,8 +266,8 @@ CATALOGUE: list[Misuse] = [
         "to_inputs_empty_list",
         lambda e, d: refused(lambda: e.model.to_inputs([])),
         ("empty", "prompt", "text"),
-        ("llava", "qwen2_vl", "anygpt"),
-    ),  # the tiny builders of the other three give no processor
+        WITH_PROCESSOR,
+    ),
     M(
         "unknown_model_name",
         lambda e, d: refused(
@@ -472,6 +475,13 @@ CATALOGUE: list[Misuse] = [
         "checkpoint_of_another_model",
         lambda e, d: resumed(e, (e.model, max_change(e, e.model)), (m := e.fresh(seed=1), max_change(e, m))),
         ("checkpoint",),
+    ),
+    M("checkpoint_of_another_metric_nnsight", lambda e, d: nnsight_resumed(e), ("checkpoint",), WITH_PROCESSOR),
+    M(
+        "nnsight_sweep_without_processor",
+        lambda e, d: nnsight_resumed(e, resume=False),
+        ("processor", "tokenizer"),
+        tuple(f for f in FAMILIES6 if f not in WITH_PROCESSOR),
     ),
     # ---------------------------------------------------------------- analyses
     M("accuracy_with_token_ids", accuracy_with_ids, ("answers",)),

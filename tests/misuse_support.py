@@ -14,10 +14,11 @@ from conftest import pair_for
 
 from hooks_mm import HookedMLLM, NonPad, zoo
 from hooks_mm.interventions import CentroidBank, NeuronAblation, NeuronMeans
-from hooks_mm.sweep import kl_to_clean, sweep
+from hooks_mm.sweep import HooksSweep, kl_to_clean, sweep
 
 FAMILIES6 = ("llava", "qwen2_vl", "idefics3", "gemma3", "mllama", "anygpt")
 PIXELS = tuple(f for f in FAMILIES6 if f != "anygpt")  # families whose images come as pixel_values
+WITH_PROCESSOR = ("llava", "qwen2_vl", "anygpt")  # the tiny builders of the other three give no processor
 
 
 class Draw:
@@ -220,3 +221,22 @@ def resumed(env: Env, first: tuple, second: tuple) -> Result:
     path = os.path.join(tempfile.mkdtemp(), "sweep.pt")
     sweep_kl(env, first[0], path, first[1])
     return Result(sweep_kl(env, second[0], path, second[1]), sweep_kl(env, second[0], None, second[1]))
+
+
+def nnsight_resumed(env: Env, resume: bool = True) -> Result:
+    """On the nnsight backend: sweep one metric into a checkpoint, then another metric on the same file."""
+    from hooks_mm.remote import NNsightSweep
+    from hooks_mm.sweep import answer_logprob, logit_diff
+
+    path = os.path.join(tempfile.mkdtemp(), "sweep.pt")
+    configs = [NeuronAblation(layers=0, neurons=[i]) for i in range(3)]
+    second = logit_diff(env.model, env.inputs, [1, 1], [2, 2])
+
+    def run(metric: Any, checkpoint: str | None, backend: Any = None) -> Any:
+        backend = backend or NNsightSweep(remote=False)
+        return sweep(env.model, env.inputs, configs, metric, checkpoint=checkpoint, progress=False, backend=backend)
+
+    if not resume:  # the nnsight path on a model wrapped without a processor: as the local path
+        return Result(run(second, None).values, run(second, None, backend=HooksSweep()).values)
+    run(answer_logprob(env.model, env.inputs), path)
+    return Result(run(second, path).values, run(second, None, backend=HooksSweep()).values)
