@@ -180,7 +180,9 @@ class ModalityLayout:
         b, s = self.shape
         bad = [p for p in positions if not -s <= p < s]
         if bad:
-            raise IndexError(f"positions {bad} are out of range for sequence length {s} (valid: {-s}..{s - 1}).")
+            raise IndexError(
+                f"positions {bad} are out of range for sequence length {s}: pass positions within {-s}..{s - 1}."
+            )
         m = torch.zeros(b, s, dtype=torch.bool, device=self.modality.device)
         m[:, [p % s for p in positions]] = True
         return m

@@ -58,7 +58,7 @@ class Selector:
         if name not in SELECTORS:
             raise ValueError(
                 f"unknown selector {name!r} (the 'selector' key of sel.to_dict()); "
-                f"known: {', '.join(sorted(SELECTORS))}"
+                f"use one of {', '.join(sorted(SELECTORS))}"
                 + (" (Where holds a Python function and is not serialisable)" if name == "Where" else "")
             )
         args = {k: (Selector.from_dict(v) if isinstance(v, dict) and "selector" in v else v) for k, v in d.items()}

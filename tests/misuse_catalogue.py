@@ -236,7 +236,7 @@ CATALOGUE: list[Misuse] = [
         lambda e, d: ids_with(e, e.model.hf_model.get_input_embeddings().num_embeddings + d.int(0, 5)),
         ("input_ids", "vocab"),
     ),
-    M("negative_ids", lambda e, d: ids_with(e, -d.int(1, 3)), ("input_ids",)),
+    M("negative_ids", lambda e, d: ids_with(e, -d.int(1, 3)), ("input_ids", "token id")),
     M(
         "empty_batch",
         lambda e, d: refused(lambda: e.model(e.map_rows(lambda v: v[:0], lambda k, v: v[:0]))),
@@ -372,7 +372,8 @@ CATALOGUE: list[Misuse] = [
     ),
     M(
         "from_dict_json_string",
-        lambda e, d: refused(lambda: Intervention.from_dict(json.dumps(simple_spec(e, d).to_dict()))),
+        # JSON text is accepted: it must give the very spec back
+        lambda e, d: (lambda s: Result(Intervention.from_dict(json.dumps(s.to_dict())) == s, True))(simple_spec(e, d)),
         ("from_dict", "json", "dict"),
     ),
     M("roundtrip_equality", lambda e, d: roundtrip(simple_spec(e, d)), ("==",)),

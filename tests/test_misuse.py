@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from misuse_catalogue import CATALOGUE
 from misuse_support import FAMILIES6, Draw, Env, Misuse, Result
 
-ERRORS = (ValueError, TypeError, IndexError, KeyError, NotImplementedError, RuntimeError)
+ERRORS = (ValueError, TypeError, IndexError, KeyError, NotImplementedError, RuntimeError, OSError)
 FIX_VERBS = (
     "pass|use|call|give|fit|delete|load|move|compile|refit|remove|check|select|pick|set|lower|raise|convert|cast|add|"
     "drop|keep|build|apply|save|install|make|run|wrap|create|return|prepare|put|choose|reload|rebuild|replace|specify|"
-    "provide|resample|reduce|start|register|deploy|fix|shorten|split|restart|recompute"
+    "provide|resample|reduce|start|register|deploy|fix|shorten|split|restart|recompute|compute|tokenize|keep|write"
 )
 # a fix: an imperative right after ':', ';' or a sentence end (optionally "or"/"then"/"instead"), or "did you mean"
 FIX = re.compile(rf"(?:[:;]|[.?!]\s)\s*(?:(?:or|then|instead|either|e\.g\.|first|just),?\s+)?(?:{FIX_VERBS})\b", re.I)

@@ -115,7 +115,7 @@ def test_save_pretrained_reloads_model_and_processor(name: str, tmp_path) -> Non
 def test_an_unknown_model_name_lists_the_built_in_names() -> None:
     with pytest.raises(KeyError, match="no built-in model 'tiny-lava'.*Did you mean 'tiny-llava'.*toy-anygpt"):
         HookedMLLM.from_pretrained("tiny-lava")
-    with pytest.raises(OSError, match="not a local directory.*tiny-qwen2-vl.*toy-llava.*network"):
+    with pytest.raises(OSError, match="not a local directory.*toy-llava.*tiny-<family>.*network"):
         HookedMLLM.from_pretrained("no-such-org/no-such-model")
 
 
@@ -165,7 +165,7 @@ def test_two_wrappers_of_one_hf_model_share_the_running_state() -> None:
 def test_interventions_with_sources_still_run_their_source_forwards() -> None:
     p = pair_for("llava")
     spec = NeuronAblation(1, [3], mode="resample", source="clean")
-    flipped = {k: v.flip(0) for k, v in p.inputs.items()}
+    flipped = {**p.inputs, "pixel_values": -p.inputs["pixel_values"]}  # other images, the same layout
     with torch.no_grad():
         want = p.model.run_with_interventions(p.inputs, spec, sources={"clean": flipped})
         with p.model.interventions(spec, p.inputs, sources={"clean": flipped}):
@@ -206,7 +206,7 @@ def test_an_interventions_block_refuses_another_batch_of_the_same_shape() -> Non
 
 def test_a_spec_whose_sources_are_another_batch_is_refused_inside_a_block() -> None:
     p = pair_for("llava")
-    flipped = {k: v.flip(0) for k, v in p.inputs.items()}
+    flipped = {**p.inputs, "pixel_values": -p.inputs["pixel_values"]}  # other images, the same layout
     resample = NeuronAblation(1, [3], mode="resample", source="clean")
     with p.model.interventions(NeuronAblation(0, [1]), p.inputs):
         with pytest.raises(ValueError, match="block's hooks would edit its source runs"):

@@ -188,7 +188,7 @@ CONSTRUCTION = [
         ValueError,
         r"unknown fields \['comp'\]",
     ),
-    (lambda: Selector.from_dict({"selector": "Imag"}), ValueError, "unknown selector 'Imag'.*known: After.*Image"),
+    (lambda: Selector.from_dict({"selector": "Imag"}), ValueError, "unknown selector 'Imag'.*use one of After.*Image"),
     (lambda: Selector.from_dict({"selector": "Where"}), ValueError, "not serialisable"),
 ]
 

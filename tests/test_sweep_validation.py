@@ -169,7 +169,7 @@ def test_checkpoint_paths_that_are_directories_or_have_no_directory(tmp_path: Pa
 @pytest.mark.parametrize(
     "bad, match",
     [
-        (lambda logits: None, r"returned NoneType 'None': it must return a tensor or a number"),
+        (lambda logits: None, r"returned NoneType 'None': return a tensor or a number"),
         (lambda logits: "high", r"returned str 'high'"),
         (lambda logits: logits[:, -1], r"returned shape \(2, 56\): it must return a scalar or a 1-D vector"),
     ],

@@ -60,7 +60,9 @@ class NeuronMeans(ValueEq):
         layers = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
         bad = [l for l in layers if not 0 <= l < n]
         if bad:
-            raise IndexError(f"NeuronMeans.fit: layers {bad} out of range for a {n}-layer model (0..{n - 1}).")
+            raise IndexError(
+                f"NeuronMeans.fit: layers {bad} out of range for a {n}-layer model: pass layers within 0..{n - 1}."
+            )
         names = {l: f"blocks.{l}.{hook}" for l in layers}
         sums: dict[int, dict[str, Tensor]] = {l: {} for l in layers}
         counts: dict[int, dict[str, int]] = {l: {} for l in layers}
@@ -208,7 +210,7 @@ class NeuronAblation(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in MODES:
-            raise ValueError(f"NeuronAblation: mode {self.mode!r} is not one of {MODES}.")
+            raise ValueError(f"NeuronAblation: mode {self.mode!r} is not one of {MODES}: pass one of these.")
         if self.mode == "mean" and self.means is None:
             raise ValueError("mode='mean' needs means=NeuronMeans.fit(model, batches, layers).")
         if self.means is not None and not isinstance(self.means, NeuronMeans):
@@ -230,7 +232,10 @@ class NeuronAblation(Intervention):
         idx = torch.as_tensor(self.neurons, dtype=torch.long)
         if idx.numel() == 0 or (width is not None and (int(idx.max()) >= width or int(idx.min()) < -width)):
             limit = f"within 0..{width - 1}" if width is not None else "valid for the hook"
-            raise IndexError(f"NeuronAblation: neurons must be non-empty and {limit}, got {self.neurons}.")
+            raise IndexError(
+                f"NeuronAblation: neurons must be non-empty and {limit}, got {self.neurons}: "
+                "pass neuron indices of this hook's width (model.cfg.d_mlp for mlp.hook_post)."
+            )
         if width is None and int(idx.min()) < 0:
             raise IndexError(
                 f"NeuronAblation: this hook's width varies, so give neurons counted from 0, not {self.neurons}."
@@ -295,8 +300,8 @@ def _neuron_list(neurons: Any) -> list[int] | None:
     items = [neurons] if is_int(neurons) else neurons
     if not isinstance(items, (list, tuple, range)) or not all(map(is_int, items)):
         raise TypeError(
-            f"NeuronAblation: neurons must be None (all) or a list of int indices, got {neurons!r:.60} "
-            "(for a bool mask: mask.nonzero().flatten().tolist())."
+            f"NeuronAblation: neurons must be None (all) or a list of int indices, got {neurons!r:.60}: "
+            "pass int indices (for a bool mask: mask.nonzero().flatten().tolist())."
         )
     if len(items) == 0:
         raise ValueError("NeuronAblation: neurons=[] selects no neuron; give neuron indices, or None for all.")

@@ -108,7 +108,7 @@ def check_layers(layers: Any, what: str) -> int | list[int] | None:
             raise ValueError(f"{what}: layers=[] selects no layer: give layer indices, or layers=None for all layers.")
     raise TypeError(
         f"{what}: layers must be None (all layers), an int, or a list / range of ints, got {layers!r}: "
-        f"e.g. layers=3, layers=[2, 3] or layers=range(0, 4) (one flat list of layer indices)."
+        f"pass e.g. layers=3, layers=[2, 3] or layers=range(0, 4) (one flat list of layer indices)."
     )
 
 
@@ -201,7 +201,10 @@ class Context:
         out = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
         bad = [l for l in out if not -n <= l < n]
         if bad:
-            raise IndexError(f"{what}: layers {bad} out of range for a {n}-layer model (0..{n - 1}).")
+            raise IndexError(
+                f"{what}: layers {bad} out of range for a {n}-layer model: "
+                f"pass layers within 0..{n - 1} (negative ones count from the end, down to {-n})."
+            )
         out = [l % n for l in out]
         if len(set(out)) != len(out):
             raise ValueError(

@@ -51,7 +51,7 @@ class AttentionKnockout(Intervention):
             if bad or not self.heads:
                 raise IndexError(
                     f"AttentionKnockout: heads {self.heads} must be a non-empty list within 0..{n_heads - 1} "
-                    "(heads=None knocks out every head)."
+                    "(heads=None knocks out every head): pass head indices in that range."
                 )
             on = torch.zeros(n_heads, dtype=torch.bool, device=block.device)
             on[list(self.heads)] = True

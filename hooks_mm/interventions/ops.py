@@ -39,7 +39,8 @@ def check_shape(x, shape, pos_dim=1):
         raise ValueError(
             f"activation shape {tuple(x.shape)} does not match the layout {tuple(shape)}: "
             "position-selected interventions apply to a full forward of the inputs they were "
-            "compiled for (not to KV-cached generation steps)."
+            "compiled for, not to KV-cached generation steps: run them with run_with_interventions on that "
+            "batch, or write a step-aware hook for generate with model.positions (see HookedMLLM.generate)."
         )
 
 

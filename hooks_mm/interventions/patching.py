@@ -57,13 +57,13 @@ class Patch(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.map not in MAPS:
-            raise ValueError(f"Patch: map {self.map!r} is not one of {MAPS}.")
+            raise ValueError(f"Patch: map {self.map!r} is not one of {MAPS}: pass one of these.")
         if not isinstance(self.component, str) or (
             self.component not in COMPONENTS and "hook" not in self.component.split(".")[-1]
         ):
             raise ValueError(
                 f"Patch: component {self.component!r} is not one of {sorted(COMPONENTS)} "
-                "(or a block hook name such as 'mlp.hook_post')."
+                "(or a block hook name such as 'mlp.hook_post'): pass one of these."
             )
         if not isinstance(self.source, str):
             raise TypeError(
@@ -78,7 +78,8 @@ class Patch(Intervention):
         if src_layout.shape[0] != ctx.layout.shape[0]:
             raise ValueError(
                 f"Patch: source {self.source!r} has {src_layout.shape[0]} rows, this run "
-                f"{ctx.layout.shape[0]}: row b of the source patches row b of the target."
+                f"{ctx.layout.shape[0]} (row b of the source patches row b of the target): pass a source batch "
+                "with one row per row of this batch."
             )
         tgt = ctx.mask(self.positions, "Patch target")
         src_sel = self.source_positions if self.source_positions is not None else self.positions

@@ -36,7 +36,9 @@ class Skip(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.component not in SKIPPABLE:
-            raise ValueError(f"Skip: component {self.component!r} is not one of {sorted(SKIPPABLE)}.")
+            raise ValueError(
+                f"Skip: component {self.component!r} is not one of {sorted(SKIPPABLE)}: pass one of these."
+            )
 
     def edits(self, ctx: Context) -> list[Edit]:
         mask = ctx.mask(self.positions, "Skip")

@@ -44,8 +44,8 @@ class Steer(Intervention):
         if not ok or len(v) == 0:
             raise TypeError(
                 f"Steer: vector must be a non-empty list or 1-D tensor of numbers (the direction to add), got "
-                f"{v!r:.60}. The arguments are Steer(layers, vector, positions, scale, hook): "
-                "e.g. Steer(layers=3, vector=v.tolist(), scale=1.0)."
+                f"{v!r:.60}: pass the direction as vector= (the arguments are Steer(layers, vector, positions, scale, "
+                "hook), e.g. Steer(layers=3, vector=v.tolist(), scale=1.0))."
             )
         if isinstance(v, tuple):
             self.vector = list(v)

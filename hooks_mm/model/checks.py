@@ -78,6 +78,7 @@ def check_inputs(adapter: Any, hf_model: Any, inputs: dict[str, Any]) -> None:
         media |= mask
     check_vocab(hf_model, ids, media)
     check_media(inputs, ids.shape[0])
+    check_image_size(hf_model.config, inputs)
     for medium, mask in masks.items():
         keys = [k for k in MEDIA_KEYS[medium] if k in params]
         n = int(mask.sum())
@@ -141,6 +142,24 @@ def check_vocab(hf_model: Any, ids: Tensor, media: Tensor) -> None:
             f"(0..{size - 1 if size is not None else '?'}): the ids come from another tokenizer; "
             "tokenize with this model's processor (model.to_inputs)."
         )
+
+
+# vision towers whose position embeddings fix the input size (no interpolation unless asked for)
+FIXED_SIZE_TOWERS = ("siglip_vision_model", "clip_vision_model")
+
+
+def check_image_size(config: Any, inputs: dict[str, Any]) -> None:
+    """[n, c, h, w] pixels of another size than a fixed-size vision tower takes (SigLIP would crash, unclearly)."""
+    vision, pixels = getattr(config, "vision_config", None), inputs.get("pixel_values")
+    size = getattr(vision, "image_size", None)
+    if getattr(vision, "model_type", None) not in FIXED_SIZE_TOWERS or not isinstance(size, int):
+        return
+    if torch.is_tensor(pixels) and pixels.dim() == 4 and tuple(pixels.shape[-2:]) != (size, size):
+        if not inputs.get("interpolate_pos_encoding"):
+            raise ValueError(
+                f"pixel_values are {tuple(pixels.shape[-2:])} images but this vision tower takes {size} x {size}: "
+                "pass the processor's output (model.to_inputs(text, images=...)), which resizes them."
+            )
 
 
 def check_media(inputs: dict[str, Any], batch: int) -> None:
@@ -207,3 +226,20 @@ def check_return_type(return_type: Any, inputs: dict[str, Any]) -> None:
 
 
 RETURN_TYPES = ("logits", "loss", "output", None)
+
+
+def check_hook_list(hooks: Any, what: str) -> list:
+    """``hooks`` as a list of ``(hook name or name filter, fn)`` pairs; a clear error for anything else."""
+    pairs = list(hooks) if isinstance(hooks, (list, tuple)) else None
+    if pairs is not None and len(pairs) == 2 and isinstance(pairs[0], str) and callable(pairs[1]):
+        raise TypeError(f"{what} got one pair {(pairs[0], pairs[1])!r:.80}: pass a list of pairs, [(name, fn)].")
+    bad = pairs is None or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and (isinstance(p[0], str) or callable(p[0])) and callable(p[1])
+        for p in pairs
+    )
+    if bad:
+        raise TypeError(
+            f"{what} must be a list of (hook name or name filter, fn(tensor, hook)) pairs, got {hooks!r:.80}: "
+            "pass e.g. [('blocks.0.hook_resid_post', fn)]."
+        )
+    return pairs

@@ -37,7 +37,14 @@ from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
 from hooks_mm.layout import ModalityLayout
 from hooks_mm.model.batch import Batch, layout_of
-from hooks_mm.model.checks import MEDIA_KEYS, check_inputs, check_left_padded, check_return_type, same_inputs
+from hooks_mm.model.checks import (
+    MEDIA_KEYS,
+    check_hook_list,
+    check_inputs,
+    check_left_padded,
+    check_return_type,
+    same_inputs,
+)
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
@@ -241,6 +248,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             return last[1]
         check_inputs(self.adapter, self.hf_model, raw)
         model_in = dict(raw)
+        if raw.get("input_ids") is not None and raw["input_ids"].dtype != torch.long:
+            model_in["input_ids"] = raw["input_ids"].long()  # int32 ids are valid; some HF forwards need int64
         for k in (k for keys in MEDIA_KEYS.values() for k in keys if torch.is_tensor(raw.get(k))):
             model_in[k] = raw[k].to(self.cfg.dtype)  # as HF casts pixels to its vision tower's dtype
         batch = Batch(model_in, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor, self)
@@ -439,6 +448,11 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         if callable(names_filter):
             return [n for n in self.hook_dict if names_filter(n)]
         return [self.hook_name(n) for n in names_filter]
+
+    def hooks(self, fwd_hooks: HookList = (), bwd_hooks: HookList = (), *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens's context manager of temporary hooks; each list is checked first."""
+        fwd, bwd = check_hook_list(fwd_hooks, "fwd_hooks"), check_hook_list(bwd_hooks, "bwd_hooks")
+        return super().hooks(fwd, bwd, *args, **kwargs)
 
     def add_hook(self, name: Any, hook: Callable, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if isinstance(name, str):

@@ -69,7 +69,9 @@ def to_inputs(
         )
     texts = [text] if isinstance(text, str) else list(text)
     if not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"to_inputs needs one prompt string or a non-empty list of strings, got {text!r}.")
+        raise ValueError(
+            f"to_inputs needs one prompt string or a non-empty list of strings, got {text!r}: pass at least one prompt."
+        )
     if chat is None:  # the template the model was trained with, unless the text already carries it
         markers = template_markers(processor) if getattr(processor, "chat_template", None) else None
         chat = markers is not None and not any(m in t for m in markers for t in texts)

@@ -55,12 +55,15 @@ def load(name_or_path: str, processor: Any | bool = True, **hf_kwargs: Any) -> t
     except (OSError, ValueError) as e:
         if os.path.isdir(path):
             raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        names = builtin_names()
+        tiny = sorted(n[5:] for n in names if n.startswith("tiny-"))
+        other = [n for n in names if not n.startswith("tiny-")]
         raise OSError(
-            f"cannot load {name_or_path!r}: it is not a local directory with a config.json, nor a built-in "
-            f"name ({', '.join(builtin_names())}), and as a hub id it failed ({reason}). Hub ids (owner/name) "
-            "need the network (unset HF_HUB_OFFLINE) or the model in the HF cache; a local directory must hold "
-            "config.json."
+            f"cannot load {name_or_path!r}: it is not a local directory with a config.json nor a built-in name, and "
+            f"as a hub id it failed ({reason}). Use a built-in name ({', '.join(other)}, or tiny-<family> for "
+            f"{len(tiny)} families: {', '.join(tiny[:6])}, ...; hooks_mm.zoo.builtin_names() lists them), a local "
+            "directory holding config.json, or a hub id with the network on (unset HF_HUB_OFFLINE)."
         ) from e
     arch = (config.architectures or [None])[0]
     if arch is None:

@@ -42,6 +42,15 @@ class WrappedModule(nn.Module):
         self.__dict__["_last_batch"] = None  # a remembered batch is on the old device / dtype
         return self
 
+    def cuda(self, device: Any = None) -> Any:
+        """Move to a CUDA device; a clear error where torch has none (torch's own is an AssertionError)."""
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"model.cuda(): no CUDA device is available to this torch ({torch.__version__}): keep the model on "
+                "the CPU, or install a CUDA build of torch on a machine with a GPU (see the README)."
+            )
+        return super().cuda(device)
+
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True) -> Iterator:
         """The HF model's parameters under its own names (the hook points have none)."""
         return self.hf_model.named_parameters(prefix, recurse, remove_duplicate)

@@ -125,6 +125,12 @@ class NNsightBackend:
             from nnsight.modeling.transformers import TransformersModel
 
             proc = model.processor
+            if proc is None:
+                raise ValueError(
+                    "the nnsight path needs the model's processor or tokenizer (nnsight wraps the model in a "
+                    "transformers pipeline), and this HookedMLLM has none: wrap it as HookedMLLM(hf_model, processor) "
+                    "or load it with HookedMLLM.from_pretrained(dir) from a directory holding the processor."
+                )
             key = "processor" if model.adapter.image_mask is not None and hasattr(proc, "tokenizer") else "tokenizer"
             task = "image-text-to-text" if key == "processor" else "text-generation"
             lm = TransformersModel(model.hf_model, task=task, **{key: proc})

@@ -81,13 +81,13 @@ def check_value(out: Any, metric: Any, shape: torch.Size | None) -> Tensor:
         v = torch.as_tensor(out).detach().float().cpu()
     except (TypeError, RuntimeError, ValueError) as e:
         raise TypeError(
-            f"the metric {name} returned {type(out).__name__} {str(out)[:60]!r}: it must return a tensor or a "
+            f"the metric {name} returned {type(out).__name__} {str(out)[:60]!r}: return a tensor or a "
             "number, a scalar or a 1-D vector (e.g. `return logits[:, -1].log_softmax(-1)[:, tok].mean()`)."
         ) from e
     if v.dim() > 1:
         raise ValueError(
             f"the metric {name} returned shape {tuple(v.shape)}: it must return a scalar or a 1-D vector "
-            "(e.g. one value per answer), reduced over the batch and positions."
+            "(e.g. one value per answer): reduce it over the batch and positions."
         )
     if shape is not None and v.shape != shape:
         raise ValueError(
