@@ -234,6 +234,18 @@ def test_analysis_inputs_that_gave_empty_or_nan_results_are_refused() -> None:
         drift(torch.randn(2, 3, 4), 3)
 
 
+def test_lape_and_top_difference_refuse_rates_outside_their_range() -> None:
+    p = pair_for("llava")
+    probs = activation_probabilities(p.model, [p.inputs], layers=[1])
+    for kwargs in ({"top_rate": 0.0}, {"top_rate": 1.5}, {"filter_rate": -0.1}, {"activation_bar": 95}):
+        with pytest.raises(ValueError, match=r"is a fraction: pass a value in \(0, 1\]"):
+            lape(probs, **kwargs)
+    assert lape(probs, top_rate=1.0).selected  # the whole range is accepted
+    for bad in (0, -1, 150):
+        with pytest.raises(ValueError, match=r"is a percentage: pass a value in \(0, 100\]"):
+            top_difference(probs, bad)
+
+
 def test_masking_matrix_perplexity_is_over_all_tokens_of_unequal_batches() -> None:
     p = pair_for("anygpt")
     rows = p.inputs["input_ids"].shape[0]

@@ -106,6 +106,9 @@ def lape(
     """LAPE: the lowest-entropy ``top_rate`` of neurons whose max probability passes the
     ``filter_rate`` quantile; a selected neuron is specific to every modality where its
     probability passes the ``activation_bar`` quantile (defaults: 0.95, 0.01, 0.95)."""
+    for name, rate in (("filter_rate", filter_rate), ("top_rate", top_rate), ("activation_bar", activation_bar)):
+        if not 0 < rate <= 1:
+            raise ValueError(f"lape: {name}={rate} is a fraction: pass a value in (0, 1] (e.g. top_rate=0.01 for 1%).")
     p = probs.probs.double()
     q = p / p.sum(-1, keepdim=True)
     entropy = -(q * torch.log(q)).nan_to_num(0.0).sum(-1)
@@ -124,6 +127,8 @@ def lape(
 
 def top_difference(probs: ActivationProbabilities, top_percent: float = 1.0) -> dict[str, list[tuple[int, int]]]:
     """Per modality, the top ``top_percent`` % of neurons by ``p[m] - max_{m' != m} p[m']``."""
+    if not 0 < top_percent <= 100:
+        raise ValueError(f"top_difference: top_percent={top_percent} is a percentage: pass a value in (0, 100].")
     p = probs.probs
     d = p.shape[1]
     k = max(1, round(p[..., 0].numel() * top_percent / 100))

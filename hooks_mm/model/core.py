@@ -285,7 +285,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         """Run the HF model with the hook points live.
 
         ``inputs``: a Batch, a dict of model inputs (from ``to_inputs`` or a processor), a
-        tensor of input_ids, or text. ``return_type``: "logits" (default), "loss" (pass
+        tensor of input_ids, or text (tokenised as is, like TransformerLens: no chat template; use
+        ``to_inputs`` for that). ``return_type``: "logits" (default), "loss" (pass
         ``labels``), "output" (the HF output object) or None. ``stop_at_layer=l`` stops before
         block ``l`` and returns the residual stream there.
         """
