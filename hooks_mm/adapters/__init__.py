@@ -5,7 +5,16 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, MediaPlan, config_get, grid_plan, square_side, token_id_mask
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    MediaPlan,
+    check_backbone,
+    config_get,
+    grid_plan,
+    square_side,
+    token_id_mask,
+)
 
 ADAPTERS: dict[str, Adapter] = {}
 # architectures whose HF class covers several layouts: config -> Adapter
@@ -53,6 +62,7 @@ __all__ = [
     "MediaPlan",
     "adapter_for",
     "adapter_for_names",
+    "check_backbone",
     "config_get",
     "grid_plan",
     "register",

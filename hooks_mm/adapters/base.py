@@ -236,3 +236,53 @@ def softcap_logits(hf_model: Any, logits: Tensor) -> Tensor:
     """``cap * tanh(logits / cap)`` with the text config's ``final_logit_softcapping`` (when set)."""
     cap = config_get(hf_model.config, "final_logit_softcapping")
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+# text-config fields that scale what a block adds to the residual, the embedding or the logits
+# (Granite, MiniCPM): a Llama-like table would put attn_out / mlp_out / hook_embed off by that factor
+MULTIPLIERS = ("residual_multiplier", "embedding_multiplier", "logits_scaling", "scale_depth", "scale_emb")
+
+
+def check_backbone(adapter: Adapter, layer: Any, text_config: Any) -> None:
+    """Refuse a decoder block the adapter's table does not describe, before any hook point is named.
+
+    The same wrapper (LLaVA, ...) sits over many backbones; a block with fused projections
+    (Phi-3 ``qkv_proj``), post-norms (OLMo-2), sandwich norms (Gemma-2) or residual
+    multipliers (Granite) would give hook points that are missing or silently not what is
+    added to the residual stream.
+    """
+    a = adapter
+    paths = [a.attn, f"{a.attn}.{a.q}", f"{a.attn}.{a.k}", f"{a.attn}.{a.v}", f"{a.attn}.{a.o}", a.ln1, a.ln2]
+    paths += [a.mlp, f"{a.mlp}.{a.up}", f"{a.mlp}.{a.down}", *([f"{a.mlp}.{a.gate}"] if a.gate else [])]
+    paths += [p for p in (a.attn_out, a.mlp_out) if p]
+    missing = [p for p in paths if not _has(layer, p)]
+    problems = [f"no module {', '.join(missing)}"] if missing else []
+    children = {name for name, _ in layer.named_children()}
+    if "pre_feedforward_layernorm" in children and a.ln2 != "pre_feedforward_layernorm":
+        problems.append("sandwich norms (pre_/post_feedforward_layernorm) the table does not name")
+    elif "post_feedforward_layernorm" in children and a.mlp_out != "post_feedforward_layernorm":
+        problems.append("a norm after the MLP (post_feedforward_layernorm) the table does not name")
+    scaled = {m: getattr(text_config, m) for m in MULTIPLIERS if getattr(text_config, m, None) not in (None, 1, 1.0)}
+    if not problems and not scaled:
+        return
+    kind = getattr(text_config, "model_type", None) or type(layer).__name__
+    fix = (
+        "Register an Adapter whose paths match this block (hooks_mm.adapters.register) to use it."
+        if problems
+        else "Use a checkpoint over another backbone: an adapter table has no field for these multipliers yet."
+    )
+    if scaled:
+        problems.append(f"residual / embedding / logit multipliers {scaled}")
+    raise NotImplementedError(
+        f"the {a.name} adapter's table describes a Llama-like decoder block, but this model's language "
+        f"backbone ({kind}, {type(layer).__name__} with {', '.join(sorted(children))}) has "
+        f"{'; '.join(problems)}: its hook points would be missing or not what is added to the residual stream. {fix}"
+    )
+
+
+def _has(module: Any, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False

@@ -32,7 +32,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 from transformers import PreTrainedModel
 
-from hooks_mm.adapters import Adapter, adapter_for
+from hooks_mm.adapters import Adapter, adapter_for, check_backbone
 from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
 from hooks_mm.layout import ModalityLayout
@@ -98,11 +98,12 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         self.__dict__["decoder_layers"] = layers
         n = len(layers)
         cross = set(adapter.cross_attn_layers(config)) if adapter.cross_attn_layers else set()
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        check_backbone(adapter, layers[min(set(range(len(layers))) - cross)], text_config)
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
         self.__dict__["_attn"] = [
             layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
         ]
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         where = (
             {"model"}
             | ({"projector"} if adapter.projector else set())
