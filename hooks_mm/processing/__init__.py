@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,6 +80,9 @@ def load_processor(path: str) -> Any | None:
 # processor classes of model types that AutoProcessor does not map
 PROCESSORS = {"qwen2_5_omni_thinker": "Qwen2_5OmniProcessor"}
 FEATURE_EXTRACTOR_DIR = "feature_extractor"  # beside an image processor (both use preprocessor_config.json)
+# a FramewiseVideoProcessor (not an HF class): its frame rate, and its image processor when not the processor's own
+FRAMEWISE_FILE, FRAMEWISE_DIR = "hooks_mm_framewise_video.json", "framewise_video"
+OPTIONS_FILE = "hooks_mm_processor_options.json"  # constructor options of a processor saved as its parts
 
 
 def _feature_extractor(path: str) -> Any | None:
@@ -107,21 +111,55 @@ def _without_video(path: str) -> Any | None:
     parts: dict[str, Any] = {"image_processor": image_processor, "tokenizer": tokenizer, "video_processor": None}
     if "feature_extractor" in cls.get_attributes():
         parts["feature_extractor"] = _feature_extractor(path)
+    options = {}
+    if os.path.isfile(os.path.join(path, OPTIONS_FILE)):
+        with open(os.path.join(path, OPTIONS_FILE)) as f:
+            options = json.load(f)
     with allow_missing_video_processor():
-        processor = cls(**parts, chat_template=getattr(tokenizer, "chat_template", None))
+        processor = cls(**parts, chat_template=getattr(tokenizer, "chat_template", None), **options)
     if all(hasattr(image_processor, k) for k in ("patch_size", "merge_size", "temporal_patch_size")):
         processor.video_processor = QwenVideoProcessorPil(image_processor)
+    framewise = os.path.join(path, FRAMEWISE_FILE)
+    if os.path.isfile(framewise):  # a frame-by-frame video processor saved by save_processor
+        from hooks_mm.media import FramewiseVideoProcessor
+
+        with open(framewise) as f:
+            spec = json.load(f)
+        frames = image_processor if spec["same_image_processor"] else _pil_image_processor(path, FRAMEWISE_DIR)
+        processor.video_processor = FramewiseVideoProcessor(frames, fps=spec["fps"])
     return processor
+
+
+def processor_options(processor: Any) -> dict[str, Any]:
+    """The processor's own constructor options (patch size, image-token counts...), not its parts."""
+    import inspect
+
+    skip = {"self", "chat_template", "kwargs", "args", *processor.get_attributes()}
+    names = [n for n in inspect.signature(type(processor).__init__).parameters if n not in skip]
+    values = {n: getattr(processor, n) for n in names if hasattr(processor, n)}
+    return {n: v for n, v in values.items() if isinstance(v, (int, float, str, bool, type(None), list))}
+
+
+def _pil_image_processor(path: str, sub: str) -> Any:
+    return AutoImageProcessor.from_pretrained(os.path.join(path, sub), backend="pil")
 
 
 def save_processor(processor: Any, path: str) -> None:
     """``processor.save_pretrained(path)``; without an HF video processor, its parts."""
-    from hooks_mm.media import QwenVideoProcessorPil
+    from hooks_mm.media import FramewiseVideoProcessor, QwenVideoProcessorPil
 
     video = getattr(processor, "video_processor", "absent")
-    if video is None or isinstance(video, QwenVideoProcessorPil):
+    if video is None or isinstance(video, (QwenVideoProcessorPil, FramewiseVideoProcessor)):
         processor.tokenizer.save_pretrained(path)
         processor.image_processor.save_pretrained(path)
+        with open(os.path.join(path, OPTIONS_FILE), "w") as f:
+            json.dump(processor_options(processor), f)
+        if isinstance(video, FramewiseVideoProcessor):
+            same = video.image_processor is processor.image_processor
+            if not same:
+                video.image_processor.save_pretrained(os.path.join(path, FRAMEWISE_DIR))
+            with open(os.path.join(path, FRAMEWISE_FILE), "w") as f:
+                json.dump({"fps": video.fps, "same_image_processor": same}, f)
         if getattr(processor, "feature_extractor", None) is not None:
             processor.feature_extractor.save_pretrained(os.path.join(path, FEATURE_EXTRACTOR_DIR))
     else:
