@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
 import re
@@ -31,6 +32,9 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from coverage_shrink import mrope_default, shrink, sub_configs  # noqa: E402  (scripts/coverage_shrink.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -44,22 +48,6 @@ MAPPINGS = (
 TIME_LIMIT = 60  # seconds per class
 MAX_PARAMS = 50_000_000
 TOL = 1e-5
-# every size field found in a config (or sub-config) is shrunk to at most this; uniform values keep
-# tower-to-projector-to-LM widths consistent
-SIZES = {
-    **dict.fromkeys(("hidden_size", "embed_dim", "d_model", "out_hidden_size", "projection_dim"), 64),
-    **dict.fromkeys(("text_hidden_size", "vision_hidden_size", "mm_hidden_size", "output_dim"), 64),
-    **dict.fromkeys(("intermediate_size", "encoder_ffn_dim", "decoder_ffn_dim", "ffn_dim"), 128),
-    **dict.fromkeys(("moe_intermediate_size", "shared_expert_intermediate_size"), 32),
-    **dict.fromkeys(("num_attention_heads", "num_heads", "encoder_attention_heads", "decoder_attention_heads"), 4),
-    **dict.fromkeys(("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers"), 4),
-    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts"), 4),
-    **dict.fromkeys(("head_dim", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"), 16),
-    **dict.fromkeys(("kv_lora_rank", "q_lora_rank"), 32),
-    "num_key_value_heads": 2,
-    "num_experts_per_tok": 2,
-}
-LAYER_COUNTS = ("num_hidden_layers", "depth", "num_layers", "encoder_layers", "decoder_layers")
 
 
 def mapping_classes() -> dict[str, str]:
@@ -72,76 +60,6 @@ def mapping_classes() -> dict[str, str]:
             for name in names if isinstance(names, (list, tuple)) else (names,):
                 found.setdefault(name, model_type)
     return dict(sorted(found.items()))
-
-
-# ---------------------------------------------------------------- config shrinking
-
-
-def sub_configs(config: Any) -> list[Any]:
-    from transformers import PretrainedConfig
-
-    return [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]
-
-
-def shrink(config: Any, mrope_default: list[int] | None = None, seen: set[int] | None = None) -> None:
-    """Shrink every size field of ``config`` and its sub-configs in place (vocab and token ids kept).
-
-    ``mrope_default``: the M-RoPE sections the modeling code assumes when the config names none.
-    A sub-config or rope dict shared by two configs is shrunk once.
-    """
-    seen = set() if seen is None else seen
-    if id(config) in seen:
-        return
-    seen.add(id(config))
-    old_n = {k: field(config, k) for k in LAYER_COUNTS if isinstance(field(config, k), int)}
-    heads, hidden = field(config, "num_attention_heads"), field(config, "hidden_size")
-    old_head = field(config, "head_dim") or (hidden // heads if isinstance(hidden, int) and heads else None)
-    for key, small in SIZES.items():
-        value = field(config, key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > small:
-            try:
-                setattr(config, key, small)
-            except AttributeError:  # a derived property
-                pass
-    kv, heads = field(config, "num_key_value_heads"), field(config, "num_attention_heads")
-    if isinstance(kv, int) and isinstance(heads, int) and kv > heads:
-        config.num_key_value_heads = heads
-    for key, n in old_n.items():  # per-layer lists and layer indices follow the new layer count
-        new = field(config, key)
-        for attr, value in list(vars(config).items()):
-            if not isinstance(value, list) or "layer" not in attr or n == new:
-                continue
-            if len(value) == n:
-                setattr(config, attr, value[:new])
-            elif value and all(isinstance(v, int) and 0 <= v < n for v in value) and any(v >= new for v in value):
-                mapped = sorted({min(v * new // n, new - 1) for v in value})
-                setattr(config, attr, mapped[: max(1, len(value) * new // n)])
-    heads = field(config, "num_attention_heads")
-    new_head = field(config, "head_dim") or (field(config, "hidden_size") // heads if heads else None)
-    for rope in (field(config, "rope_parameters"), field(config, "rope_scaling")):
-        if not isinstance(rope, dict) or id(rope) in seen:
-            continue
-        seen.add(id(rope))
-        section = rope.get("mrope_section", mrope_default)
-        if section and old_head and new_head and old_head != new_head:
-            rope["mrope_section"] = scale_section(section, sum(section) * new_head // old_head)
-    for sub in sub_configs(config):
-        shrink(sub, mrope_default, seen)
-
-
-def field(config: Any, key: str) -> Any:
-    """``config.key``, or None where it is absent or only defined per layer."""
-    try:
-        return getattr(config, key, None)
-    except Exception:  # noqa: BLE001 - e.g. AmbiguousGlobalPerLayerAttributeError
-        return None
-
-
-def scale_section(section: list[int], total: int) -> list[int]:
-    """``section`` rescaled to sum to ``total`` (M-RoPE sections follow the rotary half-width)."""
-    out = [max(1, s * total // sum(section)) for s in section]
-    out[0] += total - sum(out)
-    return out
 
 
 # ---------------------------------------------------------------- one class
@@ -184,23 +102,12 @@ def encoder_decoder(config: Any, name: str) -> bool:
 
 
 def model_class(name: str, model_type: str) -> Any:
-    import importlib
-
     import transformers
     from transformers.models.auto.configuration_auto import model_type_to_module_name
 
     if hasattr(transformers, name):
         return getattr(transformers, name)
     return getattr(importlib.import_module(f"transformers.models.{model_type_to_module_name(model_type)}"), name)
-
-
-def mrope_default(cls: Any) -> list[int] | None:
-    """The M-RoPE sections a modeling file falls back to (``.get("mrope_section", [16, 24, 24])``), if any."""
-    import inspect
-
-    source = inspect.getsource(sys.modules[cls.__module__])
-    m = re.search(r"get\(\s*\"mrope_section\",\s*\[([\d, ]+)\]", source)
-    return [int(x) for x in m.group(1).split(",")] if m else None
 
 
 def text_ids(config: Any, n: int = 8) -> Any:
@@ -230,7 +137,6 @@ def first_clause(message: str) -> str:
 
 def check(name: str, model_type: str) -> dict[str, Any]:
     """Build, wrap and smoke-check one class; the result row."""
-    import torch
     from transformers import CONFIG_MAPPING
 
     row: dict[str, Any] = {"class": name, "model_type": model_type, "family": "", "backbone": "", "modalities": []}
@@ -241,23 +147,79 @@ def check(name: str, model_type: str) -> dict[str, Any]:
     row.update(describe(config, name))
     if encoder_decoder(config, name):
         return {**row, "status": "not decoder-only"}
+    status = ""
+    for keep_head in (False, True):  # per-head width shrunk first; kept (M-RoPE sections, MLA ranks) if that fails
+        status, extra = tiny_status(name, model_type, keep_head)
+        if not status.startswith("not built here"):
+            break
+    row.update(extra)
+    failed = status.startswith(("not built here", "accepted, then fails"))
+    return zoo_fallback(row, status) if failed else {**row, "status": status}
+
+
+def tiny_status(name: str, model_type: str, keep_head: bool) -> tuple[str, dict[str, Any]]:
+    """Build the shrunk default config of a class and check it: (status, parameter count and structure)."""
+    import torch
+    from transformers import CONFIG_MAPPING
+
     try:
+        config = CONFIG_MAPPING[model_type]()
         cls = model_class(name, model_type)
-        shrink(config, mrope_default(cls))
+        shrink(config, mrope_default(cls, config), keep_head=keep_head)
         with torch.device("meta"):
             n_params = sum(p.numel() for p in cls(copy.deepcopy(config)).parameters())
         if n_params > MAX_PARAMS:
-            return zoo_fallback(row, f"not built here: {n_params / 1e6:.0f}M parameters after shrinking")
+            return f"not built here: {n_params / 1e6:.0f}M parameters after shrinking", {"params": n_params}
         torch.manual_seed(0)
         bare = cls(config).eval()
     except Exception as e:  # noqa: BLE001
         if os.environ.get("COVERAGE_TRACE"):
             traceback.print_exc()
-        return zoo_fallback(row, f"not built here: {one_line(e)}")
-    row["params"] = n_params
+        return f"not built here: {default_builds(name, model_type)}{one_line(e)}", {}
     status = conformance(bare, text_ids(config))
-    failed = status.startswith(("not built here", "accepted, then fails"))
-    return zoo_fallback(row, status) if failed else {**row, "status": status}
+    return status, {"params": n_params, **(structure(bare) if status.startswith("refused") else {})}
+
+
+def structure(bare: Any) -> dict[str, Any]:
+    """What a wrapper table would need, as far as it can be found (JSON only): the decoder layers' path,
+    the placeholder-id fields of the config, projector-like modules, and whether hooks_mm's Llama-like
+    block table (LLaVA's) describes the first decoder layer (``llama_like_block``: True, or the reason not)."""
+    from torch import nn
+
+    from hooks_mm.adapters import ADAPTERS, check_backbone
+
+    stacks = [n for n, m in bare.named_modules() if isinstance(m, nn.ModuleList) and n.endswith("layers") and len(m)]
+    text_stacks = [n for n in stacks if "language_model" in n or n.startswith(("model.layers", "layers"))]
+    out: dict[str, Any] = {"layers": text_stacks[0] if text_stacks else None}
+    out["placeholders"] = sorted(
+        k
+        for c in [bare.config, *sub_configs(bare.config)]
+        for k, v in vars(c).items()
+        if re.search(r"(image|video|audio|media).*_(id|index)$", k) and isinstance(v, int)
+    )
+    marks = ("projector", "merger", "connector", "aligner", "adapter", "mm_proj")
+    out["projectors"] = [n for n, _ in bare.named_modules() if n.rsplit(".", 1)[-1].lower().startswith(marks)][:3]
+    if out["layers"]:
+        layer = bare.get_submodule(out["layers"])[0]
+        try:
+            check_backbone(ADAPTERS["LlavaForConditionalGeneration"], layer, bare.config.get_text_config(decoder=True))
+            out["llama_like_block"] = True
+        except NotImplementedError as e:
+            out["llama_like_block"] = first_clause(str(e))
+    return out
+
+
+def default_builds(name: str, model_type: str) -> str:
+    """ "" if the full-size default config builds (on the meta device), else a prefix saying it does not."""
+    import torch
+    from transformers import CONFIG_MAPPING
+
+    try:
+        with torch.device("meta"):
+            model_class(name, model_type)(CONFIG_MAPPING[model_type]())
+    except Exception:  # noqa: BLE001
+        return "its default config does not build either: "
+    return ""
 
 
 def zoo_fallback(row: dict[str, Any], status: str) -> dict[str, Any]:
@@ -285,8 +247,11 @@ def one_line(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def conformance(bare: Any, ids: Any) -> str:
-    """The status of a built model: wrapped and exact on the text path, refused, or what differs."""
+def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
+    """The status of a built model: wrapped and exact on the text path, refused, or what differs.
+
+    ``wrapped``: the HF model given to ``HookedMLLM`` (default: a copy of ``bare``).
+    """
     import torch
 
     from hooks_mm import HookedMLLM
@@ -297,7 +262,7 @@ def conformance(bare: Any, ids: Any) -> str:
         except Exception as e:  # noqa: BLE001
             return f"not built here: the bare model has no text-only forward ({one_line(e)})"
         try:
-            model = HookedMLLM(copy.deepcopy(bare))
+            model = HookedMLLM(copy.deepcopy(bare) if wrapped is None else wrapped)
         except NotImplementedError as e:
             return f"refused: {first_clause(str(e))}"
         except Exception as e:  # noqa: BLE001

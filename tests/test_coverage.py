@@ -1,19 +1,22 @@
 """The README's generated support table cannot go stale: it lists every multimodal class transformers has.
 
-Enumeration only (no model is built here): ``python scripts/coverage.py --readme`` builds and checks
-each class and regenerates the table.
+Enumeration only, plus one tiny LLaVA that shows the smoke check can fail; ``python scripts/coverage.py
+--readme`` builds and checks each class and regenerates the table.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from pathlib import Path
 
+import torch
 import transformers
 from transformers.models.auto import modeling_auto
 
 from hooks_mm.adapters import ADAPTERS
+from hooks_mm.zoo import build
 
 # scripts/coverage.py, loaded by path: the name `coverage` belongs to the coverage.py package
 _spec = importlib.util.spec_from_file_location(
@@ -74,3 +77,14 @@ def test_table_classes_parses_the_generated_block() -> None:
     text = f"intro\n{cov.readme_block(rows)}\nrest"
     assert cov.table_classes(text) == ["AForX", "BForX"]
     assert "2 classes: 1 exact, 1 refused, 0 not built here, 0 not decoder-only." in text
+
+
+def test_smoke_check_is_exact_on_llava_and_catches_a_wrong_model() -> None:
+    bare = build("llava").model.eval()
+    ids = cov.text_ids(bare.config)
+    assert cov.conformance(bare, ids) == "exact (text path)"
+    wrong = copy.deepcopy(bare)
+    with torch.no_grad():
+        wrong.model.language_model.layers[0].mlp.down_proj.weight.mul_(1.01)
+    status = cov.conformance(bare, ids, wrapped=wrong)
+    assert status.startswith("accepted but WRONG: no-hook logits differ"), status
