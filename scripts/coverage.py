@@ -183,13 +183,13 @@ def tiny_status(name: str, model_type: str, keep_head: bool) -> tuple[str, dict[
 def structure(bare: Any) -> dict[str, Any]:
     """What a wrapper table would need, as far as it can be found (JSON only): the decoder layers' path,
     the placeholder-id fields of the config, projector-like modules, and whether hooks_mm's Llama-like
-    block table (LLaVA's) describes the first decoder layer (``llama_like_block``: True, or the reason not)."""
+    block table (LLaVA's) describes every decoder layer (``llama_like_block``: True, or the reason not)."""
     from torch import nn
 
     from hooks_mm.adapters import ADAPTERS, check_backbone
 
     stacks = [n for n, m in bare.named_modules() if isinstance(m, nn.ModuleList) and n.endswith("layers") and len(m)]
-    text_stacks = [n for n in stacks if "language_model" in n or n.startswith(("model.layers", "layers"))]
+    text_stacks = [n for n in stacks if re.search(r"(language_model|text_model|^model)\.(model\.)?layers$", n)]
     out: dict[str, Any] = {"layers": text_stacks[0] if text_stacks else None}
     out["placeholders"] = sorted(
         k
@@ -198,14 +198,17 @@ def structure(bare: Any) -> dict[str, Any]:
         if re.search(r"(image|video|audio|media).*_(id|index)$", k) and isinstance(v, int)
     )
     marks = ("projector", "merger", "connector", "aligner", "adapter", "mm_proj")
-    out["projectors"] = [n for n, _ in bare.named_modules() if n.rsplit(".", 1)[-1].lower().startswith(marks)][:3]
+    names = [n for n, _ in bare.named_modules() if any(m in n.rsplit(".", 1)[-1].lower() for m in marks)]
+    out["projectors"] = [n for n in names if not any(n.startswith(f"{p}.") for p in names)][:3]  # outermost
     if out["layers"]:
-        layer = bare.get_submodule(out["layers"])[0]
-        try:
-            check_backbone(ADAPTERS["LlavaForConditionalGeneration"], layer, bare.config.get_text_config(decoder=True))
-            out["llama_like_block"] = True
-        except NotImplementedError as e:
-            out["llama_like_block"] = first_clause(str(e))
+        out["llama_like_block"] = True
+        text = bare.config.get_text_config(decoder=True)
+        for layer in bare.get_submodule(out["layers"]):  # every layer: MoE models often start with dense ones
+            try:
+                check_backbone(ADAPTERS["LlavaForConditionalGeneration"], layer, text)
+            except NotImplementedError as e:
+                out["llama_like_block"] = first_clause(str(e))
+                break
     return out
 
 
