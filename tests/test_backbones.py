@@ -305,7 +305,15 @@ def test_cohere_parallel_block_has_no_ln2_hook() -> None:
 @pytest.mark.parametrize(
     "config_class, extra, problem",
     [
-        ("Olmo2Config", {}, r"backbone 'olmo2' \(no row .*\).*no module input_layernorm"),
+        ("Olmo2Config", {}, r"backbone 'olmo2' \(no row .*\).*block 0 .*no module input_layernorm"),
+        ("MixtralConfig", {"num_local_experts": 4}, r"backbone 'mixtral' \(no row .*\).*no module mlp.gate_proj"),
+        ("Qwen3NextConfig", {}, r"backbone 'qwen3_next' \(no row .*\).*no module self_attn"),
+        # dense block 0, MoE block 1: every block is checked, not only the first
+        (
+            "Qwen3MoeConfig",
+            {"moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]},
+            r"backbone 'qwen3_moe' \(no row .*\).*block 1 .*no module mlp.gate_proj",
+        ),
         ("GraniteConfig", {"residual_multiplier": 0.22}, None),
         ("Gemma2Config", {"head_dim": 8}, None),
     ],
@@ -340,3 +348,38 @@ def test_adapter_block_fields_read_through_the_backbone() -> None:
     assert (adapter.ln2, adapter.mlp_out, adapter.q, adapter.gated) == ("pre_mlp_norm", "post_mlp_norm", "q_proj", True)
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         adapter.nonsense  # noqa: B018
+
+
+def test_llava_next_over_granite_is_exact() -> None:
+    """granite-vision's layout (LLaVA-NeXT over Granite): the backbone row composes with another wrapper."""
+    torch.manual_seed(0)
+    text = transformers.GraniteConfig(**SMALL, residual_multiplier=0.22, embedding_multiplier=12.0, logits_scaling=4.0)
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=16
+    )
+    config = transformers.LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_id=IMAGE_ID, image_grid_pinpoints=[[32, 32]]
+    )
+    bare = transformers.LlavaNextForConditionalGeneration(config).eval()
+    model = HookedMLLM(copy.deepcopy(bare))
+    assert model.adapter.name == "llava_next" and model.adapter.backbone is BACKBONES["granite"]
+    ids = torch.randint(1, 60, (2, 7), generator=torch.Generator().manual_seed(5))
+    logits, c = model.run_with_cache({"input_ids": ids})
+    with torch.no_grad():
+        out = bare(input_ids=ids, output_hidden_states=True)
+    assert torch.equal(model({"input_ids": ids}), out.logits)
+    for l in range(model.cfg.n_layers):
+        p = f"blocks.{l}."
+        torch.testing.assert_close(c[p + "hook_resid_mid"], c[p + "hook_resid_pre"] + c[p + "hook_attn_out"])
+        torch.testing.assert_close(c[p + "hook_resid_post"], c[p + "hook_resid_mid"] + c[p + "hook_mlp_out"])
+    torch.testing.assert_close(c["blocks.0.hook_resid_post"], out.hidden_states[1])
+    torch.testing.assert_close(c["blocks.0.hook_resid_pre"], 12.0 * c["hook_embed"])
+
+
+def test_wanda_overlap_reads_phi3_fused_linears() -> None:
+    """Weight analyses walk the row's linears: Phi-3 has qkv_proj and gate_up_proj, no q_proj / gate_proj."""
+    from hooks_mm.analysis import wanda_overlap
+
+    case = _CASES.get("phi3") or Case("phi3")
+    table = wanda_overlap(case.model, [case.inputs])
+    assert set(table.linear) == {"qkv", "o", "gate_up", "down"} and table.iou.between(0, 1).all()

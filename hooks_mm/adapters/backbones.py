@@ -159,12 +159,13 @@ def backbone_for(text_config: Any) -> Backbone:
     return BACKBONES.get(model_type(text_config), LLAMA)
 
 
-def check_backbone(adapter: Any, layer: Any, text_config: Any) -> None:
+def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None = None) -> None:
     """Refuse a decoder block its backbone row does not describe, before any hook point is named.
 
     A block with fused projections, post-norms, sandwich norms, a parallel layout or residual
     multipliers that its row does not name would give hook points that are missing or silently
-    not what is added to the residual stream.
+    not what is added to the residual stream. ``index``: the layer's number, for the message
+    (HookedMLLM checks every block: stacks can mix dense and MoE or attention and linear layers).
     """
     b: Backbone = adapter.backbone or backbone_for(text_config)
     kind = model_type(text_config)
@@ -188,7 +189,8 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any) -> None:
         return
     row = f"row {b.name!r}" if kind in BACKBONES else "no row in hooks_mm.adapters.BACKBONES, read as Llama-like"
     raise NotImplementedError(
-        f"the {adapter.name} wrapper is over backbone {kind!r} ({row}), but its decoder block "
+        f"the {adapter.name} wrapper is over backbone {kind!r} ({row}), but its decoder block"
+        f"{'' if index is None else f' {index}'} "
         f"({type(layer).__name__} with {', '.join(sorted(children))}) has {'; '.join(problems)}: its hook points "
         "would be missing or not what is added to the residual stream. Use a checkpoint over a supported backbone "
         f"({', '.join(sorted(BACKBONES))}), or add a row BACKBONES[{kind!r}] = Backbone(...) whose paths match this "

@@ -100,7 +100,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         n = len(layers)
         cross = set(adapter.cross_attn_layers(config)) if adapter.cross_attn_layers else set()
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        check_backbone(adapter, layers[min(set(range(len(layers))) - cross)], text_config)
+        for l in sorted(set(range(n)) - cross):  # every block: mixed stacks (dense then MoE, hybrid) exist
+            check_backbone(adapter, layers[l], text_config, index=l)
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
         self.__dict__["_attn"] = [
             layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
