@@ -22,7 +22,7 @@ from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGener
 
 from hooks_mm import HookedMLLM
 from hooks_mm.adapters import BACKBONES, Adapter, Backbone, adapter_for
-from hooks_mm.interventions import NeuronAblation
+from hooks_mm.interventions import NeuronAblation, Steer
 from hooks_mm.selectors import NonPad
 from hooks_mm.sweep import sweep
 
@@ -383,3 +383,22 @@ def test_wanda_overlap_reads_phi3_fused_linears() -> None:
     case = _CASES.get("phi3") or Case("phi3")
     table = wanda_overlap(case.model, [case.inputs])
     assert set(table.linear) == {"qkv", "o", "gate_up", "down"} and table.iou.between(0, 1).all()
+
+
+def test_nnsight_backend_equals_hooked_mllm_or_refuses_the_hook(case: Case) -> None:
+    """The nnsight compiler places edits on the row's modules: the same logits, or a named refusal
+    where no module returns the branch output (Granite's scaled branches are derived)."""
+    from hooks_mm.remote import NNsightBackend
+    from hooks_mm.zoo.llava import build_llava_processor
+
+    model = HookedMLLM(case.model.hf_model, build_llava_processor())  # nnsight wraps the model in a pipeline
+    backend = NNsightBackend(model)
+    steer = Steer(0, [0.5 * (-1) ** i for i in range(case.text.hidden_size)], positions=NonPad(), hook="hook_attn_out")
+    for spec in (NeuronAblation(1, [1, 5], NonPad()), steer):
+        if spec is steer and case.name == "granite":
+            with pytest.raises(NotImplementedError, match="cannot edit blocks.0.hook_attn_out.*no module returns"):
+                backend.run(case.inputs, spec)
+            continue
+        ref = model.run_with_interventions(case.inputs, spec)
+        assert case.diff(backend.run(case.inputs, spec), ref) <= TOL
+        assert case.diff(ref, case.bare_run().logits) > 1e-4
