@@ -402,3 +402,23 @@ def test_nnsight_backend_equals_hooked_mllm_or_refuses_the_hook(case: Case) -> N
         ref = model.run_with_interventions(case.inputs, spec)
         assert case.diff(backend.run(case.inputs, spec), ref) <= TOL
         assert case.diff(ref, case.bare_run().logits) > 1e-4
+
+
+def test_every_hook_edit_changes_the_logits_and_leaves_the_model_clean(case: Case) -> None:
+    """No inert hook point (an edit the model never reads would be a silent no-op), weights unchanged."""
+    m = case.model
+    weights = {k: v.clone() for k, v in m.hf_model.state_dict().items()}
+    with torch.no_grad():
+        clean = m(case.inputs)
+        inert = []
+        for i, name in enumerate(m.hook_dict):
+            g = torch.Generator().manual_seed(i)
+            noise = lambda x, hook: x + torch.randn(x.shape, generator=g) * (x.abs().mean() + 0.1)  # noqa: E731
+            if case.diff(m.run_with_hooks(case.inputs, fwd_hooks=[(name, noise)]), clean) < 1e-6:
+                inert.append(name)
+        assert torch.equal(m(case.inputs), clean)
+    assert not inert, f"editing these hook points did not change the logits: {inert}"
+    assert all(torch.equal(v, weights[k]) for k, v in m.hf_model.state_dict().items())
+    for name, mod in m.hf_model.named_modules():
+        for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
+            assert not getattr(fn, "__module__", "").startswith("hooks_mm"), f"hook left on {name}"
