@@ -422,3 +422,15 @@ def test_every_hook_edit_changes_the_logits_and_leaves_the_model_clean(case: Cas
     for name, mod in m.hf_model.named_modules():
         for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
             assert not getattr(fn, "__module__", "").startswith("hooks_mm"), f"hook left on {name}"
+
+
+def test_chameleon_with_swin_norm_is_refused() -> None:
+    """Chameleon's swin_norm=True block has Llama's module names but its norms after each branch."""
+    from hooks_mm import zoo
+
+    config = zoo.build("chameleon").model.config
+    config.swin_norm = True
+    hf_model = transformers.ChameleonForConditionalGeneration(config).eval()
+    assert type(hf_model.model.layers[0]).__name__ == "ChameleonSwinDecoderLayer"
+    with pytest.raises(NotImplementedError, match=r"backbone 'chameleon' .*swin_norm=True"):
+        HookedMLLM(hf_model)

@@ -176,6 +176,8 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
     elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
         problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
+    if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch
+        problems.append("swin_norm=True: its norms normalise the attention and MLP outputs, not their inputs")
     if b.parallel and "post_attention_layernorm" in children:
         problems.append("a second norm (post_attention_layernorm) although the row describes a parallel block")
     scaled = {
