@@ -434,3 +434,12 @@ def test_chameleon_with_swin_norm_is_refused() -> None:
     assert type(hf_model.model.layers[0]).__name__ == "ChameleonSwinDecoderLayer"
     with pytest.raises(NotImplementedError, match=r"backbone 'chameleon' .*swin_norm=True"):
         HookedMLLM(hf_model)
+
+
+def test_a_block_with_a_module_its_row_does_not_place_is_refused() -> None:
+    """Llama's names plus a module the row does not place (it may sit on the residual path): refused."""
+    hf_model = llava_over("LlamaConfig")
+    for layer in hf_model.model.language_model.layers:
+        layer.post_mlp_norm = nn.LayerNorm(SMALL["hidden_size"])
+    with pytest.raises(NotImplementedError, match=r"backbone 'llama' \(row 'llama'\).*does not name \(post_mlp_norm\)"):
+        HookedMLLM(hf_model)

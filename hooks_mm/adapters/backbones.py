@@ -3,7 +3,9 @@
 A wrapper (LLaVA, PaliGemma, ...) says where media enter; the decoder block under it is
 described here, chosen from the text config's ``model_type`` (:func:`backbone_for`), so any
 wrapper composes with any backbone. A ``model_type`` with no row is read as Llama-like and
-accepted only when its block passes :func:`check_backbone`; otherwise it is refused, named.
+accepted only when its block passes :func:`check_backbone` (every path the row names exists,
+every other child of the block is a dropout, no sandwich / post-norms or multipliers the row does
+not account for); otherwise it is refused, naming the ``model_type``, the block and the problem.
 
 What each row decides (paths are relative to one decoder layer; ``q`` ... ``down`` to ``attn``
 or ``mlp``):
@@ -41,6 +43,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
+
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,12 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
     elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
         problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
+    named = {p.split(".")[0] for p in b.paths()}
+    unknown = sorted(
+        name for name, child in layer.named_children() if name not in named and not isinstance(child, _INERT)
+    )
+    if unknown and not problems:  # a module the row does not place may sit on the residual path
+        problems.append(f"modules the row does not name ({', '.join(unknown)})")
     if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch
         problems.append("swin_norm=True: its norms normalise the attention and MLP outputs, not their inputs")
     if b.parallel and "post_attention_layernorm" in children:
@@ -198,6 +208,10 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         f"({', '.join(sorted(BACKBONES))}), or add a row BACKBONES[{kind!r}] = Backbone(...) whose paths match this "
         "block and check it with the conformance tests (tests/test_backbones.py)."
     )
+
+
+# children of a decoder layer that do not change a value in eval mode
+_INERT = (nn.Dropout, nn.Identity)
 
 
 def _has(module: Any, path: str) -> bool:
