@@ -8,7 +8,8 @@ the width checks of intervention specs and the nnsight compiler all read this ta
 - ``where``: which blocks or models have the hook point: every block (``block``),
   self-attention or cross-attention layers (``self`` / ``cross``), gated MLPs
   (``gated``), layers followed by an injection (``injection``), once per model
-  (``model``), models with a vision or audio projector (``projector`` / ``audio``).
+  (``model``), models with a vision or audio projector (``projector`` / ``audio``), blocks
+  with a second norm (``ln2``: not a parallel block such as Cohere's).
 - ``nnsight``: the module input / output that is the same activation, as adapter fields
   relative to the decoder layer (``()`` = the layer itself), or None where only a hooks_mm
   bridge inside a module's forward exposes it. ``"mask"`` is the ``attention_mask`` keyword of
@@ -81,7 +82,7 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
     *(HookSpec(f"cross_attn.{n}", _CROSS_KV.get(n, s), "cross") for n, s in _ATTN),
     HookSpec("hook_attn_out", "batch pos d_model", nnsight=(("attn_out",), "output")),
     HookSpec("hook_resid_mid", "batch pos d_model"),
-    HookSpec("ln2.hook_normalized", "batch pos d_model"),
+    HookSpec("ln2.hook_normalized", "batch pos d_model", "ln2"),
     HookSpec("mlp.hook_pre", "batch pos d_mlp"),
     HookSpec("mlp.hook_pre_linear", "batch pos d_mlp", "gated"),
     HookSpec("mlp.hook_post", "batch pos d_mlp", nnsight=(("mlp", "down"), "input")),
@@ -119,11 +120,12 @@ def lookup(name: str) -> HookSpec:
     return spec
 
 
-def block_hooks(cross: bool, gated: bool, injection: bool) -> list[HookSpec]:
+def block_hooks(cross: bool, gated: bool, injection: bool, ln2: bool = True) -> list[HookSpec]:
     """The rows one decoder block has."""
     have = (
         {"block", "cross" if cross else "self"}
         | ({"gated"} if gated else set())
         | ({"injection"} if injection else set())
+        | ({"ln2"} if ln2 else set())
     )
     return [h for h in BLOCK_HOOKS if h.where in have]

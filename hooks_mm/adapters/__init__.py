@@ -1,20 +1,13 @@
-"""Adapter registry: one small table per Hugging Face family, keyed by architecture."""
+"""Adapter registry: one wrapper table per Hugging Face family, keyed by architecture, over the
+backbone table of its decoder block, keyed by the text config's ``model_type``."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any, Callable
 
-from hooks_mm.adapters.base import (
-    Adapter,
-    ImagePlan,
-    MediaPlan,
-    check_backbone,
-    config_get,
-    grid_plan,
-    square_side,
-    token_id_mask,
-)
+from hooks_mm.adapters.backbones import BACKBONES, Backbone, backbone_for, check_backbone
+from hooks_mm.adapters.base import Adapter, ImagePlan, MediaPlan, config_get, grid_plan, square_side, token_id_mask
 
 ADAPTERS: dict[str, Adapter] = {}
 # architectures whose HF class covers several layouts: config -> Adapter
@@ -35,12 +28,12 @@ def adapter_for(model: Any) -> Adapter:
 
 
 def adapter_for_names(names: list[str], config: Any = None) -> Adapter:
-    """The adapter registered for the first of ``names`` (HF architecture class names)."""
+    """The adapter registered for the first of ``names`` (HF architecture class names), over the
+    backbone row of ``config``'s text model when a config is given."""
     for name in names:
-        if name in VARIANTS and config is not None:
-            return VARIANTS[name](config)
-        if name in ADAPTERS:
-            return ADAPTERS[name]
+        adapter = VARIANTS[name](config) if name in VARIANTS and config is not None else ADAPTERS.get(name)
+        if adapter is not None:
+            return adapter if config is None else adapter.with_backbone(config)
     close = difflib.get_close_matches(names[0], list(ADAPTERS), n=3)
     hint = f" Closest supported: {', '.join(close)}." if close else ""
     raise NotImplementedError(
@@ -58,10 +51,13 @@ from hooks_mm.adapters import families  # noqa: E402,F401
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "BACKBONES",
+    "Backbone",
     "ImagePlan",
     "MediaPlan",
     "adapter_for",
     "adapter_for_names",
+    "backbone_for",
     "check_backbone",
     "config_get",
     "grid_plan",

@@ -1,15 +1,26 @@
-"""The adapter table: where each part of a Hugging Face multimodal model lives.
+"""The wrapper table: where each part of a Hugging Face multimodal model lives.
 
-An adapter is data, not a subclass. Adding a family means writing one ``Adapter(...)``
-with the dotted paths of its language-model parts and, for image families, two small
-functions: which positions receive image features, and how those positions map onto each
-image's patch grid. Video and audio families add the same pair for their modality
-(``video_mask`` / ``video_plans``, ``audio_mask`` / ``audio_plans``: a
-:class:`~hooks_mm.layout.MediaPlan` per video or clip, with frames, cells and seconds).
+An adapter is data, not a subclass, in two tables:
+
+- a *wrapper* row (:class:`Adapter`): where the decoder layers, embedding and final norm sit,
+  where media enter (projector paths, which positions receive image / video / audio features,
+  and how those positions map onto each image's patch grid: ``image_mask`` / ``image_plans``,
+  ``video_mask`` / ``video_plans``, ``audio_mask`` / ``audio_plans``, a
+  :class:`~hooks_mm.layout.MediaPlan` per video or clip), and the head's logit post-processing;
+- a *backbone* row (:class:`~hooks_mm.adapters.backbones.Backbone` in ``BACKBONES``, keyed by the
+  text config's ``model_type``): the decoder block (norm placement, fused projections, parallel
+  blocks, residual multipliers). ``HookedMLLM`` chooses it when it wraps a model, so any wrapper
+  composes with any backbone; the block fields read through it (``adapter.ln2``).
+
+Adding a family is a wrapper row (a new multimodal class over a known backbone), a backbone
+row (a known wrapper over a new decoder block), or both. A backbone ``model_type`` without a row
+is read as Llama-like and accepted only when its block matches (otherwise refused, named). The
+conformance tests pick a new row up: tests/test_conformance.py for a family in ``hooks_mm.zoo``,
+tests/test_backbones.py for a backbone under LLaVA (add its config to ``CASES`` there).
 
 Example::
 
-    from hooks_mm.adapters import Adapter, register
+    from hooks_mm.adapters import BACKBONES, Adapter, Backbone, register
 
     register(Adapter(
         name="my-vlm",
@@ -21,18 +32,20 @@ Example::
         image_mask=token_id_mask("image_token_id"),
         image_plans=square_plans,
     ))
+    BACKBONES["my_lm"] = Backbone("my_lm", ln2="pre_mlp_norm", mlp_out="post_mlp_norm")
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from hooks_mm.adapters.backbones import BLOCK_FIELDS, LLAMA, Backbone, backbone_for
 from hooks_mm.layout import MediaPlan
 
 # An image plan says, for each LM position that receives the features of one image (in the
@@ -52,10 +65,11 @@ PositionTimesFn = Callable[[Any, dict[str, Any]], Tensor | None]
 
 @dataclass(frozen=True)
 class Adapter:
-    """Where the language model's parts live in one HF family, as dotted paths.
+    """Where the language model's parts and the media live in one HF family, as dotted paths.
 
-    Paths ``layers``, ``embed``, ``final_norm``, ``vision_out`` and ``projector`` are
-    relative to the top-level HF model; the others are relative to one decoder layer.
+    Paths ``layers``, ``embed``, ``final_norm``, ``projector`` and ``audio_projector`` are
+    relative to the top-level HF model; the block fields (``attn``, ``ln2``, ``mlp_out``, ...)
+    are the ``backbone``'s, relative to one decoder layer.
     """
 
     name: str
@@ -63,24 +77,9 @@ class Adapter:
     layers: str
     embed: str
     final_norm: str
-    # inside one decoder layer
-    attn: str = "self_attn"
-    q: str = "q_proj"
-    k: str = "k_proj"
-    v: str = "v_proj"
-    o: str = "o_proj"
-    ln1: str = "input_layernorm"
-    # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms)
-    ln2: str = "post_attention_layernorm"
-    # module whose OUTPUT is what the attention branch adds to the residual stream
-    # (o_proj; the post-attention norm under sandwich norms); None: derived as mid - pre
-    attn_out: str | None = "self_attn.o_proj"
-    mlp: str = "mlp"
-    gate: str | None = "gate_proj"
-    up: str = "up_proj"
-    down: str = "down_proj"
-    # module whose OUTPUT is what the MLP branch adds to the residual stream; None: derived
-    mlp_out: str | None = "mlp"
+    # the decoder block (hooks_mm.adapters.backbones); None: chosen from the text config's model_type
+    # when the model is wrapped (HookedMLLM). Block fields (adapter.ln2, ...) read through it.
+    backbone: Backbone | None = None
     # cross-attention layers (Mllama): which layer indices, and the attribute holding the
     # cross-attention module in those layers; their attn_out / mlp_out are gated, so derived
     cross_attn_layers: Callable[[Any], list[int]] | None = None
@@ -113,6 +112,20 @@ class Adapter:
     logits_post: Callable[[Any, Tensor], Tensor] | None = None
     # extra forward kwargs the model needs that a plain tokenizer call lacks
     notes: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        # block fields (attn, q, ..., ln2, attn_out, mlp_out, gated) are the backbone's; an adapter whose
+        # backbone is not chosen yet reads the Llama-like row
+        if name in BLOCK_FIELDS:
+            return getattr(self.__dict__.get("backbone") or LLAMA, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def with_backbone(self, config: Any) -> Adapter:
+        """This adapter over the backbone row of ``config``'s text model (kept when already chosen)."""
+        if self.backbone is not None:
+            return self
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return replace(self, backbone=backbone_for(text))
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,53 +249,3 @@ def softcap_logits(hf_model: Any, logits: Tensor) -> Tensor:
     """``cap * tanh(logits / cap)`` with the text config's ``final_logit_softcapping`` (when set)."""
     cap = config_get(hf_model.config, "final_logit_softcapping")
     return torch.tanh(logits / cap) * cap if cap else logits
-
-
-# text-config fields that scale what a block adds to the residual, the embedding or the logits
-# (Granite, MiniCPM): a Llama-like table would put attn_out / mlp_out / hook_embed off by that factor
-MULTIPLIERS = ("residual_multiplier", "embedding_multiplier", "logits_scaling", "scale_depth", "scale_emb")
-
-
-def check_backbone(adapter: Adapter, layer: Any, text_config: Any) -> None:
-    """Refuse a decoder block the adapter's table does not describe, before any hook point is named.
-
-    The same wrapper (LLaVA, ...) sits over many backbones; a block with fused projections
-    (Phi-3 ``qkv_proj``), post-norms (OLMo-2), sandwich norms (Gemma-2) or residual
-    multipliers (Granite) would give hook points that are missing or silently not what is
-    added to the residual stream.
-    """
-    a = adapter
-    paths = [a.attn, f"{a.attn}.{a.q}", f"{a.attn}.{a.k}", f"{a.attn}.{a.v}", f"{a.attn}.{a.o}", a.ln1, a.ln2]
-    paths += [a.mlp, f"{a.mlp}.{a.up}", f"{a.mlp}.{a.down}", *([f"{a.mlp}.{a.gate}"] if a.gate else [])]
-    paths += [p for p in (a.attn_out, a.mlp_out) if p]
-    missing = [p for p in paths if not _has(layer, p)]
-    problems = [f"no module {', '.join(missing)}"] if missing else []
-    children = {name for name, _ in layer.named_children()}
-    if "pre_feedforward_layernorm" in children and a.ln2 != "pre_feedforward_layernorm":
-        problems.append("sandwich norms (pre_/post_feedforward_layernorm) the table does not name")
-    elif "post_feedforward_layernorm" in children and a.mlp_out != "post_feedforward_layernorm":
-        problems.append("a norm after the MLP (post_feedforward_layernorm) the table does not name")
-    scaled = {m: getattr(text_config, m) for m in MULTIPLIERS if getattr(text_config, m, None) not in (None, 1, 1.0)}
-    if not problems and not scaled:
-        return
-    kind = getattr(text_config, "model_type", None) or type(layer).__name__
-    fix = (
-        "Register an Adapter whose paths match this block (hooks_mm.adapters.register) to use it."
-        if problems
-        else "Use a checkpoint over another backbone: an adapter table has no field for these multipliers yet."
-    )
-    if scaled:
-        problems.append(f"residual / embedding / logit multipliers {scaled}")
-    raise NotImplementedError(
-        f"the {a.name} adapter's table describes a Llama-like decoder block, but this model's language "
-        f"backbone ({kind}, {type(layer).__name__} with {', '.join(sorted(children))}) has "
-        f"{'; '.join(problems)}: its hook points would be missing or not what is added to the residual stream. {fix}"
-    )
-
-
-def _has(module: Any, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-        return True
-    except AttributeError:
-        return False

@@ -103,7 +103,7 @@ CHAMELEON = Adapter(
         "model.embed_tokens in a SECOND call (after the input_ids call) and written over the "
         "<image> placeholders; decoder layers return a tuple; q_norm/k_norm LayerNorm per "
         "head after q_proj/k_proj; logits of image-code ids are set to finfo.min; "
-        "paths assume swin_norm=False (with swin_norm=True input_layernorm normalises the "
+        "paths assume swin_norm=False (swin_norm=True is refused: its input_layernorm normalises the "
         "attention OUTPUT and post_attention_layernorm the MLP OUTPUT)"
     ),
 )

@@ -223,41 +223,21 @@ PALIGEMMA = Adapter(
         "Gemma LM (GELU-tanh MLP, embed scaled by sqrt(d) inside embed_tokens; image "
         "features are NOT scaled); image tokens first, then BOS, prompt, '\\n'; "
         "token_type_ids 0 = bidirectional prefix (image+prompt), 1 = causal suffix; "
-        "position_ids 1-based. PaliGemma2 (Gemma2 LM) has sandwich norms: use PALIGEMMA2."
+        "position_ids 1-based; the head applies the text config's final_logit_softcapping. PaliGemma 2 "
+        "(Gemma2 LM, sandwich norms) is the same class: its backbone row is chosen from the text config."
     ),
 )
-
-# sandwich norms (Gemma2 / Gemma3): the attention output and the MLP are each wrapped by norms
-_SANDWICH = {
-    "ln2": "pre_feedforward_layernorm",
-    "attn_out": "post_attention_layernorm",
-    "mlp_out": "post_feedforward_layernorm",
-}
-
-# PaliGemma 2 checkpoints have the same class name but a Gemma2 text model with sandwich
-# norms; the registry keys on class name only, so this table is chosen by
-# ``paligemma_adapter_for(config)`` (text_config.model_type == "gemma2"), not registered.
-PALIGEMMA2 = replace(PALIGEMMA, name="paligemma2", **_SANDWICH)
-
-
-def paligemma_adapter_for(config: Any) -> Adapter:
-    """PALIGEMMA or PALIGEMMA2 by the text model type (both share the HF class)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    sandwich = getattr(text, "model_type", "") in ("gemma2", "gemma3_text")
-    return PALIGEMMA2 if sandwich else PALIGEMMA
-
 
 GEMMA3 = Adapter(
     name="gemma3",
     architectures=("Gemma3ForConditionalGeneration",),
     **lm_paths("model.language_model"),
-    **_SANDWICH,
     projector="model.multi_modal_projector",
     image_mask=_image_mask,
     image_plans=gemma3_plans,
     special_ids=_gemma3_special,
     notes=(
-        "sandwich norms (attn output normed by post_attention_layernorm, MLP wrapped by "
+        "gemma3_text backbone (sandwich norms: attn output normed by post_attention_layernorm, MLP wrapped by "
         "pre_/post_feedforward_layernorm); q_norm/k_norm; GELU-tanh; sliding/full layers; "
         "token_type_ids (1 at image tokens) make each image bidirectional, without it "
         "attention is purely causal; projector avg-pools the patch grid."
@@ -278,8 +258,5 @@ INTERNVL = Adapter(
         "projector, so its input is the shuffled (tiles, seq, 4*d_vis) map."
     ),
 )
-
-# classes whose layer layout varies by checkpoint: the registry picks the table from the config
-VARIANTS = {"PaliGemmaForConditionalGeneration": paligemma_adapter_for}
 
 ADAPTERS = (IDEFICS3, SMOLVLM, PALIGEMMA, GEMMA3, INTERNVL)

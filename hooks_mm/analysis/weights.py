@@ -40,16 +40,9 @@ def _linears(model: "HookedMLLM") -> dict[str, nn.Linear]:
     for l, layer in enumerate(model.decoder_layers):
         attn = model.attention(l)
         mlp = layer.get_submodule(a.mlp)
-        parts = {
-            "q": (attn, a.q),
-            "k": (attn, a.k),
-            "v": (attn, a.v),
-            "o": (attn, a.o),
-            "up": (mlp, a.up),
-            "down": (mlp, a.down),
-        }
-        if a.gate:
-            parts["gate"] = (mlp, a.gate)
+        # every linear the backbone row names (Phi-3: the fused qkv / gate_up, one linear each)
+        parts = {f: (attn, getattr(a, f)) for f in ("q", "k", "v", "qkv", "o") if getattr(a, f)}
+        parts |= {f: (mlp, getattr(a, f)) for f in ("gate", "up", "gate_up", "down") if getattr(a, f)}
         for name, (root, path) in parts.items():
             out[f"{l}.{name}"] = root.get_submodule(path)
     return out

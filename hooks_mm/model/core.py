@@ -88,7 +88,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
 
     def __init__(self, hf_model: nn.Module, processor: Any | None = None, *, adapter: Adapter | None = None):
         super().__init__()
-        adapter = adapter or adapter_for(hf_model)
+        # the wrapper row, over the backbone row of the text config's model_type (unless the adapter names one)
+        adapter = (adapter or adapter_for(hf_model)).with_backbone(hf_model.config)
         # registered as a submodule only after setup(), which would otherwise name its modules as hook points
         self.__dict__["hf_model"] = hf_model
         self.__dict__["adapter"] = adapter
@@ -99,7 +100,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         n = len(layers)
         cross = set(adapter.cross_attn_layers(config)) if adapter.cross_attn_layers else set()
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        check_backbone(adapter, layers[min(set(range(len(layers))) - cross)], text_config)
+        for l in sorted(set(range(n)) - cross):  # every block: mixed stacks (dense then MoE, hybrid) exist
+            check_backbone(adapter, layers[l], text_config, index=l)
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
         self.__dict__["_attn"] = [
             layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
@@ -113,14 +115,17 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             if spec.where in where:
                 put(self, spec.name)
             if spec.name == "hook_embed":  # the blocks come right after the embedding, as in TransformerLens
-                gated = adapter.gate is not None
-                self.blocks = nn.ModuleList(block_tree(block_hooks(l in cross, gated, l in inject)) for l in range(n))
+                parts = dict(gated=adapter.gated, ln2=adapter.ln2 is not None)
+                self.blocks = nn.ModuleList(
+                    block_tree(block_hooks(l in cross, injection=l in inject, **parts)) for l in range(n)
+                )
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
         out_emb = hf_model.get_output_embeddings()
         self.cfg = SimpleNamespace(
             architecture=type(hf_model).__name__,
             family=adapter.name,
+            backbone=getattr(text_config, "model_type", None),
             n_layers=n,
             d_model=d_model,
             n_heads=n_heads,

@@ -54,6 +54,22 @@ def replace_first(out: Any, h: Tensor) -> Any:
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
+def fused(hps: list[HookPoint | None], sizes: list[int], d_head: int | None = None) -> Callable:
+    """Forward hook on a fused projection (Phi-3 ``qkv_proj`` / ``gate_up_proj``): split its output into
+    ``sizes``, run each part's hook point (None: not hooked; ``d_head``: parts seen as heads), re-concatenate."""
+
+    def fn(m: nn.Module, i: Any, out: Tensor) -> Tensor:
+        parts = list(out.split(sizes, dim=-1))
+        for j, hp in enumerate(hps):
+            if hp is not None:
+                x = parts[j] if d_head is None else parts[j].unflatten(-1, (-1, d_head))
+                x = hp(x)
+                parts[j] = x if d_head is None else x.flatten(-2)
+        return torch.cat(parts, dim=-1)
+
+    return fn
+
+
 class Wiring:
     """The PyTorch hooks of one forward: attached from the live hook points, always removed."""
 
@@ -133,13 +149,20 @@ class Wiring:
             prev_inject = l > 0 and f"blocks.{l - 1}.hook_deepstack" in live
             inject = p + "hook_deepstack" in live
 
-            if p + "hook_resid_pre" in live or derived_attn or prev_inject:
+            parallel = a.parallel and not cross
+            needs_pre = parallel and (p + "hook_resid_mid" in live or derived_mlp)
+            if p + "hook_resid_pre" in live or derived_attn or prev_inject or needs_pre:
                 self._pre(layer, self._layer_pre(l, prev_inject), True)
             if p + "ln1.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln1), out_hook(hd[p + "ln1.hook_normalized"]))
-            for key in ("q", "k", "v"):
-                if f"{p}{attn_name}.hook_{key}" in live:
-                    self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hd[f"{p}{attn_name}.hook_{key}"]))
+            qkv = [hd[h] if (h := f"{p}{attn_name}.hook_{key}") in live else None for key in ("q", "k", "v")]
+            if a.qkv is not None and not cross and any(qkv):  # fused: split [q; k; v], hook, re-concatenate
+                sizes = [cfg.n_heads * d_head, *[cfg.n_key_value_heads * d_head] * 2]
+                self._fwd(attn.get_submodule(a.qkv), fused(qkv, sizes, d_head))
+            else:
+                for key, hp in zip(("q", "k", "v"), qkv):
+                    if hp is not None:
+                        self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hp))
             if f"{p}{attn_name}.hook_z" in live:
                 self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"]))
             site = tuple(hd.get(f"{p}{attn_name}.{h}") if f"{p}{attn_name}.{h}" in live else None for h in ATTN_SITE)
@@ -156,14 +179,22 @@ class Wiring:
                 self._fwd(layer.get_submodule(a.attn_out), out_hook(hd[p + "hook_attn_out"]))
             mid = p + "hook_resid_mid" in live
             if mid or derived_attn or derived_mlp:
-                self._pre(layer.get_submodule(a.ln2), self._ln2_pre(l, derived_attn, mid))
+                fn = self._mid(l, derived_attn, mid)
+                if parallel:  # no norm reads resid_mid: it is resid_pre + the attention output, once that exists
+                    self._fwd(layer.get_submodule(a.attn_out), self._after_attn(l, fn))
+                else:
+                    self._pre(layer.get_submodule(a.ln2), lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
             if p + "ln2.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln2), out_hook(hd[p + "ln2.hook_normalized"]))
             mlp = layer.get_submodule(a.mlp)
-            if p + "mlp.hook_pre" in live:
-                self._fwd(mlp.get_submodule(a.gate or a.up), out_hook(hd[p + "mlp.hook_pre"]))
-            if p + "mlp.hook_pre_linear" in live:
-                self._fwd(mlp.get_submodule(a.up), out_hook(hd[p + "mlp.hook_pre_linear"]))
+            pre = [hd[h] if (h := p + f"mlp.hook_{key}") in live else None for key in ("pre", "pre_linear")]
+            if a.gate_up is not None and any(pre):  # fused: split [gate; up], hook, re-concatenate
+                self._fwd(mlp.get_submodule(a.gate_up), fused(pre, [cfg.d_mlp] * 2))
+            elif a.gate_up is None:
+                if pre[0] is not None:
+                    self._fwd(mlp.get_submodule(a.gate or a.up), out_hook(pre[0]))
+                if pre[1] is not None:
+                    self._fwd(mlp.get_submodule(a.up), out_hook(pre[1]))
             if p + "mlp.hook_post" in live:
                 self._pre(mlp.get_submodule(a.down), in_hook(hd[p + "mlp.hook_post"]))
             if p + "hook_mlp_out" in live and not derived_mlp:
@@ -203,11 +234,13 @@ class Wiring:
 
         return fn
 
-    def _ln2_pre(self, l: int, derived_attn: bool, mid: bool) -> Callable:
+    def _mid(self, l: int, derived_attn: bool, mid: bool) -> Callable:
+        """resid_mid x0 -> the value the MLP branch reads (after hook_attn_out when derived, hook_resid_mid);
+        a change is remembered and added to the block's output, whose residual branch still holds x0."""
         hd, state = self.model.hook_dict, self.state
 
-        def fn(m: nn.Module, args: tuple) -> tuple:
-            x0 = x = args[0]
+        def fn(x0: Tensor) -> Tensor:
+            x = x0
             if derived_attn:
                 resid_pre = state["pre", l]
                 new = edited(hd[f"blocks.{l}.hook_attn_out"], x - resid_pre)
@@ -218,7 +251,15 @@ class Wiring:
             if x is not x0:  # the residual branch inside the layer still holds x0
                 state["delta", l] = x - x0
             state["mid", l] = x
-            return (x, *args[1:])
+            return x
+
+        return fn
+
+    def _after_attn(self, l: int, mid: Callable) -> Callable:
+        """Forward hook on a parallel block's attention output: resid_mid = resid_pre + attn_out (output kept)."""
+
+        def fn(m: nn.Module, args: tuple, out: Tensor) -> None:
+            mid(self.state["pre", l] + first(out))
 
         return fn
 
