@@ -436,6 +436,13 @@ def test_chameleon_with_swin_norm_is_refused() -> None:
         HookedMLLM(hf_model)
 
 
+def test_olmo_with_clip_qkv_is_refused() -> None:
+    """OLMo-1 clamps q/k/v after the projections: hook_q would not be what attention reads."""
+    with pytest.raises(NotImplementedError, match=r"backbone 'olmo' .*clip_qkv=8.0"):
+        HookedMLLM(llava_over("OlmoConfig", clip_qkv=8.0, pad_token_id=0))
+    HookedMLLM(llava_over("OlmoConfig", pad_token_id=0))  # without the clamp it is Llama-like
+
+
 def test_a_block_with_a_module_its_row_does_not_place_is_refused() -> None:
     """Llama's names plus a module the row does not place (it may sit on the residual path): refused."""
     hf_model = llava_over("LlamaConfig")

@@ -186,6 +186,8 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     )
     if unknown and not problems:  # a module the row does not place may sit on the residual path
         problems.append(f"modules the row does not name ({', '.join(unknown)})")
+    if getattr(text_config, "clip_qkv", None) is not None:  # OLMo-1: q/k/v clamped after the projections
+        problems.append(f"clip_qkv={text_config.clip_qkv}: attention reads q/k/v clamped after the projections")
     if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch
         problems.append("swin_norm=True: its norms normalise the attention and MLP outputs, not their inputs")
     if b.parallel and "post_attention_layernorm" in children:
