@@ -28,6 +28,7 @@ N_IMAGES = {
             "chameleon",
             "emu3",
             "gemma3",
+            "idefics2",
             "idefics3",
             "internvl",
             "janus",
