@@ -26,6 +26,7 @@ N_IMAGES = {
         [
             "anygpt",
             "chameleon",
+            "deepseek_vl",
             "emu3",
             "gemma3",
             "idefics2",

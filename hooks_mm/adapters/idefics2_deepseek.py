@@ -1,4 +1,8 @@
-"""Idefics2 table (DeepSeek-VL: see the notes at the end).
+"""Idefics2 and DeepSeek-VL tables.
+
+DeepSeek-VL: a SigLIP tower (no CLS), every patch kept, ``aligner`` (linear, GELU, linear) as the
+projector, one fixed ``(H/p) x (W/p)`` row-major grid per image (``pixel_values`` (n_images, 3, H, W),
+images padded to square by the processor), written with ``masked_scatter`` at ``image_token_id``.
 
 Idefics2 writes image features with ``masked_scatter`` at ``input_ids == image_token_id``,
 flattened row-major over the batch.  ``pixel_values`` is (B, n_sub, 3, H, W); all-zero padding
@@ -25,7 +29,17 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, config_get, lm_paths, runs, special_ids, token_id_mask
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    config_get,
+    grid_plan,
+    lm_paths,
+    patch_grid,
+    runs,
+    special_ids,
+    token_id_mask,
+)
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
 SPLIT = 5  # the processor's 4 crops + the whole image
@@ -124,4 +138,26 @@ IDEFICS2 = Adapter(
     notes=_IDEFICS2_NOTES,
 )
 
-ADAPTERS = (IDEFICS2,)
+
+def deepseek_vl_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    pixel_values = inputs.get("pixel_values")
+    n = 0 if pixel_values is None else int(pixel_values.shape[0])
+    rows, cols = patch_grid(config, pixel_values)
+    return [grid_plan(rows, cols) for _ in range(n)]
+
+
+DEEPSEEK_VL = Adapter(
+    name="deepseek_vl",
+    architectures=("DeepseekVLForConditionalGeneration",),
+    **lm_paths("model.language_model"),
+    projector="model.aligner",
+    image_mask=_image_mask,
+    image_plans=deepseek_vl_plans,
+    notes=(
+        "Llama LM (model.language_model); SigLIP tower, all (H/p) x (W/p) patches kept (no CLS), "
+        "projector = aligner (linear, GELU, linear), 1 output row per image position; pixel_values "
+        "(n_images, 3, H, W), one row-major patch grid per image."
+    ),
+)
+
+ADAPTERS = (IDEFICS2, DEEPSEEK_VL)

@@ -44,6 +44,7 @@ BUILDERS: dict[str, str] = {
     "llava_onevision_video": "llava:build_llava_onevision_video",
     "video_llava": "llava:build_video_llava",
     "idefics2": "idefics2_deepseek:build_idefics2",
+    "deepseek_vl": "idefics2_deepseek:build_deepseek_vl",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

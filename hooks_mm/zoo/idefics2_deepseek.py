@@ -1,4 +1,4 @@
-"""Tiny random-weight Idefics2 (and DeepSeek-VL) models with locally built processors.
+"""Tiny random-weight Idefics2 and DeepSeek-VL models with locally built processors.
 
 Idefics2: SigLIP-like tower (32 px, patch 4), perceiver connector (4 latents per sub-image),
 Mistral LM; the real ``Idefics2Processor`` over a WordLevel tokenizer and the slow PIL image
@@ -63,4 +63,51 @@ def build_idefics2(seed: int = 0) -> Tiny:
     model = init_model(Idefics2ForConditionalGeneration, config, seed)
     sizes = [(32, 32), (24, 32), (32, 20)]
     inputs = processor_batch(processor, IDEFICS2_PROMPTS, images=_images(seed, sizes))
+    return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+# ---------------------------------------------------------------------------------------
+# DeepSeek-VL
+
+DEEPSEEK_IMAGE = "<image_placeholder>"
+DEEPSEEK_PROMPTS = [
+    f"USER: {DEEPSEEK_IMAGE}\n{DEEPSEEK_IMAGE}\ncompare these two images ? ASSISTANT:",
+    f"USER: {DEEPSEEK_IMAGE}\nwhat is in the image ? ASSISTANT:",
+]
+
+
+def build_deepseek_vl_processor() -> Any:
+    """DeepseekVLProcessor: WordLevel tokenizer, slow PIL image processor (pad to square, 32 px)."""
+    from transformers import DeepseekVLImageProcessorPil, DeepseekVLProcessor
+
+    tokenizer = build_tokenizer((DEEPSEEK_IMAGE,))
+    # the processor reads tokenizer.image_token; a named model-specific special token is saved with the
+    # tokenizer (a plain attribute would be lost on save / reload)
+    tokenizer._set_model_specific_special_tokens(special_tokens={"image_token": DEEPSEEK_IMAGE})
+    image_processor = DeepseekVLImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    per = (IMAGE_SIZE // PATCH) ** 2
+    return DeepseekVLProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=per)
+
+
+def build_deepseek_vl(seed: int = 0) -> Tiny:
+    from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration, LlamaConfig
+
+    processor = build_deepseek_vl_processor()
+    tok = processor.tokenizer
+    config = DeepseekVLConfig(
+        text_config=_text_config(LlamaConfig, tok).to_dict(),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH,
+            vision_use_head=False,
+        ),
+        image_token_id=processor.image_token_id,
+    )
+    model = init_model(DeepseekVLForConditionalGeneration, config, seed)
+    inputs = processor_batch(processor, DEEPSEEK_PROMPTS, images=_images(seed, [(32, 32), (24, 32), (32, 20)]))
     return Tiny(model=model, inputs=inputs, processor=processor)
