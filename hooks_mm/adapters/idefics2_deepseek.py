@@ -84,8 +84,9 @@ def idefics2_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
         lengths = [e - s for s, e in spans]
         if sum(lengths) != n_real[b] * per or any(n % per for n in lengths):
             raise ValueError(
-                f"Idefics2 row {b}: {sum(lengths)} image positions in runs {lengths}, but its "
-                f"{n_real[b]} sub-image(s) give {per} latents each: build the inputs with the model's "
+                f"image token count does not match the images: Idefics2 row {b} holds {sum(lengths)} image "
+                f"positions in runs {lengths}, but its {n_real[b]} sub-image(s) give {per} latents each. "
+                "Build the inputs with the model's "
                 "processor (HookedMLLM.to_inputs), whose image_seq_len must equal "
                 "perceiver_config.resampler_n_latents."
             )
