@@ -41,6 +41,7 @@ N_IMAGES = {
             "qwen2_vl",
             "qwen3_vl",
             "smolvlm",
+            "vipllava",
         ],
         3,
     ),

@@ -9,7 +9,15 @@ from hooks_mm import Answer, HookedMLLM, Image, Instruction, Last, Modality, zoo
 from hooks_mm.layout import SEGMENTS_KEY
 from hooks_mm.zoo import toy_image
 
-CHAT = {"llava": True, "qwen2_vl": True, "anygpt": False, "llava_next": True, "qwen2_5_vl": True, "qwen3_vl": True}
+CHAT = {
+    "llava": True,
+    "qwen2_vl": True,
+    "anygpt": False,
+    "llava_next": True,
+    "qwen2_5_vl": True,
+    "qwen3_vl": True,
+    "vipllava": True,
+}
 
 
 @pytest.mark.parametrize("family", sorted(CHAT))

@@ -43,6 +43,7 @@ BUILDERS: dict[str, str] = {
     "voxtral": "audio:build_voxtral",
     "llava_onevision_video": "llava:build_llava_onevision_video",
     "video_llava": "llava:build_video_llava",
+    "vipllava": "llava_more:build_vipllava",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
