@@ -34,6 +34,7 @@ N_IMAGES = {
             "llava",
             "llava_next",
             "llava_onevision",
+            "mistral3",
             "mllama",
             "paligemma",
             "paligemma2",

@@ -129,3 +129,15 @@ def test_video_llava_saves_and_reloads_its_frame_by_frame_video_processor(tmp_pa
     with torch.no_grad():
         assert torch.equal(model(got), tiny.model(**want).logits)
     assert model.layout(got).select(Frame(1)).any()
+
+
+def test_mistral3_loads_although_its_processor_class_needs_torchvision(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    # PixtralProcessor is a torchvision dummy here: loading must fall back, not raise ImportError
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = zoo.build("mistral3")
+    zoo.save(tiny, str(tmp_path))
+    model = HookedMLLM.from_pretrained(str(tmp_path))
+    inputs = dict(tiny.inputs)
+    with torch.no_grad():
+        assert torch.equal(model(inputs), tiny.model(**inputs).logits)
+    assert model.layout(inputs).n_images == 3

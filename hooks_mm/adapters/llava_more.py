@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from hooks_mm.adapters.base import Adapter, ImagePlan, grid_plan, lm_paths, patch_grid, special_ids, token_id_mask
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
@@ -37,6 +39,20 @@ def vipllava_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     return [plan.clone() for _ in range(_n_images(config, inputs, pixel_values, plan.shape[0]))]
 
 
+# ---------------------------------------------------------------------------------------
+# Mistral3
+
+
+def mistral3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    """Mistral3: one grid per image of its own size (``image_sizes``), ``h // (patch * merge)``
+    rows by ``w // (patch * merge)`` cols, row-major (the patch merger's ``unfold`` order). The
+    ``[IMG_BREAK]`` / ``[IMG_END]`` tokens are ordinary text tokens outside the image mask."""
+    if inputs.get("image_sizes") is None:
+        raise ValueError("Mistral3 inputs have image positions but no image_sizes: pass the processor's image_sizes")
+    cell = config.vision_config.patch_size * config.spatial_merge_size
+    return [grid_plan(int(h) // cell, int(w) // cell) for h, w in torch.as_tensor(inputs["image_sizes"]).tolist()]
+
+
 def _adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **media: Any) -> Adapter:
     return Adapter(
         name=name,
@@ -60,4 +76,13 @@ VIPLLAVA = _adapter(
     "projector output rows are exactly the image positions.",
 )
 
-ADAPTERS = (VIPLLAVA,)
+MISTRAL3 = _adapter(
+    "mistral3",
+    "Mistral3ForConditionalGeneration",
+    mistral3_plans,
+    "Pixtral tower (all images in one sequence, block-diagonal attention), projector = RMSNorm + "
+    "2x2 patch merger + MLP: hook_vision_out is the tower output over every patch, hook_projector_out "
+    "the merged cells, exactly the image positions; needs image_sizes.",
+)
+
+ADAPTERS = (VIPLLAVA, MISTRAL3)

@@ -63,7 +63,7 @@ def load_processor(path: str) -> Any | None:
         pass
     try:  # a processor class whose video slot needs torchvision, or one Auto* does not map
         processor = _without_video(path)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ImportError):  # ImportError: the class needs torchvision
         processor = None
     if processor is not None:
         return processor

@@ -44,6 +44,7 @@ BUILDERS: dict[str, str] = {
     "llava_onevision_video": "llava:build_llava_onevision_video",
     "video_llava": "llava:build_video_llava",
     "vipllava": "llava_more:build_vipllava",
+    "mistral3": "llava_more:build_mistral3",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

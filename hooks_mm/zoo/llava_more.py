@@ -8,8 +8,10 @@ family's own HF processor code (WordLevel tokenizer, slow PIL image processor).
 
 from __future__ import annotations
 
+import re
+
 from hooks_mm.zoo.base import Tiny, init_model, processor_batch
-from hooks_mm.zoo.llava import PATCH, PROMPTS, TILE, build_llava_processor
+from hooks_mm.zoo.llava import PATCH, PROMPTS, TILE, build_llava_processor, build_tokenizer
 from hooks_mm.zoo.llava import _clip_vision as clip_vision
 from hooks_mm.zoo.llava import _images as images
 from hooks_mm.zoo.llava import _text_config as text_config
@@ -31,3 +33,56 @@ def build_vipllava(seed: int = 0) -> Tiny:
     model = init_model(VipLlavaForConditionalGeneration, config, seed)
     inputs = processor_batch(processor, PROMPTS, images=images(seed, [(40, 30), (50, 50), (37, 61)]))
     return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+def pixtral_image_tokens(height: int, width: int, cell: int) -> str:
+    """HF ``PixtralProcessor.replace_image_token`` (same arithmetic; that module imports
+    torchvision): ``[IMG]`` per ``cell`` px square, ``[IMG_BREAK]`` after each row, the last
+    one replaced by ``[IMG_END]``."""
+    rows = [["[IMG]"] * (width // cell) + ["[IMG_BREAK]"]] * (height // cell)
+    tokens = [t for row in rows for t in row]
+    tokens[-1] = "[IMG_END]"
+    return "".join(tokens)
+
+
+def build_mistral3(seed: int = 0) -> Tiny:
+    """Mistral3: Pixtral tower (8 px patches) whose 2x2 patches are merged, Mistral LM. The
+    prompt is expanded as PixtralProcessor does (:func:`pixtral_image_tokens`); images keep
+    their own (resized) sizes: three different grids. No processor (PixtralProcessor needs
+    torchvision)."""
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralImageProcessorPil,
+        PixtralVisionConfig,
+    )
+
+    merge = 2
+    tok = build_tokenizer(("[IMG]", "[IMG_BREAK]", "[IMG_END]"))
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size=PATCH * merge)
+    vision = PixtralVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=PATCH,
+    )
+    config = Mistral3Config(
+        text_config=text_config(MistralConfig, tok),
+        vision_config=vision,
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        vision_feature_layer=-1,
+        spatial_merge_size=merge,
+        tie_word_embeddings=False,
+    )
+    model = init_model(Mistral3ForConditionalGeneration, config, seed)
+    image_inputs = image_processor(images(seed, [(40, 30), (50, 50), (37, 61)]), return_tensors="pt")
+    sizes = iter(image_inputs["image_sizes"].tolist())
+    texts = [p.replace("<image>\n", "[IMG]") for p in PROMPTS]
+    texts = [re.sub(r"\[IMG\]", lambda _: pixtral_image_tokens(*next(sizes), PATCH * merge), t) for t in texts]
+    inputs = dict(tok(texts, return_tensors="pt", padding=True))
+    inputs.pop("token_type_ids", None)
+    inputs.update(image_inputs)
+    return Tiny(model=model, inputs=inputs)
