@@ -11,7 +11,17 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, grid_plan, lm_paths, patch_grid, special_ids, token_id_mask
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    MediaPlan,
+    grid_plan,
+    lm_paths,
+    patch_grid,
+    special_ids,
+    token_id_mask,
+)
+from hooks_mm.adapters.llava import llava_next_plans
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
 _video_mask = token_id_mask("video_token_id", "video_token_index")
@@ -53,6 +63,31 @@ def mistral3_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     return [grid_plan(int(h) // cell, int(w) // cell) for h, w in torch.as_tensor(inputs["image_sizes"]).tolist()]
 
 
+# ---------------------------------------------------------------------------------------
+# LlavaNextVideo
+
+
+def llava_next_video_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
+    """LlavaNextVideo videos: every frame's tower grid (``default`` drops the CLS) average-, max-
+    or conv-pooled by ``spatial_pool_stride`` into ``side // stride`` squared cells, row-major,
+    frames in order, nothing between frames. No frame rate reaches the model: times are NaN."""
+    pv = inputs.get("pixel_values_videos")
+    if pv is None:
+        return []
+    rows, cols = patch_grid(config, pv)
+    strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
+    model_type = getattr(config.vision_config, "model_type", "") or ""
+    tokens = rows * cols + ("clip" in model_type) - (strategy == "default")
+    if rows != cols or tokens != rows * cols:
+        raise ValueError(
+            f"LlavaNextVideo pools a square grid of frame tokens, but {tokens} tokens come from a {rows}x{cols} "
+            f"grid ({model_type!r} tower, strategy {strategy!r}): use square frames and a strategy that leaves "
+            "exactly the patches."
+        )
+    side = rows // config.spatial_pool_stride
+    return [MediaPlan.video(int(pv.shape[1]), side, side) for _ in range(int(pv.shape[0]))]
+
+
 def _adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **media: Any) -> Adapter:
     return Adapter(
         name=name,
@@ -85,4 +120,15 @@ MISTRAL3 = _adapter(
     "the merged cells, exactly the image positions; needs image_sizes.",
 )
 
-ADAPTERS = (VIPLLAVA, MISTRAL3)
+LLAVA_NEXT_VIDEO = _adapter(
+    "llava_next_video",
+    "LlavaNextVideoForConditionalGeneration",
+    llava_next_plans,
+    "LLaVA-NeXT images (anyres tiles + image_newline, as llava_next) and videos: each frame's CLIP grid "
+    "pooled by the vision_resampler (spatial_pool_stride) before the projector; the projector runs once "
+    "for images and once for videos (hook_vision_out / hook_projector_out fire for both).",
+    video_mask=_video_mask,
+    video_plans=llava_next_video_plans,
+)
+
+ADAPTERS = (VIPLLAVA, MISTRAL3, LLAVA_NEXT_VIDEO)

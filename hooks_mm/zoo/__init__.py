@@ -45,6 +45,7 @@ BUILDERS: dict[str, str] = {
     "video_llava": "llava:build_video_llava",
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
+    "llava_next_video": "llava_more:build_llava_next_video",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import re
 
+from hooks_mm.media import FramewiseVideoProcessor
+from hooks_mm.processing import allow_missing_video_processor
 from hooks_mm.zoo.base import Tiny, init_model, processor_batch
-from hooks_mm.zoo.llava import PATCH, PROMPTS, TILE, build_llava_processor, build_tokenizer
+from hooks_mm.zoo.llava import (
+    FPS,
+    LLAVA_CHAT_TEMPLATE,
+    PATCH,
+    PINPOINTS,
+    PROMPTS,
+    TILE,
+    VIDEO_PROMPTS,
+    build_llava_processor,
+    build_tokenizer,
+)
 from hooks_mm.zoo.llava import _clip_vision as clip_vision
 from hooks_mm.zoo.llava import _images as images
 from hooks_mm.zoo.llava import _text_config as text_config
+from hooks_mm.zoo.llava import _videos as videos
 
 
 def build_vipllava(seed: int = 0) -> Tiny:
@@ -86,3 +99,49 @@ def build_mistral3(seed: int = 0) -> Tiny:
     inputs.pop("token_type_ids", None)
     inputs.update(image_inputs)
     return Tiny(model=model, inputs=inputs)
+
+
+def build_llava_next_video(seed: int = 0) -> Tiny:
+    """LlavaNextVideo: row 0 = anyres image + 2-frame video, row 1 = 2-frame video (left-padded);
+    frames are 4x4 CLIP grids average-pooled 2x2. Frames are preprocessed by
+    :class:`~hooks_mm.media.FramewiseVideoProcessor` (resize + crop, as LlavaNextVideoVideoProcessor)."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlamaConfig,
+        LlavaNextImageProcessorPil,
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+        LlavaNextVideoProcessor,
+    )
+
+    tok = build_tokenizer(("<image>", "<video>"))
+    square = {"shortest_edge": TILE}, {"height": TILE, "width": TILE}
+    image_processor = LlavaNextImageProcessorPil(size=square[0], crop_size=square[1], image_grid_pinpoints=PINPOINTS)
+    with allow_missing_video_processor():
+        processor = LlavaNextVideoProcessor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            video_processor=None,
+            patch_size=PATCH,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=LLAVA_CHAT_TEMPLATE,
+        )
+    frames = CLIPImageProcessorPil(size=square[0], crop_size=square[1])
+    processor.video_processor = FramewiseVideoProcessor(frames, fps=FPS)
+    config = LlavaNextVideoConfig(
+        text_config=text_config(LlamaConfig, tok),
+        vision_config=clip_vision(),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+        image_seq_length=(TILE // PATCH) ** 2,
+        video_seq_length=2 * (TILE // PATCH // 2) ** 2,
+    )
+    model = init_model(LlavaNextVideoForConditionalGeneration, config, seed)
+    inputs = processor_batch(processor, VIDEO_PROMPTS, images=images(seed, [(40, 90)]), videos=videos(seed))
+    return Tiny(model=model, inputs=inputs, processor=processor)
