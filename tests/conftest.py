@@ -18,7 +18,14 @@ FAMILIES = sorted(zoo.BUILDERS) + sorted(ORGANISMS)
 AUDIO_ONLY = ("qwen2_audio", "voxtral")  # audio + text: no image positions
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
 # families / input cases whose batches hold video or audio positions
-VIDEO_FAMILIES = ["qwen2_vl_video", "qwen2_5_vl_video", "qwen2_5_omni", "llava_onevision_video", "video_llava"]
+VIDEO_FAMILIES = [
+    "qwen2_vl_video",
+    "qwen2_5_vl_video",
+    "qwen2_5_omni",
+    "llava_onevision_video",
+    "video_llava",
+    "llava_next_video",
+]
 AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
@@ -36,6 +43,7 @@ N_IMAGES = {
             "llava",
             "llava_next",
             "llava_onevision",
+            "mistral3",
             "mllama",
             "paligemma",
             "paligemma2",
@@ -43,11 +51,20 @@ N_IMAGES = {
             "qwen2_vl",
             "qwen3_vl",
             "smolvlm",
+            "vipllava",
         ],
         3,
     ),
     **dict.fromkeys(
-        ["anygpt_audio", "llava_onevision_video", "qwen2_5_omni", "qwen2_5_vl_video", "qwen2_vl_video", "video_llava"],
+        [
+            "anygpt_audio",
+            "llava_next_video",
+            "llava_onevision_video",
+            "qwen2_5_omni",
+            "qwen2_5_vl_video",
+            "qwen2_vl_video",
+            "video_llava",
+        ],
         1,
     ),
 }

@@ -113,6 +113,7 @@ def test_in_place_edit_of_validated_inputs_is_checked_again(llava) -> None:  # n
         ("voxtral", "audio"),
         ("qwen2_vl_video", "video"),
         ("video_llava", "video"),
+        ("llava_next_video", "video"),
     ],
 )
 def test_media_token_count_that_does_not_match_the_inputs(family: str, kind: str) -> None:

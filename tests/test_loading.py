@@ -9,7 +9,15 @@ from hooks_mm import Answer, HookedMLLM, Image, Instruction, Last, Modality, zoo
 from hooks_mm.layout import SEGMENTS_KEY
 from hooks_mm.zoo import toy_image
 
-CHAT = {"llava": True, "qwen2_vl": True, "anygpt": False, "llava_next": True, "qwen2_5_vl": True, "qwen3_vl": True}
+CHAT = {
+    "llava": True,
+    "qwen2_vl": True,
+    "anygpt": False,
+    "llava_next": True,
+    "qwen2_5_vl": True,
+    "qwen3_vl": True,
+    "vipllava": True,
+}
 
 
 @pytest.mark.parametrize("family", sorted(CHAT))
@@ -104,15 +112,16 @@ def test_from_pretrained_offline_runs_raw_audio_and_video(family, tmp_path, monk
         assert layout.n_videos == 1 and layout.select(Frame(0)).any()
 
 
-def test_video_llava_saves_and_reloads_its_frame_by_frame_video_processor(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("family", ["video_llava", "llava_next_video"])
+def test_saves_and_reloads_its_frame_by_frame_video_processor(family, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """The built-in name used to crash on save (its video processor is not an HF class); reloaded,
     the processor gives the very inputs the original gives, and the logits equal the bare model's."""
     from hooks_mm import Frame
     from hooks_mm.media import moving_square
 
     monkeypatch.setenv("HOOKS_MM_CACHE", str(tmp_path))
-    tiny = zoo.build("video_llava")
-    model = HookedMLLM.from_pretrained("tiny-video-llava")
+    tiny = zoo.build(family)
+    model = HookedMLLM.from_pretrained("tiny-" + family.replace("_", "-"))
     kwargs = {"images": [toy_image(1)], "videos": [moving_square(2, 40, 40)]}
     prompts = ["USER: <image> <video> what moves ? ASSISTANT:"]
     want = tiny.processor(text=prompts, return_tensors="pt", padding=True, **kwargs)
@@ -121,3 +130,15 @@ def test_video_llava_saves_and_reloads_its_frame_by_frame_video_processor(tmp_pa
     with torch.no_grad():
         assert torch.equal(model(got), tiny.model(**want).logits)
     assert model.layout(got).select(Frame(1)).any()
+
+
+def test_mistral3_loads_although_its_processor_class_needs_torchvision(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    # PixtralProcessor is a torchvision dummy here: loading must fall back, not raise ImportError
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tiny = zoo.build("mistral3")
+    zoo.save(tiny, str(tmp_path))
+    model = HookedMLLM.from_pretrained(str(tmp_path))
+    inputs = dict(tiny.inputs)
+    with torch.no_grad():
+        assert torch.equal(model(inputs), tiny.model(**inputs).logits)
+    assert model.layout(inputs).n_images == 3

@@ -124,6 +124,7 @@ def test_every_media_position_is_drawn_once() -> None:
         "qwen2_vl_video",
         "llava_onevision_video",
         "video_llava",
+        "llava_next_video",
     ):
         _, layout = model_and_layout(family)
         seq = torch.arange(layout.shape[1]).float()

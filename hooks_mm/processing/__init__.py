@@ -59,11 +59,13 @@ def load_processor(path: str) -> Any | None:
         processor = AutoProcessor.from_pretrained(path)
         if hasattr(processor, "tokenizer") or not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
             return processor
-    except (ImportError, OSError, ValueError, KeyError, TypeError):
+    # RecursionError: a saved LlavaNextImageProcessor makes AutoVideoProcessor guess the name
+    # "LlavaNextVideoProcessor", which is the (multimodal) processor class itself, and so on
+    except (ImportError, OSError, ValueError, KeyError, TypeError, RecursionError):
         pass
     try:  # a processor class whose video slot needs torchvision, or one Auto* does not map
         processor = _without_video(path)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ImportError):  # ImportError: the class needs torchvision
         processor = None
     if processor is not None:
         return processor

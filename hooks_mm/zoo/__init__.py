@@ -45,6 +45,9 @@ BUILDERS: dict[str, str] = {
     "video_llava": "llava:build_video_llava",
     "idefics2": "idefics2_deepseek:build_idefics2",
     "deepseek_vl": "idefics2_deepseek:build_deepseek_vl",
+    "vipllava": "llava_more:build_vipllava",
+    "mistral3": "llava_more:build_mistral3",
+    "llava_next_video": "llava_more:build_llava_next_video",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
