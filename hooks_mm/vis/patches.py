@@ -109,9 +109,9 @@ def _tile_panels(layout: ModalityLayout, vals: np.ndarray, row: int, image_id: i
         grid = layout.grid(row, image, t) if rows and cols else None
         if grid is None:
             raise ValueError(
-                f"image {image_id} tile {t} has no patch grid of positions (Mllama's <|image|> token: its "
-                "patches are cross-attention keys, not positions); plot the cross-attention pattern over the "
-                "vision tiles instead."
+                f"image {image_id} tile {t} has no patch grid of positions (Mllama's patches are cross-attention "
+                "keys, Idefics2's image positions are perceiver latents): plot the attention to those positions "
+                "as a plain per-position chart instead (or, for Mllama, the cross-attention over the vision tiles)."
             )
         p = to_numpy(grid)
         sep_v, sep_p = np.full(rows, np.nan), np.full(rows, -1)

@@ -113,7 +113,12 @@ def resolve(name_or_path: str) -> str:
     if name_or_path.startswith(("tiny-", "toy-")) and not os.path.exists(name_or_path):
         close = difflib.get_close_matches(name_or_path, builtin_names(), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"no built-in model {name_or_path!r}.{hint} Built-in names: {', '.join(builtin_names())}.")
+        names = builtin_names()
+        toys = [n for n in names if not n.startswith("tiny-")]
+        raise KeyError(
+            f"no built-in model {name_or_path!r}.{hint} Pass a built-in name: the organisms {', '.join(toys)}, or "
+            f"tiny-<family> for {len(names) - len(toys)} families (hooks_mm.zoo.builtin_names() lists them all)."
+        )
     return name_or_path
 
 
