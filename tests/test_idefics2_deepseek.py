@@ -9,7 +9,7 @@ from hooks_mm import HookedMLLM, zoo
 from hooks_mm.layout import Modality
 from hooks_mm.zoo.base import processor_batch
 from hooks_mm.zoo.idefics2_deepseek import IDEFICS2_PROMPTS
-from hooks_mm.zoo.llava import _images
+from hooks_mm.zoo.llava import sample_images
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def test_unpinned_split_is_refused_and_unsplit_is_read_from_the_text(tiny: zoo.T
         with pytest.raises(ValueError, match="do_image_splitting"):
             m.layout(tiny.inputs)
         tiny.processor.image_processor.do_image_splitting = False
-        inputs = processor_batch(tiny.processor, IDEFICS2_PROMPTS, images=_images(0, [(32, 32), (24, 32), (32, 20)]))
+        images = sample_images(0, [(32, 32), (24, 32), (32, 20)])
+        inputs = processor_batch(tiny.processor, IDEFICS2_PROMPTS, images=images)
         layout = m.layout(inputs)  # adjacent whole images: groups of 2 and 1, so no splitting
         assert layout.n_images == 3
         assert all(len(tiles) == 1 for tiles in layout.grids)

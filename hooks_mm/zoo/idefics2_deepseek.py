@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hooks_mm.zoo.base import Tiny, init_model, processor_batch
-from hooks_mm.zoo.llava import _images, _text_config, build_tokenizer
+from hooks_mm.zoo.llava import build_tokenizer, sample_images, tiny_text_config
 
 IMAGE_SIZE, PATCH, LATENTS = 32, 4, 4
 IDEFICS2_PROMPTS = [
@@ -36,7 +36,7 @@ def build_idefics2(seed: int = 0) -> Tiny:
 
     processor = build_idefics2_processor()
     tok = processor.tokenizer
-    text = _text_config(MistralConfig, tok)
+    text = tiny_text_config(MistralConfig, tok)
     config = Idefics2Config(
         text_config=text.to_dict(),
         vision_config=dict(
@@ -62,7 +62,7 @@ def build_idefics2(seed: int = 0) -> Tiny:
     config.do_image_splitting = processor.image_processor.do_image_splitting
     model = init_model(Idefics2ForConditionalGeneration, config, seed)
     sizes = [(32, 32), (24, 32), (32, 20)]
-    inputs = processor_batch(processor, IDEFICS2_PROMPTS, images=_images(seed, sizes))
+    inputs = processor_batch(processor, IDEFICS2_PROMPTS, images=sample_images(seed, sizes))
     return Tiny(model=model, inputs=inputs, processor=processor)
 
 
@@ -95,7 +95,7 @@ def build_deepseek_vl(seed: int = 0) -> Tiny:
     processor = build_deepseek_vl_processor()
     tok = processor.tokenizer
     config = DeepseekVLConfig(
-        text_config=_text_config(LlamaConfig, tok).to_dict(),
+        text_config=tiny_text_config(LlamaConfig, tok).to_dict(),
         vision_config=dict(
             model_type="siglip_vision_model",
             hidden_size=32,
@@ -109,5 +109,5 @@ def build_deepseek_vl(seed: int = 0) -> Tiny:
         image_token_id=processor.image_token_id,
     )
     model = init_model(DeepseekVLForConditionalGeneration, config, seed)
-    inputs = processor_batch(processor, DEEPSEEK_PROMPTS, images=_images(seed, [(32, 32), (24, 32), (32, 20)]))
+    inputs = processor_batch(processor, DEEPSEEK_PROMPTS, images=sample_images(seed, [(32, 32), (24, 32), (32, 20)]))
     return Tiny(model=model, inputs=inputs, processor=processor)

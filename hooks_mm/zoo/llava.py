@@ -84,12 +84,12 @@ def build_tokenizer(special: Iterable[str] = ("<image>",), vocab_extra: Iterable
     )
 
 
-def _text_config(config_cls: Any, tokenizer: Any) -> Any:
+def tiny_text_config(config_cls: Any, tokenizer: Any) -> Any:
     # vocabulary: a little headroom, a multiple of 8
     return config_cls(**lm_config((len(tokenizer) + 8) // 8 * 8, **token_ids(tokenizer)))
 
 
-def _images(seed: int, sizes: list[tuple[int, int]]) -> list[Any]:
+def sample_images(seed: int, sizes: list[tuple[int, int]]) -> list[Any]:
     """Distinct random RGB PIL images of the given (height, width)."""
     from PIL import Image
 
@@ -102,11 +102,11 @@ def _images(seed: int, sizes: list[tuple[int, int]]) -> list[Any]:
     return out
 
 
-def _videos(seed: int) -> list[np.ndarray]:
+def sample_videos(seed: int) -> list[np.ndarray]:
     return [moving_square(2, 40, 40, seed), moving_square(2, 48, 36, seed + 1)]
 
 
-def _clip_vision() -> Any:
+def clip_vision() -> Any:
     from transformers import CLIPVisionConfig
 
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -150,15 +150,15 @@ def _build_llava(name: str, processor: Any, seed: int, sizes: list[tuple[int, in
 
     tok = processor.tokenizer
     config = getattr(transformers, f"{name}Config")(
-        text_config=_text_config(transformers.LlamaConfig, tok),
-        vision_config=_clip_vision(),
+        text_config=tiny_text_config(transformers.LlamaConfig, tok),
+        vision_config=clip_vision(),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         **config,
     )
     model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
-    inputs = processor_batch(processor, PROMPTS, images=_images(seed, sizes))
+    inputs = processor_batch(processor, PROMPTS, images=sample_images(seed, sizes))
     return Tiny(model=model, inputs=inputs, processor=processor)
 
 
@@ -204,7 +204,7 @@ def build_llava_onevision_model(seed: int = 0) -> tuple[Any, Any, Any]:
     )
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     config = LlavaOnevisionConfig(
-        text_config=_text_config(Qwen2Config, tok),
+        text_config=tiny_text_config(Qwen2Config, tok),
         vision_config=SiglipVisionConfig(**sizes, image_size=TILE, patch_size=PATCH, vision_use_head=False),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
@@ -250,7 +250,7 @@ def build_llava_onevision(seed: int = 0) -> Tiny:
     model, tok, image_processor = build_llava_onevision_model(seed)
     # row 0: two images -> base tile + newline each (batch_num_images = 2);
     # row 1: one large image -> anyres 2x2 tiles, downsampled by anyres_max_2
-    images = _images(seed, [(40, 90), (70, 50), (64, 60)])
+    images = sample_images(seed, [(40, 90), (70, 50), (64, 60)])
     image_inputs = image_processor([images[:2], images[2:]], return_tensors="pt")
     return Tiny(model=model, inputs=_onevision_inputs(tok, image_processor, PROMPTS, image_inputs))
 
@@ -270,8 +270,8 @@ def build_llava_onevision_video(seed: int = 0) -> Tiny:
         image_std=image_processor.image_std,
     )
     video_processor = FramewiseVideoProcessor(frames, fps=FPS)
-    image_inputs = image_processor([_images(seed, [(40, 90)])], return_tensors="pt")
-    videos = [video_processor([v])["pixel_values_videos"][0] for v in _videos(seed)]
+    image_inputs = image_processor([sample_images(seed, [(40, 90)])], return_tensors="pt")
+    videos = [video_processor([v])["pixel_values_videos"][0] for v in sample_videos(seed)]
     inputs = _onevision_inputs(tok, image_processor, VIDEO_PROMPTS, image_inputs, {"pixel_values_videos": videos})
     inputs["pixel_values_videos"] = torch.stack(videos)
     return Tiny(model=model, inputs=inputs)
@@ -296,8 +296,8 @@ def build_video_llava(seed: int = 0) -> Tiny:
     processor = _processor(VideoLlavaProcessor, image_processor, tok, video_processor=None)
     processor.video_processor = FramewiseVideoProcessor(image_processor, fps=FPS)
     config = VideoLlavaConfig(
-        text_config=_text_config(LlamaConfig, tok).to_dict(),
-        vision_config=_clip_vision().to_dict(),
+        text_config=tiny_text_config(LlamaConfig, tok).to_dict(),
+        vision_config=clip_vision().to_dict(),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="default",
@@ -306,5 +306,6 @@ def build_video_llava(seed: int = 0) -> Tiny:
         video_seq_length=2 * ((TILE // PATCH) ** 2 + 1),
     )
     model = init_model(VideoLlavaForConditionalGeneration, config, seed)
-    inputs = processor_batch(processor, VIDEO_PROMPTS, images=_images(seed, [(40, 30)]), videos=_videos(seed))
+    media = {"images": sample_images(seed, [(40, 30)]), "videos": sample_videos(seed)}
+    inputs = processor_batch(processor, VIDEO_PROMPTS, **media)
     return Tiny(model=model, inputs=inputs, processor=processor)

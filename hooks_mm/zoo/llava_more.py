@@ -23,11 +23,11 @@ from hooks_mm.zoo.llava import (
     VIDEO_PROMPTS,
     build_llava_processor,
     build_tokenizer,
+    clip_vision,
+    sample_images,
+    sample_videos,
+    tiny_text_config,
 )
-from hooks_mm.zoo.llava import _clip_vision as clip_vision
-from hooks_mm.zoo.llava import _images as images
-from hooks_mm.zoo.llava import _text_config as text_config
-from hooks_mm.zoo.llava import _videos as videos
 
 
 def build_vipllava(seed: int = 0) -> Tiny:
@@ -37,14 +37,14 @@ def build_vipllava(seed: int = 0) -> Tiny:
     processor = build_llava_processor()
     tok = processor.tokenizer
     config = VipLlavaConfig(
-        text_config=text_config(LlamaConfig, tok),
+        text_config=tiny_text_config(LlamaConfig, tok),
         vision_config=clip_vision(),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=[-1, -2],
         image_seq_length=(TILE // PATCH) ** 2,
     )
     model = init_model(VipLlavaForConditionalGeneration, config, seed)
-    inputs = processor_batch(processor, PROMPTS, images=images(seed, [(40, 30), (50, 50), (37, 61)]))
+    inputs = processor_batch(processor, PROMPTS, images=sample_images(seed, [(40, 30), (50, 50), (37, 61)]))
     return Tiny(model=model, inputs=inputs, processor=processor)
 
 
@@ -83,7 +83,7 @@ def build_mistral3(seed: int = 0) -> Tiny:
         patch_size=PATCH,
     )
     config = Mistral3Config(
-        text_config=text_config(MistralConfig, tok),
+        text_config=tiny_text_config(MistralConfig, tok),
         vision_config=vision,
         image_token_index=tok.convert_tokens_to_ids("[IMG]"),
         vision_feature_layer=-1,
@@ -91,7 +91,7 @@ def build_mistral3(seed: int = 0) -> Tiny:
         tie_word_embeddings=False,
     )
     model = init_model(Mistral3ForConditionalGeneration, config, seed)
-    image_inputs = image_processor(images(seed, [(40, 30), (50, 50), (37, 61)]), return_tensors="pt")
+    image_inputs = image_processor(sample_images(seed, [(40, 30), (50, 50), (37, 61)]), return_tensors="pt")
     sizes = iter(image_inputs["image_sizes"].tolist())
     texts = [p.replace("<image>\n", "[IMG]") for p in PROMPTS]
     texts = [re.sub(r"\[IMG\]", lambda _: pixtral_image_tokens(*next(sizes), PATCH * merge), t) for t in texts]
@@ -130,7 +130,7 @@ def build_llava_next_video(seed: int = 0) -> Tiny:
     frames = CLIPImageProcessorPil(size=square[0], crop_size=square[1])
     processor.video_processor = FramewiseVideoProcessor(frames, fps=FPS)
     config = LlavaNextVideoConfig(
-        text_config=text_config(LlamaConfig, tok),
+        text_config=tiny_text_config(LlamaConfig, tok),
         vision_config=clip_vision(),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
@@ -143,5 +143,6 @@ def build_llava_next_video(seed: int = 0) -> Tiny:
         video_seq_length=2 * (TILE // PATCH // 2) ** 2,
     )
     model = init_model(LlavaNextVideoForConditionalGeneration, config, seed)
-    inputs = processor_batch(processor, VIDEO_PROMPTS, images=images(seed, [(40, 90)]), videos=videos(seed))
+    media = {"images": sample_images(seed, [(40, 90)]), "videos": sample_videos(seed)}
+    inputs = processor_batch(processor, VIDEO_PROMPTS, **media)
     return Tiny(model=model, inputs=inputs, processor=processor)
