@@ -210,3 +210,15 @@ def test_positions_that_do_not_fit_an_activation_are_an_error_not_the_whole_tens
     with pytest.raises(RuntimeError, match="does not match the batch of positions.*without pos="):
         take_positions(torch.zeros(3, 5, 4), "blocks.0.hook_resid_post", index)
     assert take_positions(torch.zeros(7, 4), "hook_vision_out", index).shape == (7, 4)  # no position axis
+
+
+def test_a_config_without_its_placeholder_id_names_the_field_not_images() -> None:
+    """Voxtral with audio_token_id=None: the error named 'image positions'; it names the field and the fix."""
+    from hooks_mm import zoo
+
+    tiny = zoo.build("voxtral")
+    tiny.model.config.audio_token_id = None
+    model = HookedMLLM(tiny.model, tiny.processor)
+    with pytest.raises(ValueError, match=r"none of \('audio_token_id',\).*: set config.audio_token_id"):
+        model(tiny.inputs)
+    assert_clean(model)

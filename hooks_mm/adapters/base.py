@@ -160,7 +160,11 @@ def token_id_mask(*fields: str, vocab: str | None = None) -> ImageMaskFn:
             token = vocab_id(config, vocab)
         if token is None:
             where = f"no {vocab!r} in vocabulary_map" if vocab is not None else f"none of {fields}"
-            raise ValueError(f"config has {where}: cannot find image positions")
+            raise ValueError(
+                f"config has {where}, so the positions of that placeholder token cannot be found: set "
+                f"config.{fields[0] if fields else 'vocabulary_map'} to the placeholder token's id (the "
+                "tokenizer's image / video / audio token) before wrapping the model."
+            )
         return input_ids == token
 
     return mask
