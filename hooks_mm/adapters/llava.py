@@ -36,8 +36,8 @@ from hooks_mm.adapters.base import (
     token_id_mask,
 )
 
-_image_mask = token_id_mask("image_token_id", "image_token_index")
-_video_mask = token_id_mask("video_token_id", "video_token_index")
+IMAGE_MASK = token_id_mask("image_token_id", "image_token_index")
+VIDEO_MASK = token_id_mask("video_token_id", "video_token_index")
 
 # vision towers without a CLS token: "default" then drops the first PATCH (as HF does)
 _NO_CLS = ("siglip", "pixtral", "moonvit")
@@ -84,7 +84,7 @@ def llava_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     if pixel_values is not None:
         n = int(pixel_values.shape[0])
     else:
-        n = int(_image_mask(config, inputs["input_ids"]).sum()) // plan.shape[0]
+        n = int(IMAGE_MASK(config, inputs["input_ids"]).sum()) // plan.shape[0]
     return [plan.clone() for _ in range(n)]
 
 
@@ -191,13 +191,14 @@ def video_llava_video_plans(config: Any, inputs: dict[str, Any], processor: Any 
 _onevision_special = special_ids("video_token_id", "video_token_index")
 
 
-def _adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **media: Any) -> Adapter:
+def llava_adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **media: Any) -> Adapter:
+    """A LLaVA-style wrapper row: the LM under model.language_model, the projector, image placeholders."""
     return Adapter(
         name=name,
         architectures=(cls,),
         **lm_paths("model.language_model"),
         projector="model.multi_modal_projector",
-        image_mask=_image_mask,
+        image_mask=IMAGE_MASK,
         image_plans=plans,
         special_ids=special,
         notes=notes,
@@ -205,7 +206,7 @@ def _adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **me
     )
 
 
-LLAVA = _adapter(
+LLAVA = llava_adapter(
     "llava",
     "LlavaForConditionalGeneration",
     llava_plans,
@@ -213,7 +214,7 @@ LLAVA = _adapter(
     "projector output rows are exactly the image positions (image_sizes only for Pixtral).",
 )
 
-LLAVA_NEXT = _adapter(
+LLAVA_NEXT = llava_adapter(
     "llava_next",
     "LlavaNextForConditionalGeneration",
     llava_next_plans,
@@ -221,25 +222,25 @@ LLAVA_NEXT = _adapter(
     "image_newline packing, so its output is not 1:1 with image positions (plans are).",
 )
 
-LLAVA_ONEVISION = _adapter(
+LLAVA_ONEVISION = llava_adapter(
     "llava_onevision",
     "LlavaOnevisionForConditionalGeneration",
     llava_onevision_plans,
     "Qwen2 LM + SigLIP ('full'); needs image_sizes (+ batch_num_images: multi-image rows get "
     "base tile + 1 newline); projector output precedes unpad/bilinear-resize/newline packing.",
     special=_onevision_special,
-    video_mask=_video_mask,
+    video_mask=VIDEO_MASK,
     video_plans=onevision_video_plans,
 )
 
-VIDEO_LLAVA = _adapter(
+VIDEO_LLAVA = llava_adapter(
     "video_llava",
     "VideoLlavaForConditionalGeneration",
     video_llava_image_plans,
     "separate image_tower and video_tower (CLIP), one multi_modal_projector called once for "
     "images and once for videos (hook_vision_out / hook_projector_out fire for both); images "
     "drop CLS ('default'), video frames keep it: frames * (1 + grid) tokens per video",
-    video_mask=_video_mask,
+    video_mask=VIDEO_MASK,
     video_plans=video_llava_video_plans,
 )
 

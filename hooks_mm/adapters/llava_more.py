@@ -11,26 +11,14 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import (
-    Adapter,
-    ImagePlan,
-    MediaPlan,
-    grid_plan,
-    lm_paths,
-    patch_grid,
-    special_ids,
-    token_id_mask,
-)
-from hooks_mm.adapters.llava import llava_next_plans
-
-_image_mask = token_id_mask("image_token_id", "image_token_index")
-_video_mask = token_id_mask("video_token_id", "video_token_index")
+from hooks_mm.adapters.base import ImagePlan, MediaPlan, grid_plan, patch_grid
+from hooks_mm.adapters.llava import IMAGE_MASK, VIDEO_MASK, llava_adapter, llava_next_plans
 
 
 def _n_images(config: Any, inputs: dict[str, Any], pixel_values: Any, per_image: int) -> int:
     if pixel_values is not None:
         return int(pixel_values.shape[0])
-    return int(_image_mask(config, inputs["input_ids"]).sum()) // max(per_image, 1)
+    return int(IMAGE_MASK(config, inputs["input_ids"]).sum()) // max(per_image, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,21 +76,7 @@ def llava_next_video_plans(config: Any, inputs: dict[str, Any], processor: Any =
     return [MediaPlan.video(int(pv.shape[1]), side, side) for _ in range(int(pv.shape[0]))]
 
 
-def _adapter(name: str, cls: str, plans, notes: str, special=special_ids(), **media: Any) -> Adapter:
-    return Adapter(
-        name=name,
-        architectures=(cls,),
-        **lm_paths("model.language_model"),
-        projector="model.multi_modal_projector",
-        image_mask=_image_mask,
-        image_plans=plans,
-        special_ids=special,
-        notes=notes,
-        **media,
-    )
-
-
-VIPLLAVA = _adapter(
+VIPLLAVA = llava_adapter(
     "vipllava",
     "VipLlavaForConditionalGeneration",
     vipllava_plans,
@@ -111,7 +85,7 @@ VIPLLAVA = _adapter(
     "projector output rows are exactly the image positions.",
 )
 
-MISTRAL3 = _adapter(
+MISTRAL3 = llava_adapter(
     "mistral3",
     "Mistral3ForConditionalGeneration",
     mistral3_plans,
@@ -120,14 +94,14 @@ MISTRAL3 = _adapter(
     "the merged cells, exactly the image positions; needs image_sizes.",
 )
 
-LLAVA_NEXT_VIDEO = _adapter(
+LLAVA_NEXT_VIDEO = llava_adapter(
     "llava_next_video",
     "LlavaNextVideoForConditionalGeneration",
     llava_next_plans,
     "LLaVA-NeXT images (anyres tiles + image_newline, as llava_next) and videos: each frame's CLIP grid "
     "pooled by the vision_resampler (spatial_pool_stride) before the projector; the projector runs once "
     "for images and once for videos (hook_vision_out / hook_projector_out fire for both).",
-    video_mask=_video_mask,
+    video_mask=VIDEO_MASK,
     video_plans=llava_next_video_plans,
 )
 
