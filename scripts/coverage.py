@@ -395,19 +395,46 @@ def summary(rows: list[dict[str, Any]]) -> str:
     for bad in ("accepted but WRONG", "accepted, then fails"):
         n = sum(kind(r["status"]) == bad for r in rows)
         text += f", {n} {bad}" if n else ""
-    return text + "."
+    media = sum(kind(r["status"]) == "exact" and bool(conformance_models(r.get("family") or "")) for r in rows)
+    return text + f". {media} of the exact classes are also checked with media by tests/test_conformance.py."
 
 
 def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def conformance_models(family: str) -> list[str]:
+    """The built-in tiny models of a family (``tiny-<family>``, ``tiny-<family>-video``) that
+    tests/test_conformance.py checks with media (positions, plans, projector rows)."""
+    from hooks_mm.zoo import BUILDERS
+
+    keys = [
+        k
+        for k in BUILDERS
+        if family and (k == family or k.startswith(f"{family}_") and k[len(family) + 1 :] in SUFFIXES)
+    ]
+    return [f"tiny-{k.replace('_', '-')}" for k in sorted(keys)]
+
+
+SUFFIXES = ("video", "audio")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| class | hooks_mm family | backbone | modalities | status |", "|---|---|---|---|---|"]
+    lines = [
+        "| class | hooks_mm family | backbone | modalities | status | media conformance |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         fam = f"`{r['family']}`" if r.get("family") else ""
         mods = ", ".join(r.get("modalities") or [])
-        lines.append(f"| `{r['class']}` | {fam} | {cell(r.get('backbone') or '')} | {mods} | {cell(r['status'])} |")
+        tiny = (
+            ", ".join(f"`{t}`" for t in conformance_models(r.get("family") or ""))
+            if kind(r["status"]) == "exact"
+            else ""
+        )
+        lines.append(
+            f"| `{r['class']}` | {fam} | {cell(r.get('backbone') or '')} | {mods} | {cell(r['status'])} | {tiny} |"
+        )
     return "\n".join(lines)
 
 
@@ -417,8 +444,18 @@ def readme_block(rows: list[dict[str, Any]]) -> str:
 
 def table_classes(readme: str) -> list[str]:
     """The class names listed in the README's generated table, in order."""
+    return [r["class"] for r in table_rows(readme)]
+
+
+def table_rows(readme: str) -> list[dict[str, str]]:
+    """The README's generated table read back: class, family, status (markdown and escapes removed)."""
     block = readme.split(START, 1)[1].split(END, 1)[0]
-    return re.findall(r"^\| `([^`]+)` \|", block, flags=re.M)
+    rows = []
+    for line in block.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows.append({"class": cells[0].strip("`"), "family": cells[1].strip("`"), "status": cells[4]})
+    return rows
 
 
 def write_readme(rows: list[dict[str, Any]]) -> None:
