@@ -9,7 +9,7 @@ import torch
 from hooks_mm import HookedMLLM, Modality
 from hooks_mm.media import moving_square
 from hooks_mm.zoo.base import chat_prompts, processor_batch
-from hooks_mm.zoo.qwen_more import PATCH, build_videollama3_video
+from hooks_mm.zoo.qwen_more import PATCH, build_hyperclovax_vision_v2, build_videollama3_video
 
 
 def test_videollama3_layout_follows_the_video_compression_mask() -> None:
@@ -71,3 +71,14 @@ def test_exaone4_5_is_refused_naming_its_post_norm_decoder() -> None:
     model = Exaone4_5_ForConditionalGeneration(config).eval()
     with pytest.raises(NotImplementedError, match=r"backbone 'exaone4'.*no module input_layernorm.*post_feedforward"):
         HookedMLLM(model)
+
+
+def test_hyperclovax_logits_post_is_its_head() -> None:
+    """HyperCLOVAX-Vision-V2's head multiplies the logits by logits_scaling (0.7 in the tiny config):
+    unembedding ln_final's output and applying the row's logits_post gives the model's logits."""
+    tiny = build_hyperclovax_vision_v2()
+    model = HookedMLLM(tiny.model, tiny.processor)
+    logits, cache = model.run_with_cache(tiny.inputs, names_filter="ln_final.hook_normalized")
+    unembedded = tiny.model.get_output_embeddings()(cache["ln_final.hook_normalized"])
+    assert not torch.allclose(unembedded, logits, atol=1e-3)  # the scaling matters here
+    assert torch.allclose(model.adapter.logits_post(tiny.model, unembedded), logits, atol=1e-5)
