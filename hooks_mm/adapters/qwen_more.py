@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from hooks_mm.adapters.base import Adapter, MediaPlan, grid_plan, lm_paths, token_id_mask
-from hooks_mm.adapters.qwen import QWEN2_VL, QWEN3_VL, qwen_image_plans, qwen_special_ids
+from hooks_mm.adapters.qwen import QWEN2_VL, QWEN3_VL
 
 
 def _merge_sizes(inputs: dict[str, Any], kind: str, n: int) -> list[int]:
@@ -129,7 +129,6 @@ PADDLEOCR_VL = replace(
     name="paddleocr_vl",
     architectures=("PaddleOCRVLForConditionalGeneration",),
     projector="model.projector",
-    image_plans=qwen_image_plans,
     video_mask=None,
     video_plans=None,
     notes="images only; model.projector merges m x m patches (its input is patch-level [n_patches, d_vision]); "
@@ -141,7 +140,6 @@ HYPERCLOVAX_VISION_V2 = replace(
     name="hyperclovax_vision_v2",
     architectures=("HyperCLOVAXVisionV2ForConditionalGeneration",),
     projector="model.projector",
-    special_ids=lambda config: set(),
     logits_post=hyperclovax_logits,
     notes="Qwen2.5-VL vision tower (merger output already in sequence order) -> model.projector (Linear); "
     "1-D positions; logits * logits_scaling; HyperCLOVAX LM (Peri-LN, residual / embedding multipliers)",
@@ -151,10 +149,8 @@ EXAONE4_5 = replace(
     QWEN2_VL,
     name="exaone4_5",
     architectures=("Exaone4_5_ForConditionalGeneration",),
-    projector="model.visual.merger",
-    special_ids=qwen_special_ids,
-    notes="Qwen2-VL-style wrapper, 1-D positions; its EXAONE-4 decoder (norms after each branch, none before) "
-    "is refused by the backbone check",
+    notes="Qwen2-VL-style wrapper, 1-D positions, a Qwen2.5-VL-style vision tower (merger rows in window order); "
+    "its EXAONE-4 decoder (norms after each branch, none before) is refused by the backbone check",
 )
 
 ADAPTERS = (COSMOS3_OMNI, VIDEOLLAMA3, PADDLEOCR_VL, HYPERCLOVAX_VISION_V2, EXAONE4_5)
