@@ -25,6 +25,9 @@ VIDEO_FAMILIES = [
     "llava_onevision_video",
     "video_llava",
     "llava_next_video",
+    "cosmos3_omni_video",
+    "hyperclovax_vision_v2_video",
+    "videollama3_video",
 ]
 AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
@@ -33,9 +36,11 @@ N_IMAGES = {
         [
             "anygpt",
             "chameleon",
+            "cosmos3_omni",
             "deepseek_vl",
             "emu3",
             "gemma3",
+            "hyperclovax_vision_v2",
             "idefics2",
             "idefics3",
             "internvl",
@@ -47,10 +52,12 @@ N_IMAGES = {
             "mllama",
             "paligemma",
             "paligemma2",
+            "paddleocr_vl",
             "qwen2_5_vl",
             "qwen2_vl",
             "qwen3_vl",
             "smolvlm",
+            "videollama3",
             "vipllava",
         ],
         3,
@@ -58,12 +65,15 @@ N_IMAGES = {
     **dict.fromkeys(
         [
             "anygpt_audio",
+            "cosmos3_omni_video",
+            "hyperclovax_vision_v2_video",
             "llava_next_video",
             "llava_onevision_video",
             "qwen2_5_omni",
             "qwen2_5_vl_video",
             "qwen2_vl_video",
             "video_llava",
+            "videollama3_video",
         ],
         1,
     ),

@@ -134,6 +134,31 @@ COHERE = Backbone(
     "(an edit there is added to the output), no ln2.hook_normalized",
 )
 
+
+@dataclass(frozen=True)
+class PeriBackbone(Backbone):
+    """A row whose branches end in a norm before the residual add (Peri-LN): ``inside`` names those
+    norms, which the derived ``hook_attn_out`` / ``hook_mlp_out`` (``attn_out`` / ``mlp_out`` None) include."""
+
+    inside: tuple[str, ...] = ()
+
+    def paths(self) -> list[str]:
+        return super().paths() + list(self.inside)
+
+
+HYPERCLOVAX = PeriBackbone(
+    "hyperclovax",
+    attn_out=None,
+    mlp_out=None,
+    inside=("post_norm1", "post_norm2"),
+    scales=("residual_multiplier", "embedding_multiplier", "logits_scaling"),
+    notes="HyperCLOVAX: x + residual_multiplier * post_norm1(attn(ln1(x))), then the same with post_norm2 and the "
+    "MLP: hook_attn_out / hook_mlp_out are derived (mid - pre, post - mid), after the post-norm and the multiplier; "
+    "embedding_multiplier is applied after hook_embed (to the media features too); logits_scaling multiplies the "
+    "logits in the HyperCLOVAX heads",
+)
+
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -146,6 +171,7 @@ BACKBONES: dict[str, Backbone] = {
     "phi3": PHI3,
     "granite": GRANITE,
     "cohere": COHERE,
+    "hyperclovax": HYPERCLOVAX,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

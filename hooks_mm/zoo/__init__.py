@@ -48,6 +48,13 @@ BUILDERS: dict[str, str] = {
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
+    "cosmos3_omni": "qwen_more:build_cosmos3_omni",
+    "cosmos3_omni_video": "qwen_more:build_cosmos3_omni_video",
+    "paddleocr_vl": "qwen_more:build_paddleocr_vl",
+    "hyperclovax_vision_v2": "qwen_more:build_hyperclovax_vision_v2",
+    "hyperclovax_vision_v2_video": "qwen_more:build_hyperclovax_vision_v2_video",
+    "videollama3": "qwen_more:build_videollama3",
+    "videollama3_video": "qwen_more:build_videollama3_video",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -114,7 +114,7 @@ def build_processor(processor_cls: Any, patch_size: int, merge_size: int = 2) ->
         return processor_cls(**parts, video_processor=None, chat_template=CHAT_TEMPLATE)
 
 
-def _images(seed: int, factor: int) -> list[Any]:
+def qwen_images(seed: int, factor: int) -> list[Any]:
     """Three distinct RGB images: (2f x 3f), (3f x 2f), (2f x 2f) pixels (h x w)."""
     from PIL import Image
 
@@ -128,15 +128,16 @@ def _images(seed: int, factor: int) -> list[Any]:
     return out
 
 
-def processor_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tensor]:
-    """Batch of two prompts: row 0 with images 0 and 1, row 1 with image 2 (left-padded)."""
+def processor_inputs(processor: Any, seed: int, factor: int, mm_types: bool = True) -> dict[str, torch.Tensor]:
+    """Batch of two prompts: row 0 with images 0 and 1, row 1 with image 2 (left-padded); ``mm_types``:
+    check that the processor returned ``mm_token_type_ids`` (families with M-RoPE need them)."""
     texts = chat_prompts(
         processor,
         (["image", "image"], "compare the two images . which one is red ?"),
         (["image"], "describe this image"),
     )
-    inputs = processor_batch(processor, texts, images=_images(seed, factor))
-    assert "mm_token_type_ids" in inputs, "processor did not return mm_token_type_ids"
+    inputs = processor_batch(processor, texts, images=qwen_images(seed, factor))
+    assert not mm_types or "mm_token_type_ids" in inputs, "processor did not return mm_token_type_ids"
     return inputs
 
 
@@ -146,7 +147,7 @@ def video_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tens
         processor, (["image", "video"], "what is in this image and left picture ?"), (["video"], "describe")
     )
     videos = [moving_square(4, 2 * factor, 3 * factor, seed), moving_square(2, 3 * factor, 2 * factor, seed + 1)]
-    return processor_batch(processor, texts, images=_images(seed, factor)[:1], videos=videos, fps=FPS)
+    return processor_batch(processor, texts, images=qwen_images(seed, factor)[:1], videos=videos, fps=FPS)
 
 
 def mrope(*section: int, **extra: Any) -> dict[str, Any]:
@@ -165,12 +166,20 @@ def vision_config(patch_size: int, **extra: Any) -> dict[str, Any]:
 # Builders
 
 
-def _build_qwen(name: str, seed: int, patch: int, vision: dict[str, Any], video: bool = False, **text: Any) -> Tiny:
-    """``{name}ForConditionalGeneration`` (Qwen2VL, Qwen2_5_VL, Qwen3VL) with its processor, on
-    images or (``video``) an image and videos; ``text`` adds to the LM config."""
+def build_qwen_family(
+    name: str, seed: int, patch: int, vision: dict[str, Any], video: bool = False, processor_name: str = "", **text: Any
+) -> Tiny:
+    """``{name}ForConditionalGeneration`` (Qwen2VL, Qwen2_5_VL, Qwen3VL, Cosmos3Omni) with its processor
+    (``{processor_name or name}Processor``), on images or (``video``) an image and videos; ``text`` adds to
+    the LM config.
+
+    Example::
+
+        tiny = build_qwen_family("Qwen2VL", 0, 14, vision_config(14))
+    """
     import transformers
 
-    processor = build_processor(getattr(transformers, f"{name}Processor"), patch)
+    processor = build_processor(getattr(transformers, f"{processor_name or name}Processor"), patch)
     ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = getattr(transformers, f"{name}Config")(
         text_config=lm_config(
@@ -197,21 +206,21 @@ def build_qwen2_vl(seed: int = 0, video: bool = False) -> Tiny:
     # vision hidden_size = LM hidden: the output size of the merger
     vision = dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
     vision.update(spatial_merge_size=2, temporal_patch_size=2)
-    return _build_qwen("Qwen2VL", seed, 14, vision, video, rope_parameters=mrope(2, 3, 3))
+    return build_qwen_family("Qwen2VL", seed, 14, vision, video, rope_parameters=mrope(2, 3, 3))
 
 
 def build_qwen2_5_vl(seed: int = 0, video: bool = False) -> Tiny:
     # window of 2x2 merged tokens: the 2x3 / 3x2 grids split into several windows,
     # so the merger's output order differs from the sequence order (see adapter)
     vision = vision_config(14, window_size=56, fullatt_block_indexes=[1])
-    return _build_qwen("Qwen2_5_VL", seed, 14, vision, video, rope_parameters=mrope(2, 3, 3))
+    return build_qwen_family("Qwen2_5_VL", seed, 14, vision, video, rope_parameters=mrope(2, 3, 3))
 
 
 def build_qwen3_vl(seed: int = 0) -> Tiny:
     # deepstack: vision blocks whose outputs are injected after LM layers 0 and 1
     vision = vision_config(16, depth=3, num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
     rope = mrope(4, 2, 2, mrope_interleaved=True)
-    return _build_qwen("Qwen3VL", seed, 16, vision, num_hidden_layers=3, head_dim=16, rope_parameters=rope)
+    return build_qwen_family("Qwen3VL", seed, 16, vision, num_hidden_layers=3, head_dim=16, rope_parameters=rope)
 
 
 def build_qwen2_vl_video(seed: int = 0) -> Tiny:
