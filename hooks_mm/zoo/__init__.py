@@ -48,6 +48,8 @@ BUILDERS: dict[str, str] = {
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
+    "qwen3_asr": "audio_more:build_qwen3_asr",
+    "glm_asr": "audio_more:build_glm_asr",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
