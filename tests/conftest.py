@@ -15,7 +15,13 @@ from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
 
 # the tiny random-weight families, then the shipped trained organisms (loaded from the package)
 FAMILIES = sorted(zoo.BUILDERS) + sorted(ORGANISMS)
-AUDIO_ONLY = ("qwen2_audio", "voxtral", "qwen3_asr", "glm_asr")  # audio + text: no image positions
+AUDIO_ONLY = (
+    "qwen2_audio",
+    "voxtral",
+    "qwen3_asr",
+    "glm_asr",
+    "moss_transcribe_diarize",
+)  # audio + text: no image positions
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = [
@@ -26,7 +32,15 @@ VIDEO_FAMILIES = [
     "video_llava",
     "llava_next_video",
 ]
-AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio", "qwen3_asr", "glm_asr"]
+AUDIO_FAMILIES = [
+    "qwen2_audio",
+    "voxtral",
+    "qwen2_5_omni",
+    "anygpt_audio",
+    "qwen3_asr",
+    "glm_asr",
+    "moss_transcribe_diarize",
+]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
     **dict.fromkeys(

@@ -57,3 +57,21 @@ def test_glm_asr_windows_that_do_not_fill_the_clips_are_refused() -> None:
     inputs = dict(tiny.inputs, input_features_mask=tiny.inputs["input_features_mask"][:, :-40])
     with pytest.raises(ValueError, match="do not fill the clips"):
         model.layout(inputs)
+
+
+def test_moss_plan_spans_windows_and_skips_time_markers() -> None:
+    """MOSS: a 2.3 s clip is two 2 s windows (25 + ceil(15 / 4) = 4 tokens); the numeric time
+    markers between its audio tokens are text; window 1 starts at 2.00 s."""
+    tiny = zoo.build("moss_transcribe_diarize")
+    model = HookedMLLM(tiny.model, tiny.processor)
+    tok = tiny.processor.tokenizer
+    ids = tiny.inputs["input_ids"]
+    markers = torch.isin(ids, torch.tensor(tok.convert_tokens_to_ids(["1", "2"])))
+    assert int(markers[0].sum()) == 2  # after 1 s and 2 s of audio tokens
+    layout = model.layout(tiny.inputs)
+    assert not (layout.modality[markers] == Modality.AUDIO).any()
+    mask = tiny.inputs["input_features_mask"]
+    per_window = (((mask.sum(-1) - 1) // 2 + 1 + 3) // 4).tolist()
+    t0, t1 = _times(model, tiny.inputs)
+    assert [len(t0), len(t1)] == [per_window[0] + per_window[1], per_window[2]] == [29, 9]
+    assert torch.allclose(t0[25:], 2.0 + torch.arange(4, dtype=torch.float64) * 0.08)

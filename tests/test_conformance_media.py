@@ -26,6 +26,7 @@ SECONDS_PER_STEP = {
     "anygpt_audio": 0.04,
     "qwen3_asr": 0.08,  # three stride-2 convs: 8 frames (clips under one 1 s chunk)
     "glm_asr": 0.08,  # conv stride 2 x 4 frames stacked
+    "moss_transcribe_diarize": 0.08,  # conv stride 2 x audio_merge_size 4
 }
 # seconds per LM video frame: temporal_patch_size (2) / fps (2) where the model receives a rate
 SECONDS_PER_FRAME = {"qwen2_5_vl_video": 1.0, "qwen2_5_omni": 1.0}
@@ -110,7 +111,9 @@ def test_omni_times_are_its_time_aligned_position_ids() -> None:
     assert "audio0 15 steps 0.60s" in layout.describe(1) and "pad" in layout.describe(1)
 
 
-@pytest.mark.parametrize("family", ["qwen2_audio", "voxtral", "qwen2_5_omni", "qwen3_asr", "glm_asr"])
+@pytest.mark.parametrize(
+    "family", ["qwen2_audio", "voxtral", "qwen2_5_omni", "qwen3_asr", "glm_asr", "moss_transcribe_diarize"]
+)
 def test_hook_audio_projector_out_lands_on_audio_positions(family: str) -> None:
     p = pair_for(family)
     m = p.model

@@ -50,6 +50,7 @@ BUILDERS: dict[str, str] = {
     "llava_next_video": "llava_more:build_llava_next_video",
     "qwen3_asr": "audio_more:build_qwen3_asr",
     "glm_asr": "audio_more:build_glm_asr",
+    "moss_transcribe_diarize": "audio_more:build_moss_transcribe_diarize",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

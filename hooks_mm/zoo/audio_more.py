@@ -83,3 +83,45 @@ def build_glm_asr(seed: int = 0) -> Tiny:
     model = init_model(GlmAsrForConditionalGeneration, config, seed)
     inputs = _batch(processor, [tone(2.3, 880.0), chirp(0.7)])
     return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+def build_moss_transcribe_diarize(seed: int = 0) -> Tiny:
+    """MOSS-Transcribe-Diarize: Whisper encoder over 2 s windows, 4 frames packed per token,
+    MLP projector, Qwen3 LM; a time marker ("1", "2", ...) every second of audio tokens."""
+    from transformers import (
+        MossTranscribeDiarizeConfig,
+        MossTranscribeDiarizeForConditionalGeneration,
+        MossTranscribeDiarizeProcessor,
+    )
+    from transformers.models.moss_transcribe_diarize.feature_extraction_moss_transcribe_diarize import (
+        MossTranscribeDiarizeFeatureExtractor,
+    )
+
+    tok = build_tokenizer()
+    tok.add_tokens([str(s) for s in range(1, 4)])  # the processor's numeric time markers
+    chunk_seconds = 2
+    processor = MossTranscribeDiarizeProcessor(
+        feature_extractor=MossTranscribeDiarizeFeatureExtractor(feature_size=N_MELS, chunk_length=chunk_seconds),
+        tokenizer=tok,
+        chat_template=CHAT_TEMPLATE,
+        audio_token="<|AUDIO|>",
+        audio_bos_token="<|audio_bos|>",
+        audio_eos_token="<|audio_eos|>",
+        time_marker_every_seconds=1,
+    )
+    config = MossTranscribeDiarizeConfig(
+        audio_config=dict(
+            num_mel_bins=N_MELS,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            max_source_positions=chunk_seconds * 50,  # mel frames per window / conv stride 2
+        ),
+        text_config=lm_config(64, head_dim=16, **token_ids(tok)),
+        audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
+        audio_chunk_size=chunk_seconds * SAMPLING_RATE,
+    )
+    model = init_model(MossTranscribeDiarizeForConditionalGeneration, config, seed)
+    inputs = _batch(processor, [tone(2.3, 880.0), chirp(0.7)])
+    return Tiny(model=model, inputs=inputs, processor=processor)
