@@ -21,6 +21,8 @@ AUDIO_ONLY = (
     "qwen3_asr",
     "glm_asr",
     "moss_transcribe_diarize",
+    "granite_speech",
+    "granite_speech_plus",
 )  # audio + text: no image positions
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
 # families / input cases whose batches hold video or audio positions
@@ -40,6 +42,8 @@ AUDIO_FAMILIES = [
     "qwen3_asr",
     "glm_asr",
     "moss_transcribe_diarize",
+    "granite_speech",
+    "granite_speech_plus",
 ]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {

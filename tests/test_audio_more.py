@@ -75,3 +75,27 @@ def test_moss_plan_spans_windows_and_skips_time_markers() -> None:
     t0, t1 = _times(model, tiny.inputs)
     assert [len(t0), len(t1)] == [per_window[0] + per_window[1], per_window[2]] == [29, 9]
     assert torch.allclose(t0[25:], 2.0 + torch.arange(4, dtype=torch.float64) * 0.08)
+
+
+@pytest.mark.parametrize("with_audio", [True, False])
+def test_granite_speech_hook_embed_edits_the_embedding_it_uses(with_audio: bool) -> None:
+    """Granite Speech embeds input_ids, then (with audio) embeds them again and uses that copy:
+    an edit at hook_embed must match the same edit on every embedding call of the bare model."""
+    tiny = zoo.build("granite_speech")
+    inputs = dict(tiny.inputs)
+    if not with_audio:  # text only: one embedding call
+        tok = tiny.processor.tokenizer
+        inputs = dict(tok(["describe the sound", "which sound is high ?"], return_tensors="pt", padding=True))
+    model = HookedMLLM(tiny.model, tiny.processor)
+    bare = zoo.build("granite_speech").model
+    with torch.no_grad():
+        hooked = model.run_with_hooks(inputs, fwd_hooks=[("hook_embed", lambda x, hook: x + 0.5)])
+        handle = bare.model.language_model.embed_tokens.register_forward_hook(lambda m, i, o: o + 0.5)
+        try:
+            expected = bare(**inputs).logits
+        finally:
+            handle.remove()
+        plain = bare(**inputs).logits
+    real = inputs["attention_mask"].bool()
+    assert (hooked - plain)[real].abs().max() > 1e-3
+    assert torch.allclose(hooked[real], expected[real], atol=1e-5)

@@ -27,7 +27,11 @@ SECONDS_PER_STEP = {
     "qwen3_asr": 0.08,  # three stride-2 convs: 8 frames (clips under one 1 s chunk)
     "glm_asr": 0.08,  # conv stride 2 x 4 frames stacked
     "moss_transcribe_diarize": 0.08,  # conv stride 2 x audio_merge_size 4
+    "granite_speech": 0.1,  # 2 stacked mel frames x downsample_rate 5 per query
+    "granite_speech_plus": 0.1,
 }
+# steps that share one start time: the Q-Former queries of one projector window (3 per 15 frames)
+STEPS_PER_TIME = {"granite_speech": 3, "granite_speech_plus": 3}
 # seconds per LM video frame: temporal_patch_size (2) / fps (2) where the model receives a rate
 SECONDS_PER_FRAME = {"qwen2_5_vl_video": 1.0, "qwen2_5_omni": 1.0}
 
@@ -71,16 +75,16 @@ def test_layout_matches_audio_features_and_times(family: str) -> None:
     audio = layout.modality == Modality.AUDIO
     assert int(audio.sum()) == int(_mask(p, "audio").sum()) > 0
     assert layout.n_audios >= 1 and layout.select(Audio()).equal(audio)
-    step = SECONDS_PER_STEP[family]
+    step, g = SECONDS_PER_STEP[family], STEPS_PER_TIME.get(family, 1)
     for k in range(layout.n_audios):
         at = layout.audio_id == k
         assert at.any(1).sum() == 1
         n = layout.audio_lengths[k]
         assert layout.frame[at].tolist() == list(range(n))
-        assert torch.allclose(layout.time[at], torch.arange(n, dtype=torch.float64) * step)
+        assert torch.allclose(layout.time[at], torch.arange(n, dtype=torch.float64).div(g).floor() * g * step)
     # AudioTime picks exactly the steps in [t0, t1) of every clip
-    sel = layout.select(AudioTime(2 * step - 1e-9, 5 * step - 1e-9))
-    assert torch.equal(sel, audio & (layout.frame >= 2) & (layout.frame < 5))
+    sel = layout.select(AudioTime(2 * g * step - 1e-9, 5 * g * step - 1e-9))
+    assert torch.equal(sel, audio & (layout.frame >= 2 * g) & (layout.frame < 5 * g))
     assert not (layout.time[~(audio | (layout.modality == Modality.VIDEO))]).isfinite().any()
 
 

@@ -150,20 +150,17 @@ def fun_asr_plans(config: Any, inputs: dict[str, Any], processor: Any = None) ->
 
 def granite_speech_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
     """Granite Speech: ``input_features_mask`` (per clip, per query token) gives the steps; the
-    ``window_size // downsample_rate`` queries of window ``b`` share its start time."""
+    ``window_size // downsample_rate`` queries of window ``b`` share its start time (``b *
+    window_size`` encoder frames of ``input_dim / n_mels`` stacked mel frames each)."""
     mask = _mask_lengths(inputs)
     per_window = config.window_size // config.downsample_rate
-    stacked = config.encoder_config.input_dim // getattr(config.encoder_config, "num_mel_bins", 0 or 1)
     fe = getattr(processor, "feature_extractor", None)
-    n_mels = getattr(fe, "feature_size", None)
-    seconds = frame_seconds(processor)
-    if n_mels:
-        stacked = config.encoder_config.input_dim // n_mels
+    n_mels, seconds = getattr(fe, "feature_size", None), frame_seconds(processor)
+    stacked = config.encoder_config.input_dim // n_mels if n_mels else 0
     plans = []
     for n in mask.sum(-1).tolist():
-        window = torch.arange(n) // per_window
-        frames = window * config.window_size * stacked
-        plans.append(frames_plan(frames, seconds if n_mels else None))
+        frames = torch.arange(n) // per_window * config.window_size * stacked
+        plans.append(frames_plan(frames, seconds if stacked else None))
     return plans
 
 
@@ -174,7 +171,7 @@ def _audio(name: str, arch: str, plans: Any, projector: str, notes: str, lm: str
         architectures=(arch,),
         **lm_paths(lm),
         audio_projector=projector,
-        audio_mask=token_id_mask("audio_token_id"),
+        audio_mask=token_id_mask("audio_token_id", "audio_token_index"),
         audio_plans=plans,
         notes=notes,
     )
@@ -212,13 +209,24 @@ FUN_ASR_NANO = _audio(
     "SenseVoice SAN-M encoder over LFR features (60 ms) -> adaptor (multi_modal_projector, "
     "linear + transformer layers); Qwen3 LM",
 )
-GRANITE_SPEECH = _audio(
-    "granite_speech",
-    "GraniteSpeechForConditionalGeneration",
-    granite_speech_plans,
-    "model.projector",
-    "conformer CTC encoder -> windowed Q-Former projector (window_size / downsample_rate queries per "
-    "window; queries carry their window's start time) -> masked_scatter; Granite LM (multipliers)",
+
+
+def granite_embed_call(kwargs: dict[str, Any]) -> int:
+    """Granite Speech embeds ``input_ids`` once, then again (the copy it uses) when it merges audio."""
+    return 1 if kwargs.get("input_features") is not None else 0
+
+
+GRANITE_SPEECH = replace(
+    _audio(
+        "granite_speech",
+        "GraniteSpeechForConditionalGeneration",
+        granite_speech_plans,
+        "model.projector",
+        "conformer CTC encoder -> windowed Q-Former projector (window_size / downsample_rate queries per "
+        "window; queries carry their window's start time) -> masked_scatter; Granite LM (multipliers); "
+        "input_ids are embedded twice with audio, hook_embed is the second (used) call",
+    ),
+    embed_call=granite_embed_call,
 )
 GRANITE_SPEECH_PLUS = replace(
     GRANITE_SPEECH, name="granite_speech_plus", architectures=("GraniteSpeechPlusForConditionalGeneration",)

@@ -51,6 +51,8 @@ BUILDERS: dict[str, str] = {
     "qwen3_asr": "audio_more:build_qwen3_asr",
     "glm_asr": "audio_more:build_glm_asr",
     "moss_transcribe_diarize": "audio_more:build_moss_transcribe_diarize",
+    "granite_speech": "audio_more:build_granite_speech",
+    "granite_speech_plus": "audio_more:build_granite_speech_plus",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

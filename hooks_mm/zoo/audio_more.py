@@ -125,3 +125,107 @@ def build_moss_transcribe_diarize(seed: int = 0) -> Tiny:
     model = init_model(MossTranscribeDiarizeForConditionalGeneration, config, seed)
     inputs = _batch(processor, [tone(2.3, 880.0), chirp(0.7)])
     return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+# ---------------------------------------------------------------------------------------
+# Granite Speech: its feature extractor needs torchaudio (not installable beside this torch),
+# so the batch is built the way GraniteSpeechProcessor builds it: log-mel (n_fft 512, window 400,
+# hop 160, centred: raw // 160 + 1 frames), the same normalisation, last frame dropped if odd,
+# pairs of frames stacked; ``audio_embed_sizes`` from the feature extractor's own arithmetic
+# (GraniteSpeechFeatureExtractor._get_num_audio_features); each <|AUDIO|> expanded to that many.
+
+GRANITE_HOP, GRANITE_WINDOW, GRANITE_DOWNSAMPLE = 160, 15, 5
+
+
+def granite_log_mel(wave: Any) -> Any:
+    """``[frames // 2, 2 * N_MELS]``: stacked log-mel of one clip, as GraniteSpeechFeatureExtractor."""
+    import numpy as np
+    import torch
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    filters = mel_filter_bank(
+        num_frequency_bins=257, num_mel_filters=N_MELS, min_frequency=0.0, max_frequency=8000.0,
+        sampling_rate=SAMPLING_RATE, norm=None, mel_scale="htk",
+    )  # fmt: skip
+    mel = spectrogram(
+        np.asarray(wave, dtype=np.float32), window_function(400, "hann", frame_length=512), frame_length=512,
+        hop_length=GRANITE_HOP, fft_length=512, power=2.0, center=True, pad_mode="reflect", mel_filters=filters,
+    )  # fmt: skip
+    logmel = torch.from_numpy(mel.T).float().clamp(min=1e-10).log10()
+    logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+    if logmel.shape[0] % 2 == 1:
+        logmel = logmel[:-1]
+    return logmel.reshape(-1, 2 * N_MELS)
+
+
+def granite_batch(tok: Any, texts: list[str], audio: list[Any]) -> dict[str, Any]:
+    """``input_ids`` / ``attention_mask`` / ``input_features`` / ``input_features_mask`` of
+    GraniteSpeechProcessor for one clip per text."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from transformers.models.granite_speech.feature_extraction_granite_speech import GraniteSpeechFeatureExtractor
+
+    fe = SimpleNamespace(
+        melspec_kwargs={"hop_length": GRANITE_HOP},
+        projector_window_size=GRANITE_WINDOW,
+        projector_downsample_rate=GRANITE_DOWNSAMPLE,
+    )
+    sizes = GraniteSpeechFeatureExtractor._get_num_audio_features(fe, [len(w) for w in audio])
+    width = max(len(w) for w in audio)  # waveforms zero-padded to the longest, then one mel per row
+    features = torch.stack([granite_log_mel(np.pad(w, (0, width - len(w)))) for w in audio])
+    texts = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n, 1) for t, n in zip(texts, sizes)]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    mask = torch.arange(max(sizes)).view(1, -1) < torch.tensor(sizes).view(-1, 1)
+    return {**enc, "input_features": features, "input_features_mask": mask}
+
+
+def build_granite_speech(seed: int = 0, plus: bool = False) -> Tiny:
+    """Granite Speech: conformer encoder, windowed Q-Former projector (3 queries per 15 frames),
+    Granite LM with its multipliers. ``plus``: Granite Speech Plus (encoder layer 1 concatenated
+    to the final encoder output before the projector)."""
+    import transformers
+    from transformers import WhisperFeatureExtractor
+
+    from hooks_mm.processing.audio_text import AudioTextProcessor
+
+    name = "GraniteSpeechPlus" if plus else "GraniteSpeech"
+    tok = build_tokenizer()
+    hidden, n_cat = 32, (2 if plus else 1)
+    config = getattr(transformers, f"{name}Config")(
+        encoder_config=dict(
+            input_dim=2 * N_MELS, num_layers=2, hidden_dim=hidden, num_heads=2, dim_head=16, output_dim=8,
+            context_size=40, max_pos_emb=64, dropout=0.0, conv_kernel_size=5,
+            **({"cat_hidden_layers": [1]} if plus else {}),
+        ),
+        projector_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            encoder_hidden_size=hidden * n_cat, cross_attention_frequency=1,
+        ),
+        text_config=lm_config(
+            64, head_dim=16, embedding_multiplier=2.0, residual_multiplier=0.5, attention_multiplier=0.3,
+            logits_scaling=4.0, model_type="granite", **token_ids(tok),
+        ),
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+        window_size=GRANITE_WINDOW,
+        downsample_rate=GRANITE_DOWNSAMPLE,
+        has_lora_adapter=False,
+    )  # fmt: skip
+    model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
+    texts = [tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True) for turn in _turns()]
+    inputs = granite_batch(tok, texts, [tone(1.8, 880.0), chirp(0.7)])
+    # the layout reads the frame rate (hop / rate) and the mel bins (2 stacked per encoder frame) from here
+    fe = WhisperFeatureExtractor(feature_size=N_MELS, hop_length=GRANITE_HOP, sampling_rate=SAMPLING_RATE)
+    return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe))
+
+
+def build_granite_speech_plus(seed: int = 0) -> Tiny:
+    return build_granite_speech(seed, plus=True)
+
+
+def _turns() -> list[list[dict[str, Any]]]:
+    def turn(media: list[str], text: str) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": [{"type": t} for t in media] + [{"type": "text", "text": text}]}]
+
+    return [turn(m, t) for m, t in PROMPTS]
