@@ -23,6 +23,7 @@ AUDIO_ONLY = (
     "moss_transcribe_diarize",
     "granite_speech",
     "granite_speech_plus",
+    "fun_asr_nano",
 )  # audio + text: no image positions
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
 # families / input cases whose batches hold video or audio positions
@@ -44,6 +45,7 @@ AUDIO_FAMILIES = [
     "moss_transcribe_diarize",
     "granite_speech",
     "granite_speech_plus",
+    "fun_asr_nano",
 ]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {

@@ -29,6 +29,7 @@ SECONDS_PER_STEP = {
     "moss_transcribe_diarize": 0.08,  # conv stride 2 x audio_merge_size 4
     "granite_speech": 0.1,  # 2 stacked mel frames x downsample_rate 5 per query
     "granite_speech_plus": 0.1,
+    "fun_asr_nano": 0.06,  # low frame rate: every 6th 10 ms fbank frame
 }
 # steps that share one start time: the Q-Former queries of one projector window (3 per 15 frames)
 STEPS_PER_TIME = {"granite_speech": 3, "granite_speech_plus": 3}

@@ -53,6 +53,7 @@ BUILDERS: dict[str, str] = {
     "moss_transcribe_diarize": "audio_more:build_moss_transcribe_diarize",
     "granite_speech": "audio_more:build_granite_speech",
     "granite_speech_plus": "audio_more:build_granite_speech_plus",
+    "fun_asr_nano": "audio_more:build_fun_asr_nano",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

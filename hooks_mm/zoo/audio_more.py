@@ -229,3 +229,67 @@ def _turns() -> list[list[dict[str, Any]]]:
         return [{"role": "user", "content": [{"type": t} for t in media] + [{"type": "text", "text": text}]}]
 
     return [turn(m, t) for m, t in PROMPTS]
+
+
+# ---------------------------------------------------------------------------------------
+# Fun-ASR-Nano: its feature extractor takes Kaldi fbanks from torchaudio (not installable here);
+# the subclass below computes them with transformers.audio_utils (same frames: 25 ms Hamming
+# windows every 10 ms, no padding at the edges) and keeps the rest of the HF feature extractor
+# (low-frame-rate stacking of 7 frames every 6, padding, input_features_mask).
+
+
+def fun_asr_feature_extractor() -> Any:
+    """A ``FunAsrNanoFeatureExtractor`` (16 mel bins) whose fbanks need no torchaudio."""
+    from transformers.models.fun_asr_nano.feature_extraction_fun_asr_nano import FunAsrNanoFeatureExtractor
+
+    class FbankFeatureExtractor(FunAsrNanoFeatureExtractor):
+        def _extract_fbank_features(self, waveform: Any) -> Any:
+            import torch
+            from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+            win, hop = (int(ms * self.sampling_rate / 1000) for ms in (self.frame_length, self.frame_shift))
+            filters = mel_filter_bank(
+                num_frequency_bins=257, num_mel_filters=self.feature_size, min_frequency=20.0,
+                max_frequency=self.sampling_rate / 2, sampling_rate=self.sampling_rate, norm=None, mel_scale="kaldi",
+            )  # fmt: skip
+            spec = spectrogram(
+                waveform.numpy(), window_function(win, "hamming", frame_length=512), frame_length=512,
+                hop_length=hop, fft_length=512, power=2.0, center=False, mel_filters=filters, log_mel="log",
+                mel_floor=1.1920929e-07,
+            )  # fmt: skip
+            return torch.from_numpy(spec.T).float()
+
+    return FbankFeatureExtractor(feature_size=N_MELS)
+
+
+def build_fun_asr_nano(seed: int = 0) -> Tiny:
+    """Fun-ASR-Nano: SAN-M encoder over LFR features (one token per 60 ms), Transformer adaptor,
+    Qwen3 LM. Row 0: 1.3 s tone, row 1: 0.6 s chirp."""
+    from transformers import FunAsrNanoConfig, FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
+
+    tok = build_tokenizer()
+    processor = FunAsrNanoProcessor(
+        feature_extractor=fun_asr_feature_extractor(),
+        tokenizer=tok,
+        chat_template=CHAT_TEMPLATE,
+        audio_token="<|AUDIO|>",
+    )
+    config = FunAsrNanoConfig(
+        audio_config=dict(
+            num_mel_bins=N_MELS, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=3,
+            num_timestamp_prediction_layers=1, fsmn_kernel_size=5, max_position_embeddings=256,
+            hidden_dropout=0.0, attention_dropout=0.0,
+        ),
+        adaptor_config=dict(
+            hidden_size=64, num_attention_heads=2, intermediate_size=16, num_hidden_layers=1, projector_hidden_size=48
+        ),
+        text_config=lm_config(64, head_dim=16, **token_ids(tok)),
+        audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
+    )  # fmt: skip
+    model = init_model(FunAsrNanoForConditionalGeneration, config, seed)
+    # built from a config or loaded (transformers 5.23), the adaptor's attention implementation is left
+    # unset and its layers then ignore input_features_mask (a padded clip attends to its padding, unlike
+    # the eager reference): name one
+    model.set_attn_implementation("sdpa")
+    inputs = _batch(processor, [tone(1.3, 880.0), chirp(0.6)])
+    return Tiny(model=model, inputs=inputs, processor=processor)
