@@ -154,13 +154,15 @@ def granite_speech_plans(config: Any, inputs: dict[str, Any], processor: Any = N
     window_size`` encoder frames of ``input_dim / n_mels`` stacked mel frames each)."""
     mask = _mask_lengths(inputs)
     per_window = config.window_size // config.downsample_rate
-    fe = getattr(processor, "feature_extractor", None)
-    n_mels, seconds = getattr(fe, "feature_size", None), frame_seconds(processor)
-    stacked = config.encoder_config.input_dim // n_mels if n_mels else 0
+    fe = getattr(processor, "audio_processor", None) or getattr(processor, "feature_extractor", None)
+    mel = getattr(fe, "melspec_kwargs", None) or {}  # GraniteSpeechFeatureExtractor keeps hop and mels here
+    hop, n_mels, rate = mel.get("hop_length"), mel.get("n_mels"), getattr(fe, "sampling_rate", None)
+    seconds = hop / rate if hop and rate and n_mels else None
+    stacked = config.encoder_config.input_dim // n_mels if seconds else 0
     plans = []
     for n in mask.sum(-1).tolist():
         frames = torch.arange(n) // per_window * config.window_size * stacked
-        plans.append(frames_plan(frames, seconds if stacked else None))
+        plans.append(frames_plan(frames, seconds))
     return plans
 
 

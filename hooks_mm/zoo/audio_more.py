@@ -128,57 +128,59 @@ def build_moss_transcribe_diarize(seed: int = 0) -> Tiny:
 
 
 # ---------------------------------------------------------------------------------------
-# Granite Speech: its feature extractor needs torchaudio (not installable beside this torch),
-# so the batch is built the way GraniteSpeechProcessor builds it: log-mel (n_fft 512, window 400,
-# hop 160, centred: raw // 160 + 1 frames), the same normalisation, last frame dropped if odd,
-# pairs of frames stacked; ``audio_embed_sizes`` from the feature extractor's own arithmetic
-# (GraniteSpeechFeatureExtractor._get_num_audio_features); each <|AUDIO|> expanded to that many.
-
-GRANITE_HOP, GRANITE_WINDOW, GRANITE_DOWNSAMPLE = 160, 15, 5
+# Granite Speech: its feature extractor takes log-mels from torchaudio (not installable beside this
+# torch); the subclass below computes them with transformers.audio_utils (n_fft 512, window 400,
+# hop 160, centred: raw // 160 + 1 frames), with the same normalisation, odd last frame dropped and
+# pairs of frames stacked, and keeps the HF arithmetic (audio_embed_sizes, input_features_mask) and
+# GraniteSpeechProcessor's expansion of each <|AUDIO|>.
 
 
-def granite_log_mel(wave: Any) -> Any:
-    """``[frames // 2, 2 * N_MELS]``: stacked log-mel of one clip, as GraniteSpeechFeatureExtractor."""
-    import numpy as np
-    import torch
-    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
-
-    filters = mel_filter_bank(
-        num_frequency_bins=257, num_mel_filters=N_MELS, min_frequency=0.0, max_frequency=8000.0,
-        sampling_rate=SAMPLING_RATE, norm=None, mel_scale="htk",
-    )  # fmt: skip
-    mel = spectrogram(
-        np.asarray(wave, dtype=np.float32), window_function(400, "hann", frame_length=512), frame_length=512,
-        hop_length=GRANITE_HOP, fft_length=512, power=2.0, center=True, pad_mode="reflect", mel_filters=filters,
-    )  # fmt: skip
-    logmel = torch.from_numpy(mel.T).float().clamp(min=1e-10).log10()
-    logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
-    if logmel.shape[0] % 2 == 1:
-        logmel = logmel[:-1]
-    return logmel.reshape(-1, 2 * N_MELS)
-
-
-def granite_batch(tok: Any, texts: list[str], audio: list[Any]) -> dict[str, Any]:
-    """``input_ids`` / ``attention_mask`` / ``input_features`` / ``input_features_mask`` of
-    GraniteSpeechProcessor for one clip per text."""
-    from types import SimpleNamespace
-
-    import numpy as np
-    import torch
+def granite_feature_extractor() -> Any:
+    """A ``GraniteSpeechFeatureExtractor`` (16 mel bins) that needs no torchaudio."""
+    from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+    from transformers.feature_extraction_utils import BatchFeature
     from transformers.models.granite_speech.feature_extraction_granite_speech import GraniteSpeechFeatureExtractor
 
-    fe = SimpleNamespace(
-        melspec_kwargs={"hop_length": GRANITE_HOP},
-        projector_window_size=GRANITE_WINDOW,
-        projector_downsample_rate=GRANITE_DOWNSAMPLE,
-    )
-    sizes = GraniteSpeechFeatureExtractor._get_num_audio_features(fe, [len(w) for w in audio])
-    width = max(len(w) for w in audio)  # waveforms zero-padded to the longest, then one mel per row
-    features = torch.stack([granite_log_mel(np.pad(w, (0, width - len(w)))) for w in audio])
-    texts = [t.replace("<|AUDIO|>", "<|AUDIO|>" * n, 1) for t, n in zip(texts, sizes)]
-    enc = tok(texts, return_tensors="pt", padding=True)
-    mask = torch.arange(max(sizes)).view(1, -1) < torch.tensor(sizes).view(-1, 1)
-    return {**enc, "input_features": features, "input_features_mask": mask}
+    class MelFeatureExtractor(GraniteSpeechFeatureExtractor):
+        def __init__(self, n_mels: int = N_MELS, **kwargs: Any) -> None:
+            kwargs.pop("feature_size", None)
+            SequenceFeatureExtractor.__init__(self, feature_size=n_mels, sampling_rate=SAMPLING_RATE, padding_value=0.0)
+            self.sampling_rate = SAMPLING_RATE
+            self.melspec_kwargs = {
+                "sample_rate": SAMPLING_RATE, "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": n_mels,
+            }  # fmt: skip
+            self.projector_window_size, self.projector_downsample_rate = 15, 5
+
+        def __call__(self, audios: Any, device: str | None = "cpu") -> Any:
+            import torch
+
+            batched, lengths = self._get_audios_and_audio_lengths(audios)
+            sizes = self._get_num_audio_features(lengths)
+            mask = torch.arange(max(sizes)).view(1, -1) < torch.tensor(sizes).view(-1, 1)
+            features = torch.stack([self._log_mel(w) for w in batched])
+            return BatchFeature({"input_features": features, "audio_embed_sizes": sizes, "input_features_mask": mask})
+
+        def _log_mel(self, wave: Any) -> Any:
+            import torch
+            from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+            kw = self.melspec_kwargs
+            filters = mel_filter_bank(
+                num_frequency_bins=kw["n_fft"] // 2 + 1, num_mel_filters=kw["n_mels"], min_frequency=0.0,
+                max_frequency=self.sampling_rate / 2, sampling_rate=self.sampling_rate, norm=None, mel_scale="htk",
+            )  # fmt: skip
+            mel = spectrogram(
+                wave.numpy(), window_function(kw["win_length"], "hann", frame_length=kw["n_fft"]),
+                frame_length=kw["n_fft"], hop_length=kw["hop_length"], fft_length=kw["n_fft"], power=2.0,
+                center=True, pad_mode="reflect", mel_filters=filters,
+            )  # fmt: skip
+            logmel = torch.from_numpy(mel.T).float().clamp(min=1e-10).log10()
+            logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+            if logmel.shape[0] % 2 == 1:  # remove last frame if odd, then stack pairs of frames
+                logmel = logmel[:-1]
+            return logmel.reshape(-1, 2 * logmel.shape[-1])
+
+    return MelFeatureExtractor()
 
 
 def build_granite_speech(seed: int = 0, plus: bool = False) -> Tiny:
@@ -186,12 +188,16 @@ def build_granite_speech(seed: int = 0, plus: bool = False) -> Tiny:
     Granite LM with its multipliers. ``plus``: Granite Speech Plus (encoder layer 1 concatenated
     to the final encoder output before the projector)."""
     import transformers
-    from transformers import WhisperFeatureExtractor
-
-    from hooks_mm.processing.audio_text import AudioTextProcessor
+    from transformers import GraniteSpeechProcessor
 
     name = "GraniteSpeechPlus" if plus else "GraniteSpeech"
-    tok = build_tokenizer()
+    processor = GraniteSpeechProcessor(
+        audio_processor=granite_feature_extractor(),
+        tokenizer=build_tokenizer(),
+        audio_token="<|AUDIO|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+    tok = processor.tokenizer
     hidden, n_cat = 32, (2 if plus else 1)
     config = getattr(transformers, f"{name}Config")(
         encoder_config=dict(
@@ -208,27 +214,18 @@ def build_granite_speech(seed: int = 0, plus: bool = False) -> Tiny:
             logits_scaling=4.0, model_type="granite", **token_ids(tok),
         ),
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
-        window_size=GRANITE_WINDOW,
-        downsample_rate=GRANITE_DOWNSAMPLE,
+        window_size=15,
+        downsample_rate=5,
         has_lora_adapter=False,
     )  # fmt: skip
     model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
-    texts = [tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True) for turn in _turns()]
-    inputs = granite_batch(tok, texts, [tone(1.8, 880.0), chirp(0.7)])
-    # the layout reads the frame rate (hop / rate) and the mel bins (2 stacked per encoder frame) from here
-    fe = WhisperFeatureExtractor(feature_size=N_MELS, hop_length=GRANITE_HOP, sampling_rate=SAMPLING_RATE)
-    return Tiny(model=model, inputs=inputs, processor=AudioTextProcessor(tok, fe))
+    texts = chat_prompts(processor, *PROMPTS)
+    inputs = processor_batch(processor, texts, audio=[tone(1.8, 880.0), chirp(0.7)])
+    return Tiny(model=model, inputs=inputs, processor=processor)
 
 
 def build_granite_speech_plus(seed: int = 0) -> Tiny:
     return build_granite_speech(seed, plus=True)
-
-
-def _turns() -> list[list[dict[str, Any]]]:
-    def turn(media: list[str], text: str) -> list[dict[str, Any]]:
-        return [{"role": "user", "content": [{"type": t} for t in media] + [{"type": "text", "text": text}]}]
-
-    return [turn(m, t) for m, t in PROMPTS]
 
 
 # ---------------------------------------------------------------------------------------
