@@ -15,7 +15,16 @@ from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
 
 # the tiny random-weight families, then the shipped trained organisms (loaded from the package)
 FAMILIES = sorted(zoo.BUILDERS) + sorted(ORGANISMS)
-AUDIO_ONLY = ("qwen2_audio", "voxtral")  # audio + text: no image positions
+AUDIO_ONLY = (
+    "qwen2_audio",
+    "voxtral",
+    "qwen3_asr",
+    "glm_asr",
+    "moss_transcribe_diarize",
+    "granite_speech",
+    "granite_speech_plus",
+    "fun_asr_nano",
+)  # audio + text: no image positions
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = [
@@ -29,7 +38,18 @@ VIDEO_FAMILIES = [
     "hyperclovax_vision_v2_video",
     "videollama3_video",
 ]
-AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
+AUDIO_FAMILIES = [
+    "qwen2_audio",
+    "voxtral",
+    "qwen2_5_omni",
+    "anygpt_audio",
+    "qwen3_asr",
+    "glm_asr",
+    "moss_transcribe_diarize",
+    "granite_speech",
+    "granite_speech_plus",
+    "fun_asr_nano",
+]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
     **dict.fromkeys(

@@ -19,7 +19,20 @@ from hooks_mm.interventions import AttentionKnockout, Intervention, NeuronAblati
 
 # seconds per LM audio step, from the feature extractors / tokenizers (independent of the layout):
 # Whisper-style: 10 ms hop x conv stride 2 x pool 2; Voxtral: x 4 frames per token; AnyGPT: 40 ms codes
-SECONDS_PER_STEP = {"qwen2_audio": 0.04, "qwen2_5_omni": 0.04, "voxtral": 0.08, "anygpt_audio": 0.04}
+SECONDS_PER_STEP = {
+    "qwen2_audio": 0.04,
+    "qwen2_5_omni": 0.04,
+    "voxtral": 0.08,
+    "anygpt_audio": 0.04,
+    "qwen3_asr": 0.08,  # three stride-2 convs: 8 frames (clips under one 1 s chunk)
+    "glm_asr": 0.08,  # conv stride 2 x 4 frames stacked
+    "moss_transcribe_diarize": 0.08,  # conv stride 2 x audio_merge_size 4
+    "granite_speech": 0.1,  # 2 stacked mel frames x downsample_rate 5 per query
+    "granite_speech_plus": 0.1,
+    "fun_asr_nano": 0.06,  # low frame rate: every 6th 10 ms fbank frame
+}
+# steps that share one start time: the Q-Former queries of one projector window (3 per 15 frames)
+STEPS_PER_TIME = {"granite_speech": 3, "granite_speech_plus": 3}
 # seconds per LM video frame: temporal_patch_size (2) / fps (2) where the model receives a rate
 SECONDS_PER_FRAME = {"qwen2_5_vl_video": 1.0, "qwen2_5_omni": 1.0}
 
@@ -63,16 +76,16 @@ def test_layout_matches_audio_features_and_times(family: str) -> None:
     audio = layout.modality == Modality.AUDIO
     assert int(audio.sum()) == int(_mask(p, "audio").sum()) > 0
     assert layout.n_audios >= 1 and layout.select(Audio()).equal(audio)
-    step = SECONDS_PER_STEP[family]
+    step, g = SECONDS_PER_STEP[family], STEPS_PER_TIME.get(family, 1)
     for k in range(layout.n_audios):
         at = layout.audio_id == k
         assert at.any(1).sum() == 1
         n = layout.audio_lengths[k]
         assert layout.frame[at].tolist() == list(range(n))
-        assert torch.allclose(layout.time[at], torch.arange(n, dtype=torch.float64) * step)
+        assert torch.allclose(layout.time[at], torch.arange(n, dtype=torch.float64).div(g).floor() * g * step)
     # AudioTime picks exactly the steps in [t0, t1) of every clip
-    sel = layout.select(AudioTime(2 * step - 1e-9, 5 * step - 1e-9))
-    assert torch.equal(sel, audio & (layout.frame >= 2) & (layout.frame < 5))
+    sel = layout.select(AudioTime(2 * g * step - 1e-9, 5 * g * step - 1e-9))
+    assert torch.equal(sel, audio & (layout.frame >= 2 * g) & (layout.frame < 5 * g))
     assert not (layout.time[~(audio | (layout.modality == Modality.VIDEO))]).isfinite().any()
 
 
@@ -103,7 +116,9 @@ def test_omni_times_are_its_time_aligned_position_ids() -> None:
     assert "audio0 15 steps 0.60s" in layout.describe(1) and "pad" in layout.describe(1)
 
 
-@pytest.mark.parametrize("family", ["qwen2_audio", "voxtral", "qwen2_5_omni"])
+@pytest.mark.parametrize(
+    "family", ["qwen2_audio", "voxtral", "qwen2_5_omni", "qwen3_asr", "glm_asr", "moss_transcribe_diarize"]
+)
 def test_hook_audio_projector_out_lands_on_audio_positions(family: str) -> None:
     p = pair_for(family)
     m = p.model

@@ -28,7 +28,9 @@ from hooks_mm.adapters.base import Adapter, MediaPlan, lm_paths, run_lengths, sp
 from hooks_mm.adapters.qwen import QWEN2_5_VL
 
 
-def _feature_seconds(processor: Any) -> float | None:
+def frame_seconds(processor: Any) -> float | None:
+    """Seconds per feature frame of the processor's feature extractor (``hop_length /
+    sampling_rate``); None without a processor (layout times are then NaN)."""
     from hooks_mm.media import feature_seconds
 
     return feature_seconds(processor) if processor is not None else None
@@ -44,7 +46,7 @@ def pooled_audio_plans(config: Any, inputs: dict[str, Any], processor: Any = Non
     mask = inputs.get("feature_attention_mask")
     if mask is None:
         return []
-    seconds = _feature_seconds(processor)
+    seconds = frame_seconds(processor)
     steps = whisper_steps(torch.as_tensor(mask).sum(-1)).tolist()
     return [MediaPlan.audio(int(n), None if seconds is None else 4 * seconds) for n in steps]
 
@@ -54,7 +56,7 @@ def voxtral_audio_plans(config: Any, inputs: dict[str, Any], processor: Any = No
     ``2 * intermediate_size / d_model`` mel frames."""
     audio = config.audio_config
     frames_per_step = 2 * audio.intermediate_size // audio.hidden_size
-    seconds = _feature_seconds(processor)
+    seconds = frame_seconds(processor)
     mask = token_id_mask("audio_token_id")(config, inputs["input_ids"])
     steps = run_lengths(mask, inputs.get("attention_mask"))
     return [MediaPlan.audio(n, None if seconds is None else frames_per_step * seconds) for n in steps]

@@ -103,6 +103,9 @@ class Adapter:
     # audio side: module whose INPUT is the audio encoder's output and whose OUTPUT is what is
     # written at the audio positions (hook_audio_out / hook_audio_projector_out)
     audio_projector: str | None = None
+    # (forward kwargs) -> which call of the embedding module in one forward gives the embeddings the
+    # model uses (hook_embed); None: the first. Granite Speech embeds input_ids again once audio is encoded
+    embed_call: Callable[[dict[str, Any]], int] | None = None
     # seconds of every position from time-aligned position ids (Qwen2.5-Omni), else None
     position_times: PositionTimesFn | None = None
     # token ids that are structural (begin/end of image, vision start/end, row markers)

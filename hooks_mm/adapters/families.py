@@ -14,6 +14,7 @@ for _module in (
     "idefics2_deepseek",
     "llava_more",
     "qwen_more",
+    "audio_more",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

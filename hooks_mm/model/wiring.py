@@ -117,15 +117,19 @@ class Wiring:
         def heads_in(hp: HookPoint) -> Callable:
             return lambda m, args: (hp(args[0].unflatten(-1, (-1, d_head))).flatten(-2), *args[1:])
 
-        if "hook_embed" in live:  # the first embedding call of a forward (Chameleon and Emu3 embed image codes again)
+        if "hook_embed" in live:  # the embedding call the model uses: the first (Chameleon and Emu3 embed image
+            # codes again) unless the adapter's embed_call says otherwise (Granite Speech embeds input_ids twice)
 
             def embed(m: nn.Module, i: Any, o: Tensor) -> Tensor | None:
-                if state.get("embedded"):
-                    return None
-                state["embedded"] = True
-                return hd["hook_embed"](o)
+                k = state.get("embed_calls", 0)
+                state["embed_calls"] = k + 1
+                return hd["hook_embed"](o) if k == state.get("embed_used", 0) else None
 
-            self._pre(model.hf_model, lambda m, args: state.pop("embedded", None) and None)
+            def start(m: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+                state["embed_calls"] = 0
+                state["embed_used"] = a.embed_call(kwargs) if a.embed_call is not None else 0
+
+            self._pre(model.hf_model, start, with_kwargs=True)
             self._fwd(model.submodule(a.embed), embed)
         for path, pre_name, post_name in (
             (a.projector, "hook_vision_out", "hook_projector_out"),

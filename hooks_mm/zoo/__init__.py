@@ -55,6 +55,12 @@ BUILDERS: dict[str, str] = {
     "hyperclovax_vision_v2_video": "qwen_more:build_hyperclovax_vision_v2_video",
     "videollama3": "qwen_more:build_videollama3",
     "videollama3_video": "qwen_more:build_videollama3_video",
+    "qwen3_asr": "audio_more:build_qwen3_asr",
+    "glm_asr": "audio_more:build_glm_asr",
+    "moss_transcribe_diarize": "audio_more:build_moss_transcribe_diarize",
+    "granite_speech": "audio_more:build_granite_speech",
+    "granite_speech_plus": "audio_more:build_granite_speech_plus",
+    "fun_asr_nano": "audio_more:build_fun_asr_nano",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
