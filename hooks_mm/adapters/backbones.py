@@ -134,6 +134,26 @@ COHERE = Backbone(
     "(an edit there is added to the output), no ln2.hook_normalized",
 )
 
+GLM4V = Backbone(
+    "glm4v",
+    gate=None,
+    up=None,
+    gate_up="gate_up_proj",
+    attn_out="post_self_attn_layernorm",
+    mlp_out="post_mlp_layernorm",
+    notes="GLM-4V / GLM-OCR text block: x + post_self_attn_layernorm(attn(input_layernorm(x))), then "
+    "+ post_mlp_layernorm(mlp(post_attention_layernorm(.))): hook_attn_out / hook_mlp_out are the post-norms' "
+    "outputs; fused gate_up_proj ([gate; up]) split as for Phi-3",
+)
+
+COHERE2 = Backbone(
+    "cohere2",
+    ln2=None,
+    parallel=True,
+    notes="Cohere2: the Cohere parallel block without QK-norm; sliding layers apply RoPE, global layers none "
+    "(hook_rot_q / hook_rot_k are then q / k as attention reads them)",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -146,6 +166,9 @@ BACKBONES: dict[str, Backbone] = {
     "phi3": PHI3,
     "granite": GRANITE,
     "cohere": COHERE,
+    "glm4v_text": GLM4V,
+    "glm_ocr_text": GLM4V,
+    "cohere2": COHERE2,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
