@@ -212,7 +212,8 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
         }
     a, mlp, d = layer.self_attn, layer.mlp, t.intermediate_size
     if case.name in FUSED_GATE_UP:  # GLM chunks gate_up_proj's output as HF's Phi-3 does: gate first
-        pre = {"mlp.hook_pre": (mlp.gate_up_proj, slice(0, d)), "mlp.hook_pre_linear": (mlp.gate_up_proj, slice(d, None))}
+        gu = mlp.gate_up_proj
+        pre = {"mlp.hook_pre": (gu, slice(0, d)), "mlp.hook_pre_linear": (gu, slice(d, None))}
     else:
         pre = {"mlp.hook_pre": (mlp.gate_proj, slice(None)), "mlp.hook_pre_linear": (mlp.up_proj, slice(None))}
     return {
