@@ -16,7 +16,8 @@ from hooks_mm.zoo.organisms import ORGANISMS  # noqa: E402
 # the tiny random-weight families, then the shipped trained organisms (loaded from the package)
 FAMILIES = sorted(zoo.BUILDERS) + sorted(ORGANISMS)
 AUDIO_ONLY = ("qwen2_audio", "voxtral")  # audio + text: no image positions
-IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
+VIDEO_ONLY = ("glm4v_video",)  # video + text: GLM-4V refuses images and videos in one batch
+IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY + VIDEO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = [
     "qwen2_vl_video",
@@ -25,6 +26,7 @@ VIDEO_FAMILIES = [
     "llava_onevision_video",
     "video_llava",
     "llava_next_video",
+    "glm4v_video",
 ]
 AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
@@ -52,6 +54,9 @@ N_IMAGES = {
             "qwen3_vl",
             "smolvlm",
             "vipllava",
+            "glm4v",
+            "glm46v",
+            "glm_ocr",
         ],
         3,
     ),

@@ -48,6 +48,10 @@ BUILDERS: dict[str, str] = {
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
+    "glm4v": "glm_cohere:build_glm4v",
+    "glm4v_video": "glm_cohere:build_glm4v_video",
+    "glm46v": "glm_cohere:build_glm46v",
+    "glm_ocr": "glm_cohere:build_glm_ocr",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -20,7 +20,7 @@ import torch
 from hooks_mm.media import QwenVideoProcessorPil, chirp, moving_square, tone
 from hooks_mm.processing import allow_missing_video_processor
 from hooks_mm.zoo.base import Tiny, chat_prompts, init_model, lm_config, processor_batch, token_ids
-from hooks_mm.zoo.qwen import _images, build_image_processor, mrope, vision_config
+from hooks_mm.zoo.qwen import build_image_processor, grid_images, mrope, vision_config
 
 SPECIAL = [
     "<|endoftext|>",
@@ -128,7 +128,7 @@ def omni_inputs(processor: Any, seed: int = 0, factor: int = 28) -> dict[str, to
     return processor_batch(
         processor,
         texts,
-        images=_images(seed, factor)[:1],
+        images=grid_images(seed, factor)[:1],
         videos=[moving_square(4, 2 * factor, 3 * factor, seed)],
         audio=[tone(1.0, 440.0), chirp(0.6)],
         fps=FPS,

@@ -114,7 +114,7 @@ def build_processor(processor_cls: Any, patch_size: int, merge_size: int = 2) ->
         return processor_cls(**parts, video_processor=None, chat_template=CHAT_TEMPLATE)
 
 
-def _images(seed: int, factor: int) -> list[Any]:
+def grid_images(seed: int, factor: int) -> list[Any]:
     """Three distinct RGB images: (2f x 3f), (3f x 2f), (2f x 2f) pixels (h x w)."""
     from PIL import Image
 
@@ -135,7 +135,7 @@ def processor_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.
         (["image", "image"], "compare the two images . which one is red ?"),
         (["image"], "describe this image"),
     )
-    inputs = processor_batch(processor, texts, images=_images(seed, factor))
+    inputs = processor_batch(processor, texts, images=grid_images(seed, factor))
     assert "mm_token_type_ids" in inputs, "processor did not return mm_token_type_ids"
     return inputs
 
@@ -146,7 +146,7 @@ def video_inputs(processor: Any, seed: int, factor: int) -> dict[str, torch.Tens
         processor, (["image", "video"], "what is in this image and left picture ?"), (["video"], "describe")
     )
     videos = [moving_square(4, 2 * factor, 3 * factor, seed), moving_square(2, 3 * factor, 2 * factor, seed + 1)]
-    return processor_batch(processor, texts, images=_images(seed, factor)[:1], videos=videos, fps=FPS)
+    return processor_batch(processor, texts, images=grid_images(seed, factor)[:1], videos=videos, fps=FPS)
 
 
 def mrope(*section: int, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,144 @@
+"""Tiny random-weight GLM-4V family models (GLM-4.1V, GLM-4.6V, GLM-OCR) and Cohere vision
+wrappers (AyaVision, Cohere2Vision), with inputs made the way their processors make them.
+
+GLM: the real ``Glm4vProcessor`` / ``Glm46VProcessor`` (WordLevel tokenizer with GLM's special
+tokens, the PIL ``Glm4vImageProcessorPil``); videos through
+:class:`~hooks_mm.media.QwenVideoProcessorPil` (transformers' Glm4vVideoProcessor needs
+torchvision; the patch layout is the same, frames are sized to need no resize), so the processor
+itself expands each video into per-frame ``<|begin_of_image|> ... <|end_of_image|>`` groups with
+their timestamps. Image batch: row 0 two images, row 1 one (left-padded). Video batch (GLM-4V
+cannot mix images and videos in one batch): row 0 a 4-frame video (2 LM frames of 2x3 cells),
+row 1 a 2-frame video (1 LM frame of 3x2 cells).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooks_mm.media import QwenVideoProcessorPil, moving_square
+from hooks_mm.processing import allow_missing_video_processor
+from hooks_mm.zoo.base import Tiny, chat_prompts, init_model, lm_config, processor_batch
+from hooks_mm.zoo.qwen import FPS, WORDS, grid_images, mrope
+
+GLM_SPECIAL = [
+    "<|endoftext|>",  # 0: pad
+    "<|user|>",
+    "<|assistant|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|video|>",
+    "<unk>",
+]
+GLM_WORDS = [*WORDS, *"0123456789", "seconds"]
+VOCAB_SIZE = 96
+PATCH = 14
+
+GLM_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif c['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def glm_processor(processor_cls: Any) -> Any:
+    """``processor_cls`` (Glm4vProcessor, Glm46VProcessor) with a WordLevel tokenizer, the PIL image
+    processor (tiny min / max pixels) and a PIL video processor."""
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    from hooks_mm.zoo.tokenizers import word_level
+
+    tok = word_level(
+        GLM_SPECIAL + GLM_WORDS,
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        eos_token="<|user|>",
+        additional_special_tokens=[t for t in GLM_SPECIAL if t != "<unk>"],
+        padding_side="left",
+        chat_template=GLM_TEMPLATE,
+    )
+    assert len(tok) <= VOCAB_SIZE
+    factor = 2 * PATCH
+    images = Glm4vImageProcessorPil(
+        size={"shortest_edge": 2 * factor * factor, "longest_edge": 2 * (3 * factor) ** 2},
+        patch_size=PATCH,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    with allow_missing_video_processor():
+        processor = processor_cls(
+            image_processor=images, tokenizer=tok, video_processor=None, chat_template=GLM_TEMPLATE
+        )
+    processor.video_processor = QwenVideoProcessorPil(images, fps=FPS)
+    return processor
+
+
+def _build_glm(name: str, seed: int, video: bool, vision_type: str = "Glm4v", text_type: str = "Glm4v") -> Tiny:
+    """``{name}ForConditionalGeneration`` on images (row 0 two, row 1 one) or videos."""
+    import transformers
+
+    processor = glm_processor(getattr(transformers, "Glm46VProcessor" if name == "Glm46V" else "Glm4vProcessor"))
+    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in GLM_SPECIAL}
+    text = getattr(transformers, f"{text_type}TextConfig")(
+        **lm_config(VOCAB_SIZE, pad_token_id=ids["<|endoftext|>"]),
+        rope_parameters=mrope(2, 1, 1, partial_rotary_factor=0.5),
+    )
+    vision = getattr(transformers, f"{vision_type}VisionConfig")(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=PATCH,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=64,
+        image_size=4 * PATCH,
+    )
+    config = getattr(transformers, f"{name}Config")(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"],
+        image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"],
+        video_end_token_id=ids["<|end_of_video|>"],
+    )
+    model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
+    f = 2 * PATCH
+    if video:
+        texts = chat_prompts(processor, (["video"], "what is in this picture ?"), (["video"], "describe"))
+        videos = [moving_square(4, 2 * f, 3 * f, seed), moving_square(2, 3 * f, 2 * f, seed + 1)]
+        inputs = processor_batch(processor, texts, videos=videos, fps=FPS)
+    else:
+        texts = chat_prompts(
+            processor,
+            (["image", "image"], "compare the two images . which one is red ?"),
+            (["image"], "describe this image"),
+        )
+        inputs = processor_batch(processor, texts, images=grid_images(seed, f))
+    assert "mm_token_type_ids" in inputs, "processor did not return mm_token_type_ids"
+    return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+def build_glm4v(seed: int = 0) -> Tiny:
+    return _build_glm("Glm4v", seed, video=False)
+
+
+def build_glm4v_video(seed: int = 0) -> Tiny:
+    return _build_glm("Glm4v", seed, video=True)
+
+
+def build_glm46v(seed: int = 0) -> Tiny:
+    return _build_glm("Glm46V", seed, video=False)
+
+
+def build_glm_ocr(seed: int = 0) -> Tiny:
+    return _build_glm("GlmOcr", seed, video=False, vision_type="GlmOcr", text_type="GlmOcr")
