@@ -57,6 +57,7 @@ N_IMAGES = {
             "glm4v",
             "glm46v",
             "glm_ocr",
+            "aya_vision",
         ],
         3,
     ),

@@ -52,6 +52,7 @@ BUILDERS: dict[str, str] = {
     "glm4v_video": "glm_cohere:build_glm4v_video",
     "glm46v": "glm_cohere:build_glm46v",
     "glm_ocr": "glm_cohere:build_glm_ocr",
+    "aya_vision": "glm_cohere:build_aya_vision",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -142,3 +142,75 @@ def build_glm46v(seed: int = 0) -> Tiny:
 
 def build_glm_ocr(seed: int = 0) -> Tiny:
     return _build_glm("GlmOcr", seed, video=False, vision_type="GlmOcr", text_type="GlmOcr")
+
+
+# ---------------------------------------------------------------------------------------
+# AyaVision, Cohere2Vision
+
+AYA_SPECIAL = ["<PAD>", "<unk>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"]
+AYA_SPECIAL += ["<|USER|>", "<|CHATBOT|>", "<image>"]
+AYA_WORDS = [*WORDS, "TILE_1", "TILE_2", "TILE_3", "TILE_4", "TILE_GLOBAL"]
+TILE = 32  # pixels per tile side: a 4x4 SigLIP grid (patch 8), 2x2 cells after the pixel shuffle
+AYA_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] | upper }}|>"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>"
+    "{% elif c['type'] == 'text' %} {{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}<|CHATBOT|>{% endif %}"
+)
+
+
+def _cohere_tokenizer() -> Any:
+    from hooks_mm.zoo.tokenizers import word_level
+
+    return word_level(
+        AYA_SPECIAL + AYA_WORDS,
+        unk_token="<unk>",
+        pad_token="<PAD>",
+        additional_special_tokens=[t for t in AYA_SPECIAL if t != "<unk>"],
+        padding_side="left",
+        chat_template=AYA_TEMPLATE,
+    )
+
+
+def _cohere_vision_config(name: str, tok: Any, **extra: Any) -> Any:
+    import transformers
+
+    text = transformers.Cohere2Config(
+        **lm_config(VOCAB_SIZE, pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=None),
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=TILE, patch_size=8
+    )
+    return getattr(transformers, f"{name}Config")(
+        text_config=text,
+        vision_config=vision,
+        downsample_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        **extra,
+    )
+
+
+def build_aya_vision(seed: int = 0) -> Tiny:
+    """AyaVision through the real AyaVisionProcessor (GotOcr2ImageProcessorPil tiling): row 0 a 2x1-cropped
+    image (2 crops + global tile) and a square one (global tile only), row 1 one cropped image (padded)."""
+    from transformers import AyaVisionForConditionalGeneration, AyaVisionProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tok = _cohere_tokenizer()
+    images = GotOcr2ImageProcessorPil(
+        size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=4
+    )
+    processor = AyaVisionProcessor(
+        image_processor=images, tokenizer=tok, patch_size=8, img_size=TILE, downsample_factor=2,
+        chat_template=AYA_TEMPLATE,
+    )  # fmt: skip
+    config = _cohere_vision_config("AyaVision", tok, alignment_intermediate_size=64)
+    model = init_model(AyaVisionForConditionalGeneration, config, seed)
+    texts = chat_prompts(
+        processor, (["image", "image"], "compare the two images . which one is red ?"), (["image"], "describe")
+    )
+    pictures = grid_images(seed, 16)  # 32x48, 48x32, 32x32 pixels
+    inputs = processor_batch(processor, texts, images=[pictures[1], pictures[2], pictures[0]])
+    return Tiny(model=model, inputs=inputs, processor=processor)
