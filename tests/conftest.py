@@ -58,6 +58,7 @@ N_IMAGES = {
             "glm46v",
             "glm_ocr",
             "aya_vision",
+            "cohere2_vision",
         ],
         3,
     ),

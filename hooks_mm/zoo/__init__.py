@@ -53,6 +53,7 @@ BUILDERS: dict[str, str] = {
     "glm46v": "glm_cohere:build_glm46v",
     "glm_ocr": "glm_cohere:build_glm_ocr",
     "aya_vision": "glm_cohere:build_aya_vision",
+    "cohere2_vision": "glm_cohere:build_cohere2_vision",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

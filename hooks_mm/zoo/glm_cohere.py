@@ -214,3 +214,37 @@ def build_aya_vision(seed: int = 0) -> Tiny:
     pictures = grid_images(seed, 16)  # 32x48, 48x32, 32x32 pixels
     inputs = processor_batch(processor, texts, images=[pictures[1], pictures[2], pictures[0]])
     return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+def build_cohere2_vision(seed: int = 0) -> Tiny:
+    """Cohere2Vision (Cohere2VisionImageProcessor needs torchvision): tiles from GotOcr2ImageProcessorPil
+    (the same crops-then-thumbnail tiling), each ``<image>`` expanded by hand as
+    ``Cohere2VisionProcessor.replace_image_token`` does: ``<|START_OF_IMG|> (<|IMG_PATCH|> * cells
+    <|IMG_LINE_BREAK|>) * tiles <|END_OF_IMG|>``. Images and rows as :func:`build_aya_vision`."""
+    from transformers import Cohere2VisionForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tok = _cohere_tokenizer()
+    config = _cohere_vision_config("Cohere2Vision", tok, alignment_intermediate_size=64)
+    model = init_model(Cohere2VisionForConditionalGeneration, config, seed)
+    images = GotOcr2ImageProcessorPil(
+        size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=4
+    )
+    pictures = grid_images(seed, 16)
+    pixels = images([pictures[1], pictures[2], pictures[0]], return_tensors="pt")
+    tile = "<|IMG_PATCH|>" * (TILE // 8 // 2) ** 2 + "<|IMG_LINE_BREAK|>"
+    expansions = iter("<|START_OF_IMG|>" + tile * int(n) + "<|END_OF_IMG|>" for n in pixels["num_patches"])
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}] * k + [{"type": "text", "text": text}]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for k, text in ((2, "compare the two images . which one is red ?"), (1, "describe"))
+    ]
+    for i in range(len(texts)):  # each <image> in turn, as the processor expands them
+        while "<image>" in texts[i]:
+            texts[i] = texts[i].replace("<image>", next(expansions), 1)
+    inputs = {k: v for k, v in tok(texts, return_tensors="pt", padding=True).items() if k != "token_type_ids"}
+    inputs["pixel_values"] = pixels["pixel_values"]
+    return Tiny(model=model, inputs=inputs)
