@@ -108,3 +108,24 @@ def test_aya_vision_tiles_without_a_common_global_marker_are_refused() -> None:
     bad["input_ids"] = ids
     with pytest.raises(ValueError, match="global-tile marker"):
         model.layout(bad)
+
+
+def test_glm_batch_mixing_images_and_videos_is_refused() -> None:
+    """HF scatters GLM-4V images into EVERY image_token_id position (video frames included), so a batch
+    with both is refused by its token-count check, never run with image features in video frames."""
+    from hooks_mm.media import moving_square
+    from hooks_mm.zoo.base import chat_prompts
+    from hooks_mm.zoo.qwen import grid_images
+
+    tiny = zoo.build("glm4v")
+    texts = chat_prompts(tiny.processor, (["image", "video"], "what is in this picture ?"), (["video"], "describe"))
+    videos = [moving_square(4, 56, 84, 0), moving_square(2, 84, 56, 1)]
+    out = tiny.processor(
+        text=texts, images=grid_images(0, 28)[:1], videos=videos, fps=2.0, return_tensors="pt", padding=True
+    )
+    inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    model = HookedMLLM(tiny.model, tiny.processor)
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model.run_with_cache(inputs)
+    with torch.no_grad():
+        assert torch.equal(model(zoo.build("glm4v").inputs), tiny.model(**zoo.build("glm4v").inputs).logits)
