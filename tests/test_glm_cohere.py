@@ -129,3 +129,23 @@ def test_glm_batch_mixing_images_and_videos_is_refused() -> None:
         model.run_with_cache(inputs)
     with torch.no_grad():
         assert torch.equal(model(zoo.build("glm4v").inputs), tiny.model(**zoo.build("glm4v").inputs).logits)
+
+
+def test_tiny_glm_ocr_reloads_with_its_processor(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """GLM-OCR's model_type is not in AutoProcessor's map: the saved processor comes back as Glm46VProcessor
+    (not a bare tokenizer), so to_inputs expands images as the builder's processor did."""
+    monkeypatch.setenv("HOOKS_MM_CACHE", str(tmp_path))
+    model = HookedMLLM.from_pretrained("tiny-glm-ocr")
+    assert type(model.processor).__name__ == "Glm46VProcessor"
+    tiny = zoo.build("glm_ocr")
+    texts = [tiny.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe"}]}],
+        tokenize=False, add_generation_prompt=True,
+    )]  # fmt: skip
+    from hooks_mm.zoo.qwen import grid_images
+
+    image = grid_images(0, 28)[:1]
+    ours = model.processor(text=texts, images=image, return_tensors="pt")
+    theirs = tiny.processor(text=texts, images=image, return_tensors="pt")
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])

@@ -84,7 +84,8 @@ def _build_glm(name: str, seed: int, video: bool, vision_type: str = "Glm4v", te
     """``{name}ForConditionalGeneration`` on images (row 0 two, row 1 one) or videos."""
     import transformers
 
-    processor = glm_processor(getattr(transformers, "Glm46VProcessor" if name == "Glm46V" else "Glm4vProcessor"))
+    # GLM-4.6V and GLM-OCR checkpoints ship Glm46VProcessor (frame times "0.0 seconds")
+    processor = glm_processor(getattr(transformers, "Glm4vProcessor" if name == "Glm4v" else "Glm46VProcessor"))
     ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in GLM_SPECIAL}
     text = getattr(transformers, f"{text_type}TextConfig")(
         **lm_config(VOCAB_SIZE, pad_token_id=ids["<|endoftext|>"]),
