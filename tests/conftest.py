@@ -25,7 +25,8 @@ AUDIO_ONLY = (
     "granite_speech_plus",
     "fun_asr_nano",
 )  # audio + text: no image positions
-IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY]
+VIDEO_ONLY = ("glm4v_video",)  # video + text: GLM-4V refuses images and videos in one batch
+IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY + VIDEO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = [
     "qwen2_vl_video",
@@ -37,6 +38,7 @@ VIDEO_FAMILIES = [
     "cosmos3_omni_video",
     "hyperclovax_vision_v2_video",
     "videollama3_video",
+    "glm4v_video",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -79,6 +81,11 @@ N_IMAGES = {
             "smolvlm",
             "videollama3",
             "vipllava",
+            "glm4v",
+            "glm46v",
+            "glm_ocr",
+            "aya_vision",
+            "cohere2_vision",
         ],
         3,
     ),

@@ -33,6 +33,9 @@ SMALL = dict(
 TOL = 1e-5
 IMAGE_ID, PAD = 63, 0
 
+# GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
+GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]}
+
 # text config class and extra fields of every backbone checked exact under LLaVA
 CASES = {
     "llama": ("LlamaConfig", {}),
@@ -55,7 +58,13 @@ CASES = {
         "HyperCLOVAXConfig",
         {"residual_multiplier": 0.4, "embedding_multiplier": 3.0, "logits_scaling": 0.7, "use_post_norm": True},
     ),
+    "glm4v_text": ("Glm4vTextConfig", {"tie_word_embeddings": False, "rope_parameters": GLM_ROPE}),
+    "glm_ocr_text": ("GlmOcrTextConfig", {"tie_word_embeddings": False, "rope_parameters": GLM_ROPE}),
+    # layer 1 (the projection tests' layer) sliding, with RoPE: a shift of every key is a no-op without it
+    "cohere2": ("Cohere2Config", {"sliding_window": 4, "layer_types": ["full_attention", "sliding_attention"]}),
 }
+PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
+FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
 
 
 def llava_over(config_class: str, **extra: object) -> LlavaForConditionalGeneration:
@@ -152,7 +161,7 @@ def test_residual_stream_decomposes_into_what_is_really_added(case: Case) -> Non
     hooks = []
     for l, layer in enumerate(case.layers):
         hooks.append((layer, "pre", keep(f"pre{l}")))
-        if case.name == "cohere":
+        if case.name in PARALLEL:
             hooks.append((layer.self_attn.o_proj, "fwd", keep(f"attn{l}")))
         else:
             ln2 = layer.pre_feedforward_layernorm if case.name.startswith("gemma") and case.name != "gemma" else None
@@ -162,7 +171,7 @@ def test_residual_stream_decomposes_into_what_is_really_added(case: Case) -> Non
         p = f"blocks.{l}."
         assert case.diff(c[p + "hook_resid_mid"], c[p + "hook_resid_pre"] + c[p + "hook_attn_out"]) <= TOL
         assert case.diff(c[p + "hook_resid_post"], c[p + "hook_resid_mid"] + c[p + "hook_mlp_out"]) <= TOL
-        mid = seen[f"pre{l}"] + seen[f"attn{l}"] if case.name == "cohere" else seen[f"mid{l}"]
+        mid = seen[f"pre{l}"] + seen[f"attn{l}"] if case.name in PARALLEL else seen[f"mid{l}"]
         assert case.diff(c[p + "hook_resid_mid"], mid) <= TOL
     if case.name == "granite":  # the scaled branch, not o_proj's output
         o = {}
@@ -205,13 +214,17 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
             "mlp.hook_pre": (gate_up, slice(0, t.intermediate_size)),
             "mlp.hook_pre_linear": (gate_up, slice(t.intermediate_size, None)),
         }
-    a = layer.self_attn
+    a, mlp, d = layer.self_attn, layer.mlp, t.intermediate_size
+    if case.name in FUSED_GATE_UP:  # GLM chunks gate_up_proj's output as HF's Phi-3 does: gate first
+        gu = mlp.gate_up_proj
+        pre = {"mlp.hook_pre": (gu, slice(0, d)), "mlp.hook_pre_linear": (gu, slice(d, None))}
+    else:
+        pre = {"mlp.hook_pre": (mlp.gate_proj, slice(None)), "mlp.hook_pre_linear": (mlp.up_proj, slice(None))}
     return {
         "attn.hook_q": (a.q_proj, slice(None)),
         "attn.hook_k": (a.k_proj, slice(None)),
         "attn.hook_v": (a.v_proj, slice(None)),
-        "mlp.hook_pre": (layer.mlp.gate_proj, slice(None)),
-        "mlp.hook_pre_linear": (layer.mlp.up_proj, slice(None)),
+        **pre,
     }
 
 
@@ -253,7 +266,7 @@ def test_resid_mid_edit_equals_the_hand_edit_on_the_bare_model(case: Case) -> No
         )
     layer = case.layers[l]
     hooks = [(layer, "fwd", lambda m, i, out: out + delta)]
-    if case.name != "cohere":
+    if case.name not in PARALLEL:
         ln2 = (
             layer.pre_feedforward_layernorm
             if case.name in ("gemma2", "gemma3_text")

@@ -76,6 +76,8 @@ class Backbone:
     parallel: bool = False
     # text-config multipliers this row's hook points account for (see the module docstring)
     scales: tuple[str, ...] = ()
+    # norms at the end of each branch, before the residual add (Peri-LN), inside the derived attn_out / mlp_out
+    inside: tuple[str, ...] = ()
     notes: str = ""
 
     @property
@@ -87,7 +89,7 @@ class Backbone:
         """Every module path the row names, relative to the decoder layer."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
         mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in (self.gate, self.up, self.gate_up, self.down) if p)]
-        return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out) if p]
+        return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out) if p] + list(self.inside)
 
 
 # the fields an Adapter reads through its backbone (adapter.ln2 == adapter.backbone.ln2)
@@ -135,18 +137,7 @@ COHERE = Backbone(
 )
 
 
-@dataclass(frozen=True)
-class PeriBackbone(Backbone):
-    """A row whose branches end in a norm before the residual add (Peri-LN): ``inside`` names those
-    norms, which the derived ``hook_attn_out`` / ``hook_mlp_out`` (``attn_out`` / ``mlp_out`` None) include."""
-
-    inside: tuple[str, ...] = ()
-
-    def paths(self) -> list[str]:
-        return super().paths() + list(self.inside)
-
-
-HYPERCLOVAX = PeriBackbone(
+HYPERCLOVAX = Backbone(
     "hyperclovax",
     attn_out=None,
     mlp_out=None,
@@ -158,6 +149,25 @@ HYPERCLOVAX = PeriBackbone(
     "logits in the HyperCLOVAX heads",
 )
 
+GLM4V = Backbone(
+    "glm4v",
+    gate=None,
+    up=None,
+    gate_up="gate_up_proj",
+    attn_out="post_self_attn_layernorm",
+    mlp_out="post_mlp_layernorm",
+    notes="GLM-4V / GLM-OCR text block: x + post_self_attn_layernorm(attn(input_layernorm(x))), then "
+    "+ post_mlp_layernorm(mlp(post_attention_layernorm(.))): hook_attn_out / hook_mlp_out are the post-norms' "
+    "outputs; fused gate_up_proj ([gate; up]) split as for Phi-3",
+)
+
+COHERE2 = Backbone(
+    "cohere2",
+    ln2=None,
+    parallel=True,
+    notes="Cohere2: the Cohere parallel block without QK-norm; sliding layers apply RoPE, global layers none "
+    "(hook_rot_q / hook_rot_k are then q / k as attention reads them)",
+)
 
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
@@ -172,6 +182,9 @@ BACKBONES: dict[str, Backbone] = {
     "granite": GRANITE,
     "cohere": COHERE,
     "hyperclovax": HYPERCLOVAX,
+    "glm4v_text": GLM4V,
+    "glm_ocr_text": GLM4V,
+    "cohere2": COHERE2,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

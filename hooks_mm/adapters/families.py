@@ -15,6 +15,7 @@ for _module in (
     "llava_more",
     "qwen_more",
     "audio_more",
+    "glm_cohere",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

@@ -80,7 +80,7 @@ def load_processor(path: str) -> Any | None:
 
 
 # processor classes of model types that AutoProcessor does not map
-PROCESSORS = {"qwen2_5_omni_thinker": "Qwen2_5OmniProcessor"}
+PROCESSORS = {"qwen2_5_omni_thinker": "Qwen2_5OmniProcessor", "glm_ocr": "Glm46VProcessor"}
 FEATURE_EXTRACTOR_DIR = "feature_extractor"  # beside an image processor (both use preprocessor_config.json)
 # a FramewiseVideoProcessor (not an HF class): its frame rate, and its image processor when not the processor's own
 FRAMEWISE_FILE, FRAMEWISE_DIR = "hooks_mm_framewise_video.json", "framewise_video"

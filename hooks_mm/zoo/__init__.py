@@ -61,6 +61,12 @@ BUILDERS: dict[str, str] = {
     "granite_speech": "audio_more:build_granite_speech",
     "granite_speech_plus": "audio_more:build_granite_speech_plus",
     "fun_asr_nano": "audio_more:build_fun_asr_nano",
+    "glm4v": "glm_cohere:build_glm4v",
+    "glm4v_video": "glm_cohere:build_glm4v_video",
+    "glm46v": "glm_cohere:build_glm46v",
+    "glm_ocr": "glm_cohere:build_glm_ocr",
+    "aya_vision": "glm_cohere:build_aya_vision",
+    "cohere2_vision": "glm_cohere:build_cohere2_vision",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
