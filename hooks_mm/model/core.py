@@ -48,7 +48,7 @@ from hooks_mm.model.checks import (
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
-from hooks_mm.model.moe import dense_refusal, moe_sizes
+from hooks_mm.model.moe import check_dense, moe_cfg, moe_parts, moe_sizes
 from hooks_mm.model.tree import block_tree, put
 from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
 from hooks_mm.processing import save_processor
@@ -119,16 +119,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             if spec.name == "hook_embed":  # the blocks come right after the embedding, as in TransformerLens
                 parts = dict(gated=adapter.gated, ln2=adapter.ln2 is not None)
                 self.blocks = nn.ModuleList(
-                    block_tree(
-                        block_hooks(
-                            l in cross,
-                            injection=l in inject,
-                            experts=moe[l][0] if l in moe else 0,
-                            shared=l in moe and adapter.moe.shared is not None,
-                            **parts,
-                        )
-                    )
-                    for l in range(n)
+                    block_tree(block_hooks(l in cross, **parts, **moe_parts(adapter, moe, l, inject))) for l in range(n)
                 )
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
@@ -142,13 +133,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_heads=n_heads,
             n_key_value_heads=getattr(text_config, "num_key_value_heads", n_heads),
             d_head=getattr(text_config, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
-            # dense MLP width (None when every block is a mixture of experts)
-            d_mlp=getattr(text_config, "intermediate_size", None) if len(moe) + len(cross) < n else None,
-            moe_layers=sorted(moe),  # mixture-of-experts blocks (hooks_mm.model.moe): sizes below
-            n_experts=next(iter(moe.values()))[0] if moe else None,
-            top_k=next(iter(moe.values()))[1] if moe else None,
-            d_expert=next(iter(moe.values()))[2] if moe else None,
-            d_shared=next(iter(moe.values()))[3] if moe else None,
+            **moe_cfg(moe, text_config, n - len(cross)),  # d_mlp, moe_layers, n_experts, ... (model/moe.py)
             d_vocab=out_emb.weight.shape[0] if out_emb is not None else getattr(text_config, "vocab_size", None),
             cross_attn_layers=sorted(cross),
             injection_layers=sorted(inject),
@@ -456,9 +441,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
     def hook_name(self, name: str) -> str:
         """``name`` when this model has that hook point; else a KeyError suggesting close names."""
         if name not in self.hook_dict:
-            reason = dense_refusal(name, self.cfg.moe_layers)
-            if reason is not None:
-                raise KeyError(reason)
+            check_dense(name, self.cfg.moe_layers)  # a dense-MLP hook name on a MoE layer: the reason
             close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise KeyError(

@@ -50,13 +50,13 @@ def routed(indices: Tensor, expert: int) -> Tensor:
     return (indices == expert).any(-1).nonzero()
 
 
-def dense_refusal(name: str, moe_layers: list[int]) -> str | None:
-    """Why a dense-MLP hook name does not exist on a MoE layer (None: not such a name)."""
+def check_dense(name: str, moe_layers: list[int]) -> None:
+    """Raise a KeyError saying why when ``name`` is a dense-MLP hook of a MoE layer (which has none)."""
     m = DENSE.fullmatch(name)
     if m is None or int(m.group(1)) not in moe_layers:
-        return None
+        return
     l, what = m.groups()
-    return (
+    raise KeyError(
         f"layer {l} is a mixture-of-experts block: it has no dense MLP neurons ({name!r}). Its neurons are per "
         f"expert, on the tokens routed to it: 'blocks.{l}.mlp.experts.{{e}}.hook_{what}'; routing is "
         f"'blocks.{l}.mlp.hook_router_logits' / 'hook_expert_indices' (see hooks_mm.model.moe). Neuron ablations, "
@@ -197,3 +197,19 @@ def moe_sizes(adapter: Any, layer: nn.Module) -> tuple[int, int, int, int | None
     experts, row = block.get_submodule(adapter.moe.experts), adapter.moe
     shared = block.get_submodule(row.shared).down_proj.in_features if row.shared else None
     return experts.gate_up_proj.shape[0], block.get_submodule(row.router).top_k, experts.down_proj.shape[-1], shared
+
+
+def moe_parts(adapter: Any, moe: dict[int, tuple], layer: int, inject: set[int]) -> dict[str, Any]:
+    """``injection`` and the MoE ``block_hooks`` keywords of ``layer`` (``moe``: layer -> :func:`moe_sizes`)."""
+    if layer not in moe:
+        return {"injection": layer in inject}
+    return {"injection": layer in inject, "experts": moe[layer][0], "shared": adapter.moe.shared is not None}
+
+
+def moe_cfg(moe: dict[int, tuple], text_config: Any, n_self: int) -> dict[str, Any]:
+    """``cfg`` fields: ``d_mlp`` (the dense MLP width; None when all ``n_self`` blocks are MoE),
+    ``moe_layers`` and the sizes of their blocks (None without MoE layers)."""
+    sizes = next(iter(moe.values()), (None,) * 4)
+    d_mlp = getattr(text_config, "intermediate_size", None) if len(moe) < n_self else None
+    names = ("n_experts", "top_k", "d_expert", "d_shared")
+    return {"d_mlp": d_mlp, "moe_layers": sorted(moe), **dict(zip(names, sizes))}
