@@ -48,11 +48,11 @@ from hooks_mm.model.checks import (
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
-from hooks_mm.model.moe import check_dense, moe_cfg, moe_parts, moe_sizes
+from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_parts, moe_sizes
 from hooks_mm.model.tree import block_tree, put
 from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
 from hooks_mm.processing import save_processor
-from hooks_mm.selectors import Selector, as_selector
+from hooks_mm.selectors import Selector
 
 RUN_OPTIONS = ("return_type", "stop_at_layer")  # keywords of a run that are not model inputs
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
@@ -338,7 +338,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         names = self._names(names_filter)
         if device is not None:
             device = torch.device(device)  # a bad device string fails here, before any hook
-        index = batch.layout.indices(as_selector(pos)) if pos is not None else None
+        index = cache_positions(batch.layout, pos, names)  # None without pos=; routed-token hooks refuse pos=
         store: dict[str, Tensor] = {}
 
         def save(t: Tensor, hook: HookPoint) -> None:

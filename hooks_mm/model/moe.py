@@ -42,6 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from hooks_mm.hooks import lookup
+from hooks_mm.selectors import as_selector
+
 DENSE = re.compile(r"blocks\.(\d+)\.mlp\.hook_(pre|pre_linear|post)")
 
 
@@ -62,6 +65,22 @@ def check_dense(name: str, moe_layers: list[int]) -> None:
         f"'blocks.{l}.mlp.hook_router_logits' / 'hook_expert_indices' (see hooks_mm.model.moe). Neuron ablations, "
         "sweeps and attribution over dense neurons apply to the dense layers only."
     )
+
+
+def cache_positions(layout: Any, pos: Any, names: list[str]) -> Tensor | None:
+    """``run_with_cache``'s kept positions [batch, n] for ``pos`` (None: all), refusing hooks whose rows
+    are routed tokens (``mlp.experts.{e}.*``): their rows are not positions, and ``hook_expert_indices``
+    sliced by ``pos`` would no longer say which (batch, pos) each row is."""
+    if pos is None:
+        return None
+    routed_hooks = [n for n in names if "routed" in lookup(n).dims]
+    if routed_hooks:
+        raise ValueError(
+            f"run_with_cache(pos=...) keeps positions, but {routed_hooks[0]} (and {len(routed_hooks) - 1} more) hold "
+            "one row per token routed to the expert, not positions: cache them without pos= (names_filter= "
+            "without the mlp.experts.* hooks for pos=), and map rows with hooks_mm.model.moe.routed."
+        )
+    return layout.indices(as_selector(pos))
 
 
 def route(router: nn.Module, row: Any, probs: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
