@@ -182,6 +182,12 @@ MIXTRAL = Backbone(
     notes="Llama-like block with a top-k mixture of experts in every layer (weights renormalised, kept float32)",
 )
 
+QWEN3_VL_MOE = Backbone(
+    "qwen3_vl_moe",
+    moe=Moe(renorm=True),
+    notes="Qwen3-VL-MoE's text block: as qwen_moe, the top-k weights always renormalised",
+)
+
 QWEN2_MOE = Backbone(
     "qwen2_moe",
     moe=Moe(shared="shared_expert", shared_gate="shared_expert_gate"),
@@ -203,6 +209,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_moe": QWEN_MOE,
     "mixtral": MIXTRAL,
     "qwen2_moe": QWEN2_MOE,
+    "qwen3_vl_moe_text": QWEN3_VL_MOE,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
