@@ -1,7 +1,8 @@
 """Backbone rows under one wrapper (LLaVA): each decoder block exact, or refused with its reason.
 
 Real checkpoints put LLaVA over many decoder blocks: sandwich norms (Gemma-2/3), residual
-multipliers (Granite), fused projections (Phi-3), parallel blocks (Cohere), QK-norm (Qwen3),
+multipliers (Granite), fused projections (Phi-3), parallel blocks (Cohere), QK-norm (Qwen3), mixtures of
+experts (Qwen3-MoE, Mixtral, Qwen2-MoE; their expert hooks in tests/test_moe.py),
 Gemma's scaled embedding. Every backbone in ``CASES`` is built with a tiny seeded config (weights
 redrawn so norms and scales matter) and checked against an independent copy of the bare HF
 model: logits, hidden states, eager attentions, what each branch adds, edits at resid_mid, the
