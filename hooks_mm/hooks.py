@@ -9,7 +9,10 @@ the width checks of intervention specs and the nnsight compiler all read this ta
   self-attention or cross-attention layers (``self`` / ``cross``), gated MLPs
   (``gated``), layers followed by an injection (``injection``), once per model
   (``model``), models with a vision or audio projector (``projector`` / ``audio``), blocks
-  with a second norm (``ln2``: not a parallel block such as Cohere's).
+  with a second norm (``ln2``: not a parallel block such as Cohere's), dense MLPs (``dense``),
+  mixture-of-experts MLPs (``moe``; ``expert``: once per expert ``e``, named
+  ``mlp.experts.{e}.…``; ``shared``: MoE blocks with a shared expert; see
+  :mod:`hooks_mm.model.moe` for the scheme and the ``routed`` axis).
 - ``nnsight``: the module input / output that is the same activation, as adapter fields
   relative to the decoder layer (``()`` = the layer itself), or None where only a hooks_mm
   bridge inside a module's forward exposes it. ``"mask"`` is the ``attention_mask`` keyword of
@@ -83,9 +86,19 @@ BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("hook_attn_out", "batch pos d_model", nnsight=(("attn_out",), "output")),
     HookSpec("hook_resid_mid", "batch pos d_model"),
     HookSpec("ln2.hook_normalized", "batch pos d_model", "ln2"),
-    HookSpec("mlp.hook_pre", "batch pos d_mlp"),
+    HookSpec("mlp.hook_pre", "batch pos d_mlp", "dense"),
     HookSpec("mlp.hook_pre_linear", "batch pos d_mlp", "gated"),
-    HookSpec("mlp.hook_post", "batch pos d_mlp", nnsight=(("mlp", "down"), "input")),
+    HookSpec("mlp.hook_post", "batch pos d_mlp", "dense", nnsight=(("mlp", "down"), "input")),
+    # mixture-of-experts MLP (hooks_mm.model.moe): routing, then each expert's neurons on its routed tokens
+    HookSpec("mlp.hook_router_logits", "batch pos n_experts", "moe"),
+    HookSpec("mlp.hook_expert_weights", "batch pos n_experts", "moe"),
+    HookSpec("mlp.hook_expert_indices", "batch pos top_k", "moe"),
+    HookSpec("mlp.experts.{e}.hook_pre", "routed d_expert", "expert"),
+    HookSpec("mlp.experts.{e}.hook_pre_linear", "routed d_expert", "expert"),
+    HookSpec("mlp.experts.{e}.hook_post", "routed d_expert", "expert"),
+    HookSpec("mlp.shared_expert.hook_pre", "batch pos d_shared", "shared"),
+    HookSpec("mlp.shared_expert.hook_pre_linear", "batch pos d_shared", "shared"),
+    HookSpec("mlp.shared_expert.hook_post", "batch pos d_shared", "shared"),
     HookSpec("hook_mlp_out", "batch pos d_model", nnsight=(("mlp_out",), "output")),
     HookSpec("hook_resid_post", "batch pos d_model", nnsight=((), "output")),
     HookSpec("hook_deepstack", "batch pos d_model", "injection"),
@@ -103,6 +116,7 @@ MODEL_HOOKS: tuple[HookSpec, ...] = (
 _BLOCK = {h.name: h for h in BLOCK_HOOKS}
 _MODEL = {h.name: h for h in MODEL_HOOKS}
 _NAME = re.compile(r"blocks\.(\d+)\.(.+)")
+_EXPERT = re.compile(r"mlp\.experts\.\d+\.")
 
 
 def split(name: str) -> tuple[int | None, str]:
@@ -114,18 +128,25 @@ def split(name: str) -> tuple[int | None, str]:
 def lookup(name: str) -> HookSpec:
     """The table row of a full hook name (``blocks.{l}.…`` or top-level)."""
     layer, suffix = split(name)
-    spec = (_BLOCK if layer is not None else _MODEL).get(suffix)
+    spec = (_BLOCK if layer is not None else _MODEL).get(_EXPERT.sub("mlp.experts.{e}.", suffix, count=1))
     if spec is None:
         raise KeyError(f"{name!r} is not a hooks_mm hook name; see hooks_mm.hooks.BLOCK_HOOKS and MODEL_HOOKS.")
     return spec
 
 
-def block_hooks(cross: bool, gated: bool, injection: bool, ln2: bool = True) -> list[HookSpec]:
-    """The rows one decoder block has."""
+def block_hooks(
+    cross: bool, gated: bool, injection: bool, ln2: bool = True, experts: int = 0, shared: bool = False
+) -> list[HookSpec]:
+    """The rows one decoder block has (``experts`` > 0: a MoE MLP with that many experts, no dense MLP)."""
     have = (
         {"block", "cross" if cross else "self"}
-        | ({"gated"} if gated else set())
+        | ({"moe", "expert"} | ({"shared"} if shared else set()) if experts else {"dense"})
+        | ({"gated"} if gated and not experts else set())
         | ({"injection"} if injection else set())
         | ({"ln2"} if ln2 else set())
     )
-    return [h for h in BLOCK_HOOKS if h.where in have]
+    rows = [h for h in BLOCK_HOOKS if h.where in have]
+    per_expert = [h for h in rows if h.where == "expert"]
+    at = rows.index(per_expert[0]) if per_expert else len(rows)  # expert 0's rows, expert 1's, ... in place
+    each = [HookSpec(h.name.format(e=e), h.shape, h.where) for e in range(experts) for h in per_expert]
+    return rows[:at] + each + [h for h in rows[at:] if h.where != "expert"]

@@ -78,6 +78,7 @@ N_IMAGES = {
             "qwen2_5_vl",
             "qwen2_vl",
             "qwen3_vl",
+            "qwen3_vl_moe",
             "smolvlm",
             "videollama3",
             "vipllava",
@@ -177,3 +178,5 @@ def assert_clean(model: HookedMLLM) -> None:
     for name, mod in model.hf_model.named_modules():  # (transformers keeps hooks of its own)
         for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
             assert not getattr(fn, "__module__", "").startswith("hooks_mm"), f"hook left on {name}"
+        forward = mod.__dict__.get("forward")  # hooks_mm's MoE forward replaces a block's only while hooked
+        assert not getattr(forward, "__module__", "").startswith("hooks_mm"), f"forward left on {name}"

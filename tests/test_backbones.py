@@ -1,7 +1,8 @@
 """Backbone rows under one wrapper (LLaVA): each decoder block exact, or refused with its reason.
 
 Real checkpoints put LLaVA over many decoder blocks: sandwich norms (Gemma-2/3), residual
-multipliers (Granite), fused projections (Phi-3), parallel blocks (Cohere), QK-norm (Qwen3),
+multipliers (Granite), fused projections (Phi-3), parallel blocks (Cohere), QK-norm (Qwen3), mixtures of
+experts (Qwen3-MoE, Mixtral, Qwen2-MoE; their expert hooks in tests/test_moe.py),
 Gemma's scaled embedding. Every backbone in ``CASES`` is built with a tiny seeded config (weights
 redrawn so norms and scales matter) and checked against an independent copy of the bare HF
 model: logits, hidden states, eager attentions, what each branch adds, edits at resid_mid, the
@@ -31,6 +32,7 @@ SMALL = dict(
     num_key_value_heads=2, max_position_embeddings=64,
 )  # fmt: skip
 TOL = 1e-5
+MOE = {"moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2}
 IMAGE_ID, PAD = 63, 0
 
 # GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
@@ -62,6 +64,10 @@ CASES = {
     "glm_ocr_text": ("GlmOcrTextConfig", {"tie_word_embeddings": False, "rope_parameters": GLM_ROPE}),
     # layer 1 (the projection tests' layer) sliding, with RoPE: a shift of every key is a no-op without it
     "cohere2": ("Cohere2Config", {"sliding_window": 4, "layer_types": ["full_attention", "sliding_attention"]}),
+    # mixtures of experts (hooks_mm.model.moe): dense block 0 (mlp_only_layers / decoder_sparse_step), MoE block 1
+    "qwen3_moe": ("Qwen3MoeConfig", {"head_dim": 8, **MOE, "norm_topk_prob": True, "mlp_only_layers": [0]}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),  # every block MoE
+    "qwen2_moe": ("Qwen2MoeConfig", {**MOE, "shared_expert_intermediate_size": 24, "decoder_sparse_step": 2}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -215,22 +221,28 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
             "mlp.hook_pre_linear": (gate_up, slice(t.intermediate_size, None)),
         }
     a, mlp, d = layer.self_attn, layer.mlp, t.intermediate_size
-    if case.name in FUSED_GATE_UP:  # GLM chunks gate_up_proj's output as HF's Phi-3 does: gate first
-        gu = mlp.gate_up_proj
-        pre = {"mlp.hook_pre": (gu, slice(0, d)), "mlp.hook_pre_linear": (gu, slice(d, None))}
-    else:
-        pre = {"mlp.hook_pre": (mlp.gate_proj, slice(None)), "mlp.hook_pre_linear": (mlp.up_proj, slice(None))}
-    return {
+    attn = {
         "attn.hook_q": (a.q_proj, slice(None)),
         "attn.hook_k": (a.k_proj, slice(None)),
         "attn.hook_v": (a.v_proj, slice(None)),
-        **pre,
     }
+    if l in case.model.cfg.moe_layers:  # no dense MLP
+        return attn
+    if case.name in FUSED_GATE_UP:  # GLM chunks gate_up_proj's output as HF's Phi-3 does: gate first
+        gu = mlp.gate_up_proj
+        return {**attn, "mlp.hook_pre": (gu, slice(0, d)), "mlp.hook_pre_linear": (gu, slice(d, None))}
+    return {**attn, "mlp.hook_pre": (mlp.gate_proj, slice(None)), "mlp.hook_pre_linear": (mlp.up_proj, slice(None))}
 
 
 @pytest.mark.parametrize("hook", ["attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear"])
 def test_projection_hooks_are_the_projections_and_their_edits_take_effect(case: Case, hook: str) -> None:
     l = 1
+    if hook.startswith("mlp.") and l in case.model.cfg.moe_layers:  # MoE blocks: per-expert neurons (test_moe.py)
+        with pytest.raises(KeyError, match=rf"layer {l} is a mixture-of-experts block.*mlp.experts.{{e}}"):
+            case.model.run_with_cache(case.inputs, names_filter=[f"blocks.{l}.{hook}"])
+        if not _dense(case):
+            return
+        l = _dense(case)[-1]
     module, part = _projections(case, l)[hook]
     seen = {}
     case.bare_run([(module, "fwd", lambda m, i, out: seen.__setitem__("x", out[..., part]))])
@@ -277,6 +289,11 @@ def test_resid_mid_edit_equals_the_hand_edit_on_the_bare_model(case: Case) -> No
     assert case.diff(ours, case.bare_run().logits) > 1e-3
 
 
+def _dense(case: Case) -> list[int]:
+    """The layers with a dense MLP (not a mixture of experts)."""
+    return [l for l in range(case.model.cfg.n_layers) if l not in case.model.cfg.moe_layers]
+
+
 def _zeroed(case: Case, neurons: dict[int, list[int]]) -> torch.Tensor:
     """Bare logits with ``neurons`` (layer -> indices) zeroed at the real positions of the down_proj input."""
 
@@ -292,15 +309,27 @@ def _zeroed(case: Case, neurons: dict[int, list[int]]) -> torch.Tensor:
 
 
 def test_neuron_ablation_and_sweep_equal_hand_written_hooks(case: Case) -> None:
-    spec = NeuronAblation(layers=1, neurons=[1, 5, 9], positions=NonPad())
-    ours = case.model.run_with_interventions(case.inputs, spec)
-    hand = _zeroed(case, {1: [1, 5, 9]})
-    assert case.diff(ours, hand) <= TOL and case.diff(ours, case.bare_run().logits) > 1e-4
     metric = lambda logits: logits[:, -1].log_softmax(-1)[:, 7].sum()  # noqa: E731
-    configs = [NeuronAblation(0, [2, 3], NonPad()), NeuronAblation(1, [4], NonPad()), NeuronAblation(1, None, NonPad())]
+    for l in case.model.cfg.moe_layers:  # no dense neurons there: refused with the reason, before any run
+        with pytest.raises(KeyError, match=f"layer {l} is a mixture-of-experts block"):
+            case.model.run_with_interventions(case.inputs, NeuronAblation(l, [1], NonPad()))
+        with pytest.raises(KeyError, match=f"layer {l} is a mixture-of-experts block"):
+            sweep(case.model, case.inputs, [NeuronAblation(l, [1], NonPad())], metric, progress=False)
+    if not _dense(case):
+        return
+    hi, lo = _dense(case)[-1], _dense(case)[0]  # dense backbones: 1 and 0
+    spec = NeuronAblation(layers=hi, neurons=[1, 5, 9], positions=NonPad())
+    ours = case.model.run_with_interventions(case.inputs, spec)
+    hand = _zeroed(case, {hi: [1, 5, 9]})
+    assert case.diff(ours, hand) <= TOL and case.diff(ours, case.bare_run().logits) > 1e-4
+    configs = [
+        NeuronAblation(lo, [2, 3], NonPad()),
+        NeuronAblation(hi, [4], NonPad()),
+        NeuronAblation(hi, None, NonPad()),
+    ]
     result = sweep(case.model, case.inputs, configs, metric, progress=False)
     width = case.text.intermediate_size
-    expected = [metric(_zeroed(case, n)) for n in ({0: [2, 3]}, {1: [4]}, {1: list(range(width))})]
+    expected = [metric(_zeroed(case, n)) for n in ({lo: [2, 3]}, {hi: [4]}, {hi: list(range(width))})]
     assert (result.values - torch.stack(expected)).abs().max().item() <= TOL
     assert result.meta["fast"] + result.meta["naive"] == len(configs)
 
@@ -323,13 +352,13 @@ def test_cohere_parallel_block_has_no_ln2_hook() -> None:
     "config_class, extra, problem",
     [
         ("Olmo2Config", {}, r"backbone 'olmo2' \(no row .*\).*block 0 .*no module input_layernorm"),
-        ("MixtralConfig", {"num_local_experts": 4}, r"backbone 'mixtral' \(no row .*\).*no module mlp.gate_proj"),
+        ("OlmoeConfig", {"num_experts": 4}, r"backbone 'olmoe' \(no row .*\).*block 0 .*no module mlp.gate_proj"),
         ("Qwen3NextConfig", {}, r"backbone 'qwen3_next' \(no row .*\).*no module self_attn"),
         # dense block 0, MoE block 1: every block is checked, not only the first
         (
-            "Qwen3MoeConfig",
-            {"moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]},
-            r"backbone 'qwen3_moe' \(no row .*\).*block 1 .*no module mlp.gate_proj",
+            "PhimoeConfig",
+            {"num_local_experts": 4, "num_experts_per_tok": 2},
+            r"backbone 'phimoe' \(no row .*\).*block 0 .*no module mlp",
         ),
         ("GraniteConfig", {"residual_multiplier": 0.22}, None),
         ("Gemma2Config", {"head_dim": 8}, None),
@@ -411,7 +440,14 @@ def test_nnsight_backend_equals_hooked_mllm_or_refuses_the_hook(case: Case) -> N
     model = HookedMLLM(case.model.hf_model, build_llava_processor())  # nnsight wraps the model in a pipeline
     backend = NNsightBackend(model)
     steer = Steer(0, [0.5 * (-1) ** i for i in range(case.text.hidden_size)], positions=NonPad(), hook="hook_attn_out")
-    for spec in (NeuronAblation(1, [1, 5], NonPad()), steer):
+    for l in model.cfg.moe_layers:  # no dense neurons: refused with the reason; routing hooks are not module outputs
+        with pytest.raises(KeyError, match=f"layer {l} is a mixture-of-experts block"):
+            backend.run(case.inputs, NeuronAblation(l, [1], NonPad()))
+        with pytest.raises(NotImplementedError, match=f"cannot edit 'blocks.{l}.mlp.hook_router_logits'"):
+            backend.run(case.inputs, Steer(l, [1.0] * model.cfg.n_experts, NonPad(), hook="mlp.hook_router_logits"))
+    mlp_out = Steer(1, [0.5] * case.text.hidden_size, positions=NonPad(), hook="hook_mlp_out")
+    neurons = [NeuronAblation(_dense(case)[-1], [1, 5], NonPad())] if _dense(case) else []
+    for spec in (*neurons, steer, *([mlp_out] if model.cfg.moe_layers else [])):
         if spec is steer and case.model.adapter.attn_out is None:  # derived branch (Granite, HyperCLOVAX)
             with pytest.raises(NotImplementedError, match="cannot edit blocks.0.hook_attn_out.*no module returns"):
                 backend.run(case.inputs, spec)
@@ -431,6 +467,8 @@ def test_every_hook_edit_changes_the_logits_and_leaves_the_model_clean(case: Cas
         for i, name in enumerate(m.hook_dict):
             g = torch.Generator().manual_seed(i)
             noise = lambda x, hook: x + torch.randn(x.shape, generator=g) * (x.abs().mean() + 0.1)  # noqa: E731
+            if name.endswith("hook_expert_indices"):  # MoE routing: send every token to other experts
+                noise = lambda x, hook: (x + 1) % m.cfg.n_experts  # noqa: E731
             if case.diff(m.run_with_hooks(case.inputs, fwd_hooks=[(name, noise)]), clean) < 1e-6:
                 inert.append(name)
         assert torch.equal(m(case.inputs), clean)

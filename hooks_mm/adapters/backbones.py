@@ -29,6 +29,11 @@ or ``mlp``):
   applied by the text model's own ``*ForCausalLM`` head only; a wrapper's head (LLaVA's) that
   does not apply them is matched as it is (``Adapter.logits_post`` is the wrapper's head).
 
+- ``moe``: a :class:`Moe` row for blocks whose MLP is a sparse mixture of experts (Qwen2/3-MoE,
+  Mixtral). A layer is a MoE layer when its ``mlp`` holds ``moe.experts``; other layers of the
+  same stack (``mlp_only_layers``, ``decoder_sparse_step``) are dense and checked as such. The
+  MoE hook scheme is described in :mod:`hooks_mm.model.moe`.
+
 Gemma's embedding normaliser (``sqrt(d_model)``) is inside its embedding module in
 transformers 5: ``hook_embed`` is already scaled, and media features are written unscaled.
 
@@ -45,6 +50,29 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Moe:
+    """Paths (relative to the MoE block, ``Backbone.mlp``) and routing rule of a sparse MoE MLP.
+
+    ``router``: module with ``weight`` [n_experts, d_model] and ``top_k``, returning ``(logits, weights,
+    indices)``; ``experts``: one module with 3-D ``gate_up_proj`` [n_experts, 2 d_expert, d_model] and
+    ``down_proj`` [n_experts, d_model, d_expert] (transformers 5's fused experts). Routing:
+    ``softmax(logits)`` in float32, top-k, then divided by its sum when ``renorm`` (True, or the name of
+    the router's boolean attribute) holds, then cast to the logits' dtype when ``cast``.
+    ``shared`` / ``shared_gate``: a dense always-on expert and its sigmoid gate (Qwen2-MoE).
+    """
+
+    router: str = "gate"
+    experts: str = "experts"
+    renorm: bool | str = "norm_topk_prob"
+    cast: bool = True
+    shared: str | None = None
+    shared_gate: str | None = None
+
+    def paths(self) -> list[str]:
+        return [p for p in (self.router, self.experts, self.shared, self.shared_gate) if p]
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,8 @@ class Backbone:
     scales: tuple[str, ...] = ()
     # norms at the end of each branch, before the residual add (Peri-LN), inside the derived attn_out / mlp_out
     inside: tuple[str, ...] = ()
+    # sparse mixture-of-experts MLP in the layers whose mlp holds moe.experts (see Moe)
+    moe: Moe | None = None
     notes: str = ""
 
     @property
@@ -85,10 +115,15 @@ class Backbone:
         """Whether the MLP has a gate (and so ``mlp.hook_pre_linear``)."""
         return self.gate is not None or self.gate_up is not None
 
-    def paths(self) -> list[str]:
-        """Every module path the row names, relative to the decoder layer."""
+    def is_moe(self, layer: Any) -> bool:
+        """Whether ``layer``'s MLP is this row's mixture of experts (else a dense MLP)."""
+        return self.moe is not None and _has(layer, f"{self.mlp}.{self.moe.experts}")
+
+    def paths(self, moe: bool = False) -> list[str]:
+        """Every module path the row names, relative to the decoder layer (``moe``: of a MoE layer)."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
-        mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in (self.gate, self.up, self.gate_up, self.down) if p)]
+        parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down)
+        mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in parts if p)]
         return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out) if p] + list(self.inside)
 
 
@@ -169,6 +204,31 @@ COHERE2 = Backbone(
     "(hook_rot_q / hook_rot_k are then q / k as attention reads them)",
 )
 
+QWEN_MOE = Backbone(
+    "qwen_moe",
+    moe=Moe(),
+    notes="Llama-like block whose MLP is a top-k mixture of experts in every decoder_sparse_step-th layer "
+    "outside mlp_only_layers (dense MLP elsewhere): router logits, routing and per-expert neurons are hooked",
+)
+
+MIXTRAL = Backbone(
+    "mixtral",
+    moe=Moe(renorm=True, cast=False),
+    notes="Llama-like block with a top-k mixture of experts in every layer (weights renormalised, kept float32)",
+)
+
+QWEN3_VL_MOE = Backbone(
+    "qwen3_vl_moe",
+    moe=Moe(renorm=True),
+    notes="Qwen3-VL-MoE's text block: as qwen_moe, the top-k weights always renormalised",
+)
+
+QWEN2_MOE = Backbone(
+    "qwen2_moe",
+    moe=Moe(shared="shared_expert", shared_gate="shared_expert_gate"),
+    notes="as qwen_moe, plus a shared expert (a dense MLP) scaled by sigmoid(shared_expert_gate(x))",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -185,6 +245,10 @@ BACKBONES: dict[str, Backbone] = {
     "glm4v_text": GLM4V,
     "glm_ocr_text": GLM4V,
     "cohere2": COHERE2,
+    "qwen3_moe": QWEN_MOE,
+    "mixtral": MIXTRAL,
+    "qwen2_moe": QWEN2_MOE,
+    "qwen3_vl_moe_text": QWEN3_VL_MOE,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -212,14 +276,17 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     """
     b: Backbone = adapter.backbone or backbone_for(text_config)
     kind = model_type(text_config)
-    missing = [p for p in b.paths() if not _has(layer, p)]
+    moe = b.is_moe(layer)
+    missing = [p for p in b.paths(moe) if not _has(layer, p)]
     problems = [f"no module {', '.join(missing)}"] if missing else []
+    if moe and not missing:
+        problems += moe_problems(b.moe, layer.get_submodule(b.mlp))
     children = {name for name, _ in layer.named_children()}
     if "pre_feedforward_layernorm" in children and b.ln2 != "pre_feedforward_layernorm":
         problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
     elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
         problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
-    named = {p.split(".")[0] for p in b.paths()}
+    named = {p.split(".")[0] for p in b.paths(moe)}
     unknown = sorted(
         name for name, child in layer.named_children() if name not in named and not isinstance(child, _INERT)
     )
@@ -249,6 +316,28 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         f"({', '.join(sorted(BACKBONES))}), or add a row BACKBONES[{kind!r}] = Backbone(...) whose paths match this "
         "block and check it with the conformance tests (tests/test_backbones.py)."
     )
+
+
+def moe_problems(row: Moe, block: nn.Module) -> list[str]:
+    """What in a MoE block the hooked MoE forward (:mod:`hooks_mm.model.moe`) would not reproduce."""
+    problems = []
+    experts, router = block.get_submodule(row.experts), block.get_submodule(row.router)
+    extra = sorted({n for n, _ in block.named_children()} - {p.split(".")[0] for p in row.paths()})
+    if extra:
+        problems.append(f"MoE block modules the row does not name ({', '.join(extra)})")
+    layout = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True}
+    layout["has_post_expert_norm"] = False
+    off = {k: getattr(experts, k, None) for k, v in layout.items() if getattr(experts, k, None) != v}
+    if off:
+        problems.append(f"experts {type(experts).__name__} with {off} (expected fused [gate; up] 3-D weights {layout})")
+    for name in ("gate_up_proj", "down_proj", "act_fn"):
+        if not hasattr(experts, name):
+            problems.append(f"experts {type(experts).__name__} without {name}")
+    if not (hasattr(router, "weight") and hasattr(router, "top_k")) or getattr(router, "bias", None) is not None:
+        problems.append(f"router {type(router).__name__} is not a bias-free linear with top_k")
+    if isinstance(row.renorm, str) and not hasattr(router, row.renorm):
+        problems.append(f"router {type(router).__name__} has no {row.renorm}")
+    return problems
 
 
 # children of a decoder layer that do not change a value in eval mode

@@ -141,5 +141,7 @@ QWEN3_VL = replace(
     ),
 )
 
+# the same wrapper over Qwen3-VL-MoE's text model (backbone row "qwen3_vl_moe_text": mixture-of-experts MLPs)
+QWEN3_VL_MOE = replace(QWEN3_VL, name="qwen3_vl_moe", architectures=("Qwen3VLMoeForConditionalGeneration",))
 
-ADAPTERS = (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)
+ADAPTERS = (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE)

@@ -3,6 +3,10 @@
 the top ``1 - sparsity`` of each output row kept, and the IoU of image- vs text-calibrated
 masks per layer and linear.
 
+In a mixture-of-experts block (``model.cfg.moe_layers``) the MLP linears are the router
+(``router``, its [n_experts, d_model] weight on every token); the experts' 3-D weights (each
+expert sees only its routed tokens) are not scored.
+
 Example::
 
     iou = wanda_overlap(model, batches, sparsity=0.5)      # DataFrame: layer, linear, iou
@@ -35,14 +39,17 @@ def wanda_mask(
     return mask
 
 
-def _linears(model: "HookedMLLM") -> dict[str, nn.Linear]:
+def _linears(model: "HookedMLLM") -> dict[str, nn.Module]:
     a, out = model.adapter, {}
     for l, layer in enumerate(model.decoder_layers):
         attn = model.attention(l)
         mlp = layer.get_submodule(a.mlp)
         # every linear the backbone row names (Phi-3: the fused qkv / gate_up, one linear each)
         parts = {f: (attn, getattr(a, f)) for f in ("q", "k", "v", "qkv", "o") if getattr(a, f)}
-        parts |= {f: (mlp, getattr(a, f)) for f in ("gate", "up", "gate_up", "down") if getattr(a, f)}
+        if l in model.cfg.moe_layers:  # the router; the experts' 3-D weights are not linears
+            parts["router"] = (mlp, a.moe.router)
+        else:
+            parts |= {f: (mlp, getattr(a, f)) for f in ("gate", "up", "gate_up", "down") if getattr(a, f)}
         for name, (root, path) in parts.items():
             out[f"{l}.{name}"] = root.get_submodule(path)
     return out
@@ -52,7 +59,7 @@ def _linears(model: "HookedMLLM") -> dict[str, nn.Linear]:
 def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector) -> dict[str, Tensor]:
     """Per linear: ``||X_j||_2`` of its inputs over the calibration tokens at ``positions``."""
     linears = _linears(model)
-    sums = {k: torch.zeros(m.in_features, dtype=torch.float64) for k, m in linears.items()}
+    sums = {k: torch.zeros(m.weight.shape[1], dtype=torch.float64) for k, m in linears.items()}
     state: dict[str, Tensor] = {}
 
     def grab(key: str):  # noqa: ANN202
@@ -61,6 +68,8 @@ def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector
             mask = state["mask"]
             if x.shape[:2] == mask.shape:  # position-indexed inputs only (not cross-attention K/V)
                 sums[key] += (x[mask].double() ** 2).sum(0)
+            elif x.dim() == 2 and x.shape[0] == mask.numel():  # a MoE router reads [batch * pos, d_model]
+                sums[key] += (x[mask.flatten()].double() ** 2).sum(0)
 
         return hook
 

@@ -48,10 +48,11 @@ from hooks_mm.model.checks import (
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
+from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_parts, moe_sizes
 from hooks_mm.model.tree import block_tree, put
 from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
 from hooks_mm.processing import save_processor
-from hooks_mm.selectors import Selector, as_selector
+from hooks_mm.selectors import Selector
 
 RUN_OPTIONS = ("return_type", "stop_at_layer")  # keywords of a run that are not model inputs
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
@@ -103,6 +104,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         for l in sorted(set(range(n)) - cross):  # every block: mixed stacks (dense then MoE, hybrid) exist
             check_backbone(adapter, layers[l], text_config, index=l)
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
+        moe = {l: moe_sizes(adapter, layers[l]) for l in set(range(n)) - cross if adapter.backbone.is_moe(layers[l])}
         self.__dict__["_attn"] = [
             layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
         ]
@@ -117,7 +119,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             if spec.name == "hook_embed":  # the blocks come right after the embedding, as in TransformerLens
                 parts = dict(gated=adapter.gated, ln2=adapter.ln2 is not None)
                 self.blocks = nn.ModuleList(
-                    block_tree(block_hooks(l in cross, injection=l in inject, **parts)) for l in range(n)
+                    block_tree(block_hooks(l in cross, **parts, **moe_parts(adapter, moe, l, inject))) for l in range(n)
                 )
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
@@ -131,7 +133,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_heads=n_heads,
             n_key_value_heads=getattr(text_config, "num_key_value_heads", n_heads),
             d_head=getattr(text_config, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
-            d_mlp=getattr(text_config, "intermediate_size", None),
+            **moe_cfg(moe, text_config, n - len(cross)),  # d_mlp, moe_layers, n_experts, ... (model/moe.py)
             d_vocab=out_emb.weight.shape[0] if out_emb is not None else getattr(text_config, "vocab_size", None),
             cross_attn_layers=sorted(cross),
             injection_layers=sorted(inject),
@@ -336,7 +338,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         names = self._names(names_filter)
         if device is not None:
             device = torch.device(device)  # a bad device string fails here, before any hook
-        index = batch.layout.indices(as_selector(pos)) if pos is not None else None
+        index = cache_positions(batch.layout, pos, names)  # None without pos=; routed-token hooks refuse pos=
         store: dict[str, Tensor] = {}
 
         def save(t: Tensor, hook: HookPoint) -> None:
@@ -439,6 +441,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
     def hook_name(self, name: str) -> str:
         """``name`` when this model has that hook point; else a KeyError suggesting close names."""
         if name not in self.hook_dict:
+            check_dense(name, self.cfg.moe_layers)  # a dense-MLP hook name on a MoE layer: the reason
             close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise KeyError(

@@ -28,6 +28,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooks_mm.attention import NAMES
+from hooks_mm.model.moe import attach as attach_moe
 
 ATTN_SITE = ("hook_attn_scores", "hook_pattern", "hook_rot_q", "hook_rot_k")
 
@@ -201,6 +202,8 @@ class Wiring:
                     self._fwd(mlp.get_submodule(a.up), out_hook(pre[1]))
             if p + "mlp.hook_post" in live:
                 self._pre(mlp.get_submodule(a.down), in_hook(hd[p + "mlp.hook_post"]))
+            if l in cfg.moe_layers and (mine := {h: hd[h] for h in live if h.startswith(p + "mlp.")}):
+                self.handles += attach_moe(mlp, a.moe, mine, p + "mlp.")  # routing and experts (model/moe.py)
             if p + "hook_mlp_out" in live and not derived_mlp:
                 self._fwd(layer.get_submodule(a.mlp_out), out_hook(hd[p + "hook_mlp_out"]))
             if mid or derived_attn or derived_mlp or p + "hook_resid_post" in live or inject:

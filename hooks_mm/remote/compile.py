@@ -15,7 +15,9 @@ module paths of the same adapter table the local path uses:
 
 What nnsight cannot express here raises ``NotImplementedError`` when compiling, naming
 the hook: edits of ``hook_resid_mid``, ``ln*.hook_normalized``, q/k/v/z/pattern and the
-other hooks that exist only as hooks_mm bridges inside a module's forward;
+other hooks that exist only as hooks_mm bridges inside a module's forward (among them a MoE
+block's routing and per-expert hooks, :mod:`hooks_mm.model.moe`; its ``hook_mlp_out`` is the
+block's output and compiles);
 ``hook_attn_out`` / ``hook_mlp_out`` of families whose branch output is derived (no module
 returns it) and of Mllama's gated cross-attention layers; ops other than knockout on
 attention scores; knockout under flash / flex attention (no mask tensor to edit).

@@ -58,11 +58,21 @@ def attribution_patching(
 
     ``mode`` / ``value`` / ``means`` / ``sources``: as in :class:`NeuronAblation` (the
     replacement is that spec's own op). The per-position estimate is the effect of ablating
-    all neurons of a layer at one position.
+    all neurons of a layer at one position. ``layers`` default: every layer with a dense MLP
+    (mixture-of-experts layers, ``model.cfg.moe_layers``, have per-expert neurons only and are
+    refused when named).
     """
     batch = model.prepare(inputs)
     check_metric_batch(metric, batch)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    if layers is None:
+        layers = [l for l in range(model.cfg.n_layers) if l not in model.cfg.moe_layers]
+        if not layers:
+            raise ValueError(
+                f"attribution_patching: every layer of this {model.cfg.architecture} is a mixture of experts, with "
+                "no dense MLP neurons to attribute; patch its residual stream instead (e.g. Patch / sweep over "
+                "hook_resid_post specs)."
+            )
+    layers = list(layers)
     positions = positions or NonPad()
     ctx = Context(model, batch, sources)
     specs = [NeuronAblation(l, None, positions, mode, value, means) for l in layers]

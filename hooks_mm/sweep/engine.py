@@ -137,6 +137,8 @@ class HooksSweep:
         layer %= model.cfg.n_layers  # in range: edits() checked it
         if layer in model.cfg.cross_attn_layers or model.adapter.mlp_out is None:
             return None
+        if layer in model.cfg.moe_layers:  # no dense down_proj to update (edits() refuses these before)
+            return None
         if layer not in replay.verified:
             replay.verified[layer] = replay.verify(layer)
         if not replay.verified[layer]:

@@ -55,6 +55,7 @@ class Replay:
             f"blocks.{l}.{h}"
             for l in range(len(layers))
             for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "mlp.hook_post")
+            if f"blocks.{l}.{h}" in model.hook_dict  # no dense mlp.hook_post in a mixture-of-experts block
         ]
         handles = [layer.register_forward_pre_hook(record(l), with_kwargs=True) for l, layer in enumerate(layers)]
         try:

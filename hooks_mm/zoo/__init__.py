@@ -26,6 +26,7 @@ BUILDERS: dict[str, str] = {
     "qwen2_vl": "qwen:build_qwen2_vl",
     "qwen2_5_vl": "qwen:build_qwen2_5_vl",
     "qwen3_vl": "qwen:build_qwen3_vl",
+    "qwen3_vl_moe": "moe:build_qwen3_vl_moe",
     "idefics3": "idefics_gemma:build_idefics3",
     "smolvlm": "idefics_gemma:build_smolvlm",
     "paligemma": "idefics_gemma:build_paligemma",
