@@ -9,7 +9,9 @@ the width checks of intervention specs and the nnsight compiler all read this ta
   self-attention or cross-attention layers (``self`` / ``cross``), gated MLPs
   (``gated``), layers followed by an injection (``injection``), once per model
   (``model``), models with a vision or audio projector (``projector`` / ``audio``), blocks
-  with a second norm (``ln2``: not a parallel block such as Cohere's).
+  with a second norm (``ln2``: not a parallel block such as Cohere's). A hybrid stack's
+  linear-attention / convolution layers (Qwen3.5, LFM2) have no ``self`` rows: there
+  ``hook_attn_out`` is the mixer's output (see :mod:`hooks_mm.model.hybrid`).
 - ``nnsight``: the module input / output that is the same activation, as adapter fields
   relative to the decoder layer (``()`` = the layer itself), or None where only a hooks_mm
   bridge inside a module's forward exposes it. ``"mask"`` is the ``attention_mask`` keyword of
@@ -120,10 +122,10 @@ def lookup(name: str) -> HookSpec:
     return spec
 
 
-def block_hooks(cross: bool, gated: bool, injection: bool, ln2: bool = True) -> list[HookSpec]:
-    """The rows one decoder block has."""
+def block_hooks(cross: bool, gated: bool, injection: bool, ln2: bool = True, attention: bool = True) -> list[HookSpec]:
+    """The rows one decoder block has (``attention=False``: a hybrid stack's non-attention mixer layer)."""
     have = (
-        {"block", "cross" if cross else "self"}
+        {"block", "cross" if cross else "self" if attention else "block"}
         | ({"gated"} if gated else set())
         | ({"injection"} if injection else set())
         | ({"ln2"} if ln2 else set())

@@ -29,6 +29,17 @@ or ``mlp``):
   applied by the text model's own ``*ForCausalLM`` head only; a wrapper's head (LLaVA's) that
   does not apply them is matched as it is (``Adapter.logits_post`` is the wrapper's head).
 
+- ``mixers``: hybrid stacks (Qwen3.5, LFM2), whose layers differ by the text config's
+  ``layer_types``. A layer whose type a :class:`Mixer` names holds that token mixer (gated
+  DeltaNet linear attention, a short convolution) in place of attention: it has the residual,
+  ``ln1`` / ``ln2``, MLP hooks and ``hook_attn_out`` (the mixer's output, what it adds to the
+  residual), and no ``attn.*`` hooks (no q / k / v, scores or pattern exist there); the other
+  layers are the row's attention layers, with every ``attn.*`` hook.
+- ``q_gated``: ``q`` returns ``[query; gate]`` interleaved per head (Qwen3.5, Qwen3-Next), and
+  attention's output is multiplied by ``sigmoid(gate)`` before ``o``: ``attn.hook_q`` is the
+  query half (an edit is written back, the gate kept), ``attn.hook_z`` is ``o``'s input, the
+  gated per-head output (so ``hook_attn_out`` is still the sum of ``z_h @ W_O[h]``).
+
 Gemma's embedding normaliser (``sqrt(d_model)``) is inside its embedding module in
 transformers 5: ``hook_embed`` is already scaled, and media features are written unscaled.
 
@@ -45,6 +56,20 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Mixer:
+    """A token mixer that is not attention (linear attention, short convolution), by layer type.
+
+    ``kind``: the text config's ``layer_types`` value of its layers; ``path``: the module (relative
+    to the layer) whose OUTPUT is what the mixer adds to the residual stream, ``hook_attn_out``.
+    Its internals have no hook points: only its output (and its input, ``ln1.hook_normalized``).
+    """
+
+    kind: str
+    path: str
+    notes: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,18 +101,32 @@ class Backbone:
     parallel: bool = False
     # text-config multipliers this row's hook points account for (see the module docstring)
     scales: tuple[str, ...] = ()
+    # the text model's final norm (its attribute), where a wrapper's final_norm path ends in ".norm"
+    norm: str = "norm"
+    # q returns [query; gate] per head and attention's output is gated before o (Qwen3.5)
+    q_gated: bool = False
+    # hybrid stacks: the layers whose layer_types value a Mixer names hold it instead of attention
+    mixers: tuple[Mixer, ...] = ()
     notes: str = ""
+
+    def mixer(self, text_config: Any, index: int) -> Mixer | None:
+        """The non-attention mixer of layer ``index`` (from ``text_config.layer_types``), or None."""
+        types = getattr(text_config, "layer_types", None) if self.mixers else None
+        kind = types[index] if types is not None and index < len(types) else None
+        return next((m for m in self.mixers if m.kind == kind), None)
 
     @property
     def gated(self) -> bool:
         """Whether the MLP has a gate (and so ``mlp.hook_pre_linear``)."""
         return self.gate is not None or self.gate_up is not None
 
-    def paths(self) -> list[str]:
-        """Every module path the row names, relative to the decoder layer."""
+    def paths(self, mixer: Mixer | None = None) -> list[str]:
+        """Every module path the row names, relative to the decoder layer (a ``mixer`` layer: its
+        mixer in place of the attention paths)."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
+        attn = [mixer.path] if mixer is not None else attn + ([self.attn_out] if self.attn_out else [])
         mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in (self.gate, self.up, self.gate_up, self.down) if p)]
-        return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out) if p]
+        return attn + mlp + [p for p in (self.ln1, self.ln2, self.mlp_out) if p]
 
 
 # the fields an Adapter reads through its backbone (adapter.ln2 == adapter.backbone.ln2)
@@ -134,6 +173,33 @@ COHERE = Backbone(
     "(an edit there is added to the output), no ln2.hook_normalized",
 )
 
+QWEN3_5 = Backbone(
+    "qwen3_5",
+    q_gated=True,
+    mixers=(Mixer("linear_attention", "linear_attn", "gated DeltaNet linear attention"),),
+    notes="hybrid: linear_attention layers hold a gated DeltaNet (linear_attn) whose output is hook_attn_out and "
+    "which has no attn.* hooks; full_attention layers have a gated q_proj ([query; gate] per head): hook_q is the "
+    "query half, hook_z the gated input of o_proj",
+)
+
+LFM2 = Backbone(
+    "lfm2",
+    o="out_proj",
+    attn_out="self_attn.out_proj",
+    ln1="operator_norm",
+    ln2="ffn_norm",
+    mlp="feed_forward",
+    gate="w1",
+    up="w3",
+    down="w2",
+    mlp_out="feed_forward",
+    norm="embedding_norm",
+    mixers=(Mixer("conv", "conv", "gated short convolution"),),
+    notes="hybrid: conv layers hold a gated short convolution (conv) whose output is hook_attn_out and which has "
+    "no attn.* hooks; attention layers (q_layernorm / k_layernorm) are Llama-like under LFM2's names; the final "
+    "norm is embedding_norm",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -146,6 +212,8 @@ BACKBONES: dict[str, Backbone] = {
     "phi3": PHI3,
     "granite": GRANITE,
     "cohere": COHERE,
+    "qwen3_5_text": QWEN3_5,
+    "lfm2": LFM2,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -173,14 +241,15 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     """
     b: Backbone = adapter.backbone or backbone_for(text_config)
     kind = model_type(text_config)
-    missing = [p for p in b.paths() if not _has(layer, p)]
+    paths = b.paths(b.mixer(text_config, index or 0))
+    missing = [p for p in paths if not _has(layer, p)]
     problems = [f"no module {', '.join(missing)}"] if missing else []
     children = {name for name, _ in layer.named_children()}
     if "pre_feedforward_layernorm" in children and b.ln2 != "pre_feedforward_layernorm":
         problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
     elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
         problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
-    named = {p.split(".")[0] for p in b.paths()}
+    named = {p.split(".")[0] for p in paths}
     unknown = sorted(
         name for name, child in layer.named_children() if name not in named and not isinstance(child, _INERT)
     )

@@ -45,6 +45,7 @@ from hooks_mm.model.checks import (
     check_return_type,
     same_inputs,
 )
+from hooks_mm.model.hybrid import absent_reason, mlp_width, token_mixers
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
@@ -103,9 +104,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         for l in sorted(set(range(n)) - cross):  # every block: mixed stacks (dense then MoE, hybrid) exist
             check_backbone(adapter, layers[l], text_config, index=l)
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
-        self.__dict__["_attn"] = [
-            layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
-        ]
+        self.__dict__["_mixers"], self.__dict__["_attn"] = token_mixers(adapter, layers, text_config, cross)
         where = (
             {"model"}
             | ({"projector"} if adapter.projector else set())
@@ -117,7 +116,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             if spec.name == "hook_embed":  # the blocks come right after the embedding, as in TransformerLens
                 parts = dict(gated=adapter.gated, ln2=adapter.ln2 is not None)
                 self.blocks = nn.ModuleList(
-                    block_tree(block_hooks(l in cross, injection=l in inject, **parts)) for l in range(n)
+                    block_tree(block_hooks(l in cross, injection=l in inject, attention=l not in self._mixers, **parts))
+                    for l in range(n)
                 )
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
@@ -131,10 +131,11 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_heads=n_heads,
             n_key_value_heads=getattr(text_config, "num_key_value_heads", n_heads),
             d_head=getattr(text_config, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
-            d_mlp=getattr(text_config, "intermediate_size", None),
+            d_mlp=mlp_width(adapter, layers, text_config),
             d_vocab=out_emb.weight.shape[0] if out_emb is not None else getattr(text_config, "vocab_size", None),
             cross_attn_layers=sorted(cross),
             injection_layers=sorted(inject),
+            mixer_layers={l: m.kind for l, m in sorted(self._mixers.items())},  # hybrid stacks (model/hybrid.py)
             device=self._device(),
             dtype=self._dtype(),
             attn_implementation=install(self._language_model()),
@@ -196,7 +197,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         return self.hf_model.get_submodule(path)
 
     def attention(self, layer: int) -> nn.Module:
-        """The HF attention module of decoder layer ``layer`` (cross-attention in Mllama's cross layers)."""
+        """The HF attention module of layer ``layer`` (Mllama: cross-attention; cfg.mixer_layers: the token mixer)."""
         return self._attn[layer]
 
     def _language_model(self) -> PreTrainedModel:
@@ -442,7 +443,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise KeyError(
-                f"no hook point named {name!r} on this {self.cfg.architecture}.{hint} "
+                absent_reason(self, name)  # an attention hook of a hybrid stack's linear-attention / conv layer
+                or f"no hook point named {name!r} on this {self.cfg.architecture}.{hint} "
                 f"See model.hook_dict for all {len(self.hook_dict)} names (layers 0..{self.cfg.n_layers - 1})."
             )
         return name

@@ -37,6 +37,7 @@ import torch
 
 from hooks_mm.hooks import BLOCK_HOOKS, lookup, split
 from hooks_mm.interventions import Context, Intervention, source_key
+from hooks_mm.model.hybrid import attn_out_path
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -63,7 +64,7 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
             "run this spec with HookedMLLM."
         )
     a = model.adapter
-    paths = [getattr(a, f) for f in fields]
+    paths = [attn_out_path(model, layer) if f == "attn_out" else getattr(a, f) for f in fields]  # hybrid: mixer
     if any(p is None for p in paths) or (layer in model.cfg.cross_attn_layers and fields):
         raise NotImplementedError(
             f"the nnsight backend cannot edit {hook} of {model.cfg.architecture}: no module "
