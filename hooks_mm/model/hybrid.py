@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from hooks_mm.adapters.backbones import Mixer
-from hooks_mm.hooks import split
+from hooks_mm.hooks import BLOCK_HOOKS, split
 
 if TYPE_CHECKING:
     from hooks_mm.model.core import HookedMLLM
@@ -47,7 +47,7 @@ def absent_reason(model: HookedMLLM, name: str) -> str | None:
     """Why ``name`` is not a hook point of ``model`` when it is an attention hook of a mixer layer, else None."""
     layer, suffix = split(name)
     mixer = model._mixers.get(layer) if layer is not None and 0 <= layer < model.cfg.n_layers else None
-    if mixer is None or not suffix.startswith("attn."):
+    if mixer is None or not any(h.where == "self" and h.name == suffix for h in BLOCK_HOOKS):
         return None
     attention = [l for l in range(model.cfg.n_layers) if l not in model.cfg.mixer_layers]
     module = type(model.attention(layer)).__name__
