@@ -50,6 +50,7 @@ N_IMAGES = {
             "qwen2_5_vl",
             "qwen2_vl",
             "qwen3_vl",
+            "qwen3_5",
             "smolvlm",
             "vipllava",
         ],

@@ -48,6 +48,7 @@ BUILDERS: dict[str, str] = {
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
+    "qwen3_5": "hybrid:build_qwen3_5",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
