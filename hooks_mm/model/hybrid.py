@@ -24,26 +24,24 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooks_mm.adapters.backbones import Mixer
 from hooks_mm.hooks import BLOCK_HOOKS, split
 
-if TYPE_CHECKING:
-    from hooks_mm.model.core import HookedMLLM
 
-
-def attn_out_path(model: HookedMLLM, layer: int) -> str | None:
+def attn_out_path(model: HookedRootModule, layer: int) -> str | None:
     """The module (relative to the layer) whose output is layer ``layer``'s ``hook_attn_out``."""
     mixer = model._mixers.get(layer)
     return mixer.path if mixer is not None else model.adapter.attn_out
 
 
-def absent_reason(model: HookedMLLM, name: str) -> str | None:
+def absent_reason(model: HookedRootModule, name: str) -> str | None:
     """Why ``name`` is not a hook point of ``model`` when it is an attention hook of a mixer layer, else None."""
     layer, suffix = split(name)
     mixer = model._mixers.get(layer) if layer is not None and 0 <= layer < model.cfg.n_layers else None
