@@ -246,3 +246,12 @@ def test_lfm2_mlp_width_is_the_built_width() -> None:
     model.run_with_interventions({"input_ids": ids}, NeuronAblation(0, [width - 1]))
     with pytest.raises(IndexError, match=rf"within 0..{width - 1}"):
         model.run_with_interventions({"input_ids": ids}, NeuronAblation(0, [width]))
+
+
+def test_wanda_overlap_reads_the_linears_each_layer_has(case: Case) -> None:
+    """Weight analyses walk each layer's linears: a mixer layer has the MLP's only (no q / k / v / o)."""
+    from hooks_mm.analysis import wanda_overlap
+
+    table = wanda_overlap(case.model, [case.inputs])
+    per_layer = table.groupby("layer")["linear"].apply(set).to_dict()
+    assert per_layer == {0: {"gate", "up", "down"}, 1: {"q", "k", "v", "o", "gate", "up", "down"}}
