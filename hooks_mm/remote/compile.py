@@ -9,7 +9,7 @@ module paths of the same adapter table the local path uses:
 | ``blocks.{l}.hook_resid_pre`` | ``{layers}.{l}.input`` |
 | ``blocks.{l}.mlp.hook_post`` | ``{layers}.{l}.{mlp}.{down}.input`` (neuron activations) |
 | ``blocks.{l}.hook_mlp_out`` | ``{layers}.{l}.{mlp_out}.output`` |
-| ``blocks.{l}.hook_attn_out`` | ``{layers}.{l}.{attn_out}.output`` |
+| ``blocks.{l}.hook_attn_out`` | ``{layers}.{l}.{attn_out}.output`` (a hybrid stack's mixer layer: the mixer's) |
 | ``blocks.{l}.hook_resid_post`` | ``{layers}.{l}.output`` (decoder layer output) |
 | ``blocks.{l}.attn.hook_attn_scores`` (knockout only) | the ``attention_mask`` keyword of ``{layers}.{l}.{attn}`` |
 
