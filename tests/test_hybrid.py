@@ -255,3 +255,22 @@ def test_wanda_overlap_reads_the_linears_each_layer_has(case: Case) -> None:
     table = wanda_overlap(case.model, [case.inputs])
     per_layer = table.groupby("layer")["linear"].apply(set).to_dict()
     assert per_layer == {0: {"gate", "up", "down"}, 1: {"q", "k", "v", "o", "gate", "up", "down"}}
+
+
+def test_a_sweep_with_a_knockout_on_a_mixer_layer_is_refused_before_it_runs(case: Case) -> None:
+    """Every config is checked before anything runs: one knockout on a mixer layer refuses the sweep, named."""
+    from hooks_mm.sweep import sweep
+
+    metric = lambda logits: logits[:, -1].log_softmax(-1)[:, 7].sum()  # noqa: E731
+    configs = [AttentionKnockout(1, Last(), Image()), AttentionKnockout(0, Last(), Image())]
+    calls = []
+    h = case.model.hf_model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"AttentionKnockout: layers \[0\]"):
+            sweep(case.model, case.inputs, configs, metric, progress=False, method="naive")
+    finally:
+        h.remove()
+    assert calls == [1]  # the clean run only
+    steer = Steer(0, [1.0] * case.text.num_attention_heads * 8, positions=NonPad(), hook="attn.hook_z")
+    with pytest.raises(KeyError, match=r"blocks\.0\.attn\.hook_z'?: layer 0"):
+        case.model.run_with_interventions(case.inputs, steer)
