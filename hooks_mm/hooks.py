@@ -12,7 +12,9 @@ the width checks of intervention specs and the nnsight compiler all read this ta
   with a second norm (``ln2``: not a parallel block such as Cohere's), dense MLPs (``dense``),
   mixture-of-experts MLPs (``moe``; ``expert``: once per expert ``e``, named
   ``mlp.experts.{e}.…``; ``shared``: MoE blocks with a shared expert; see
-  :mod:`hooks_mm.model.moe` for the scheme and the ``routed`` axis).
+  :mod:`hooks_mm.model.moe` for the scheme and the ``routed`` axis). A hybrid stack's
+  linear-attention / convolution layers (Qwen3.5, LFM2) have no ``self`` rows: there
+  ``hook_attn_out`` is the mixer's output (see :mod:`hooks_mm.model.hybrid`).
 - ``nnsight``: the module input / output that is the same activation, as adapter fields
   relative to the decoder layer (``()`` = the layer itself), or None where only a hooks_mm
   bridge inside a module's forward exposes it. ``"mask"`` is the ``attention_mask`` keyword of
@@ -135,11 +137,18 @@ def lookup(name: str) -> HookSpec:
 
 
 def block_hooks(
-    cross: bool, gated: bool, injection: bool, ln2: bool = True, experts: int = 0, shared: bool = False
+    cross: bool,
+    gated: bool,
+    injection: bool,
+    ln2: bool = True,
+    experts: int = 0,
+    shared: bool = False,
+    attention: bool = True,
 ) -> list[HookSpec]:
-    """The rows one decoder block has (``experts`` > 0: a MoE MLP with that many experts, no dense MLP)."""
+    """The rows one decoder block has (``experts`` > 0: a MoE MLP with that many experts, no dense MLP;
+    ``attention=False``: a hybrid stack's non-attention mixer layer)."""
     have = (
-        {"block", "cross" if cross else "self"}
+        {"block", "cross" if cross else "self" if attention else "block"}
         | ({"moe", "expert"} | ({"shared"} if shared else set()) if experts else {"dense"})
         | ({"gated"} if gated and not experts else set())
         | ({"injection"} if injection else set())

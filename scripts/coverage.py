@@ -203,9 +203,9 @@ def structure(bare: Any) -> dict[str, Any]:
     if out["layers"]:
         out["llama_like_block"] = True
         text = bare.config.get_text_config(decoder=True)
-        for layer in bare.get_submodule(out["layers"]):  # every layer: MoE models often start with dense ones
+        for i, layer in enumerate(bare.get_submodule(out["layers"])):  # every layer: dense then MoE, hybrids
             try:
-                check_backbone(ADAPTERS["LlavaForConditionalGeneration"], layer, text)
+                check_backbone(ADAPTERS["LlavaForConditionalGeneration"], layer, text, index=i)
             except NotImplementedError as e:
                 out["llama_like_block"] = first_clause(str(e))
                 break

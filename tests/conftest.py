@@ -79,6 +79,7 @@ N_IMAGES = {
             "qwen2_vl",
             "qwen3_vl",
             "qwen3_vl_moe",
+            "qwen3_5",
             "smolvlm",
             "videollama3",
             "vipllava",

@@ -34,6 +34,9 @@ SMALL = dict(
 TOL = 1e-5
 MOE = {"moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2}
 IMAGE_ID, PAD = 63, 0
+QWEN3_5_LINEAR = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
+# the module whose input is resid_mid, where it is not post_attention_layernorm (parallel Cohere: none)
+LN2 = {"gemma2": "pre_feedforward_layernorm", "gemma3_text": "pre_feedforward_layernorm", "lfm2": "ffn_norm"}
 
 # GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
 GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]}
@@ -68,6 +71,15 @@ CASES = {
     "qwen3_moe": ("Qwen3MoeConfig", {"head_dim": 8, **MOE, "norm_topk_prob": True, "mlp_only_layers": [0]}),
     "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),  # every block MoE
     "qwen2_moe": ("Qwen2MoeConfig", {**MOE, "shared_expert_intermediate_size": 24, "decoder_sparse_step": 2}),
+    # hybrid stacks: layer 0 a linear-attention / convolution layer, layer 1 an attention layer
+    "qwen3_5_text": (
+        "Qwen3_5TextConfig",
+        {"head_dim": 8, "layer_types": ["linear_attention", "full_attention"], **QWEN3_5_LINEAR},
+    ),
+    "lfm2": (
+        "Lfm2Config",
+        {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False, "pad_token_id": PAD},
+    ),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -109,6 +121,20 @@ class Case:
         }
         self.real = self.inputs["attention_mask"].bool()
         self.layers = self.bare.model.language_model.layers
+        # MLP parts under the backbone's names (LFM2: feed_forward.w1 / w3 / w2)
+        self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name == "lfm2" else {}
+
+    def mlp_part(self, l: int, part: str) -> nn.Module:
+        mlp = self.layers[l].feed_forward if self.name == "lfm2" else self.layers[l].mlp
+        return getattr(mlp, self.mlp.get(part, f"{part}_proj"))
+
+    def ln2(self, l: int) -> nn.Module:
+        return getattr(self.layers[l], LN2.get(self.name, "post_attention_layernorm"))
+
+    def attention_layers(self) -> list[int]:
+        """The layers with attention (a hybrid stack's linear-attention / conv layers have none)."""
+        kinds = getattr(self.text, "layer_types", None) or ["full_attention"] * len(self.layers)
+        return [l for l, kind in enumerate(kinds) if kind not in ("linear_attention", "conv")]
 
     @torch.no_grad()
     def bare_run(self, hooks: list[tuple[nn.Module, str, object]] = (), **kwargs: object):  # noqa: ANN201
@@ -170,8 +196,7 @@ def test_residual_stream_decomposes_into_what_is_really_added(case: Case) -> Non
         if case.name in PARALLEL:
             hooks.append((layer.self_attn.o_proj, "fwd", keep(f"attn{l}")))
         else:
-            ln2 = layer.pre_feedforward_layernorm if case.name.startswith("gemma") and case.name != "gemma" else None
-            hooks.append((ln2 or layer.post_attention_layernorm, "pre", keep(f"mid{l}")))
+            hooks.append((case.ln2(l), "pre", keep(f"mid{l}")))
     case.bare_run(hooks)
     for l in range(case.model.cfg.n_layers):
         p = f"blocks.{l}."
@@ -203,12 +228,14 @@ def test_pattern_equals_hf_eager_attentions(case: Case) -> None:
     _, cache = case.model.run_with_cache(case.inputs, names_filter=lambda n: n.endswith("hook_pattern"))
     with torch.no_grad():
         attentions = case.eager(**case.inputs, output_attentions=True).attentions
-    for l, ref in enumerate(attentions):
+    assert len(attentions) == len(case.attention_layers())  # HF returns the attention layers' weights only
+    for l, ref in zip(case.attention_layers(), attentions):
         assert (cache[f"blocks.{l}.attn.hook_pattern"] - ref).transpose(1, 2)[case.real].abs().max().item() <= TOL
 
 
-def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
-    """q / k / v / gate / up as (module, slice of its output): Phi-3's fused modules as HF slices them."""
+def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice | list[int]]]:
+    """q / k / v / gate / up as (module, the columns of its output): Phi-3's fused modules as HF slices them,
+    Qwen3.5's gated q_proj as HF chunks it ([query; gate] per head: the query half of each head)."""
     layer, t = case.layers[l], case.text
     if case.name == "phi3":
         q, kv = t.num_attention_heads * (t.hidden_size // t.num_attention_heads), t.num_key_value_heads * 8
@@ -220,18 +247,20 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
             "mlp.hook_pre": (gate_up, slice(0, t.intermediate_size)),
             "mlp.hook_pre_linear": (gate_up, slice(t.intermediate_size, None)),
         }
-    a, mlp, d = layer.self_attn, layer.mlp, t.intermediate_size
+    a, hd = layer.self_attn, t.head_dim if case.name == "qwen3_5_text" else None
+    query = [h * 2 * hd + j for h in range(t.num_attention_heads) for j in range(hd)] if hd else slice(None)
     attn = {
-        "attn.hook_q": (a.q_proj, slice(None)),
+        "attn.hook_q": (a.q_proj, query),
         "attn.hook_k": (a.k_proj, slice(None)),
         "attn.hook_v": (a.v_proj, slice(None)),
     }
     if l in case.model.cfg.moe_layers:  # no dense MLP
         return attn
     if case.name in FUSED_GATE_UP:  # GLM chunks gate_up_proj's output as HF's Phi-3 does: gate first
-        gu = mlp.gate_up_proj
+        gu, d = layer.mlp.gate_up_proj, t.intermediate_size
         return {**attn, "mlp.hook_pre": (gu, slice(0, d)), "mlp.hook_pre_linear": (gu, slice(d, None))}
-    return {**attn, "mlp.hook_pre": (mlp.gate_proj, slice(None)), "mlp.hook_pre_linear": (mlp.up_proj, slice(None))}
+    gate, up = case.mlp_part(l, "gate"), case.mlp_part(l, "up")
+    return {**attn, "mlp.hook_pre": (gate, slice(None)), "mlp.hook_pre_linear": (up, slice(None))}
 
 
 @pytest.mark.parametrize("hook", ["attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear"])
@@ -276,15 +305,9 @@ def test_resid_mid_edit_equals_the_hand_edit_on_the_bare_model(case: Case) -> No
         ours = case.model.run_with_hooks(
             case.inputs, fwd_hooks=[(f"blocks.{l}.hook_resid_mid", lambda x, hook: x + delta)]
         )
-    layer = case.layers[l]
-    hooks = [(layer, "fwd", lambda m, i, out: out + delta)]
+    hooks = [(case.layers[l], "fwd", lambda m, i, out: out + delta)]
     if case.name not in PARALLEL:
-        ln2 = (
-            layer.pre_feedforward_layernorm
-            if case.name in ("gemma2", "gemma3_text")
-            else layer.post_attention_layernorm
-        )
-        hooks.append((ln2, "pre", lambda m, args: (args[0] + delta,)))
+        hooks.append((case.ln2(l), "pre", lambda m, args: (args[0] + delta,)))
     assert case.diff(ours, case.bare_run(hooks).logits) <= TOL
     assert case.diff(ours, case.bare_run().logits) > 1e-3
 
@@ -305,7 +328,7 @@ def _zeroed(case: Case, neurons: dict[int, list[int]]) -> torch.Tensor:
 
         return fn
 
-    return case.bare_run([(case.layers[l].mlp.down_proj, "pre", zero(idx)) for l, idx in neurons.items()]).logits
+    return case.bare_run([(case.mlp_part(l, "down"), "pre", zero(idx)) for l, idx in neurons.items()]).logits
 
 
 def test_neuron_ablation_and_sweep_equal_hand_written_hooks(case: Case) -> None:

@@ -33,6 +33,16 @@ or ``mlp``):
   Mixtral). A layer is a MoE layer when its ``mlp`` holds ``moe.experts``; other layers of the
   same stack (``mlp_only_layers``, ``decoder_sparse_step``) are dense and checked as such. The
   MoE hook scheme is described in :mod:`hooks_mm.model.moe`.
+- ``mixers``: hybrid stacks (Qwen3.5, LFM2), whose layers differ by the text config's
+  ``layer_types``. A layer whose type a :class:`Mixer` names holds that token mixer (gated
+  DeltaNet linear attention, a short convolution) in place of attention: it has the residual,
+  ``ln1`` / ``ln2``, MLP hooks and ``hook_attn_out`` (the mixer's output, what it adds to the
+  residual), and no ``attn.*`` hooks (no q / k / v, scores or pattern exist there); the other
+  layers are the row's attention layers, with every ``attn.*`` hook.
+- ``q_gated``: ``q`` returns ``[query; gate]`` interleaved per head (Qwen3.5, Qwen3-Next), and
+  attention's output is multiplied by ``sigmoid(gate)`` before ``o``: ``attn.hook_q`` is the
+  query half (an edit is written back, the gate kept), ``attn.hook_z`` is ``o``'s input, the
+  gated per-head output (so ``hook_attn_out`` is still the sum of ``z_h @ W_O[h]``).
 
 Gemma's embedding normaliser (``sqrt(d_model)``) is inside its embedding module in
 transformers 5: ``hook_embed`` is already scaled, and media features are written unscaled.
@@ -76,6 +86,20 @@ class Moe:
 
 
 @dataclass(frozen=True)
+class Mixer:
+    """A token mixer that is not attention (linear attention, short convolution), by layer type.
+
+    ``kind``: the text config's ``layer_types`` value of its layers; ``path``: the module (relative
+    to the layer) whose OUTPUT is what the mixer adds to the residual stream, ``hook_attn_out``.
+    Its internals have no hook points: only its output (and its input, ``ln1.hook_normalized``).
+    """
+
+    kind: str
+    path: str
+    notes: str = ""
+
+
+@dataclass(frozen=True)
 class Backbone:
     """Dotted paths of one decoder block's parts (relative to the layer) and how its branches add up."""
 
@@ -108,7 +132,19 @@ class Backbone:
     inside: tuple[str, ...] = ()
     # sparse mixture-of-experts MLP in the layers whose mlp holds moe.experts (see Moe)
     moe: Moe | None = None
+    # the text model's final norm (its attribute), where a wrapper's final_norm path ends in ".norm"
+    norm: str = "norm"
+    # q returns [query; gate] per head and attention's output is gated before o (Qwen3.5)
+    q_gated: bool = False
+    # hybrid stacks: the layers whose layer_types value a Mixer names hold it instead of attention
+    mixers: tuple[Mixer, ...] = ()
     notes: str = ""
+
+    def mixer(self, text_config: Any, index: int) -> Mixer | None:
+        """The non-attention mixer of layer ``index`` (from ``text_config.layer_types``), or None."""
+        types = getattr(text_config, "layer_types", None) if self.mixers else None
+        kind = types[index] if types is not None and index < len(types) else None
+        return next((m for m in self.mixers if m.kind == kind), None)
 
     @property
     def gated(self) -> bool:
@@ -119,12 +155,14 @@ class Backbone:
         """Whether ``layer``'s MLP is this row's mixture of experts (else a dense MLP)."""
         return self.moe is not None and _has(layer, f"{self.mlp}.{self.moe.experts}")
 
-    def paths(self, moe: bool = False) -> list[str]:
-        """Every module path the row names, relative to the decoder layer (``moe``: of a MoE layer)."""
+    def paths(self, moe: bool = False, mixer: Mixer | None = None) -> list[str]:
+        """Every module path the row names, relative to the decoder layer (``moe``: of a MoE layer; a
+        ``mixer`` layer: its mixer in place of the attention paths)."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
+        attn = [mixer.path] if mixer is not None else attn + ([self.attn_out] if self.attn_out else [])
         parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down)
         mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in parts if p)]
-        return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out) if p] + list(self.inside)
+        return attn + mlp + [p for p in (self.ln1, self.ln2, self.mlp_out) if p] + list(self.inside)
 
 
 # the fields an Adapter reads through its backbone (adapter.ln2 == adapter.backbone.ln2)
@@ -229,6 +267,33 @@ QWEN2_MOE = Backbone(
     notes="as qwen_moe, plus a shared expert (a dense MLP) scaled by sigmoid(shared_expert_gate(x))",
 )
 
+QWEN3_5 = Backbone(
+    "qwen3_5",
+    q_gated=True,
+    mixers=(Mixer("linear_attention", "linear_attn", "gated DeltaNet linear attention"),),
+    notes="hybrid: linear_attention layers hold a gated DeltaNet (linear_attn) whose output is hook_attn_out and "
+    "which has no attn.* hooks; full_attention layers have a gated q_proj ([query; gate] per head): hook_q is the "
+    "query half, hook_z the gated input of o_proj",
+)
+
+LFM2 = Backbone(
+    "lfm2",
+    o="out_proj",
+    attn_out="self_attn.out_proj",
+    ln1="operator_norm",
+    ln2="ffn_norm",
+    mlp="feed_forward",
+    gate="w1",
+    up="w3",
+    down="w2",
+    mlp_out="feed_forward",
+    norm="embedding_norm",
+    mixers=(Mixer("conv", "conv", "gated short convolution"),),
+    notes="hybrid: conv layers hold a gated short convolution (conv) whose output is hook_attn_out and which has "
+    "no attn.* hooks; attention layers (q_layernorm / k_layernorm) are Llama-like under LFM2's names; the final "
+    "norm is embedding_norm",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -249,6 +314,8 @@ BACKBONES: dict[str, Backbone] = {
     "mixtral": MIXTRAL,
     "qwen2_moe": QWEN2_MOE,
     "qwen3_vl_moe_text": QWEN3_VL_MOE,
+    "qwen3_5_text": QWEN3_5,
+    "lfm2": LFM2,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -277,7 +344,8 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     b: Backbone = adapter.backbone or backbone_for(text_config)
     kind = model_type(text_config)
     moe = b.is_moe(layer)
-    missing = [p for p in b.paths(moe) if not _has(layer, p)]
+    paths = b.paths(moe, b.mixer(text_config, index or 0))
+    missing = [p for p in paths if not _has(layer, p)]
     problems = [f"no module {', '.join(missing)}"] if missing else []
     if moe and not missing:
         problems += moe_problems(b.moe, layer.get_submodule(b.mlp))
@@ -286,7 +354,7 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
     elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
         problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
-    named = {p.split(".")[0] for p in b.paths(moe)}
+    named = {p.split(".")[0] for p in paths}
     unknown = sorted(
         name for name, child in layer.named_children() if name not in named and not isinstance(child, _INERT)
     )

@@ -128,7 +128,9 @@ class Adapter:
         if self.backbone is not None:
             return self
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return replace(self, backbone=backbone_for(text))
+        row = backbone_for(text)  # a text model whose final norm is not ``norm`` (LFM2: embedding_norm)
+        final = self.final_norm[: -len("norm")] + row.norm if self.final_norm.endswith(".norm") else self.final_norm
+        return replace(self, backbone=row, final_norm=final)
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ for _module in (
     "qwen_more",
     "audio_more",
     "glm_cohere",
+    "hybrid",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

@@ -45,7 +45,9 @@ def _linears(model: "HookedMLLM") -> dict[str, nn.Module]:
         attn = model.attention(l)
         mlp = layer.get_submodule(a.mlp)
         # every linear the backbone row names (Phi-3: the fused qkv / gate_up, one linear each)
-        parts = {f: (attn, getattr(a, f)) for f in ("q", "k", "v", "qkv", "o") if getattr(a, f)}
+        # (a hybrid stack's linear-attention / conv layers have no q / k / v / o: their MLP linears only)
+        fields = () if l in model.cfg.mixer_layers else ("q", "k", "v", "qkv", "o")
+        parts = {f: (attn, getattr(a, f)) for f in fields if getattr(a, f)}
         if l in model.cfg.moe_layers:  # the router; the experts' 3-D weights are not linears
             parts["router"] = (mlp, a.moe.router)
         else:

@@ -44,6 +44,8 @@ class AttentionKnockout(Intervention):
     def edits(self, ctx: Context) -> list[Edit]:
         q = ctx.mask(self.queries, "AttentionKnockout queries")
         k = ctx.mask(self.keys, "AttentionKnockout keys")
+        layers = ctx.layers(self.layers, "AttentionKnockout")
+        _check_attention_layers(ctx, layers, self.layers)
         block = q[:, None, :, None] & k[:, None, None, :]  # [b, 1, q, k]
         n_heads = ctx.model.cfg.n_heads
         if self.heads is not None:
@@ -58,7 +60,7 @@ class AttentionKnockout(Intervention):
             block = block & on[None, :, None, None]
         _check_some_key_left(ctx, block)
         out = []
-        for l in ctx.layers(self.layers, "AttentionKnockout"):
+        for l in layers:
             if l in ctx.model.cfg.cross_attn_layers:
                 raise ValueError(
                     f"AttentionKnockout: layer {l} is a cross-attention layer whose keys are vision "
@@ -84,4 +86,18 @@ def _check_some_key_left(ctx: Context, block: torch.Tensor) -> None:
             "earlier real position, itself included, is knocked out), so its softmax would spread over every "
             "position, later tokens and padding included. Keep at least one key (e.g. leave out BOS: "
             "keys=Image(), or keys=... & ~Positions(0))."
+        )
+
+
+def _check_attention_layers(ctx: Context, layers: list[int], given: object) -> None:
+    """An error naming the layers of a hybrid stack (Qwen3.5, LFM2) that have no attention to knock out."""
+    mixers = ctx.model.cfg.mixer_layers
+    bad = {l: mixers[l] for l in layers if l in mixers}
+    if bad:
+        attention = [l for l in range(ctx.model.cfg.n_layers) if l not in mixers]
+        raise ValueError(
+            f"AttentionKnockout: layers {sorted(bad)} ({', '.join(sorted(set(bad.values())))}) of this hybrid "
+            f"stack have no attention scores to knock out (layers={given!r}): their token mixer reads every earlier "
+            "position through a recurrent state or a convolution, not an attention pattern, so a knockout there "
+            f"would be a silent no-op. Pass attention layers only: layers={attention}."
         )

@@ -45,11 +45,12 @@ from hooks_mm.model.checks import (
     check_return_type,
     same_inputs,
 )
+from hooks_mm.model.hybrid import absent_reason, mlp_width, token_mixers
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
-from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_parts, moe_sizes
-from hooks_mm.model.tree import block_tree, put
+from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_sizes
+from hooks_mm.model.tree import block_kinds, block_tree, put
 from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
 from hooks_mm.processing import save_processor
 from hooks_mm.selectors import Selector
@@ -105,9 +106,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             check_backbone(adapter, layers[l], text_config, index=l)
         inject = set(adapter.injection_layers(config)) if adapter.injection_layers else set()
         moe = {l: moe_sizes(adapter, layers[l]) for l in set(range(n)) - cross if adapter.backbone.is_moe(layers[l])}
-        self.__dict__["_attn"] = [
-            layers[l].get_submodule(adapter.cross_attn if l in cross else adapter.attn) for l in range(n)
-        ]
+        self.__dict__["_mixers"], self.__dict__["_attn"] = token_mixers(adapter, layers, text_config, cross)
         where = (
             {"model"}
             | ({"projector"} if adapter.projector else set())
@@ -117,10 +116,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             if spec.where in where:
                 put(self, spec.name)
             if spec.name == "hook_embed":  # the blocks come right after the embedding, as in TransformerLens
-                parts = dict(gated=adapter.gated, ln2=adapter.ln2 is not None)
-                self.blocks = nn.ModuleList(
-                    block_tree(block_hooks(l in cross, **parts, **moe_parts(adapter, moe, l, inject))) for l in range(n)
-                )
+                kinds = [block_kinds(adapter, l, cross, inject, moe, self._mixers) for l in range(n)]
+                self.blocks = nn.ModuleList(block_tree(block_hooks(**k)) for k in kinds)
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
         out_emb = hf_model.get_output_embeddings()
@@ -133,10 +130,13 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_heads=n_heads,
             n_key_value_heads=getattr(text_config, "num_key_value_heads", n_heads),
             d_head=getattr(text_config, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
-            **moe_cfg(moe, text_config, n - len(cross)),  # d_mlp, moe_layers, n_experts, ... (model/moe.py)
+            **moe_cfg(
+                moe, mlp_width(adapter, layers, text_config), n - len(cross)
+            ),  # d_mlp, moe_layers, ... (model/moe.py)
             d_vocab=out_emb.weight.shape[0] if out_emb is not None else getattr(text_config, "vocab_size", None),
             cross_attn_layers=sorted(cross),
             injection_layers=sorted(inject),
+            mixer_layers={l: m.kind for l, m in sorted(self._mixers.items())},  # hybrid stacks (model/hybrid.py)
             device=self._device(),
             dtype=self._dtype(),
             attn_implementation=install(self._language_model()),
@@ -198,7 +198,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         return self.hf_model.get_submodule(path)
 
     def attention(self, layer: int) -> nn.Module:
-        """The HF attention module of decoder layer ``layer`` (cross-attention in Mllama's cross layers)."""
+        """The HF attention module of layer ``layer`` (Mllama: cross-attention; cfg.mixer_layers: the token mixer)."""
         return self._attn[layer]
 
     def _language_model(self) -> PreTrainedModel:
@@ -445,7 +445,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise KeyError(
-                f"no hook point named {name!r} on this {self.cfg.architecture}.{hint} "
+                absent_reason(self, name)  # an attention hook of a hybrid stack's linear-attention / conv layer
+                or f"no hook point named {name!r} on this {self.cfg.architecture}.{hint} "
                 f"See model.hook_dict for all {len(self.hook_dict)} names (layers 0..{self.cfg.n_layers - 1})."
             )
         return name

@@ -218,17 +218,10 @@ def moe_sizes(adapter: Any, layer: nn.Module) -> tuple[int, int, int, int | None
     return experts.gate_up_proj.shape[0], block.get_submodule(row.router).top_k, experts.down_proj.shape[-1], shared
 
 
-def moe_parts(adapter: Any, moe: dict[int, tuple], layer: int, inject: set[int]) -> dict[str, Any]:
-    """``injection`` and the MoE ``block_hooks`` keywords of ``layer`` (``moe``: layer -> :func:`moe_sizes`)."""
-    if layer not in moe:
-        return {"injection": layer in inject}
-    return {"injection": layer in inject, "experts": moe[layer][0], "shared": adapter.moe.shared is not None}
-
-
-def moe_cfg(moe: dict[int, tuple], text_config: Any, n_self: int) -> dict[str, Any]:
-    """``cfg`` fields: ``d_mlp`` (the dense MLP width; None when all ``n_self`` blocks are MoE),
-    ``moe_layers`` and the sizes of their blocks (None without MoE layers)."""
+def moe_cfg(moe: dict[int, tuple], dense_width: int | None, n_self: int) -> dict[str, Any]:
+    """``cfg`` fields: ``d_mlp`` (``dense_width``, the dense MLP width; None when all ``n_self`` blocks are
+    MoE), ``moe_layers`` and the sizes of their blocks (None without MoE layers)."""
     sizes = next(iter(moe.values()), (None,) * 4)
-    d_mlp = getattr(text_config, "intermediate_size", None) if len(moe) < n_self else None
+    d_mlp = dense_width if len(moe) < n_self else None
     names = ("n_experts", "top_k", "d_expert", "d_shared")
     return {"d_mlp": d_mlp, "moe_layers": sorted(moe), **dict(zip(names, sizes))}

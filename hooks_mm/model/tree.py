@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 from transformer_lens.hook_points import HookPoint
@@ -33,6 +34,24 @@ def put(root: nn.Module, dotted: str) -> None:
             setattr(node, part, Node())
         node = getattr(node, part)
     setattr(node, leaf, HookPoint())
+
+
+def block_kinds(
+    adapter: Any, l: int, cross: set[int], inject: set[int], moe: dict[int, tuple], mixers: dict[int, Any]
+) -> dict[str, Any]:
+    """The :func:`~hooks_mm.hooks.block_hooks` keywords of layer ``l``: cross-attention, gated MLP, second
+    norm, injection after it, a MoE MLP (``moe``: layer -> sizes, the expert count first) or a non-attention
+    mixer (``mixers``: layer -> mixer, a hybrid stack's linear-attention / convolution layers)."""
+    kinds = dict(
+        cross=l in cross,
+        gated=adapter.gated,
+        ln2=adapter.ln2 is not None,
+        injection=l in inject,
+        attention=l not in mixers,
+    )
+    if l in moe:
+        kinds |= dict(experts=moe[l][0], shared=adapter.moe.shared is not None)
+    return kinds
 
 
 def block_tree(specs: Iterable[HookSpec]) -> Node:

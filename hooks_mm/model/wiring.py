@@ -28,6 +28,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooks_mm.attention import NAMES
+from hooks_mm.model.hybrid import attn_out_path, gated_query
 from hooks_mm.model.moe import attach as attach_moe
 
 ATTN_SITE = ("hook_attn_scores", "hook_pattern", "hook_rot_q", "hook_rot_k")
@@ -148,8 +149,8 @@ class Wiring:
             p = f"blocks.{l}."
             cross = l in cfg.cross_attn_layers
             attn_name = "cross_attn" if cross else "attn"
-            attn = model.attention(l)
-            derived_attn = (cross or a.attn_out is None) and p + "hook_attn_out" in live
+            attn, attn_out = model.attention(l), attn_out_path(model, l)  # hybrid stacks: the mixer's output
+            derived_attn = (cross or attn_out is None) and p + "hook_attn_out" in live
             derived_mlp = (cross or a.mlp_out is None) and p + "hook_mlp_out" in live
             prev_inject = l > 0 and f"blocks.{l - 1}.hook_deepstack" in live
             inject = p + "hook_deepstack" in live
@@ -167,7 +168,10 @@ class Wiring:
             else:
                 for key, hp in zip(("q", "k", "v"), qkv):
                     if hp is not None:
-                        self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hp))
+                        gated = key == "q" and a.q_gated and not cross  # [query; gate] per head (Qwen3.5)
+                        self._fwd(
+                            attn.get_submodule(getattr(a, key)), gated_query(hp, d_head) if gated else heads_out(hp)
+                        )
             if f"{p}{attn_name}.hook_z" in live:
                 self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"]))
             site = tuple(hd.get(f"{p}{attn_name}.{h}") if f"{p}{attn_name}.{h}" in live else None for h in ATTN_SITE)
@@ -181,12 +185,12 @@ class Wiring:
                     )
                 self._pre(attn, lambda m, args, kwargs, site=site: (args, {**kwargs, "hooks_mm_site": site}), True)
             if p + "hook_attn_out" in live and not derived_attn:
-                self._fwd(layer.get_submodule(a.attn_out), out_hook(hd[p + "hook_attn_out"]))
+                self._fwd(layer.get_submodule(attn_out), out_hook(hd[p + "hook_attn_out"]))
             mid = p + "hook_resid_mid" in live
             if mid or derived_attn or derived_mlp:
                 fn = self._mid(l, derived_attn, mid)
                 if parallel:  # no norm reads resid_mid: it is resid_pre + the attention output, once that exists
-                    self._fwd(layer.get_submodule(a.attn_out), self._after_attn(l, fn))
+                    self._fwd(layer.get_submodule(attn_out), self._after_attn(l, fn))
                 else:
                     self._pre(layer.get_submodule(a.ln2), lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
             if p + "ln2.hook_normalized" in live:

@@ -9,7 +9,7 @@ module paths of the same adapter table the local path uses:
 | ``blocks.{l}.hook_resid_pre`` | ``{layers}.{l}.input`` |
 | ``blocks.{l}.mlp.hook_post`` | ``{layers}.{l}.{mlp}.{down}.input`` (neuron activations) |
 | ``blocks.{l}.hook_mlp_out`` | ``{layers}.{l}.{mlp_out}.output`` |
-| ``blocks.{l}.hook_attn_out`` | ``{layers}.{l}.{attn_out}.output`` |
+| ``blocks.{l}.hook_attn_out`` | ``{layers}.{l}.{attn_out}.output`` (a hybrid stack's mixer layer: the mixer's) |
 | ``blocks.{l}.hook_resid_post`` | ``{layers}.{l}.output`` (decoder layer output) |
 | ``blocks.{l}.attn.hook_attn_scores`` (knockout only) | the ``attention_mask`` keyword of ``{layers}.{l}.{attn}`` |
 
@@ -39,6 +39,7 @@ import torch
 
 from hooks_mm.hooks import BLOCK_HOOKS, lookup, split
 from hooks_mm.interventions import Context, Intervention, source_key
+from hooks_mm.model.hybrid import attn_out_path
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -65,7 +66,7 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
             "run this spec with HookedMLLM."
         )
     a = model.adapter
-    paths = [getattr(a, f) for f in fields]
+    paths = [attn_out_path(model, layer) if f == "attn_out" else getattr(a, f) for f in fields]  # hybrid: mixer
     if any(p is None for p in paths) or (layer in model.cfg.cross_attn_layers and fields):
         raise NotImplementedError(
             f"the nnsight backend cannot edit {hook} of {model.cfg.architecture}: no module "

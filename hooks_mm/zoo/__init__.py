@@ -68,6 +68,7 @@ BUILDERS: dict[str, str] = {
     "glm_ocr": "glm_cohere:build_glm_ocr",
     "aya_vision": "glm_cohere:build_aya_vision",
     "cohere2_vision": "glm_cohere:build_cohere2_vision",
+    "qwen3_5": "hybrid:build_qwen3_5",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
