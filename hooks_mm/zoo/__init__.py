@@ -48,6 +48,11 @@ BUILDERS: dict[str, str] = {
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
+    "got_ocr2": "ocr:build_got_ocr2",
+    "lighton_ocr": "ocr:build_lighton_ocr",
+    "qianfan_ocr": "ocr:build_qianfan_ocr",
+    "deepseek_vl_hybrid": "ocr:build_deepseek_vl_hybrid",
+    "ovis2": "ocr:build_ovis2",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
