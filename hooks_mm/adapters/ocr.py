@@ -144,17 +144,12 @@ def qianfan_ocr_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 
 
 def deepseek_vl_hybrid_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
-    """One row-major SigLIP grid per image; the SAM features are resampled onto that same grid."""
+    """One row-major SigLIP grid per image (``pixel_values`` at the tower's ``image_size``); the SAM features are
+    resampled onto that same grid."""
     pixel_values = inputs.get("pixel_values")
     if pixel_values is None:
         raise ValueError("DeepseekVLHybrid inputs have image positions but no pixel_values: pass the processor's")
-    rows, cols = patch_grid(config, pixel_values)
     side = config.vision_config.image_size // config.vision_config.patch_size
-    if (rows, cols) != (side, side):
-        raise ValueError(
-            f"DeepseekVLHybrid: pixel_values give a {rows}x{cols} SigLIP grid but the SAM features are resampled to "
-            f"{side}x{side}: resize the low-resolution images to vision_config.image_size (the processor's size)."
-        )
     return [grid_plan(side, side) for _ in range(int(pixel_values.shape[0]))]
 
 

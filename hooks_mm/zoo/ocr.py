@@ -15,6 +15,7 @@ from hooks_mm.zoo.llava import build_tokenizer, sample_images
 
 # (height, width): wide -> crops, square -> one tile, tall -> crops
 TILED_SIZES = [(40, 96), (30, 30), (96, 40)]
+GOT_SIZES = [(128, 64), (60, 60), (64, 130)]  # 64 px tiles
 
 
 def _prompts(image: str) -> list[str]:
@@ -85,7 +86,7 @@ def build_got_ocr2(seed: int = 0) -> Tiny:
     inputs = processor_batch(
         processor,
         _prompts("<img><imgpad></img>"),
-        images=sample_images(seed, [(128, 64), (60, 60), (64, 130)]),
+        images=sample_images(seed, GOT_SIZES),
         crop_to_patches=True,
         max_patches=4,
         num_image_tokens=GOT_PER_TILE,
