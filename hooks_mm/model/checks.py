@@ -27,7 +27,7 @@ except ImportError:  # older transformers: forwards list their keywords
 
 # the keys that carry the pixels / features of each medium, as HF forwards name them
 MEDIA_KEYS = {
-    "image": ("pixel_values", "pixel_values_images"),
+    "image": ("pixel_values", "pixel_values_images", "high_res_pixel_values"),  # the last: DeepSeek-VL hybrid SAM tower
     "video": ("pixel_values_videos",),
     "audio": ("input_features",),
 }
