@@ -200,3 +200,22 @@ def test_ovis2_indicator_tokens_are_structural_text() -> None:
     assert indicator.any() and not (layout.modality[indicator] == Modality.IMAGE).any()
     assert set(config.visual_indicator_token_ids) <= p.model.adapter.special_ids(config)
     assert layout.n_images == 3
+
+
+PLACEHOLDERS = {"lighton_ocr": "<|image_pad|>", "qianfan_ocr": "<image>", "deepseek_vl_hybrid": "<image_placeholder>"}
+
+
+@pytest.mark.parametrize("family", ["lighton_ocr", "qianfan_ocr", "deepseek_vl_hybrid", "ovis2"])
+def test_saved_processor_expands_images_as_the_builders(family: str, tmp_path: Any) -> None:
+    """Saved and loaded again (as ``tiny-<family>`` is), the processor writes the same tokens per image: Qianfan-OCR's
+    plain ``video_processor = None`` attribute once sent it down the parts path, which lost image_seq_length."""
+    from hooks_mm.processing import load_processor, save_processor
+
+    p = pair_for(family)
+    p.model.hf_model.config.save_pretrained(tmp_path)
+    save_processor(p.tiny.processor, str(tmp_path))
+    loaded = load_processor(str(tmp_path))
+    text, images = [f"{PLACEHOLDERS.get(family, '<image>')} describe"], sample_images(1, [(40, 96)])
+    a, b = (proc(text=text, images=images, return_tensors="pt") for proc in (p.tiny.processor, loaded))
+    assert type(loaded) is type(p.tiny.processor)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])

@@ -54,12 +54,13 @@ from hooks_mm.adapters.base import (
 IMAGE_MASK = token_id_mask("image_token_id", "image_token_index")
 
 
-def _check_tiles(family: str, n_tiles: int, inputs: dict[str, Any]) -> None:
+def _check_tiles(family: str, n_tiles: int, per: int, inputs: dict[str, Any]) -> None:
     pixel_values = inputs.get("pixel_values")
     if pixel_values is not None and int(pixel_values.shape[0]) != n_tiles:
         raise ValueError(
-            f"{family}: the image positions hold {n_tiles} tile(s) but pixel_values has {int(pixel_values.shape[0])}: "
-            "build text and images together with the model's processor (HookedMLLM.to_inputs)."
+            f"{family}: the image positions hold {n_tiles} tile(s) of {per} tokens but pixel_values has "
+            f"{int(pixel_values.shape[0])} tile(s): build text and images together with the model's processor "
+            f"(HookedMLLM.to_inputs), whose image tokens per tile (image_seq_length) must be {per}."
         )
 
 
@@ -88,7 +89,7 @@ def tiled_plans(
             else:
                 plans.append(torch.cat(tiles))
             prev_end = end
-    _check_tiles(family, sum(len(p) for p in plans) // per, inputs)
+    _check_tiles(family, sum(len(p) for p in plans) // per, per, inputs)
     return plans
 
 
