@@ -58,9 +58,9 @@ def _check_tiles(family: str, n_tiles: int, per: int, inputs: dict[str, Any]) ->
     pixel_values = inputs.get("pixel_values")
     if pixel_values is not None and int(pixel_values.shape[0]) != n_tiles:
         raise ValueError(
-            f"{family}: the image positions hold {n_tiles} tile(s) of {per} tokens but pixel_values has "
-            f"{int(pixel_values.shape[0])} tile(s): build text and images together with the model's processor "
-            f"(HookedMLLM.to_inputs), whose image tokens per tile (image_seq_length) must be {per}."
+            f"image token count does not match the images: {family} image positions hold {n_tiles} tile(s) of {per} "
+            f"tokens but pixel_values has {int(pixel_values.shape[0])} tile(s). Build text and images together with "
+            f"the model's processor (HookedMLLM.to_inputs), whose tokens per tile (image_seq_length) must be {per}."
         )
 
 
@@ -78,9 +78,9 @@ def tiled_plans(
         for start, end in runs(row):
             if (end - start) % per:
                 raise ValueError(
-                    f"{family}: a run of {end - start} image tokens in row {b} is not a whole number of tiles of "
-                    f"{per} tokens ({side[0]}x{side[1]} cells): build the inputs with the model's processor, whose "
-                    "tokens per tile must match the model's vision config."
+                    f"image token count does not match the images: {family} row {b} has a run of {end - start} image "
+                    f"tokens, not a whole number of tiles of {per} ({side[0]}x{side[1]} cells). Build the inputs with "
+                    "the model's processor (HookedMLLM.to_inputs), whose tokens per tile must match the vision config."
                 )
             tiles = [grid_plan(*side, tile=t) for t in range((end - start) // per)]
             if prev_end is not None and same_image is not None and same_image(ids[b], prev_end, start):
