@@ -7,7 +7,8 @@ in ``pixel_values`` order (row-major over the batch). Plans (shape [n, 3] = (til
   of two 3x3 stride-2 convolutions (each ``ceil(n / 2)``) + a linear: one ``g x g`` row-major grid
   per tile, ``g = ceil(ceil(S/p / 2) / 2)``. With ``crop_to_patches`` the processor writes each image
   as one run ``<img><imgpad>*(g*g*n_tiles)</img>``, tiles in ``pixel_values`` order: crops row-major,
-  then the thumbnail (whole image) last when there are crops.
+  then the thumbnail (whole image) last when there are crops. (Two ``<imgpad>`` placeholders written back
+  to back, with no ``</img><img>`` between them, expand to one run and read as one image's tiles.)
 * LightOnOCR (Qwen3 LM): a Pixtral tower over each image at its own size (``image_sizes``), projector =
   RMSNorm + 2x2 patch merger (``unfold`` order: row-major) + MLP: one ``h // (p*m)`` by ``w // (p*m)``
   grid per image; patches beyond the last whole merge cell are dropped (by the model and the processor).
@@ -82,12 +83,13 @@ def tiled_plans(
                     f"tokens, not a whole number of tiles of {per} ({side[0]}x{side[1]} cells). Build the inputs with "
                     "the model's processor (HookedMLLM.to_inputs), whose tokens per tile must match the vision config."
                 )
-            tiles = [grid_plan(*side, tile=t) for t in range((end - start) // per)]
-            if prev_end is not None and same_image is not None and same_image(ids[b], prev_end, start):
-                first = int(plans[-1][-1, 0]) + 1
-                plans[-1] = torch.cat([plans[-1], *(grid_plan(*side, tile=first + t) for t in range(len(tiles)))])
+            glued = prev_end is not None and same_image is not None and same_image(ids[b], prev_end, start)
+            first = int(plans[-1][-1, 0]) + 1 if glued else 0
+            tiles = torch.cat([grid_plan(*side, tile=first + t) for t in range((end - start) // per)])
+            if glued:
+                plans[-1] = torch.cat([plans[-1], tiles])
             else:
-                plans.append(torch.cat(tiles))
+                plans.append(tiles)
             prev_end = end
     _check_tiles(family, sum(len(p) for p in plans) // per, per, inputs)
     return plans
