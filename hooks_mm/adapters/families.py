@@ -17,6 +17,7 @@ for _module in (
     "audio_more",
     "glm_cohere",
     "hybrid",
+    "ocr",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

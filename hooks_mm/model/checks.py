@@ -31,6 +31,9 @@ MEDIA_KEYS = {
     "video": ("pixel_values_videos",),
     "audio": ("input_features",),
 }
+# every input holding pixels / features: validated (float, finite) and cast to the model's dtype; the last is
+# DeepSeek-VL hybrid's SAM-tower copy of the images, read beside pixel_values (which alone marks images given)
+PIXEL_KEYS = (*(k for keys in MEDIA_KEYS.values() for k in keys), "high_res_pixel_values")
 # keys that hold one value per token: their shape is the shape of input_ids
 TOKEN_KEYS = ("attention_mask", "token_type_ids", "mm_token_type_ids", "labels", SEGMENTS_KEY)
 FIX = "pass the processor's output (model.to_inputs(text, images=...)) or model.prepare(...) of it"
@@ -164,7 +167,7 @@ def check_image_size(config: Any, inputs: dict[str, Any]) -> None:
 
 def check_media(inputs: dict[str, Any], batch: int) -> None:
     """Pixels and audio features: normalised floats, finite, and batched like input_ids where that shows."""
-    for key in (k for keys in MEDIA_KEYS.values() for k in keys):
+    for key in PIXEL_KEYS:
         value = inputs.get(key)
         if not torch.is_tensor(value):
             continue

@@ -38,7 +38,7 @@ from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
 from hooks_mm.layout import ModalityLayout
 from hooks_mm.model.batch import Batch, layout_of
 from hooks_mm.model.checks import (
-    MEDIA_KEYS,
+    PIXEL_KEYS,
     check_hook_list,
     check_inputs,
     check_left_padded,
@@ -258,7 +258,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         model_in = dict(raw)
         if raw.get("input_ids") is not None and raw["input_ids"].dtype != torch.long:
             model_in["input_ids"] = raw["input_ids"].long()  # int32 ids are valid; some HF forwards need int64
-        for k in (k for keys in MEDIA_KEYS.values() for k in keys if torch.is_tensor(raw.get(k))):
+        for k in (k for k in PIXEL_KEYS if torch.is_tensor(raw.get(k))):
             model_in[k] = raw[k].to(self.cfg.dtype)  # as HF casts pixels to its vision tower's dtype
         batch = Batch(model_in, layout_of(self.adapter, self.hf_model, self.processor, raw), self.processor, self)
         batch.target, batch.source = target, raw

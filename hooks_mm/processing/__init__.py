@@ -151,6 +151,8 @@ def save_processor(processor: Any, path: str) -> None:
     from hooks_mm.media import FramewiseVideoProcessor, QwenVideoProcessorPil
 
     video = getattr(processor, "video_processor", "absent")
+    if video is None and "video_processor" not in processor.get_attributes():
+        video = "absent"  # a plain attribute (Qianfan-OCR sets it to None), not a processor part: save it whole
     if video is None or isinstance(video, (QwenVideoProcessorPil, FramewiseVideoProcessor)):
         processor.tokenizer.save_pretrained(path)
         processor.image_processor.save_pretrained(path)

@@ -69,6 +69,11 @@ BUILDERS: dict[str, str] = {
     "aya_vision": "glm_cohere:build_aya_vision",
     "cohere2_vision": "glm_cohere:build_cohere2_vision",
     "qwen3_5": "hybrid:build_qwen3_5",
+    "got_ocr2": "ocr:build_got_ocr2",
+    "lighton_ocr": "ocr:build_lighton_ocr",
+    "qianfan_ocr": "ocr:build_qianfan_ocr",
+    "deepseek_vl_hybrid": "ocr:build_deepseek_vl_hybrid",
+    "ovis2": "ocr:build_ovis2",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
