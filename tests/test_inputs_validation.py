@@ -203,7 +203,7 @@ def test_default_to_inputs_keeps_the_organism_accurate() -> None:
 
 
 def test_positions_that_do_not_fit_an_activation_are_an_error_not_the_whole_tensor() -> None:
-    from hooks_mm.model.core import take_positions
+    from hooks_mm.model.batch import take_positions
 
     index = torch.zeros(2, 1, dtype=torch.long)
     assert take_positions(torch.arange(30.0).view(2, 5, 3), "blocks.0.hook_resid_post", index).shape == (2, 1, 3)

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from hooks_mm.adapters import Adapter
+from hooks_mm.hooks import lookup
 from hooks_mm.layout import SEGMENTS_KEY, ModalityLayout, build_layout
 
 
@@ -124,3 +125,19 @@ def layout_of(adapter: Adapter, hf_model: Any, processor: Any, inputs: dict[str,
         audio_plans=audio_plans,
         times=times,
     )
+
+
+def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
+    """Keep positions ``index`` [batch, n] along the position axis of hook ``name``."""
+    dim = lookup(name).pos_dim
+    if dim is None:
+        return t
+    if t.dim() <= dim or t.shape[0] != index.shape[0]:  # never silently keep every position under pos=
+        raise RuntimeError(
+            f"{name} has shape {tuple(t.shape)}, which does not match the batch of positions {tuple(index.shape)}: "
+            "cache it without pos= and index the positions yourself."
+        )
+    shape = [1] * t.dim()
+    shape[0], shape[dim] = index.shape
+    idx = index.view(shape).expand(*[-1 if i in (0, dim) else s for i, s in enumerate(t.shape)])
+    return t.gather(dim, idx)

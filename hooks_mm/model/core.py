@@ -34,9 +34,9 @@ from transformers import PreTrainedModel
 
 from hooks_mm.adapters import Adapter, adapter_for, check_backbone
 from hooks_mm.attention import install
-from hooks_mm.hooks import MODEL_HOOKS, block_hooks, lookup
+from hooks_mm.hooks import MODEL_HOOKS, block_hooks
 from hooks_mm.layout import ModalityLayout
-from hooks_mm.model.batch import Batch, layout_of
+from hooks_mm.model.batch import Batch, layout_of, take_positions
 from hooks_mm.model.checks import (
     PIXEL_KEYS,
     check_hook_list,
@@ -480,22 +480,6 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             f"HookedMLLM({self.cfg.architecture}, family={self.cfg.family}, n_layers={self.cfg.n_layers}, "
             f"d_model={self.cfg.d_model}, hook points={len(self.hook_dict)})"
         )
-
-
-def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
-    """Keep positions ``index`` [batch, n] along the position axis of hook ``name``."""
-    dim = lookup(name).pos_dim
-    if dim is None:
-        return t
-    if t.dim() <= dim or t.shape[0] != index.shape[0]:  # never silently keep every position under pos=
-        raise RuntimeError(
-            f"{name} has shape {tuple(t.shape)}, which does not match the batch of positions {tuple(index.shape)}: "
-            "cache it without pos= and index the positions yourself."
-        )
-    shape = [1] * t.dim()
-    shape[0], shape[dim] = index.shape
-    idx = index.view(shape).expand(*[-1 if i in (0, dim) else s for i, s in enumerate(t.shape)])
-    return t.gather(dim, idx)
 
 
 __all__ = ["Batch", "HookedMLLM", "take_positions"]
