@@ -227,7 +227,7 @@ def test_hook_projector_out_lands_on_image_positions(family: str) -> None:
     p = pair_for(family)
     m = p.model
     if "hook_projector_out" not in m.hook_dict:
-        pytest.skip(f"{family} has no continuous vision path (discrete image codes)")
+        pytest.skip(f"{family}: no projector path in its adapter (discrete image codes, or Ovis2's embedding table)")
     layout = m.layout(p.inputs)
     img = (layout.modality == Modality.IMAGE) | (layout.modality == Modality.VIDEO)
     _, clean = m.run_with_cache(p.inputs, names_filter="blocks.0.hook_resid_pre")
