@@ -36,6 +36,7 @@ N_IMAGES = {
             "deepseek_vl",
             "emu3",
             "gemma3",
+            "gemma4",
             "idefics2",
             "idefics3",
             "internvl",

@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -76,6 +77,14 @@ class Backbone:
     parallel: bool = False
     # text-config multipliers this row's hook points account for (see the module docstring)
     scales: tuple[str, ...] = ()
+    # a buffer of the layer that multiplies the block's whole output, residual included (Gemma-4 layer_scalar):
+    # the row derives hook_mlp_out (post - mid) and an edit at resid_mid is scaled by it as the block scales it
+    out_scale: str | None = None
+    # modules of the block the row accounts for inside a derived hook (Gemma-4's post_feedforward_layernorm,
+    # inside hook_mlp_out), with no hook point of their own
+    extra: tuple[str, ...] = ()
+    # (text-config field, the term it adds): a config where the field is set (truthy) is refused with that reason
+    refuse: tuple[tuple[str, str], ...] = ()
     notes: str = ""
 
     @property
@@ -87,7 +96,7 @@ class Backbone:
         """Every module path the row names, relative to the decoder layer."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
         mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in (self.gate, self.up, self.gate_up, self.down) if p)]
-        return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out) if p]
+        return attn + mlp + [p for p in (self.ln1, self.ln2, self.attn_out, self.mlp_out, *self.extra) if p]
 
 
 # the fields an Adapter reads through its backbone (adapter.ln2 == adapter.backbone.ln2)
@@ -134,6 +143,28 @@ COHERE = Backbone(
     "(an edit there is added to the output), no ln2.hook_normalized",
 )
 
+GEMMA4 = Backbone(
+    "gemma4",
+    ln2="pre_feedforward_layernorm",
+    attn_out="post_attention_layernorm",
+    mlp_out=None,
+    extra=("post_feedforward_layernorm",),
+    out_scale="layer_scalar",
+    refuse=(
+        ("hidden_size_per_layer_input", "per-layer inputs (PLE: per_layer_input_gate / per_layer_projection add a "
+         "per-layer embedding term after the MLP) that no hook point holds"),
+        ("num_kv_shared_layers", "layers that reuse another layer's keys and values (num_kv_shared_layers) and so "
+         "have no k_proj / v_proj for attn.hook_k / hook_v"),
+        ("enable_moe_block", "a mixture-of-experts branch (router / experts) beside the MLP that no hook point holds"),
+        ("attention_k_eq_v", "full-attention layers whose values are their keys (attention_k_eq_v, no v_proj): "
+         "attn.hook_k and hook_v would be one tensor"),
+    ),
+    notes="Gemma-4 dense block: sandwich norms as Gemma-3, q/k/v norms, per-layer head sizes (full-attention layers "
+    "wider), then the whole output times the layer's layer_scalar: hook_mlp_out is derived (resid_post - "
+    "resid_mid: the post-norm MLP output times layer_scalar plus (layer_scalar - 1) * resid_mid), an edit at "
+    "resid_mid is scaled by layer_scalar as the block scales its residual",
+)  # fmt: skip
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -146,6 +177,7 @@ BACKBONES: dict[str, Backbone] = {
     "phi3": PHI3,
     "granite": GRANITE,
     "cohere": COHERE,
+    "gemma4_text": GEMMA4,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -178,7 +210,7 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     children = {name for name, _ in layer.named_children()}
     if "pre_feedforward_layernorm" in children and b.ln2 != "pre_feedforward_layernorm":
         problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
-    elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
+    elif "post_feedforward_layernorm" in children and "post_feedforward_layernorm" not in (b.mlp_out, *b.extra):
         problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
     named = {p.split(".")[0] for p in b.paths()}
     unknown = sorted(
@@ -186,6 +218,9 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     )
     if unknown and not problems:  # a module the row does not place may sit on the residual path
         problems.append(f"modules the row does not name ({', '.join(unknown)})")
+    if b.out_scale is not None and not isinstance(getattr(layer, b.out_scale, None), torch.Tensor):
+        problems.append(f"no output scale {b.out_scale!r} on the layer")
+    problems += [reason for name, reason in b.refuse if getattr(text_config, name, None)]
     if getattr(text_config, "clip_qkv", None) is not None:  # OLMo-1: q/k/v clamped after the projections
         problems.append(f"clip_qkv={text_config.clip_qkv}: attention reads q/k/v clamped after the projections")
     if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch

@@ -4,7 +4,17 @@ import importlib
 
 from hooks_mm.adapters import VARIANTS, register
 
-for _module in ("text", "llava", "qwen", "idefics_gemma", "discrete_cross", "audio", "idefics2_deepseek", "llava_more"):
+for _module in (
+    "text",
+    "llava",
+    "qwen",
+    "idefics_gemma",
+    "discrete_cross",
+    "audio",
+    "idefics2_deepseek",
+    "llava_more",
+    "gemma4_fuyu",
+):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:
         register(_adapter)

@@ -122,6 +122,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
         out_emb = hf_model.get_output_embeddings()
+        # heterogeneous config (Gemma-4): layer 0's head sizes (the wiring reads each attention module's own)
+        shape = text_config.per_layer_config[0] if getattr(text_config, "is_heterogeneous", False) else text_config
         self.cfg = SimpleNamespace(
             architecture=type(hf_model).__name__,
             family=adapter.name,
@@ -129,8 +131,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_layers=n,
             d_model=d_model,
             n_heads=n_heads,
-            n_key_value_heads=getattr(text_config, "num_key_value_heads", n_heads),
-            d_head=getattr(text_config, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
+            n_key_value_heads=getattr(shape, "num_key_value_heads", n_heads),
+            d_head=getattr(shape, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
             d_mlp=getattr(text_config, "intermediate_size", None),
             d_vocab=out_emb.weight.shape[0] if out_emb is not None else getattr(text_config, "vocab_size", None),
             cross_attn_layers=sorted(cross),

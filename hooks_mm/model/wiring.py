@@ -111,10 +111,19 @@ class Wiring:
         def in_hook(hp: HookPoint) -> Callable:
             return lambda m, args: (hp(args[0]), *args[1:])
 
-        def heads_out(hp: HookPoint) -> Callable:
+        def in_first(hp: HookPoint) -> Callable:  # first argument, positional or keyword (embed_vision(inputs_embeds=))
+            def fn(m: nn.Module, args: tuple, kwargs: dict) -> tuple:
+                if args:
+                    return (hp(args[0]), *args[1:]), kwargs
+                key = next(iter(kwargs))
+                return args, {**kwargs, key: hp(kwargs[key])}
+
+            return fn
+
+        def heads_out(hp: HookPoint, d_head: int) -> Callable:
             return lambda m, i, o: hp(o.unflatten(-1, (-1, d_head))).flatten(-2)
 
-        def heads_in(hp: HookPoint) -> Callable:
+        def heads_in(hp: HookPoint, d_head: int) -> Callable:
             return lambda m, args: (hp(args[0].unflatten(-1, (-1, d_head))).flatten(-2), *args[1:])
 
         if "hook_embed" in live:  # the first embedding call of a forward (Chameleon and Emu3 embed image codes again)
@@ -133,7 +142,7 @@ class Wiring:
         ):
             if path is not None:
                 if pre_name in live:
-                    self._pre(model.submodule(path), in_hook(hd[pre_name]))
+                    self._pre(model.submodule(path), in_first(hd[pre_name]), True)
                 if post_name in live:
                     self._fwd(model.submodule(path), out_hook(hd[post_name]))
 
@@ -144,6 +153,7 @@ class Wiring:
             cross = l in cfg.cross_attn_layers
             attn_name = "cross_attn" if cross else "attn"
             attn = model.attention(l)
+            dh = int(getattr(attn, "head_dim", None) or d_head)  # per layer: Gemma-4's full-attention heads are wider
             derived_attn = (cross or a.attn_out is None) and p + "hook_attn_out" in live
             derived_mlp = (cross or a.mlp_out is None) and p + "hook_mlp_out" in live
             prev_inject = l > 0 and f"blocks.{l - 1}.hook_deepstack" in live
@@ -162,9 +172,9 @@ class Wiring:
             else:
                 for key, hp in zip(("q", "k", "v"), qkv):
                     if hp is not None:
-                        self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hp))
+                        self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hp, dh))
             if f"{p}{attn_name}.hook_z" in live:
-                self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"]))
+                self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"], dh))
             site = tuple(hd.get(f"{p}{attn_name}.{h}") if f"{p}{attn_name}.{h}" in live else None for h in ATTN_SITE)
             if any(hp is not None for hp in site):
                 impl = getattr(getattr(attn, "config", None), "_attn_implementation", None)
@@ -264,13 +274,13 @@ class Wiring:
         return fn
 
     def _layer_post(self, l: int, derived_mlp: bool, inject: bool) -> Callable:
-        hd, state = self.model.hook_dict, self.state
+        hd, state, a = self.model.hook_dict, self.state, self.model.adapter
 
         def fn(m: nn.Module, args: tuple, out: Any) -> Any:
             h = first(out)
             delta = state.pop(("delta", l), None)
-            if delta is not None:
-                h = h + delta
+            if delta is not None:  # scaled as the block scales its residual branch (Gemma-4 layer_scalar)
+                h = h + (delta * getattr(m, a.out_scale) if a.out_scale else delta)
             if derived_mlp:
                 mid = state["mid", l]
                 new = edited(hd[f"blocks.{l}.hook_mlp_out"], h - mid)

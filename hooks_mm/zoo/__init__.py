@@ -48,6 +48,7 @@ BUILDERS: dict[str, str] = {
     "vipllava": "llava_more:build_vipllava",
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
+    "gemma4": "gemma4:build_gemma4",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -1,0 +1,74 @@
+"""Gemma-4 and Fuyu wrapper rows.
+
+* Gemma-4 (``Gemma4ForConditionalGeneration``): the vision tower patchifies each image at its own
+  (aspect-preserving) size, ``image_position_ids[i]`` holding each patch's ``(x, y)`` (``-1``
+  padding); the pooler averages ``k x k`` patches (``k = pooling_kernel_size``) into cell
+  ``(y // k, x // k)``, numbered ``x // k + (W / k) * (y // k)``: row-major, padding cells dropped.
+  ``embed_vision`` (the projector: a scale-free RMS norm + linear) maps the stripped soft tokens
+  1:1 onto the ``<|image|>`` positions (``masked_scatter``, images in ``pixel_values`` order). The
+  processor wraps every image as ``<boi>`` + tokens + ``<eoi>``. Audio clips (``<|audio|>``,
+  ``input_features``) are refused (no audio row yet).
+* Fuyu (``FuyuForCausalLM``): no vision tower; ``vision_embed_tokens`` (a linear over raw
+  ``patch x patch`` pixel patches) is the projector. The processor writes, per image, one
+  ``|SPEAKER|`` placeholder per patch row-major and one ``|NEWLINE|`` after every row;
+  ``image_patches_indices`` says which patch each position receives (-1: none), so the image
+  positions are ``image_patches_indices >= 0``, the newlines are separators ``(0, r, -1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hooks_mm.adapters.base import Adapter, ImagePlan, grid_plan, lm_paths, softcap_logits, special_ids, token_id_mask
+
+# ---------------------------------------------------------------------------------------
+# Gemma-4
+
+_gemma4_image_mask = token_id_mask("image_token_id")
+
+
+def gemma4_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    """One row-major ``(H / p / k) x (W / p / k)`` grid of pooled cells per image."""
+    if inputs.get("input_features") is not None:
+        raise NotImplementedError(
+            "Gemma-4 audio (input_features) is not supported by hooks_mm yet: its audio positions would be read as "
+            "text. Pass images and text only."
+        )
+    if inputs.get("pixel_values_videos") is not None:
+        raise NotImplementedError(
+            "Gemma-4 video (pixel_values_videos) is not supported by hooks_mm yet: its frames' positions would be "
+            "read as text. Pass images and text only."
+        )
+    positions = inputs.get("image_position_ids")
+    if inputs.get("pixel_values") is None:
+        return []
+    if positions is None:
+        raise ValueError("Gemma-4 images need image_position_ids (the processor returns them): pass them as given.")
+    k = int(config.vision_config.pooling_kernel_size)
+    plans = []
+    for pos in torch.as_tensor(positions):
+        real = pos[(pos != -1).all(-1)]
+        cols, rows = ((real.amax(0) + 1) // k).tolist()
+        plans.append(grid_plan(int(rows), int(cols)))
+    return plans
+
+
+GEMMA4 = Adapter(
+    name="gemma4",
+    architectures=("Gemma4ForConditionalGeneration",),
+    **lm_paths("model.language_model"),
+    projector="model.embed_vision",
+    image_mask=_gemma4_image_mask,
+    image_plans=gemma4_plans,
+    special_ids=special_ids("boi_token_id", "eoi_token_id", "boa_token_id", "eoa_token_index"),
+    logits_post=softcap_logits,
+    notes=(
+        "gemma4_text backbone (row 'gemma4': sandwich norms, layer_scalar; per-layer inputs, shared KV, MoE and "
+        "k=v attention refused); mm_token_type_ids make each image bidirectional in sliding layers; the projector "
+        "(embed_vision) output rows are exactly the image positions; the head soft-caps the logits."
+    ),
+)
+
+ADAPTERS = (GEMMA4,)

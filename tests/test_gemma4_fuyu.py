@@ -1,0 +1,102 @@
+"""Gemma-4 and Fuyu: each image position's (row, col) is the cell whose patches the model writes there, hook
+points keep their meaning over Gemma-4's per-layer head sizes and layer_scalar, unsupported blocks are refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import pair_for
+
+from hooks_mm import HookedMLLM, Modality
+from hooks_mm.zoo.gemma4 import gemma4_config, gemma4_tokenizer
+
+
+def test_gemma4_plan_cells_are_the_pooled_patch_cells() -> None:
+    """Replace every patch's encoding by its (x, y): the pooled soft token written at a position then holds the
+    mean (x, y) of its k x k patches, so (y // k, x // k) is the cell HF wrote there."""
+    p = pair_for("gemma4")
+    m = p.model
+    k = m.hf_model.config.vision_config.pooling_kernel_size
+    positions = p.inputs["image_position_ids"]
+
+    def coords(module, args, out):  # noqa: ANN001, ANN202
+        h = torch.zeros_like(out.last_hidden_state)
+        h[..., :2] = positions.to(h)
+        out.last_hidden_state = h
+        return out
+
+    handle = m.hf_model.model.vision_tower.encoder.register_forward_hook(coords)
+    try:
+        _, cache = m.run_with_cache(p.inputs, names_filter="hook_vision_out")
+    finally:
+        handle.remove()
+    scale = m.hf_model.config.vision_config.hidden_size**0.5
+    xy = cache["hook_vision_out"][:, :2] / scale  # rows in the order they are written
+    layout = m.layout(p.inputs)
+    img = layout.modality == Modality.IMAGE
+    assert img.sum() == xy.shape[0]
+    assert torch.equal(layout.grid_row[img], (xy[:, 1] // k).long())
+    assert torch.equal(layout.grid_col[img], (xy[:, 0] // k).long())
+
+
+def test_gemma4_resid_mid_edit_equals_the_bare_model_with_the_edit() -> None:
+    """An edit at resid_mid gives the logits of the bare model whose attention branch adds the edit too
+    (the block then scales it by layer_scalar, as it scales the whole residual)."""
+    p = pair_for("gemma4")
+    assert any(float(layer.layer_scalar) != 1.0 for layer in p.bare.model.language_model.layers)
+    delta = torch.randn(p.model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = p.model.run_with_hooks(p.inputs, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, hook: x + delta)])
+        norm = p.bare.model.language_model.layers[0].post_attention_layernorm
+        handle = norm.register_forward_hook(lambda mod, i, out: out + delta)
+        try:
+            ref = p.bare(**p.inputs).logits
+        finally:
+            handle.remove()
+    assert (ours - ref)[p.real].abs().max().item() <= 1e-5
+
+
+def test_gemma4_heads_have_each_layer_s_size() -> None:
+    p = pair_for("gemma4")
+    _, cache = p.model.run_with_cache(p.inputs, names_filter=lambda n: n.endswith(("attn.hook_q", "attn.hook_z")))
+    for l, layer in enumerate(p.bare.model.language_model.layers):
+        d = layer.self_attn.head_dim
+        assert cache[f"blocks.{l}.attn.hook_q"].shape[-2:] == (p.model.cfg.n_heads, d)
+        assert cache[f"blocks.{l}.attn.hook_z"].shape[-2:] == (p.model.cfg.n_heads, d)
+    assert {layer.self_attn.head_dim for layer in p.bare.model.language_model.layers} == {8, 16}
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"hidden_size_per_layer_input": 4}, "per-layer inputs"),
+        (
+            {
+                "num_kv_shared_layers": 1,
+                "num_hidden_layers": 3,
+                "layer_types": ["sliding_attention", "full_attention", "full_attention"],
+            },
+            "num_kv_shared_layers",
+        ),
+        ({"enable_moe_block": True, "num_experts": 2, "top_k_experts": 1, "moe_intermediate_size": 8}, "experts"),
+        ({"attention_k_eq_v": True}, "attention_k_eq_v"),
+    ],
+)
+def test_gemma4_blocks_with_unhooked_terms_are_refused(extra: dict, named: str) -> None:
+    from transformers import Gemma4ForConditionalGeneration
+
+    config = gemma4_config(gemma4_tokenizer())
+    text = copy.deepcopy(config.text_config.to_dict()) | extra
+    text.pop("per_layer_config", None)
+    config = type(config)(**{**config.to_dict(), "text_config": text})
+    torch.manual_seed(0)
+    with pytest.raises(NotImplementedError, match=named):
+        HookedMLLM(Gemma4ForConditionalGeneration(config).eval())
+
+
+def test_gemma4_audio_inputs_are_refused_not_read_as_text() -> None:
+    p = pair_for("gemma4")
+    with pytest.raises(NotImplementedError, match="audio"):
+        p.model.layout({**p.inputs, "input_features": torch.zeros(1, 8, 128)})
