@@ -51,6 +51,7 @@ CASES = {
         {"residual_multiplier": 0.22, "embedding_multiplier": 12.0, "logits_scaling": 4.0, "attention_multiplier": 0.3},
     ),
     "cohere": ("CohereConfig", {"use_qk_norm": True}),
+    "persimmon": ("PersimmonConfig", {"qk_layernorm": True}),
 }
 
 
@@ -201,6 +202,16 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
             "mlp.hook_pre": (gate_up, slice(0, t.intermediate_size)),
             "mlp.hook_pre_linear": (gate_up, slice(t.intermediate_size, None)),
         }
+    if case.name == "persimmon":  # query_key_value laid out [head, (q, k, v), d_head]; ungated MLP
+        d = t.hidden_size // t.num_attention_heads
+        per_head = lambda j: (torch.arange(t.num_attention_heads)[:, None] * 3 * d + j * d + torch.arange(d)).flatten()  # noqa: E731
+        qkv = layer.self_attn.query_key_value
+        return {
+            "attn.hook_q": (qkv, per_head(0)),
+            "attn.hook_k": (qkv, per_head(1)),
+            "attn.hook_v": (qkv, per_head(2)),
+            "mlp.hook_pre": (layer.mlp.dense_h_to_4h, slice(None)),
+        }
     a = layer.self_attn
     return {
         "attn.hook_q": (a.q_proj, slice(None)),
@@ -214,6 +225,8 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice]]:
 @pytest.mark.parametrize("hook", ["attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear"])
 def test_projection_hooks_are_the_projections_and_their_edits_take_effect(case: Case, hook: str) -> None:
     l = 1
+    if hook not in _projections(case, l):
+        pytest.skip(f"{case.name}: ungated MLP, no {hook}")
     module, part = _projections(case, l)[hook]
     seen = {}
     case.bare_run([(module, "fwd", lambda m, i, out: seen.__setitem__("x", out[..., part]))])
@@ -271,7 +284,10 @@ def _zeroed(case: Case, neurons: dict[int, list[int]]) -> torch.Tensor:
 
         return fn
 
-    return case.bare_run([(case.layers[l].mlp.down_proj, "pre", zero(idx)) for l, idx in neurons.items()]).logits
+    down = case.model.adapter.down
+    return case.bare_run(
+        [(case.layers[l].mlp.get_submodule(down), "pre", zero(idx)) for l, idx in neurons.items()]
+    ).logits
 
 
 def test_neuron_ablation_and_sweep_equal_hand_written_hooks(case: Case) -> None:

@@ -100,3 +100,31 @@ def test_gemma4_audio_inputs_are_refused_not_read_as_text() -> None:
     p = pair_for("gemma4")
     with pytest.raises(NotImplementedError, match="audio"):
         p.model.layout({**p.inputs, "input_features": torch.zeros(1, 8, 128)})
+
+
+def test_fuyu_plan_cells_are_the_patches_written_there() -> None:
+    """Images whose pixels encode their own (y, x): the raw patch the model embeds at a position then tells
+    which patch row and column HF wrote there (patch features are laid out (py, px, channel))."""
+    import numpy as np
+    from PIL import Image
+
+    from hooks_mm.zoo.fuyu import PATCH, fuyu_inputs
+
+    p = pair_for("fuyu")
+    m = p.model
+    images = []
+    for h, w in [(24, 32), (32, 16)]:
+        arr = np.zeros((h, w, 3), dtype=np.uint8)
+        arr[..., 0] = (np.arange(h) * 7)[:, None]
+        arr[..., 1] = (np.arange(w) * 7)[None, :]
+        images.append(Image.fromarray(arr))
+    inputs = fuyu_inputs(m.processor, ["what is in the image ?", "describe it"], images)
+    _, cache = m.run_with_cache(inputs, names_filter="hook_vision_out")
+    patches = cache["hook_vision_out"].view(-1, PATCH * PATCH, 3)  # rows in the order they are written
+    pixels = ((patches * 0.5 + 0.5) * 255).mean(1)  # undo the processor's rescale / normalise
+    layout = m.layout(inputs)
+    img = layout.modality == Modality.IMAGE
+    assert img.sum() == patches.shape[0] == 24 // PATCH * 32 // PATCH + 32 // PATCH * 16 // PATCH
+    assert torch.equal(layout.grid_row[img], (pixels[:, 0] / 7 // PATCH).long())
+    assert torch.equal(layout.grid_col[img], (pixels[:, 1] / 7 // PATCH).long())
+    assert layout.n_images == 2 and torch.equal(layout.image_id[img].unique(), torch.tensor([0, 1]))

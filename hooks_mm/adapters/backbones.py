@@ -59,6 +59,8 @@ class Backbone:
     v: str | None = "v_proj"
     # fused [q; k; v] projection inside attn (Phi-3): hook_q / hook_k / hook_v are split views of its output
     qkv: str | None = None
+    # qkv's output laid out per head as [head, (q, k, v), d_head] (Persimmon / GPT-NeoX), not [q; k; v]
+    qkv_per_head: bool = False
     o: str = "o_proj"
     ln1: str = "input_layernorm"
     # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms); None: parallel block
@@ -77,6 +79,8 @@ class Backbone:
     parallel: bool = False
     # text-config multipliers this row's hook points account for (see the module docstring)
     scales: tuple[str, ...] = ()
+    # the text model's final norm (its child name): a wrapper row's "<lm>.norm" becomes "<lm>.<norm_name>"
+    norm_name: str = "norm"
     # a buffer of the layer that multiplies the block's whole output, residual included (Gemma-4 layer_scalar):
     # the row derives hook_mlp_out (post - mid) and an edit at resid_mid is scaled by it as the block scales it
     out_scale: str | None = None
@@ -143,6 +147,24 @@ COHERE = Backbone(
     "(an edit there is added to the output), no ln2.hook_normalized",
 )
 
+PERSIMMON = Backbone(
+    "persimmon",
+    q=None,
+    k=None,
+    v=None,
+    qkv="query_key_value",
+    qkv_per_head=True,
+    norm_name="final_layernorm",
+    o="dense",
+    attn_out="self_attn.dense",
+    gate=None,
+    up="dense_h_to_4h",
+    down="dense_4h_to_h",
+    notes="Persimmon (Fuyu): LayerNorm pre-norm block, fused query_key_value laid out per head [head, (q, k, v), "
+    "d_head] (hook_q/k/v are its views, before q/k_layernorm), dense output; ungated MLP dense_h_to_4h -> act -> "
+    "dense_4h_to_h (hook_pre is dense_h_to_4h's output, no hook_pre_linear)",
+)
+
 GEMMA4 = Backbone(
     "gemma4",
     ln2="pre_feedforward_layernorm",
@@ -178,6 +200,7 @@ BACKBONES: dict[str, Backbone] = {
     "granite": GRANITE,
     "cohere": COHERE,
     "gemma4_text": GEMMA4,
+    "persimmon": PERSIMMON,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

@@ -125,7 +125,11 @@ class Adapter:
         if self.backbone is not None:
             return self
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return replace(self, backbone=backbone_for(text))
+        b = backbone_for(text)
+        final_norm = self.final_norm  # the backbone names the final norm (Persimmon: final_layernorm)
+        if b.norm_name != "norm" and final_norm.endswith(".norm"):
+            final_norm = f"{final_norm.removesuffix('norm')}{b.norm_name}"
+        return replace(self, backbone=b, final_norm=final_norm)
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,7 +21,16 @@ from typing import Any
 
 import torch
 
-from hooks_mm.adapters.base import Adapter, ImagePlan, grid_plan, lm_paths, softcap_logits, special_ids, token_id_mask
+from hooks_mm.adapters.base import (
+    Adapter,
+    ImagePlan,
+    grid_plan,
+    lm_paths,
+    runs,
+    softcap_logits,
+    special_ids,
+    token_id_mask,
+)
 
 # ---------------------------------------------------------------------------------------
 # Gemma-4
@@ -71,4 +80,48 @@ GEMMA4 = Adapter(
     ),
 )
 
-ADAPTERS = (GEMMA4,)
+# ---------------------------------------------------------------------------------------
+# Fuyu
+
+_fuyu_image_mask = token_id_mask("image_token_id")
+
+
+def fuyu_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    """One image per row (the processor's layout): each run of ``|SPEAKER|`` is one patch row of it."""
+    if inputs.get("pixel_values") is None:
+        return []
+    mask = _fuyu_image_mask(config, inputs["input_ids"])
+    am = inputs.get("attention_mask")
+    plans = []
+    for b, row in enumerate(mask if am is None else mask & torch.as_tensor(am).bool()):
+        lengths = [end - start for start, end in runs(row)]
+        if not lengths:
+            continue
+        if len(set(lengths)) != 1:
+            raise ValueError(
+                f"Fuyu row {b}: image-token runs of lengths {lengths} are not the patch rows of one image (the "
+                "processor writes one image per prompt, every patch row equally long, each closed by |NEWLINE|): "
+                "pass inputs made by FuyuProcessor, one image per prompt."
+            )
+        plans.append(grid_plan(len(lengths), lengths[0]))
+    return plans
+
+
+FUYU = Adapter(
+    name="fuyu",
+    architectures=("FuyuForCausalLM",),
+    layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.final_layernorm",
+    projector="model.vision_embed_tokens",
+    image_mask=_fuyu_image_mask,
+    image_plans=fuyu_plans,
+    special_ids=special_ids("image_newline_token_id"),
+    notes=(
+        "persimmon backbone (row 'persimmon'); no vision tower: vision_embed_tokens embeds raw pixel patches, one "
+        "output row per image position (masked_scatter at |SPEAKER|); |NEWLINE| tokens are text embeddings "
+        "between patch rows (listed as special when config.image_newline_token_id is set)."
+    ),
+)
+
+ADAPTERS = (GEMMA4, FUYU)

@@ -70,6 +70,20 @@ def fused(hps: list[HookPoint | None], sizes: list[int], d_head: int | None = No
     return fn
 
 
+def fused_per_head(hps: list[HookPoint | None], d_head: int) -> Callable:
+    """Forward hook on a fused projection laid out per head, [head, (q, k, v), d_head] (Persimmon
+    ``query_key_value``): run each of q / k / v's hook points on its [.., head, d_head] view, re-interleave."""
+
+    def fn(m: nn.Module, i: Any, out: Tensor) -> Tensor:
+        parts = list(out.unflatten(-1, (-1, len(hps), d_head)).unbind(-2))
+        for j, hp in enumerate(hps):
+            if hp is not None:
+                parts[j] = hp(parts[j])
+        return torch.stack(parts, dim=-2).flatten(-3)
+
+    return fn
+
+
 class Wiring:
     """The PyTorch hooks of one forward: attached from the live hook points, always removed."""
 
@@ -166,7 +180,9 @@ class Wiring:
             if p + "ln1.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln1), out_hook(hd[p + "ln1.hook_normalized"]))
             qkv = [hd[h] if (h := f"{p}{attn_name}.hook_{key}") in live else None for key in ("q", "k", "v")]
-            if a.qkv is not None and not cross and any(qkv):  # fused: split [q; k; v], hook, re-concatenate
+            if a.qkv is not None and not cross and any(qkv) and a.qkv_per_head:
+                self._fwd(attn.get_submodule(a.qkv), fused_per_head(qkv, dh))
+            elif a.qkv is not None and not cross and any(qkv):  # fused: split [q; k; v], hook, re-concatenate
                 sizes = [cfg.n_heads * d_head, *[cfg.n_key_value_heads * d_head] * 2]
                 self._fwd(attn.get_submodule(a.qkv), fused(qkv, sizes, d_head))
             else:

@@ -49,6 +49,7 @@ BUILDERS: dict[str, str] = {
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
     "gemma4": "gemma4:build_gemma4",
+    "fuyu": "fuyu:build_fuyu",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
