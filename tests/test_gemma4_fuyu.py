@@ -128,3 +128,20 @@ def test_fuyu_plan_cells_are_the_patches_written_there() -> None:
     assert torch.equal(layout.grid_row[img], (pixels[:, 0] / 7 // PATCH).long())
     assert torch.equal(layout.grid_col[img], (pixels[:, 1] / 7 // PATCH).long())
     assert layout.n_images == 2 and torch.equal(layout.image_id[img].unique(), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("cls", "config", "named"),
+    [
+        ("Molmo2ForConditionalGeneration", "Molmo2Config", "adds its pooled image features"),
+        ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Config", "no backbone row"),
+        ("Phi4MultimodalForCausalLM", "Phi4MultimodalConfig", "LoRA"),
+    ],
+)
+def test_classes_not_made_exact_are_refused_with_their_reason(cls: str, config: str, named: str) -> None:
+    import transformers
+
+    from hooks_mm.adapters import adapter_for_names
+
+    with pytest.raises(NotImplementedError, match=f"{cls} is not supported by hooks_mm: .*{named}"):
+        adapter_for_names([cls], getattr(transformers, config)())

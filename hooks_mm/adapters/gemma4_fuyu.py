@@ -125,3 +125,30 @@ FUYU = Adapter(
 )
 
 ADAPTERS = (GEMMA4, FUYU)
+
+# ---------------------------------------------------------------------------------------
+# classes refused, with the reason (HookedMLLM names it instead of "no adapter")
+
+REFUSED = {
+    "Molmo2ForConditionalGeneration": "Molmo2 adds its pooled image features onto the placeholder embeddings (not "
+    "written over them) after image_token_pooling over overlapping crops plus a global image with column tokens; "
+    "hooks_mm has no plan for that pooling yet",
+    "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's text decoder (scaled embeddings plus sinusoidal positions "
+    "added inside the text model, fc1 / inner ffn_layernorm / fc2 MLP) has no backbone row, and its image positions "
+    "are resampler latents (image_embeds_position_mask) with no patch grid",
+    "Phi4MultimodalForCausalLM": "Phi-4-multimodal writes HD crops with learned sub-/global-image separators "
+    "through embed_tokens_extend, and its checkpoints apply vision / speech LoRA adapters to the decoder's "
+    "projections; hooks_mm has no row for either yet",
+}
+
+
+def _refuse(name: str, reason: str) -> Any:
+    def fn(config: Any) -> Adapter:
+        raise NotImplementedError(
+            f"{name} is not supported by hooks_mm: {reason}. Use a supported family (hooks_mm.adapters.ADAPTERS)."
+        )
+
+    return fn
+
+
+VARIANTS = {name: _refuse(name, reason) for name, reason in REFUSED.items()}
