@@ -145,7 +145,7 @@ REFUSED = {
 def _refuse(name: str, reason: str) -> Any:
     def fn(config: Any) -> Adapter:
         raise NotImplementedError(
-            f"{name} is not supported by hooks_mm: {reason}. Use a supported family (hooks_mm.adapters.ADAPTERS)."
+            f"{reason}: hooks_mm does not support {name} yet. Use a supported family (hooks_mm.adapters.ADAPTERS)."
         )
 
     return fn
