@@ -46,6 +46,7 @@ N_IMAGES = {
             "llava_onevision",
             "mistral3",
             "mllama",
+            "molmo2",
             "paligemma",
             "paligemma2",
             "qwen2_5_vl",

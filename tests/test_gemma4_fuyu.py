@@ -133,7 +133,6 @@ def test_fuyu_plan_cells_are_the_patches_written_there() -> None:
 @pytest.mark.parametrize(
     ("cls", "config", "named"),
     [
-        ("Molmo2ForConditionalGeneration", "Molmo2Config", "adds its pooled image features"),
         ("Kosmos2_5ForConditionalGeneration", "Kosmos2_5Config", "no backbone row"),
         ("Phi4MultimodalForCausalLM", "Phi4MultimodalConfig", "LoRA"),
     ],
@@ -145,3 +144,30 @@ def test_classes_not_made_exact_are_refused_with_their_reason(cls: str, config: 
 
     with pytest.raises(NotImplementedError, match=f"{named}.*: hooks_mm does not support {cls} yet"):
         adapter_for_names([cls], getattr(transformers, config)())
+
+
+def test_molmo2_plan_cells_are_the_pooled_patches() -> None:
+    """image_token_pooling (what the model pools for each image position, in order) names the patches of each
+    position: low-resolution tile cells pool patches (2r.., 2c..) of the resized crop; mosaic rows pool crop rows
+    (2r, 2r + 1) (image 0 is one row of crops)."""
+    from hooks_mm.zoo.molmo2 import CROP, PATCH
+
+    p = pair_for("molmo2")
+    layout = p.model.layout(p.inputs)
+    img = layout.modality == Modality.IMAGE
+    pooling = p.inputs["image_token_pooling"].long()
+    assert pooling.shape[0] == int(img.sum())
+    side = CROP // PATCH
+    tile, rows, cols, image = (t[img] for t in (layout.tile, layout.grid_row, layout.grid_col, layout.image_id))
+    crops = torch.repeat_interleave(torch.cumsum(p.inputs["image_num_crops"], 0) - p.inputs["image_num_crops"], 1)
+    first_crop = crops[image]  # each image's low-resolution crop
+    for k in range(pooling.shape[0]):
+        idx = pooling[k][pooling[k] >= 0]
+        crop, patch = idx // side**2, idx % side**2
+        if tile[k] == 0:
+            assert (crop == first_crop[k]).all()
+            assert set((patch // side // 2).tolist()) == {int(rows[k])}
+            assert set((patch % side // 2).tolist()) == {int(cols[k])}
+        elif image[k] == 0:
+            assert set((patch // side // 2).tolist()) == {int(rows[k])}
+    assert set(tile.tolist()) == {0, 1}

@@ -165,6 +165,13 @@ PERSIMMON = Backbone(
     "dense_4h_to_h (hook_pre is dense_h_to_4h's output, no hook_pre_linear)",
 )
 
+MOLMO2 = Backbone(
+    "molmo2",
+    refuse=(("norm_after", "norm_after=True: its norms normalise the attention and MLP outputs, not their inputs"),),
+    notes="Molmo2 text block: Llama-like (q_norm / k_norm over the whole projection or per head, hook_q / hook_k "
+    "before them); the post-norm variant (norm_after) is refused",
+)
+
 GEMMA4 = Backbone(
     "gemma4",
     ln2="pre_feedforward_layernorm",
@@ -201,6 +208,7 @@ BACKBONES: dict[str, Backbone] = {
     "cohere": COHERE,
     "gemma4_text": GEMMA4,
     "persimmon": PERSIMMON,
+    "molmo2_text": MOLMO2,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

@@ -124,15 +124,54 @@ FUYU = Adapter(
     ),
 )
 
-ADAPTERS = (GEMMA4, FUYU)
+ADAPTERS = (GEMMA4, FUYU)  # + MOLMO2 below
+
+# ---------------------------------------------------------------------------------------
+# Molmo2
+
+_molmo2_image_mask = token_id_mask("image_patch_id", "image_token_id")
+
+
+def molmo2_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    """Per image (``image_grids`` row ``(h, w, H, W)``): tile 0 the low-resolution ``h x w`` pooled grid, tile 1
+    the ``H x W`` pooled grid of the overlapping-crop mosaic, both row-major (``<im_col>`` tokens end each row
+    outside the image positions)."""
+    if inputs.get("pixel_values_videos") is not None:
+        raise NotImplementedError(
+            "Molmo2 video (pixel_values_videos) is not supported by hooks_mm yet: its frames use the image patch "
+            "token and would be read as images. Pass images and text only."
+        )
+    grids = inputs.get("image_grids")
+    if inputs.get("pixel_values") is None or grids is None:
+        return []
+    return [
+        torch.cat([grid_plan(int(h), int(w), tile=0), grid_plan(int(rows), int(cols), tile=1)])
+        for h, w, rows, cols in torch.as_tensor(grids).tolist()
+    ]
+
+
+MOLMO2 = Adapter(
+    name="molmo2",
+    architectures=("Molmo2ForConditionalGeneration",),
+    **lm_paths("model.language_model"),
+    projector="model.multi_modal_projector",
+    image_mask=_molmo2_image_mask,
+    image_plans=molmo2_plans,
+    special_ids=special_ids(
+        "image_start_token_id", "low_res_image_start_token_id", "image_end_token_id", "image_col_token_id"
+    ),
+    notes=(
+        "molmo2_text backbone (Llama-like, q/k norms; norm_after refused); the projector (multi_modal_projector: "
+        "attention pooling of 2 x 2 ViT patches from image_token_pooling, then an MLP) output rows are the image "
+        "positions, and they are ADDED to the placeholder embeddings (hook_embed holds the placeholder's own "
+        "embedding there); mm_token_type_ids make all image tokens one bidirectional block."
+    ),
+)
 
 # ---------------------------------------------------------------------------------------
 # classes refused, with the reason (HookedMLLM names it instead of "no adapter")
 
 REFUSED = {
-    "Molmo2ForConditionalGeneration": "Molmo2 adds its pooled image features onto the placeholder embeddings (not "
-    "written over them) after image_token_pooling over overlapping crops plus a global image with column tokens; "
-    "hooks_mm has no plan for that pooling yet",
     "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's text decoder (scaled embeddings plus sinusoidal positions "
     "added inside the text model, fc1 / inner ffn_layernorm / fc2 MLP) has no backbone row, and its image positions "
     "are resampler latents (image_embeds_position_mask) with no patch grid",
@@ -151,4 +190,5 @@ def _refuse(name: str, reason: str) -> Any:
     return fn
 
 
+ADAPTERS = (*ADAPTERS, MOLMO2)
 VARIANTS = {name: _refuse(name, reason) for name, reason in REFUSED.items()}

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformers.utils import ModelOutput
 
 from hooks_mm.attention import NAMES
 
@@ -47,10 +48,13 @@ def edited(hp: HookPoint, value: Tensor) -> Tensor | None:
 
 
 def first(out: Any) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out
+    return out[0] if isinstance(out, (tuple, ModelOutput)) else out
 
 
 def replace_first(out: Any, h: Tensor) -> Any:
+    if isinstance(out, ModelOutput):  # a module returning a ModelOutput (Molmo2's projector): its first field
+        out[next(iter(out.keys()))] = h
+        return out
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 

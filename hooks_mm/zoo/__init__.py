@@ -50,6 +50,7 @@ BUILDERS: dict[str, str] = {
     "llava_next_video": "llava_more:build_llava_next_video",
     "gemma4": "gemma4:build_gemma4",
     "fuyu": "fuyu:build_fuyu",
+    "molmo2": "molmo2:build_molmo2",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
