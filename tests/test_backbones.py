@@ -52,6 +52,7 @@ CASES = {
     ),
     "cohere": ("CohereConfig", {"use_qk_norm": True}),
     "persimmon": ("PersimmonConfig", {"qk_layernorm": True}),
+    "molmo2_text": ("Molmo2TextConfig", {"head_dim": 8, "qk_norm_type": "olmo", "additional_vocab_size": 0}),
 }
 
 

@@ -172,6 +172,21 @@ MOLMO2 = Backbone(
     "before them); the post-norm variant (norm_after) is refused",
 )
 
+KOSMOS2_5 = Backbone(
+    "kosmos2_5",
+    o="out_proj",
+    ln1="self_attn_layer_norm",
+    ln2="final_layer_norm",
+    attn_out="self_attn.out_proj",
+    mlp="ffn",
+    gate=None,
+    up="fc1",
+    down="fc2",
+    mlp_out="ffn",
+    notes="Kosmos-2.5 text block: LayerNorm pre-norm, out_proj; ungated MLP fc1 -> act -> ffn_layernorm -> fc2 "
+    "(hook_pre is fc1's output, hook_post fc2's input: after the inner norm)",
+)
+
 GEMMA4 = Backbone(
     "gemma4",
     ln2="pre_feedforward_layernorm",
@@ -209,6 +224,7 @@ BACKBONES: dict[str, Backbone] = {
     "gemma4_text": GEMMA4,
     "persimmon": PERSIMMON,
     "molmo2_text": MOLMO2,
+    "kosmos_2_5_text_model": KOSMOS2_5,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

@@ -20,10 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from hooks_mm.adapters.base import (
     Adapter,
     ImagePlan,
+    config_get,
     grid_plan,
     lm_paths,
     runs,
@@ -169,15 +171,62 @@ MOLMO2 = Adapter(
 )
 
 # ---------------------------------------------------------------------------------------
+# Kosmos-2.5
+
+
+def kosmos2_5_image_mask(config: Any, input_ids: Tensor) -> Tensor:
+    """Runs of exactly ``latent_query_num`` image tokens (``<s>``, the text model's BOS id unless the config
+    names an ``image_token_id``): the BOS that opens each prompt is the same id but a run of one."""
+    token = config_get(config, "image_token_id", "bos_token_id")
+    n = int(config.latent_query_num)
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    for b, row in enumerate(input_ids == token):
+        for start, end in runs(row):
+            mask[b, start:end] = end - start == n
+    return mask
+
+
+def kosmos2_5_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
+    """``latent_query_num`` resampler latents per image, ``(0, -1, k)``: no patch grid."""
+    from hooks_mm.adapters.idefics2_deepseek import latent_plan
+
+    if inputs.get("flattened_patches") is None:
+        return []
+    mask = kosmos2_5_image_mask(config, inputs["input_ids"])
+    given = inputs.get("image_embeds_position_mask")
+    if given is None or not torch.equal(torch.as_tensor(given) == 1, mask):
+        raise ValueError(
+            "Kosmos-2.5 writes its image latents where image_embeds_position_mask == 1; here that mask is missing or "
+            "is not the run of latent_query_num image tokens after <image> in each row: pass the mask the "
+            "processor made (moved with the row's padding)."
+        )
+    return [latent_plan(int(config.latent_query_num)) for row in mask if row.any()]
+
+
+KOSMOS2_5 = Adapter(
+    name="kosmos2_5",
+    architectures=("Kosmos2_5ForConditionalGeneration",),
+    layers="text_model.model.layers",
+    embed="text_model.model.embed_tokens",
+    final_norm="text_model.model.layer_norm",
+    projector="image_to_text_projection",
+    image_mask=kosmos2_5_image_mask,
+    image_plans=kosmos2_5_plans,
+    notes=(
+        "kosmos_2_5_text_model backbone (row 'kosmos2_5'); latents written into embed_tokens' output, which is then "
+        "scaled by sqrt(d) (scale_embedding) and given sinusoidal positions plus a segment embedding before block 0 "
+        "(hook_embed: the unscaled embedding, blocks.0.hook_resid_pre: what block 0 reads); the projector "
+        "(image_to_text_projection: dense + latent-query cross-attention) output rows are the image positions."
+    ),
+)
+
+# ---------------------------------------------------------------------------------------
 # classes refused, with the reason (HookedMLLM names it instead of "no adapter")
 
 REFUSED = {
-    "Kosmos2_5ForConditionalGeneration": "Kosmos-2.5's text decoder (scaled embeddings plus sinusoidal positions "
-    "added inside the text model, fc1 / inner ffn_layernorm / fc2 MLP) has no backbone row, and its image positions "
-    "are resampler latents (image_embeds_position_mask) with no patch grid",
     "Phi4MultimodalForCausalLM": "Phi-4-multimodal writes HD crops with learned sub-/global-image separators "
     "through embed_tokens_extend, and its checkpoints apply vision / speech LoRA adapters to the decoder's "
-    "projections; hooks_mm has no row for either yet",
+    "projections; hooks_mm has no row for either yet"
 }
 
 
@@ -190,5 +239,5 @@ def _refuse(name: str, reason: str) -> Any:
     return fn
 
 
-ADAPTERS = (*ADAPTERS, MOLMO2)
+ADAPTERS = (*ADAPTERS, MOLMO2, KOSMOS2_5)
 VARIANTS = {name: _refuse(name, reason) for name, reason in REFUSED.items()}

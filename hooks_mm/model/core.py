@@ -133,7 +133,7 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_heads=n_heads,
             n_key_value_heads=getattr(shape, "num_key_value_heads", n_heads),
             d_head=getattr(shape, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
-            d_mlp=getattr(text_config, "intermediate_size", None),
+            d_mlp=getattr(text_config, "intermediate_size", None) or getattr(text_config, "ffn_dim", None),
             d_vocab=out_emb.weight.shape[0] if out_emb is not None else getattr(text_config, "vocab_size", None),
             cross_attn_layers=sorted(cross),
             injection_layers=sorted(inject),

@@ -51,6 +51,7 @@ BUILDERS: dict[str, str] = {
     "gemma4": "gemma4:build_gemma4",
     "fuyu": "fuyu:build_fuyu",
     "molmo2": "molmo2:build_molmo2",
+    "kosmos2_5": "kosmos2_5:build_kosmos2_5",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
