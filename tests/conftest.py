@@ -26,7 +26,7 @@ VIDEO_FAMILIES = [
     "video_llava",
     "llava_next_video",
 ]
-AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio"]
+AUDIO_FAMILIES = ["qwen2_audio", "voxtral", "qwen2_5_omni", "anygpt_audio", "gemma4_audio"]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
     **dict.fromkeys(
@@ -71,6 +71,7 @@ N_IMAGES = {
     ),
     "fuyu": 2,
     "kosmos2_5": 2,
+    "gemma4_audio": 1,
 }
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}

@@ -19,7 +19,13 @@ from hooks_mm.interventions import AttentionKnockout, Intervention, NeuronAblati
 
 # seconds per LM audio step, from the feature extractors / tokenizers (independent of the layout):
 # Whisper-style: 10 ms hop x conv stride 2 x pool 2; Voxtral: x 4 frames per token; AnyGPT: 40 ms codes
-SECONDS_PER_STEP = {"qwen2_audio": 0.04, "qwen2_5_omni": 0.04, "voxtral": 0.08, "anygpt_audio": 0.04}
+SECONDS_PER_STEP = {
+    "qwen2_audio": 0.04,
+    "qwen2_5_omni": 0.04,
+    "voxtral": 0.08,
+    "anygpt_audio": 0.04,
+    "gemma4_audio": 0.04,
+}
 # seconds per LM video frame: temporal_patch_size (2) / fps (2) where the model receives a rate
 SECONDS_PER_FRAME = {"qwen2_5_vl_video": 1.0, "qwen2_5_omni": 1.0}
 

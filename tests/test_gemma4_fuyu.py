@@ -96,10 +96,11 @@ def test_gemma4_blocks_with_unhooked_terms_are_refused(extra: dict, named: str) 
         HookedMLLM(Gemma4ForConditionalGeneration(config).eval())
 
 
-def test_gemma4_audio_inputs_are_refused_not_read_as_text() -> None:
-    p = pair_for("gemma4")
-    with pytest.raises(NotImplementedError, match="audio"):
-        p.model.layout({**p.inputs, "input_features": torch.zeros(1, 8, 128)})
+def test_gemma4_audio_row_only_where_the_model_has_an_audio_tower() -> None:
+    """E2B / E4B-style (audio tower): audio positions and embed_audio; 31B-style (none): no audio hooks."""
+    assert pair_for("gemma4").model.adapter.audio_projector is None
+    m = pair_for("gemma4_audio").model
+    assert m.adapter.audio_projector == "model.embed_audio" and "hook_audio_projector_out" in m.hook_dict
 
 
 def test_fuyu_plan_cells_are_the_patches_written_there() -> None:
@@ -179,3 +180,21 @@ def test_kosmos2_5_image_positions_are_the_written_mask_and_a_stale_mask_is_refu
     stale[:, 2:10] = 1
     with pytest.raises(ValueError, match="image_embeds_position_mask"):
         p.model.layout({**p.inputs, "image_embeds_position_mask": stale})
+
+
+def test_gemma4_audio_projector_edit_lands_on_exactly_the_audio_positions() -> None:
+    p = pair_for("gemma4_audio")
+    m = p.model
+    audio = m.layout(p.inputs).modality == Modality.AUDIO
+    _, clean = m.run_with_cache(p.inputs, names_filter="blocks.0.hook_resid_pre")
+    seen: dict[str, torch.Tensor] = {}
+    m.run_with_hooks(
+        p.inputs,
+        fwd_hooks=[
+            ("hook_audio_projector_out", lambda x, hook: x + 1.0),
+            ("blocks.0.hook_resid_pre", lambda x, hook: seen.__setitem__("r", x.detach())),
+        ],
+    )
+    moved = (seen["r"] - clean["blocks.0.hook_resid_pre"]).abs().amax(-1) > 1e-4
+    assert audio.any() and torch.equal(moved & p.real, audio)
+    assert m.layout(p.inputs).n_audios == 2

@@ -7,7 +7,8 @@
   ``embed_vision`` (the projector: a scale-free RMS norm + linear) maps the stripped soft tokens
   1:1 onto the ``<|image|>`` positions (``masked_scatter``, images in ``pixel_values`` order). The
   processor wraps every image as ``<boi>`` + tokens + ``<eoi>``. Audio clips (``<|audio|>``,
-  ``input_features``) are refused (no audio row yet).
+  ``input_features``) are audio positions when the model has an audio tower (``GEMMA4_AUDIO``):
+  one run per clip, a step per 40 ms, ``embed_audio`` the audio projector.
 * Fuyu (``FuyuForCausalLM``): no vision tower; ``vision_embed_tokens`` (a linear over raw
   ``patch x patch`` pixel patches) is the projector. The processor writes, per image, one
   ``|SPEAKER|`` placeholder per patch row-major and one ``|NEWLINE|`` after every row;
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,9 +27,11 @@ from torch import Tensor
 from hooks_mm.adapters.base import (
     Adapter,
     ImagePlan,
+    MediaPlan,
     config_get,
     grid_plan,
     lm_paths,
+    run_lengths,
     runs,
     softcap_logits,
     special_ids,
@@ -42,11 +46,6 @@ _gemma4_image_mask = token_id_mask("image_token_id")
 
 def gemma4_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     """One row-major ``(H / p / k) x (W / p / k)`` grid of pooled cells per image."""
-    if inputs.get("input_features") is not None:
-        raise NotImplementedError(
-            "Gemma-4 audio (input_features) is not supported by hooks_mm yet: its audio positions would be read as "
-            "text. Pass images and text only."
-        )
     if inputs.get("pixel_values_videos") is not None:
         raise NotImplementedError(
             "Gemma-4 video (pixel_values_videos) is not supported by hooks_mm yet: its frames' positions would be "
@@ -65,6 +64,20 @@ def gemma4_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
         plans.append(grid_plan(int(rows), int(cols)))
     return plans
 
+
+def gemma4_audio_plans(config: Any, inputs: dict[str, Any], processor: Any = None) -> list[MediaPlan]:
+    """One plan per clip (each clip is one run of ``<|audio|>`` between ``<boa>`` / ``<eoa>``): a step is four
+    feature frames (two stride-2 convolutions), 40 ms at the feature extractor's 10 ms hop."""
+    from hooks_mm.media import feature_seconds
+
+    if inputs.get("input_features") is None:
+        return []
+    seconds = feature_seconds(processor) if processor is not None else None
+    steps = run_lengths(_gemma4_audio_mask(config, inputs["input_ids"]), inputs.get("attention_mask"))
+    return [MediaPlan.audio(n, None if seconds is None else 4 * seconds) for n in steps]
+
+
+_gemma4_audio_mask = token_id_mask("audio_token_id")
 
 GEMMA4 = Adapter(
     name="gemma4",
@@ -94,6 +107,13 @@ def fuyu_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
         return []
     mask = _fuyu_image_mask(config, inputs["input_ids"])
     am = inputs.get("attention_mask")
+    patches = torch.as_tensor(inputs["pixel_values"]).shape[:-1].numel()
+    if int(mask.sum()) != patches:
+        raise ValueError(
+            f"image token count does not match the images: input_ids hold {int(mask.sum())} |SPEAKER| positions "
+            f"but pixel_values hold {patches} patches. Build inputs with the model's processor "
+            "(HookedMLLM.to_inputs), one image per prompt."
+        )
     plans = []
     for b, row in enumerate(mask if am is None else mask & torch.as_tensor(am).bool()):
         lengths = [end - start for start, end in runs(row)]
@@ -127,6 +147,11 @@ FUYU = Adapter(
 )
 
 ADAPTERS = (GEMMA4, FUYU)  # + MOLMO2 below
+
+# a Gemma-4 with an audio tower (E2B / E4B): its audio positions and projector (embed_audio) too
+GEMMA4_AUDIO = replace(
+    GEMMA4, audio_mask=_gemma4_audio_mask, audio_plans=gemma4_audio_plans, audio_projector="model.embed_audio"
+)
 
 # ---------------------------------------------------------------------------------------
 # Molmo2
@@ -196,9 +221,10 @@ def kosmos2_5_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
     given = inputs.get("image_embeds_position_mask")
     if given is None or not torch.equal(torch.as_tensor(given) == 1, mask):
         raise ValueError(
-            "Kosmos-2.5 writes its image latents where image_embeds_position_mask == 1; here that mask is missing or "
-            "is not the run of latent_query_num image tokens after <image> in each row: pass the mask the "
-            "processor made (moved with the row's padding)."
+            "image token count does not match the images: Kosmos-2.5 writes its latents where "
+            "image_embeds_position_mask == 1, and here that mask is missing or is not the run of latent_query_num "
+            "image tokens after <image> in each row. Build inputs with the model's processor (HookedMLLM.to_inputs) "
+            "with right padding, or move the mask with each row's left padding."
         )
     return [latent_plan(int(config.latent_query_num)) for row in mask if row.any()]
 
@@ -241,3 +267,6 @@ def _refuse(name: str, reason: str) -> Any:
 
 ADAPTERS = (*ADAPTERS, MOLMO2, KOSMOS2_5)
 VARIANTS = {name: _refuse(name, reason) for name, reason in REFUSED.items()}
+VARIANTS["Gemma4ForConditionalGeneration"] = lambda config: (
+    GEMMA4_AUDIO if getattr(config, "audio_config", None) is not None else GEMMA4
+)

@@ -49,6 +49,7 @@ BUILDERS: dict[str, str] = {
     "mistral3": "llava_more:build_mistral3",
     "llava_next_video": "llava_more:build_llava_next_video",
     "gemma4": "gemma4:build_gemma4",
+    "gemma4_audio": "gemma4:build_gemma4_audio",
     "fuyu": "fuyu:build_fuyu",
     "molmo2": "molmo2:build_molmo2",
     "kosmos2_5": "kosmos2_5:build_kosmos2_5",

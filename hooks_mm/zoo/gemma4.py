@@ -100,15 +100,39 @@ def gemma4_config(tokenizer: Any) -> Any:
     return Gemma4Config(text_config=text, vision_config=vision, audio_config=None, **ids)
 
 
-def build_gemma4(seed: int = 0) -> Tiny:
-    from transformers import Gemma4ForConditionalGeneration
+AUDIO_PROMPTS = ["user : <|image|> <|audio|> what is in the image ? model :", "user : <|audio|> what ? model :"]
 
-    processor = gemma4_processor()
-    model = init_model(Gemma4ForConditionalGeneration, gemma4_config(processor.tokenizer), seed)
+
+def _model(processor: Any, seed: int, audio: bool = False) -> Any:
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    config = gemma4_config(processor.tokenizer)
+    if audio:  # the subsampling convolutions assume 128 mel bins: channels[0] // 4 * channels[1] = 128 // 4 * 4
+        tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, conv_kernel_size=3)
+        tower |= dict(subsampling_conv_channels=[128, 4], output_proj_dims=32)
+        config = Gemma4Config(**{**config.to_dict(), "audio_config": tower})
+    model = init_model(Gemma4ForConditionalGeneration, config, seed)
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():  # per-layer output scales away from 1, so the hooks must account for them
         for layer in model.model.language_model.layers:
             layer.layer_scalar.copy_(0.5 + torch.rand(1, generator=g))
+    return model
+
+
+def build_gemma4(seed: int = 0) -> Tiny:
+    processor = gemma4_processor()
     images = sample_images(seed, [(24, 32), (32, 24), (28, 28)])
     inputs = processor_batch(processor, PROMPTS, images=[images[:2], images[2:]])
-    return Tiny(model=model, inputs=inputs, processor=processor)
+    return Tiny(model=_model(processor, seed), inputs=inputs, processor=processor)
+
+
+def build_gemma4_audio(seed: int = 0) -> Tiny:
+    """Gemma-4 with an audio tower (as E2B / E4B): row 0 an image and a 0.5 s clip, row 1 a 0.3 s clip."""
+    import numpy as np
+
+    processor = gemma4_processor()
+    rng = np.random.RandomState(seed)
+    clips = [rng.randn(n).astype(np.float32) * 0.1 for n in (8000, 4800)]
+    images = sample_images(seed, [(24, 32)])
+    inputs = processor_batch(processor, AUDIO_PROMPTS, images=[images, []], audio=clips)
+    return Tiny(model=_model(processor, seed, audio=True), inputs=inputs, processor=processor)
