@@ -1,4 +1,4 @@
-"""Gemma-4 and Fuyu wrapper rows.
+"""Gemma-4, Fuyu, Molmo2 and Kosmos-2.5 wrapper rows (Phi-4-multimodal refused with its reason).
 
 * Gemma-4 (``Gemma4ForConditionalGeneration``): the vision tower patchifies each image at its own
   (aspect-preserving) size, ``image_position_ids[i]`` holding each patch's ``(x, y)`` (``-1``
@@ -8,12 +8,16 @@
   1:1 onto the ``<|image|>`` positions (``masked_scatter``, images in ``pixel_values`` order). The
   processor wraps every image as ``<boi>`` + tokens + ``<eoi>``. Audio clips (``<|audio|>``,
   ``input_features``) are audio positions when the model has an audio tower (``GEMMA4_AUDIO``):
-  one run per clip, a step per 40 ms, ``embed_audio`` the audio projector.
+  one run per clip, a step per 40 ms, ``embed_audio`` the audio projector. Video is refused.
 * Fuyu (``FuyuForCausalLM``): no vision tower; ``vision_embed_tokens`` (a linear over raw
-  ``patch x patch`` pixel patches) is the projector. The processor writes, per image, one
-  ``|SPEAKER|`` placeholder per patch row-major and one ``|NEWLINE|`` after every row;
-  ``image_patches_indices`` says which patch each position receives (-1: none), so the image
-  positions are ``image_patches_indices >= 0``, the newlines are separators ``(0, r, -1)``.
+  ``patch x patch`` pixel patches) is the projector, its output ``masked_scatter``-ed at the
+  ``|SPEAKER|`` positions: per image one per patch, row-major, each patch row followed by a
+  ``|NEWLINE|`` text token (outside the image positions).
+* Molmo2: per image a low-resolution grid (tile 0) then the overlapping-crop mosaic (tile 1), both
+  2 x 2-pooled cells row-major (``image_grids``), ``<im_col>`` text tokens closing each row; the
+  features are ADDED to the ``<im_patch>`` embeddings. Video is refused.
+* Kosmos-2.5: ``latent_query_num`` resampler latents per image (no patch grid) written where
+  ``image_embeds_position_mask == 1``: the run of ``<s>`` tokens after ``<image>``.
 """
 
 from __future__ import annotations
@@ -250,9 +254,9 @@ KOSMOS2_5 = Adapter(
 # classes refused, with the reason (HookedMLLM names it instead of "no adapter")
 
 REFUSED = {
-    "Phi4MultimodalForCausalLM": "Phi-4-multimodal writes HD crops with learned sub-/global-image separators "
-    "through embed_tokens_extend, and its checkpoints apply vision / speech LoRA adapters to the decoder's "
-    "projections; hooks_mm has no row for either yet"
+    "Phi4MultimodalForCausalLM": "Phi-4-multimodal's image path (embed_tokens_extend) is not mapped yet: HD "
+    "sub-image mosaic rows each closed by a learned separator, a global separator, then the global image's rows, "
+    "projected in two steps per image, and its image processor needs torchvision; its audio path neither"
 }
 
 
