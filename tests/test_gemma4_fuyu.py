@@ -81,7 +81,6 @@ def test_gemma4_heads_have_each_layer_s_size() -> None:
             "num_kv_shared_layers",
         ),
         ({"enable_moe_block": True, "num_experts": 2, "top_k_experts": 1, "moe_intermediate_size": 8}, "experts"),
-        ({"attention_k_eq_v": True}, "attention_k_eq_v"),
     ],
 )
 def test_gemma4_blocks_with_unhooked_terms_are_refused(extra: dict, named: str) -> None:
@@ -198,3 +197,46 @@ def test_gemma4_audio_projector_edit_lands_on_exactly_the_audio_positions() -> N
     moved = (seen["r"] - clean["blocks.0.hook_resid_pre"]).abs().amax(-1) > 1e-4
     assert audio.any() and torch.equal(moved & p.real, audio)
     assert m.layout(p.inputs).n_audios == 2
+
+
+def test_gemma4_k_eq_v_layers_keep_hook_k_and_hook_v_apart() -> None:
+    """attention_k_eq_v: a full-attention layer has no v_proj and reads its values from k_proj's output. hook_k /
+    hook_v are the inputs of k_norm / v_norm: both that output, and an edit to one reaches only keys or values."""
+    from transformers import Gemma4ForConditionalGeneration
+
+    p = pair_for("gemma4")
+    config = p.bare.config.to_dict()
+    text = {k: v for k, v in config["text_config"].items() if k != "per_layer_config"}
+    text |= {"attention_k_eq_v": True, "global_head_dim": 16, "num_global_key_value_heads": 1}
+    config = type(p.bare.config)(**{**config, "text_config": text})
+    torch.manual_seed(0)
+    bare = Gemma4ForConditionalGeneration(config).eval()
+    model = HookedMLLM(copy.deepcopy(bare))
+    attn = bare.model.language_model.layers[1].self_attn
+    assert attn.v_proj is None and attn.head_dim == 16
+    with torch.no_grad():
+        assert torch.equal(model(p.inputs), bare(**p.inputs).logits)
+    seen = {}
+    handle = attn.k_proj.register_forward_hook(lambda m, i, out: seen.__setitem__("k", out))
+    try:
+        _, cache = model.run_with_cache(p.inputs, names_filter=lambda n: n.startswith("blocks.1.attn.hook_"))
+        with torch.no_grad():
+            bare(**p.inputs)
+    finally:
+        handle.remove()
+    k = seen["k"].unflatten(-1, (-1, 16))
+    assert torch.equal(cache["blocks.1.attn.hook_k"], k) and torch.equal(cache["blocks.1.attn.hook_v"], k)
+    noise = torch.randn(16, generator=torch.Generator().manual_seed(5))
+    results = {}
+    for key in ("k", "v"):
+        with torch.no_grad():
+            ours = model.run_with_hooks(p.inputs, fwd_hooks=[(f"blocks.1.attn.hook_{key}", lambda x, hook: x + noise)])
+            norm = getattr(attn, f"{key}_norm")
+            handle = norm.register_forward_pre_hook(lambda m, args: (args[0] + noise,))
+            try:
+                ref = bare(**p.inputs).logits
+            finally:
+                handle.remove()
+        assert (ours - ref)[p.real].abs().max().item() <= 1e-5
+        results[key] = ours
+    assert (results["k"] - results["v"])[p.real].abs().max().item() > 1e-4

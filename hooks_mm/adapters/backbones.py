@@ -59,6 +59,9 @@ class Backbone:
     v: str | None = "v_proj"
     # fused [q; k; v] projection inside attn (Phi-3): hook_q / hook_k / hook_v are split views of its output
     qkv: str | None = None
+    # q / k / v name the per-head norms whose INPUTS are hook_q / hook_k / hook_v (the projections' outputs as
+    # [.., head, d_head]): Gemma-4, whose k=v attention reads its values from k_proj (no v_proj)
+    qkv_norms: bool = False
     # qkv's output laid out per head as [head, (q, k, v), d_head] (Persimmon / GPT-NeoX), not [q; k; v]
     qkv_per_head: bool = False
     o: str = "o_proj"
@@ -189,6 +192,10 @@ KOSMOS2_5 = Backbone(
 
 GEMMA4 = Backbone(
     "gemma4",
+    q="q_norm",
+    k="k_norm",
+    v="v_norm",
+    qkv_norms=True,
     ln2="pre_feedforward_layernorm",
     attn_out="post_attention_layernorm",
     mlp_out=None,
@@ -200,13 +207,13 @@ GEMMA4 = Backbone(
         ("num_kv_shared_layers", "layers that reuse another layer's keys and values (num_kv_shared_layers) and so "
          "have no k_proj / v_proj for attn.hook_k / hook_v"),
         ("enable_moe_block", "a mixture-of-experts branch (router / experts) beside the MLP that no hook point holds"),
-        ("attention_k_eq_v", "full-attention layers whose values are their keys (attention_k_eq_v, no v_proj): "
-         "attn.hook_k and hook_v would be one tensor"),
     ),
-    notes="Gemma-4 dense block: sandwich norms as Gemma-3, q/k/v norms, per-layer head sizes (full-attention layers "
-    "wider), then the whole output times the layer's layer_scalar: hook_mlp_out is derived (resid_post - "
-    "resid_mid: the post-norm MLP output times layer_scalar plus (layer_scalar - 1) * resid_mid), an edit at "
-    "resid_mid is scaled by layer_scalar as the block scales its residual",
+    notes="Gemma-4 dense block: sandwich norms as Gemma-3, q/k/v norms (hook_q/k/v are their inputs: the "
+    "projections' outputs; with attention_k_eq_v a full-attention layer's values are k_proj's output, before "
+    "k_norm / v_norm), per-layer head sizes (full-attention layers wider), then the whole output times the "
+    "layer's layer_scalar: hook_mlp_out is derived (resid_post - resid_mid: the post-norm MLP output times "
+    "layer_scalar plus (layer_scalar - 1) * resid_mid), an edit at resid_mid is scaled by layer_scalar as the "
+    "block scales its residual",
 )  # fmt: skip
 
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)

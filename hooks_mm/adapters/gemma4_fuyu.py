@@ -93,8 +93,8 @@ GEMMA4 = Adapter(
     special_ids=special_ids("boi_token_id", "eoi_token_id", "boa_token_id", "eoa_token_index"),
     logits_post=softcap_logits,
     notes=(
-        "gemma4_text backbone (row 'gemma4': sandwich norms, layer_scalar; per-layer inputs, shared KV, MoE and "
-        "k=v attention refused); mm_token_type_ids make each image bidirectional in sliding layers; the projector "
+        "gemma4_text backbone (row 'gemma4': sandwich norms, layer_scalar, k=v attention; per-layer inputs, shared "
+        "KV and MoE refused); mm_token_type_ids make each image bidirectional in sliding layers; the projector "
         "(embed_vision) output rows are exactly the image positions; the head soft-caps the logits."
     ),
 )

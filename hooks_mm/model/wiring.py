@@ -191,7 +191,9 @@ class Wiring:
                 self._fwd(attn.get_submodule(a.qkv), fused(qkv, sizes, d_head))
             else:
                 for key, hp in zip(("q", "k", "v"), qkv):
-                    if hp is not None:
+                    if hp is not None and a.qkv_norms:  # the per-head norm's input: [.., head, d_head] already
+                        self._pre(attn.get_submodule(getattr(a, key)), in_hook(hp))
+                    elif hp is not None:
                         self._fwd(attn.get_submodule(getattr(a, key)), heads_out(hp, dh))
             if f"{p}{attn_name}.hook_z" in live:
                 self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"], dh))
