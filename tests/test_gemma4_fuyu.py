@@ -240,3 +240,13 @@ def test_gemma4_k_eq_v_layers_keep_hook_k_and_hook_v_apart() -> None:
         assert (ours - ref)[p.real].abs().max().item() <= 1e-5
         results[key] = ours
     assert (results["k"] - results["v"])[p.real].abs().max().item() > 1e-4
+
+
+def test_to_inputs_refuses_media_when_the_processor_is_only_a_tokenizer() -> None:
+    """A saved model whose processor does not load back comes with its tokenizer: images must not vanish."""
+    from hooks_mm.zoo.llava import sample_images
+
+    p = pair_for("fuyu")
+    model = HookedMLLM(p.model.hf_model, p.model.processor.tokenizer)
+    with pytest.raises(ValueError, match="only its tokenizer.*images given would be dropped"):
+        model.to_inputs(["what is in the image ?"], images=sample_images(0, [(24, 32)]))

@@ -68,7 +68,7 @@ def build_kosmos2_5(seed: int = 0) -> Tiny:
     )  # fmt: skip
     vision = dict(
         hidden_size=32, patch_embed_hidden_size=4 * 4 * 3, intermediate_size=64, head_dim=16, num_hidden_layers=2,
-        num_attention_heads=2, max_num_patches=64,
+        num_attention_heads=2, max_num_patches=4096,
     )  # fmt: skip
     config = Kosmos2_5Config(text_config=text, vision_config=vision, latent_query_num=LATENTS)
     model = init_model(Kosmos2_5ForConditionalGeneration, config, seed)
