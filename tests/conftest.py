@@ -51,6 +51,7 @@ AUDIO_FAMILIES = [
     "granite_speech",
     "granite_speech_plus",
     "fun_asr_nano",
+    "gemma4_audio",
 ]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
@@ -65,6 +66,7 @@ N_IMAGES = {
             "gemma3",
             "hyperclovax_vision_v2",
             "got_ocr2",
+            "gemma4",
             "idefics2",
             "idefics3",
             "internvl",
@@ -76,6 +78,7 @@ N_IMAGES = {
             "mistral3",
             "mllama",
             "ovis2",
+            "molmo2",
             "paligemma",
             "paligemma2",
             "paddleocr_vl",
@@ -111,6 +114,9 @@ N_IMAGES = {
         ],
         1,
     ),
+    "fuyu": 2,
+    "kosmos2_5": 2,
+    "gemma4_audio": 1,
 }
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}

@@ -80,6 +80,8 @@ CASES = {
         "Lfm2Config",
         {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False, "pad_token_id": PAD},
     ),
+    "persimmon": ("PersimmonConfig", {"qk_layernorm": True}),
+    "molmo2_text": ("Molmo2TextConfig", {"head_dim": 8, "qk_norm_type": "olmo", "additional_vocab_size": 0}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -247,6 +249,16 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice | list[
             "mlp.hook_pre": (gate_up, slice(0, t.intermediate_size)),
             "mlp.hook_pre_linear": (gate_up, slice(t.intermediate_size, None)),
         }
+    if case.name == "persimmon":  # query_key_value laid out [head, (q, k, v), d_head]; ungated MLP
+        d = t.hidden_size // t.num_attention_heads
+        per_head = lambda j: (torch.arange(t.num_attention_heads)[:, None] * 3 * d + j * d + torch.arange(d)).flatten()  # noqa: E731
+        qkv = layer.self_attn.query_key_value
+        return {
+            "attn.hook_q": (qkv, per_head(0)),
+            "attn.hook_k": (qkv, per_head(1)),
+            "attn.hook_v": (qkv, per_head(2)),
+            "mlp.hook_pre": (layer.mlp.dense_h_to_4h, slice(None)),
+        }
     a, hd = layer.self_attn, t.head_dim if case.name == "qwen3_5_text" else None
     query = [h * 2 * hd + j for h in range(t.num_attention_heads) for j in range(hd)] if hd else slice(None)
     attn = {
@@ -272,6 +284,8 @@ def test_projection_hooks_are_the_projections_and_their_edits_take_effect(case: 
         if not _dense(case):
             return
         l = _dense(case)[-1]
+    if hook not in _projections(case, l):
+        pytest.skip(f"{case.name}: ungated MLP, no {hook}")
     module, part = _projections(case, l)[hook]
     seen = {}
     case.bare_run([(module, "fwd", lambda m, i, out: seen.__setitem__("x", out[..., part]))])
@@ -328,7 +342,9 @@ def _zeroed(case: Case, neurons: dict[int, list[int]]) -> torch.Tensor:
 
         return fn
 
-    return case.bare_run([(case.mlp_part(l, "down"), "pre", zero(idx)) for l, idx in neurons.items()]).logits
+    a = case.model.adapter
+    downs = {l: case.layers[l].get_submodule(a.mlp).get_submodule(a.down) for l in neurons}
+    return case.bare_run([(downs[l], "pre", zero(idx)) for l, idx in neurons.items()]).logits
 
 
 def test_neuron_ablation_and_sweep_equal_hand_written_hooks(case: Case) -> None:

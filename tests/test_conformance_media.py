@@ -30,6 +30,7 @@ SECONDS_PER_STEP = {
     "granite_speech": 0.1,  # 2 stacked mel frames x downsample_rate 5 per query
     "granite_speech_plus": 0.1,
     "fun_asr_nano": 0.06,  # low frame rate: every 6th 10 ms fbank frame
+    "gemma4_audio": 0.04,
 }
 # steps that share one start time: the Q-Former queries of one projector window (3 per 15 frames)
 STEPS_PER_TIME = {"granite_speech": 3, "granite_speech_plus": 3}

@@ -6,8 +6,9 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
-from hooks_mm.adapters.backbones import BACKBONES, Backbone, backbone_for, check_backbone
+from hooks_mm.adapters.backbones import BACKBONES, Backbone, backbone_for
 from hooks_mm.adapters.base import Adapter, ImagePlan, MediaPlan, config_get, grid_plan, square_side, token_id_mask
+from hooks_mm.adapters.block_check import check_backbone
 
 ADAPTERS: dict[str, Adapter] = {}
 # architectures whose HF class covers several layouts: config -> Adapter

@@ -3,7 +3,8 @@
 A wrapper (LLaVA, PaliGemma, ...) says where media enter; the decoder block under it is
 described here, chosen from the text config's ``model_type`` (:func:`backbone_for`), so any
 wrapper composes with any backbone. A ``model_type`` with no row is read as Llama-like and
-accepted only when its block passes :func:`check_backbone` (every path the row names exists,
+accepted only when its block passes :func:`~hooks_mm.adapters.block_check.check_backbone`
+(every path the row names exists,
 every other child of the block is a dropout, no sandwich / post-norms or multipliers the row does
 not account for); otherwise it is refused, naming the ``model_type``, the block and the problem.
 
@@ -59,8 +60,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from torch import nn
-
 
 @dataclass(frozen=True)
 class Moe:
@@ -110,6 +109,11 @@ class Backbone:
     v: str | None = "v_proj"
     # fused [q; k; v] projection inside attn (Phi-3): hook_q / hook_k / hook_v are split views of its output
     qkv: str | None = None
+    # q / k / v name the per-head norms whose INPUTS are hook_q / hook_k / hook_v (the projections' outputs as
+    # [.., head, d_head]): Gemma-4, whose k=v attention reads its values from k_proj (no v_proj)
+    qkv_norms: bool = False
+    # qkv's output laid out per head as [head, (q, k, v), d_head] (Persimmon / GPT-NeoX), not [q; k; v]
+    qkv_per_head: bool = False
     o: str = "o_proj"
     ln1: str = "input_layernorm"
     # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms); None: parallel block
@@ -138,6 +142,12 @@ class Backbone:
     q_gated: bool = False
     # hybrid stacks: the layers whose layer_types value a Mixer names hold it instead of attention
     mixers: tuple[Mixer, ...] = ()
+    # a buffer of the layer that multiplies the block's whole output, residual included (Gemma-4 layer_scalar):
+    # the row derives hook_mlp_out (post - mid) and an edit at resid_mid is scaled by it as the block scales it
+    out_scale: str | None = None
+    # modules of the block the row accounts for inside a derived hook (Gemma-4's post_feedforward_layernorm,
+    # (text-config field, the term it adds): a config where the field is set (truthy) is refused with that reason
+    refuse: tuple[tuple[str, str], ...] = ()
     notes: str = ""
 
     def mixer(self, text_config: Any, index: int) -> Mixer | None:
@@ -153,7 +163,7 @@ class Backbone:
 
     def is_moe(self, layer: Any) -> bool:
         """Whether ``layer``'s MLP is this row's mixture of experts (else a dense MLP)."""
-        return self.moe is not None and _has(layer, f"{self.mlp}.{self.moe.experts}")
+        return self.moe is not None and has_module(layer, f"{self.mlp}.{self.moe.experts}")
 
     def paths(self, moe: bool = False, mixer: Mixer | None = None) -> list[str]:
         """Every module path the row names, relative to the decoder layer (``moe``: of a MoE layer; a
@@ -294,6 +304,72 @@ LFM2 = Backbone(
     "norm is embedding_norm",
 )
 
+PERSIMMON = Backbone(
+    "persimmon",
+    q=None,
+    k=None,
+    v=None,
+    qkv="query_key_value",
+    qkv_per_head=True,
+    norm="final_layernorm",
+    o="dense",
+    attn_out="self_attn.dense",
+    gate=None,
+    up="dense_h_to_4h",
+    down="dense_4h_to_h",
+    notes="Persimmon (Fuyu): LayerNorm pre-norm block, fused query_key_value laid out per head [head, (q, k, v), "
+    "d_head] (hook_q/k/v are its views, before q/k_layernorm), dense output; ungated MLP dense_h_to_4h -> act -> "
+    "dense_4h_to_h (hook_pre is dense_h_to_4h's output, no hook_pre_linear)",
+)
+
+MOLMO2 = Backbone(
+    "molmo2",
+    refuse=(("norm_after", "norm_after=True: its norms normalise the attention and MLP outputs, not their inputs"),),
+    notes="Molmo2 text block: Llama-like (q_norm / k_norm over the whole projection or per head, hook_q / hook_k "
+    "before them); the post-norm variant (norm_after) is refused",
+)
+
+KOSMOS2_5 = Backbone(
+    "kosmos2_5",
+    o="out_proj",
+    ln1="self_attn_layer_norm",
+    ln2="final_layer_norm",
+    attn_out="self_attn.out_proj",
+    mlp="ffn",
+    gate=None,
+    up="fc1",
+    down="fc2",
+    mlp_out="ffn",
+    notes="Kosmos-2.5 text block: LayerNorm pre-norm, out_proj; ungated MLP fc1 -> act -> ffn_layernorm -> fc2 "
+    "(hook_pre is fc1's output, hook_post fc2's input: after the inner norm)",
+)
+
+GEMMA4 = Backbone(
+    "gemma4",
+    q="q_norm",
+    k="k_norm",
+    v="v_norm",
+    qkv_norms=True,
+    ln2="pre_feedforward_layernorm",
+    attn_out="post_attention_layernorm",
+    mlp_out=None,
+    inside=("post_feedforward_layernorm",),
+    out_scale="layer_scalar",
+    refuse=(
+        ("hidden_size_per_layer_input", "per-layer inputs (PLE: per_layer_input_gate / per_layer_projection add a "
+         "per-layer embedding term after the MLP) that no hook point holds"),
+        ("num_kv_shared_layers", "layers that reuse another layer's keys and values (num_kv_shared_layers) and so "
+         "have no k_proj / v_proj for attn.hook_k / hook_v"),
+        ("enable_moe_block", "a mixture-of-experts branch (router / experts) beside the MLP that no hook point holds"),
+    ),
+    notes="Gemma-4 dense block: sandwich norms as Gemma-3, q/k/v norms (hook_q/k/v are their inputs: the "
+    "projections' outputs; with attention_k_eq_v a full-attention layer's values are k_proj's output, before "
+    "k_norm / v_norm), per-layer head sizes (full-attention layers wider), then the whole output times the "
+    "layer's layer_scalar: hook_mlp_out is derived (resid_post - resid_mid: the post-norm MLP output times "
+    "layer_scalar plus (layer_scalar - 1) * resid_mid), an edit at resid_mid is scaled by layer_scalar as the "
+    "block scales its residual",
+)  # fmt: skip
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -316,11 +392,11 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_vl_moe_text": QWEN3_VL_MOE,
     "qwen3_5_text": QWEN3_5,
     "lfm2": LFM2,
+    "gemma4_text": GEMMA4,
+    "persimmon": PERSIMMON,
+    "molmo2_text": MOLMO2,
+    "kosmos_2_5_text_model": KOSMOS2_5,
 }
-
-# text-config fields that scale what a block adds to the residual, the embedding or the logits
-# (Granite, MiniCPM): a row that does not account for them would put hook points off by that factor
-MULTIPLIERS = ("residual_multiplier", "embedding_multiplier", "logits_scaling", "scale_depth", "scale_emb")
 
 
 def model_type(text_config: Any) -> str:
@@ -333,86 +409,7 @@ def backbone_for(text_config: Any) -> Backbone:
     return BACKBONES.get(model_type(text_config), LLAMA)
 
 
-def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None = None) -> None:
-    """Refuse a decoder block its backbone row does not describe, before any hook point is named.
-
-    A block with fused projections, post-norms, sandwich norms, a parallel layout or residual
-    multipliers that its row does not name would give hook points that are missing or silently
-    not what is added to the residual stream. ``index``: the layer's number, for the message
-    (HookedMLLM checks every block: stacks can mix dense and MoE or attention and linear layers).
-    """
-    b: Backbone = adapter.backbone or backbone_for(text_config)
-    kind = model_type(text_config)
-    moe = b.is_moe(layer)
-    paths = b.paths(moe, b.mixer(text_config, index or 0))
-    missing = [p for p in paths if not _has(layer, p)]
-    problems = [f"no module {', '.join(missing)}"] if missing else []
-    if moe and not missing:
-        problems += moe_problems(b.moe, layer.get_submodule(b.mlp))
-    children = {name for name, _ in layer.named_children()}
-    if "pre_feedforward_layernorm" in children and b.ln2 != "pre_feedforward_layernorm":
-        problems.append("sandwich norms (pre_/post_feedforward_layernorm) the row does not name")
-    elif "post_feedforward_layernorm" in children and b.mlp_out != "post_feedforward_layernorm":
-        problems.append("a norm after the MLP (post_feedforward_layernorm) the row does not name")
-    named = {p.split(".")[0] for p in paths}
-    unknown = sorted(
-        name for name, child in layer.named_children() if name not in named and not isinstance(child, _INERT)
-    )
-    if unknown and not problems:  # a module the row does not place may sit on the residual path
-        problems.append(f"modules the row does not name ({', '.join(unknown)})")
-    if getattr(text_config, "clip_qkv", None) is not None:  # OLMo-1: q/k/v clamped after the projections
-        problems.append(f"clip_qkv={text_config.clip_qkv}: attention reads q/k/v clamped after the projections")
-    if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch
-        problems.append("swin_norm=True: its norms normalise the attention and MLP outputs, not their inputs")
-    if b.parallel and "post_attention_layernorm" in children:
-        problems.append("a second norm (post_attention_layernorm) although the row describes a parallel block")
-    scaled = {
-        m: getattr(text_config, m)
-        for m in MULTIPLIERS
-        if getattr(text_config, m, None) not in (None, 1, 1.0) and m not in b.scales
-    }
-    if scaled:
-        problems.append(f"residual / embedding / logit multipliers {scaled} the row does not account for")
-    if not problems:
-        return
-    row = f"row {b.name!r}" if kind in BACKBONES else "no row in hooks_mm.adapters.BACKBONES, read as Llama-like"
-    raise NotImplementedError(
-        f"the {adapter.name} wrapper is over backbone {kind!r} ({row}), but its decoder block"
-        f"{'' if index is None else f' {index}'} "
-        f"({type(layer).__name__} with {', '.join(sorted(children))}) has {'; '.join(problems)}: its hook points "
-        "would be missing or not what is added to the residual stream. Use a checkpoint over a supported backbone "
-        f"({', '.join(sorted(BACKBONES))}), or add a row BACKBONES[{kind!r}] = Backbone(...) whose paths match this "
-        "block and check it with the conformance tests (tests/test_backbones.py)."
-    )
-
-
-def moe_problems(row: Moe, block: nn.Module) -> list[str]:
-    """What in a MoE block the hooked MoE forward (:mod:`hooks_mm.model.moe`) would not reproduce."""
-    problems = []
-    experts, router = block.get_submodule(row.experts), block.get_submodule(row.router)
-    extra = sorted({n for n, _ in block.named_children()} - {p.split(".")[0] for p in row.paths()})
-    if extra:
-        problems.append(f"MoE block modules the row does not name ({', '.join(extra)})")
-    layout = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True}
-    layout["has_post_expert_norm"] = False
-    off = {k: getattr(experts, k, None) for k, v in layout.items() if getattr(experts, k, None) != v}
-    if off:
-        problems.append(f"experts {type(experts).__name__} with {off} (expected fused [gate; up] 3-D weights {layout})")
-    for name in ("gate_up_proj", "down_proj", "act_fn"):
-        if not hasattr(experts, name):
-            problems.append(f"experts {type(experts).__name__} without {name}")
-    if not (hasattr(router, "weight") and hasattr(router, "top_k")) or getattr(router, "bias", None) is not None:
-        problems.append(f"router {type(router).__name__} is not a bias-free linear with top_k")
-    if isinstance(row.renorm, str) and not hasattr(router, row.renorm):
-        problems.append(f"router {type(router).__name__} has no {row.renorm}")
-    return problems
-
-
-# children of a decoder layer that do not change a value in eval mode
-_INERT = (nn.Dropout, nn.Identity)
-
-
-def _has(module: Any, path: str) -> bool:
+def has_module(module: Any, path: str) -> bool:
     try:
         module.get_submodule(path)
         return True

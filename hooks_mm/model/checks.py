@@ -27,7 +27,7 @@ except ImportError:  # older transformers: forwards list their keywords
 
 # the keys that carry the pixels / features of each medium, as HF forwards name them
 MEDIA_KEYS = {
-    "image": ("pixel_values", "pixel_values_images"),
+    "image": ("pixel_values", "pixel_values_images", "flattened_patches"),  # Kosmos-2.5: flattened_patches
     "video": ("pixel_values_videos",),
     "audio": ("input_features",),
 }

@@ -121,6 +121,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
         d_model = getattr(text_config, "hidden_size", None)
         n_heads = getattr(text_config, "num_attention_heads", None)
         out_emb = hf_model.get_output_embeddings()
+        # heterogeneous config (Gemma-4): layer 0's head sizes (the wiring reads each attention module's own)
+        shape = text_config.per_layer_config[0] if getattr(text_config, "is_heterogeneous", False) else text_config
         self.cfg = SimpleNamespace(
             architecture=type(hf_model).__name__,
             family=adapter.name,
@@ -128,8 +130,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             n_layers=n,
             d_model=d_model,
             n_heads=n_heads,
-            n_key_value_heads=getattr(text_config, "num_key_value_heads", n_heads),
-            d_head=getattr(text_config, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
+            n_key_value_heads=getattr(shape, "num_key_value_heads", n_heads),
+            d_head=getattr(shape, "head_dim", None) or (d_model // n_heads if d_model and n_heads else None),
             **moe_cfg(
                 moe, mlp_width(adapter, layers, text_config), n - len(cross)
             ),  # d_mlp, moe_layers, ... (model/moe.py)

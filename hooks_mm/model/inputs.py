@@ -78,6 +78,12 @@ def to_inputs(
     if chat:
         texts = [render_chat(processor, t) for t in texts]
     tok = getattr(processor, "tokenizer", processor)
+    media = [k for k, v in (("images", images), ("videos", videos), ("audio", audio)) if v is not None]
+    if media and tok is processor:  # a tokenizer would drop them without a word
+        raise ValueError(
+            f"this model's processor is only its tokenizer (the full processor could not be loaded), so the {media[0]} "
+            "given would be dropped: build the inputs with the family's processor and pass them to the model directly."
+        )
     tok.padding_side = "left"
     kwargs: dict[str, Any] = {"return_tensors": "pt", "padding": True}
     if images is not None:

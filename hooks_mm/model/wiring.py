@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformers.utils import ModelOutput
 
 from hooks_mm.attention import NAMES
 from hooks_mm.model.hybrid import attn_out_path, gated_query
@@ -49,10 +50,13 @@ def edited(hp: HookPoint, value: Tensor) -> Tensor | None:
 
 
 def first(out: Any) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out
+    return out[0] if isinstance(out, (tuple, ModelOutput)) else out
 
 
 def replace_first(out: Any, h: Tensor) -> Any:
+    if isinstance(out, ModelOutput):  # a module returning a ModelOutput (Molmo2's projector): its first field
+        out[next(iter(out.keys()))] = h
+        return out
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
@@ -68,6 +72,20 @@ def fused(hps: list[HookPoint | None], sizes: list[int], d_head: int | None = No
                 x = hp(x)
                 parts[j] = x if d_head is None else x.flatten(-2)
         return torch.cat(parts, dim=-1)
+
+    return fn
+
+
+def fused_per_head(hps: list[HookPoint | None], d_head: int) -> Callable:
+    """Forward hook on a fused projection laid out per head, [head, (q, k, v), d_head] (Persimmon
+    ``query_key_value``): run each of q / k / v's hook points on its [.., head, d_head] view, re-interleave."""
+
+    def fn(m: nn.Module, i: Any, out: Tensor) -> Tensor:
+        parts = list(out.unflatten(-1, (-1, len(hps), d_head)).unbind(-2))
+        for j, hp in enumerate(hps):
+            if hp is not None:
+                parts[j] = hp(parts[j])
+        return torch.stack(parts, dim=-2).flatten(-3)
 
     return fn
 
@@ -113,10 +131,19 @@ class Wiring:
         def in_hook(hp: HookPoint) -> Callable:
             return lambda m, args: (hp(args[0]), *args[1:])
 
-        def heads_out(hp: HookPoint) -> Callable:
+        def in_first(hp: HookPoint) -> Callable:  # first argument, positional or keyword (embed_vision(inputs_embeds=))
+            def fn(m: nn.Module, args: tuple, kwargs: dict) -> tuple:
+                if args:
+                    return (hp(args[0]), *args[1:]), kwargs
+                key = next(iter(kwargs))
+                return args, {**kwargs, key: hp(kwargs[key])}
+
+            return fn
+
+        def heads_out(hp: HookPoint, d_head: int) -> Callable:
             return lambda m, i, o: hp(o.unflatten(-1, (-1, d_head))).flatten(-2)
 
-        def heads_in(hp: HookPoint) -> Callable:
+        def heads_in(hp: HookPoint, d_head: int) -> Callable:
             return lambda m, args: (hp(args[0].unflatten(-1, (-1, d_head))).flatten(-2), *args[1:])
 
         if "hook_embed" in live:  # the embedding call the model uses: the first (Chameleon and Emu3 embed image
@@ -139,7 +166,7 @@ class Wiring:
         ):
             if path is not None:
                 if pre_name in live:
-                    self._pre(model.submodule(path), in_hook(hd[pre_name]))
+                    self._pre(model.submodule(path), in_first(hd[pre_name]), True)
                 if post_name in live:
                     self._fwd(model.submodule(path), out_hook(hd[post_name]))
 
@@ -150,6 +177,7 @@ class Wiring:
             cross = l in cfg.cross_attn_layers
             attn_name = "cross_attn" if cross else "attn"
             attn, attn_out = model.attention(l), attn_out_path(model, l)  # hybrid stacks: the mixer's output
+            dh = int(getattr(attn, "head_dim", None) or d_head)  # per layer: Gemma-4's full-attention heads are wider
             derived_attn = (cross or attn_out is None) and p + "hook_attn_out" in live
             derived_mlp = (cross or a.mlp_out is None) and p + "hook_mlp_out" in live
             prev_inject = l > 0 and f"blocks.{l - 1}.hook_deepstack" in live
@@ -162,18 +190,22 @@ class Wiring:
             if p + "ln1.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln1), out_hook(hd[p + "ln1.hook_normalized"]))
             qkv = [hd[h] if (h := f"{p}{attn_name}.hook_{key}") in live else None for key in ("q", "k", "v")]
-            if a.qkv is not None and not cross and any(qkv):  # fused: split [q; k; v], hook, re-concatenate
+            if a.qkv is not None and not cross and any(qkv) and a.qkv_per_head:
+                self._fwd(attn.get_submodule(a.qkv), fused_per_head(qkv, dh))
+            elif a.qkv is not None and not cross and any(qkv):  # fused: split [q; k; v], hook, re-concatenate
                 sizes = [cfg.n_heads * d_head, *[cfg.n_key_value_heads * d_head] * 2]
                 self._fwd(attn.get_submodule(a.qkv), fused(qkv, sizes, d_head))
             else:
                 for key, hp in zip(("q", "k", "v"), qkv):
-                    if hp is not None:
+                    if hp is not None and a.qkv_norms:  # the per-head norm's input: [.., head, d_head] already
+                        self._pre(attn.get_submodule(getattr(a, key)), in_hook(hp))
+                    elif hp is not None:
                         gated = key == "q" and a.q_gated and not cross  # [query; gate] per head (Qwen3.5)
                         self._fwd(
-                            attn.get_submodule(getattr(a, key)), gated_query(hp, d_head) if gated else heads_out(hp)
+                            attn.get_submodule(getattr(a, key)), gated_query(hp, dh) if gated else heads_out(hp, dh)
                         )
             if f"{p}{attn_name}.hook_z" in live:
-                self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"]))
+                self._pre(attn.get_submodule(a.o), heads_in(hd[f"{p}{attn_name}.hook_z"], dh))
             site = tuple(hd.get(f"{p}{attn_name}.{h}") if f"{p}{attn_name}.{h}" in live else None for h in ATTN_SITE)
             if any(hp is not None for hp in site):
                 impl = getattr(getattr(attn, "config", None), "_attn_implementation", None)
@@ -275,13 +307,13 @@ class Wiring:
         return fn
 
     def _layer_post(self, l: int, derived_mlp: bool, inject: bool) -> Callable:
-        hd, state = self.model.hook_dict, self.state
+        hd, state, a = self.model.hook_dict, self.state, self.model.adapter
 
         def fn(m: nn.Module, args: tuple, out: Any) -> Any:
             h = first(out)
             delta = state.pop(("delta", l), None)
-            if delta is not None:
-                h = h + delta
+            if delta is not None:  # scaled as the block scales its residual branch (Gemma-4 layer_scalar)
+                h = h + (delta * getattr(m, a.out_scale) if a.out_scale else delta)
             if derived_mlp:
                 mid = state["mid", l]
                 new = edited(hd[f"blocks.{l}.hook_mlp_out"], h - mid)

@@ -74,6 +74,11 @@ BUILDERS: dict[str, str] = {
     "qianfan_ocr": "ocr:build_qianfan_ocr",
     "deepseek_vl_hybrid": "ocr:build_deepseek_vl_hybrid",
     "ovis2": "ocr:build_ovis2",
+    "gemma4": "gemma4:build_gemma4",
+    "gemma4_audio": "gemma4:build_gemma4_audio",
+    "fuyu": "fuyu:build_fuyu",
+    "molmo2": "molmo2:build_molmo2",
+    "kosmos2_5": "kosmos2_5:build_kosmos2_5",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
