@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import pair_for
 
-from hooks_mm import After, Image, Modality
+from hooks_mm import After, Image, Last, Modality
 from hooks_mm.analysis import (
     activation_probabilities,
     attention_flow,
@@ -112,6 +112,28 @@ def test_attention_flow_equals_the_pattern_sum() -> None:
         assert flow[l].item() == pytest.approx(manual.item(), abs=1e-6)
     maps = last_token_heatmaps(p.model, p.inputs, layer=1, row=0)
     assert len(maps) == 2 and maps[0].shape == (4, 4)  # row 0 holds two 4x4 images
+
+
+@pytest.mark.parametrize("family", ["mllama", "qwen3_5"])
+def test_attention_flow_is_indexed_by_layer_number(family: str) -> None:
+    """Cross-attention (Mllama) and linear-attention (Qwen3.5) layers have no self-attention pattern: their
+    entries are NaN, and every other entry is the flow of the layer of that number."""
+    p = pair_for(family)
+    flow = attention_flow(p.model, p.inputs, queries=Last())
+    assert flow.shape == (p.model.cfg.n_layers,)
+    layout = p.model.layout(p.inputs)
+    q, k = layout.select(Last()), layout.select(Image())
+    q = q & k.any(-1, keepdim=True)
+    with_attn = [l for l in range(p.model.cfg.n_layers) if f"blocks.{l}.attn.hook_pattern" in p.model.hook_dict]
+    assert 0 < len(with_attn) < p.model.cfg.n_layers
+    _, cache = p.model.run_with_cache(p.inputs, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    for l in range(p.model.cfg.n_layers):
+        if l not in with_attn:
+            assert torch.isnan(flow[l])
+            continue
+        a = cache[f"blocks.{l}.attn.hook_pattern"].mean(1)
+        manual = torch.stack([(a[r, i] * k[r]).sum() for r, i in q.nonzero().tolist()]).mean()
+        assert flow[l].item() == pytest.approx(manual.item(), abs=1e-6)
 
 
 @pytest.mark.parametrize("family", RUN_EVERYWHERE)

@@ -208,7 +208,11 @@ def attention_flow(
     """Per layer: head-mean attention from the query positions (default the text after the
     image) to the key positions (default the image), summed (or averaged) over keys and
     averaged over queries and rows (the FastV convention). Rows without key positions are
-    left out (their flow would be 0 by construction)."""
+    left out (their flow would be 0 by construction).
+
+    Index ``l`` is layer ``l``; a layer without a self-attention pattern (Mllama's
+    cross-attention layers, a hybrid stack's linear-attention / convolution layers) holds NaN.
+    """
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', not {reduce!r}.")
     batch = model.prepare(inputs)
@@ -220,17 +224,17 @@ def attention_flow(
             f"attention_flow: no row holds both query and key positions (present: {layout.summary()}): "
             "give rows with an image and text after it, or other queries / keys."
         )
-    layers = [l for l in range(model.cfg.n_layers) if l not in model.cfg.cross_attn_layers]
-    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
-    _, cache = model.run_with_cache(batch, names_filter=names)
-    flows = []
-    for n in names:
+    names = {l: f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)}
+    names = {l: n for l, n in names.items() if n in model.hook_dict}  # layers with self-attention
+    _, cache = model.run_with_cache(batch, names_filter=list(names.values()))
+    flows = torch.full((model.cfg.n_layers,), float("nan"))
+    for l, n in names.items():
         a = cache[n].mean(1)  # [b, q, k]
         to_keys = (a * k[:, None, :]).sum(-1)
         if reduce == "mean":
             to_keys = to_keys / k.sum(-1, keepdim=True).clamp(min=1)
-        flows.append(to_keys[q].mean())
-    return torch.stack(flows)
+        flows[l] = to_keys[q].mean().float().cpu()
+    return flows
 
 
 @torch.no_grad()
