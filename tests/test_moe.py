@@ -262,3 +262,16 @@ def test_sweep_over_a_dense_layer_of_a_moe_stack_is_exact() -> None:
     fast = sweep(case.model, case.inputs, configs, metric, progress=False)
     naive = sweep(case.model, case.inputs, configs, metric, progress=False, method="naive")
     assert fast.meta["fast"] == 4 and (fast.values - naive.values).abs().max() <= TOL
+
+
+def test_activation_probabilities_on_a_moe_stack_names_the_moe_layer() -> None:
+    """LAPE counts dense MLP neurons: on an all-MoE stack (Mixtral) the first layer is refused with the reason
+    (it was a TypeError on cfg.d_mlp = None), on a mixed stack the dense layers still work."""
+    from hooks_mm.analysis import activation_probabilities
+
+    mixtral = _CASES.get("mixtral") or Case("mixtral")
+    with pytest.raises(KeyError, match="layer 0 is a mixture-of-experts block"):
+        activation_probabilities(mixtral.model, [mixtral.inputs])
+    mixed = _CASES.get("qwen3_moe") or Case("qwen3_moe")
+    probs = activation_probabilities(mixed.model, [mixed.inputs], layers=[0])
+    assert probs.probs.shape[:2] == (1, mixed.model.cfg.d_mlp)

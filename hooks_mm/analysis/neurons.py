@@ -57,7 +57,7 @@ def activation_probabilities(
     flip). For SiLU / GELU / ReLU that is ``mlp.hook_pre > 0``, the hook this reads.
     """
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    names = [f"blocks.{l}.mlp.hook_pre" for l in layers]
+    names = [model.hook_name(f"blocks.{l}.mlp.hook_pre") for l in layers]  # MoE layers: refused with the reason
     codes = [_modality(m) for m in modalities]
     pos = torch.zeros(len(layers), model.cfg.d_mlp, len(codes), dtype=torch.float64)
     tokens = torch.zeros(len(codes), dtype=torch.float64)
