@@ -37,6 +37,7 @@ IMAGE_ID, PAD = 63, 0
 QWEN3_5_LINEAR = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
 # the module whose input is resid_mid, where it is not post_attention_layernorm (parallel Cohere: none)
 LN2 = {"gemma2": "pre_feedforward_layernorm", "gemma3_text": "pre_feedforward_layernorm", "lfm2": "ffn_norm"}
+LN2["exaone4"] = "mlp"  # no norm before the MLP: resid_mid is the MLP's input
 
 # GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
 GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]}
@@ -80,6 +81,8 @@ CASES = {
         "Lfm2Config",
         {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False, "pad_token_id": PAD},
     ),
+    # post-norm block (no norm before attention or the MLP), QK-norm; layer 0 global (NoPE), layer 1 sliding (RoPE)
+    "exaone4": ("Exaone4Config", {"sliding_window": 4, "layer_types": ["full_attention", "sliding_attention"]}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]

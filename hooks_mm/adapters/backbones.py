@@ -19,6 +19,9 @@ or ``mlp``):
   and MLP both read ``ln1``'s output and are added together, so ``hook_resid_mid`` is defined as
   ``resid_pre + attn_out``, an edit there is added to the block's output, and there is no
   ``ln2.hook_normalized``).
+- ``ln1`` / ``ln2`` None in a block that is not parallel: no norm before attention / the MLP (EXAONE-4,
+  whose norms sit only after each branch: ``attn_out`` / ``mlp_out`` name them): no
+  ``ln1`` / ``ln2.hook_normalized``; ``hook_resid_mid`` is then the input of the MLP module.
 - ``qkv`` / ``gate_up``: fused projections (Phi-3). ``attn.hook_q/k/v`` are split views of
   ``qkv``'s output and ``mlp.hook_pre`` / ``hook_pre_linear`` the gate / up halves of
   ``gate_up``'s output; edits to them are written back into the fused output.
@@ -111,8 +114,10 @@ class Backbone:
     # fused [q; k; v] projection inside attn (Phi-3): hook_q / hook_k / hook_v are split views of its output
     qkv: str | None = None
     o: str = "o_proj"
-    ln1: str = "input_layernorm"
-    # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms); None: parallel block
+    # the norm before attention; None: none (EXAONE-4), no ln1.hook_normalized
+    ln1: str | None = "input_layernorm"
+    # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms); None: a parallel block,
+    # or (not parallel) no norm before the MLP: resid_mid is the MLP's input (EXAONE-4)
     ln2: str | None = "post_attention_layernorm"
     # module whose OUTPUT is what the attention branch adds to the residual stream; None: derived as mid - pre
     attn_out: str | None = "self_attn.o_proj"
@@ -294,6 +299,17 @@ LFM2 = Backbone(
     "norm is embedding_norm",
 )
 
+EXAONE4 = Backbone(
+    "exaone4",
+    ln1=None,
+    ln2=None,
+    attn_out="post_attention_layernorm",
+    mlp_out="post_feedforward_layernorm",
+    notes="EXAONE-4: x + post_attention_layernorm(attn(x)), then + post_feedforward_layernorm(mlp(.)): no norm "
+    "before either branch (no ln1 / ln2.hook_normalized; hook_resid_mid is the MLP's input); QK-norm; sliding "
+    "layers apply RoPE, global layers none when sliding_window is set",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -316,6 +332,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_vl_moe_text": QWEN3_VL_MOE,
     "qwen3_5_text": QWEN3_5,
     "lfm2": LFM2,
+    "exaone4": EXAONE4,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

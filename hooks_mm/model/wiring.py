@@ -3,11 +3,11 @@
 Only hook points with hook functions get PyTorch hooks, so a forward with no hooks is the
 bare HF forward. Most hook points are a module's input or output (named by the adapter
 table); the rest are derived inside a decoder layer: ``hook_resid_mid`` (the input of the
-second norm), ``hook_attn_out`` / ``hook_mlp_out`` where no module returns the branch
-output (``mid - pre`` / ``post - mid``), Qwen3-VL's deepstack injection (the difference
-between a block's output and the next block's input), and the attention internals, which
-the hooked attention function of :mod:`hooks_mm.attention` reads from the keyword
-``hooks_mm_site`` added to that attention module's call.
+second norm, or of the MLP where no norm precedes it), ``hook_attn_out`` / ``hook_mlp_out``
+where no module returns the branch output (``mid - pre`` / ``post - mid``), Qwen3-VL's
+deepstack injection (the difference between a block's output and the next block's input),
+and the attention internals, which the hooked attention function of :mod:`hooks_mm.attention`
+reads from the keyword ``hooks_mm_site`` added to that attention module's call.
 
 Example::
 
@@ -191,8 +191,9 @@ class Wiring:
                 fn = self._mid(l, derived_attn, mid)
                 if parallel:  # no norm reads resid_mid: it is resid_pre + the attention output, once that exists
                     self._fwd(layer.get_submodule(attn_out), self._after_attn(l, fn))
-                else:
-                    self._pre(layer.get_submodule(a.ln2), lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
+                else:  # the input of the second norm, or of the MLP itself where none precedes it (EXAONE-4)
+                    reads_mid = layer.get_submodule(a.ln2 if a.ln2 is not None else a.mlp)
+                    self._pre(reads_mid, lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
             if p + "ln2.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln2), out_hook(hd[p + "ln2.hook_normalized"]))
             mlp = layer.get_submodule(a.mlp)

@@ -56,6 +56,8 @@ BUILDERS: dict[str, str] = {
     "hyperclovax_vision_v2_video": "qwen_more:build_hyperclovax_vision_v2_video",
     "videollama3": "qwen_more:build_videollama3",
     "videollama3_video": "qwen_more:build_videollama3_video",
+    "exaone4_5": "qwen_more:build_exaone4_5",
+    "exaone4_5_video": "qwen_more:build_exaone4_5_video",
     "qwen3_asr": "audio_more:build_qwen3_asr",
     "glm_asr": "audio_more:build_glm_asr",
     "moss_transcribe_diarize": "audio_more:build_moss_transcribe_diarize",
