@@ -95,6 +95,7 @@ N_IMAGES = {
             "aya_vision",
             "cohere2_vision",
             "exaone4_5",
+            "llama4",
         ],
         3,
     ),

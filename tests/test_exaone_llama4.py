@@ -38,3 +38,42 @@ def test_exaone4_block_under_a_pre_norm_row_is_refused(exaone: Case) -> None:
     wrong = Adapter(**{**adapter.__dict__, "backbone": BACKBONES["llama"]})
     with pytest.raises(NotImplementedError, match=r"backbone 'exaone4' \(row 'llama'\).*no module input_layernorm"):
         HookedMLLM(exaone.bare, adapter=wrong)
+
+
+def test_llama4_plan_cells_are_the_pixel_shuffle_cells() -> None:
+    """Each image position's (tile, row, col) is the cell the pixel shuffle builds from patches
+    (2 row .. 2 row + 1, 2 col .. 2 col + 1) of that tile: a change to one patch of the vision adapter's
+    input moves exactly the projected row the plan puts at that cell."""
+    from hooks_mm.zoo.llama4_aria import PATCH, TILE, build_llama4
+
+    tiny = build_llama4()
+    model = HookedMLLM(tiny.model)
+    plans = model.adapter.image_plans(tiny.model.config, tiny.inputs)
+    plan = torch.cat(plans)  # [n_cells, 3] in pixel_values order, as the features are scattered
+    # tile index within the whole batch: tiles of image i follow those of images before it
+    starts = torch.tensor([0, *[int(p[:, 0].max()) + 1 for p in plans]]).cumsum(0)[:-1]
+    global_tile = torch.cat([p[:, 0] + s for p, s in zip(plans, starts)])
+    side = TILE // PATCH
+    adapter = tiny.model.vision_model.vision_adapter
+
+    def projected(bump: tuple[int, int, int] | None) -> torch.Tensor:
+        def pre(m, args):  # noqa: ANN001, ANN202
+            x = args[0].clone()
+            if bump is not None:
+                t, r, c = bump
+                x[t, r * side + c] += 3.0
+            return (x,)
+
+        h = adapter.register_forward_pre_hook(pre)
+        try:
+            _, cache = model.run_with_cache(tiny.inputs, names_filter=["hook_projector_out"])
+        finally:
+            h.remove()
+        return cache["hook_projector_out"].reshape(-1, cache["hook_projector_out"].shape[-1])
+
+    clean = projected(None)
+    assert len(clean) == len(plan)
+    for tile, pr, pc in [(0, 0, 1), (0, 5, 2), (2, 3, 0), (6, 4, 5)]:
+        moved = ((projected((tile, pr, pc)) - clean).abs().amax(-1) > 0).nonzero().flatten().tolist()
+        want = ((global_tile == tile) & (plan[:, 1] == pr // 2) & (plan[:, 2] == pc // 2)).nonzero().flatten()
+        assert moved == want.tolist(), (tile, pr, pc, moved, want)

@@ -310,6 +310,17 @@ EXAONE4 = Backbone(
     "layers apply RoPE, global layers none when sliding_window is set",
 )
 
+LLAMA4 = Backbone(
+    "llama4",
+    mlp="feed_forward",
+    mlp_out="feed_forward",
+    notes="Llama 4 text block under its names (feed_forward); NoPE layers (no_rope_layers) with temperature-tuned "
+    "queries and chunked-attention layers go through the hooked attention as the model passes them (hook_rot_q / "
+    "hook_rot_k: q / k as attention reads them, after RoPE, the L2 qk-norm and the temperature scale). Its MoE "
+    "layers (moe_layers: top-k sigmoid scores applied to the experts' input, plus a shared expert) have no Moe "
+    "row and are refused",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -333,6 +344,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_5_text": QWEN3_5,
     "lfm2": LFM2,
     "exaone4": EXAONE4,
+    "llama4_text": LLAMA4,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -364,6 +376,9 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     paths = b.paths(moe, b.mixer(text_config, index or 0))
     missing = [p for p in paths if not _has(layer, p)]
     problems = [f"no module {', '.join(missing)}"] if missing else []
+    if b.moe is None and _has(layer, f"{b.mlp}.experts"):  # say why the dense MLP parts are missing
+        block = layer.get_submodule(b.mlp)
+        problems.append(f"a mixture-of-experts MLP ({b.mlp}: {type(block).__name__}) but the row describes no MoE")
     if moe and not missing:
         problems += moe_problems(b.moe, layer.get_submodule(b.mlp))
     children = {name for name, _ in layer.named_children()}
