@@ -112,7 +112,7 @@ def test_residual_stream_decomposes(pair: Pair) -> None:
 def _add_noise(seed: int):  # noqa: ANN202
     def hook(x: torch.Tensor, hook) -> torch.Tensor:  # noqa: ANN001
         if not x.is_floating_point():  # MoE expert indices [batch, pos, top_k]: swap each token's slots (weights)
-            return x.flip(-1)
+            return x.flip(-1) if x.shape[-1] > 1 else (x + 1) % (int(x.max()) + 1)  # top-1: the next expert used
         g = torch.Generator().manual_seed(seed)
         return x + torch.randn(x.shape, generator=g).to(x) * (x.detach().abs().mean() + 0.1)
 

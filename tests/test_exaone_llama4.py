@@ -1,12 +1,16 @@
-"""EXAONE-4's post-norm block (no norm before attention or the MLP) and Llama 4's text stack."""
+"""EXAONE-4's post-norm block (no norm before attention or the MLP); Llama 4's tiles and MoE block."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hooks_mm import HookedMLLM
 from hooks_mm.adapters import BACKBONES
+from hooks_mm.model.moe import routed
 from tests.test_backbones import Case
 
 
@@ -77,3 +81,142 @@ def test_llama4_plan_cells_are_the_pixel_shuffle_cells() -> None:
         moved = ((projected((tile, pr, pc)) - clean).abs().amax(-1) > 0).nonzero().flatten().tolist()
         want = ((global_tile == tile) & (plan[:, 1] == pr // 2) & (plan[:, 2] == pc // 2)).nonzero().flatten()
         assert moved == want.tolist(), (tile, pr, pc, moved, want)
+
+
+# ---------------------------------------------------------------------------------------
+# Llama 4's MoE block (Moe(scoring="sigmoid_input")), checked against the bare HF block by hand
+
+L4 = 1  # the MoE block of the llama4_text case
+
+
+@pytest.fixture(scope="module")
+def llama4() -> Case:
+    return Case("llama4_text")
+
+
+def _block_input(case: Case) -> tuple[torch.Tensor, dict]:
+    """The MoE block's input [batch, pos, d] and the bare router's (scores, logits) in a bare run."""
+    seen: dict = {}
+    block = case.layers[L4].feed_forward
+    case.bare_run(
+        [
+            (block, "pre", lambda m, args: seen.__setitem__("x", args[0].detach())),
+            (block.router, "fwd", lambda m, i, out: seen.__setitem__("router", out)),
+        ]
+    )
+    return seen["x"], seen
+
+
+def test_llama4_router_hooks_equal_the_router_by_hand(llama4: Case) -> None:
+    x, seen = _block_input(llama4)
+    p = f"blocks.{L4}.mlp."
+    _, c = llama4.model.run_with_cache(llama4.inputs, names_filter=lambda n: n.startswith(p + "hook_"))
+    router = llama4.layers[L4].feed_forward.router
+    logits = x @ router.weight.T
+    assert (c[p + "hook_router_logits"] - logits).abs().max() <= 1e-5
+    assert (c[p + "hook_expert_weights"] - torch.sigmoid(logits)).abs().max() <= 1e-5
+    scores, _ = seen["router"]  # HF: sigmoid of the top-k logits at the chosen experts, 0 elsewhere
+    idx = c[p + "hook_expert_indices"].flatten(0, 1)
+    assert idx.shape[-1] == llama4.model.cfg.top_k == 2
+    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, True)
+    assert torch.equal(chosen, scores > 0)
+
+
+def test_llama4_expert_neurons_read_the_score_scaled_input(llama4: Case) -> None:
+    """Expert e's gate / up / neurons are those of x * score_e(x) on the tokens routed to e (score in the input)."""
+    x, seen = _block_input(llama4)
+    scores = seen["router"][0].view(*x.shape[:2], -1)
+    p = f"blocks.{L4}.mlp."
+    _, c = llama4.model.run_with_cache(llama4.inputs, names_filter=lambda n: n.startswith(p))
+    experts, d = llama4.layers[L4].feed_forward.experts, llama4.model.cfg.d_expert
+    assert d == experts.down_proj.shape[1]
+    for e in range(llama4.model.cfg.n_experts):
+        rows = routed(c[p + "hook_expert_indices"], e)
+        xe = x[rows[:, 0], rows[:, 1]] * scores[rows[:, 0], rows[:, 1], e, None]
+        gate, up = (xe @ experts.gate_up_proj[e]).chunk(2, dim=-1)
+        assert (c[f"{p}experts.{e}.hook_pre"] - gate).abs().max() <= 1e-5
+        assert (c[f"{p}experts.{e}.hook_pre_linear"] - up).abs().max() <= 1e-5
+        assert (c[f"{p}experts.{e}.hook_post"] - F.silu(gate) * up).abs().max() <= 1e-5
+    shared = llama4.layers[L4].feed_forward.shared_expert
+    assert (c[p + "shared_expert.hook_post"] - F.silu(shared.gate_proj(x)) * shared.up_proj(x)).abs().max() <= 1e-5
+
+
+def test_llama4_edits_of_neurons_routing_and_weights_equal_hand_edits(llama4: Case) -> None:
+    block, n, e = llama4.layers[L4].feed_forward, llama4.model.cfg.n_experts, 1
+    p = f"blocks.{L4}.mlp."
+    delta = torch.randn(llama4.model.cfg.d_expert, generator=torch.Generator().manual_seed(7))
+    state: dict = {}
+
+    def keep(m, i, out):  # noqa: ANN001, ANN202
+        state["scores"] = out[0]
+
+    def add_neurons(m, i, out):  # noqa: ANN001, ANN202 (no weight after the expert: its score is in the input)
+        mask = (state["scores"][:, e] > 0).to(out[0].dtype)[:, None]
+        return (out[0] + mask * (delta @ block.experts.down_proj[e]), out[1])
+
+    def shift(m, i, out):  # noqa: ANN001, ANN202 (the same scores, each at the next expert)
+        scores = out[0]
+        idx = torch.topk(out[1], block.router.top_k, dim=1).indices
+        return (torch.zeros_like(scores).scatter_(1, (idx + 1) % n, scores.gather(1, idx)), out[1])
+
+    def halve(m, i, out):  # noqa: ANN001, ANN202
+        return (out[0] * 0.5, out[1])
+
+    cases = [
+        (
+            f"{p}experts.{e}.hook_post",
+            lambda x, hook: x + delta,
+            [(block.router, "fwd", keep), (block, "fwd", add_neurons)],
+        ),
+        (p + "hook_expert_indices", lambda x, hook: (x + 1) % n, [(block.router, "fwd", shift)]),
+        (p + "hook_expert_weights", lambda x, hook: x * 0.5, [(block.router, "fwd", halve)]),
+    ]
+    clean = llama4.bare_run().logits
+    for name, fn, hand in cases:
+        with torch.no_grad():
+            ours = llama4.model.run_with_hooks(llama4.inputs, fwd_hooks=[(name, fn)])
+        ref = llama4.bare_run(hand).logits
+        assert llama4.diff(ours, ref) <= 1e-5 and llama4.diff(ours, clean) > 1e-4, name
+    with torch.no_grad():  # doubled router logits = a doubled router weight (a copy of the bare model)
+        ours = llama4.model.run_with_hooks(llama4.inputs, fwd_hooks=[(p + "hook_router_logits", lambda x, hook: 2 * x)])
+        hand = copy.deepcopy(llama4.bare)
+        hand.model.language_model.layers[L4].feed_forward.router.weight.mul_(2)
+        assert llama4.diff(ours, hand(**llama4.inputs).logits) <= 1e-5 and llama4.diff(ours, clean) > 1e-4
+    assert "forward" not in block.__dict__
+
+
+def test_llama4_mlp_out_is_per_position_and_top1_routing_is_exact() -> None:
+    """hook_mlp_out of the MoE block is [batch, pos, d] (the block returns [batch * pos, d]); the family's
+    zoo model routes top-1: its routing hooks and the hooked forward match HF."""
+    from hooks_mm.zoo.llama4_aria import build_llama4
+
+    tiny = build_llama4()
+    model = HookedMLLM(tiny.model)
+    assert model.cfg.moe_layers == [1] and model.cfg.top_k == 1
+    seen = {}
+    block = tiny.model.language_model.model.layers[1].feed_forward
+    h = block.register_forward_hook(lambda m, i, out: seen.__setitem__("out", out[0]))
+    with torch.no_grad():
+        ref = tiny.model(**tiny.inputs).logits
+    h.remove()
+    logits, c = model.run_with_cache(
+        tiny.inputs, names_filter=lambda n: n.startswith("blocks.1.mlp.") or "mlp_out" in n
+    )
+    ids = tiny.inputs["input_ids"]
+    assert c["blocks.1.hook_mlp_out"].shape == (*ids.shape, model.cfg.d_model)
+    assert (c["blocks.1.hook_mlp_out"].flatten(0, 1) - seen["out"]).abs().max() <= 1e-5
+    assert (logits - ref).abs().max() <= 1e-4
+    assert c["blocks.1.mlp.hook_expert_indices"].shape == (*ids.shape, 1)
+
+
+def test_llama4_moe_block_under_a_row_without_moe_is_refused_naming_it(llama4: Case) -> None:
+    from dataclasses import replace
+
+    from hooks_mm.adapters import Adapter, adapter_for
+
+    adapter = adapter_for(llama4.bare)
+    wrong = Adapter(**{**adapter.__dict__, "backbone": replace(BACKBONES["llama4_text"], moe=None)})
+    with pytest.raises(
+        NotImplementedError, match=r"block 1 .*a mixture-of-experts MLP \(feed_forward: Llama4TextMoe\)"
+    ):
+        HookedMLLM(llama4.bare, adapter=wrong)

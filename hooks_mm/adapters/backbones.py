@@ -83,6 +83,11 @@ class Moe:
     cast: bool = True
     shared: str | None = None
     shared_gate: str | None = None
+    # "softmax" (above), or "sigmoid_input" (Llama 4: sigmoid of the top-k logits scales each chosen expert's
+    # INPUT; an ungated shared expert; the block returns (flat output, logits)); see hooks_mm.model.moe
+    scoring: str = "softmax"
+    # experts' weights stored [n_experts, d_in, d_out] (gate_up_proj [n, d_model, 2 d_expert]; Llama 4)
+    transposed: bool = False
 
     def paths(self) -> list[str]:
         return [p for p in (self.router, self.experts, self.shared, self.shared_gate) if p]
@@ -314,11 +319,14 @@ LLAMA4 = Backbone(
     "llama4",
     mlp="feed_forward",
     mlp_out="feed_forward",
+    moe=Moe(
+        router="router", renorm=False, shared="shared_expert", scoring="sigmoid_input", transposed=True, cast=False
+    ),
     notes="Llama 4 text block under its names (feed_forward); NoPE layers (no_rope_layers) with temperature-tuned "
     "queries and chunked-attention layers go through the hooked attention as the model passes them (hook_rot_q / "
-    "hook_rot_k: q / k as attention reads them, after RoPE, the L2 qk-norm and the temperature scale). Its MoE "
-    "layers (moe_layers: top-k sigmoid scores applied to the experts' input, plus a shared expert) have no Moe "
-    "row and are refused",
+    "hook_rot_k: q / k as attention reads them, after RoPE, the L2 qk-norm and the temperature scale). MoE "
+    "layers (moe_layers): top-k experts whose sigmoid router score scales their INPUT, plus an ungated shared "
+    "expert (hooks_mm.model.moe, sigmoid_input); dense layers elsewhere",
 )
 
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
@@ -428,6 +436,12 @@ def moe_problems(row: Moe, block: nn.Module) -> list[str]:
     layout = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True}
     layout["has_post_expert_norm"] = False
     off = {k: getattr(experts, k, None) for k, v in layout.items() if getattr(experts, k, None) != v}
+    if row.transposed:  # no layout flags (Llama4TextExperts): the weights' shapes say it
+        gu, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
+        ok = gu is not None and down is not None and gu.ndim == down.ndim == 3 and gu.shape[2] == 2 * down.shape[1]
+        off = {} if ok and gu.shape[1] == down.shape[2] else {"gate_up_proj / down_proj": "not [n, d, 2 e] / [n, e, d]"}
+        if row.scoring == "sigmoid_input" and row.shared_gate is not None:
+            problems.append("a shared expert gate with sigmoid_input scoring (Llama 4's shared expert is ungated)")
     if off:
         problems.append(f"experts {type(experts).__name__} with {off} (expected fused [gate; up] 3-D weights {layout})")
     for name in ("gate_up_proj", "down_proj", "act_fn"):

@@ -13,8 +13,7 @@ is one tile), then ``<|image_end|>``. Plans: the tiles of an image numbered in t
 row-major, the global tile last), each a ``g x g`` row-major grid, ``g = (S/p) * ratio``.
 
 The decoder's MoE layers (``moe_layers``: a shared expert plus top-k experts whose sigmoid router
-score scales the expert's INPUT) are refused by the backbone check, naming the layer; stacks whose
-layers are all dense (``moe_layers=[]``) are exact.
+score scales the expert's INPUT) are hooked by :mod:`hooks_mm.model.moe` (``Moe(scoring="sigmoid_input")``).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ LLAMA4 = Adapter(
     special_ids=special_ids("boi_token_id", "eoi_token_id", "boi_token_index", "eoi_token_index"),
     notes="tiles (crops row-major, then the global tile) pixel-shuffled to g x g cells each; hook_vision_out is the "
     "vision adapter's output (one row per cell, the projector's input); backbone llama4 (NoPE / chunked layers, "
-    "L2 qk-norm); MoE layers refused",
+    "L2 qk-norm; MoE layers: sigmoid scores on the experts' input, a shared expert)",
 )
 
 ADAPTERS = (LLAMA4,)

@@ -56,6 +56,18 @@ def replace_first(out: Any, h: Tensor) -> Any:
     return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
+def shaped_out(hp: HookPoint) -> Callable:
+    """Forward hook running ``hp`` on a module's output seen in its input's shape (a module that flattens the
+    positions, Llama 4's MoE block, still gives [batch, pos, d]), handed back in the module's own shape."""
+
+    def fn(m: nn.Module, i: Any, o: Any) -> Any:
+        y = first(o)
+        shape = i[0].shape if i and y.shape != i[0].shape and i[0].numel() == y.numel() else y.shape
+        return replace_first(o, hp(y.view(shape)).reshape(y.shape))
+
+    return fn
+
+
 def fused(hps: list[HookPoint | None], sizes: list[int], d_head: int | None = None) -> Callable:
     """Forward hook on a fused projection (Phi-3 ``qkv_proj`` / ``gate_up_proj``): split its output into
     ``sizes``, run each part's hook point (None: not hooked; ``d_head``: parts seen as heads), re-concatenate."""
@@ -209,8 +221,8 @@ class Wiring:
                 self._pre(mlp.get_submodule(a.down), in_hook(hd[p + "mlp.hook_post"]))
             if l in cfg.moe_layers and (mine := {h: hd[h] for h in live if h.startswith(p + "mlp.")}):
                 self.handles += attach_moe(mlp, a.moe, mine, p + "mlp.")  # routing and experts (model/moe.py)
-            if p + "hook_mlp_out" in live and not derived_mlp:
-                self._fwd(layer.get_submodule(a.mlp_out), out_hook(hd[p + "hook_mlp_out"]))
+            if p + "hook_mlp_out" in live and not derived_mlp:  # Llama 4's MoE returns [tokens, d]: seen per position
+                self._fwd(layer.get_submodule(a.mlp_out), shaped_out(hd[p + "hook_mlp_out"]))
             if mid or derived_attn or derived_mlp or p + "hook_resid_post" in live or inject:
                 self._fwd(layer, self._layer_post(l, derived_mlp, inject))
         if f"blocks.{n - 1}.hook_deepstack" in live:

@@ -6,7 +6,8 @@ with mean / std 0.5), cut with transformers' ``split_to_tiles`` (row-major), plu
 resized to one tile when there are several; the prompt expanded with ``Llama4Processor``'s own
 ``_prompt_split_image``. Row 0: an image of 2 x 1 tiles and an image of one tile; row 1: an image of
 1 x 2 tiles (left-padded). The decoder: layer 0 with RoPE, chunked attention (chunks shorter than the
-prompts) and the L2 qk-norm; layer 1 NoPE with temperature-tuned queries; dense MLPs (``moe_layers=[]``).
+prompts) and the L2 qk-norm, a dense MLP; layer 1 NoPE with temperature-tuned queries, a MoE MLP (4 experts,
+top-1 sigmoid routing on the experts' input, a shared expert).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def build_llama4(seed: int = 0) -> Tiny:
     text = lm_config(
         (len(tok) + 8) // 8 * 8,
         **token_ids(tok),
+        intermediate_size=32,  # each expert's (and the shared expert's) width
         intermediate_size_mlp=128,
-        moe_layers=[],
+        moe_layers=[1],
+        num_local_experts=4,
+        num_experts_per_tok=1,
         no_rope_layers=[1, 0],
         attention_chunk_size=8,
         floor_scale=4,
