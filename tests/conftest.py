@@ -96,6 +96,7 @@ N_IMAGES = {
             "cohere2_vision",
             "exaone4_5",
             "llama4",
+            "aria",
         ],
         3,
     ),

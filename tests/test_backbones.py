@@ -99,6 +99,8 @@ CASES = {
             "attn_scale": 0.5,
         },
     ),  # fmt: skip
+    # Aria: a MoE MLP in every layer (softmax over the top-k logits, transposed expert weights, shared experts)
+    "aria_text": ("AriaTextConfig", {"moe_num_experts": 3, "moe_topk": 2, "moe_num_shared_experts": 1}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]

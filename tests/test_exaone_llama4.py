@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hooks_mm import HookedMLLM
 from hooks_mm.adapters import BACKBONES
-from hooks_mm.model.moe import routed
+from hooks_mm.model.moe import route, routed
 from tests.test_backbones import Case
 
 
@@ -220,3 +220,61 @@ def test_llama4_moe_block_under_a_row_without_moe_is_refused_naming_it(llama4: C
         NotImplementedError, match=r"block 1 .*a mixture-of-experts MLP \(feed_forward: Llama4TextMoe\)"
     ):
         HookedMLLM(llama4.bare, adapter=wrong)
+
+
+# ---------------------------------------------------------------------------------------
+# Aria's MoE block (every layer; transposed expert weights, softmax over the top-k logits, shared experts)
+
+
+@pytest.fixture(scope="module")
+def aria() -> Case:
+    return Case("aria_text")
+
+
+def test_aria_routing_and_expert_neurons_equal_the_block_by_hand(aria: Case) -> None:
+    seen: dict = {}
+    block = aria.layers[1].mlp
+    aria.bare_run(
+        [
+            (block, "pre", lambda m, args: seen.__setitem__("x", args[0].detach())),
+            (block.router, "fwd", lambda m, i, out: seen.__setitem__("router", out)),
+        ]
+    )
+    x, (logits, weights, idx) = seen["x"], seen["router"]
+    p = "blocks.1.mlp."
+    _, c = aria.model.run_with_cache(aria.inputs, names_filter=lambda n: n.startswith(p))
+    assert aria.model.cfg.moe_layers == [0, 1] and aria.model.cfg.d_mlp is None
+    assert (c[p + "hook_router_logits"].flatten(0, 1) - logits).abs().max() <= 1e-5
+    assert torch.equal(c[p + "hook_expert_indices"].flatten(0, 1), idx)
+    # the reroute rule (renormalised top-k of the full softmax) is HF's softmax over the top-k logits
+    w2, i2 = route(block.router, aria.model.adapter.moe, logits.softmax(-1, dtype=torch.float), logits.dtype)
+    assert torch.equal(i2, idx) and (w2 - weights).abs().max() <= 1e-6
+    experts = block.experts
+    for e in range(aria.model.cfg.n_experts):
+        rows = routed(c[p + "hook_expert_indices"], e)
+        gate, up = (x[rows[:, 0], rows[:, 1]] @ experts.gate_up_proj[e]).chunk(2, dim=-1)  # stored [d_in, d_out]
+        assert (c[f"{p}experts.{e}.hook_pre"] - gate).abs().max() <= 1e-5
+        assert (c[f"{p}experts.{e}.hook_post"] - F.silu(gate) * up).abs().max() <= 1e-5
+    shared = block.shared_experts
+    assert (c[p + "shared_expert.hook_post"] - F.silu(shared.gate_proj(x)) * shared.up_proj(x)).abs().max() <= 1e-5
+
+
+def test_aria_expert_neuron_edit_equals_the_hand_edit(aria: Case) -> None:
+    """delta on expert e's neurons adds w_e(t) * delta @ down_proj[e] (stored [d_expert, d_model]) at its tokens."""
+    block, e = aria.layers[1].mlp, 0
+    delta = torch.randn(aria.model.cfg.d_expert, generator=torch.Generator().manual_seed(8))
+    state: dict = {}
+
+    def add(m, i, out):  # noqa: ANN001, ANN202
+        _, weights, idx = state["router"]
+        w = (weights * (idx == e)).sum(-1).view(*out.shape[:2], 1)
+        return out + w * (delta @ block.experts.down_proj[e])
+
+    with torch.no_grad():
+        ours = aria.model.run_with_hooks(
+            aria.inputs, fwd_hooks=[(f"blocks.1.mlp.experts.{e}.hook_post", lambda x, hook: x + delta)]
+        )
+    hand = aria.bare_run(
+        [(block.router, "fwd", lambda m, i, out: state.__setitem__("router", out)), (block, "fwd", add)]
+    )
+    assert aria.diff(ours, hand.logits) <= 1e-5 and aria.diff(ours, aria.bare_run().logits) > 1e-3

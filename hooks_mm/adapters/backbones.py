@@ -86,7 +86,7 @@ class Moe:
     # "softmax" (above), or "sigmoid_input" (Llama 4: sigmoid of the top-k logits scales each chosen expert's
     # INPUT; an ungated shared expert; the block returns (flat output, logits)); see hooks_mm.model.moe
     scoring: str = "softmax"
-    # experts' weights stored [n_experts, d_in, d_out] (gate_up_proj [n, d_model, 2 d_expert]; Llama 4)
+    # experts' weights stored [n_experts, d_in, d_out] (gate_up_proj [n, d_model, 2 d_expert]; Llama 4, Aria)
     transposed: bool = False
 
     def paths(self) -> list[str]:
@@ -329,6 +329,13 @@ LLAMA4 = Backbone(
     "expert (hooks_mm.model.moe, sigmoid_input); dense layers elsewhere",
 )
 
+ARIA = Backbone(
+    "aria",
+    moe=Moe(router="router", renorm=True, shared="shared_experts", transposed=True),
+    notes="Aria's text block: Llama-like attention, a MoE MLP in every layer (softmax over the top-k logits, i.e. "
+    "the renormalised top-k softmax; experts stored [n, d_in, d_out]) plus ungated shared experts",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -353,6 +360,7 @@ BACKBONES: dict[str, Backbone] = {
     "lfm2": LFM2,
     "exaone4": EXAONE4,
     "llama4_text": LLAMA4,
+    "aria_text": ARIA,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -433,10 +441,10 @@ def moe_problems(row: Moe, block: nn.Module) -> list[str]:
     extra = sorted({n for n, _ in block.named_children()} - {p.split(".")[0] for p in row.paths()})
     if extra:
         problems.append(f"MoE block modules the row does not name ({', '.join(extra)})")
-    layout = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True}
+    layout = {"has_gate": True, "has_bias": False, "is_transposed": row.transposed, "is_concatenated": True}
     layout["has_post_expert_norm"] = False
     off = {k: getattr(experts, k, None) for k, v in layout.items() if getattr(experts, k, None) != v}
-    if row.transposed:  # no layout flags (Llama4TextExperts): the weights' shapes say it
+    if row.transposed and not hasattr(experts, "is_transposed"):  # no layout flags (Llama 4): the shapes say it
         gu, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
         ok = gu is not None and down is not None and gu.ndim == down.ndim == 3 and gu.shape[2] == 2 * down.shape[1]
         off = {} if ok and gu.shape[1] == down.shape[2] else {"gate_up_proj / down_proj": "not [n, d, 2 e] / [n, e, d]"}

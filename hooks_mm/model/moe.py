@@ -155,7 +155,8 @@ def hooked_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint], pref
         out = _experts(experts, flat, idx, weights, hooks, prefix) if own else experts(flat, idx, weights)
         if shared is not None:
             x = shared(hidden_states)  # per position: its hook points see [batch, pos, d_shared]
-            out = out + (torch.sigmoid(shared_gate(hidden_states)) * x).reshape(b * s, d)
+            gated = x if shared_gate is None else torch.sigmoid(shared_gate(hidden_states)) * x  # Aria: ungated
+            out = out + gated.reshape(b * s, d)
         return out.reshape(b, s, d)
 
     return forward
@@ -173,12 +174,16 @@ def _experts(
         names = [p + "hook_pre", p + "hook_pre_linear", p + "hook_post"]
         if tok.numel() == 0 and not any(n in hooks for n in names):
             continue
-        gate, up = F.linear(flat[tok], experts.gate_up_proj[e]).chunk(2, dim=-1)
+        w = experts.gate_up_proj[e]  # [2 d_expert, d_model], or [d_model, 2 d_expert] when transposed (Aria)
+        gate, up = (flat[tok] @ w if getattr(experts, "is_transposed", False) else F.linear(flat[tok], w)).chunk(2, -1)
         gate = hooks[names[0]](gate) if names[0] in hooks else gate
         up = hooks[names[1]](up) if names[1] in hooks else up
         h = experts.act_fn(gate) * up
         h = hooks[names[2]](h) if names[2] in hooks else h
-        y = F.linear(h, experts.down_proj[e]) * (weights * chosen).sum(-1)[tok, None]
+        down = (
+            h @ experts.down_proj[e] if getattr(experts, "is_transposed", False) else F.linear(h, experts.down_proj[e])
+        )
+        y = down * (weights * chosen).sum(-1)[tok, None]
         out.index_add_(0, tok, y.to(out.dtype))
     return out
 

@@ -59,6 +59,7 @@ BUILDERS: dict[str, str] = {
     "exaone4_5": "qwen_more:build_exaone4_5",
     "exaone4_5_video": "qwen_more:build_exaone4_5_video",
     "llama4": "llama4_aria:build_llama4",
+    "aria": "llama4_aria:build_aria",
     "qwen3_asr": "audio_more:build_qwen3_asr",
     "glm_asr": "audio_more:build_glm_asr",
     "moss_transcribe_diarize": "audio_more:build_moss_transcribe_diarize",

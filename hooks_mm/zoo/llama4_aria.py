@@ -89,3 +89,46 @@ def build_llama4(seed: int = 0) -> Tiny:
     inputs.pop("token_type_ids", None)
     inputs["pixel_values"] = torch.cat([llama4_tiles(img, *t) for img, t in zip(images, TILES)])
     return Tiny(model=model, inputs=inputs)
+
+
+# ---------------------------------------------------------------------------------------
+# Aria: an Idefics3 tower per crop, a learned-query projector, a MoE LM in every layer
+
+
+def build_aria(seed: int = 0) -> Tiny:
+    """Aria with ``AriaProcessor`` (``AriaImageProcessorPil`` at ``max_image_size`` 490, the smaller size it
+    accepts; 70-pixel patches: 7 x 7 per crop, 8 learned queries each): row 0 two images, row 1 one image,
+    left-padded; every LM layer a MoE (3 experts, top-2, a shared expert)."""
+    from transformers import AriaConfig, AriaForConditionalGeneration, AriaProcessor
+    from transformers.models.aria.image_processing_pil_aria import AriaImageProcessorPil
+
+    size, patch, queries = 490, 70, 8
+    tok = build_tokenizer(("<|img|>",))
+    tok.image_token, tok.image_token_id = "<|img|>", tok.convert_tokens_to_ids("<|img|>")
+    processor = AriaProcessor(
+        image_processor=AriaImageProcessorPil(max_image_size=size, min_image_size=patch),
+        tokenizer=tok,
+        size_conversion={size: queries},
+    )
+    text = lm_config((len(tok) + 8) // 8 * 8, **token_ids(tok), moe_num_experts=3, moe_topk=2, moe_num_shared_experts=1)
+    vision = dict(
+        model_type="idefics3_vision",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=size,
+        patch_size=patch,
+    )
+    config = AriaConfig(
+        text_config=text,
+        vision_config=vision,
+        projector_patch_to_query_dict={(size // patch) ** 2: queries},
+        image_token_index=tok.image_token_id,
+    )
+    model = init_model(AriaForConditionalGeneration, config, seed)
+    texts = ["USER: <|img|> and <|img|> compare these two images ? ASSISTANT:", PROMPTS[1].replace("<img>", "<|img|>")]
+    images = sample_images(seed, [(300, 200), (250, 250), (180, 400)])
+    out = processor(text=texts, images=images, return_tensors="pt", padding=True, max_image_size=size)
+    inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "num_crops"}
+    return Tiny(model=model, inputs=inputs, processor=processor)
