@@ -90,7 +90,8 @@ def aria_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
             if (end - start) % q:
                 raise ValueError(
                     f"image token count does not match the images: Aria row {b} has a run of {end - start} image "
-                    f"tokens, not a whole number of crops of {q} latents. Build the inputs with the model's processor."
+                    f"tokens, not a whole number of crops of {q} latents. Build the inputs with the model's processor "
+                    "(HookedMLLM.to_inputs)."
                 )
             plans.append(torch.cat([latent_plan(q, tile=t) for t in range((end - start) // q)]))
     if sum(len(p) for p in plans) != q * pixel_values.shape[0]:
