@@ -9,7 +9,8 @@ the width checks of intervention specs and the nnsight compiler all read this ta
   self-attention or cross-attention layers (``self`` / ``cross``), gated MLPs
   (``gated``), layers followed by an injection (``injection``), once per model
   (``model``), models with a vision or audio projector (``projector`` / ``audio``), blocks
-  with a second norm (``ln2``: not a parallel block such as Cohere's), dense MLPs (``dense``),
+  with a norm before attention (``ln1``: not EXAONE-4's post-norm block) or before the MLP (``ln2``: not a
+  parallel block such as Cohere's, nor EXAONE-4's), dense MLPs (``dense``),
   mixture-of-experts MLPs (``moe``; ``expert``: once per expert ``e``, named
   ``mlp.experts.{e}.…``; ``shared``: MoE blocks with a shared expert; see
   :mod:`hooks_mm.model.moe` for the scheme and the ``routed`` axis). A hybrid stack's
@@ -79,7 +80,7 @@ _CROSS_KV = {
 
 BLOCK_HOOKS: tuple[HookSpec, ...] = (
     HookSpec("hook_resid_pre", "batch pos d_model", nnsight=((), "input")),
-    HookSpec("ln1.hook_normalized", "batch pos d_model"),
+    HookSpec("ln1.hook_normalized", "batch pos d_model", "ln1"),
     *(
         HookSpec(f"attn.{n}", s, "self", nnsight=(("attn",), "mask") if n == "hook_attn_scores" else None)
         for n, s in _ATTN
@@ -144,15 +145,18 @@ def block_hooks(
     experts: int = 0,
     shared: bool = False,
     attention: bool = True,
+    ln1: bool = True,
 ) -> list[HookSpec]:
     """The rows one decoder block has (``experts`` > 0: a MoE MLP with that many experts, no dense MLP;
-    ``attention=False``: a hybrid stack's non-attention mixer layer)."""
+    ``attention=False``: a hybrid stack's non-attention mixer layer; ``ln1`` / ``ln2`` False: no norm
+    before attention / the MLP, as in EXAONE-4's block)."""
     have = (
         {"block", "cross" if cross else "self" if attention else "block"}
         | ({"moe", "expert"} | ({"shared"} if shared else set()) if experts else {"dense"})
         | ({"gated"} if gated and not experts else set())
         | ({"injection"} if injection else set())
         | ({"ln2"} if ln2 else set())
+        | ({"ln1"} if ln1 else set())
     )
     rows = [h for h in BLOCK_HOOKS if h.where in have]
     per_expert = [h for h in rows if h.where == "expert"]

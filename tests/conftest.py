@@ -39,6 +39,7 @@ VIDEO_FAMILIES = [
     "hyperclovax_vision_v2_video",
     "videollama3_video",
     "glm4v_video",
+    "exaone4_5_video",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -96,6 +97,9 @@ N_IMAGES = {
             "glm_ocr",
             "aya_vision",
             "cohere2_vision",
+            "exaone4_5",
+            "llama4",
+            "aria",
         ],
         3,
     ),
@@ -111,6 +115,7 @@ N_IMAGES = {
             "qwen2_vl_video",
             "video_llava",
             "videollama3_video",
+            "exaone4_5_video",
         ],
         1,
     ),

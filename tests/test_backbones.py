@@ -37,6 +37,7 @@ IMAGE_ID, PAD = 63, 0
 QWEN3_5_LINEAR = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
 # the module whose input is resid_mid, where it is not post_attention_layernorm (parallel Cohere: none)
 LN2 = {"gemma2": "pre_feedforward_layernorm", "gemma3_text": "pre_feedforward_layernorm", "lfm2": "ffn_norm"}
+LN2["exaone4"] = "mlp"  # no norm before the MLP: resid_mid is the MLP's input
 
 # GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
 GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]}
@@ -82,6 +83,26 @@ CASES = {
     ),
     "persimmon": ("PersimmonConfig", {"qk_layernorm": True}),
     "molmo2_text": ("Molmo2TextConfig", {"head_dim": 8, "qk_norm_type": "olmo", "additional_vocab_size": 0}),
+    # post-norm block (no norm before attention or the MLP), QK-norm; layer 0 global (NoPE), layer 1 sliding (RoPE)
+    "exaone4": ("Exaone4Config", {"sliding_window": 4, "layer_types": ["full_attention", "sliding_attention"]}),
+    # Llama 4: dense block 0 (NoPE, temperature-tuned queries), MoE block 1 (RoPE, chunked attention, L2 qk-norm;
+    # sigmoid top-k routing on the experts' input, shared expert; top-1 in the llama4 family's zoo model)
+    "llama4_text": (
+        "Llama4TextConfig",
+        {
+            "head_dim": 8,
+            "intermediate_size_mlp": 64,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_layers": [1],
+            "no_rope_layers": [0, 1],
+            "attention_chunk_size": 4,
+            "floor_scale": 2,
+            "attn_scale": 0.5,
+        },
+    ),  # fmt: skip
+    # Aria: a MoE MLP in every layer (softmax over the top-k logits, transposed expert weights, shared experts)
+    "aria_text": ("AriaTextConfig", {"moe_num_experts": 3, "moe_topk": 2, "moe_num_shared_experts": 1}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -127,7 +148,7 @@ class Case:
         self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name == "lfm2" else {}
 
     def mlp_part(self, l: int, part: str) -> nn.Module:
-        mlp = self.layers[l].feed_forward if self.name == "lfm2" else self.layers[l].mlp
+        mlp = self.layers[l].feed_forward if self.name in ("lfm2", "llama4_text") else self.layers[l].mlp
         return getattr(mlp, self.mlp.get(part, f"{part}_proj"))
 
     def ln2(self, l: int) -> nn.Module:
@@ -489,6 +510,10 @@ def test_nnsight_backend_equals_hooked_mllm_or_refuses_the_hook(case: Case) -> N
     for spec in (*neurons, steer, *([mlp_out] if model.cfg.moe_layers else [])):
         if spec is steer and case.model.adapter.attn_out is None:  # derived branch (Granite, HyperCLOVAX)
             with pytest.raises(NotImplementedError, match="cannot edit blocks.0.hook_attn_out.*no module returns"):
+                backend.run(case.inputs, spec)
+            continue
+        if spec is mlp_out and case.name == "llama4_text":  # its MoE block returns [batch * pos, d_model]
+            with pytest.raises(NotImplementedError, match="cannot edit blocks.1.hook_mlp_out.*flattened"):
                 backend.run(case.inputs, spec)
             continue
         ref = model.run_with_interventions(case.inputs, spec)

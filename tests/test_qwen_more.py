@@ -3,7 +3,6 @@ video cells, and EXAONE 4.5 refused (its decoder has no pre-norms)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from hooks_mm import HookedMLLM, Modality
@@ -52,25 +51,6 @@ def test_videollama3_layout_follows_the_video_compression_mask() -> None:
         f, r, c = int(layout.frame[b, p]), int(layout.grid_row[b, p]), int(layout.grid_col[b, p])
         assert keep[f * rows * cols + r * cols + c]
         assert torch.equal(seen["embeds"][b, p], projected[1][f * rows * cols + r * cols + c])
-
-
-def test_exaone4_5_is_refused_naming_its_post_norm_decoder() -> None:
-    """EXAONE 4's block normalises each branch's output and nothing before it: no module reads resid_mid
-    through a norm, so ln1 / ln2 hook points cannot exist; wrapping names the block instead of hooking it."""
-    from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration
-
-    from hooks_mm.zoo.qwen import vision_config
-
-    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    config = Exaone4_5_Config(
-        text_config=dict(text, model_type="exaone4", num_key_value_heads=2, head_dim=8),
-        vision_config=vision_config(14, window_size=56, fullatt_block_indexes=[1], num_key_value_heads=2),
-        image_token_id=60,
-        video_token_id=61,
-    )
-    model = Exaone4_5_ForConditionalGeneration(config).eval()
-    with pytest.raises(NotImplementedError, match=r"backbone 'exaone4'.*no module input_layernorm.*post_feedforward"):
-        HookedMLLM(model)
 
 
 def test_hyperclovax_logits_post_is_its_head() -> None:

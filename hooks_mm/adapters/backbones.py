@@ -20,6 +20,9 @@ or ``mlp``):
   and MLP both read ``ln1``'s output and are added together, so ``hook_resid_mid`` is defined as
   ``resid_pre + attn_out``, an edit there is added to the block's output, and there is no
   ``ln2.hook_normalized``).
+- ``ln1`` / ``ln2`` None in a block that is not parallel: no norm before attention / the MLP (EXAONE-4,
+  whose norms sit only after each branch: ``attn_out`` / ``mlp_out`` name them): no
+  ``ln1`` / ``ln2.hook_normalized``; ``hook_resid_mid`` is then the input of the MLP module.
 - ``qkv`` / ``gate_up``: fused projections (Phi-3). ``attn.hook_q/k/v`` are split views of
   ``qkv``'s output and ``mlp.hook_pre`` / ``hook_pre_linear`` the gate / up halves of
   ``gate_up``'s output; edits to them are written back into the fused output.
@@ -79,6 +82,11 @@ class Moe:
     cast: bool = True
     shared: str | None = None
     shared_gate: str | None = None
+    # "softmax" (above), or "sigmoid_input" (Llama 4: sigmoid of the top-k logits scales each chosen expert's
+    # INPUT; an ungated shared expert; the block returns (flat output, logits)); see hooks_mm.model.moe
+    scoring: str = "softmax"
+    # experts' weights stored [n_experts, d_in, d_out] (gate_up_proj [n, d_model, 2 d_expert]; Llama 4, Aria)
+    transposed: bool = False
 
     def paths(self) -> list[str]:
         return [p for p in (self.router, self.experts, self.shared, self.shared_gate) if p]
@@ -115,8 +123,10 @@ class Backbone:
     # qkv's output laid out per head as [head, (q, k, v), d_head] (Persimmon / GPT-NeoX), not [q; k; v]
     qkv_per_head: bool = False
     o: str = "o_proj"
-    ln1: str = "input_layernorm"
-    # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms); None: parallel block
+    # the norm before attention; None: none (EXAONE-4), no ln1.hook_normalized
+    ln1: str | None = "input_layernorm"
+    # the norm whose INPUT is resid_mid (pre_feedforward_layernorm under sandwich norms); None: a parallel block,
+    # or (not parallel) no norm before the MLP: resid_mid is the MLP's input (EXAONE-4)
     ln2: str | None = "post_attention_layernorm"
     # module whose OUTPUT is what the attention branch adds to the residual stream; None: derived as mid - pre
     attn_out: str | None = "self_attn.o_proj"
@@ -370,6 +380,38 @@ GEMMA4 = Backbone(
     "block scales its residual",
 )  # fmt: skip
 
+EXAONE4 = Backbone(
+    "exaone4",
+    ln1=None,
+    ln2=None,
+    attn_out="post_attention_layernorm",
+    mlp_out="post_feedforward_layernorm",
+    notes="EXAONE-4: x + post_attention_layernorm(attn(x)), then + post_feedforward_layernorm(mlp(.)): no norm "
+    "before either branch (no ln1 / ln2.hook_normalized; hook_resid_mid is the MLP's input); QK-norm; sliding "
+    "layers apply RoPE, global layers none when sliding_window is set",
+)
+
+LLAMA4 = Backbone(
+    "llama4",
+    mlp="feed_forward",
+    mlp_out="feed_forward",
+    moe=Moe(
+        router="router", renorm=False, shared="shared_expert", scoring="sigmoid_input", transposed=True, cast=False
+    ),
+    notes="Llama 4 text block under its names (feed_forward); NoPE layers (no_rope_layers) with temperature-tuned "
+    "queries and chunked-attention layers go through the hooked attention as the model passes them (hook_rot_q / "
+    "hook_rot_k: q / k as attention reads them, after RoPE, the L2 qk-norm and the temperature scale). MoE "
+    "layers (moe_layers): top-k experts whose sigmoid router score scales their INPUT, plus an ungated shared "
+    "expert (hooks_mm.model.moe, sigmoid_input); dense layers elsewhere",
+)
+
+ARIA = Backbone(
+    "aria",
+    moe=Moe(router="router", renorm=True, shared="shared_experts", transposed=True),
+    notes="Aria's text block: Llama-like attention, a MoE MLP in every layer (softmax over the top-k logits, i.e. "
+    "the renormalised top-k softmax; experts stored [n, d_in, d_out]) plus ungated shared experts",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -396,6 +438,9 @@ BACKBONES: dict[str, Backbone] = {
     "persimmon": PERSIMMON,
     "molmo2_text": MOLMO2,
     "kosmos_2_5_text_model": KOSMOS2_5,
+    "exaone4": EXAONE4,
+    "llama4_text": LLAMA4,
+    "aria_text": ARIA,
 }
 
 

@@ -40,6 +40,9 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
     paths = b.paths(moe, b.mixer(text_config, index or 0))
     missing = [p for p in paths if not has_module(layer, p)]
     problems = [f"no module {', '.join(missing)}"] if missing else []
+    if b.moe is None and has_module(layer, f"{b.mlp}.experts"):  # say why the dense MLP parts are missing
+        block = layer.get_submodule(b.mlp)
+        problems.append(f"a mixture-of-experts MLP ({b.mlp}: {type(block).__name__}) but the row describes no MoE")
     if moe and not missing:
         problems += moe_problems(b.moe, layer.get_submodule(b.mlp))
     children = {name for name, _ in layer.named_children()}
@@ -89,9 +92,15 @@ def moe_problems(row: Moe, block: nn.Module) -> list[str]:
     extra = sorted({n for n, _ in block.named_children()} - {p.split(".")[0] for p in row.paths()})
     if extra:
         problems.append(f"MoE block modules the row does not name ({', '.join(extra)})")
-    layout = {"has_gate": True, "has_bias": False, "is_transposed": False, "is_concatenated": True}
+    layout = {"has_gate": True, "has_bias": False, "is_transposed": row.transposed, "is_concatenated": True}
     layout["has_post_expert_norm"] = False
     off = {k: getattr(experts, k, None) for k, v in layout.items() if getattr(experts, k, None) != v}
+    if row.transposed and not hasattr(experts, "is_transposed"):  # no layout flags (Llama 4): the shapes say it
+        gu, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
+        ok = gu is not None and down is not None and gu.ndim == down.ndim == 3 and gu.shape[2] == 2 * down.shape[1]
+        off = {} if ok and gu.shape[1] == down.shape[2] else {"gate_up_proj / down_proj": "not [n, d, 2 e] / [n, e, d]"}
+        if row.scoring == "sigmoid_input" and row.shared_gate is not None:
+            problems.append("a shared expert gate with sigmoid_input scoring (Llama 4's shared expert is ungated)")
     if off:
         problems.append(f"experts {type(experts).__name__} with {off} (expected fused [gate; up] 3-D weights {layout})")
     for name in ("gate_up_proj", "down_proj", "act_fn"):

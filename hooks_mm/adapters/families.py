@@ -19,6 +19,7 @@ for _module in (
     "hybrid",
     "ocr",
     "gemma4_fuyu",
+    "llama4_aria",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

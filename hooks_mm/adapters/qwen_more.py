@@ -19,8 +19,8 @@ Each flattens an image into patches (``pixel_values`` ``[n_patches, C*T*P*P]``),
   ``text_config.logits_scaling``; the LM has Peri-LN norms and MuP multipliers (backbone row
   ``hyperclovax``).
 * EXAONE 4.5: Qwen2-VL-style wrapper with 1-D positions over an EXAONE-4 decoder whose norms sit
-  after each branch and none before: no module reads ``resid_mid`` as its norm's input, so the
-  block is refused by the backbone check (``hooks_mm.adapters.backbones``), naming it.
+  after each branch and none before (backbone row ``exaone4``: no ``ln1`` / ``ln2.hook_normalized``,
+  ``hook_resid_mid`` is the MLP's input).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ EXAONE4_5 = replace(
     name="exaone4_5",
     architectures=("Exaone4_5_ForConditionalGeneration",),
     notes="Qwen2-VL-style wrapper, 1-D positions, a Qwen2.5-VL-style vision tower (merger rows in window order); "
-    "its EXAONE-4 decoder (norms after each branch, none before) is refused by the backbone check",
+    "EXAONE-4 decoder (backbone row exaone4: norms after each branch, none before)",
 )
 
 ADAPTERS = (COSMOS3_OMNI, VIDEOLLAMA3, PADDLEOCR_VL, HYPERCLOVAX_VISION_V2, EXAONE4_5)

@@ -155,7 +155,8 @@ def hooked_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint], pref
         out = _experts(experts, flat, idx, weights, hooks, prefix) if own else experts(flat, idx, weights)
         if shared is not None:
             x = shared(hidden_states)  # per position: its hook points see [batch, pos, d_shared]
-            out = out + (torch.sigmoid(shared_gate(hidden_states)) * x).reshape(b * s, d)
+            gated = x if shared_gate is None else torch.sigmoid(shared_gate(hidden_states)) * x  # Aria: ungated
+            out = out + gated.reshape(b * s, d)
         return out.reshape(b, s, d)
 
     return forward
@@ -173,12 +174,16 @@ def _experts(
         names = [p + "hook_pre", p + "hook_pre_linear", p + "hook_post"]
         if tok.numel() == 0 and not any(n in hooks for n in names):
             continue
-        gate, up = F.linear(flat[tok], experts.gate_up_proj[e]).chunk(2, dim=-1)
+        w = experts.gate_up_proj[e]  # [2 d_expert, d_model], or [d_model, 2 d_expert] when transposed (Aria)
+        gate, up = (flat[tok] @ w if getattr(experts, "is_transposed", False) else F.linear(flat[tok], w)).chunk(2, -1)
         gate = hooks[names[0]](gate) if names[0] in hooks else gate
         up = hooks[names[1]](up) if names[1] in hooks else up
         h = experts.act_fn(gate) * up
         h = hooks[names[2]](h) if names[2] in hooks else h
-        y = F.linear(h, experts.down_proj[e]) * (weights * chosen).sum(-1)[tok, None]
+        down = (
+            h @ experts.down_proj[e] if getattr(experts, "is_transposed", False) else F.linear(h, experts.down_proj[e])
+        )
+        y = down * (weights * chosen).sum(-1)[tok, None]
         out.index_add_(0, tok, y.to(out.dtype))
     return out
 
@@ -196,7 +201,8 @@ class _Patched:
 
 def attach(block: nn.Module, row: Any, hooks: dict[str, HookPoint], prefix: str) -> list[Any]:
     """Run the live MoE hook points ``hooks`` of one block; the handles to remove afterwards."""
-    handles: list[Any] = [_Patched(block, hooked_forward(block, row, hooks, prefix))]
+    make = sigmoid_input_forward if getattr(row, "scoring", "softmax") == "sigmoid_input" else hooked_forward
+    handles: list[Any] = [_Patched(block, make(block, row, hooks, prefix))]
     if row.shared:
         shared = block.get_submodule(row.shared)
         p = prefix + "shared_expert."
@@ -215,7 +221,8 @@ def moe_sizes(adapter: Any, layer: nn.Module) -> tuple[int, int, int, int | None
     block = layer.get_submodule(adapter.mlp)
     experts, row = block.get_submodule(adapter.moe.experts), adapter.moe
     shared = block.get_submodule(row.shared).down_proj.in_features if row.shared else None
-    return experts.gate_up_proj.shape[0], block.get_submodule(row.router).top_k, experts.down_proj.shape[-1], shared
+    d_expert = experts.down_proj.shape[1 if getattr(row, "transposed", False) else -1]
+    return experts.gate_up_proj.shape[0], block.get_submodule(row.router).top_k, d_expert, shared
 
 
 def moe_cfg(moe: dict[int, tuple], dense_width: int | None, n_self: int) -> dict[str, Any]:
@@ -225,3 +232,72 @@ def moe_cfg(moe: dict[int, tuple], dense_width: int | None, n_self: int) -> dict
     d_mlp = dense_width if len(moe) < n_self else None
     names = ("n_experts", "top_k", "d_expert", "d_shared")
     return {"d_mlp": d_mlp, "moe_layers": sorted(moe), **dict(zip(names, sizes))}
+
+
+# ---------------------------------------------------------------------------------------
+# Llama 4 (Moe(scoring="sigmoid_input", transposed=True)): the router's top-k logits through a sigmoid scale
+# each chosen expert's INPUT; experts' weights are [n_experts, d_in, d_out]; an ungated shared expert is added;
+# the block returns (flat output [tokens, d_model], router logits). hook_expert_weights is sigmoid(logits) in
+# float32 over every expert; an edited hook_router_logits is routed again by the top-k of the logits, an edited
+# hook_expert_weights by its own top-k (those values then scale the inputs).
+
+
+def sigmoid_input_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint], prefix: str) -> Callable:
+    """Llama 4's ``Llama4TextMoe.forward`` with the live hook points ``hooks`` run in place."""
+    router, experts, shared = block.router, block.get_submodule(row.experts), block.get_submodule(row.shared)
+    n_experts, k = experts.gate_up_proj.shape[0], router.top_k
+    live = lambda key: hooks.get(prefix + key)  # noqa: E731
+    own = any(h.startswith(prefix + "experts.") for h in hooks)
+
+    def forward(hidden_states: Tensor) -> tuple[Tensor, Tensor]:
+        b, s, d = hidden_states.shape
+        flat = hidden_states.reshape(-1, d)
+        logits = F.linear(flat, router.weight)
+        if (hp := live("hook_router_logits")) is not None:
+            new = _edit(hp, logits.view(b, s, -1))
+            logits = logits if new is None else new.reshape(b * s, -1)
+        top, idx = torch.topk(logits, k, dim=1)
+        weights = torch.sigmoid(top.float()).to(logits.dtype)  # as Llama4Router: sigmoid of the top-k logits
+        if (hp := live("hook_expert_weights")) is not None:
+            new = _edit(hp, torch.sigmoid(logits.float()).view(b, s, -1))
+            if new is not None:
+                top, idx = torch.topk(new.reshape(b * s, -1), k, dim=-1)
+                weights = top.to(logits.dtype)
+        if (hp := live("hook_expert_indices")) is not None:
+            new = _edit(hp, idx.view(b, s, -1))
+            if new is not None:
+                idx = _check_indices(new, idx.view(b, s, -1), n_experts, prefix + "hook_expert_indices").reshape(
+                    b * s, -1
+                )
+        if own:
+            routed = _scaled_experts(experts, flat, idx, weights, hooks, prefix)
+        else:  # HF's computation: every expert on every token, its input scaled by its score (0 off the top-k)
+            scores = torch.zeros_like(logits).scatter_(1, idx, weights)
+            routed_in = flat.repeat(n_experts, 1) * scores.transpose(0, 1).reshape(-1, 1)
+            routed = experts(routed_in).reshape(n_experts, -1, d).sum(dim=0)
+        out = shared(hidden_states).reshape(b * s, d)  # per position: its hook points see [batch, pos, d_shared]
+        return out.add_(routed), logits
+
+    return forward
+
+
+def _scaled_experts(
+    experts: nn.Module, flat: Tensor, idx: Tensor, weights: Tensor, hooks: dict[str, HookPoint], prefix: str
+) -> Tensor:
+    """Each expert on its routed tokens, their input scaled by the token's score, with the expert's hooks."""
+    out = torch.zeros_like(flat)
+    for e in range(experts.gate_up_proj.shape[0]):
+        chosen = idx == e
+        tok = chosen.any(-1).nonzero().squeeze(-1)
+        p = f"{prefix}experts.{e}."
+        names = [p + "hook_pre", p + "hook_pre_linear", p + "hook_post"]
+        if tok.numel() == 0 and not any(n in hooks for n in names):
+            continue
+        x = flat[tok] * (weights * chosen).sum(-1)[tok, None]
+        gate, up = (x @ experts.gate_up_proj[e]).chunk(2, dim=-1)
+        gate = hooks[names[0]](gate) if names[0] in hooks else gate
+        up = hooks[names[1]](up) if names[1] in hooks else up
+        h = up * experts.act_fn(gate)
+        h = hooks[names[2]](h) if names[2] in hooks else h
+        out.index_add_(0, tok, (h @ experts.down_proj[e]).to(out.dtype))
+    return out

@@ -39,12 +39,13 @@ def put(root: nn.Module, dotted: str) -> None:
 def block_kinds(
     adapter: Any, l: int, cross: set[int], inject: set[int], moe: dict[int, tuple], mixers: dict[int, Any]
 ) -> dict[str, Any]:
-    """The :func:`~hooks_mm.hooks.block_hooks` keywords of layer ``l``: cross-attention, gated MLP, second
+    """The :func:`~hooks_mm.hooks.block_hooks` keywords of layer ``l``: cross-attention, gated MLP, first and second
     norm, injection after it, a MoE MLP (``moe``: layer -> sizes, the expert count first) or a non-attention
     mixer (``mixers``: layer -> mixer, a hybrid stack's linear-attention / convolution layers)."""
     kinds = dict(
         cross=l in cross,
         gated=adapter.gated,
+        ln1=adapter.ln1 is not None,
         ln2=adapter.ln2 is not None,
         injection=l in inject,
         attention=l not in mixers,

@@ -3,11 +3,11 @@
 Only hook points with hook functions get PyTorch hooks, so a forward with no hooks is the
 bare HF forward. Most hook points are a module's input or output (named by the adapter
 table); the rest are derived inside a decoder layer: ``hook_resid_mid`` (the input of the
-second norm), ``hook_attn_out`` / ``hook_mlp_out`` where no module returns the branch
-output (``mid - pre`` / ``post - mid``), Qwen3-VL's deepstack injection (the difference
-between a block's output and the next block's input), and the attention internals, which
-the hooked attention function of :mod:`hooks_mm.attention` reads from the keyword
-``hooks_mm_site`` added to that attention module's call.
+second norm, or of the MLP where no norm precedes it), ``hook_attn_out`` / ``hook_mlp_out``
+where no module returns the branch output (``mid - pre`` / ``post - mid``), Qwen3-VL's
+deepstack injection (the difference between a block's output and the next block's input),
+and the attention internals, which the hooked attention function of :mod:`hooks_mm.attention`
+reads from the keyword ``hooks_mm_site`` added to that attention module's call.
 
 Example::
 
@@ -58,6 +58,18 @@ def replace_first(out: Any, h: Tensor) -> Any:
         out[next(iter(out.keys()))] = h
         return out
     return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+def shaped_out(hp: HookPoint) -> Callable:
+    """Forward hook running ``hp`` on a module's output seen in its input's shape (a module that flattens the
+    positions, Llama 4's MoE block, still gives [batch, pos, d]), handed back in the module's own shape."""
+
+    def fn(m: nn.Module, i: Any, o: Any) -> Any:
+        y = first(o)
+        shape = i[0].shape if i and y.shape != i[0].shape and i[0].numel() == y.numel() else y.shape
+        return replace_first(o, hp(y.view(shape)).reshape(y.shape))
+
+    return fn
 
 
 def fused(hps: list[HookPoint | None], sizes: list[int], d_head: int | None = None) -> Callable:
@@ -223,8 +235,9 @@ class Wiring:
                 fn = self._mid(l, derived_attn, mid)
                 if parallel:  # no norm reads resid_mid: it is resid_pre + the attention output, once that exists
                     self._fwd(layer.get_submodule(attn_out), self._after_attn(l, fn))
-                else:
-                    self._pre(layer.get_submodule(a.ln2), lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
+                else:  # the input of the second norm, or of the MLP itself where none precedes it (EXAONE-4)
+                    reads_mid = layer.get_submodule(a.ln2 if a.ln2 is not None else a.mlp)
+                    self._pre(reads_mid, lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
             if p + "ln2.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln2), out_hook(hd[p + "ln2.hook_normalized"]))
             mlp = layer.get_submodule(a.mlp)
@@ -240,8 +253,8 @@ class Wiring:
                 self._pre(mlp.get_submodule(a.down), in_hook(hd[p + "mlp.hook_post"]))
             if l in cfg.moe_layers and (mine := {h: hd[h] for h in live if h.startswith(p + "mlp.")}):
                 self.handles += attach_moe(mlp, a.moe, mine, p + "mlp.")  # routing and experts (model/moe.py)
-            if p + "hook_mlp_out" in live and not derived_mlp:
-                self._fwd(layer.get_submodule(a.mlp_out), out_hook(hd[p + "hook_mlp_out"]))
+            if p + "hook_mlp_out" in live and not derived_mlp:  # Llama 4's MoE returns [tokens, d]: seen per position
+                self._fwd(layer.get_submodule(a.mlp_out), shaped_out(hd[p + "hook_mlp_out"]))
             if mid or derived_attn or derived_mlp or p + "hook_resid_post" in live or inject:
                 self._fwd(layer, self._layer_post(l, derived_mlp, inject))
         if f"blocks.{n - 1}.hook_deepstack" in live:

@@ -1,5 +1,5 @@
-"""Tiny random-weight Cosmos3-Omni, VideoLLaMA3, PaddleOCR-VL and HyperCLOVAX-Vision-V2 models
-with their own HF processors, on the batches of :mod:`hooks_mm.zoo.qwen` (row 0: two images, row 1:
+"""Tiny random-weight Cosmos3-Omni, VideoLLaMA3, PaddleOCR-VL, HyperCLOVAX-Vision-V2 and EXAONE 4.5
+models with their own HF processors, on the batches of :mod:`hooks_mm.zoo.qwen` (row 0: two images, row 1:
 one image, left-padded; video builders: row 0 an image and a 4-frame video, row 1 a 2-frame video).
 
 Each processor gets the Qwen-VL WordLevel tokenizer and chat template of :mod:`hooks_mm.zoo.qwen`
@@ -248,3 +248,38 @@ def build_videollama3(seed: int = 0, video: bool = False) -> Tiny:
 def build_videollama3_video(seed: int = 0) -> Tiny:
     """VideoLLaMA3 with an image and videos (frame times reach the model as text only)."""
     return build_videollama3(seed, video=True)
+
+
+# ---------------------------------------------------------------------------------------
+# EXAONE 4.5: a Qwen2.5-VL-style GQA vision tower, 1-D positions, an EXAONE-4 (post-norm) LM
+
+
+def build_exaone4_5(seed: int = 0, video: bool = False) -> Tiny:
+    """EXAONE 4.5 with ``Exaone4_5_Processor``: EXAONE-4 blocks (norms after each branch, QK-norm), layer 0
+    sliding (RoPE, a window shorter than the prompts), layer 1 global (no RoPE); vision windows smaller than
+    an image, grouped-query vision attention."""
+    from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration, Exaone4_5_Processor
+
+    with allow_missing_video_processor():
+        processor = Exaone4_5_Processor(
+            image_processor=build_image_processor(PATCH),
+            tokenizer=build_tokenizer(),
+            video_processor=None,
+            chat_template=CHAT_TEMPLATE,
+        )
+    ids = _ids(processor)
+    text = _text(processor, model_type="exaone4", sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+    vision = vision_config(PATCH, window_size=56, fullatt_block_indexes=[1], out_hidden_size=64, num_key_value_heads=1)
+    config = Exaone4_5_Config(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"]
+    )
+    model = init_model(Exaone4_5_ForConditionalGeneration, config, seed)
+    if video:
+        processor.video_processor = QwenVideoProcessorPil(processor.image_processor, fps=FPS)
+        return Tiny(model=model, inputs=video_inputs(processor, seed, 2 * PATCH), processor=processor)
+    return Tiny(model=model, inputs=processor_inputs(processor, seed, 2 * PATCH, False), processor=processor)
+
+
+def build_exaone4_5_video(seed: int = 0) -> Tiny:
+    """EXAONE 4.5 with an image and videos (1-D positions: no frame times reach the model)."""
+    return build_exaone4_5(seed, video=True)
