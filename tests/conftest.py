@@ -111,6 +111,7 @@ N_IMAGES = {
         ],
         1,
     ),
+    **dict.fromkeys(["blip2", "instructblip"], 2),  # one image per row (BLIP-2's processor)
 }
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}
@@ -161,7 +162,14 @@ class Pair:
 
     @torch.no_grad()
     def bare_out(self, **kwargs):  # noqa: ANN003
-        return self.bare(**self.inputs, **kwargs)
+        return lm_outputs(self.bare(**self.inputs, **kwargs))
+
+
+def lm_outputs(out):  # noqa: ANN001, ANN201
+    """The language model's outputs: BLIP-2 / InstructBLIP keep its hidden states and attentions in
+    ``language_model_outputs`` (same logits)."""
+    inner = getattr(out, "language_model_outputs", None)
+    return inner if inner is not None else out
 
 
 _PAIRS: dict[str, Pair] = {}

@@ -138,6 +138,13 @@ class Backbone:
     q_gated: bool = False
     # hybrid stacks: the layers whose layer_types value a Mixer names hold it instead of attention
     mixers: tuple[Mixer, ...] = ()
+    # the MLP's activation module where it is a child of the layer, not of an mlp module (OPT: mlp="")
+    act: str | None = None
+    # the block reshapes [batch, pos, d] to [batch * pos, d] before its MLP half (OPT): the wiring shows those
+    # hook points as [batch, pos, ...]; the nnsight backend refuses them
+    flat: bool = False
+    # the text model's submodule holding layers, embed_tokens and the final norm (OPT: decoder)
+    decoder: str = ""
     notes: str = ""
 
     def mixer(self, text_config: Any, index: int) -> Mixer | None:
@@ -160,8 +167,8 @@ class Backbone:
         ``mixer`` layer: its mixer in place of the attention paths)."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
         attn = [mixer.path] if mixer is not None else attn + ([self.attn_out] if self.attn_out else [])
-        parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down)
-        mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in parts if p)]
+        parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down, self.act)
+        mlp = [self.mlp, *(".".join(filter(None, (self.mlp, p))) for p in parts if p)]
         return attn + mlp + [p for p in (self.ln1, self.ln2, self.mlp_out) if p] + list(self.inside)
 
 
@@ -294,6 +301,29 @@ LFM2 = Backbone(
     "norm is embedding_norm",
 )
 
+OPT = Backbone(
+    "opt",
+    o="out_proj",
+    attn_out="self_attn.out_proj",
+    ln1="self_attn_layer_norm",
+    ln2="final_layer_norm",
+    mlp="",
+    gate=None,
+    up="fc1",
+    down="fc2",
+    act="activation_fn",
+    mlp_out="fc2",
+    flat=True,
+    decoder="decoder",
+    norm="final_layer_norm",
+    notes="OPT (pre-LN: do_layer_norm_before=True): x + out_proj(attn(self_attn_layer_norm(x))), then "
+    "+ fc2(act(fc1(final_layer_norm(.)))), fc1 / fc2 children of the layer (no gate: mlp.hook_pre is fc1's output, "
+    "mlp.hook_post fc2's input, hook_mlp_out fc2's output). The decoder adds learned positions (embed_positions) "
+    "after hook_embed: blocks.0.hook_resid_pre holds them. q_proj's output is scaled by d_head^-0.5 before "
+    "attention: attn.hook_q is q_proj's output, attn.hook_rot_q (no rotary) the scaled query attention reads. "
+    "Post-LN (OPT-350m) and project_in / project_out (word_embed_proj_dim != hidden_size) are refused",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -316,6 +346,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_vl_moe_text": QWEN3_VL_MOE,
     "qwen3_5_text": QWEN3_5,
     "lfm2": LFM2,
+    "opt": OPT,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -364,6 +395,19 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         problems.append(f"clip_qkv={text_config.clip_qkv}: attention reads q/k/v clamped after the projections")
     if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch
         problems.append("swin_norm=True: its norms normalise the attention and MLP outputs, not their inputs")
+    if getattr(text_config, "do_layer_norm_before", True) is False:  # OPT-350m
+        problems.append(
+            "do_layer_norm_before=False (post-LN, as OPT-350m): each norm follows its residual add, so what a branch "
+            "adds is normalised away and no hook point is what is added to the residual stream"
+        )
+    proj = getattr(text_config, "word_embed_proj_dim", None)
+    if proj is not None and proj != getattr(text_config, "hidden_size", proj):
+        problems.append(
+            f"word_embed_proj_dim={proj} != hidden_size: project_in / project_out map the embeddings into and the "
+            "final stream out of the blocks' width, which no hook point accounts for"
+        )
+    if getattr(text_config, "_remove_final_layer_norm", False):
+        problems.append("_remove_final_layer_norm=True: the decoder has no final norm (ln_final)")
     if b.parallel and "post_attention_layernorm" in children:
         problems.append("a second norm (post_attention_layernorm) although the row describes a parallel block")
     scaled = {

@@ -74,6 +74,8 @@ BUILDERS: dict[str, str] = {
     "qianfan_ocr": "ocr:build_qianfan_ocr",
     "deepseek_vl_hybrid": "ocr:build_deepseek_vl_hybrid",
     "ovis2": "ocr:build_ovis2",
+    "blip2": "blip:build_blip2",
+    "instructblip": "blip:build_instructblip",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
