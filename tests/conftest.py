@@ -111,7 +111,7 @@ N_IMAGES = {
         ],
         1,
     ),
-    **dict.fromkeys(["blip2", "instructblip"], 2),  # one image per row (BLIP-2's processor)
+    **dict.fromkeys(["blip2", "instructblip", "instructblipvideo"], 2),  # one image per row (BLIP-2's processor)
 }
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}

@@ -26,7 +26,7 @@ from hooks_mm.adapters.base import Adapter, ImagePlan, lm_paths, runs, token_id_
 from hooks_mm.adapters.idefics2_deepseek import latent_plan
 
 _image_mask = token_id_mask("image_token_id", "image_token_index")
-_video_mask = token_id_mask("video_token_id", "video_token_index")
+_video_mask = token_id_mask("image_token_id", "video_token_index")  # the forward reads image_token_id
 
 
 def _slot_plans(config: Any, inputs: dict[str, Any], mask_fn: Any, what: str) -> list[ImagePlan]:

@@ -76,6 +76,7 @@ BUILDERS: dict[str, str] = {
     "ovis2": "ocr:build_ovis2",
     "blip2": "blip:build_blip2",
     "instructblip": "blip:build_instructblip",
+    "instructblipvideo": "blip:build_instructblipvideo",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -110,3 +110,51 @@ def build_instructblip(seed: int = 0) -> Tiny:
     model = init_model(InstructBlipForConditionalGeneration, config, seed)
     inputs = _batch(processor, PROMPTS, images=sample_images(seed, [(32, 32), (24, 32)]))
     return Tiny(model=model, inputs=inputs, processor=processor)
+
+
+def build_instructblipvideo_processor() -> Any:
+    """InstructBlipVideoProcessor whose video processor runs the slow BLIP image processor on every frame."""
+    from transformers import BatchFeature, InstructBlipVideoProcessor
+
+    from hooks_mm.media import FramewiseVideoProcessor
+    from hooks_mm.processing import allow_missing_video_processor
+
+    class Frames(FramewiseVideoProcessor):
+        """``pixel_values`` [n_videos, frames, 3, H, W], as InstructBlipVideoVideoProcessor names them."""
+
+        model_input_names = ["pixel_values"]
+
+        def __call__(self, videos: Any, return_tensors: str | None = "pt", **kwargs: Any) -> Any:
+            out = super().__call__(videos, return_tensors=return_tensors, **kwargs)
+            return BatchFeature({"pixel_values": out["pixel_values_videos"]}, tensor_type=return_tensors)
+
+    tokenizer = build_tokenizer(("<video>",))
+    with allow_missing_video_processor():
+        processor = InstructBlipVideoProcessor(
+            video_processor=None, tokenizer=tokenizer, qformer_tokenizer=build_tokenizer(()), num_query_tokens=QUERIES
+        )
+    processor.video_processor = Frames(_image_processor())
+    return processor
+
+
+def build_instructblipvideo(seed: int = 0) -> Tiny:
+    import numpy as np
+    from transformers import InstructBlipVideoConfig, InstructBlipVideoForConditionalGeneration
+
+    from hooks_mm.media import moving_square
+
+    processor = build_instructblipvideo_processor()
+    tok = processor.tokenizer
+    video_id = tok.convert_tokens_to_ids("<video>")
+    config = InstructBlipVideoConfig(
+        vision_config=_vision(),
+        qformer_config=_qformer(len(processor.qformer_tokenizer) + 8),
+        text_config=opt_config(tok).to_dict(),
+        num_query_tokens=QUERIES,
+        video_token_index=video_id,
+    )
+    config.image_token_id = video_id  # the forward finds the placeholders with config.image_token_id
+    model = init_model(InstructBlipVideoForConditionalGeneration, config, seed)
+    videos = [np.stack([np.asarray(f) for f in moving_square(FRAMES, 32, 32, seed=seed + k)]) for k in range(2)]
+    inputs = _batch(processor, PROMPTS, images=videos)
+    return Tiny(model=model, inputs=inputs, processor=processor)
