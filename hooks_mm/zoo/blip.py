@@ -30,7 +30,7 @@ def opt_config(tokenizer: Any, **extra: Any) -> Any:
     base = lm_config((len(tokenizer) + 8) // 8 * 8, **token_ids(tokenizer))
     for key in ("intermediate_size", "num_key_value_heads"):  # OPT: ffn_dim, one key / value head per head
         base.pop(key)
-    return OPTConfig(**base, ffn_dim=128, word_embed_proj_dim=64, do_layer_norm_before=True, **extra)
+    return OPTConfig(**(base | dict(ffn_dim=128, word_embed_proj_dim=64, do_layer_norm_before=True) | extra))
 
 
 def _vision() -> dict[str, Any]:
