@@ -232,12 +232,15 @@ def zoo_fallback(row: dict[str, Any], status: str) -> dict[str, Any]:
     if row["family"] not in BUILDERS:
         return {**row, "status": status}
     try:
-        bare = build(row["family"]).model.eval()
+        tiny = build(row["family"])
+        bare = tiny.model.eval()
     except Exception as e:  # noqa: BLE001
         return {**row, "status": f"{status}; hooks_mm.zoo builder: {one_line(e)}"}
     if type(bare).__name__ != row["class"]:
         return {**row, "status": status}
     found = conformance(bare, text_ids(bare.config))
+    if found.startswith(NO_TEXT_PATH):  # a forward that needs media (BLIP-2: pixel_values): the builder's batch
+        found = conformance(bare, tiny.inputs)
     if not found.startswith("exact"):
         return {**row, "status": found}
     note = "" if status.startswith("not built here") else f"; the shrunk default config: {status}"
@@ -250,20 +253,29 @@ def one_line(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+NO_TEXT_PATH = "not built here: the bare model has no text-only forward"
+
+
 def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
     """The status of a built model: wrapped and exact on the text path, refused, or what differs.
 
-    ``wrapped``: the HF model given to ``HookedMLLM`` (default: a copy of ``bare``).
+    ``ids``: [batch, seq] token ids (the text path), or a batch with media (a ``hooks_mm.zoo`` builder's
+    inputs: the same checks, over the positions its ``attention_mask`` marks real). ``wrapped``: the HF
+    model given to ``HookedMLLM`` (default: a copy of ``bare``).
     """
     import torch
 
     from hooks_mm import HookedMLLM
 
+    media = isinstance(ids, dict)
+    inputs = ids if media else {"input_ids": ids}
     with torch.no_grad():
         try:
-            ref = bare(input_ids=ids, output_hidden_states=True)
+            ref = bare(**inputs, output_hidden_states=True)
         except Exception as e:  # noqa: BLE001
-            return f"not built here: the bare model has no text-only forward ({one_line(e)})"
+            return f"{NO_TEXT_PATH} ({one_line(e)})" if not media else f"not built here: {one_line(e)}"
+        inner = getattr(ref, "language_model_outputs", None)  # BLIP-2: the LM's hidden states (same logits)
+        ref = inner if inner is not None else ref
         try:
             model = HookedMLLM(copy.deepcopy(bare) if wrapped is None else wrapped)
         except NotImplementedError as e:
@@ -271,31 +283,38 @@ def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
         except Exception as e:  # noqa: BLE001
             return f"accepted, then fails: HookedMLLM(): {one_line(e)}"
         try:
-            logits = model(ids)
-            _, cache = model.run_with_cache(ids, names_filter=lambda n: "hook_resid_p" in n)
-            all_logits, every = model.run_with_cache(ids)
+            logits = model(inputs)
+            _, cache = model.run_with_cache(inputs, names_filter=lambda n: "hook_resid_p" in n)
+            all_logits, every = model.run_with_cache(inputs)
         except NotImplementedError as e:
             return f"refused: {first_clause(str(e))}"
         except Exception as e:  # noqa: BLE001
             return f"accepted, then fails: {one_line(e)}"
+    real = inputs["attention_mask"].bool() if media and "attention_mask" in inputs else None
     try:
-        wrong = differences(model, ref, logits, all_logits, cache, every)
+        wrong = differences(model, ref, logits, all_logits, cache, every, real)
     except Exception as e:  # noqa: BLE001
         return f"accepted, then fails: {one_line(e)}"
     if wrong:
         return "accepted but WRONG: " + "; ".join(wrong[:3])
-    return "exact (text path)"
+    return "exact (media path: the builder's batch)" if media else "exact (text path)"
 
 
-def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, every: Any) -> list[str]:
-    """What differs between the wrapped model's values and the bare model's (empty: exact)."""
+def differences(
+    model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, every: Any, real: Any = None
+) -> list[str]:
+    """What differs between the wrapped model's values and the bare model's (empty: exact). ``real``:
+    [batch, seq] positions to compare after the no-hook logits (which must match everywhere); None: all."""
     import torch
+
+    def at(x: Any) -> Any:
+        return x if real is None else x[real]
 
     wrong = []
     if not torch.equal(logits, ref.logits):
         wrong.append(f"no-hook logits differ by {(logits - ref.logits).abs().max().item():.2e}")
-    scale = max(1.0, ref.logits.abs().max().item())
-    if (all_logits - ref.logits).abs().max().item() > TOL * scale:
+    scale = max(1.0, at(ref.logits).abs().max().item())
+    if at(all_logits - ref.logits).abs().max().item() > TOL * scale:
         wrong.append("logits while caching every hook differ")
     n = model.cfg.n_layers
     # HF records a hidden state per layer that runs (Mllama skips its cross-attention layers without an image)
@@ -304,7 +323,7 @@ def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, 
         wrong.append(f"resid_post fired in {len(ran)} layers, HF gives {len(ref.hidden_states) - 1} hidden states")
         ran = []
     for i, l in enumerate(ran[:-1]):  # HF's last hidden state is after the final norm
-        d = (cache[f"blocks.{l}.hook_resid_post"] - ref.hidden_states[i + 1]).abs().max().item()
+        d = at(cache[f"blocks.{l}.hook_resid_post"] - ref.hidden_states[i + 1]).abs().max().item()
         if d > TOL:
             wrong.append(f"resid_post[{l}] != hidden_states[{i + 1}] by {d:.2e}")
             break
@@ -313,8 +332,8 @@ def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, 
         for a, b, c in (("resid_pre", "attn_out", "resid_mid"), ("resid_mid", "mlp_out", "resid_post")):
             names = [f"{p}hook_{x}" for x in (a, b, c)]
             if all(k in every for k in names):
-                d = (every[names[0]] + every[names[1]] - every[names[2]]).abs().max().item()
-                if d > TOL * max(1.0, every[names[2]].abs().max().item()):
+                d = at(every[names[0]] + every[names[1]] - every[names[2]]).abs().max().item()
+                if d > TOL * max(1.0, at(every[names[2]]).abs().max().item()):
                     wrong.append(f"{c}[{l}] != {a} + {b} by {d:.2e}")
     return wrong
 
