@@ -41,7 +41,7 @@ def _slot_plans(config: Any, inputs: dict[str, Any], mask_fn: Any, what: str) ->
     found = int(mask.sum())
     if found != n_media * frames * per or any((e - s) % per for row in mask for s, e in runs(row)):
         raise ValueError(
-            f"{what} token count does not match the inputs: {found} placeholder positions, but {n_media} "
+            f"image token count does not match the images: {found} {what} placeholder positions, but {n_media} "
             f"{what}(s) x {frames} frame(s) give {per} query outputs (config.num_query_tokens) each. Build the "
             "inputs with the model's processor (HookedMLLM.to_inputs), whose num_query_tokens must equal the config's."
         )
