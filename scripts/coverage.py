@@ -48,6 +48,7 @@ MAPPINGS = (
 TIME_LIMIT = 60  # seconds per class
 MAX_PARAMS = 50_000_000
 TOL = 1e-5
+NO_TEXT_PATH = "not built here: the bare model has no text-only forward"
 
 
 def mapping_classes() -> dict[str, str]:
@@ -232,15 +233,13 @@ def zoo_fallback(row: dict[str, Any], status: str) -> dict[str, Any]:
     if row["family"] not in BUILDERS:
         return {**row, "status": status}
     try:
-        tiny = build(row["family"])
-        bare = tiny.model.eval()
+        bare = (tiny := build(row["family"])).model.eval()
     except Exception as e:  # noqa: BLE001
         return {**row, "status": f"{status}; hooks_mm.zoo builder: {one_line(e)}"}
     if type(bare).__name__ != row["class"]:
         return {**row, "status": status}
     found = conformance(bare, text_ids(bare.config))
-    if found.startswith(NO_TEXT_PATH):  # a forward that needs media (BLIP-2: pixel_values): the builder's batch
-        found = conformance(bare, tiny.inputs)
+    found = conformance(bare, tiny.inputs) if found.startswith(NO_TEXT_PATH) else found  # needs media (BLIP-2)
     if not found.startswith("exact"):
         return {**row, "status": found}
     note = "" if status.startswith("not built here") else f"; the shrunk default config: {status}"
@@ -253,29 +252,23 @@ def one_line(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-NO_TEXT_PATH = "not built here: the bare model has no text-only forward"
-
-
 def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
     """The status of a built model: wrapped and exact on the text path, refused, or what differs.
 
-    ``ids``: [batch, seq] token ids (the text path), or a batch with media (a ``hooks_mm.zoo`` builder's
-    inputs: the same checks, over the positions its ``attention_mask`` marks real). ``wrapped``: the HF
-    model given to ``HookedMLLM`` (default: a copy of ``bare``).
+    ``ids``: token ids [batch, seq], or a media batch (a zoo builder's inputs: compared at its real positions).
+    ``wrapped``: the HF model given to ``HookedMLLM`` (default: a copy of ``bare``).
     """
     import torch
 
     from hooks_mm import HookedMLLM
 
-    media = isinstance(ids, dict)
-    inputs = ids if media else {"input_ids": ids}
+    inputs = ids if (media := isinstance(ids, dict)) else {"input_ids": ids}
     with torch.no_grad():
         try:
             ref = bare(**inputs, output_hidden_states=True)
         except Exception as e:  # noqa: BLE001
             return f"{NO_TEXT_PATH} ({one_line(e)})" if not media else f"not built here: {one_line(e)}"
-        inner = getattr(ref, "language_model_outputs", None)  # BLIP-2: the LM's hidden states (same logits)
-        ref = inner if inner is not None else ref
+        ref = getattr(ref, "language_model_outputs", None) or ref  # BLIP-2: the LM's hidden states (same logits)
         try:
             model = HookedMLLM(copy.deepcopy(bare) if wrapped is None else wrapped)
         except NotImplementedError as e:
@@ -300,16 +293,11 @@ def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
     return "exact (media path: the builder's batch)" if media else "exact (text path)"
 
 
-def differences(
-    model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, every: Any, real: Any = None
-) -> list[str]:
-    """What differs between the wrapped model's values and the bare model's (empty: exact). ``real``:
-    [batch, seq] positions to compare after the no-hook logits (which must match everywhere); None: all."""
+def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, every: Any, real: Any = None) -> list:
+    """What differs from the bare model (empty: exact); after the no-hook logits, at ``real`` positions (None: all)."""
     import torch
 
-    def at(x: Any) -> Any:
-        return x if real is None else x[real]
-
+    at = (lambda x: x) if real is None else (lambda x: x[real])  # noqa: E731
     wrong = []
     if not torch.equal(logits, ref.logits):
         wrong.append(f"no-hook logits differ by {(logits - ref.logits).abs().max().item():.2e}")
