@@ -120,3 +120,28 @@ def test_opt_blocks_the_row_does_not_describe_are_refused(extra: dict, problem: 
     tok = build_blip2_processor().tokenizer
     with pytest.raises(NotImplementedError, match=rf"backbone 'opt' \(row 'opt'\).*{problem}"):
         HookedMLLM(_blip2(opt_config(tok, **extra).to_dict()))
+
+
+def test_instructblip_over_a_llama_lm_is_exact_without_the_opt_paths() -> None:
+    """InstructBLIP-Vicuna: the same wrapper row over a Llama decoder (language_model.model.layers, no decoder)."""
+    import copy
+
+    from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, LlamaConfig
+
+    from hooks_mm.zoo.base import lm_config
+
+    tiny = zoo.build("instructblip")
+    text = LlamaConfig(**lm_config(64, pad_token_id=1, bos_token_id=2, eos_token_id=3))
+    config = InstructBlipConfig(
+        vision_config=_vision(), qformer_config=_qformer(64), text_config=text.to_dict(), num_query_tokens=QUERIES,
+        image_token_index=tiny.model.config.image_token_id,
+    )  # fmt: skip
+    bare = init_model(InstructBlipForConditionalGeneration, config, 0)
+    m = HookedMLLM(copy.deepcopy(bare), tiny.processor)
+    assert (m.adapter.backbone.name, m.adapter.layers) == ("llama", "language_model.model.layers")
+    with torch.no_grad():
+        ref = bare(**tiny.inputs, output_hidden_states=True)
+        assert torch.equal(m(tiny.inputs), ref.logits)
+    _, c = m.run_with_cache(tiny.inputs)
+    real = tiny.inputs["attention_mask"].bool()
+    assert (c["blocks.0.hook_resid_post"] - ref.language_model_outputs.hidden_states[1])[real].abs().max() <= 1e-5

@@ -137,7 +137,9 @@ class Adapter:
 
 
 def _under(path: str, decoder: str) -> str:
-    """``"a.b.layers"`` -> ``"a.b.<decoder>.layers"``."""
+    """``"a.b.layers"`` -> ``"a.b.<decoder>.layers"`` (kept when the path already goes through it)."""
+    if f"{decoder}." in f".{path}":
+        return path
     head, _, tail = path.rpartition(".")
     return ".".join(filter(None, (head, decoder, tail)))
 
