@@ -48,6 +48,7 @@ MAPPINGS = (
 TIME_LIMIT = 60  # seconds per class
 MAX_PARAMS = 50_000_000
 TOL = 1e-5
+NO_TEXT_PATH = "not built here: the bare model has no text-only forward"
 
 
 def mapping_classes() -> dict[str, str]:
@@ -232,12 +233,13 @@ def zoo_fallback(row: dict[str, Any], status: str) -> dict[str, Any]:
     if row["family"] not in BUILDERS:
         return {**row, "status": status}
     try:
-        bare = build(row["family"]).model.eval()
+        bare = (tiny := build(row["family"])).model.eval()
     except Exception as e:  # noqa: BLE001
         return {**row, "status": f"{status}; hooks_mm.zoo builder: {one_line(e)}"}
     if type(bare).__name__ != row["class"]:
         return {**row, "status": status}
     found = conformance(bare, text_ids(bare.config))
+    found = conformance(bare, tiny.inputs) if found.startswith(NO_TEXT_PATH) else found  # needs media (BLIP-2)
     if not found.startswith("exact"):
         return {**row, "status": found}
     note = "" if status.startswith("not built here") else f"; the shrunk default config: {status}"
@@ -253,17 +255,20 @@ def one_line(e: BaseException) -> str:
 def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
     """The status of a built model: wrapped and exact on the text path, refused, or what differs.
 
+    ``ids``: token ids [batch, seq], or a media batch (a zoo builder's inputs: compared at its real positions).
     ``wrapped``: the HF model given to ``HookedMLLM`` (default: a copy of ``bare``).
     """
     import torch
 
     from hooks_mm import HookedMLLM
 
+    inputs = ids if (media := isinstance(ids, dict)) else {"input_ids": ids}
     with torch.no_grad():
         try:
-            ref = bare(input_ids=ids, output_hidden_states=True)
+            ref = bare(**inputs, output_hidden_states=True)
         except Exception as e:  # noqa: BLE001
-            return f"not built here: the bare model has no text-only forward ({one_line(e)})"
+            return f"{NO_TEXT_PATH} ({one_line(e)})" if not media else f"not built here: {one_line(e)}"
+        ref = getattr(ref, "language_model_outputs", None) or ref  # BLIP-2: the LM's hidden states (same logits)
         try:
             model = HookedMLLM(copy.deepcopy(bare) if wrapped is None else wrapped)
         except NotImplementedError as e:
@@ -271,31 +276,33 @@ def conformance(bare: Any, ids: Any, wrapped: Any = None) -> str:
         except Exception as e:  # noqa: BLE001
             return f"accepted, then fails: HookedMLLM(): {one_line(e)}"
         try:
-            logits = model(ids)
-            _, cache = model.run_with_cache(ids, names_filter=lambda n: "hook_resid_p" in n)
-            all_logits, every = model.run_with_cache(ids)
+            logits = model(inputs)
+            _, cache = model.run_with_cache(inputs, names_filter=lambda n: "hook_resid_p" in n)
+            all_logits, every = model.run_with_cache(inputs)
         except NotImplementedError as e:
             return f"refused: {first_clause(str(e))}"
         except Exception as e:  # noqa: BLE001
             return f"accepted, then fails: {one_line(e)}"
+    real = inputs["attention_mask"].bool() if media and "attention_mask" in inputs else None
     try:
-        wrong = differences(model, ref, logits, all_logits, cache, every)
+        wrong = differences(model, ref, logits, all_logits, cache, every, real)
     except Exception as e:  # noqa: BLE001
         return f"accepted, then fails: {one_line(e)}"
     if wrong:
         return "accepted but WRONG: " + "; ".join(wrong[:3])
-    return "exact (text path)"
+    return "exact (media path: the builder's batch)" if media else "exact (text path)"
 
 
-def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, every: Any) -> list[str]:
-    """What differs between the wrapped model's values and the bare model's (empty: exact)."""
+def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, every: Any, real: Any = None) -> list:
+    """What differs from the bare model (empty: exact); after the no-hook logits, at ``real`` positions (None: all)."""
     import torch
 
+    at = (lambda x: x) if real is None else (lambda x: x[real])  # noqa: E731
     wrong = []
     if not torch.equal(logits, ref.logits):
         wrong.append(f"no-hook logits differ by {(logits - ref.logits).abs().max().item():.2e}")
-    scale = max(1.0, ref.logits.abs().max().item())
-    if (all_logits - ref.logits).abs().max().item() > TOL * scale:
+    scale = max(1.0, at(ref.logits).abs().max().item())
+    if at(all_logits - ref.logits).abs().max().item() > TOL * scale:
         wrong.append("logits while caching every hook differ")
     n = model.cfg.n_layers
     # HF records a hidden state per layer that runs (Mllama skips its cross-attention layers without an image)
@@ -304,7 +311,7 @@ def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, 
         wrong.append(f"resid_post fired in {len(ran)} layers, HF gives {len(ref.hidden_states) - 1} hidden states")
         ran = []
     for i, l in enumerate(ran[:-1]):  # HF's last hidden state is after the final norm
-        d = (cache[f"blocks.{l}.hook_resid_post"] - ref.hidden_states[i + 1]).abs().max().item()
+        d = at(cache[f"blocks.{l}.hook_resid_post"] - ref.hidden_states[i + 1]).abs().max().item()
         if d > TOL:
             wrong.append(f"resid_post[{l}] != hidden_states[{i + 1}] by {d:.2e}")
             break
@@ -313,8 +320,8 @@ def differences(model: Any, ref: Any, logits: Any, all_logits: Any, cache: Any, 
         for a, b, c in (("resid_pre", "attn_out", "resid_mid"), ("resid_mid", "mlp_out", "resid_post")):
             names = [f"{p}hook_{x}" for x in (a, b, c)]
             if all(k in every for k in names):
-                d = (every[names[0]] + every[names[1]] - every[names[2]]).abs().max().item()
-                if d > TOL * max(1.0, every[names[2]].abs().max().item()):
+                d = at(every[names[0]] + every[names[1]] - every[names[2]]).abs().max().item()
+                if d > TOL * max(1.0, at(every[names[2]]).abs().max().item()):
                     wrong.append(f"{c}[{l}] != {a} + {b} by {d:.2e}")
     return wrong
 

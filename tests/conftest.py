@@ -122,6 +122,7 @@ N_IMAGES = {
     "fuyu": 2,
     "kosmos2_5": 2,
     "gemma4_audio": 1,
+    **dict.fromkeys(["blip2", "instructblip", "instructblipvideo"], 2),  # one image per row (BLIP-2's processor)
 }
 # worst measured differences, printed at the end of the run
 REPORT: dict[str, dict[str, float]] = {}
@@ -172,7 +173,14 @@ class Pair:
 
     @torch.no_grad()
     def bare_out(self, **kwargs):  # noqa: ANN003
-        return self.bare(**self.inputs, **kwargs)
+        return lm_outputs(self.bare(**self.inputs, **kwargs))
+
+
+def lm_outputs(out):  # noqa: ANN001, ANN201
+    """The language model's outputs: BLIP-2 / InstructBLIP keep its hidden states and attentions in
+    ``language_model_outputs`` (same logits)."""
+    inner = getattr(out, "language_model_outputs", None)
+    return inner if inner is not None else out
 
 
 _PAIRS: dict[str, Pair] = {}

@@ -36,7 +36,12 @@ MOE = {"moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2}
 IMAGE_ID, PAD = 63, 0
 QWEN3_5_LINEAR = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
 # the module whose input is resid_mid, where it is not post_attention_layernorm (parallel Cohere: none)
-LN2 = {"gemma2": "pre_feedforward_layernorm", "gemma3_text": "pre_feedforward_layernorm", "lfm2": "ffn_norm"}
+LN2 = {
+    "gemma2": "pre_feedforward_layernorm",
+    "gemma3_text": "pre_feedforward_layernorm",
+    "lfm2": "ffn_norm",
+    "opt": "final_layer_norm",
+}
 LN2["exaone4"] = "mlp"  # no norm before the MLP: resid_mid is the MLP's input
 
 # GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
@@ -103,6 +108,12 @@ CASES = {
     ),  # fmt: skip
     # Aria: a MoE MLP in every layer (softmax over the top-k logits, transposed expert weights, shared experts)
     "aria_text": ("AriaTextConfig", {"moe_num_experts": 3, "moe_topk": 2, "moe_num_shared_experts": 1}),
+    # OPT (pre-LN): fc1 / fc2 in the layer, run on [batch * pos, d]; learned positions added after hook_embed
+    "opt": (
+        "OPTConfig",
+        {"ffn_dim": 64, "num_key_value_heads": 4, "word_embed_proj_dim": 32, "pad_token_id": PAD}
+        | {"tie_word_embeddings": False},  # LLaVA's head is tied only where its text model's embed_tokens is
+    ),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -110,7 +121,7 @@ FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gat
 
 def llava_over(config_class: str, **extra: object) -> LlavaForConditionalGeneration:
     torch.manual_seed(0)
-    text = getattr(transformers, config_class)(**SMALL, **extra)
+    text = getattr(transformers, config_class)(**{**SMALL, **extra})
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=16
     )
@@ -143,12 +154,15 @@ class Case:
             "pixel_values": torch.randn(2, 3, 32, 32, generator=g),
         }
         self.real = self.inputs["attention_mask"].bool()
-        self.layers = self.bare.model.language_model.layers
-        # MLP parts under the backbone's names (LFM2: feed_forward.w1 / w3 / w2)
+        lm = self.bare.model.language_model
+        self.layers = getattr(lm, "decoder", lm).layers  # OPT: the layers sit in its decoder
+        # MLP parts under the backbone's names (LFM2: feed_forward.w1 / w3 / w2; OPT: the layer's fc1 / fc2)
         self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name == "lfm2" else {}
+        self.mlp |= {"up": "fc1", "down": "fc2"} if name == "opt" else {}
 
     def mlp_part(self, l: int, part: str) -> nn.Module:
-        mlp = self.layers[l].feed_forward if self.name in ("lfm2", "llama4_text") else self.layers[l].mlp
+        layer = self.layers[l]
+        mlp = layer.feed_forward if self.name in ("lfm2", "llama4_text") else layer if self.name == "opt" else layer.mlp
         return getattr(mlp, self.mlp.get(part, f"{part}_proj"))
 
     def ln2(self, l: int) -> nn.Module:
@@ -173,7 +187,9 @@ class Case:
 
     def diff(self, a: torch.Tensor, b: torch.Tensor) -> float:
         """Max abs difference over real positions, relative to the values' scale where it exceeds 1
-        (a run that caches attention internals uses eager attention: rounding scales with the values)."""
+        (a run that caches attention internals uses eager attention: rounding scales with the values).
+        ``b`` may be [batch * pos, ...] (OPT's MLP half)."""
+        b = b.reshape(a.shape)
         return (a - b)[self.real].abs().max().item() / max(1.0, b[self.real].abs().max().item())
 
 
@@ -244,7 +260,9 @@ def test_hook_embed_and_resid_pre_0(case: Case) -> None:
     embed = weight[ids] * (math.sqrt(case.text.hidden_size) if gemma else 1.0)
     assert (c["hook_embed"] - embed)[text].abs().max().item() <= TOL * 10
     mult = getattr(case.text, "embedding_multiplier", 1.0)
-    assert (c["blocks.0.hook_resid_pre"] - c["hook_embed"] * mult)[text].abs().max().item() <= TOL * 10
+    decoder = getattr(case.bare.model.language_model, "decoder", None)  # OPT: learned positions added after
+    pos = decoder.embed_positions(case.inputs["attention_mask"], 0) if decoder is not None else 0.0
+    assert (c["blocks.0.hook_resid_pre"] - c["hook_embed"] * mult - pos)[text].abs().max().item() <= TOL * 10
 
 
 def test_pattern_equals_hf_eager_attentions(case: Case) -> None:
@@ -292,6 +310,8 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice | list[
     if case.name in FUSED_GATE_UP:  # GLM chunks gate_up_proj's output as HF's Phi-3 does: gate first
         gu, d = layer.mlp.gate_up_proj, t.intermediate_size
         return {**attn, "mlp.hook_pre": (gu, slice(0, d)), "mlp.hook_pre_linear": (gu, slice(d, None))}
+    if not case.model.adapter.gated:  # OPT: no gate, hook_pre is the up projection (fc1), no hook_pre_linear
+        return {**attn, "mlp.hook_pre": (case.mlp_part(l, "up"), slice(None))}
     gate, up = case.mlp_part(l, "gate"), case.mlp_part(l, "up")
     return {**attn, "mlp.hook_pre": (gate, slice(None)), "mlp.hook_pre_linear": (up, slice(None))}
 
@@ -305,15 +325,16 @@ def test_projection_hooks_are_the_projections_and_their_edits_take_effect(case: 
         if not _dense(case):
             return
         l = _dense(case)[-1]
-    if hook not in _projections(case, l):
-        pytest.skip(f"{case.name}: ungated MLP, no {hook}")
+    if hook not in _projections(case, l):  # a non-gated MLP has no hook_pre_linear
+        assert f"blocks.{l}.{hook}" not in case.model.hook_dict
+        return
     module, part = _projections(case, l)[hook]
     seen = {}
     case.bare_run([(module, "fwd", lambda m, i, out: seen.__setitem__("x", out[..., part]))])
     name = f"blocks.{l}.{hook}"
     _, cache = case.model.run_with_cache(case.inputs, names_filter=[name])
     got = cache[name].flatten(-2) if hook.startswith("attn") else cache[name]
-    assert torch.equal(got, seen["x"])
+    assert torch.equal(got, seen["x"].reshape(got.shape))  # OPT's MLP runs on [batch * pos, d]
 
     noise = torch.randn(seen["x"].shape[-1], generator=torch.Generator().manual_seed(4))  # not a scale: norms follow
 
@@ -330,7 +351,9 @@ def test_projection_hooks_are_the_projections_and_their_edits_take_effect(case: 
             ],
         )
     hand = case.bare_run([(module, "fwd", add)]).logits
-    assert case.diff(ours, hand) <= TOL and case.diff(ours, case.bare_run().logits) > 1e-3
+    assert case.diff(ours, hand) <= TOL
+    # without RoPE (OPT) one shift of every key adds a constant to each query's scores: softmax ignores it
+    assert case.diff(ours, case.bare_run().logits) > 1e-3 or (hook == "attn.hook_k" and case.name == "opt")
 
 
 def test_resid_mid_edit_equals_the_hand_edit_on_the_bare_model(case: Case) -> None:
@@ -358,7 +381,7 @@ def _zeroed(case: Case, neurons: dict[int, list[int]]) -> torch.Tensor:
     def zero(idx: list[int]):  # noqa: ANN202
         def fn(m, args):  # noqa: ANN001, ANN202
             x = args[0].clone()
-            x[..., idx] = x[..., idx] * ~case.real[..., None]
+            x[..., idx] = x[..., idx] * ~case.real.reshape(*x.shape[:-1], 1)  # OPT: [batch * pos, d_mlp]
             return (x,)
 
         return fn
@@ -514,6 +537,10 @@ def test_nnsight_backend_equals_hooked_mllm_or_refuses_the_hook(case: Case) -> N
             continue
         if spec is mlp_out and case.name == "llama4_text":  # its MoE block returns [batch * pos, d_model]
             with pytest.raises(NotImplementedError, match="cannot edit blocks.1.hook_mlp_out.*flattened"):
+                backend.run(case.inputs, spec)
+            continue
+        if spec in neurons and case.model.adapter.flat:  # OPT: fc2 reads [batch * pos, d_mlp] rows
+            with pytest.raises(NotImplementedError, match=r"opt block runs the MLP on \[batch \* pos"):
                 backend.run(case.inputs, spec)
             continue
         ref = model.run_with_interventions(case.inputs, spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import IMAGE_FAMILIES, Pair, assert_clean, pair_for, record
+from conftest import IMAGE_FAMILIES, Pair, assert_clean, lm_outputs, pair_for, record
 
 from hooks_mm import Last, Modality
 
@@ -49,7 +49,7 @@ def test_pattern_equals_hf_eager_attentions(pair: Pair) -> None:
     eager = pair.fresh_bare()
     eager.set_attn_implementation("eager")
     with torch.no_grad():
-        attentions = eager(**pair.inputs, output_attentions=True).attentions
+        attentions = lm_outputs(eager(**pair.inputs, output_attentions=True)).attentions
     # HF returns the attention layers' weights (a hybrid stack's linear-attention / conv layers have none)
     layers = [l for l in range(pair.model.cfg.n_layers) if l not in pair.model.cfg.mixer_layers]
     assert len(attentions) == len(layers)
@@ -93,7 +93,9 @@ def test_mlp_post_is_down_proj_input(pair: Pair) -> None:
     if not seen:  # every layer a mixture of experts (Aria): no dense neurons anywhere (tests/test_moe.py)
         assert not any(n.endswith("mlp.hook_post") for n in cache)
         return
-    worst = max(real_diff(cache[f"blocks.{l}.mlp.hook_post"], seen[l], pair.real) for l in seen)
+    # OPT runs its MLP on [batch * pos, d_mlp]: the hook point shows [batch, pos, d_mlp]
+    post = {l: cache[f"blocks.{l}.mlp.hook_post"] for l in seen}
+    worst = max(real_diff(post[l], seen[l].reshape(post[l].shape), pair.real) for l in seen)
     record("mlp.hook_post vs down_proj input", pair.family, worst)
     assert worst <= TOL
 

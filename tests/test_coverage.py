@@ -89,3 +89,20 @@ def test_smoke_check_is_exact_on_llava_and_catches_a_wrong_model() -> None:
         wrong.model.language_model.layers[0].mlp.down_proj.weight.mul_(1.01)
     status = cov.conformance(bare, ids, wrapped=wrong)
     assert status.startswith("accepted but WRONG: no-hook logits differ"), status
+
+
+def test_a_forward_that_needs_media_is_checked_on_the_zoo_builders_batch() -> None:
+    """BLIP-2 has no text-only forward: the smoke check runs on its hooks_mm.zoo builder's batch (image, padding),
+    every check kept, and still catches a wrong model."""
+    tiny = build("blip2")
+    bare = tiny.model.eval()
+    assert cov.conformance(bare, cov.text_ids(bare.config)).startswith(cov.NO_TEXT_PATH)
+    assert cov.conformance(bare, tiny.inputs) == "exact (media path: the builder's batch)"
+    row = {"class": "Blip2ForConditionalGeneration", "family": "blip2", "backbone": "opt", "modalities": ["image"]}
+    status = cov.zoo_fallback(row, f"{cov.NO_TEXT_PATH} (ValueError)")["status"]
+    assert status == "exact (media path: the builder's batch) (hooks_mm.zoo tiny config)"
+    wrong = copy.deepcopy(bare)
+    with torch.no_grad():
+        wrong.language_model.model.decoder.layers[0].fc2.weight.mul_(1.01)
+    status = cov.conformance(bare, tiny.inputs, wrapped=wrong)
+    assert status.startswith("accepted but WRONG: no-hook logits differ"), status

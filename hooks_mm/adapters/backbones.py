@@ -155,9 +155,15 @@ class Backbone:
     # a buffer of the layer that multiplies the block's whole output, residual included (Gemma-4 layer_scalar):
     # the row derives hook_mlp_out (post - mid) and an edit at resid_mid is scaled by it as the block scales it
     out_scale: str | None = None
-    # modules of the block the row accounts for inside a derived hook (Gemma-4's post_feedforward_layernorm,
     # (text-config field, the term it adds): a config where the field is set (truthy) is refused with that reason
     refuse: tuple[tuple[str, str], ...] = ()
+    # the MLP's activation module where it is a child of the layer, not of an mlp module (OPT: mlp="")
+    act: str | None = None
+    # the block reshapes [batch, pos, d] to [batch * pos, d] before its MLP half (OPT): the wiring shows those
+    # hook points as [batch, pos, ...]; the nnsight backend refuses them
+    flat: bool = False
+    # the text model's submodule holding layers, embed_tokens and the final norm (OPT: decoder)
+    decoder: str = ""
     notes: str = ""
 
     def mixer(self, text_config: Any, index: int) -> Mixer | None:
@@ -180,8 +186,8 @@ class Backbone:
         ``mixer`` layer: its mixer in place of the attention paths)."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
         attn = [mixer.path] if mixer is not None else attn + ([self.attn_out] if self.attn_out else [])
-        parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down)
-        mlp = [self.mlp, *(f"{self.mlp}.{p}" for p in parts if p)]
+        parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down, self.act)
+        mlp = [self.mlp, *(".".join(filter(None, (self.mlp, p))) for p in parts if p)]
         return attn + mlp + [p for p in (self.ln1, self.ln2, self.mlp_out) if p] + list(self.inside)
 
 
@@ -412,6 +418,29 @@ ARIA = Backbone(
     "the renormalised top-k softmax; experts stored [n, d_in, d_out]) plus ungated shared experts",
 )
 
+OPT = Backbone(
+    "opt",
+    o="out_proj",
+    attn_out="self_attn.out_proj",
+    ln1="self_attn_layer_norm",
+    ln2="final_layer_norm",
+    mlp="",
+    gate=None,
+    up="fc1",
+    down="fc2",
+    act="activation_fn",
+    mlp_out="fc2",
+    flat=True,
+    decoder="decoder",
+    norm="final_layer_norm",
+    notes="OPT (pre-LN: do_layer_norm_before=True): x + out_proj(attn(self_attn_layer_norm(x))), then "
+    "+ fc2(act(fc1(final_layer_norm(.)))), fc1 / fc2 children of the layer (no gate: mlp.hook_pre is fc1's output, "
+    "mlp.hook_post fc2's input, hook_mlp_out fc2's output). The decoder adds learned positions (embed_positions) "
+    "after hook_embed: blocks.0.hook_resid_pre holds them. q_proj's output is scaled by d_head^-0.5 before "
+    "attention: attn.hook_q is q_proj's output, attn.hook_rot_q (no rotary) the scaled query attention reads. "
+    "Post-LN (OPT-350m) and project_in / project_out (word_embed_proj_dim != hidden_size) are refused",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -441,6 +470,7 @@ BACKBONES: dict[str, Backbone] = {
     "exaone4": EXAONE4,
     "llama4_text": LLAMA4,
     "aria_text": ARIA,
+    "opt": OPT,
 }
 
 

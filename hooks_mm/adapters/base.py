@@ -130,7 +130,18 @@ class Adapter:
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         row = backbone_for(text)  # a text model whose final norm is not ``norm`` (LFM2: embedding_norm)
         final = self.final_norm[: -len("norm")] + row.norm if self.final_norm.endswith(".norm") else self.final_norm
-        return replace(self, backbone=row, final_norm=final)
+        paths = {"layers": self.layers, "embed": self.embed, "final_norm": final}
+        if row.decoder:  # OPT: the text model's layers, embedding and final norm sit in its ``decoder``
+            paths = {k: _under(v, row.decoder) for k, v in paths.items()}
+        return replace(self, backbone=row, **paths)
+
+
+def _under(path: str, decoder: str) -> str:
+    """``"a.b.layers"`` -> ``"a.b.<decoder>.layers"`` (kept when the path already goes through it)."""
+    if f"{decoder}." in f".{path}":
+        return path
+    head, _, tail = path.rpartition(".")
+    return ".".join(filter(None, (head, decoder, tail)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -63,6 +63,19 @@ def check_backbone(adapter: Any, layer: Any, text_config: Any, index: int | None
         problems.append(f"clip_qkv={text_config.clip_qkv}: attention reads q/k/v clamped after the projections")
     if getattr(text_config, "swin_norm", False):  # same module names, norms moved after each branch
         problems.append("swin_norm=True: its norms normalise the attention and MLP outputs, not their inputs")
+    if getattr(text_config, "do_layer_norm_before", True) is False:  # OPT-350m
+        problems.append(
+            "do_layer_norm_before=False (post-LN, as OPT-350m): each norm follows its residual add, so what a branch "
+            "adds is normalised away and no hook point is what is added to the residual stream"
+        )
+    proj = getattr(text_config, "word_embed_proj_dim", None)
+    if proj is not None and proj != getattr(text_config, "hidden_size", proj):
+        problems.append(
+            f"word_embed_proj_dim={proj} != hidden_size: project_in / project_out map the embeddings into and the "
+            "final stream out of the blocks' width, which no hook point accounts for"
+        )
+    if getattr(text_config, "_remove_final_layer_norm", False):
+        problems.append("_remove_final_layer_norm=True: the decoder has no final norm (ln_final)")
     if b.parallel and "post_attention_layernorm" in children:
         problems.append("a second norm (post_attention_layernorm) although the row describes a parallel block")
     scaled = {

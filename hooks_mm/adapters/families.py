@@ -20,6 +20,7 @@ for _module in (
     "ocr",
     "gemma4_fuyu",
     "llama4_aria",
+    "blip",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

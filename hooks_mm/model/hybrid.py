@@ -96,7 +96,7 @@ def mlp_width(adapter: Any, layers: list[nn.Module], text_config: Any) -> int | 
 
 def _has(layer: nn.Module, *parts: str) -> bool:
     try:
-        layer.get_submodule(".".join(parts))
+        layer.get_submodule(".".join(filter(None, parts)))
         return True
     except AttributeError:
         return False

@@ -197,7 +197,9 @@ class Wiring:
 
             parallel = a.parallel and not cross
             needs_pre = parallel and (p + "hook_resid_mid" in live or derived_mlp)
-            if p + "hook_resid_pre" in live or derived_attn or prev_inject or needs_pre:
+            flat = a.flat and any(h.startswith(p) for h in live)  # OPT: the layer's [batch, pos] shape is needed
+            sh = (lambda fn, l=l: self._shaped(l, fn)) if a.flat else (lambda fn: fn)  # noqa: E731
+            if p + "hook_resid_pre" in live or derived_attn or prev_inject or needs_pre or flat:
                 self._pre(layer, self._layer_pre(l, prev_inject), True)
             if p + "ln1.hook_normalized" in live:
                 self._fwd(layer.get_submodule(a.ln1), out_hook(hd[p + "ln1.hook_normalized"]))
@@ -236,25 +238,26 @@ class Wiring:
                 if parallel:  # no norm reads resid_mid: it is resid_pre + the attention output, once that exists
                     self._fwd(layer.get_submodule(attn_out), self._after_attn(l, fn))
                 else:  # the input of the second norm, or of the MLP itself where none precedes it (EXAONE-4)
+                    fn = sh(fn)
                     reads_mid = layer.get_submodule(a.ln2 if a.ln2 is not None else a.mlp)
                     self._pre(reads_mid, lambda m, args, fn=fn: (fn(args[0]), *args[1:]))
             if p + "ln2.hook_normalized" in live:
-                self._fwd(layer.get_submodule(a.ln2), out_hook(hd[p + "ln2.hook_normalized"]))
+                self._fwd(layer.get_submodule(a.ln2), out_hook(sh(hd[p + "ln2.hook_normalized"])))
             mlp = layer.get_submodule(a.mlp)
             pre = [hd[h] if (h := p + f"mlp.hook_{key}") in live else None for key in ("pre", "pre_linear")]
             if a.gate_up is not None and any(pre):  # fused: split [gate; up], hook, re-concatenate
                 self._fwd(mlp.get_submodule(a.gate_up), fused(pre, [cfg.d_mlp] * 2))
             elif a.gate_up is None:
                 if pre[0] is not None:
-                    self._fwd(mlp.get_submodule(a.gate or a.up), out_hook(pre[0]))
+                    self._fwd(mlp.get_submodule(a.gate or a.up), out_hook(sh(pre[0])))
                 if pre[1] is not None:
-                    self._fwd(mlp.get_submodule(a.up), out_hook(pre[1]))
+                    self._fwd(mlp.get_submodule(a.up), out_hook(sh(pre[1])))
             if p + "mlp.hook_post" in live:
-                self._pre(mlp.get_submodule(a.down), in_hook(hd[p + "mlp.hook_post"]))
+                self._pre(mlp.get_submodule(a.down), in_hook(sh(hd[p + "mlp.hook_post"])))
             if l in cfg.moe_layers and (mine := {h: hd[h] for h in live if h.startswith(p + "mlp.")}):
                 self.handles += attach_moe(mlp, a.moe, mine, p + "mlp.")  # routing and experts (model/moe.py)
-            if p + "hook_mlp_out" in live and not derived_mlp:  # Llama 4's MoE returns [tokens, d]: seen per position
-                self._fwd(layer.get_submodule(a.mlp_out), shaped_out(hd[p + "hook_mlp_out"]))
+            if p + "hook_mlp_out" in live and not derived_mlp:  # Llama 4's MoE returns [tokens, d]; OPT's fc2 too
+                self._fwd(layer.get_submodule(a.mlp_out), shaped_out(sh(hd[p + "hook_mlp_out"])))
             if mid or derived_attn or derived_mlp or p + "hook_resid_post" in live or inject:
                 self._fwd(layer, self._layer_post(l, derived_mlp, inject))
         if f"blocks.{n - 1}.hook_deepstack" in live:
@@ -284,11 +287,23 @@ class Wiring:
                 x = self._injected(l - 1, x)
             x = hp(x)
             state["pre", l] = x
+            state["shape", l] = x.shape[:-1]
             if args:
                 return (x, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": x}
 
         return fn
+
+    def _shaped(self, l: int, fn: Callable) -> Callable:
+        """``fn`` on [batch, pos, ...] where the block holds [batch * pos, ...] (OPT's MLP half), flattened back."""
+
+        def call(x: Tensor) -> Tensor:
+            if x.dim() != 2:
+                return fn(x)
+            out = fn(x.reshape(*self.state["shape", l], x.shape[-1]))
+            return out.reshape(-1, out.shape[-1])
+
+        return call
 
     def _mid(self, l: int, derived_attn: bool, mid: bool) -> Callable:
         """resid_mid x0 -> the value the MLP branch reads (after hook_attn_out when derived, hook_resid_mid);

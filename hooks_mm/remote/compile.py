@@ -77,7 +77,12 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
             f"the nnsight backend cannot edit {hook} of {model.cfg.architecture}: its MoE block (Llama 4) returns "
             "its output flattened over (batch, pos), not per position; run this spec with HookedMLLM."
         )
-    return (layer, _ORDER[suffix]), ".".join([a.layers, str(layer), *paths]), attr
+    if a.flat and {"mlp", "mlp_out"} & set(fields):  # OPT: fc1 / fc2 run on [batch * pos, ...]
+        raise NotImplementedError(
+            f"the nnsight backend cannot edit {hook} of {model.cfg.architecture}: its {a.backbone.name} block runs "
+            "the MLP on [batch * pos, ...] rows, not [batch, pos, ...]; run this spec with HookedMLLM."
+        )
+    return (layer, _ORDER[suffix]), ".".join(filter(None, [a.layers, str(layer), *paths])), attr
 
 
 def _cpu(x: Any) -> Any:

@@ -170,7 +170,8 @@ class FastGroup:
         a = model.adapter
         block = model.decoder_layers[self.layer]
         self.down = block.get_submodule(a.mlp).get_submodule(a.down)
-        self.after_down = None if a.mlp_out == a.mlp else block.get_submodule(a.mlp_out)
+        after = None if a.mlp_out == a.mlp else block.get_submodule(a.mlp_out)
+        self.after_down = None if after is self.down else after  # OPT: mlp_out is fc2, the down linear itself
         self.diff = (act - apply(act, edit.op, store)).flatten(0, 1)  # [rows, m]
         self.down_out = self.down(act).flatten(0, 1)  # [rows, d]
         self.mid = replay.cache[f"blocks.{self.layer}.hook_resid_mid"]

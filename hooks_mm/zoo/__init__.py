@@ -83,6 +83,9 @@ BUILDERS: dict[str, str] = {
     "fuyu": "fuyu:build_fuyu",
     "molmo2": "molmo2:build_molmo2",
     "kosmos2_5": "kosmos2_5:build_kosmos2_5",
+    "blip2": "blip:build_blip2",
+    "instructblip": "blip:build_instructblip",
+    "instructblipvideo": "blip:build_instructblipvideo",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
