@@ -85,6 +85,7 @@ N_IMAGES = {
             "qwen3_vl",
             "qwen3_vl_moe",
             "qwen3_5",
+            "qwen3_5_moe",
             "smolvlm",
             "videollama3",
             "vipllava",

@@ -76,6 +76,16 @@ CASES = {
         "Qwen3_5TextConfig",
         {"head_dim": 8, "layer_types": ["linear_attention", "full_attention"], **QWEN3_5_LINEAR},
     ),
+    "qwen3_5_moe_text": (  # the hybrid stack with a MoE (and shared expert) in every layer
+        "Qwen3_5MoeTextConfig",
+        {
+            "head_dim": 8,
+            "layer_types": ["linear_attention", "full_attention"],
+            **QWEN3_5_LINEAR,
+            **MOE,
+            "shared_expert_intermediate_size": 24,
+        },
+    ),
     "lfm2": (
         "Lfm2Config",
         {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False, "pad_token_id": PAD},
@@ -247,7 +257,7 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice | list[
             "mlp.hook_pre": (gate_up, slice(0, t.intermediate_size)),
             "mlp.hook_pre_linear": (gate_up, slice(t.intermediate_size, None)),
         }
-    a, hd = layer.self_attn, t.head_dim if case.name == "qwen3_5_text" else None
+    a, hd = layer.self_attn, t.head_dim if case.name.startswith("qwen3_5") else None
     query = [h * 2 * hd + j for h in range(t.num_attention_heads) for j in range(hd)] if hd else slice(None)
     attn = {
         "attn.hook_q": (a.q_proj, query),

@@ -22,7 +22,7 @@ from hooks_mm.model.moe import route, routed
 from hooks_mm.selectors import Image, NonPad
 from hooks_mm.sweep import attribution_patching, sweep
 
-MOE_CASES = ["qwen3_moe", "mixtral", "qwen2_moe"]
+MOE_CASES = ["qwen3_moe", "mixtral", "qwen2_moe", "qwen3_5_moe_text"]
 TOL = 1e-5
 
 
@@ -160,8 +160,9 @@ def test_hooked_moe_forward_equals_every_experts_implementation(case: Case) -> N
         assert case.diff(logits, ref) <= TOL and case.diff(c[names[1]], seen["out"]) <= TOL, impl
 
 
-def test_shared_expert_neurons_and_their_edits() -> None:
-    case = _CASES.get("qwen2_moe") or Case("qwen2_moe")
+@pytest.mark.parametrize("name", ["qwen2_moe", "qwen3_5_moe_text"])
+def test_shared_expert_neurons_and_their_edits(name: str) -> None:
+    case = _CASES.get(name) or Case(name)
     l = _moe_layer(case)
     shared = case.layers[l].mlp.shared_expert
     x = _seen(case, l)["x"]

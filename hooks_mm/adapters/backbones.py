@@ -56,7 +56,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from torch import nn
@@ -294,6 +294,14 @@ LFM2 = Backbone(
     "norm is embedding_norm",
 )
 
+QWEN3_5_MOE = replace(
+    QWEN3_5,
+    name="qwen3_5_moe",
+    moe=Moe(renorm=True, shared="shared_expert", shared_gate="shared_expert_gate"),
+    notes="Qwen3.5's hybrid stack (gated DeltaNet / gated attention, as qwen3_5) whose every MLP is a top-k mixture "
+    "of experts (weights always renormalised) plus a shared expert scaled by sigmoid(shared_expert_gate(x))",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -316,6 +324,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_vl_moe_text": QWEN3_VL_MOE,
     "qwen3_5_text": QWEN3_5,
     "lfm2": LFM2,
+    "qwen3_5_moe_text": QWEN3_5_MOE,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

@@ -74,6 +74,7 @@ BUILDERS: dict[str, str] = {
     "qianfan_ocr": "ocr:build_qianfan_ocr",
     "deepseek_vl_hybrid": "ocr:build_deepseek_vl_hybrid",
     "ovis2": "ocr:build_ovis2",
+    "qwen3_5_moe": "moe:build_qwen3_5_moe",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
