@@ -71,7 +71,15 @@ class Moe:
     ``down_proj`` [n_experts, d_model, d_expert] (transformers 5's fused experts). Routing:
     ``softmax(logits)`` in float32, top-k, then divided by its sum when ``renorm`` (True, or the name of
     the router's boolean attribute) holds, then cast to the logits' dtype when ``cast``.
-    ``shared`` / ``shared_gate``: a dense always-on expert and its sigmoid gate (Qwen2-MoE).
+    ``shared`` / ``shared_gate``: a dense always-on expert and its sigmoid gate (Qwen2-MoE); a shared
+    expert without ``shared_gate`` is added as it is (GLM-4.5).
+
+    Sigmoid routing (GLM-4.5 / DeepSeek-V3, ``score="sigmoid"``): the scores are ``sigmoid(logits)``
+    per expert; the router's ``bias`` buffer (``e_score_correction_bias``) is added to them to CHOOSE
+    the experts only; with ``groups`` (the router's attributes: number of groups, groups kept) the
+    choice is limited to the ``topk_group`` groups whose two best biased scores sum highest; the
+    weights are the chosen experts' unbiased scores, divided by their sum plus ``eps`` when
+    ``renorm`` holds, times the router's ``scale`` attribute (``routed_scaling_factor``).
     """
 
     router: str = "gate"
@@ -80,9 +88,19 @@ class Moe:
     cast: bool = True
     shared: str | None = None
     shared_gate: str | None = None
+    score: str = "softmax"
+    bias: str | None = None
+    groups: tuple[str, str] | None = None
+    scale: str | None = None
+    eps: float = 0.0
 
     def paths(self) -> list[str]:
         return [p for p in (self.router, self.experts, self.shared, self.shared_gate) if p]
+
+    def router_attrs(self) -> list[str]:
+        """The router attributes this row's routing reads (beyond ``weight`` and ``top_k``)."""
+        named = [self.renorm if isinstance(self.renorm, str) else None, self.bias, self.scale, *(self.groups or ())]
+        return [a for a in named if a]
 
 
 @dataclass(frozen=True)
@@ -302,6 +320,24 @@ QWEN3_5_MOE = replace(
     "of experts (weights always renormalised) plus a shared expert scaled by sigmoid(shared_expert_gate(x))",
 )
 
+GLM4V_MOE = Backbone(
+    "glm4v_moe",
+    moe=Moe(
+        renorm="norm_topk_prob",
+        cast=False,
+        shared="shared_experts",
+        score="sigmoid",
+        bias="e_score_correction_bias",
+        groups=("num_group", "topk_group"),
+        scale="routed_scaling_factor",
+        eps=1e-20,
+    ),
+    notes="GLM-4.5V's text block: Llama-like (no post-norms), dense MLP in the first_k_dense_replace layers, then "
+    "GLM-4.5 MoE: sigmoid scores, experts chosen by score + e_score_correction_bias within the topk_group best "
+    "groups, weights the unbiased scores renormalised times routed_scaling_factor (float32), plus an ungated "
+    "shared expert (shared_experts)",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -325,6 +361,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_5_text": QWEN3_5,
     "lfm2": LFM2,
     "qwen3_5_moe_text": QWEN3_5_MOE,
+    "glm4v_moe_text": GLM4V_MOE,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits
@@ -412,9 +449,17 @@ def moe_problems(row: Moe, block: nn.Module) -> list[str]:
             problems.append(f"experts {type(experts).__name__} without {name}")
     if not (hasattr(router, "weight") and hasattr(router, "top_k")) or getattr(router, "bias", None) is not None:
         problems.append(f"router {type(router).__name__} is not a bias-free linear with top_k")
-    if isinstance(row.renorm, str) and not hasattr(router, row.renorm):
-        problems.append(f"router {type(router).__name__} has no {row.renorm}")
+    absent = [a for a in row.router_attrs() if not hasattr(router, a)]
+    if absent:
+        problems.append(f"router {type(router).__name__} has no {', '.join(absent)}")
+    unread = [a for a in ROUTING if hasattr(router, a) and a not in row.router_attrs()]
+    if unread:  # a routing rule the hooked forward would not apply (a reroute would differ from the router's)
+        problems.append(f"router {type(router).__name__} with {', '.join(unread)} the row does not account for")
     return problems
+
+
+# router attributes that change the routing (GLM-4.5 / DeepSeek-V3): a row must name each its router has
+ROUTING = ("e_score_correction_bias", "routed_scaling_factor", "num_group", "topk_group", "n_group")
 
 
 # children of a decoder layer that do not change a value in eval mode
