@@ -22,7 +22,8 @@ In a MoE layer ``blocks.{l}.mlp`` holds no dense ``hook_pre`` / ``hook_post``; i
 Edits take effect: an edited ``hook_router_logits`` or ``hook_expert_weights`` is routed again (the
 edited scores chosen, renormalised, scaled and cast as the model's router does: :func:`route`); edited
 ``hook_expert_indices`` (same shape, ints in [0, n_experts), distinct per token) send the tokens to
-those experts with the weights of the slots they replace; an edit of an expert's neurons goes through its down projection.
+those experts with the weights of the slots they replace; an edit of an expert's neurons goes through
+its down projection.
 
 The no-hook forward is HF's. While one of these hooks is live the block runs :func:`hooked_forward`
 (routing by the model's own router; experts computed per expert, as HF's eager experts do, so the
