@@ -25,7 +25,7 @@ AUDIO_ONLY = (
     "granite_speech_plus",
     "fun_asr_nano",
 )  # audio + text: no image positions
-VIDEO_ONLY = ("glm4v_video",)  # video + text: GLM-4V refuses images and videos in one batch
+VIDEO_ONLY = ("glm4v_video", "glm4v_moe_video")  # video + text: GLM-4V refuses images and videos in one batch
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY + VIDEO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = [
@@ -39,6 +39,7 @@ VIDEO_FAMILIES = [
     "hyperclovax_vision_v2_video",
     "videollama3_video",
     "glm4v_video",
+    "glm4v_moe_video",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -86,6 +87,7 @@ N_IMAGES = {
             "qwen3_vl_moe",
             "qwen3_5",
             "qwen3_5_moe",
+            "glm4v_moe",
             "smolvlm",
             "videollama3",
             "vipllava",

@@ -75,6 +75,8 @@ BUILDERS: dict[str, str] = {
     "deepseek_vl_hybrid": "ocr:build_deepseek_vl_hybrid",
     "ovis2": "ocr:build_ovis2",
     "qwen3_5_moe": "moe:build_qwen3_5_moe",
+    "glm4v_moe": "glm_cohere:build_glm4v_moe",
+    "glm4v_moe_video": "glm_cohere:build_glm4v_moe_video",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package
