@@ -40,6 +40,7 @@ VIDEO_FAMILIES = [
     "videollama3_video",
     "glm4v_video",
     "glm4v_moe_video",
+    "qwen3_omni_moe",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -52,6 +53,7 @@ AUDIO_FAMILIES = [
     "granite_speech",
     "granite_speech_plus",
     "fun_asr_nano",
+    "qwen3_omni_moe",
 ]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
@@ -107,6 +109,7 @@ N_IMAGES = {
             "llava_next_video",
             "llava_onevision_video",
             "qwen2_5_omni",
+            "qwen3_omni_moe",
             "qwen2_5_vl_video",
             "qwen2_vl_video",
             "video_llava",

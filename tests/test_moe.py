@@ -312,3 +312,26 @@ def test_a_routing_rule_the_row_does_not_name_is_refused(change: dict, problem: 
     row = replace(adapter.backbone, moe=replace(adapter.moe, **change))
     with pytest.raises(NotImplementedError, match=r"block 1 .*" + problem):
         HookedMLLM(copy.deepcopy(case.bare), adapter=Adapter(**{**adapter.__dict__, "backbone": row}))
+
+
+def test_qwen3_omni_audio_plans_follow_the_encoders_chunked_lengths() -> None:
+    """Steps per clip equal HF's own count for clips shorter than, as long as and longer than one chunk; the
+    steps of chunk c start at its first frame (100 c), 8 frames (80 ms at a 10 ms hop) apart within it."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen3OmniMoeThinkerConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    from hooks_mm.adapters.moe_families import qwen3_omni_audio_plans
+    from hooks_mm.zoo.omni import build_feature_extractor
+
+    config = Qwen3OmniMoeThinkerConfig(audio_config={"n_window": 50})
+    lengths = torch.tensor([1, 7, 8, 99, 100, 101, 130, 200, 257])
+    mask = (torch.arange(300) < lengths[:, None]).long()
+    plans = qwen3_omni_audio_plans(config, {"feature_attention_mask": mask}, None)
+    assert [len(p.cells) for p in plans] == _get_feat_extract_output_lengths(lengths, 50).tolist()
+    assert torch.isnan(plans[0].time).all()  # no processor: no rate
+    processor = SimpleNamespace(feature_extractor=build_feature_extractor())  # 10 ms per mel frame
+    (plan,) = qwen3_omni_audio_plans(config, {"feature_attention_mask": mask[-1:]}, processor)
+    starts = [100 * c + 8 * k for c, n in ((0, 13), (1, 13), (2, 8)) for k in range(n)]  # 257 = 100 + 100 + 57
+    assert torch.allclose(plan.time, torch.tensor(starts, dtype=torch.float64) * 0.01)

@@ -362,6 +362,7 @@ BACKBONES: dict[str, Backbone] = {
     "lfm2": LFM2,
     "qwen3_5_moe_text": QWEN3_5_MOE,
     "glm4v_moe_text": GLM4V_MOE,
+    "qwen3_omni_moe_text": QWEN_MOE,
 }
 
 # text-config fields that scale what a block adds to the residual, the embedding or the logits

@@ -77,6 +77,7 @@ BUILDERS: dict[str, str] = {
     "qwen3_5_moe": "moe:build_qwen3_5_moe",
     "glm4v_moe": "glm_cohere:build_glm4v_moe",
     "glm4v_moe_video": "glm_cohere:build_glm4v_moe_video",
+    "qwen3_omni_moe": "moe:build_qwen3_omni_moe",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

@@ -84,3 +84,74 @@ def build_qwen3_5_moe(seed: int = 0) -> Tiny:
     )
     model = init_model(transformers.Qwen3_5MoeForConditionalGeneration, config, seed)
     return Tiny(model=model, inputs=processor_inputs(processor, seed, 32), processor=processor)
+
+
+def build_qwen3_omni_moe(seed: int = 0) -> Tiny:
+    """Qwen3-Omni thinker with image, video, audio and text in one prompt."""
+    import transformers
+
+    from hooks_mm.media import QwenVideoProcessorPil, chirp, moving_square, tone
+    from hooks_mm.processing import allow_missing_video_processor
+    from hooks_mm.zoo import omni
+    from hooks_mm.zoo.base import chat_prompts, processor_batch, token_ids
+    from hooks_mm.zoo.qwen import build_image_processor, qwen_images
+
+    image_processor = build_image_processor(16)
+    with allow_missing_video_processor():
+        processor = transformers.Qwen3OmniMoeProcessor(
+            image_processor=image_processor,
+            video_processor=None,
+            feature_extractor=omni.build_feature_extractor(),
+            tokenizer=omni.build_tokenizer(),
+            chat_template=omni.CHAT_TEMPLATE,
+        )
+    processor.video_processor = QwenVideoProcessorPil(image_processor, fps=omni.FPS)
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in omni.SPECIAL}
+    text = lm_config(
+        omni.VOCAB,
+        max_position_embeddings=1024,
+        num_hidden_layers=3,
+        head_dim=16,
+        rope_parameters=mrope(4, 2, 2),
+        **MOE,
+        **token_ids(tok),
+    )
+    config = transformers.Qwen3OmniMoeThinkerConfig(
+        audio_config=dict(
+            num_mel_bins=omni.N_MELS,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            d_model=32,
+            output_dim=64,
+            downsample_hidden_size=8,
+            max_source_positions=100,
+        ),
+        vision_config=vision_config(16, depth=3, num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
+        text_config=text,
+        audio_token_id=ids["<|AUDIO|>"],
+        image_token_id=ids["<|IMAGE|>"],
+        video_token_id=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"],
+        vision_end_token_id=ids["<|vision_eos|>"],
+        position_id_per_seconds=25,
+    )
+    model = init_model(transformers.Qwen3OmniMoeThinkerForConditionalGeneration, config, seed)
+    texts = chat_prompts(
+        processor,
+        (["image", "audio", "video"], "what is in this image video and sound ?"),
+        (["audio"], "describe the pitch"),
+    )
+    factor = 32
+    inputs = processor_batch(
+        processor,
+        texts,
+        images=qwen_images(seed, factor)[:1],
+        videos=[moving_square(4, 2 * factor, 3 * factor, seed)],
+        audio=[tone(0.9, 440.0), chirp(0.6)],  # under one 1 s encoder chunk each
+        fps=omni.FPS,
+    )
+    return Tiny(model=model, inputs=inputs, processor=processor)
