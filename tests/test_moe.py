@@ -335,3 +335,16 @@ def test_qwen3_omni_audio_plans_follow_the_encoders_chunked_lengths() -> None:
     (plan,) = qwen3_omni_audio_plans(config, {"feature_attention_mask": mask[-1:]}, processor)
     starts = [100 * c + 8 * k for c, n in ((0, 13), (1, 13), (2, 8)) for k in range(n)]  # 257 = 100 + 100 + 57
     assert torch.allclose(plan.time, torch.tensor(starts, dtype=torch.float64) * 0.01)
+
+
+def test_a_hybrid_stack_with_no_dense_mlp() -> None:
+    """Qwen3.5-MoE: every layer MoE (cfg.d_mlp None: no dense neuron exists), each with the gated shared expert;
+    its linear-attention layer keeps the MoE hooks and has no attn.* hook."""
+    case = _CASES.get("qwen3_5_moe_text") or Case("qwen3_5_moe_text")
+    cfg, names = case.model.cfg, set(case.model.hook_dict)
+    assert cfg.moe_layers == [0, 1] and cfg.d_mlp is None and cfg.mixer_layers == {0: "linear_attention"}
+    assert (cfg.n_experts, cfg.top_k, cfg.d_expert, cfg.d_shared) == (4, 2, 16, 24)
+    assert {"blocks.0.mlp.hook_router_logits", "blocks.0.mlp.shared_expert.hook_post", "blocks.1.attn.hook_q"} <= names
+    assert not any(n.startswith("blocks.0.attn.") or n.endswith("mlp.hook_post") for n in names)
+    with pytest.raises(ValueError, match="every layer .* is a mixture of experts"):
+        attribution_patching(case.model, case.inputs, lambda logits: logits[:, -1, 7].sum())
