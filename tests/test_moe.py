@@ -348,3 +348,10 @@ def test_a_hybrid_stack_with_no_dense_mlp() -> None:
     assert not any(n.startswith("blocks.0.attn.") or n.endswith("mlp.hook_post") for n in names)
     with pytest.raises(ValueError, match="every layer .* is a mixture of experts"):
         attribution_patching(case.model, case.inputs, lambda logits: logits[:, -1, 7].sum())
+
+
+def test_a_moe_row_with_an_unknown_score_is_refused() -> None:
+    from hooks_mm.adapters.backbones import Moe
+
+    with pytest.raises(ValueError, match=r"Moe\(score='softplus'\): the router's scores are 'softmax' or 'sigmoid'"):
+        Moe(score="softplus")

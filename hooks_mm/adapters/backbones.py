@@ -94,6 +94,10 @@ class Moe:
     scale: str | None = None
     eps: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.score not in ("softmax", "sigmoid"):
+            raise ValueError(f"Moe(score={self.score!r}): the router's scores are 'softmax' or 'sigmoid'")
+
     def paths(self) -> list[str]:
         return [p for p in (self.router, self.experts, self.shared, self.shared_gate) if p]
 
