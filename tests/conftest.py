@@ -25,7 +25,7 @@ AUDIO_ONLY = (
     "granite_speech_plus",
     "fun_asr_nano",
 )  # audio + text: no image positions
-VIDEO_ONLY = ("glm4v_video",)  # video + text: GLM-4V refuses images and videos in one batch
+VIDEO_ONLY = ("glm4v_video", "glm4v_moe_video")  # video + text: GLM-4V refuses images and videos in one batch
 IMAGE_FAMILIES = [f for f in FAMILIES if f != "llama" and f not in AUDIO_ONLY + VIDEO_ONLY]
 # families / input cases whose batches hold video or audio positions
 VIDEO_FAMILIES = [
@@ -40,6 +40,8 @@ VIDEO_FAMILIES = [
     "videollama3_video",
     "glm4v_video",
     "exaone4_5_video",
+    "glm4v_moe_video",
+    "qwen3_omni_moe",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -53,6 +55,7 @@ AUDIO_FAMILIES = [
     "granite_speech_plus",
     "fun_asr_nano",
     "gemma4_audio",
+    "qwen3_omni_moe",
 ]
 # images in each tiny family's example batch, as its builder writes them (none where not listed)
 N_IMAGES = {
@@ -89,6 +92,8 @@ N_IMAGES = {
             "qwen3_vl",
             "qwen3_vl_moe",
             "qwen3_5",
+            "qwen3_5_moe",
+            "glm4v_moe",
             "smolvlm",
             "videollama3",
             "vipllava",
@@ -111,6 +116,7 @@ N_IMAGES = {
             "llava_next_video",
             "llava_onevision_video",
             "qwen2_5_omni",
+            "qwen3_omni_moe",
             "qwen2_5_vl_video",
             "qwen2_vl_video",
             "video_llava",

@@ -82,6 +82,31 @@ CASES = {
         "Qwen3_5TextConfig",
         {"head_dim": 8, "layer_types": ["linear_attention", "full_attention"], **QWEN3_5_LINEAR},
     ),
+    "qwen3_5_moe_text": (  # the hybrid stack with a MoE (and shared expert) in every layer
+        "Qwen3_5MoeTextConfig",
+        {
+            "head_dim": 8,
+            "layer_types": ["linear_attention", "full_attention"],
+            **QWEN3_5_LINEAR,
+            **MOE,
+            "shared_expert_intermediate_size": 24,
+        },
+    ),
+    # GLM-4.5 routing: sigmoid scores, a choice bias, 2 of 4 groups of 2 experts, top-3, scaled weights, shared expert
+    "glm4v_moe_text": (
+        "Glm4vMoeTextConfig",
+        {
+            "tie_word_embeddings": False,
+            "rope_parameters": GLM_ROPE,
+            "moe_intermediate_size": 16,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 3,
+            "n_group": 4,
+            "topk_group": 2,
+            "routed_scaling_factor": 2.5,
+            "first_k_dense_replace": 1,
+        },
+    ),
     "lfm2": (
         "Lfm2Config",
         {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False, "pad_token_id": PAD},
@@ -131,6 +156,9 @@ def llava_over(config_class: str, **extra: object) -> LlavaForConditionalGenerat
     with torch.no_grad():  # large enough weights that norms, scales and every branch change the logits
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.2) + (1.0 if p.ndim == 1 else 0.0))
+        for name, b in model.named_buffers():  # GLM-4.5 routing: a choice bias that changes which experts are chosen
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.3)
     return model
 
 
@@ -298,7 +326,7 @@ def _projections(case: Case, l: int) -> dict[str, tuple[nn.Module, slice | list[
             "attn.hook_v": (qkv, per_head(2)),
             "mlp.hook_pre": (layer.mlp.dense_h_to_4h, slice(None)),
         }
-    a, hd = layer.self_attn, t.head_dim if case.name == "qwen3_5_text" else None
+    a, hd = layer.self_attn, t.head_dim if case.name.startswith("qwen3_5") else None
     query = [h * 2 * hd + j for h in range(t.num_attention_heads) for j in range(hd)] if hd else slice(None)
     attn = {
         "attn.hook_q": (a.q_proj, query),

@@ -90,7 +90,7 @@ def test_mlp_post_is_down_proj_input(pair: Pair) -> None:
             h.remove()
     _, cache = pair.model.run_with_cache(pair.inputs, names_filter=lambda n: n.endswith("mlp.hook_post"))
     assert len(seen) == pair.model.cfg.n_layers - len(pair.model.cfg.moe_layers)
-    if not seen:  # every layer a mixture of experts (Aria): no dense neurons anywhere (tests/test_moe.py)
+    if not seen:  # every layer a mixture of experts (Aria, Qwen3.5-MoE): no dense neurons (tests/test_moe.py)
         assert not any(n.endswith("mlp.hook_post") for n in cache)
         return
     # OPT runs its MLP on [batch * pos, d_mlp]: the hook point shows [batch, pos, d_mlp]

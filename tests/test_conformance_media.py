@@ -31,11 +31,12 @@ SECONDS_PER_STEP = {
     "granite_speech_plus": 0.1,
     "fun_asr_nano": 0.06,  # low frame rate: every 6th 10 ms fbank frame
     "gemma4_audio": 0.04,
+    "qwen3_omni_moe": 0.08,  # Qwen3-ASR's encoder: three stride-2 convs (clips under one 1 s chunk)
 }
 # steps that share one start time: the Q-Former queries of one projector window (3 per 15 frames)
 STEPS_PER_TIME = {"granite_speech": 3, "granite_speech_plus": 3}
 # seconds per LM video frame: temporal_patch_size (2) / fps (2) where the model receives a rate
-SECONDS_PER_FRAME = {"qwen2_5_vl_video": 1.0, "qwen2_5_omni": 1.0}
+SECONDS_PER_FRAME = {"qwen2_5_vl_video": 1.0, "qwen2_5_omni": 1.0, "qwen3_omni_moe": 1.0}
 
 
 def _mask(p, kind: str) -> torch.Tensor:  # noqa: ANN001

@@ -84,7 +84,7 @@ def test_llama4_plan_cells_are_the_pixel_shuffle_cells() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Llama 4's MoE block (Moe(scoring="sigmoid_input")), checked against the bare HF block by hand
+# Llama 4's MoE block (Moe(score="sigmoid_input")), checked against the bare HF block by hand
 
 L4 = 1  # the MoE block of the llama4_text case
 

@@ -18,11 +18,11 @@ from test_backbones import _CASES, CASES, Case
 from hooks_mm import HookedMLLM
 from hooks_mm.adapters import BACKBONES, Adapter, adapter_for
 from hooks_mm.interventions import NeuronAblation, Steer
-from hooks_mm.model.moe import route, routed
+from hooks_mm.model.moe import route, routed, scores
 from hooks_mm.selectors import Image, NonPad
 from hooks_mm.sweep import attribution_patching, sweep
 
-MOE_CASES = ["qwen3_moe", "mixtral", "qwen2_moe"]
+MOE_CASES = ["qwen3_moe", "mixtral", "qwen2_moe", "qwen3_5_moe_text", "glm4v_moe_text"]
 TOL = 1e-5
 
 
@@ -56,15 +56,16 @@ def test_router_hooks_equal_the_router_by_hand(case: Case) -> None:
     seen = _seen(case, l)
     p = f"blocks.{l}.mlp."
     _, c = case.model.run_with_cache(case.inputs, names_filter=lambda n: n.startswith(p + "hook_"))
-    x, gate = seen["x"], case.layers[l].mlp.gate
+    x, gate, moe = seen["x"], case.layers[l].mlp.gate, case.model.adapter.moe
     logits = x @ gate.weight.T
+    probs = logits.sigmoid() if moe.score == "sigmoid" else logits.softmax(-1)  # GLM-4.5: per-expert sigmoid
     assert (c[p + "hook_router_logits"] - logits).abs().max() <= TOL
-    assert (c[p + "hook_expert_weights"] - logits.softmax(-1)).abs().max() <= TOL
+    assert (c[p + "hook_expert_weights"] - probs).abs().max() <= TOL
     _, weights, idx = seen["router"]
     assert torch.equal(c[p + "hook_expert_indices"], idx.view(*x.shape[:2], -1))
     assert c[p + "hook_expert_indices"].shape[-1] == case.model.cfg.top_k
     # the reroute of an edited softmax is the router's own rule (renorm / cast per model)
-    w2, i2 = route(gate, case.model.adapter.moe, logits.flatten(0, 1).softmax(-1, dtype=torch.float), logits.dtype)
+    w2, i2 = route(gate, moe, probs.flatten(0, 1), logits.dtype)
     assert torch.equal(i2, idx) and (w2 - weights).abs().max() <= TOL and w2.dtype == weights.dtype
 
 
@@ -160,10 +161,11 @@ def test_hooked_moe_forward_equals_every_experts_implementation(case: Case) -> N
         assert case.diff(logits, ref) <= TOL and case.diff(c[names[1]], seen["out"]) <= TOL, impl
 
 
-def test_shared_expert_neurons_and_their_edits() -> None:
-    case = _CASES.get("qwen2_moe") or Case("qwen2_moe")
+@pytest.mark.parametrize("name", ["qwen2_moe", "qwen3_5_moe_text", "glm4v_moe_text"])
+def test_shared_expert_neurons_and_their_edits(name: str) -> None:
+    case = _CASES.get(name) or Case(name)
     l = _moe_layer(case)
-    shared = case.layers[l].mlp.shared_expert
+    shared = case.layers[l].mlp.get_submodule(case.model.adapter.moe.shared)  # GLM-4.5: shared_experts, ungated
     x = _seen(case, l)["x"]
     p = f"blocks.{l}.mlp.shared_expert."
     _, c = case.model.run_with_cache(case.inputs, names_filter=lambda n: n.startswith(p))
@@ -240,7 +242,7 @@ def test_steering_the_router_equals_the_hand_edit(case: Case) -> None:
 
     def steer(m, i, out):  # noqa: ANN001, ANN202
         logits = out[0] + torch.tensor(vec) * real
-        return (logits, *route(gate, moe, logits.softmax(-1, dtype=torch.float), logits.dtype))
+        return (logits, *route(gate, moe, scores(moe, logits), logits.dtype))
 
     hand = case.bare_run([(gate, "fwd", steer)]).logits
     assert case.diff(ours, hand) <= TOL and case.diff(ours, case.bare_run().logits) > 1e-4
@@ -275,3 +277,96 @@ def test_activation_probabilities_on_a_moe_stack_names_the_moe_layer() -> None:
     mixed = _CASES.get("qwen3_moe") or Case("qwen3_moe")
     probs = activation_probabilities(mixed.model, [mixed.inputs], layers=[0])
     assert probs.probs.shape[:2] == (1, mixed.model.cfg.d_mlp)
+
+
+def test_glm_routing_equals_the_hand_computation() -> None:
+    """GLM-4.5 routing, token by token: sigmoid scores; experts chosen by score + e_score_correction_bias among
+    the topk_group groups whose two best biased scores sum highest; weights the unbiased scores renormalised,
+    times routed_scaling_factor. The bias and the group limit change the choice of some tokens here."""
+    case = _CASES.get("glm4v_moe_text") or Case("glm4v_moe_text")
+    l, t = _moe_layer(case), case.text
+    seen = _seen(case, l)
+    p = f"blocks.{l}.mlp."
+    _, c = case.model.run_with_cache(case.inputs, names_filter=lambda n: n.startswith(p + "hook_"))
+    gate = case.layers[l].mlp.gate
+    x, idx = seen["x"].flatten(0, 1), c[p + "hook_expert_indices"].flatten(0, 1)
+    score = (x @ gate.weight.T).sigmoid()
+    biased = score + gate.e_score_correction_bias
+    size, changed = t.n_routed_experts // t.n_group, 0
+    for i in range(len(x)):
+        best2 = [sum(sorted(biased[i, g * size : (g + 1) * size].tolist())[-2:]) for g in range(t.n_group)]
+        groups = sorted(range(t.n_group), key=lambda g: -best2[g])[: t.topk_group]
+        candidates = [e for e in range(t.n_routed_experts) if e // size in groups]
+        chosen = sorted(candidates, key=lambda e: -biased[i, e].item())[: t.num_experts_per_tok]
+        assert set(chosen) == set(idx[i].tolist())
+        weights = score[i, chosen] / score[i, chosen].sum() * t.routed_scaling_factor
+        _, hf_weights, hf_idx = seen["router"]
+        by_expert = dict(zip(hf_idx[i].tolist(), hf_weights[i].tolist()))
+        assert max(abs(by_expert[e] - w) for e, w in zip(chosen, weights.tolist())) <= TOL
+        changed += set(chosen) != set(score[i].topk(t.num_experts_per_tok).indices.tolist())
+    assert changed > 0
+    assert (c[p + "hook_expert_weights"].flatten(0, 1) - score).abs().max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"bias": None}, r"router Glm4vMoeTextTopkRouter with e_score_correction_bias the row does not account for"),
+        ({"score": "softmax", "bias": None, "groups": None, "scale": None}, r"with e_score_correction_bias, .*"),
+        ({"shared": None}, r"MoE block modules the row does not name \(shared_experts\)"),
+    ],
+)
+def test_a_routing_rule_the_row_does_not_name_is_refused(change: dict, problem: str) -> None:
+    """A row that would reroute edits by another rule than the router's (or skip its shared expert) is refused."""
+    from dataclasses import replace
+
+    case = _CASES.get("glm4v_moe_text") or Case("glm4v_moe_text")
+    adapter = adapter_for(case.bare)
+    row = replace(adapter.backbone, moe=replace(adapter.moe, **change))
+    with pytest.raises(NotImplementedError, match=r"block 1 .*" + problem):
+        HookedMLLM(copy.deepcopy(case.bare), adapter=Adapter(**{**adapter.__dict__, "backbone": row}))
+
+
+def test_qwen3_omni_audio_plans_follow_the_encoders_chunked_lengths() -> None:
+    """Steps per clip equal HF's own count for clips shorter than, as long as and longer than one chunk; the
+    steps of chunk c start at its first frame (100 c), 8 frames (80 ms at a 10 ms hop) apart within it."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen3OmniMoeThinkerConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+    from hooks_mm.adapters.moe_families import qwen3_omni_audio_plans
+    from hooks_mm.zoo.omni import build_feature_extractor
+
+    config = Qwen3OmniMoeThinkerConfig(audio_config={"n_window": 50})
+    lengths = torch.tensor([1, 7, 8, 99, 100, 101, 130, 200, 257])
+    mask = (torch.arange(300) < lengths[:, None]).long()
+    plans = qwen3_omni_audio_plans(config, {"feature_attention_mask": mask}, None)
+    assert [len(p.cells) for p in plans] == _get_feat_extract_output_lengths(lengths, 50).tolist()
+    assert torch.isnan(plans[0].time).all()  # no processor: no rate
+    processor = SimpleNamespace(feature_extractor=build_feature_extractor())  # 10 ms per mel frame
+    (plan,) = qwen3_omni_audio_plans(config, {"feature_attention_mask": mask[-1:]}, processor)
+    starts = [100 * c + 8 * k for c, n in ((0, 13), (1, 13), (2, 8)) for k in range(n)]  # 257 = 100 + 100 + 57
+    assert torch.allclose(plan.time, torch.tensor(starts, dtype=torch.float64) * 0.01)
+
+
+def test_a_hybrid_stack_with_no_dense_mlp() -> None:
+    """Qwen3.5-MoE: every layer MoE (cfg.d_mlp None: no dense neuron exists), each with the gated shared expert;
+    its linear-attention layer keeps the MoE hooks and has no attn.* hook."""
+    case = _CASES.get("qwen3_5_moe_text") or Case("qwen3_5_moe_text")
+    cfg, names = case.model.cfg, set(case.model.hook_dict)
+    assert cfg.moe_layers == [0, 1] and cfg.d_mlp is None and cfg.mixer_layers == {0: "linear_attention"}
+    assert (cfg.n_experts, cfg.top_k, cfg.d_expert, cfg.d_shared) == (4, 2, 16, 24)
+    assert {"blocks.0.mlp.hook_router_logits", "blocks.0.mlp.shared_expert.hook_post", "blocks.1.attn.hook_q"} <= names
+    assert not any(n.startswith("blocks.0.attn.") or n.endswith("mlp.hook_post") for n in names)
+    with pytest.raises(ValueError, match="every layer .* is a mixture of experts"):
+        attribution_patching(case.model, case.inputs, lambda logits: logits[:, -1, 7].sum())
+
+
+def test_a_moe_row_with_an_unknown_score_is_refused() -> None:
+    from hooks_mm.adapters.backbones import Moe
+
+    with pytest.raises(
+        ValueError, match=r"Moe\(score='softplus'\): the router's scores are 'softmax', 'sigmoid' or 'sigmoid_input'"
+    ):
+        Moe(score="softplus")

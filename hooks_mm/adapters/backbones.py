@@ -60,50 +60,10 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Moe:
-    """Paths (relative to the MoE block, ``Backbone.mlp``) and routing rule of a sparse MoE MLP.
-
-    ``router``: module with ``weight`` [n_experts, d_model] and ``top_k``, returning ``(logits, weights,
-    indices)``; ``experts``: one module with 3-D ``gate_up_proj`` [n_experts, 2 d_expert, d_model] and
-    ``down_proj`` [n_experts, d_model, d_expert] (transformers 5's fused experts). Routing:
-    ``softmax(logits)`` in float32, top-k, then divided by its sum when ``renorm`` (True, or the name of
-    the router's boolean attribute) holds, then cast to the logits' dtype when ``cast``.
-    ``shared`` / ``shared_gate``: a dense always-on expert and its sigmoid gate (Qwen2-MoE).
-    """
-
-    router: str = "gate"
-    experts: str = "experts"
-    renorm: bool | str = "norm_topk_prob"
-    cast: bool = True
-    shared: str | None = None
-    shared_gate: str | None = None
-    # "softmax" (above), or "sigmoid_input" (Llama 4: sigmoid of the top-k logits scales each chosen expert's
-    # INPUT; an ungated shared expert; the block returns (flat output, logits)); see hooks_mm.model.moe
-    scoring: str = "softmax"
-    # experts' weights stored [n_experts, d_in, d_out] (gate_up_proj [n, d_model, 2 d_expert]; Llama 4, Aria)
-    transposed: bool = False
-
-    def paths(self) -> list[str]:
-        return [p for p in (self.router, self.experts, self.shared, self.shared_gate) if p]
-
-
-@dataclass(frozen=True)
-class Mixer:
-    """A token mixer that is not attention (linear attention, short convolution), by layer type.
-
-    ``kind``: the text config's ``layer_types`` value of its layers; ``path``: the module (relative
-    to the layer) whose OUTPUT is what the mixer adds to the residual stream, ``hook_attn_out``.
-    Its internals have no hook points: only its output (and its input, ``ln1.hook_normalized``).
-    """
-
-    kind: str
-    path: str
-    notes: str = ""
+from hooks_mm.adapters.block_parts import Mixer, Moe
 
 
 @dataclass(frozen=True)
@@ -401,9 +361,7 @@ LLAMA4 = Backbone(
     "llama4",
     mlp="feed_forward",
     mlp_out="feed_forward",
-    moe=Moe(
-        router="router", renorm=False, shared="shared_expert", scoring="sigmoid_input", transposed=True, cast=False
-    ),
+    moe=Moe(router="router", renorm=False, shared="shared_expert", score="sigmoid_input", transposed=True, cast=False),
     notes="Llama 4 text block under its names (feed_forward); NoPE layers (no_rope_layers) with temperature-tuned "
     "queries and chunked-attention layers go through the hooked attention as the model passes them (hook_rot_q / "
     "hook_rot_k: q / k as attention reads them, after RoPE, the L2 qk-norm and the temperature scale). MoE "
@@ -441,6 +399,32 @@ OPT = Backbone(
     "Post-LN (OPT-350m) and project_in / project_out (word_embed_proj_dim != hidden_size) are refused",
 )
 
+QWEN3_5_MOE = replace(
+    QWEN3_5,
+    name="qwen3_5_moe",
+    moe=Moe(renorm=True, shared="shared_expert", shared_gate="shared_expert_gate"),
+    notes="Qwen3.5's hybrid stack (gated DeltaNet / gated attention, as qwen3_5) whose every MLP is a top-k mixture "
+    "of experts (weights always renormalised) plus a shared expert scaled by sigmoid(shared_expert_gate(x))",
+)
+
+GLM4V_MOE = Backbone(
+    "glm4v_moe",
+    moe=Moe(
+        renorm="norm_topk_prob",
+        cast=False,
+        shared="shared_experts",
+        score="sigmoid",
+        bias="e_score_correction_bias",
+        groups=("num_group", "topk_group"),
+        scale="routed_scaling_factor",
+        eps=1e-20,
+    ),
+    notes="GLM-4.5V's text block: Llama-like (no post-norms), dense MLP in the first_k_dense_replace layers, then "
+    "GLM-4.5 MoE: sigmoid scores, experts chosen by score + e_score_correction_bias within the topk_group best "
+    "groups, weights the unbiased scores renormalised times routed_scaling_factor (float32), plus an ungated "
+    "shared expert (shared_experts)",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -471,6 +455,9 @@ BACKBONES: dict[str, Backbone] = {
     "llama4_text": LLAMA4,
     "aria_text": ARIA,
     "opt": OPT,
+    "qwen3_5_moe_text": QWEN3_5_MOE,
+    "glm4v_moe_text": GLM4V_MOE,
+    "qwen3_omni_moe_text": QWEN_MOE,
 }
 
 

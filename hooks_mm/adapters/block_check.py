@@ -112,8 +112,8 @@ def moe_problems(row: Moe, block: nn.Module) -> list[str]:
         gu, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
         ok = gu is not None and down is not None and gu.ndim == down.ndim == 3 and gu.shape[2] == 2 * down.shape[1]
         off = {} if ok and gu.shape[1] == down.shape[2] else {"gate_up_proj / down_proj": "not [n, d, 2 e] / [n, e, d]"}
-        if row.scoring == "sigmoid_input" and row.shared_gate is not None:
-            problems.append("a shared expert gate with sigmoid_input scoring (Llama 4's shared expert is ungated)")
+        if row.score == "sigmoid_input" and row.shared_gate is not None:
+            problems.append("a shared expert gate with sigmoid_input scores (Llama 4's shared expert is ungated)")
     if off:
         problems.append(f"experts {type(experts).__name__} with {off} (expected fused [gate; up] 3-D weights {layout})")
     for name in ("gate_up_proj", "down_proj", "act_fn"):
@@ -121,10 +121,17 @@ def moe_problems(row: Moe, block: nn.Module) -> list[str]:
             problems.append(f"experts {type(experts).__name__} without {name}")
     if not (hasattr(router, "weight") and hasattr(router, "top_k")) or getattr(router, "bias", None) is not None:
         problems.append(f"router {type(router).__name__} is not a bias-free linear with top_k")
-    if isinstance(row.renorm, str) and not hasattr(router, row.renorm):
-        problems.append(f"router {type(router).__name__} has no {row.renorm}")
+    absent = [a for a in row.router_attrs() if not hasattr(router, a)]
+    if absent:
+        problems.append(f"router {type(router).__name__} has no {', '.join(absent)}")
+    unread = [a for a in ROUTING if hasattr(router, a) and a not in row.router_attrs()]
+    if unread:  # a routing rule the hooked forward would not apply (a reroute would differ from the router's)
+        problems.append(f"router {type(router).__name__} with {', '.join(unread)} the row does not account for")
     return problems
 
+
+# router attributes that change the routing (GLM-4.5 / DeepSeek-V3): a row must name each its router has
+ROUTING = ("e_score_correction_bias", "routed_scaling_factor", "num_group", "topk_group", "n_group")
 
 # children of a decoder layer that do not change a value in eval mode
 INERT = (nn.Dropout, nn.Identity)

@@ -21,6 +21,7 @@ for _module in (
     "gemma4_fuyu",
     "llama4_aria",
     "blip",
+    "moe_families",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

@@ -15,7 +15,7 @@ is one tile), then ``<|image_end|>``. Plans: the tiles of an image numbered in t
 row-major, the global tile last), each a ``g x g`` row-major grid, ``g = (S/p) * ratio``.
 
 The decoder's MoE layers (``moe_layers``: a shared expert plus top-k experts whose sigmoid router
-score scales the expert's INPUT) are hooked by :mod:`hooks_mm.model.moe` (``Moe(scoring="sigmoid_input")``).
+score scales the expert's INPUT) are hooked by :mod:`hooks_mm.model.moe` (``Moe(score="sigmoid_input")``).
 
 Aria. ``AriaForConditionalGeneration``: an Idefics3 vision tower over each crop of ``pixel_values``
 [n_crops, C, S, S] (``pixel_mask`` marks the padding), then ``AriaProjector``: ``q`` learned queries

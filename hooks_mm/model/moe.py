@@ -4,7 +4,9 @@ In a MoE layer ``blocks.{l}.mlp`` holds no dense ``hook_pre`` / ``hook_post``; i
 
 - ``mlp.hook_router_logits`` [batch, pos, n_experts]: the router's linear output.
 - ``mlp.hook_expert_weights`` [batch, pos, n_experts]: ``softmax(router_logits)`` in float32 over
-  every expert, before the top-k (as TransformerLens's ``hook_expert_weights``).
+  every expert, before the top-k (as TransformerLens's ``hook_expert_weights``); for a sigmoid router
+  (GLM-4.5, ``Moe.score == "sigmoid"``) the per-expert scores ``sigmoid(router_logits)``, before the
+  choice bias, group limit and scaling (see :class:`~hooks_mm.adapters.backbones.Moe`).
 - ``mlp.hook_expert_indices`` [batch, pos, top_k]: the experts each token is sent to (int64).
 - ``mlp.experts.{e}.hook_pre`` / ``hook_pre_linear`` / ``hook_post`` [n_routed, d_expert]: expert
   ``e``'s gate and up projections and its neurons ``act(gate) * up`` (the input of its down
@@ -12,14 +14,16 @@ In a MoE layer ``blocks.{l}.mlp`` holds no dense ``hook_pre`` / ``hook_post``; i
   ``(indices == e).any(-1).nonzero()`` (:func:`routed`) gives each row's (batch, pos). Every
   expert's hooks fire, with 0 rows where no token chose it.
 - ``mlp.shared_expert.hook_pre`` / ``hook_pre_linear`` / ``hook_post`` [batch, pos, d_shared]
-  (Qwen2-MoE): the always-on shared expert's neurons, before its ``sigmoid(shared_expert_gate)``.
+  (Qwen2-MoE, Qwen3.5-MoE, GLM-4.5's ``shared_experts``): the always-on shared expert's neurons,
+  before its ``sigmoid(shared_expert_gate)`` where it has one.
 - ``hook_mlp_out``: what the MoE block adds to the residual (routed experts, weighted, plus the gated
   shared expert), as for a dense MLP.
 
-Edits take effect: an edited ``hook_router_logits`` or ``hook_expert_weights`` is routed again (top-k
-of the edited softmax, renormalised and cast as the model does); edited ``hook_expert_indices``
-(same shape, ints in [0, n_experts), distinct per token) send the tokens to those experts with the
-weights of the slots they replace; an edit of an expert's neurons goes through its down projection.
+Edits take effect: an edited ``hook_router_logits`` or ``hook_expert_weights`` is routed again (the
+edited scores chosen, renormalised, scaled and cast as the model's router does: :func:`route`); edited
+``hook_expert_indices`` (same shape, ints in [0, n_experts), distinct per token) send the tokens to
+those experts with the weights of the slots they replace; an edit of an expert's neurons goes through
+its down projection.
 
 The no-hook forward is HF's. While one of these hooks is live the block runs :func:`hooked_forward`
 (routing by the model's own router; experts computed per expert, as HF's eager experts do, so the
@@ -83,11 +87,31 @@ def cache_positions(layout: Any, pos: Any, names: list[str]) -> Tensor | None:
     return layout.indices(as_selector(pos))
 
 
+def scores(row: Any, logits: Tensor) -> Tensor:
+    """The router's scores of ``logits`` in float32: ``hook_expert_weights`` (softmax, or sigmoid per expert)."""
+    return torch.sigmoid(logits.float()) if row.score == "sigmoid" else F.softmax(logits, dim=-1, dtype=torch.float)
+
+
 def route(router: nn.Module, row: Any, probs: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(weights, indices) [tokens, top_k] from the softmax ``probs``, as the model's router computes them."""
-    top, idx = torch.topk(probs, router.top_k, dim=-1)
+    """(weights, indices) [tokens, top_k] from the scores ``probs`` (:func:`scores`), as the model's router
+    computes them: softmax rows take the top-k scores; sigmoid rows choose by the scores plus the router's
+    bias within its best groups and weigh by the unbiased scores (see ``Moe``)."""
+    if row.score == "softmax" and not (row.bias or row.groups):
+        top, idx = torch.topk(probs, router.top_k, dim=-1)
+    else:
+        choice = probs + getattr(router, row.bias) if row.bias else probs
+        if row.groups:
+            n, keep = (getattr(router, a) for a in row.groups)
+            grouped = choice.view(-1, n, choice.shape[-1] // n)
+            best = torch.topk(grouped.topk(2, dim=-1)[0].sum(dim=-1), k=keep, dim=-1, sorted=False)[1]
+            kept = torch.zeros_like(grouped[..., 0]).scatter_(1, best, 1).bool()
+            choice = choice.masked_fill(~kept.unsqueeze(-1).expand_as(grouped).reshape(choice.shape), float("-inf"))
+        idx = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)[1]
+        top = probs.gather(1, idx)
     if row.renorm is True or (isinstance(row.renorm, str) and getattr(router, row.renorm)):
-        top = top / top.sum(dim=-1, keepdim=True)
+        top = top / (top.sum(dim=-1, keepdim=True) + row.eps) if row.eps else top / top.sum(dim=-1, keepdim=True)
+    if row.scale:
+        top = top * getattr(router, row.scale)
     return (top.to(dtype) if row.cast else top), idx
 
 
@@ -140,7 +164,7 @@ def hooked_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint], pref
             if new is not None:
                 logits, reroute = new.reshape(b * s, -1), True
         if (hp := live("hook_expert_weights")) is not None or reroute:
-            probs = F.softmax(logits, dim=-1, dtype=torch.float)
+            probs = scores(row, logits)
             if hp is not None:
                 new = _edit(hp, probs.view(b, s, -1))
                 if new is not None:
@@ -201,7 +225,7 @@ class _Patched:
 
 def attach(block: nn.Module, row: Any, hooks: dict[str, HookPoint], prefix: str) -> list[Any]:
     """Run the live MoE hook points ``hooks`` of one block; the handles to remove afterwards."""
-    make = sigmoid_input_forward if getattr(row, "scoring", "softmax") == "sigmoid_input" else hooked_forward
+    make = sigmoid_input_forward if row.score == "sigmoid_input" else hooked_forward
     handles: list[Any] = [_Patched(block, make(block, row, hooks, prefix))]
     if row.shared:
         shared = block.get_submodule(row.shared)
@@ -235,7 +259,7 @@ def moe_cfg(moe: dict[int, tuple], dense_width: int | None, n_self: int) -> dict
 
 
 # ---------------------------------------------------------------------------------------
-# Llama 4 (Moe(scoring="sigmoid_input", transposed=True)): the router's top-k logits through a sigmoid scale
+# Llama 4 (Moe(score="sigmoid_input", transposed=True)): the router's top-k logits through a sigmoid scale
 # each chosen expert's INPUT; experts' weights are [n_experts, d_in, d_out]; an ungated shared expert is added;
 # the block returns (flat output [tokens, d_model], router logits). hook_expert_weights is sigmoid(logits) in
 # float32 over every expert; an edited hook_router_logits is routed again by the top-k of the logits, an edited

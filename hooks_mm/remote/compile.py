@@ -72,7 +72,7 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
             f"the nnsight backend cannot edit {hook} of {model.cfg.architecture}: no module "
             "returns that branch output (hooks_mm derives it inside the layer); run this spec with HookedMLLM."
         )
-    if suffix == "hook_mlp_out" and layer in model.cfg.moe_layers and a.moe.scoring == "sigmoid_input":
+    if suffix == "hook_mlp_out" and layer in model.cfg.moe_layers and a.moe.score == "sigmoid_input":
         raise NotImplementedError(
             f"the nnsight backend cannot edit {hook} of {model.cfg.architecture}: its MoE block (Llama 4) returns "
             "its output flattened over (batch, pos), not per position; run this spec with HookedMLLM."

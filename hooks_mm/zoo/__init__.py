@@ -86,6 +86,10 @@ BUILDERS: dict[str, str] = {
     "blip2": "blip:build_blip2",
     "instructblip": "blip:build_instructblip",
     "instructblipvideo": "blip:build_instructblipvideo",
+    "qwen3_5_moe": "moe:build_qwen3_5_moe",
+    "glm4v_moe": "glm_cohere:build_glm4v_moe",
+    "glm4v_moe_video": "glm_cohere:build_glm4v_moe_video",
+    "qwen3_omni_moe": "moe:build_qwen3_omni_moe",
 }
 
 DEFAULT_MODEL = "toy-llava"  # a trained organism shipped in the package

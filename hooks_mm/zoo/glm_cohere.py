@@ -80,15 +80,19 @@ def glm_processor(processor_cls: Any) -> Any:
     return processor
 
 
-def _build_glm(name: str, seed: int, video: bool, vision_type: str = "Glm4v", text_type: str = "Glm4v") -> Tiny:
-    """``{name}ForConditionalGeneration`` on images (row 0 two, row 1 one) or videos."""
+def _build_glm(
+    name: str, seed: int, video: bool, vision_type: str = "Glm4v", text_type: str = "Glm4v", **text_extra: Any
+) -> Tiny:
+    """``{name}ForConditionalGeneration`` on images (row 0 two, row 1 one) or videos; ``text_extra``: text
+    config fields."""
     import transformers
 
-    # GLM-4.6V and GLM-OCR checkpoints ship Glm46VProcessor (frame times "0.0 seconds")
-    processor = glm_processor(getattr(transformers, "Glm4vProcessor" if name == "Glm4v" else "Glm46VProcessor"))
+    # GLM-4.6V and GLM-OCR checkpoints ship Glm46VProcessor (frame times "0.0 seconds"); GLM-4.5V Glm4vProcessor
+    processor_cls = "Glm4vProcessor" if name in ("Glm4v", "Glm4vMoe") else "Glm46VProcessor"
+    processor = glm_processor(getattr(transformers, processor_cls))
     ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in GLM_SPECIAL}
     text = getattr(transformers, f"{text_type}TextConfig")(
-        **lm_config(VOCAB_SIZE, pad_token_id=ids["<|endoftext|>"]),
+        **lm_config(VOCAB_SIZE, pad_token_id=ids["<|endoftext|>"], **text_extra),
         rope_parameters=mrope(2, 1, 1, partial_rotary_factor=0.5),
     )
     vision = getattr(transformers, f"{vision_type}VisionConfig")(
@@ -143,6 +147,42 @@ def build_glm46v(seed: int = 0) -> Tiny:
 
 def build_glm_ocr(seed: int = 0) -> Tiny:
     return _build_glm("GlmOcr", seed, video=False, vision_type="GlmOcr", text_type="GlmOcr")
+
+
+# GLM-4.5V's text model: dense layer 0 (first_k_dense_replace), MoE layers 1-2 with GLM-4.5 routing: 8 experts in
+# 4 groups, 2 groups kept, top-3, scaled weights, a shared expert
+GLM4V_MOE_TEXT = dict(
+    num_hidden_layers=3,
+    first_k_dense_replace=1,
+    moe_intermediate_size=32,
+    n_routed_experts=8,
+    num_experts_per_tok=3,
+    n_group=4,
+    topk_group=2,
+    routed_scaling_factor=2.5,
+)
+
+
+def _build_glm4v_moe(seed: int, video: bool) -> Tiny:
+    import torch
+
+    tiny = _build_glm("Glm4vMoe", seed, video, vision_type="Glm4vMoe", text_type="Glm4vMoe", **GLM4V_MOE_TEXT)
+    g = torch.Generator().manual_seed(seed)
+    # a choice bias (zeros at init) that changes which experts some tokens are sent to, small enough that every
+    # expert still gets tokens in both batches (an expert no token chooses has hook points no edit can reach)
+    with torch.no_grad():
+        for name, b in tiny.model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.003)
+    return tiny
+
+
+def build_glm4v_moe(seed: int = 0) -> Tiny:
+    return _build_glm4v_moe(seed, video=False)
+
+
+def build_glm4v_moe_video(seed: int = 0) -> Tiny:
+    return _build_glm4v_moe(seed, video=True)
 
 
 # ---------------------------------------------------------------------------------------
