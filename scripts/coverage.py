@@ -129,7 +129,7 @@ def text_ids(config: Any, n: int = 8) -> Any:
 
 def first_clause(message: str) -> str:
     """The reason in a NotImplementedError message, short enough for a table cell."""
-    m = re.search(r"backbone \(([\w.-]+), .*?\) has (.*?): its hook points", message)
+    m = re.search(r"over backbone '([\w.-]+)' .*?\) has (.*?): its hook points", message)
     if m:
         return f"backbone {m.group(1)} has {m.group(2)}"
     head = re.split(r"(?<=[.:])\s", message.strip(), maxsplit=1)[0].rstrip(".:")

@@ -11,11 +11,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 from transformers.models.auto import modeling_auto
 
-from hooks_mm.adapters import ADAPTERS
+from hooks_mm.adapters import ADAPTERS, check_backbone
 from hooks_mm.zoo import build
 
 # scripts/coverage.py, loaded by path: the name `coverage` belongs to the coverage.py package
@@ -106,3 +107,16 @@ def test_a_forward_that_needs_media_is_checked_on_the_zoo_builders_batch() -> No
         wrong.language_model.model.decoder.layers[0].fc2.weight.mul_(1.01)
     status = cov.conformance(bare, tiny.inputs, wrapped=wrong)
     assert status.startswith("accepted but WRONG: no-hook logits differ"), status
+
+
+def test_a_backbone_refusal_is_shortened_to_its_reason() -> None:
+    """The table cell of a refused block names the backbone and the problem, not the message's first clause."""
+    from transformers import OlmoConfig
+
+    text = OlmoConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    text.clip_qkv = 8.0
+    layer = transformers.OlmoForCausalLM(text).model.layers[0]
+    with pytest.raises(NotImplementedError) as refused:
+        check_backbone(ADAPTERS["LlavaForConditionalGeneration"], layer, text, index=0)
+    cell = cov.first_clause(str(refused.value))
+    assert cell == "backbone olmo has clip_qkv=8.0: attention reads q/k/v clamped after the projections", cell
