@@ -85,6 +85,7 @@ N_IMAGES = {
             "qwen3_vl",
             "qwen3_vl_moe",
             "qwen3_5",
+            "lfm2_vl",
             "smolvlm",
             "videollama3",
             "vipllava",

@@ -69,6 +69,7 @@ BUILDERS: dict[str, str] = {
     "aya_vision": "glm_cohere:build_aya_vision",
     "cohere2_vision": "glm_cohere:build_cohere2_vision",
     "qwen3_5": "hybrid:build_qwen3_5",
+    "lfm2_vl": "hybrid:build_lfm2_vl",
     "got_ocr2": "ocr:build_got_ocr2",
     "lighton_ocr": "ocr:build_lighton_ocr",
     "qianfan_ocr": "ocr:build_qianfan_ocr",
