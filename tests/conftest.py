@@ -39,6 +39,7 @@ VIDEO_FAMILIES = [
     "hyperclovax_vision_v2_video",
     "videollama3_video",
     "glm4v_video",
+    "lfm3_vl_video",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -86,6 +87,7 @@ N_IMAGES = {
             "qwen3_vl_moe",
             "qwen3_5",
             "lfm2_vl",
+            "lfm3_vl",
             "smolvlm",
             "videollama3",
             "vipllava",
@@ -109,6 +111,7 @@ N_IMAGES = {
             "qwen2_vl_video",
             "video_llava",
             "videollama3_video",
+            "lfm3_vl_video",
         ],
         1,
     ),

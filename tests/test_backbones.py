@@ -36,7 +36,12 @@ MOE = {"moe_intermediate_size": 16, "num_experts": 4, "num_experts_per_tok": 2}
 IMAGE_ID, PAD = 63, 0
 QWEN3_5_LINEAR = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
 # the module whose input is resid_mid, where it is not post_attention_layernorm (parallel Cohere: none)
-LN2 = {"gemma2": "pre_feedforward_layernorm", "gemma3_text": "pre_feedforward_layernorm", "lfm2": "ffn_norm"}
+LN2 = {
+    "gemma2": "pre_feedforward_layernorm",
+    "gemma3_text": "pre_feedforward_layernorm",
+    "lfm2": "ffn_norm",
+    "lfm3": "ffn_norm",
+}
 
 # GLM's M-RoPE over half of each head (as GLM-4.1V: partial_rotary_factor 0.5, sections summing to dim / 4)
 GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]}
@@ -80,6 +85,7 @@ CASES = {
         "Lfm2Config",
         {"layer_types": ["conv", "full_attention"], "block_auto_adjust_ff_dim": False, "pad_token_id": PAD},
     ),
+    "lfm3": ("Lfm3Config", {"head_dim": 8, "layer_types": ["conv", "full_attention"], "pad_token_id": PAD}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -122,10 +128,10 @@ class Case:
         self.real = self.inputs["attention_mask"].bool()
         self.layers = self.bare.model.language_model.layers
         # MLP parts under the backbone's names (LFM2: feed_forward.w1 / w3 / w2)
-        self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name == "lfm2" else {}
+        self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name in ("lfm2", "lfm3") else {}
 
     def mlp_part(self, l: int, part: str) -> nn.Module:
-        mlp = self.layers[l].feed_forward if self.name == "lfm2" else self.layers[l].mlp
+        mlp = self.layers[l].feed_forward if self.name in ("lfm2", "lfm3") else self.layers[l].mlp
         return getattr(mlp, self.mlp.get(part, f"{part}_proj"))
 
     def ln2(self, l: int) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Vision-language wrappers over hybrid stacks: LFM2-VL (tiles, thumbnail, per-tile projector).
+"""Vision-language wrappers over hybrid stacks: LFM2-VL (tiles, thumbnail, per-tile projector), LFM3-VL.
 
 The cell test edits ONE feature of the vision tower's output (a plain PyTorch hook on the HF
 module) and checks that exactly the position the layout names for that (image, tile, cell)
@@ -136,3 +136,44 @@ def test_lfm2_vl_projector_edit_equals_the_same_edit_on_the_bare_model(hook: str
     torch.testing.assert_close(logits, expected.logits, rtol=0, atol=1e-5)
     moved = (cache["r"] - _bare(p, output_hidden_states=True).hidden_states[0]).abs().amax(-1) > 1e-6
     assert torch.equal(moved.nonzero(), img.nonzero()[cell][None])
+
+
+def test_lfm3_vl_one_vision_feature_moves_exactly_its_planned_cell() -> None:
+    """The tower's patches come grouped by 2x2 merge block (the processor's order): patch n of image k is in block
+    n // 4, which is cell (block // (w / 2), block % (w / 2)) of that image's grid."""
+    p = pair_for("lfm3_vl")
+    layout = p.model.layout(p.inputs)
+    m = p.model.hf_model.config.vision_config.spatial_merge_size
+    grids = p.inputs["image_grid_thw"].tolist()
+    clean = _bare(p, output_hidden_states=True).hidden_states[0]
+    start = 0
+    for k, (_, h, w) in enumerate(grids):
+        for n in {0, 3, 4, h * w - 1, (h * w) // 2 + 1}:
+            block = n // m**2
+            cell = (block // (w // m), block % (w // m))
+
+            def hook(mod: Any, args: Any, out: Any, row: int = start + n) -> Any:
+                x = out.last_hidden_state.clone()
+                x[row, 0] += 10.0  # one channel: a constant shift is what LayerNorm removes
+                out.last_hidden_state = x
+                return out
+
+            edited = _bare(p, hook, output_hidden_states=True).hidden_states[0]
+            moved = ((edited - clean).abs().amax(-1) > 1e-6) & p.real
+            at = (layout.image_id == k) & (layout.grid_row == cell[0]) & (layout.grid_col == cell[1])
+            assert int(at.sum()) == 1 and torch.equal(moved, at), (k, n, cell)
+        start += h * w
+
+
+def test_lfm3_vl_projector_hooks_hold_the_image_and_the_video_call() -> None:
+    """LFM3-VL projects its images and its videos in two calls: hook_projector_out holds both, the image rows
+    then the video rows, equal to the model's embeddings at the image positions then the video positions."""
+    p = pair_for("lfm3_vl_video")
+    _, cache = p.model.run_with_cache(p.inputs, names_filter=["hook_vision_out", "hook_projector_out"])
+    embeds = _bare(p, output_hidden_states=True).hidden_states[0]
+    layout = p.model.layout(p.inputs)
+    img, vid = layout.modality == Modality.IMAGE, layout.modality == Modality.VIDEO
+    assert img.any() and vid.any()
+    assert torch.equal(cache["hook_projector_out"], torch.cat([embeds[img], embeds[vid]]))
+    n = sum(int(g.prod()) for key in ("image_grid_thw", "video_grid_thw") for g in p.inputs[key])
+    assert cache["hook_vision_out"].shape[0] == n

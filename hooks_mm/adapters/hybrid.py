@@ -99,4 +99,20 @@ LFM2_VL = Adapter(
     ),
 )
 
-ADAPTERS = (QWEN3_5, LFM2_VL)
+# Qwen2-VL's wrapper (grid_thw, merge-block patch order, masked_scatter of images then videos) with a projector
+# called once for the images and once for the videos of a forward, over the lfm3 stack; 1-D text positions
+LFM3_VL = replace(
+    QWEN2_VL,
+    name="lfm3_vl",
+    architectures=("Lfm3VlForConditionalGeneration",),
+    projector="model.multi_modal_projector",
+    projector_per_call=True,
+    notes=(
+        "LFM3 hybrid LM (conv / sliding / full attention layers, sandwich norms, gated attention heads); LFM3 vision "
+        "tower (conv + attention layers over each frame's patch grid), projector = RMSNorm + 2x2 merge + MLP, "
+        "called for the images then for the videos: hook_vision_out / hook_projector_out hold both calls, images "
+        "first (the image positions, then the video positions); needs image_grid_thw / video_grid_thw; 1-D positions."
+    ),
+)
+
+ADAPTERS = (QWEN3_5, LFM2_VL, LFM3_VL)

@@ -1,4 +1,4 @@
-"""Vision hooks of a projector that a forward calls once per image or tile (LFM2-VL).
+"""Vision hooks of a projector that a forward calls more than once (LFM2-VL: per tile; LFM3-VL: images, videos).
 
 Such a model projects each tile on its own and writes the concatenated rows at the image
 positions. Hooking every call would leave ``run_with_cache`` only the last tile. Instead the
@@ -8,9 +8,10 @@ calls of one forward are recorded, and when the language model is entered:
   concatenated in call order; when a hook changes it (or has a backward hook), the projector is run
   again on each call's (edited) slice;
 - ``hook_projector_out`` sees every call's output rows, concatenated: exactly the image positions
-  in the order ``masked_scatter`` fills them (row-major over the batch);
-- its value is written back at the image positions of ``inputs_embeds`` (the adapter's
-  ``image_mask``), so an edit reaches the model; unedited, the same values are written.
+  in the order ``masked_scatter`` fills them (row-major over the batch), then the video positions
+  (a model that projects its images and its videos in separate calls, images first: LFM3-VL);
+- its value is written back at those positions of ``inputs_embeds`` (the adapter's ``image_mask``,
+  then ``video_mask``), so an edit reaches the model; unedited, the same values are written.
 
 Example::
 
@@ -76,13 +77,16 @@ def attach(model: HookedRootModule, live: dict[str, HookPoint]) -> list[Any]:
                 "a language model called with inputs_embeds: pass input_ids, not inputs_embeds, or hook "
                 "blocks.0.hook_resid_pre at the image positions instead."
             )
-        mask = a.image_mask(model.hf_model.config, ids).to(embeds.device)
-        if int(mask.sum()) != features.shape[0]:
+        config = model.hf_model.config
+        masks = [f(config, ids).to(embeds.device) for f in (a.image_mask, a.video_mask) if f is not None]
+        counts = [int(mask.sum()) for mask in masks]
+        if sum(counts) != features.shape[0]:
             raise RuntimeError(
-                f"{a.name}: the projector's calls gave {features.shape[0]} rows but the inputs hold {int(mask.sum())} "
-                "image positions; hooks_mm cannot place the hooked features: report this with the model and inputs."
+                f"{a.name}: the projector's calls gave {features.shape[0]} rows but the inputs hold {counts} image / "
+                "video positions; hooks_mm cannot place the hooked features: report this with the model and inputs."
             )
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
+        for mask, rows in zip(masks, features.split(counts)):  # the model writes the images, then the videos
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), rows.to(embeds.dtype))
         return args, {**kwargs, "inputs_embeds": embeds}
 
     return [

@@ -70,6 +70,8 @@ BUILDERS: dict[str, str] = {
     "cohere2_vision": "glm_cohere:build_cohere2_vision",
     "qwen3_5": "hybrid:build_qwen3_5",
     "lfm2_vl": "hybrid:build_lfm2_vl",
+    "lfm3_vl": "hybrid:build_lfm3_vl",
+    "lfm3_vl_video": "hybrid:build_lfm3_vl_video",
     "got_ocr2": "ocr:build_got_ocr2",
     "lighton_ocr": "ocr:build_lighton_ocr",
     "qianfan_ocr": "ocr:build_qianfan_ocr",

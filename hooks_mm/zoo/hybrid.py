@@ -186,3 +186,51 @@ def build_lfm2_vl(seed: int = 0) -> Tiny:
     images = sample_images(seed, LFM2_VL_SIZES)
     texts = ["USER : <image> <image> compare these two images ? ASSISTANT :", "USER : <image> what is in the image ?"]
     return Tiny(model=model, inputs=lfm2_vl_inputs(tok, texts, [images[:2], images[2:]], o))
+
+
+# ---------------------------------------------------------------------------------------
+# LFM3-VL
+
+
+def build_lfm3_vl(seed: int = 0, video: bool = False) -> Tiny:
+    """LFM3-VL: the LFM3 vision tower (16 px patches, [conv, attention] layers, 2x2 merge) over a 4-layer LFM3
+    stack [conv, full, conv, sliding] with sandwich norms and gated attention heads, with ``Lfm3VlProcessor`` (a
+    Qwen3-VL processor: PIL image processor; ``video``: the Qwen-VL batch of an image and two videos through
+    :class:`~hooks_mm.media.QwenVideoProcessorPil`, frames stamped ``<t seconds>``)."""
+    import transformers
+
+    from hooks_mm.media import QwenVideoProcessorPil
+    from hooks_mm.zoo.qwen import FPS, video_inputs
+
+    processor = build_processor(transformers.Lfm3VlProcessor, 16)
+    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = transformers.Lfm3Config(
+        **lm_config(VOCAB_SIZE, num_hidden_layers=4, head_dim=16, sliding_window=4),
+        layer_types=["conv", "full_attention", "conv", "sliding_attention"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|im_start|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
+    vision = transformers.Lfm3VlVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        layer_types=["conv", "full_attention"], patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+    )  # fmt: skip
+    config = transformers.Lfm3VlConfig(
+        text_config=text,
+        vision_config=vision,
+        projector_hidden_size=48,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = init_model(transformers.Lfm3VlForConditionalGeneration, config, seed)
+    if video:
+        processor.video_processor = QwenVideoProcessorPil(processor.image_processor, fps=FPS)
+        return Tiny(model=model, inputs=video_inputs(processor, seed, 32), processor=processor)
+    return Tiny(model=model, inputs=processor_inputs(processor, seed, 32, mm_types=False), processor=processor)
+
+
+def build_lfm3_vl_video(seed: int = 0) -> Tiny:
+    """LFM3-VL with an image and videos (row 0: image + 4-frame video; row 1: 2-frame video)."""
+    return build_lfm3_vl(seed, video=True)
