@@ -88,6 +88,8 @@ N_IMAGES = {
             "qwen3_5",
             "lfm2_vl",
             "lfm3_vl",
+            "minicpmv4_6",
+            "minicpm_ocr",
             "smolvlm",
             "videollama3",
             "vipllava",

@@ -177,3 +177,76 @@ def test_lfm3_vl_projector_hooks_hold_the_image_and_the_video_call() -> None:
     assert torch.equal(cache["hook_projector_out"], torch.cat([embeds[img], embeds[vid]]))
     n = sum(int(g.prod()) for key in ("image_grid_thw", "video_grid_thw") for g in p.inputs[key])
     assert cache["hook_vision_out"].shape[0] == n
+
+
+@pytest.mark.parametrize("family", ["minicpmv4_6", "minicpm_ocr"])
+def test_minicpm_one_vision_feature_moves_exactly_its_planned_cell(family: str) -> None:
+    """16x (MiniCPM-V 4.6): patch (i, j) of a unit entering the window merger (2x2 windows, then the merger's 2x2)
+    reaches exactly cell (i // 4, j // 4); 4x (MiniCPM-OCR): the tower's output patch (i, j) reaches (i // 2, j // 2).
+    Tile 0 is the source image, tiles 1.. its slices, in target_sizes order."""
+    p = pair_for(family)
+    config = p.model.hf_model.config
+    layout = p.model.layout(p.inputs)
+    plans = p.model.adapter.image_plans(config, p.inputs)
+    units = _units(plans)
+    sizes = p.inputs["target_sizes"].tolist()
+    assert len(units) == len(sizes) and [int(plan[:, 0].max()) + 1 for plan in plans] == [4, 1, 4]
+    sixteen = config.downsample_mode == "16x"
+    d, path = (4, "model.vision_tower.vit_merger") if sixteen else (2, "model.vision_tower")
+    clean = _bare(p, output_hidden_states=True).hidden_states[0]
+    start = 0
+    for unit, (k, t) in enumerate(units):
+        h, w = sizes[unit]
+        for i, j in {(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, 1)}:
+            row = start + i * w + j
+
+            def pre(mod: Any, args: Any, row: int = row) -> Any:
+                x = args[0].clone()
+                x[0, row, 0] += 10.0
+                return (x, *args[1:])
+
+            def post(mod: Any, args: Any, out: Any, row: int = row) -> Any:
+                x = out.last_hidden_state.clone()
+                x[0, row, 0] += 10.0
+                out.last_hidden_state = x
+                return out
+
+            module = p.bare.get_submodule(path)
+            handle = module.register_forward_pre_hook(pre) if sixteen else module.register_forward_hook(post)
+            try:
+                with torch.no_grad():
+                    edited = p.bare(**p.inputs, output_hidden_states=True).hidden_states[0]
+            finally:
+                handle.remove()
+            moved = ((edited - clean).abs().amax(-1) > 1e-6) & p.real
+            at = (layout.image_id == k) & (layout.tile == t) & (layout.grid_row == i // d)
+            at &= layout.grid_col == j // d
+            assert int(at.sum()) == 1 and torch.equal(moved, at), (family, unit, (i, j))
+        start += sizes[unit][0] * sizes[unit][1]
+
+
+def test_minicpm_merger_list_is_hook_projector_out_and_an_edit_lands() -> None:
+    """model.merger returns one tensor per unit: hook_projector_out is their rows, equal to the model's embeddings
+    at the image positions; an edit of one row moves that position only."""
+    p = pair_for("minicpmv4_6")
+    _, cache = p.model.run_with_cache(p.inputs, names_filter=["hook_projector_out"])
+    embeds = _bare(p, output_hidden_states=True).hidden_states[0]
+    img = p.model.layout(p.inputs).modality == Modality.IMAGE
+    assert torch.equal(cache["hook_projector_out"], embeds[img])
+
+    def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        x = x.clone()
+        x[5] += 10.0
+        return x
+
+    seen: dict[str, torch.Tensor] = {}
+    keep = ("blocks.0.hook_resid_pre", lambda x, hook: seen.__setitem__("r", x.detach()))
+    p.model.run_with_hooks(p.inputs, fwd_hooks=[("hook_projector_out", add), keep])
+    moved = (seen["r"] - embeds).abs().amax(-1) > 1e-6
+    assert torch.equal(moved.nonzero(), img.nonzero()[5][None])
+
+
+def test_minicpm_videos_are_refused_naming_the_reason() -> None:
+    p = pair_for("minicpmv4_6")
+    with pytest.raises(ValueError, match="videos are not supported"):
+        p.model.layout({**p.inputs, "pixel_values_videos": p.inputs["pixel_values"]})

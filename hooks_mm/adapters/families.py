@@ -18,6 +18,7 @@ for _module in (
     "glm_cohere",
     "hybrid",
     "ocr",
+    "minicpm",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

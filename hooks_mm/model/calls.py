@@ -46,15 +46,15 @@ def attach(model: HookedRootModule, live: dict[str, HookPoint]) -> list[Any]:
         state["calls"] = []
         state["ids"] = kwargs.get("input_ids", args[0] if args else None)
 
-    def record(m: nn.Module, args: tuple, out: Tensor) -> None:
+    def record(m: nn.Module, args: tuple, out: Tensor | list[Tensor]) -> None:
         if not state["replay"]:
-            state["calls"].append((args[0], out))
+            state["calls"].append((args, out))
 
     def write(m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
         calls, state["calls"] = state["calls"], []
         if not calls:  # no image in this forward (text only, or a cached generation step)
             return None
-        xs, ys = [x for x, _ in calls], [y for _, y in calls]
+        xs, ys = [args[0] for args, _ in calls], [y for _, y in calls]
         if "hook_vision_out" in live:
             hp = live["hook_vision_out"]
             rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
@@ -64,10 +64,11 @@ def attach(model: HookedRootModule, live: dict[str, HookPoint]) -> list[Any]:
                 parts = new.split([x[..., 0].numel() for x in xs])
                 state["replay"] = True
                 try:
-                    ys = [projector(p.reshape(x.shape)) for p, x in zip(parts, xs)]
+                    ys = [projector(p.reshape(x.shape), *args[1:]) for p, x, (args, _) in zip(parts, xs, calls)]
                 finally:
                     state["replay"] = False
-        features = torch.cat([y.reshape(-1, y.shape[-1]) for y in ys])
+        outs = [t for y in ys for t in (y if isinstance(y, (list, tuple)) else [y])]  # MiniCPM: a list per call
+        features = torch.cat([t.reshape(-1, t.shape[-1]) for t in outs])
         if "hook_projector_out" in live:
             features = live["hook_projector_out"](features)
         embeds, ids = kwargs.get("inputs_embeds"), state["ids"]

@@ -72,6 +72,8 @@ BUILDERS: dict[str, str] = {
     "lfm2_vl": "hybrid:build_lfm2_vl",
     "lfm3_vl": "hybrid:build_lfm3_vl",
     "lfm3_vl_video": "hybrid:build_lfm3_vl_video",
+    "minicpmv4_6": "minicpm:build_minicpmv4_6",
+    "minicpm_ocr": "minicpm:build_minicpm_ocr",
     "got_ocr2": "ocr:build_got_ocr2",
     "lighton_ocr": "ocr:build_lighton_ocr",
     "qianfan_ocr": "ocr:build_qianfan_ocr",
