@@ -90,6 +90,7 @@ N_IMAGES = {
             "lfm3_vl",
             "minicpmv4_6",
             "minicpm_ocr",
+            "minicpmv4_7",
             "smolvlm",
             "videollama3",
             "vipllava",

@@ -179,7 +179,7 @@ def test_lfm3_vl_projector_hooks_hold_the_image_and_the_video_call() -> None:
     assert cache["hook_vision_out"].shape[0] == n
 
 
-@pytest.mark.parametrize("family", ["minicpmv4_6", "minicpm_ocr"])
+@pytest.mark.parametrize("family", ["minicpmv4_6", "minicpmv4_7", "minicpm_ocr"])
 def test_minicpm_one_vision_feature_moves_exactly_its_planned_cell(family: str) -> None:
     """16x (MiniCPM-V 4.6): patch (i, j) of a unit entering the window merger (2x2 windows, then the merger's 2x2)
     reaches exactly cell (i // 4, j // 4); 4x (MiniCPM-OCR): the tower's output patch (i, j) reaches (i // 2, j // 2).

@@ -1,4 +1,4 @@
-"""MiniCPM-V 4.6 / MiniCPM-OCR wrappers over the Qwen3.5 hybrid stack (``qwen3_5_text``).
+"""MiniCPM-V 4.6 / 4.7 and MiniCPM-OCR wrappers over the Qwen3.5 hybrid stack (``qwen3_5_text``).
 
 The processor cuts each image into a source image (the whole image, resized) and, when it is
 large, ``rows x cols`` slices, written as ``<image> src </image><slice> s0 </slice><slice> s1
@@ -9,6 +9,9 @@ windows (row-major windows, row-major inside), then ``model.merger`` merges 2x2 
 (``merger_times`` rounds) and returns one tensor per unit; in ``"4x"`` mode (MiniCPM-OCR's default)
 only the merger merges. Plan: per unit an ``(h / d) x (w / d)`` row-major grid, ``d = 4`` (16x) or
 ``2`` (4x), times ``2`` per extra merger round; tile 0 is the source image, tiles 1.. its slices.
+
+MiniCPM-V 4.7 adds a canvas M-RoPE (3-axis positions from ``mm_token_type_ids`` and the marker ids of
+its config: pass the processor's ``mm_token_type_ids``); its features enter the same way.
 
 The merger is called once for the images and once for the videos of a forward and returns a list,
 so the vision hooks hold every call (:mod:`hooks_mm.model.calls`). Videos are not supported here
@@ -79,7 +82,11 @@ def minicpm_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 
 MINICPMV4_6 = Adapter(
     name="minicpmv4_6",
-    architectures=("MiniCPMV4_6ForConditionalGeneration", "MiniCPMOcrForConditionalGeneration"),
+    architectures=(
+        "MiniCPMV4_6ForConditionalGeneration",
+        "MiniCPMV4_7ForConditionalGeneration",
+        "MiniCPMOcrForConditionalGeneration",
+    ),
     **lm_paths("model.language_model"),
     projector="model.merger",
     projector_per_call=True,
@@ -89,7 +96,7 @@ MINICPMV4_6 = Adapter(
         "Qwen3.5 hybrid LM (gated DeltaNet / gated attention); NaViT SigLIP tower with a window-attention merger "
         "(16x mode), projector = model.merger (2x2 merge + MLP per unit, returns a list): hook_vision_out is every "
         "unit's (h/2*w/2 or h*w, d_vis) rows, hook_projector_out every unit's cells, exactly the image positions; "
-        "needs target_sizes; images only (videos refused)."
+        "needs target_sizes (4.7: and mm_token_type_ids); images only (videos refused)."
     ),
 )
 

@@ -74,6 +74,7 @@ BUILDERS: dict[str, str] = {
     "lfm3_vl_video": "hybrid:build_lfm3_vl_video",
     "minicpmv4_6": "minicpm:build_minicpmv4_6",
     "minicpm_ocr": "minicpm:build_minicpm_ocr",
+    "minicpmv4_7": "minicpm:build_minicpmv4_7",
     "got_ocr2": "ocr:build_got_ocr2",
     "lighton_ocr": "ocr:build_lighton_ocr",
     "qianfan_ocr": "ocr:build_qianfan_ocr",

@@ -1,4 +1,4 @@
-"""Tiny random-weight MiniCPM-V 4.6 and MiniCPM-OCR models over a Qwen3.5 hybrid stack.
+"""Tiny random-weight MiniCPM-V 4.6 / 4.7 and MiniCPM-OCR models over a Qwen3.5 hybrid stack.
 
 Inputs are what ``MiniCPMV4_6Processor`` gives, made with its own parts: the PIL image processor
 (``MiniCPMV4_6ImageProcessorPil``: source image + slices, NaViT-packed ``pixel_values``,
@@ -56,10 +56,20 @@ def minicpm_inputs(tok: Any, mode: str, seed: int) -> dict[str, torch.Tensor]:
     return {**enc, "pixel_values": processed["pixel_values"], "target_sizes": processed["target_sizes"]}
 
 
-def build_minicpm(name: str, seed: int, mode: str) -> Tiny:
+# MiniCPM-V 4.7's config fields for the canvas M-RoPE markers, and their tokens
+CANVAS_IDS = dict(
+    image_start_id="<image>",
+    image_end_id="</image>",
+    slice_start_id="<slice>",
+    slice_end_id="</slice>",
+    newline_id="\n",
+)
+
+
+def build_minicpm(name: str, seed: int, mode: str, canvas: bool = False) -> Tiny:
     import transformers
 
-    tok = build_tokenizer(tuple(MINICPM_TOKENS.values()))
+    tok = build_tokenizer((*MINICPM_TOKENS.values(), "\n"))  # "\n" parts slice rows
     vocab = (len(tok) + 8) // 8 * 8
     text = transformers.Qwen3_5TextConfig(
         **lm_config(vocab, num_hidden_layers=len(QWEN3_5_LAYERS), **token_ids(tok)),
@@ -77,14 +87,23 @@ def build_minicpm(name: str, seed: int, mode: str) -> Tiny:
         downsample_mode=mode,
         image_token_id=tok.convert_tokens_to_ids(MINICPM_TOKENS["image_token"]),
         video_token_id=tok.convert_tokens_to_ids(MINICPM_TOKENS["video_token"]),
+        **({field: tok.convert_tokens_to_ids(t) for field, t in CANVAS_IDS.items()} if canvas else {}),
     )
     model = init_model(getattr(transformers, f"{name}ForConditionalGeneration"), config, seed)
-    return Tiny(model=model, inputs=minicpm_inputs(tok, mode, seed))
+    inputs = minicpm_inputs(tok, mode, seed)
+    if canvas:  # MiniCPMV4_7Processor returns mm_token_type_ids (1 at image tokens): its canvas M-RoPE reads them
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == config.image_token_id).int()
+    return Tiny(model=model, inputs=inputs)
 
 
 def build_minicpmv4_6(seed: int = 0) -> Tiny:
     """MiniCPM-V 4.6 ("16x": window merger + merger, one LM cell per 4x4 patches)."""
     return build_minicpm("MiniCPMV4_6", seed, "16x")
+
+
+def build_minicpmv4_7(seed: int = 0) -> Tiny:
+    """MiniCPM-V 4.7 ("16x", canvas M-RoPE from mm_token_type_ids and the marker ids in its config)."""
+    return build_minicpm("MiniCPMV4_7", seed, "16x", canvas=True)
 
 
 def build_minicpm_ocr(seed: int = 0) -> Tiny:
