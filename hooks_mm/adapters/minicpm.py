@@ -20,6 +20,7 @@ so the vision hooks hold every call (:mod:`hooks_mm.model.calls`). Videos are no
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -82,11 +83,7 @@ def minicpm_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
 
 MINICPMV4_6 = Adapter(
     name="minicpmv4_6",
-    architectures=(
-        "MiniCPMV4_6ForConditionalGeneration",
-        "MiniCPMV4_7ForConditionalGeneration",
-        "MiniCPMOcrForConditionalGeneration",
-    ),
+    architectures=("MiniCPMV4_6ForConditionalGeneration",),
     **lm_paths("model.language_model"),
     projector="model.merger",
     projector_per_call=True,
@@ -100,4 +97,8 @@ MINICPMV4_6 = Adapter(
     ),
 )
 
-ADAPTERS = (MINICPMV4_6,)
+# the same wrapper: 4.7 adds canvas M-RoPE positions, MiniCPM-OCR defaults to "4x"
+MINICPMV4_7 = replace(MINICPMV4_6, name="minicpmv4_7", architectures=("MiniCPMV4_7ForConditionalGeneration",))
+MINICPM_OCR = replace(MINICPMV4_6, name="minicpm_ocr", architectures=("MiniCPMOcrForConditionalGeneration",))
+
+ADAPTERS = (MINICPMV4_6, MINICPMV4_7, MINICPM_OCR)
