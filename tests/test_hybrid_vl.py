@@ -250,3 +250,14 @@ def test_minicpm_videos_are_refused_naming_the_reason() -> None:
     p = pair_for("minicpmv4_6")
     with pytest.raises(ValueError, match="videos are not supported"):
         p.model.layout({**p.inputs, "pixel_values_videos": p.inputs["pixel_values"]})
+
+
+def test_lfm2_vl_tiles_without_markers_are_refused() -> None:
+    """use_image_special_tokens=False writes an image's tiles (and adjacent images) as one run: refused, named."""
+    p = pair_for("lfm2_vl")
+    ids = p.inputs["input_ids"].clone()
+    image = p.model.hf_model.config.image_token_id
+    first = int((ids[0] == image).nonzero()[0, 0])
+    ids[0, first + 4] = image  # the <|img_row_1_col_2|> marker between the first two crops
+    with pytest.raises(ValueError, match="use_image_special_tokens=True"):
+        p.model.adapter.image_plans(p.model.hf_model.config, {**p.inputs, "input_ids": ids})

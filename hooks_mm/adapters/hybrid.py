@@ -63,6 +63,12 @@ def lfm2_vl_plans(config: Any, inputs: dict[str, Any]) -> list[ImagePlan]:
             while at < end and k < len(sides):
                 tiles.append(grid_plan(*sides[k], tile=first + len(tiles)))
                 at, k = at + sides[k][0] * sides[k][1], k + 1
+            if len(tiles) > 1:  # without the processor's markers, tiles of one image and adjacent images look alike
+                raise ValueError(
+                    f"Lfm2Vl row {b} has a run of {end - start} image tokens holding {len(tiles)} tiles with no marker "
+                    "between them (use_image_special_tokens=False), so which tiles form which image cannot be told: "
+                    "build the inputs with use_image_special_tokens=True (the processor's default)."
+                )
             if at != end:
                 raise ValueError(
                     f"image token count does not match the images: Lfm2Vl row {b} has a run of {end - start} image "
