@@ -42,6 +42,7 @@ VIDEO_FAMILIES = [
     "exaone4_5_video",
     "glm4v_moe_video",
     "qwen3_omni_moe",
+    "lfm3_vl_video",
 ]
 AUDIO_FAMILIES = [
     "qwen2_audio",
@@ -94,6 +95,11 @@ N_IMAGES = {
             "qwen3_5",
             "qwen3_5_moe",
             "glm4v_moe",
+            "lfm2_vl",
+            "lfm3_vl",
+            "minicpmv4_6",
+            "minicpm_ocr",
+            "minicpmv4_7",
             "smolvlm",
             "videollama3",
             "vipllava",
@@ -122,6 +128,7 @@ N_IMAGES = {
             "video_llava",
             "videollama3_video",
             "exaone4_5_video",
+            "lfm3_vl_video",
         ],
         1,
     ),

@@ -41,6 +41,7 @@ LN2 = {
     "gemma3_text": "pre_feedforward_layernorm",
     "lfm2": "ffn_norm",
     "opt": "final_layer_norm",
+    "lfm3": "ffn_norm",
 }
 LN2["exaone4"] = "mlp"  # no norm before the MLP: resid_mid is the MLP's input
 
@@ -139,6 +140,7 @@ CASES = {
         {"ffn_dim": 64, "num_key_value_heads": 4, "word_embed_proj_dim": 32, "pad_token_id": PAD}
         | {"tie_word_embeddings": False},  # LLaVA's head is tied only where its text model's embed_tokens is
     ),
+    "lfm3": ("Lfm3Config", {"head_dim": 8, "layer_types": ["conv", "full_attention"], "pad_token_id": PAD}),
 }
 PARALLEL = ("cohere", "cohere2")  # attention and MLP both read input_layernorm's output
 FUSED_GATE_UP = ("phi3", "glm4v_text", "glm_ocr_text")  # one gate_up_proj: [gate; up]
@@ -184,13 +186,14 @@ class Case:
         self.real = self.inputs["attention_mask"].bool()
         lm = self.bare.model.language_model
         self.layers = getattr(lm, "decoder", lm).layers  # OPT: the layers sit in its decoder
-        # MLP parts under the backbone's names (LFM2: feed_forward.w1 / w3 / w2; OPT: the layer's fc1 / fc2)
-        self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name == "lfm2" else {}
+        # MLP parts under the backbone's names (LFM2 / LFM3: feed_forward.w1 / w3 / w2; OPT: the layer's fc1 / fc2)
+        self.mlp = {"gate": "w1", "up": "w3", "down": "w2"} if name in ("lfm2", "lfm3") else {}
         self.mlp |= {"up": "fc1", "down": "fc2"} if name == "opt" else {}
 
     def mlp_part(self, l: int, part: str) -> nn.Module:
         layer = self.layers[l]
-        mlp = layer.feed_forward if self.name in ("lfm2", "llama4_text") else layer if self.name == "opt" else layer.mlp
+        ff = self.name in ("lfm2", "lfm3", "llama4_text")
+        mlp = layer.feed_forward if ff else layer if self.name == "opt" else layer.mlp
         return getattr(mlp, self.mlp.get(part, f"{part}_proj"))
 
     def ln2(self, l: int) -> nn.Module:

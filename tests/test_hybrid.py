@@ -26,7 +26,8 @@ MIXER_LAYER = {
     "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
 }  # fmt: skip
 # the HF module of each hybrid's mixer layers, and its name there
-MIXER = {"qwen3_5_text": ("linear_attention", "linear_attn"), "lfm2": ("conv", "conv")}
+MIXER = {"qwen3_5_text": ("linear_attention", "linear_attn"), "lfm2": ("conv", "conv"), "lfm3": ("conv", "conv")}
+OUT = {"lfm3": "post_operator_norm"}  # a norm after the mixer whose output is what is added (sandwich norms)
 
 
 def case_of(name: str) -> Case:
@@ -52,7 +53,7 @@ def test_each_layer_has_exactly_the_hooks_that_exist_there(case: Case) -> None:
 
 def test_mixer_output_is_hook_attn_out_and_an_edit_there_is_the_hand_edit(case: Case) -> None:
     """hook_attn_out of a mixer layer is its mixer's output (what it adds to the residual stream)."""
-    mixer = getattr(case.layers[0], MIXER[case.name][1])
+    mixer = getattr(case.layers[0], OUT.get(case.name, MIXER[case.name][1]))
     seen = {}
     case.bare_run([(mixer, "fwd", lambda mod, i, out: seen.__setitem__("out", out))])
     _, cache = case.model.run_with_cache(case.inputs, names_filter=["blocks.0.hook_attn_out"])
@@ -158,7 +159,7 @@ def test_nnsight_compiler_edits_the_mixer_output_and_refuses_attention_there(cas
     model = HookedMLLM(case.model.hf_model, build_llava_processor())
     steer = Steer(0, [0.5 * (-1) ** i for i in range(case.text.hidden_size)], positions=NonPad(), hook="hook_attn_out")
     [(path, attr, _)] = compile_plan(model, [steer], case.inputs)["sites"]
-    assert (path, attr) == (f"model.language_model.layers.0.{MIXER[case.name][1]}", "output")
+    assert (path, attr) == (f"model.language_model.layers.0.{OUT.get(case.name, MIXER[case.name][1])}", "output")
     ref = model.run_with_interventions(case.inputs, steer)
     assert case.diff(NNsightBackend(model).run(case.inputs, steer), ref) <= 1e-5
     with pytest.raises(ValueError, match=r"AttentionKnockout: layers \[0\]"):
@@ -172,7 +173,7 @@ def test_patching_a_mixer_output_from_a_source_run(case: Case) -> None:
     other = {**case.inputs, "pixel_values": case.inputs["pixel_values"].flip(0)}
     spec = Patch(layers=0, source="other", component="attn_out", positions=Image())
     ours = case.model.run_with_interventions(case.inputs, spec, sources={"other": other})
-    mixer = getattr(case.layers[0], MIXER[case.name][1])
+    mixer = getattr(case.layers[0], OUT.get(case.name, MIXER[case.name][1]))
     src = {}
     with torch.no_grad():
         h = mixer.register_forward_hook(lambda mod, i, out: src.__setitem__("out", out))
@@ -197,7 +198,7 @@ def test_attribution_patching_equals_the_hand_gradient(case: Case) -> None:
     handles = []
     for l in (0, 1):
         mlp = bare.model.language_model.layers[l]
-        down = mlp.feed_forward.w2 if case.name == "lfm2" else mlp.mlp.down_proj
+        down = mlp.feed_forward.w2 if case.name in ("lfm2", "lfm3") else mlp.mlp.down_proj
 
         def keep(mod, args, l=l):  # noqa: ANN001, ANN202
             args[0].retain_grad()  # the total gradient: layer 1's neurons read layer 0's

@@ -145,7 +145,9 @@ class Backbone:
         """Every module path the row names, relative to the decoder layer (``moe``: of a MoE layer; a
         ``mixer`` layer: its mixer in place of the attention paths)."""
         attn = [self.attn, *(f"{self.attn}.{p}" for p in (self.q, self.k, self.v, self.qkv, self.o) if p)]
-        attn = [mixer.path] if mixer is not None else attn + ([self.attn_out] if self.attn_out else [])
+        attn = (
+            [mixer.path, *[mixer.out] * bool(mixer.out)] if mixer else attn + ([self.attn_out] if self.attn_out else [])
+        )
         parts = self.moe.paths() if moe and self.moe else (self.gate, self.up, self.gate_up, self.down, self.act)
         mlp = [self.mlp, *(".".join(filter(None, (self.mlp, p))) for p in parts if p)]
         return attn + mlp + [p for p in (self.ln1, self.ln2, self.mlp_out) if p] + list(self.inside)
@@ -425,6 +427,18 @@ GLM4V_MOE = Backbone(
     "shared expert (shared_experts)",
 )
 
+LFM3 = replace(
+    LFM2,
+    name="lfm3",
+    o="o_proj",
+    attn_out="post_operator_norm",
+    mlp_out="post_ffn_norm",
+    mixers=(Mixer("conv", "conv", "gated short convolution", out="post_operator_norm"),),
+    notes="hybrid LFM2 with sandwich norms: post_operator_norm / post_ffn_norm (RMSNorm, or Identity without "
+    "use_sandwich_norm) end each branch, so their outputs are hook_attn_out / hook_mlp_out; attention scales each "
+    "head's output by sigmoid(g_proj(x)) before o_proj (hook_z is that gated input); sliding and full attention",
+)
+
 # text-config model_type -> the row of its decoder block (verified exact under LLaVA by tests/test_backbones.py)
 BACKBONES: dict[str, Backbone] = {
     "llama": LLAMA,
@@ -458,6 +472,7 @@ BACKBONES: dict[str, Backbone] = {
     "qwen3_5_moe_text": QWEN3_5_MOE,
     "glm4v_moe_text": GLM4V_MOE,
     "qwen3_omni_moe_text": QWEN_MOE,
+    "lfm3": LFM3,
 }
 
 

@@ -90,6 +90,9 @@ class Adapter:
     # model uses it, its OUTPUT the features written at the image positions); None: no
     # continuous vision path (discrete-token families)
     projector: str | None = None
+    # the projector is called once per image / tile in a forward (LFM2-VL): hook_vision_out / hook_projector_out
+    # then hold every call of the forward, concatenated along the token axis (hooks_mm.model.wiring)
+    projector_per_call: bool = False
     # positions that receive image features / hold image codes
     image_mask: ImageMaskFn | None = None
     # grid plan of every image, in the order the model writes image features

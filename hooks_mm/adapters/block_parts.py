@@ -80,3 +80,5 @@ class Mixer:
     kind: str
     path: str
     notes: str = ""
+    # a module after the mixer whose OUTPUT is what is added (LFM3's post_operator_norm); None: ``path``'s output
+    out: str | None = None

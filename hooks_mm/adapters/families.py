@@ -22,6 +22,7 @@ for _module in (
     "llama4_aria",
     "blip",
     "moe_families",
+    "minicpm",
 ):
     _mod = importlib.import_module(f"hooks_mm.adapters.{_module}")
     for _adapter in _mod.ADAPTERS:

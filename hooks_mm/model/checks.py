@@ -183,7 +183,11 @@ def check_media(inputs: dict[str, Any], batch: int) -> None:
             raise ValueError(f"{key} hold {n} NaN / inf values: check the images or features given to the processor.")
     for key in ("pixel_attention_mask", "aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"):
         value = inputs.get(key)  # families that batch their pixels per row (Idefics3, SmolVLM, Mllama)
-        if torch.is_tensor(value) and value.shape[0] != batch:
+        pixels = inputs.get("pixel_values")  # LFM2-VL: one mask row per tile, like its (tiles, patches, d) pixels
+        per_tile = not torch.is_tensor(pixels) or (
+            pixels.dim() == 3 and value is not None and len(value) == len(pixels)
+        )
+        if torch.is_tensor(value) and value.shape[0] != batch and not per_tile:
             raise ValueError(
                 f"{key} has {value.shape[0]} rows but input_ids {batch}: this family batches images per row; "
                 "build the text and the images with one processor call (model.to_inputs)."

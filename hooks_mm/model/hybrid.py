@@ -38,7 +38,7 @@ from hooks_mm.hooks import BLOCK_HOOKS, split
 def attn_out_path(model: HookedRootModule, layer: int) -> str | None:
     """The module (relative to the layer) whose output is layer ``layer``'s ``hook_attn_out``."""
     mixer = model._mixers.get(layer)
-    return mixer.path if mixer is not None else model.adapter.attn_out
+    return (mixer.out or mixer.path) if mixer is not None else model.adapter.attn_out
 
 
 def absent_reason(model: HookedRootModule, name: str) -> str | None:
@@ -53,8 +53,8 @@ def absent_reason(model: HookedRootModule, name: str) -> str | None:
         f"no hook point named {name!r}: layer {layer} of this {model.cfg.architecture} is a {mixer.kind!r} layer, "
         f"whose token mixer {mixer.path} ({module}: {mixer.notes or 'not attention'}) has no attention heads, so "
         f"no {suffix} exists there (no query / key / value heads, scores or pattern). That layer has "
-        f"blocks.{layer}.hook_attn_out (the mixer's output) and the residual, ln1 / ln2 and MLP hooks; attn.* hooks "
-        f"exist on the attention layers {attention}."
+        f"blocks.{layer}.hook_attn_out (the output of {mixer.out or 'the mixer'}) and the residual, ln1 / ln2 and "
+        f"MLP hooks; attn.* hooks exist on the attention layers {attention}."
     )
 
 

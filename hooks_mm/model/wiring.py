@@ -29,6 +29,8 @@ from transformer_lens.hook_points import HookPoint
 from transformers.utils import ModelOutput
 
 from hooks_mm.attention import NAMES
+from hooks_mm.model.calls import attach as attach_calls
+from hooks_mm.model.calls import edited
 from hooks_mm.model.hybrid import attn_out_path, gated_query
 from hooks_mm.model.moe import attach as attach_moe
 
@@ -40,13 +42,6 @@ class Stop(Exception):
 
     def __init__(self, value: Tensor):
         self.value = value
-
-
-def edited(hp: HookPoint, value: Tensor) -> Tensor | None:
-    """Run a derived hook point; the new value, or None when the hooks left it unchanged."""
-    before = value.clone()
-    out = hp(value)
-    return None if (out is value and torch.equal(value, before)) else out
 
 
 def first(out: Any) -> Tensor:
@@ -176,7 +171,10 @@ class Wiring:
             (a.projector, "hook_vision_out", "hook_projector_out"),
             (a.audio_projector, "hook_audio_out", "hook_audio_projector_out"),
         ):
-            if path is not None:
+            if path is not None and path == a.projector and a.projector_per_call:  # every call (model/calls.py)
+                if mine := {h: hd[h] for h in (pre_name, post_name) if h in live}:
+                    self.handles += attach_calls(model, mine)
+            elif path is not None:
                 if pre_name in live:
                     self._pre(model.submodule(path), in_first(hd[pre_name]), True)
                 if post_name in live:
