@@ -175,3 +175,44 @@ def test_interventions_take_video_and_audio_selectors(family: str) -> None:
     assert (steered - base)[p.real].abs().max() > 1e-4
     assert (knocked - base)[:, -1].abs().max() > 1e-6
     assert_clean(m)
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_cached_projector_hooks_hold_every_call_of_the_forward(family: str) -> None:
+    """Images and videos are projected in separate calls (Qwen-VL, LLaVA-NeXT-Video, Video-LLaVA, ...): the cached
+    hook_vision_out / hook_projector_out hold the rows of every call in call order (the cache kept only the last
+    call before), equal to the projector's inputs / outputs seen by a plain torch hook on the bare model."""
+    p = pair_for(family)
+    m = p.model
+    if "hook_projector_out" not in m.hook_dict:
+        pytest.skip(f"{family}: no projector path")
+    bare = p.fresh_bare()
+    seen: dict[str, list[torch.Tensor]] = {"in": [], "out": []}
+
+    def grab(mod, args, out) -> None:  # noqa: ANN001
+        seen["in"].append(args[0].detach())
+        for t in out if isinstance(out, (list, tuple)) else [out]:
+            seen["out"].append(t.detach())
+
+    handle = bare.get_submodule(m.adapter.projector).register_forward_hook(grab)
+    try:
+        with torch.no_grad():
+            bare(**p.inputs)
+    finally:
+        handle.remove()
+    _, cache = m.run_with_cache(p.inputs, names_filter=["hook_vision_out", "hook_projector_out"])
+    for key, name in (("in", "hook_vision_out"), ("out", "hook_projector_out")):
+        rows = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[key]])
+        ours = cache[name].reshape(-1, cache[name].shape[-1])
+        assert ours.shape == rows.shape, (name, len(seen[key]))
+        assert (ours - rows).abs().max().item() <= 1e-5
+    assert_clean(m)
+
+
+def test_a_residual_hook_firing_twice_in_one_forward_is_refused_not_overwritten() -> None:
+    from hooks_mm.model.batch import again
+
+    x = torch.zeros(2, 5, 8)
+    assert again("hook_projector_out", torch.zeros(3, 8), torch.ones(4, 8)).shape == (7, 8)
+    with pytest.raises(RuntimeError, match="fired twice in one forward.*separate forwards"):
+        again("blocks.0.hook_resid_post", x, x)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from hooks_mm.adapters import Adapter
@@ -141,3 +142,19 @@ def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
     shape[0], shape[dim] = index.shape
     idx = index.view(shape).expand(*[-1 if i in (0, dim) else s for i, s in enumerate(t.shape)])
     return t.gather(dim, idx)
+
+
+def again(name: str, before: Tensor, now: Tensor) -> Tensor:
+    """The cache entry of a hook point that fired again in one forward: a projector run once for the images and
+    once for the videos (Qwen-VL, LLaVA-NeXT-Video, Video-LLaVA) gives the rows of every call concatenated in
+    call order (flattened to ``(tokens, d)`` rows where the calls' grids differ); any other second firing is
+    refused (one entry could not hold both values)."""
+    if lookup(name).pos_dim is None and before.shape[1:] == now.shape[1:]:
+        return torch.cat([before, now.to(before.device)])
+    if lookup(name).pos_dim is None and before.shape[-1] == now.shape[-1]:  # per-tile / per-frame grids: as rows
+        return torch.cat([before.reshape(-1, before.shape[-1]), now.to(before.device).reshape(-1, now.shape[-1])])
+    raise RuntimeError(
+        f"{name} fired twice in one forward, with shapes {tuple(before.shape)} and {tuple(now.shape)}: one cache "
+        "entry cannot hold both calls. Cache it in separate forwards (e.g. the images and the videos in separate "
+        "batches), or read the media positions of blocks.0.hook_resid_pre instead."
+    )

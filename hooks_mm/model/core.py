@@ -36,7 +36,7 @@ from hooks_mm.adapters import Adapter, adapter_for, check_backbone
 from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks
 from hooks_mm.layout import ModalityLayout
-from hooks_mm.model.batch import Batch, layout_of, take_positions
+from hooks_mm.model.batch import Batch, again, layout_of, take_positions
 from hooks_mm.model.checks import (
     PIXEL_KEYS,
     check_hook_list,
@@ -347,7 +347,8 @@ class HookedMLLM(WrappedModule, HookedRootModule):
             t = t.detach()
             if index is not None:
                 t = take_positions(t, hook.name, index)
-            store[hook.name] = t if device is None else t.to(device)
+            t = t if device is None else t.to(device)
+            store[hook.name] = t if hook.name not in store else again(hook.name, store[hook.name], t)
 
         with self.hooks(fwd_hooks=[(n, save) for n in names]):
             out = self.forward(batch, return_type=return_type, stop_at_layer=stop_at_layer)
