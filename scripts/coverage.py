@@ -154,7 +154,7 @@ def check(name: str, model_type: str) -> dict[str, Any]:
         if not status.startswith("not built here"):
             break
     row.update(extra)
-    failed = status.startswith(("not built here", "accepted, then fails"))
+    failed = status.startswith(("not built here", "accepted, then fails", "refused"))  # a variant may be exact
     return zoo_fallback(row, status) if failed else {**row, "status": status}
 
 
