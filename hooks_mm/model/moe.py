@@ -176,7 +176,11 @@ def hooked_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint], pref
             if new is not None:
                 idx = _check_indices(new, idx.view(b, s, -1), n_experts, prefix + "hook_expert_indices")
                 idx = idx.reshape(b * s, -1)
-        out = _experts(experts, flat, idx, weights, hooks, prefix) if own else experts(flat, idx, weights)
+        out = (
+            _experts(experts, flat, idx, weights, hooks, prefix, getattr(experts, "is_transposed", False))
+            if own
+            else experts(flat, idx, weights)
+        )
         if shared is not None:
             x = shared(hidden_states)  # per position: its hook points see [batch, pos, d_shared]
             gated = x if shared_gate is None else torch.sigmoid(shared_gate(hidden_states)) * x  # Aria: ungated
@@ -187,9 +191,18 @@ def hooked_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint], pref
 
 
 def _experts(
-    experts: nn.Module, flat: Tensor, idx: Tensor, weights: Tensor, hooks: dict[str, HookPoint], prefix: str
+    experts: nn.Module,
+    flat: Tensor,
+    idx: Tensor,
+    weights: Tensor,
+    hooks: dict[str, HookPoint],
+    prefix: str,
+    transposed: bool = False,
+    scale_input: bool = False,
 ) -> Tensor:
-    """HF's eager experts loop, with each expert's hook points on its routed tokens (in token order)."""
+    """HF's eager experts loop, with each expert's hook points on its routed tokens (in token order). A token's
+    weight scales the expert's output, or its input (``scale_input``: Llama 4); ``transposed``: weights stored
+    ``[n_experts, d_in, d_out]`` (Aria, Llama 4)."""
     out = torch.zeros_like(flat)
     for e in range(experts.gate_up_proj.shape[0]):
         chosen = idx == e
@@ -198,17 +211,16 @@ def _experts(
         names = [p + "hook_pre", p + "hook_pre_linear", p + "hook_post"]
         if tok.numel() == 0 and not any(n in hooks for n in names):
             continue
-        w = experts.gate_up_proj[e]  # [2 d_expert, d_model], or [d_model, 2 d_expert] when transposed (Aria)
-        gate, up = (flat[tok] @ w if getattr(experts, "is_transposed", False) else F.linear(flat[tok], w)).chunk(2, -1)
+        w = (weights * chosen).sum(-1)[tok, None]
+        x = flat[tok] * w if scale_input else flat[tok]
+        gate_up = experts.gate_up_proj[e]
+        gate, up = (x @ gate_up if transposed else F.linear(x, gate_up)).chunk(2, -1)
         gate = hooks[names[0]](gate) if names[0] in hooks else gate
         up = hooks[names[1]](up) if names[1] in hooks else up
         h = experts.act_fn(gate) * up
         h = hooks[names[2]](h) if names[2] in hooks else h
-        down = (
-            h @ experts.down_proj[e] if getattr(experts, "is_transposed", False) else F.linear(h, experts.down_proj[e])
-        )
-        y = down * (weights * chosen).sum(-1)[tok, None]
-        out.index_add_(0, tok, y.to(out.dtype))
+        down = h @ experts.down_proj[e] if transposed else F.linear(h, experts.down_proj[e])
+        out.index_add_(0, tok, (down if scale_input else down * w).to(out.dtype))
     return out
 
 
@@ -294,7 +306,7 @@ def sigmoid_input_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint
                     b * s, -1
                 )
         if own:
-            routed = _scaled_experts(experts, flat, idx, weights, hooks, prefix)
+            routed = _experts(experts, flat, idx, weights, hooks, prefix, transposed=True, scale_input=True)
         else:  # HF's computation: every expert on every token, its input scaled by its score (0 off the top-k)
             scores = torch.zeros_like(logits).scatter_(1, idx, weights)
             routed_in = flat.repeat(n_experts, 1) * scores.transpose(0, 1).reshape(-1, 1)
@@ -303,25 +315,3 @@ def sigmoid_input_forward(block: nn.Module, row: Any, hooks: dict[str, HookPoint
         return out.add_(routed), logits
 
     return forward
-
-
-def _scaled_experts(
-    experts: nn.Module, flat: Tensor, idx: Tensor, weights: Tensor, hooks: dict[str, HookPoint], prefix: str
-) -> Tensor:
-    """Each expert on its routed tokens, their input scaled by the token's score, with the expert's hooks."""
-    out = torch.zeros_like(flat)
-    for e in range(experts.gate_up_proj.shape[0]):
-        chosen = idx == e
-        tok = chosen.any(-1).nonzero().squeeze(-1)
-        p = f"{prefix}experts.{e}."
-        names = [p + "hook_pre", p + "hook_pre_linear", p + "hook_post"]
-        if tok.numel() == 0 and not any(n in hooks for n in names):
-            continue
-        x = flat[tok] * (weights * chosen).sum(-1)[tok, None]
-        gate, up = (x @ experts.gate_up_proj[e]).chunk(2, dim=-1)
-        gate = hooks[names[0]](gate) if names[0] in hooks else gate
-        up = hooks[names[1]](up) if names[1] in hooks else up
-        h = up * experts.act_fn(gate)
-        h = hooks[names[2]](h) if names[2] in hooks else h
-        out.index_add_(0, tok, (h @ experts.down_proj[e]).to(out.dtype))
-    return out

@@ -24,13 +24,16 @@ QWEN3_5_LAYERS = ["linear_attention", "full_attention", "linear_attention", "ful
 QWEN3_5_LINEAR = dict(linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4)
 
 
-def build_qwen3_5(seed: int = 0) -> Tiny:
+def build_qwen3_5(seed: int = 0, moe: bool = False) -> Tiny:
+    """Qwen3.5 (``moe``: Qwen3.5-MoE, every MLP a top-2 of 4 experts plus a gated shared expert) over a
+    [linear, full, linear, full] stack, with the Qwen3-VL processor."""
     import transformers
 
     processor = build_processor(transformers.Qwen3VLProcessor, 16)
     ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     # head_dim 16, half of it rotary (Qwen3.5: a quarter of 256): 4 frequencies over (t, h, w)
     rope = mrope(2, 1, 1, mrope_interleaved=True, partial_rotary_factor=0.5)
+    experts = dict(moe_intermediate_size=32, shared_expert_intermediate_size=48, num_experts=4, num_experts_per_tok=2)
     text = lm_config(
         VOCAB_SIZE,
         pad_token_id=ids["<|endoftext|>"],
@@ -41,8 +44,12 @@ def build_qwen3_5(seed: int = 0) -> Tiny:
         head_dim=16,
         rope_parameters=rope,
         **QWEN3_5_LINEAR,
+        **(experts if moe else {}),
     )
-    config = transformers.Qwen3_5Config(
+    if moe:
+        text.pop("intermediate_size")  # Qwen3.5-MoE has no dense MLP
+    kind = "Qwen3_5Moe" if moe else "Qwen3_5"
+    config = getattr(transformers, f"{kind}Config")(
         text_config=text,
         vision_config=vision_config(16, num_position_embeddings=16),
         image_token_id=ids["<|image_pad|>"],
@@ -50,7 +57,7 @@ def build_qwen3_5(seed: int = 0) -> Tiny:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = init_model(transformers.Qwen3_5ForConditionalGeneration, config, seed)
+    model = init_model(getattr(transformers, f"{kind}ForConditionalGeneration"), config, seed)
     return Tiny(model=model, inputs=processor_inputs(processor, seed, 32), processor=processor)
 
 
