@@ -51,6 +51,7 @@ from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.module import WrappedModule
 from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_sizes
 from hooks_mm.model.tree import block_kinds, block_tree, put
+from hooks_mm.model.weights import WeightViews
 from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
 from hooks_mm.processing import save_processor
 from hooks_mm.selectors import Selector
@@ -59,7 +60,7 @@ RUN_OPTIONS = ("return_type", "stop_at_layer")  # keywords of a run that are not
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
 
 
-class HookedMLLM(WrappedModule, HookedRootModule):
+class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
     """TransformerLens hook points on the language model (and vision side) of an HF MLLM.
 
     Hook names (``l`` = layer; the table with shapes is :mod:`hooks_mm.hooks`):
