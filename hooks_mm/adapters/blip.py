@@ -20,6 +20,7 @@ hooks decoder-only language models.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hooks_mm.adapters.base import Adapter, ImagePlan, lm_paths, runs, token_id_mask
@@ -95,21 +96,17 @@ BLIP2 = Adapter(
     notes="BLIP-2: " + _NOTES,
 )
 
-INSTRUCTBLIP = Adapter(
+INSTRUCTBLIP = replace(
+    BLIP2,
     name="instructblip",
     architectures=("InstructBlipForConditionalGeneration",),
-    **lm_paths("language_model.model"),
-    projector="language_projection",
-    image_mask=_image_mask,
-    image_plans=blip_plans,
     notes="InstructBLIP (the instruction also goes to the Q-Former as qformer_input_ids): " + _NOTES,
 )
 
-INSTRUCTBLIP_VIDEO = Adapter(
+INSTRUCTBLIP_VIDEO = replace(
+    BLIP2,
     name="instructblipvideo",
     architectures=("InstructBlipVideoForConditionalGeneration",),
-    **lm_paths("language_model.model"),
-    projector="language_projection",
     image_mask=_video_mask,
     image_plans=video_plans,
     notes="InstructBLIP-Video: pixel_values (B, frames, 3, H, W), each frame's query outputs in frame order "
