@@ -98,3 +98,17 @@ def test_tokenizer_helpers() -> None:
     bare = HookedMLLM(m.hf_model)
     with pytest.raises(ValueError, match="has no tokenizer: load it with HookedMLLM.from_pretrained"):
         bare.to_tokens("red")
+
+
+@pytest.mark.parametrize(
+    "family", ["llava", "qwen2_vl", "gemma3", "idefics3", "paligemma2", "gemma4", "hyperclovax_vision_v2"]
+)
+def test_resid_to_logits_of_the_last_residual_is_the_models_output(family: str) -> None:
+    """The logit lens's head: final norm, W_U and the family's post-processing (softcap, logit scaling)."""
+    m = pair_for(family).model
+    last = f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"
+    logits, cache = m.run_with_cache(pair_for(family).inputs, names_filter=[last, "ln_final.hook_normalized"])
+    torch.testing.assert_close(m.apply_ln_final(cache[last]), cache["ln_final.hook_normalized"], rtol=0, atol=0)
+    torch.testing.assert_close(m.resid_to_logits(cache[last]), logits, rtol=0, atol=0)
+    lens = m.resid_to_logits(cache[last][:, :3])  # any positions, any leading shape
+    torch.testing.assert_close(lens, logits[:, :3], rtol=0, atol=0)

@@ -84,6 +84,29 @@ class WeightViews:
     def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
         return torch.stack([self._linear(l, "mlp", self.adapter.down).T for l in self._uniform("mlp")])
 
+    # ------------------------------------------------------------------ the head, on any residual
+
+    def apply_ln_final(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The family's own final norm (the HF module: RMSNorm, LayerNorm, Gemma's ``(1 + w)``) on ``resid``.
+
+        Example::
+
+            normed = model.apply_ln_final(cache["blocks.3.hook_resid_post"])
+        """
+        return self.submodule(self.adapter.final_norm)(resid)
+
+    def resid_to_logits(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """What the model would output if ``resid`` were its last residual: final norm, unembedding and the
+        family's logit post-processing (soft-capping, logit scaling, suppressed tokens). The logit lens.
+
+        Example::
+
+            lens = model.resid_to_logits(cache["blocks.1.hook_resid_post"])   # [batch, pos, d_vocab]
+        """
+        logits = self._unembed()(self.apply_ln_final(resid))
+        post = self.adapter.logits_post
+        return logits if post is None else post(self.hf_model, logits)
+
     # ------------------------------------------------------------------ tokens
 
     @property

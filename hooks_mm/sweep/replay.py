@@ -97,11 +97,8 @@ class Replay:
         return self.head(h)
 
     def head(self, h: Tensor) -> Tensor:
-        """Final norm, unembedding and the family's logit post-processing (``Adapter.logits_post``)."""
-        model = self.model
-        logits = model.hf_model.get_output_embeddings()(model.submodule(model.adapter.final_norm)(h))
-        post = model.adapter.logits_post
-        return logits if post is None else post(model.hf_model, logits)
+        """Final norm, unembedding and the family's logit post-processing (``model.resid_to_logits``)."""
+        return self.model.resid_to_logits(h)
 
     def verify(self, after: int, atol: float = 1e-4) -> bool:
         """Does replaying from block ``after`` (two packed copies) give the clean logits?"""
