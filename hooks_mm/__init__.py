@@ -8,10 +8,12 @@ from hooks_mm.selectors import (
     Answer,
     Audio,
     AudioTime,
+    First,
     Frame,
     Image,
     Instruction,
     Last,
+    LastN,
     NonPad,
     Positions,
     Selector,
@@ -50,3 +52,4 @@ __all__ = [
     "adapter_for",
     "register",
 ]
+__all__ += ["First", "LastN"]  # issue 16: ragged batches

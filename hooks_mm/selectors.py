@@ -370,3 +370,41 @@ def as_selector(x: Any) -> Selector:
     raise TypeError(
         f"cannot select positions with {x!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."
     )
+
+
+# -- "first n of" / "last n of" (issue 16, ragged batches): equal counts per row from a ragged selection
+
+
+class First(Selector):
+    """The first ``n`` positions that ``of`` selects in each row (default ``of``: every real
+    position). A row where ``of`` selects fewer than ``n`` keeps all it has (so counts can still
+    differ: ``layout.padded_indices`` / ``run_with_cache(pos=...)`` pad them; ``Patch(map="order")``
+    refuses them, naming the rows).
+
+    Example::
+
+        First(4, of=Image())        # the first 4 image tokens of every row
+        LastN(2, of=Text())         # the last 2 text tokens of every row
+        Selector.from_dict(First(4, of=Image()).to_dict()) == First(4, of=Image())
+    """
+
+    def __init__(self, n: int, of: Selector | None = None):
+        if not is_int(n) or n < 1:
+            raise TypeError(f"{type(self).__name__}(n={n!r}): give a positive int count of positions per row.")
+        self.n, self.of = int(n), NonPad() if of is None else as_selector(of)
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = self.of.mask(layout)
+        return m & (m.cumsum(1) <= self.n)
+
+
+class LastN(First):
+    """The last ``n`` positions that ``of`` selects in each row (rows with fewer keep all they
+    have); ``LastN(1)`` is ``Last()``. See :class:`First`."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = self.of.mask(layout)
+        return m & (m.flip(1).cumsum(1).flip(1) <= self.n)
+
+
+SELECTORS.update({c.__name__: c for c in (First, LastN)})

@@ -335,7 +335,10 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
 
         ``pos`` keeps only the selected positions of every position-indexed activation
         (e.g. ``pos=Image()`` or ``pos=Last()``), so memory follows what is kept; the cache
-        then has ``cache.positions`` [batch, n] with the kept indices.
+        then has ``cache.positions`` [batch, n] with the kept indices and ``cache.position_mask``
+        (bool, True where real). Rows selecting fewer positions than the most (ragged batches) are
+        padded to ``n_max``: positions -1, mask False, activations NaN (reduce with the mask:
+        :mod:`hooks_mm.ragged`, e.g. ``masked_mean(cache[name], cache.position_mask)``).
         """
         batch = self._run_batch(inputs, return_type, **kwargs)
         names = self._names(names_filter)
@@ -354,7 +357,7 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         with self.hooks(fwd_hooks=[(n, save) for n in names]):
             out = self.forward(batch, return_type=return_type, stop_at_layer=stop_at_layer)
         cache = ActivationCache(store, self)
-        cache.positions = index
+        cache.positions, cache.position_mask = index, (None if index is None else index >= 0)
         return out, cache
 
     def run_with_hooks(  # type: ignore[override]
