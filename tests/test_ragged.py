@@ -19,6 +19,7 @@ from hooks_mm.analysis import activation_probabilities, attention_flow, pooled_b
 from hooks_mm.interventions import Patch
 from hooks_mm.model.batch import take_positions
 from hooks_mm.ragged import masked_mean, to_sequence
+from hooks_mm.vis import attention_heads, attention_pattern
 from hooks_mm.vis.patches import patch_maps
 from hooks_mm.zoo.llava import sample_images
 
@@ -139,6 +140,18 @@ def test_patch_heatmap_values_from_a_ragged_cache_land_on_each_rows_grid() -> No
         torch.testing.assert_close(torch.as_tensor(panel.values), ref[r][grid].double(), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="do not match the layout"):  # the padded [batch, n_max] itself: refused
         patch_maps(cache[name].norm(dim=-1), batch.layout, 0)
+    # a pos= attention pattern keeps only some queries: the attention views refuse it (full: fine)
+    pattern = "blocks.0.attn.hook_pattern"
+    with torch.no_grad():
+        _, some = p.model.run_with_cache(batch, names_filter=[pattern], pos=Image())
+        _, every = p.model.run_with_cache(batch, names_filter=[pattern])
+    for r in range(2):
+        attention_heads(every[pattern], batch.str_tokens[r], batch.layout, r)
+        with pytest.raises(ValueError, match="cache the pattern without pos="):
+            attention_heads(some[pattern], batch.str_tokens[r], batch.layout, r)
+        with pytest.raises(ValueError, match="cache the pattern without pos="):
+            attention_pattern(some[pattern][:, 0], batch.str_tokens[r], batch.layout, r)
+    assert_clean(p.model)
 
 
 def test_take_positions_refuses_padding_an_integer_activation() -> None:
