@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import assert_clean, lm_outputs, pair_for
 
-from hooks_mm import After, First, Image, Last, LastN, NonPad, Selector, Text
+from hooks_mm import After, First, Image, Last, LastN, Modality, NonPad, Selector, Text
 from hooks_mm.analysis import activation_probabilities, attention_flow, pooled_by_modality
 from hooks_mm.interventions import Patch
 from hooks_mm.model.batch import take_positions
@@ -302,4 +302,49 @@ def test_analyses_reduce_each_row_over_its_own_positions(family: str) -> None:
     assert probs.tokens == {"text": int(txt.sum()), "image": int(img.sum())}
     for l, name in enumerate(pre):
         torch.testing.assert_close(probs.probs[l, :, 1], (full[name][img] > 0).float().mean(0))
+    assert_clean(model)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_fits_and_metrics_on_ragged_batches_match_per_row_computations(family: str) -> None:
+    from hooks_mm.interventions import CentroidBank, NeuronMeans
+    from hooks_mm.sweep import answer_logprob, modality_nll
+
+    p, batch = ragged(family)
+    model, layout = p.model, batch.layout
+    img, txt = layout.select(Image()), layout.select(Text())
+    names = ["blocks.1.hook_resid_pre", "blocks.1.mlp.hook_post"]
+    with torch.no_grad():
+        logits, full = model.run_with_cache(batch, names_filter=names)
+    # NeuronMeans: per modality, the mean over that modality's tokens of every row
+    means = NeuronMeans.fit(model, [batch], layers=1)
+    act = full["blocks.1.mlp.hook_post"].double()
+    torch.testing.assert_close(means.means[1]["image"], act[img].mean(0).float())
+    torch.testing.assert_close(means.means[1]["text"], act[txt].mean(0).float())
+    assert means.counts[1]["image"] == int(img.sum())
+    # CentroidBank: with k = the number of image tokens, every centroid is one token's vector (K-means)
+    k = int(img.sum())
+    bank = CentroidBank.fit(model, [batch], layer=1, positions=Image(), k=k, hook="hook_resid_pre")
+    x = full["blocks.1.hook_resid_pre"][img].float()
+    got, ref = bank.centroids, x
+    got, ref = got[torch.argsort(got[:, 0])], ref[torch.argsort(ref[:, 0])]
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert bank.meta["n_tokens"] == k
+    # modality_nll: the next-token NLL over each modality's tokens, all rows together
+    lp = logits[:, :-1].float().log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    real_prev = layout.modality[:, :-1] != Modality.PAD
+    want = txt[:, 1:] & real_prev
+    torch.testing.assert_close(modality_nll(model, batch, "text")(logits), -lp[want].mean())
+    # one-position metrics: a selection that is not one per row (ragged, or none in a row) is refused
+    last_image = LastN(1, of=Image())
+    if bool(img.any(1).all()):
+        metric = answer_logprob(model, batch, targets=[5, 7], positions=last_image)
+        at = layout.padded_indices(last_image)[0][:, 0]
+        ref_lp = logits[torch.arange(2), at].float().log_softmax(-1)[torch.arange(2), torch.tensor([5, 7])].mean()
+        torch.testing.assert_close(metric(logits), ref_lp)
+    else:
+        with pytest.raises(ValueError, match=r"must pick one position per row, got \[1, 0\]"):
+            answer_logprob(model, batch, targets=[5, 7], positions=last_image)
+    with pytest.raises(ValueError, match="must pick one position per row"):
+        answer_logprob(model, batch, targets=[5, 7], positions=Image())
     assert_clean(model)
