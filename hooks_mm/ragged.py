@@ -6,7 +6,9 @@ padded to ``[batch, n_max, ...]``: ``cache.positions`` [batch, n_max] holds the 
 indices (-1 in padded slots) and ``cache.position_mask`` [batch, n_max] is True where real (all
 True when every row selects the same count; then nothing is padded). Padded activation slots
 are NaN, so a reduction that forgets the mask gives NaN rather than a plausible wrong number.
-Reduce with the mask:
+Slot ``k`` of row ``r`` is sequence position ``cache.positions[r, k]``, not ``k``; do not index a
+full tensor with ``cache.positions`` as is (-1 would read the last position): mask it first, or
+use :func:`to_sequence`. Reduce with the mask:
 
 Example::
 
