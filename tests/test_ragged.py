@@ -348,3 +348,24 @@ def test_fits_and_metrics_on_ragged_batches_match_per_row_computations(family: s
     with pytest.raises(ValueError, match="must pick one position per row"):
         answer_logprob(model, batch, targets=[5, 7], positions=Image())
     assert_clean(model)
+
+
+def test_patch_grid_resamples_each_row_of_a_ragged_batch_onto_its_own_grid() -> None:
+    p, target = ragged("qwen2_vl")
+    prompts, sizes = RAGGED["qwen2_vl"]
+    source = p.model.prepare(p.model.to_inputs(prompts, images=sample_images(1, sizes[::-1])))  # sizes swapped
+    model, name = p.model, "blocks.0.hook_resid_pre"
+    tl, sl = target.layout, source.layout
+    (t0, t1), (s0, s1) = tl.select(Image()).sum(1).tolist(), sl.select(Image()).sum(1).tolist()
+    assert (t0, t1) == (s1, s0) and t0 != t1
+    with pytest.raises(ValueError, match=rf"\(row 0: source {s0}, target {t0}, row 1: source {s1}, target {t1}\)"):
+        model.run_with_interventions(target, Patch(0, "src", positions=Image(), map="order"), sources={"src": source})
+    got, _ = capture(model, target, name, Patch(0, "src", positions=Image(), map="grid"), {"src": source})
+    src, _ = capture(model, source, name)
+    for r in range(2):
+        s_grid, t_grid = sl.grid(r, 0, 0), tl.grid(r, 0, 0)
+        assert s_grid.shape != t_grid.shape
+        g = src[r, s_grid.flatten()].view(*s_grid.shape, -1).permute(2, 0, 1)[None]
+        want = torch.nn.functional.interpolate(g, size=tuple(t_grid.shape), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(got[r, t_grid.flatten()], want[0].permute(1, 2, 0).reshape(t_grid.numel(), -1))
+    assert_clean(model)
