@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_clean, lm_outputs, pair_for
+from conftest import IMAGE_FAMILIES, assert_clean, lm_outputs, pair_for
 
 from hooks_mm import After, First, Image, Last, LastN, Modality, NonPad, Selector, Text
 from hooks_mm.analysis import activation_probabilities, attention_flow, pooled_by_modality
@@ -369,3 +369,25 @@ def test_patch_grid_resamples_each_row_of_a_ragged_batch_onto_its_own_grid() -> 
         want = torch.nn.functional.interpolate(g, size=tuple(t_grid.shape), mode="bilinear", align_corners=False)
         torch.testing.assert_close(got[r, t_grid.flatten()], want[0].permute(1, 2, 0).reshape(t_grid.numel(), -1))
     assert_clean(model)
+
+
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_pos_image_on_every_family_is_the_full_cache_per_row(family: str) -> None:
+    """Every image family's example batch (rows with other image counts in most): ``pos=Image()`` is the
+    full cache at each row's own image positions, NaN after them, and an all-True mask when counts agree."""
+    p = pair_for(family)
+    m = p.model
+    names = ["blocks.0.hook_resid_post", f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"]
+    sel = m.layout(p.inputs).select(Image())
+    counts = sel.sum(1)
+    with torch.no_grad():
+        _, full = m.run_with_cache(p.inputs, names_filter=names)
+        _, part = m.run_with_cache(p.inputs, names_filter=names, pos=Image())
+    assert part.position_mask.sum(1).tolist() == counts.tolist()
+    for r in range(len(counts)):
+        idx, n = sel[r].nonzero().flatten(), int(counts[r])
+        assert part.positions[r, :n].tolist() == idx.tolist()
+        for name in names:
+            assert torch.equal(part[name][r, :n], full[name][r, idx])
+            assert part[name][r, n:].isnan().all()
+    assert_clean(m)
