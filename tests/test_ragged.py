@@ -12,9 +12,9 @@ import json
 
 import pytest
 import torch
-from conftest import IMAGE_FAMILIES, assert_clean, lm_outputs, pair_for
+from conftest import FAMILIES, assert_clean, lm_outputs, pair_for
 
-from hooks_mm import After, First, Image, Last, LastN, Modality, NonPad, Selector, Text
+from hooks_mm import After, Audio, First, Image, Last, LastN, Modality, NonPad, Selector, Text, Video
 from hooks_mm.analysis import activation_probabilities, attention_flow, pooled_by_modality
 from hooks_mm.interventions import Patch
 from hooks_mm.model.batch import take_positions
@@ -371,18 +371,22 @@ def test_patch_grid_resamples_each_row_of_a_ragged_batch_onto_its_own_grid() -> 
     assert_clean(model)
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILIES)
-def test_pos_image_on_every_family_is_the_full_cache_per_row(family: str) -> None:
-    """Every image family's example batch (rows with other image counts in most): ``pos=Image()`` is the
-    full cache at each row's own image positions, NaN after them, and an all-True mask when counts agree."""
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pos_media_on_every_family_is_the_full_cache_per_row(family: str) -> None:
+    """Every family's example batch (rows with other image / video / audio counts in most, some with none):
+    ``pos=`` the media positions is the full cache at each row's own positions, NaN after them."""
     p = pair_for(family)
-    m = p.model
+    m, media = p.model, Image() | Video() | Audio()
     names = ["blocks.0.hook_resid_post", f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"]
-    sel = m.layout(p.inputs).select(Image())
+    sel = m.layout(p.inputs).select(media)
     counts = sel.sum(1)
+    if not bool(counts.any()):  # text only
+        with pytest.raises(ValueError, match="selects no position"):
+            m.run_with_cache(p.inputs, names_filter=names, pos=media)
+        return
     with torch.no_grad():
         _, full = m.run_with_cache(p.inputs, names_filter=names)
-        _, part = m.run_with_cache(p.inputs, names_filter=names, pos=Image())
+        _, part = m.run_with_cache(p.inputs, names_filter=names, pos=media)
     assert part.position_mask.sum(1).tolist() == counts.tolist()
     for r in range(len(counts)):
         idx, n = sel[r].nonzero().flatten(), int(counts[r])
