@@ -29,7 +29,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooks_mm.analysis.lens import ImagePositions, check_layers, check_token_ids, image_positions
+from hooks_mm.layout import ModalityLayout
 from hooks_mm.selectors import Last, Selector, as_selector, is_int
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ class PatchDLA:
     attn_out_dla: Float[Tensor, "batch layer"]
     logit: Float[Tensor, " batch"]
     direction: Float[Tensor, "batch d_model"]
-    where: dict[int, ImagePositions]
+    where: dict[int, ImagePositions] = field(repr=False)
+    layout: ModalityLayout = field(repr=False)  # the batch's layout (the views lay the cells out with it)
 
     def _at(self, row: int) -> ImagePositions:
         if row not in self.where:
@@ -226,8 +228,8 @@ def patch_dla(
     batch = model.prepare(inputs)
     layout = batch.layout
     rows = layout.shape[0]
-    where = image_positions(layout, image)
     chosen = attribution_layers(model, layers)
+    where = image_positions(layout, image)
     d_vocab = int(model.cfg.d_vocab)
     tgt = _per_row(check_token_ids(target, d_vocab, "target"), rows, "target")
     neg = None if against is None else _per_row(check_token_ids(against, d_vocab, "against"), rows, "against")
@@ -275,7 +277,17 @@ def patch_dla(
             f" in {model.cfg.architecture}: this family's attention is not the per-head sum assumed; no result."
         )
     return PatchDLA(
-        int(image), chosen, tgt, neg, q, per_source_t.cpu(), attn_dla_t.cpu(), logit.cpu(), direction.cpu(), where
+        int(image),
+        chosen,
+        tgt,
+        neg,
+        q,
+        per_source_t.cpu(),
+        attn_dla_t.cpu(),
+        logit.cpu(),
+        direction.cpu(),
+        where,
+        layout,
     )
 
 

@@ -202,6 +202,7 @@ class PatchLens:
     top_k: int
     tokens: Int[Tensor, " n_tokens"] | None
     rows: dict[int, LensRow]
+    layout: ModalityLayout = field(repr=False)  # the batch's layout (the views lay the cells out with it)
 
     def __getitem__(self, row: int) -> LensRow:
         if row not in self.rows:
@@ -258,4 +259,4 @@ def patch_logit_lens(
         nested = [[[next(strs) for _ in range(top_k)] for _ in w.positions] for _ in names]
         chosen = logp[..., ids.to(logp.device)] if ids is not None else None
         rows[r] = LensRow(w, top_ids.cpu(), top_lp.exp().cpu(), nested, None if chosen is None else chosen.cpu())
-    return PatchLens(int(image), layers, names, int(top_k), ids, rows)
+    return PatchLens(int(image), layers, names, int(top_k), ids, rows, batch.layout)
