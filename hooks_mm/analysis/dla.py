@@ -68,6 +68,11 @@ class FrozenNorm:
         return out - out.mean(-1, keepdim=True) if self.centred else out
 
 
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the self-checks for activations of ``dtype`` (1e-3 in float32, wider in half)."""
+    return max(1e-3, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
+
+
 def _eps(module: nn.Module) -> float:
     for name in ("variance_epsilon", "eps", "epsilon"):
         value = getattr(module, name, None)
@@ -109,7 +114,7 @@ def frozen_norm(module: nn.Module, x: Float[Tensor, "rows d_model"], out: Float[
     scale = (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     frozen = FrozenNorm(w, b, centred, scale)
     err = float((frozen.linear(xf) + b - out.float()).abs().max())
-    if err > 1e-3 * (1.0 + float(out.float().abs().max())):
+    if err > tolerance(out.dtype) * (1.0 + float(out.float().abs().max())):
         raise RuntimeError(
             f"{type(module).__name__} with its scale frozen does not reproduce its output at the query (max error "
             f"{err:.3g}): its input is not the residual hooks_mm reads there; no attribution is returned."
@@ -270,7 +275,7 @@ def patch_dla(
         attn_dla.append(ref)
     per_source_t, attn_dla_t = torch.stack(per_source, 1), torch.stack(attn_dla, 1)
     err = (per_source_t.sum((2, 3)) - attn_dla_t).abs()
-    bound = 1e-3 * (1.0 + per_source_t.abs().sum((2, 3)) + attn_dla_t.abs())
+    bound = tolerance(model.cfg.dtype) * (1.0 + per_source_t.abs().sum((2, 3)) + attn_dla_t.abs())
     if bool((err > bound).any()):
         raise RuntimeError(
             f"the per-head OV contributions do not add up to hook_attn_out's attribution (worst {float(err.max()):.3g})"

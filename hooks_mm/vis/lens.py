@@ -151,8 +151,8 @@ def logit_lens_html(
             f'<div class="hmm-note">layer <input type="range" id="{uid}" min="0" max="{len(chosen) - 1}" '
             f'value="{len(chosen) - 1}" step="1"> <span id="{uid}-l">{lens.layers[chosen[-1]]}</span></div>'
             f"<script>(function(){{var s=document.getElementById('{uid}');"
-            f"var box=s.closest('.hmm-lens');var ls=box.querySelectorAll('.hmm-lens-layer');"
-            f"s.addEventListener('input',function(){{ls.forEach(function(e,i){{e.hidden=(i!=+s.value);}});"
+            f"s.addEventListener('input',function(){{var ls=s.closest('.hmm-lens').querySelectorAll('.hmm-lens-layer');"
+            f"ls.forEach(function(e,i){{e.hidden=(i!=+s.value);}});"
             f"document.getElementById('{uid}-l').textContent=ls[+s.value].dataset.layer;}});}})();</script>"
         )
     return PatchHeatmapHTML(
