@@ -202,7 +202,7 @@ def test_dla_sums_to_the_attribution_of_hook_attn_out(family: str) -> None:
                 if post:  # the post-attention norm with its scale frozen at the real o_proj output
                     norm = m.decoder_layers[l].get_submodule(m.adapter.attn_out)
                     o = outs[l][row, q[row]].float()
-                    vec = (norm.weight.float() + 1.0) * vec / (o.pow(2).mean() + norm.eps).sqrt()
+                    vec = (norm.weight.detach().float() + 1.0) * vec / (o.pow(2).mean() + norm.eps).sqrt()
                 got = dla.on_grid(row)[li, head][cell]
                 assert float(got) == pytest.approx(float((vec * d[row]).sum()), abs=1e-6, rel=1e-4)
     # a logit difference is the difference of the two attributions
