@@ -288,6 +288,7 @@ MISUSE = [
     ("dla", {"target": 3, "layers": [3]}, ValueError, r"layers \[3\] out of range: this model has 3"),
     ("dla", {"target": 3, "image": 2}, ValueError, r"image=2 is out of range"),
     ("dla", {"target": 3, "query": Image()}, ValueError, r"selects \[9, 9, 9, 9\] positions per row"),
+    ("dla", {"target": 3, "query": 0}, ValueError, r"query=0 is a padding position in rows \[\d"),
 ]
 
 

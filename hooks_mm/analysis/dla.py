@@ -38,7 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooks_mm.analysis.lens import ImagePositions, check_layers, check_token_ids, image_positions
-from hooks_mm.layout import ModalityLayout
+from hooks_mm.layout import Modality, ModalityLayout
 from hooks_mm.selectors import Last, Selector, as_selector, is_int
 
 if TYPE_CHECKING:
@@ -204,7 +204,14 @@ def _query(layout: Any, query: Selector | int) -> Tensor:
             f"query={query!r} selects {counts.tolist()} positions per row: give a selector (or position) that picks "
             "exactly one position in every row (default: Last(), the last real position)."
         )
-    return mask.float().argmax(1)
+    q = mask.float().argmax(1)
+    pad = (layout.modality[torch.arange(len(q)), q] == Modality.PAD).nonzero().flatten().tolist()
+    if pad:
+        raise ValueError(
+            f"query={query!r} is a padding position in rows {pad}: nothing is predicted there; give a real position "
+            "in every row (default: Last(), the last real position)."
+        )
+    return q
 
 
 @torch.no_grad()
