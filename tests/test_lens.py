@@ -323,3 +323,17 @@ def test_images_without_a_patch_grid_are_refused(family: str, monkeypatch) -> No
     monkeypatch.setattr(pair.model, "run_with_hooks", lambda *a, **k: pytest.fail("ran before refusing"))
     with pytest.raises(ValueError, match="has no patch grid of positions"):
         patch_logit_lens(pair.model, pair.inputs)
+
+
+def test_bfloat16_runs_and_agrees_with_float32() -> None:
+    """The self-checks' tolerances follow the dtype: a bf16 model is not refused, and agrees with float32."""
+    from hooks_mm import HookedMLLM
+
+    pair = pair_for("toy-llava")
+    half = HookedMLLM.from_pretrained("toy-llava", dtype=torch.bfloat16)
+    ref, got = (patch_dla(m, pair.inputs, target=5, against=6) for m in (pair.model, half))
+    assert float((got.per_source - ref.per_source).abs().max()) <= 0.03 * float(ref.per_source.abs().max())
+    lens = patch_logit_lens(half, pair.inputs, tokens=[5])
+    ref_lens = patch_logit_lens(pair.model, pair.inputs, tokens=[5])
+    assert float((lens[0].logprobs - ref_lens[0].logprobs).abs().max()) <= 0.1
+    assert_clean(half)

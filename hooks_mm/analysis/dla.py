@@ -99,7 +99,7 @@ def frozen_norm(module: nn.Module, x: Float[Tensor, "rows d_model"], out: Float[
     shifted = module((p + 1)[None]).float()[0]  # mean 1: a LayerNorm removes it, an RMSNorm does not
     as_rms = w * (p + 1).float() / (2.0 + eps) ** 0.5 + b
     as_ln = plus
-    tol = 1e-3 * float(plus.abs().max()) + 1e-5
+    tol = tolerance(dtype) * float(plus.abs().max()) + 1e-5
     if float((shifted - as_ln).abs().max()) <= tol and float((shifted - as_rms).abs().max()) > tol:
         centred = True
     elif float((shifted - as_rms).abs().max()) <= tol:
