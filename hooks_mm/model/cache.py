@@ -43,7 +43,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice, get_act_name
 
-from hooks_mm.model.branches import head_parts, neuron_parts
+from hooks_mm.model.branches import attn_branch, head_parts, mlp_branch, neuron_parts
 from hooks_mm.model.norms import NormForm, norm_form
 
 Stack = Float[Tensor, "component *batch_and_pos d_model"]
@@ -278,6 +278,8 @@ class MLLMCache(ActivationCache):
         """
         method = "stack_head_results"
         layer, pos_slice = self._layer(layer, method), _slice(pos_slice)
+        for l in range(layer):  # refuses cross-attention / linear-attention layers, before asking for hooks
+            attn_branch(self.model, l)
         self._need([f"blocks.{l}.attn.hook_z" for l in range(layer)] or ["blocks.0.hook_resid_pre"], method)
         parts, labels = [], []
         for l in range(layer):
@@ -315,6 +317,7 @@ class MLLMCache(ActivationCache):
         method = "get_neuron_results"
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self._n():
             raise IndexError(f"{method}: layer={layer!r}: give a block index 0..{self._n() - 1}.")
+        mlp_branch(self.model, layer)
         self._need([f"blocks.{layer}.mlp.hook_post"], method)
         keep = _slice([neuron_slice] if isinstance(neuron_slice, int) else neuron_slice)
         post = _slice(pos_slice).apply(self.cache_dict[f"blocks.{layer}.mlp.hook_post"], dim=-2)
@@ -337,6 +340,8 @@ class MLLMCache(ActivationCache):
         method = "stack_neuron_results"
         layer, pos_slice = self._layer(layer, method), _slice(pos_slice)
         self._check_mlp_input(layer, mlp_input, method)
+        for l in range(layer):  # refuses mixture-of-experts / residual-scaled MLPs, before asking for hooks
+            mlp_branch(self.model, l)
         self._need([f"blocks.{l}.mlp.hook_post" for l in range(layer)] or ["blocks.0.hook_resid_pre"], method)
         parts, labels = [], []
         keep = _slice([neuron_slice] if isinstance(neuron_slice, int) else neuron_slice)
@@ -377,6 +382,10 @@ class MLLMCache(ActivationCache):
         layer, pos_slice = self._layer(layer, method), _slice(pos_slice)
         self._check_mlp_input(layer, mlp_input, method)
         heads_to = layer + (1 if mlp_input else 0)
+        for l in range(heads_to):  # structural refusals first: those hooks do not exist to be cached
+            attn_branch(self.model, l)
+        for l in range(layer if expand_neurons else 0):
+            mlp_branch(self.model, l)
         need = [f"blocks.{l}.attn.hook_z" for l in range(heads_to)] + ["blocks.0.hook_resid_pre"]
         need += [f"blocks.{l}.{'mlp.hook_post' if expand_neurons else 'hook_mlp_out'}" for l in range(layer)]
         need += [f"blocks.{l}.hook_deepstack" for l in self.model.cfg.injection_layers if l < layer]
