@@ -9,6 +9,7 @@ LLaVA over LayerNorm (Persimmon, OPT), multiplier (Granite), sandwich-norm (Gemm
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from conftest import assert_clean, pair_for
 from test_backbones import _CASES, Case
 
-from hooks_mm import HookedMLLM
+from hooks_mm import HookedMLLM, zoo
 from hooks_mm.selectors import Last, Positions
 
 FAMILIES = ["llava", "qwen2_vl", "gemma3", "idefics3", "qwen3_vl"]  # qwen3_vl: deepstack injections
@@ -395,3 +396,20 @@ def test_a_block_without_a_norm_there_is_refused() -> None:
     _, cache = full_cache(t)
     with pytest.raises(NotImplementedError, match=r"block 1 .* has no norm before the MLP .*a parallel block"):
         cache.decompose_resid(1, mlp_input=True, apply_ln=True)
+
+
+def test_a_deepstack_injection_after_the_last_layer_is_part_of_the_final_residual() -> None:
+    tiny = zoo.build("qwen3_vl")  # deepstack after LM layers 0 and 1; cut to 2 layers: 1 is the last
+    lm = tiny.model.model.language_model
+    lm.layers = lm.layers[:2]
+    tiny.model.config.text_config.num_hidden_layers = 2
+    bare = copy.deepcopy(tiny.model)
+    m = HookedMLLM(tiny.model, tiny.processor)
+    assert m.cfg.injection_layers == [0, 1] and m.cfg.n_layers == 2
+    t = Target("qwen3_vl_2", m, bare, tiny.inputs, tiny.inputs["attention_mask"].bool())
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    injected = cache["blocks.1.hook_deepstack"][t.real].abs().max()
+    assert injected > 1e-3  # the injection is not zero: leaving it out would be wrong
+    for stack in (cache.decompose_resid(), cache.get_full_resid_decomposition(), cache.accumulated_resid()[-1:]):
+        close(t, stack.sum(0), ref["final_in"])
+    close(t, cache.apply_ln_to_stack(cache.decompose_resid()).sum(0), ref["final_out"])
