@@ -4,12 +4,14 @@ the layout), the bare HF model's logits, the norms' weights read by hand, and ho
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import assert_clean, pair_for
 from torch import nn
 
-from hooks_mm.analysis import frozen_norm, patch_dla, patch_logit_lens
+from hooks_mm.analysis import FrozenNorm, patch_dla, patch_logit_lens
 from hooks_mm.selectors import Image, Last
 
 FAMILIES = ["llava", "qwen2_vl", "gemma3", "idefics3"]
@@ -228,34 +230,26 @@ def test_dla_at_another_query_and_per_row_targets() -> None:
         assert float(dla.per_source[row, 0].sum()) == pytest.approx(ref, abs=1e-5, rel=1e-4)
 
 
-def test_frozen_norm_layernorm_rmsnorm_and_refusals() -> None:
+def test_frozen_norm_transpose_and_refusals() -> None:
+    """FrozenNorm (on model.norms.norm_form): the frozen map reproduces the norm at its input, its transpose is the
+    adjoint (what turns W_U's column into d), and an input that is not the norm's is refused."""
     torch.manual_seed(0)
     ln = nn.LayerNorm(8)
     nn.init.normal_(ln.weight), nn.init.normal_(ln.bias)
     x = torch.randn(3, 8) * 4 + 2
-    f = frozen_norm(ln, x, ln(x))
-    assert f.centred
-    torch.testing.assert_close(f.linear(x) + f.b, ln(x).detach(), atol=1e-5, rtol=0)
-    c, d = torch.randn(3, 8), torch.randn(3, 8)
-    torch.testing.assert_close((f.linear(c) * d).sum(-1), (c * f.transpose(d)).sum(-1), atol=1e-5, rtol=0)
-    rms = pair_for("llava").model.submodule("model.language_model.norm")
+    gemma = pair_for("gemma3").model
+    rms = copy.deepcopy(gemma.submodule(gemma.adapter.final_norm))  # Gemma's RMSNorm: (1 + w)
+    nn.init.normal_(rms.weight)
     y = torch.randn(2, rms.weight.shape[0]) + 3
-    g = frozen_norm(rms, y, rms(y))
-    assert not g.centred and float(g.b.abs().max()) < 1e-6
-    torch.testing.assert_close(g.linear(y), rms(y).detach(), atol=1e-5, rtol=0)
-    with pytest.raises(NotImplementedError, match="no eps attribute"):
-        frozen_norm(nn.Identity(), x, x)
-
-    class Tanh(nn.Module):
-        eps = 1e-6
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return torch.tanh(t)
-
-    with pytest.raises(NotImplementedError, match="neither an RMSNorm nor a LayerNorm"):
-        frozen_norm(Tanh(), x, x)
-    with pytest.raises(RuntimeError, match="does not reproduce its output"):
-        frozen_norm(ln, x, ln(x) + 1.0)
+    with torch.no_grad():
+        for norm, inp in ((ln, x), (rms, y)):
+            f = FrozenNorm.at(norm, inp, norm(inp), "test norm")
+            torch.testing.assert_close(f.linear(inp) + f.bias, norm(inp).float(), atol=1e-5, rtol=0)
+            c, d = torch.randn(inp.shape), torch.randn(inp.shape)
+            torch.testing.assert_close((f.linear(c) * d).sum(-1), (c * f.transpose(d)).sum(-1), atol=1e-4, rtol=1e-5)
+        assert FrozenNorm.at(ln, x, ln(x), "t").form.centre and not FrozenNorm.at(rms, y, rms(y), "t").form.centre
+        with pytest.raises(RuntimeError, match="does not reproduce its output at the query"):
+            FrozenNorm.at(ln, x, ln(x) + 1.0, "final norm")
 
 
 # ------------------------------------------------------------------ misuse: clear errors before any hook

@@ -24,7 +24,7 @@ from hooks_mm.analysis.alignment import (
     pooled_embeddings,
     token_similarity,
 )
-from hooks_mm.analysis.dla import FrozenNorm, PatchDLA, frozen_norm, patch_dla  # issue 16
+from hooks_mm.analysis.dla import FrozenNorm, PatchDLA, patch_dla  # issue 16
 from hooks_mm.analysis.erasure import (
     accuracy,
     choice_score,
@@ -79,7 +79,6 @@ __all__ = [
     "LensRow",
     "PatchDLA",
     "PatchLens",
-    "frozen_norm",
     "image_positions",
     "patch_dla",
     "patch_logit_lens",

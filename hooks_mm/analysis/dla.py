@@ -7,12 +7,13 @@ each row), head ``h`` of layer ``l`` moves from source position ``s`` into the r
 
 ``d`` is the unembedding direction of the target through the final norm with its scale frozen at the real final
 residual of ``q`` (TransformerLens's ``apply_ln_to_stack``): RMSNorm ``w * x / rms(x_q)`` (Gemma's ``(1 + w)``
-included), LayerNorm ``w * (x - mean(x)) / std(x_q)``, read from the norm module itself (and checked to reproduce
-its output at ``q``). The logit attributed is the head's raw output ``final_norm(x) @ W_U + b_U``, before the
-family's post-processing (soft-capping, logit scaling: ``model.resid_to_logits``). Families whose attention output
-passes a post-norm before the residual (Gemma-2/3 sandwich norms, GLM-4V) use that norm's scale frozen at the real
-attention output of ``q`` too: ``d_l = post_norm_frozen^T d``. Summed over every source position (image and text)
-and every head, the contributions equal the direct logit attribution of ``blocks.{l}.hook_attn_out`` at ``q`` minus
+included), LayerNorm ``w * (x - mean(x)) / std(x_q)``, read from the norm module by
+:func:`~hooks_mm.model.norms.norm_form` (and checked to reproduce its output at ``q``). The logit attributed is the
+head's raw output ``final_norm(x) @ W_U + b_U``, before the family's post-processing (soft-capping, logit scaling:
+``model.resid_to_logits``). Families whose attention output passes a post-norm before the residual (Gemma-2/3
+sandwich norms, GLM-4V) use that norm's scale frozen at the real attention output of ``q`` too:
+``d_l = post_norm_frozen^T d``. Summed over every source position (image and text) and every head, the
+contributions equal the direct logit attribution of ``blocks.{l}.hook_attn_out`` at ``q`` minus
 its bias term (o_proj's bias and the post-norm's bias): checked on every call (an error, never a wrong number).
 
 Layers with no per-head OV circuit are refused with the reason: cross-attention (Mllama), linear attention /
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 
 from hooks_mm.analysis.lens import ImagePositions, check_layers, check_token_ids, image_positions
 from hooks_mm.layout import Modality, ModalityLayout
+from hooks_mm.model.norms import NormForm, norm_form
 from hooks_mm.selectors import Last, Selector, as_selector, is_int
 
 if TYPE_CHECKING:
@@ -48,78 +50,47 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------ a norm with its scale frozen
 
 
-@dataclass
-class FrozenNorm:
-    """A norm ``N(x) = w * P(x) / scale(x) + b`` with ``scale`` frozen at given inputs (``P``: centring for a
-    LayerNorm, identity for an RMSNorm). ``linear(c)`` is the frozen map without the bias, per leading row."""
-
-    w: Float[Tensor, " d_model"]
-    b: Float[Tensor, " d_model"]
-    centred: bool
-    scale: Float[Tensor, "rows 1"]
-
-    def linear(self, c: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows d_model"]:
-        c = c - c.mean(-1, keepdim=True) if self.centred else c
-        return self.w * c / self.scale
-
-    def transpose(self, d: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows d_model"]:
-        """The direction ``d'`` with ``linear(c) . d == c . d'`` for every ``c`` (row by row)."""
-        out = self.w * d / self.scale
-        return out - out.mean(-1, keepdim=True) if self.centred else out
-
-
 def tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of the self-checks for activations of ``dtype`` (1e-3 in float32, wider in half)."""
     return max(1e-3, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
 
 
-def _eps(module: nn.Module) -> float:
-    for name in ("variance_epsilon", "eps", "epsilon"):
-        value = getattr(module, name, None)
-        if isinstance(value, (int, float)):
-            return float(value)
-    raise NotImplementedError(
-        f"{type(module).__name__} has no eps attribute (variance_epsilon / eps / epsilon): its scale cannot be frozen."
-    )
+@dataclass
+class FrozenNorm:
+    """A norm (its :class:`~hooks_mm.model.norms.NormForm`, read and checked by ``norm_form``) with its scale frozen
+    at real inputs ``x`` [rows, d_model], and checked to reproduce the output ``out`` seen there."""
 
+    form: NormForm
+    scale: Float[Tensor, "rows 1"]
 
-@torch.no_grad()
-def frozen_norm(module: nn.Module, x: Float[Tensor, "rows d_model"], out: Float[Tensor, "rows d_model"]) -> FrozenNorm:
-    """The norm ``module`` (RMSNorm, Gemma's ``(1 + w)`` RMSNorm or LayerNorm: told apart by probing it) with its
-    scale frozen at its real inputs ``x``; ``out`` is its real output there, which the frozen map must reproduce."""
-    d = x.shape[-1]
-    dtype = x.dtype
-    eps = _eps(module)
-    if d % 2:
-        raise NotImplementedError(f"freezing a norm of odd width {d} is not supported.")
-    p = torch.tensor([1.0, -1.0], dtype=dtype, device=x.device).repeat(d // 2)  # mean 0, mean square 1
-    plus, minus = module(p[None]).float()[0], module(-p[None]).float()[0]
-    b = (plus + minus) / 2
-    w = (plus - minus) / 2 * p.float() * (1.0 + eps) ** 0.5
-    shifted = module((p + 1)[None]).float()[0]  # mean 1: a LayerNorm removes it, an RMSNorm does not
-    as_rms = w * (p + 1).float() / (2.0 + eps) ** 0.5 + b
-    as_ln = plus
-    tol = tolerance(dtype) * float(plus.abs().max()) + 1e-5
-    if float((shifted - as_ln).abs().max()) <= tol and float((shifted - as_rms).abs().max()) > tol:
-        centred = True
-    elif float((shifted - as_rms).abs().max()) <= tol:
-        centred = False
-    else:
-        raise NotImplementedError(
-            f"{type(module).__name__} is neither an RMSNorm nor a LayerNorm (w * x / scale + b): its scale cannot "
-            "be frozen, so no direct logit attribution passes through it."
-        )
-    xf = x.float()
-    xc = xf - xf.mean(-1, keepdim=True) if centred else xf
-    scale = (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    frozen = FrozenNorm(w, b, centred, scale)
-    err = float((frozen.linear(xf) + b - out.float()).abs().max())
-    if err > tolerance(out.dtype) * (1.0 + float(out.float().abs().max())):
-        raise RuntimeError(
-            f"{type(module).__name__} with its scale frozen does not reproduce its output at the query (max error "
-            f"{err:.3g}): its input is not the residual hooks_mm reads there; no attribution is returned."
-        )
-    return frozen
+    @classmethod
+    def at(cls, module: nn.Module, x: Tensor, out: Tensor, where: str) -> FrozenNorm:
+        form = norm_form(module, x, where=where)
+        frozen = cls(form, form.scale(x))
+        err = float((frozen.linear(x) + frozen.bias - out.float()).abs().max())
+        if err > tolerance(out.dtype) * (1.0 + float(out.float().abs().max())):
+            raise RuntimeError(
+                f"the {where} ({form.name}) with its scale frozen does not reproduce its output at the query (max "
+                f"error {err:.3g}): its input is not the residual hooks_mm reads there; no attribution is returned."
+            )
+        return frozen
+
+    @property
+    def bias(self) -> Tensor | float:
+        b = self.form.bias_term
+        return 0.0 if b is None else b.float()
+
+    def linear(self, c: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows d_model"]:
+        """The frozen map without the bias, row by row."""
+        return self.form.apply(c.float(), self.scale).float()
+
+    def transpose(self, d: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows d_model"]:
+        """The direction ``d'`` with ``linear(c) . d == c . d'`` for every ``c`` (row by row)."""
+        if self.form.identity:
+            return d
+        out = d / self.scale
+        out = out * self.form.weight.float() if self.form.weight is not None else out
+        return out - out.mean(-1, keepdim=True) if self.form.centre else out
 
 
 # ------------------------------------------------------------------ the attribution
@@ -269,12 +240,14 @@ def patch_dla(
         hooks += [(p + "attn.hook_z", at_query(1)), (p + "hook_attn_out", at_query(1))]
     model.run_with_hooks(batch, fwd_hooks=hooks, return_type=None)
 
-    final = frozen_norm(model.submodule(model.adapter.final_norm), kept[last], kept["ln_final.hook_normalized"])
+    final = FrozenNorm.at(
+        model.submodule(model.adapter.final_norm), kept[last], kept["ln_final.hook_normalized"], "final norm"
+    )
     W_U, b_U = model.W_U.float(), model.b_U.float()
     u = W_U[:, tgt.to(W_U.device)].T - (W_U[:, neg.to(W_U.device)].T if neg is not None else 0)  # [batch, d_model]
     bu = b_U[tgt] - (b_U[neg] if neg is not None else 0)
     direction = final.transpose(u)
-    logit = ((final.linear(kept[last].float()) + final.b) * u).sum(-1) + bu
+    logit = ((final.linear(kept[last]) + final.bias) * u).sum(-1) + bu
     per_source, attn_dla = [], []
     for l in chosen:
         src, ref = _layer(model, l, kept, direction)
@@ -326,9 +299,10 @@ def _layer(model: HookedMLLM, l: int, kept: dict[str, Tensor], d: Tensor) -> tup
     d_l, bias = d, (b_O * d).sum(-1)
     if a.attn_out != f"{a.attn}.{a.o}":  # a post-norm between o_proj and the residual
         o_q = einsum(z, W_O, "b h d, h d m -> b m") + b_O
-        post = frozen_norm(model.decoder_layers[l].get_submodule(a.attn_out), o_q, kept[p + "hook_attn_out"])
+        norm = model.decoder_layers[l].get_submodule(a.attn_out)
+        post = FrozenNorm.at(norm, o_q, kept[p + "hook_attn_out"], f"blocks.{l} attention output norm")
         d_l = post.transpose(d)
-        bias = (post.linear(b_O.expand_as(o_q)) * d).sum(-1) + (post.b * d).sum(-1)
+        bias = ((post.linear(b_O.expand_as(o_q)) + post.bias) * d).sum(-1)
     ov = einsum(W_O, d_l, "h d m, b m -> b h d")  # each head's value read-out along d_l
     v = v.repeat_interleave(n_heads // n_kv, dim=2)  # grouped key / value heads, as the model repeats them
     per_source = pattern * einsum(v, ov, "b s h d, b h d -> b h s")
