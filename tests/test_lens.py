@@ -199,14 +199,19 @@ def test_dla_sums_to_the_attribution_of_hook_attn_out(family: str) -> None:
             tiles = expected_tiles(family, row)[0] if family != "toy-llava" else [dla.where[row].grid[0]]
             cell = (len(tiles) - 1, tiles[-1].shape[0] - 1, 0)
             s = int(tiles[cell[0]][cell[1], cell[2]])
+            z = cache[f"blocks.{l}.attn.hook_z"][row, q[row]].float()  # [head, d_head]
             for head in range(h):
                 vec = pattern[row, head, q[row], s] * (v[row, s, head // g].float() @ W_O[l, head])
+                whole = z[head] @ W_O[l, head]  # the head's whole output at the query: its sum over sources
                 if post:  # the post-attention norm with its scale frozen at the real o_proj output
                     norm = m.decoder_layers[l].get_submodule(m.adapter.attn_out)
                     o = outs[l][row, q[row]].float()
-                    vec = (norm.weight.detach().float() + 1.0) * vec / (o.pow(2).mean() + norm.eps).sqrt()
+                    frozen = (norm.weight.detach().float() + 1.0) / (o.pow(2).mean() + norm.eps).sqrt()
+                    vec, whole = frozen * vec, frozen * whole
                 got = dla.on_grid(row)[li, head][cell]
                 assert float(got) == pytest.approx(float((vec * d[row]).sum()), abs=1e-6, rel=1e-4)
+                total = dla.per_source[row, li, head].sum()
+                assert float(total) == pytest.approx(float((whole * d[row]).sum()), abs=1e-5, rel=1e-4)
     # a logit difference is the difference of the two attributions
     a, b = patch_dla(m, pair.inputs, target=target), patch_dla(m, pair.inputs, target=against)
     torch.testing.assert_close(dla.per_source, a.per_source - b.per_source, atol=1e-6, rtol=1e-5)
@@ -331,3 +336,18 @@ def test_bfloat16_runs_and_agrees_with_float32() -> None:
     ref_lens = patch_logit_lens(pair.model, pair.inputs, tokens=[5])
     assert float((lens[0].logprobs - ref_lens[0].logprobs).abs().max()) <= 0.1
     assert_clean(half)
+
+
+def test_the_self_checks_refuse_what_is_not_a_per_head_sum() -> None:
+    """An attention output or final norm that is not what the decomposition assumes (here: edited by a live hook)
+    gives an error, not a number."""
+    pair = pair_for("llava")
+    m = pair.model
+    with m.hooks(fwd_hooks=[("blocks.1.hook_attn_out", lambda x, hook: x * 2)]):
+        with pytest.raises(RuntimeError, match="do not add up to hook_attn_out's attribution"):
+            patch_dla(m, pair.inputs, target=3)
+    with m.hooks(fwd_hooks=[("ln_final.hook_normalized", lambda x, hook: x + 1)]):
+        with pytest.raises(RuntimeError, match="final norm .* does not reproduce its output at the query"):
+            patch_dla(m, pair.inputs, target=3)
+    assert_clean(m)
+    patch_dla(m, pair.inputs, target=3)  # and without the edits, it runs
