@@ -5,6 +5,8 @@ matplotlib figures (the planted cell's colour and label read back)."""
 from __future__ import annotations
 
 import copy
+import html
+import re
 
 import numpy as np
 import pytest
@@ -137,3 +139,21 @@ def test_views_render_offline_with_tokens_as_text(planted, tmp_path) -> None:
         hot_cells = [c[:3] for c in dla_cells if red in c[3]]
         assert hot_cells == [[str(pos), str(i), str(j)]]
         assert coloured_fraction(browser.screenshot(".hmm-grid-bg", 0)) > 0.05  # over the image: not blank
+
+
+@pytest.mark.parametrize("family", ["llava_next", "idefics3", "qwen2_vl", "emu3"])
+def test_every_image_position_is_one_labelled_cell_per_layer(family: str) -> None:
+    """Patch cells, stitched tiles and newline / end-of-row tokens: each position of the image once per layer,
+    labelled with its own top token."""
+    pair = pair_for(family)
+    lens = patch_logit_lens(pair.model, pair.inputs, top_k=1)
+    for row, r in lens.rows.items():
+        markup = logit_lens_html(lens, row=row).html
+        cells = re.findall(r'class="hmm-cell hmm-lens-cell" data-pos="(-?\d+)"[^>]*>([^<]*)</div>', markup)
+        shown = [(int(p), t) for p, t in cells if int(p) >= 0]
+        want = [
+            (int(p), html.escape(r.top_tokens[li][k][0]))
+            for li in range(len(lens.layers))
+            for k, p in enumerate(r.positions.tolist())
+        ]
+        assert sorted(shown) == sorted(want), f"{family} row {row}"

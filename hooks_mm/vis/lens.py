@@ -132,6 +132,9 @@ def logit_lens_html(
         for m in _maps(lens, r, vals[li], tile_grid, images):
             for p in m.panels:
                 grid = _lens_grid(p.values, p.positions, labels, scale, cell)
+                if p.separators is not None:  # newline / end-of-row tokens: a column on the right
+                    sep = _lens_grid(p.separators[:, None], p.separator_positions[:, None], labels, scale, cell)
+                    grid = f'<div style="display:flex;gap:3px">{grid}{sep}</div>'
                 panels.append(
                     f'<div class="hmm-panel" data-image="{m.image_index}" data-panel="{html.escape(p.name)}">'
                     f'<div class="hmm-panel-title">{html.escape(p.name)} {p.shape[0]}x{p.shape[1]}</div>{grid}</div>'
