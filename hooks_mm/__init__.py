@@ -14,6 +14,7 @@ from hooks_mm.selectors import (
     Last,
     NonPad,
     Positions,
+    Rows,  # issue 16: contrastive decoding (batch rows)
     Selector,
     Special,
     System,
@@ -50,3 +51,4 @@ __all__ = [
     "adapter_for",
     "register",
 ]
+__all__ += ["Rows"]  # issue 16: contrastive decoding

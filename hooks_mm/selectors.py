@@ -361,6 +361,32 @@ SELECTORS: dict[str, type[Selector]] = {
 }
 
 
+# ---- issue 16 (contrastive decoding): batch rows as a selector
+class Rows(Selector):
+    """Every real position of batch rows ``rows`` (an int, a list of ints or a range).
+
+    Restricts a spec to some rows of a batch, e.g. the reference half of a doubled batch in
+    contrastive decoding: ``After(Image()) & Rows(range(2, 4))``. A row beyond the batch is an error.
+    """
+
+    def __init__(self, rows: int | Sequence[int] | range):
+        items = [rows] if is_int(rows) else list(rows) if isinstance(rows, (list, tuple, range)) else None
+        if not items or not all(is_int(r) and r >= 0 for r in items):
+            raise TypeError(f"Rows({rows!r:.80}): give a non-empty list (or range) of non-negative int row indices.")
+        self.rows = sorted({int(r) for r in items})
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        n = layout.shape[0]
+        if self.rows[-1] >= n:
+            raise ValueError(f"Rows({self.rows}) is out of range: this batch has {n} rows (0..{n - 1}).")
+        m = torch.zeros(tuple(layout.shape), dtype=torch.bool, device=layout.modality.device)
+        m[self.rows] = True
+        return m & (layout.modality != Modality.PAD)
+
+
+SELECTORS["Rows"] = Rows
+
+
 def as_selector(x: Any) -> Selector:
     """Selectors pass through; ints and int lists become :class:`Positions`."""
     if isinstance(x, Selector):

@@ -7,6 +7,7 @@
 - :mod:`.sequence`: GAK and soft-DTW between interleaved sequences of hidden states
 - :mod:`.weights`: activated-weight overlap (Wanda masks calibrated per modality, IoU)
 - :mod:`.erasure`: centroid erasure cost, TCCD (with alpha search), VCD, text-centric bias
+- :mod:`.decoding`: contrastive decoding as generation (VCD, TCCD or any spec as the reference run)
 """
 
 from hooks_mm.analysis.alignment import (
@@ -23,6 +24,7 @@ from hooks_mm.analysis.alignment import (
     pooled_embeddings,
     token_similarity,
 )
+from hooks_mm.analysis.decoding import Reference, contrastive_generate, spec_reference, tccd, vcd
 from hooks_mm.analysis.erasure import (
     accuracy,
     choice_score,
@@ -71,3 +73,4 @@ __all__ = [
     "wanda_mask",
     "wanda_overlap",
 ]
+__all__ += ["Reference", "contrastive_generate", "spec_reference", "tccd", "vcd"]  # issue 16

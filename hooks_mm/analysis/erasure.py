@@ -135,7 +135,8 @@ def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:
                 )
 
 
-def _check_bank(bank: CentroidBank, positions: Any, what: str) -> None:
+def check_bank(bank: CentroidBank, positions: Any, what: str) -> None:
+    """Refuse a bank fitted on other positions than the ones it will replace."""
     fitted = bank.meta.get("positions")
     if fitted is not None and as_saved(fitted) != as_saved(positions.to_dict()):
         raise ValueError(
@@ -159,8 +160,8 @@ def erasure_cost(
     Every row must hold image positions and text after them (a row without them would cost
     0 by construction), and each bank must have been fitted on the positions it erases.
     """
-    _check_bank(text_bank, After(Image()), "text_bank")
-    _check_bank(visual_bank, Image(), "visual_bank")
+    check_bank(text_bank, After(Image()), "text_bank")
+    check_bank(visual_bank, Image(), "visual_bank")
     clean = accuracy(model, batches, answers, score)
     text = accuracy(model, batches, answers, score, CentroidReplacement(text_bank, After(Image()), a_interp))
     visual = accuracy(model, batches, answers, score, CentroidReplacement(visual_bank, Image(), a_interp))
@@ -179,7 +180,7 @@ def tccd_logits(
 ) -> Tensor:
     """Text-centroid contrastive decoding at the last position:
     ``l_clean + alpha (l_clean - l_text_erased)`` (no plausibility cut-off)."""
-    _check_bank(text_bank, After(Image()), "text_bank")
+    check_bank(text_bank, After(Image()), "text_bank")
     batch = model.prepare(inputs)
     spec = CentroidReplacement(text_bank, After(Image()), a_interp)
     check_reaches_last(model, batch, spec)

@@ -1,0 +1,219 @@
+"""Contrastive decoding as generation (VCD, TCCD, any spec): exact against a loop without the KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import assert_clean, pair_for
+
+from hooks_mm import Image, NonPad, Rows, Selector
+from hooks_mm.analysis import contrastive_generate, vcd
+from hooks_mm.analysis.erasure import diffusion_noise, vcd_logits
+from hooks_mm.model import concat_inputs
+
+
+def extend(inputs: dict, new: torch.Tensor) -> dict:
+    """``inputs`` with the tokens ``new`` [batch, t] appended (text: attention 1, token types 0)."""
+    ids = inputs["input_ids"]
+    out = dict(inputs, input_ids=torch.cat([ids, new], 1))
+    for k, v in inputs.items():
+        if k != "input_ids" and torch.is_tensor(v) and v.shape == ids.shape:
+            fill = torch.ones_like(new) if k == "attention_mask" else torch.zeros_like(new)
+            out[k] = torch.cat([v, fill.to(v.dtype)], 1)
+    return out
+
+
+@torch.no_grad()
+def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1.0):  # noqa: ANN001, ANN201
+    """Independent decoding: each step full forwards (no KV cache) of the clean and the reference
+    sequence so far, combined by hand; EOS handled as HF does (pad after it, stop when all are done)."""
+    eos, pad = model.hf_model.generation_config.eos_token_id, model.hf_model.generation_config.pad_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    rows = inputs["input_ids"].shape[0]
+    new = torch.empty(rows, 0, dtype=torch.long)
+    done = torch.zeros(rows, dtype=torch.bool)
+    steps = []
+    for _ in range(n):
+        x = extend(inputs, new)
+        lp = model(x)[:, -1].float().log_softmax(-1)
+        ref = reference(x)[:, -1].float().log_softmax(-1)
+        cd = (1 + alpha) * lp - alpha * ref
+        if beta > 0:
+            cd[lp < math.log(beta) + lp.max(-1, keepdim=True).values] = float("-inf")
+        steps.append(cd)
+        if generator is None:
+            tok = cd.argmax(-1)
+        else:
+            tok = torch.multinomial((cd / temperature).softmax(-1), 1, generator=generator)[:, 0]
+        tok = torch.where(done, torch.full_like(tok, pad if pad is not None else min(eos)), tok)
+        new = torch.cat([new, tok[:, None]], 1)
+        done |= torch.tensor([int(t) in eos for t in tok])
+        if bool(done.all()):
+            break
+    return torch.cat([inputs["input_ids"], new], 1), torch.stack(steps, 1)
+
+
+def noised(model, inputs, t=500, seed=0):  # noqa: ANN001, ANN201
+    def run(x):  # noqa: ANN001, ANN202
+        return model(dict(x, pixel_values=diffusion_noise(inputs["pixel_values"], t, seed=seed)))
+
+    return run
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_concat_inputs_keeps_each_image_with_its_row(family: str) -> None:
+    p = pair_for(family)
+    other = dict(p.inputs, pixel_values=p.inputs["pixel_values"].flip(-1))  # other pixels, same layout
+    with torch.no_grad():
+        a, b = p.model(p.inputs), p.model(other)
+        assert (a - b).abs().max() > 1e-3  # the two halves are distinguishable
+        ab, ba = p.model(concat_inputs(p.inputs, other)), p.model(concat_inputs(other, p.inputs))
+    rows = a.shape[0]
+    torch.testing.assert_close(ab[:rows], a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ab[rows:], b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ba[:rows], b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ba[rows:], a, atol=1e-4, rtol=1e-4)
+
+
+def test_concat_inputs_idefics3_image_slots() -> None:
+    p = pair_for("idefics3")
+    px = p.inputs["pixel_values"]
+    assert px.dim() == 5  # [batch, image slots, c, h, w]
+    other = dict(p.inputs, pixel_values=px.flip(-1))
+    with torch.no_grad():
+        a, b = p.model(p.inputs), p.model(other)
+        ab = p.model(concat_inputs(p.inputs, other))
+    torch.testing.assert_close(ab, torch.cat([a, b]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="image slots"):
+        concat_inputs(p.inputs, dict(p.inputs, pixel_values=px[:, :2], pixel_attention_mask=None))
+
+
+def test_concat_inputs_refuses_what_it_cannot_join() -> None:
+    p = pair_for("llava")
+    short = {k: v[:, 1:] if v.shape[:2] == p.inputs["input_ids"].shape else v for k, v in p.inputs.items()}
+    with pytest.raises(ValueError, match="sequence length"):
+        concat_inputs(p.inputs, short)
+    with pytest.raises(ValueError, match="different keys"):
+        concat_inputs(p.inputs, {k: v for k, v in p.inputs.items() if k != "pixel_values"})
+    with pytest.raises(TypeError, match="not a tensor"):
+        concat_inputs(p.inputs, dict(p.inputs, pixel_values=[1]))
+
+
+def test_rows_selector() -> None:
+    p = pair_for("llava")
+    layout = p.model.layout(p.inputs)
+    m = layout.select(Rows([1]))
+    assert not m[0].any() and torch.equal(m[1], layout.select(NonPad())[1])
+    both = layout.select(Image() & Rows(range(0, 1)))
+    assert torch.equal(both[0], layout.select(Image())[0]) and not both[1].any()
+    assert Selector.from_dict(Rows(range(2, 4)).to_dict()) == Rows([2, 3])
+    with pytest.raises(ValueError, match="out of range"):
+        layout.select(Rows(2))
+    with pytest.raises(TypeError, match="row indices"):
+        Rows([-1])
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_vcd_greedy_equals_the_uncached_loop(family: str) -> None:
+    p = pair_for(family)
+    tokens, logits = contrastive_generate(
+        p.model, p.inputs, vcd(), alpha=1.0, beta=0.1, max_new_tokens=5, return_logits=True
+    )
+    want, want_logits = loop(p.model, p.inputs, noised(p.model, p.inputs), 1.0, 0.1, 5)
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    # step 0 is the existing last-position VCD
+    torch.testing.assert_close(logits[:, 0], vcd_logits(p.model, p.inputs, alpha=1.0, beta=0.1), atol=1e-5, rtol=1e-5)
+    assert_clean(p.model)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_vcd_sampling_equals_the_uncached_loop(family: str) -> None:
+    p = pair_for(family)
+    tokens, logits = contrastive_generate(
+        p.model,
+        p.inputs,
+        vcd(t=300, seed=1),
+        alpha=0.5,
+        beta=0.05,
+        max_new_tokens=5,
+        do_sample=True,
+        temperature=1.5,
+        generator=torch.Generator().manual_seed(7),
+        return_logits=True,
+    )
+    want, want_logits = loop(
+        p.model,
+        p.inputs,
+        noised(p.model, p.inputs, 300, 1),
+        0.5,
+        0.05,
+        5,
+        generator=torch.Generator().manual_seed(7),
+        temperature=1.5,
+    )
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    greedy = contrastive_generate(p.model, p.inputs, vcd(t=300, seed=1), alpha=0.5, beta=0.05, max_new_tokens=5)
+    assert not torch.equal(tokens, greedy)  # sampling at temperature 1.5 left the argmax path
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_alpha_zero_is_plain_greedy_generation(family: str) -> None:
+    p = pair_for(family)
+    plain = p.model.generate(p.inputs, max_new_tokens=5)
+    assert torch.equal(contrastive_generate(p.model, p.inputs, vcd(), alpha=0.0, max_new_tokens=5), plain)
+    assert not torch.equal(contrastive_generate(p.model, p.inputs, vcd(), alpha=3.0, beta=0.0, max_new_tokens=5), plain)
+
+
+def test_the_checkpoint_generation_config_does_not_act_before_the_contrast() -> None:
+    p = pair_for("llava")
+    config = p.model.hf_model.generation_config
+    want, _ = loop(p.model, p.inputs, noised(p.model, p.inputs), 1.0, 0.1, 5)
+    config.repetition_penalty, config.suppress_tokens = 50.0, [int(want[0, -5])]
+    try:
+        assert not torch.equal(p.model.generate(p.inputs, max_new_tokens=5)[:, -5:], want[:, -5:])
+        assert torch.equal(contrastive_generate(p.model, p.inputs, vcd(), max_new_tokens=5), want)
+        assert p.model.hf_model.generation_config.repetition_penalty == 50.0
+    finally:
+        config.repetition_penalty, config.suppress_tokens = 1.0, None
+
+
+def test_misuse_is_refused_before_any_hook() -> None:
+    p = pair_for("llava")
+    m, x = p.model, p.inputs
+    with pytest.raises(ValueError, match="no pixel_values|none"):
+        contrastive_generate(
+            m,
+            {k: v for k, v in x.items() if k != "pixel_values"}
+            | {"input_ids": x["input_ids"][:, -3:], "attention_mask": x["attention_mask"][:, -3:]},
+            vcd(),
+        )
+    for beta in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+            contrastive_generate(m, x, vcd(), beta=beta)
+    with pytest.raises(ValueError, match="negative"):
+        contrastive_generate(m, x, vcd(), alpha=-1.0)
+    for alpha in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            contrastive_generate(m, x, vcd(), alpha=alpha)
+    with pytest.raises(ValueError, match="beam search"):
+        contrastive_generate(m, x, vcd(), num_beams=3)
+    with pytest.raises(ValueError, match="before the contrast"):
+        contrastive_generate(m, x, vcd(), repetition_penalty=1.2)
+    n_pad = [int((r == 0).sum()) for r in x["attention_mask"]]  # the same rows, padded on the right
+    roll = {
+        k: torch.stack([v[i].roll(-n) for i, n in enumerate(n_pad)])
+        for k in ("input_ids", "attention_mask")
+        for v in [x[k]]
+    }
+    right = dict(x, **roll)
+    with pytest.raises(ValueError, match="right-padded"):
+        contrastive_generate(m, right, vcd())
+    with pytest.raises(ValueError, match="t is a diffusion step"):
+        vcd(t=0)
+    with pytest.raises(ValueError, match="temperature"):
+        contrastive_generate(m, x, vcd(), do_sample=True, temperature=0.0)
+    assert_clean(m)
