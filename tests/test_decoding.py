@@ -57,7 +57,11 @@ def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1
 
 def noised(model, inputs, t=500, seed=0):  # noqa: ANN001, ANN201
     def run(x):  # noqa: ANN001, ANN202
-        return model(dict(x, pixel_values=diffusion_noise(inputs["pixel_values"], t, seed=seed)))
+        px = inputs["pixel_values"]
+        noisy = diffusion_noise(px, t, seed=seed)
+        if px.dim() == 5:  # Idefics: padding image slots (all zero) stay zero
+            noisy = torch.where((px == 0).flatten(2).all(-1)[:, :, None, None, None], 0.0, noisy)
+        return model(dict(x, pixel_values=noisy))
 
     return run
 
@@ -115,7 +119,7 @@ def test_rows_selector() -> None:
         Rows([-1])
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "idefics3"])
 def test_vcd_greedy_equals_the_uncached_loop(family: str) -> None:
     p = pair_for(family)
     tokens, logits = contrastive_generate(

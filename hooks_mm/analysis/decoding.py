@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
-from hooks_mm.analysis.erasure import check_bank, diffusion_noise
+from hooks_mm.analysis.erasure import check_bank, noised_pixels
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
 from hooks_mm.interventions.base import SELECTOR_FIELDS, Compose, Context, Intervention, check_number
 from hooks_mm.model.checks import check_left_padded
@@ -63,7 +63,7 @@ class Reference:
 
 def vcd(t: int = 500, seed: int = 0) -> Reference:
     """VCD's reference: the image noised by the diffusion forward step ``t`` of 1000
-    (:func:`~hooks_mm.analysis.erasure.diffusion_noise`, noise seed ``seed``)."""
+    (:func:`~hooks_mm.analysis.erasure.noised_pixels`, noise seed ``seed``)."""
     if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1000:
         raise ValueError(f"vcd(t={t!r}): t is a diffusion step, an int in 1..1000 (VCD uses 500).")
     return Reference("vcd", t=t, seed=seed)
@@ -192,7 +192,7 @@ def contrastive_generate(
                 "vcd(): visual contrastive decoding noises pixel_values, and these inputs have none (a discrete-token "
                 "or text-only batch): give inputs with images, or use tccd(bank) / a spec as the reference."
             )
-        noised = diffusion_noise(batch["pixel_values"], ref.t, seed=ref.seed)
+        noised = noised_pixels(batch["pixel_values"], ref.t, seed=ref.seed)
         doubled = model.prepare(concat_inputs(batch, dict(batch.inputs, pixel_values=noised)))
         run: dict[str, Any] = {}
     else:

@@ -248,6 +248,16 @@ def diffusion_noise(pixel_values: Tensor, t: int = 500, steps: int = 1000, seed:
     return abar**0.5 * pixel_values + (1 - abar) ** 0.5 * eps
 
 
+def noised_pixels(pixel_values: Tensor, t: int = 500, seed: int = 0) -> Tensor:
+    """VCD's distorted image for a batch's ``pixel_values``: :func:`diffusion_noise`, with the
+    all-zero padding image slots of [batch, slots, c, h, w] pixels (Idefics) kept zero, as the
+    model skips them only while they are zero."""
+    out = diffusion_noise(pixel_values, t, seed=seed)
+    if pixel_values.dim() == 5:
+        out[(pixel_values == 0).flatten(2).all(-1)] = 0
+    return out
+
+
 @torch.no_grad()
 def vcd_logits(
     model: "HookedMLLM", inputs: Any, alpha: float = 1.0, beta: float = 0.1, t: int = 500, seed: int = 0
@@ -260,7 +270,7 @@ def vcd_logits(
             "visual contrastive decoding noises pixel_values; these inputs have none (a discrete-token model?)."
         )
     clean = _last(batch, model(batch)).float().log_softmax(-1)
-    noised = dict(batch.inputs, pixel_values=diffusion_noise(batch["pixel_values"], t, seed=seed))
+    noised = dict(batch.inputs, pixel_values=noised_pixels(batch["pixel_values"], t, seed=seed))
     distorted = _last(batch, model(noised)).float().log_softmax(-1)
     out = (1 + alpha) * clean - alpha * distorted
     cutoff = clean < (torch.log(torch.tensor(beta)) + clean.max(-1, keepdim=True).values)
