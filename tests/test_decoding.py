@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import assert_clean, pair_for
 
-from hooks_mm import Image, NonPad, Rows, Selector
-from hooks_mm.analysis import contrastive_generate, vcd
-from hooks_mm.analysis.erasure import diffusion_noise, vcd_logits
+from hooks_mm import After, Image, NonPad, Rows, Selector, Where
+from hooks_mm.analysis import contrastive_generate, spec_reference, tccd, vcd
+from hooks_mm.analysis.erasure import diffusion_noise, tccd_logits, vcd_logits
+from hooks_mm.interventions import CentroidBank, CentroidReplacement, Steer
 from hooks_mm.model import concat_inputs
 
 
@@ -221,3 +222,74 @@ def test_misuse_is_refused_before_any_hook() -> None:
     with pytest.raises(ValueError, match="temperature"):
         contrastive_generate(m, x, vcd(), do_sample=True, temperature=0.0)
     assert_clean(m)
+
+
+def text_bank(p):  # noqa: ANN001, ANN201
+    return CentroidBank.fit(p.model, [p.inputs] * 3, positions=After(Image()), k=4, n_iter=5)
+
+
+def erased(model, bank, a_interp, positions=None):  # noqa: ANN001, ANN201
+    """The TCCD reference of a full forward: the text after the image (every appended token too) replaced."""
+    return lambda x: model.run_with_interventions(x, CentroidReplacement(bank, positions or After(Image()), a_interp))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_tccd_greedy_equals_the_uncached_loop(family: str) -> None:
+    p = pair_for(family)
+    bank = text_bank(p)
+    tokens, logits = contrastive_generate(
+        p.model, p.inputs, tccd(bank, a_interp=0.0), alpha=1.0, beta=0.0, max_new_tokens=5, return_logits=True
+    )
+    want, want_logits = loop(p.model, p.inputs, erased(p.model, bank, 0.0), 1.0, 0.0, 5)
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    # step 0 is the existing last-position TCCD (raw-logit form: the same up to a per-row constant)
+    ref = tccd_logits(p.model, p.inputs, bank, alpha=1.0, a_interp=0.0)
+    torch.testing.assert_close(logits[:, 0].log_softmax(-1), ref.log_softmax(-1), atol=1e-5, rtol=1e-5)
+    # the generated positions are erased too: a reference erasing the prompt's text only differs after step 0
+    prompt = p.inputs["input_ids"].shape[1]
+    only_prompt = After(Image()) & Where(lambda L: torch.arange(L.shape[1])[None].expand(L.shape) < prompt)
+    _, prompt_logits = loop(p.model, p.inputs, erased(p.model, bank, 0.0, only_prompt), 1.0, 0.0, 5)
+    torch.testing.assert_close(prompt_logits[:, 0], want_logits[:, 0])
+    assert (prompt_logits[:, 1:] - want_logits[:, 1:]).abs().max() > 1e-3
+    assert_clean(p.model)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_tccd_sampling_with_a_cut_equals_the_uncached_loop(family: str) -> None:
+    p = pair_for(family)
+    bank = text_bank(p)
+    kw = dict(alpha=2.0, beta=0.05, max_new_tokens=5, do_sample=True, temperature=1.3, return_logits=True)
+    tokens, logits = contrastive_generate(
+        p.model, p.inputs, tccd(bank, 0.4), generator=torch.Generator().manual_seed(3), **kw
+    )
+    want, want_logits = loop(
+        p.model, p.inputs, erased(p.model, bank, 0.4), 2.0, 0.05, 5, torch.Generator().manual_seed(3), 1.3
+    )
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_any_spec_as_the_reference() -> None:
+    p = pair_for("llava")
+    v = torch.randn(p.model.cfg.d_model, generator=torch.Generator().manual_seed(0)) * 3
+    spec = Steer(layers=1, vector=v.tolist(), positions=NonPad())
+    tokens, logits = contrastive_generate(p.model, p.inputs, spec, beta=0.1, max_new_tokens=4, return_logits=True)
+    want, want_logits = loop(p.model, p.inputs, lambda x: p.model.run_with_interventions(x, spec), 1.0, 0.1, 4)
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    same = contrastive_generate(p.model, p.inputs, spec_reference(spec), beta=0.1, max_new_tokens=4)
+    assert torch.equal(same, tokens)
+    assert_clean(p.model)
+
+
+def test_tccd_misuse() -> None:
+    p = pair_for("llava")
+    visual = CentroidBank.fit(p.model, [p.inputs], positions=Image(), k=4, n_iter=5)
+    with pytest.raises(ValueError, match="fitted at positions"):
+        tccd(visual)
+    with pytest.raises(ValueError, match="sources belong to the spec"):
+        contrastive_generate(p.model, p.inputs, vcd(), sources={"clean": p.inputs})
+    with pytest.raises(TypeError, match="reference is vcd"):
+        contrastive_generate(p.model, p.inputs, "vcd")
+    assert_clean(p.model)

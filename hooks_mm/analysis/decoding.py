@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
-from hooks_mm.analysis.erasure import check_bank, noised_pixels
+from hooks_mm.analysis.erasure import check_bank, check_reaches_last, noised_pixels
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
 from hooks_mm.interventions.base import SELECTOR_FIELDS, Compose, Context, Intervention, check_number
 from hooks_mm.model.checks import check_left_padded
@@ -196,6 +196,7 @@ def contrastive_generate(
         doubled = model.prepare(concat_inputs(batch, dict(batch.inputs, pixel_values=noised)))
         run: dict[str, Any] = {}
     else:
+        check_reaches_last(model, batch, ref.spec)  # a centroid replacement that cannot change the first token
         doubled = model.prepare(concat_inputs(batch, batch))
         spec = on_rows(ref.spec, range(rows, 2 * rows))
         two = {k: concat_inputs(model.prepare(v), model.prepare(v)) for k, v in (ref.sources or {}).items()}
