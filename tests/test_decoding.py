@@ -293,3 +293,25 @@ def test_tccd_misuse() -> None:
     with pytest.raises(TypeError, match="reference is vcd"):
         contrastive_generate(p.model, p.inputs, "vcd")
     assert_clean(p.model)
+
+
+def test_a_spec_that_ignores_its_positions_is_refused() -> None:
+    from dataclasses import dataclass, field
+
+    from hooks_mm.interventions.base import INTERVENTIONS, Edit, Intervention
+
+    @dataclass
+    class Everywhere(Intervention):  # a user spec whose edit does not follow positions=
+        layers: int = 0
+        positions: Selector = field(default_factory=NonPad)
+
+        def edits(self, ctx):  # noqa: ANN001, ANN202
+            return [Edit(ctx.hook_name("hook_resid_post", self.layers), ("zero", torch.ones(ctx.layout.shape).bool()))]
+
+    try:
+        p = pair_for("llava")
+        with pytest.raises(ValueError, match="would change the clean rows"):
+            contrastive_generate(p.model, p.inputs, Everywhere(), max_new_tokens=2)
+        assert_clean(p.model)
+    finally:
+        INTERVENTIONS.pop("Everywhere", None)
