@@ -9,6 +9,7 @@ from hooks_mm.selectors import (
     Audio,
     AudioTime,
     Frame,
+    Generated,
     Image,
     Instruction,
     Last,
@@ -47,6 +48,7 @@ __all__ = [
     "Text",
     "Video",
     "Where",
+    "Generated",
     "adapter_for",
     "register",
 ]
