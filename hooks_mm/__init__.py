@@ -9,6 +9,7 @@ from hooks_mm.selectors import (
     Audio,
     AudioTime,
     Frame,
+    Generated,
     Image,
     Instruction,
     Last,
@@ -48,6 +49,7 @@ __all__ = [
     "Text",
     "Video",
     "Where",
+    "Generated",
     "adapter_for",
     "register",
 ]

@@ -227,13 +227,19 @@ class NonPad(Selector):
 
 
 class Last(Selector):
-    """The last real position of each row (where the next token is predicted)."""
+    """The last real position of each row (where the next token is predicted).
+
+    During ``HookedMLLM.generate`` (a layout with ``Generated()`` positions) it is the current
+    step: the prompt's last position (the prefill's output) and every generated position that
+    is fed back, each computing the next token.
+    """
 
     def mask(self, layout: ModalityLayout) -> Tensor:
-        real = layout.modality != Modality.PAD
+        generated = layout.segment == Segment.GENERATED
+        real = (layout.modality != Modality.PAD) & ~generated
         idx = torch.arange(real.shape[1], device=real.device).expand_as(real)
         last = torch.where(real, idx, -1).max(1).values
-        return idx == last[:, None]
+        return (idx == last[:, None]) | generated
 
 
 class Instruction(Selector):
@@ -385,6 +391,29 @@ class Rows(Selector):
 
 
 SELECTORS["Rows"] = Rows
+
+
+# ---------------------------------------------------------------- generation (issue 16)
+
+
+class Generated(Selector):
+    """The positions ``HookedMLLM.generate`` appends after the prompt (none outside generation).
+
+    ``generate(inputs, interventions=spec, max_new_tokens=n)`` resolves selectors over the
+    prompt and ``n`` generated positions; ``Generated()`` picks the latter and ``~Generated()``
+    the prompt. Selectors that pick text (``NonPad()``, ``Text()``, ``After(...)``) include them.
+
+    Example::
+
+        spec = Steer(layers=1, vector=v.tolist(), positions=Generated())   # every generated token
+        tokens = model.generate(inputs, max_new_tokens=8, interventions=spec)
+    """
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.segment == Segment.GENERATED
+
+
+SELECTORS["Generated"] = Generated
 
 
 def as_selector(x: Any) -> Selector:
