@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import assert_clean, pair_for
 
-from hooks_mm import After, Image, NonPad, Rows, Selector, Where
+from hooks_mm import After, Generated, Image, NonPad, Rows, Selector, Where
 from hooks_mm.analysis import contrastive_generate, spec_reference, tccd, vcd
 from hooks_mm.analysis.erasure import diffusion_noise, tccd_logits, vcd_logits
 from hooks_mm.interventions import CentroidBank, CentroidReplacement, Steer
@@ -27,9 +27,10 @@ def extend(inputs: dict, new: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1.0):  # noqa: ANN001, ANN201
+def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1.0, forced=None):  # noqa: ANN001, ANN201
     """Independent decoding: each step full forwards (no KV cache) of the clean and the reference
-    sequence so far, combined by hand; EOS handled as HF does (pad after it, stop when all are done)."""
+    sequence so far, combined by hand; EOS handled as HF does (pad after it, stop when all are done).
+    ``forced`` [batch, n]: feed these tokens instead of the chosen ones (the logits along a given sequence)."""
     eos, pad = model.hf_model.generation_config.eos_token_id, model.hf_model.generation_config.pad_token_id
     eos = {eos} if isinstance(eos, int) else set(eos or [])
     rows = inputs["input_ids"].shape[0]
@@ -49,6 +50,7 @@ def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1
         else:
             tok = torch.multinomial((cd / temperature).softmax(-1), 1, generator=generator)[:, 0]
         tok = torch.where(done, torch.full_like(tok, pad if pad is not None else min(eos)), tok)
+        tok = tok if forced is None else forced[:, len(steps) - 1]
         new = torch.cat([new, tok[:, None]], 1)
         done |= torch.tensor([int(t) in eos for t in tok])
         if bool(done.all()):
@@ -233,23 +235,34 @@ def erased(model, bank, a_interp, positions=None):  # noqa: ANN001, ANN201
     return lambda x: model.run_with_interventions(x, CentroidReplacement(bank, positions or After(Image()), a_interp))
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
-def test_tccd_greedy_equals_the_uncached_loop(family: str) -> None:
+def no_media(model, tokens, prompt):  # noqa: ANN001, ANN201
+    """A tiny random model can generate an image token id, which a full forward of the sequence so far would
+    read as an image position (the loop would then not be the same computation): parameters avoid it."""
+    cfg = model.hf_model.config
+    keys = ("image_token_index", "image_token_id", "vision_start_token_id", "vision_end_token_id", "boi_token_index")
+    media = [getattr(cfg, k) for k in keys if isinstance(getattr(cfg, k, None), int)]
+    assert not torch.isin(tokens[:, prompt:], torch.tensor(media)).any(), "pick parameters without media tokens"
+
+
+@pytest.mark.parametrize(("family", "alpha"), [("llava", 1.0), ("qwen2_vl", 2.0), ("gemma3", 1.0)])
+def test_tccd_greedy_equals_the_uncached_loop(family: str, alpha: float) -> None:
     p = pair_for(family)
     bank = text_bank(p)
     tokens, logits = contrastive_generate(
-        p.model, p.inputs, tccd(bank, a_interp=0.0), alpha=1.0, beta=0.0, max_new_tokens=5, return_logits=True
+        p.model, p.inputs, tccd(bank, a_interp=0.0), alpha=alpha, beta=0.0, max_new_tokens=5, return_logits=True
     )
-    want, want_logits = loop(p.model, p.inputs, erased(p.model, bank, 0.0), 1.0, 0.0, 5)
+    no_media(p.model, tokens, p.inputs["input_ids"].shape[1])
+    want, want_logits = loop(p.model, p.inputs, erased(p.model, bank, 0.0), alpha, 0.0, 5)
     assert torch.equal(tokens, want)
     torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
     # step 0 is the existing last-position TCCD (raw-logit form: the same up to a per-row constant)
-    ref = tccd_logits(p.model, p.inputs, bank, alpha=1.0, a_interp=0.0)
+    ref = tccd_logits(p.model, p.inputs, bank, alpha=alpha, a_interp=0.0)
     torch.testing.assert_close(logits[:, 0].log_softmax(-1), ref.log_softmax(-1), atol=1e-5, rtol=1e-5)
     # the generated positions are erased too: a reference erasing the prompt's text only differs after step 0
     prompt = p.inputs["input_ids"].shape[1]
     only_prompt = After(Image()) & Where(lambda L: torch.arange(L.shape[1])[None].expand(L.shape) < prompt)
-    _, prompt_logits = loop(p.model, p.inputs, erased(p.model, bank, 0.0, only_prompt), 1.0, 0.0, 5)
+    control = erased(p.model, bank, 0.0, only_prompt)
+    _, prompt_logits = loop(p.model, p.inputs, control, alpha, 0.0, 5, forced=tokens[:, prompt:])
     torch.testing.assert_close(prompt_logits[:, 0], want_logits[:, 0])
     assert (prompt_logits[:, 1:] - want_logits[:, 1:]).abs().max() > 1e-3
     assert_clean(p.model)
@@ -261,10 +274,11 @@ def test_tccd_sampling_with_a_cut_equals_the_uncached_loop(family: str) -> None:
     bank = text_bank(p)
     kw = dict(alpha=2.0, beta=0.05, max_new_tokens=5, do_sample=True, temperature=1.3, return_logits=True)
     tokens, logits = contrastive_generate(
-        p.model, p.inputs, tccd(bank, 0.4), generator=torch.Generator().manual_seed(3), **kw
+        p.model, p.inputs, tccd(bank, 0.4), generator=torch.Generator().manual_seed(0), **kw
     )
+    no_media(p.model, tokens, p.inputs["input_ids"].shape[1])
     want, want_logits = loop(
-        p.model, p.inputs, erased(p.model, bank, 0.4), 2.0, 0.05, 5, torch.Generator().manual_seed(3), 1.3
+        p.model, p.inputs, erased(p.model, bank, 0.4), 2.0, 0.05, 5, torch.Generator().manual_seed(0), 1.3
     )
     assert torch.equal(tokens, want)
     torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
@@ -280,6 +294,21 @@ def test_any_spec_as_the_reference() -> None:
     torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
     same = contrastive_generate(p.model, p.inputs, spec_reference(spec), beta=0.1, max_new_tokens=4)
     assert torch.equal(same, tokens)
+    # a reference edited at the generated positions only: step 0 is plain decoding, later steps are not
+    late = Steer(layers=1, vector=v.tolist(), positions=Generated())
+    tokens, logits = contrastive_generate(p.model, p.inputs, late, beta=0.0, max_new_tokens=4, return_logits=True)
+    generated = Where(lambda L: torch.arange(L.shape[1])[None].expand(L.shape) >= p.inputs["input_ids"].shape[1])
+    assert (p.model(p.inputs)[:, -1] - p.model.run_with_interventions(p.inputs, spec)[:, -1]).abs().max() > 1e-2
+    full = Steer(layers=1, vector=v.tolist(), positions=generated)
+    prompt = p.inputs["input_ids"].shape[1]
+
+    def steered(x):  # noqa: ANN001, ANN202
+        return p.model(x) if x["input_ids"].shape[1] == prompt else p.model.run_with_interventions(x, full)
+
+    want, want_logits = loop(p.model, p.inputs, steered, 1.0, 0.0, 4)
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[:, 0], p.model(p.inputs)[:, -1].log_softmax(-1), atol=1e-5, rtol=1e-5)
     assert_clean(p.model)
 
 

@@ -35,7 +35,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from hooks_mm.analysis.erasure import check_bank, check_reaches_last, noised_pixels
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
-from hooks_mm.interventions.base import SELECTOR_FIELDS, Compose, Context, Intervention, check_number
+from hooks_mm.interventions.base import SELECTOR_FIELDS, Compose, GenerationContext, Intervention, check_number
+from hooks_mm.layout import generation_layout
 from hooks_mm.model.checks import check_left_padded
 from hooks_mm.model.concat import concat_inputs
 from hooks_mm.selectors import After, Image, Rows
@@ -200,7 +201,8 @@ def contrastive_generate(
         doubled = model.prepare(concat_inputs(batch, batch))
         spec = on_rows(ref.spec, range(rows, 2 * rows))
         two = {k: concat_inputs(model.prepare(v), model.prepare(v)) for k, v in (ref.sources or {}).items()}
-        check_reference_rows(model, doubled, spec, two, rows)
+        ext = doubled.with_layout(generation_layout(doubled.layout, doubled.shape[1] + max_new_tokens))
+        check_reference_rows(model, ext, spec, two, rows)
         run = {"interventions": spec, "sources": two or None}
     proc = Contrast(rows, float(alpha), float(beta), return_logits, **sampling)
     with plain_generation_config(model):
@@ -282,9 +284,10 @@ def on_rows(spec: Intervention, rows: range) -> Intervention:
     return dataclasses.replace(spec, **changes)
 
 
-def check_reference_rows(model: "HookedMLLM", doubled: "Batch", spec: Intervention, sources: Any, rows: int) -> None:
-    """Refuse a spec whose resolved edits would touch a clean row (0..rows-1) of the doubled batch."""
-    for edit in spec.edits(Context(model, doubled, sources)):
+def check_reference_rows(model: "HookedMLLM", ext: "Batch", spec: Intervention, sources: Any, rows: int) -> None:
+    """Refuse a spec whose resolved edits would touch a clean row (0..rows-1) of the doubled batch
+    (``ext``: its layout extended over the generated positions)."""
+    for edit in spec.edits(GenerationContext(model, ext, sources)):
         kind, arg = edit.op[0], edit.op[1] if len(edit.op) > 1 else None
         if kind in ROW_OPS or kind == "knock":
             touched = bool(arg[:rows].any())
