@@ -2,10 +2,10 @@
 
     python scripts/contrastive_captions.py [--n 16] [--tokens 32]
 
-Captions ``n`` held-out (test-split) scenes greedily, with VCD (alpha 1, beta 0.1, t = 500)
-and with TCCD (text bank fitted on train-split captions at the protocol depth, K = 16,
-a_interp 0.4, alpha 1, beta 0), and counts the captions that differ from greedy and those
-that equal the scene's true caption. A description, not a finding: no interval, and the
+Captions ``n`` held-out (test-split) scenes greedily, with VCD (beta 0.1, t = 500) and with
+TCCD (text bank fitted on 128 train-split captions at the protocol depth, K = 16, a_interp
+0.4, beta 0), each at alpha 1, 5 and 20, and counts the captions that differ from greedy and
+those that equal the scene's true caption. A description, not a finding: no interval, and the
 organism's greedy captions are near perfect, so there is little for contrast to fix.
 
 A development tool, outside the package.
@@ -30,29 +30,30 @@ def captions(model: HookedMLLM, tokens: torch.Tensor, prompt: int) -> list[str]:
     return [" ".join(t.split()) for t in text]
 
 
-def main(n: int = 16, new: int = 32) -> dict[str, list[str]]:
+def main(n: int = 16, new: int = 32, alphas: tuple[float, ...] = (1.0, 5.0, 20.0)) -> dict[str, list[str]]:
     model = HookedMLLM.from_pretrained("toy-llava")
     examples = make_captions(n, "test", 0)
     inputs = encode(model, examples)
     prompt = inputs["input_ids"].shape[1]
     fit = [encode(model, make_captions(32, "train", seed)) for seed in range(4)]
     bank = CentroidBank.fit(model, fit, positions=After(Image()), k=16)
-    runs = {
-        "greedy": model.generate(inputs, max_new_tokens=new),
-        "vcd": contrastive_generate(model, inputs, vcd(), alpha=1.0, beta=0.1, max_new_tokens=new),
-        "tccd": contrastive_generate(model, inputs, tccd(bank, 0.4), alpha=1.0, beta=0.0, max_new_tokens=new),
-    }
+    runs = {"greedy": model.generate(inputs, max_new_tokens=new)}
+    for alpha in alphas:
+        runs[f"vcd a={alpha:g}"] = contrastive_generate(model, inputs, vcd(), alpha=alpha, beta=0.1, max_new_tokens=new)
+        runs[f"tccd a={alpha:g}"] = contrastive_generate(
+            model, inputs, tccd(bank, 0.4), alpha=alpha, beta=0.0, max_new_tokens=new
+        )
     out = {k: captions(model, v, prompt) for k, v in runs.items()}
     truth = [" ".join(e.answer.split()) for e in examples]
     for k, caps in out.items():
         differ = sum(c != g for c, g in zip(caps, out["greedy"]))
         right = sum(c == t for c, t in zip(caps, truth))
-        print(f"{k:6s} differ from greedy {differ}/{n}  equal to the true caption {right}/{n}")
-    for i in range(min(n, 4)):
-        print(
-            f"[{i}] truth : {truth[i]}\n    greedy: {out['greedy'][i]}\n    vcd   : {out['vcd'][i]}\n"
-            f"    tccd  : {out['tccd'][i]}"
-        )
+        print(f"{k:12s} differ from greedy {differ:2d}/{n}  equal to the true caption {right:2d}/{n}")
+    for k, caps in out.items():
+        for c, g, t in zip(caps, out["greedy"], truth):
+            if c != g:
+                print(f"{k}: truth {t!r}\n    greedy {g!r}\n    this   {c!r}")
+                break
     return out
 
 
