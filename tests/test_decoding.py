@@ -11,7 +11,7 @@ from conftest import assert_clean, pair_for
 from hooks_mm import After, Generated, Image, NonPad, Rows, Selector, Where
 from hooks_mm.analysis import contrastive_generate, spec_reference, tccd, vcd
 from hooks_mm.analysis.erasure import diffusion_noise, tccd_logits, vcd_logits
-from hooks_mm.interventions import CentroidBank, CentroidReplacement, Steer
+from hooks_mm.interventions import CentroidBank, CentroidReplacement, Patch, Steer
 from hooks_mm.model import concat_inputs
 
 
@@ -344,3 +344,43 @@ def test_a_spec_that_ignores_its_positions_is_refused() -> None:
         assert_clean(p.model)
     finally:
         INTERVENTIONS.pop("Everywhere", None)
+
+
+def test_a_patch_reference_reads_its_source_run() -> None:
+    p = pair_for("llava")
+    other = dict(p.inputs, pixel_values=p.inputs["pixel_values"].flip(-1))
+    spec = Patch(layers=1, source="other", positions=Image())
+    ref = spec_reference(spec, {"other": other})
+    tokens, logits = contrastive_generate(p.model, p.inputs, ref, beta=0.0, max_new_tokens=4, return_logits=True)
+    # independent: the source's residual at the image positions written by a hand hook into full forwards
+    name, prompt = "blocks.1.hook_resid_pre", p.inputs["input_ids"].shape[1]
+    _, cache = p.model.run_with_cache(other, names_filter=[name])
+    img = p.model.layout(p.inputs).select(Image())
+
+    def patched(x):  # noqa: ANN001, ANN202
+        def hook(t, hook):  # noqa: ANN001, ANN202
+            t = t.clone()
+            head = t[:, :prompt]
+            head[img] = cache[name][img].to(t)
+            return t
+
+        return p.model.run_with_hooks(x, fwd_hooks=[(name, hook)])
+
+    want, want_logits = loop(p.model, p.inputs, patched, 1.0, 0.0, 4)
+    no_media(p.model, tokens, prompt)
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    assert (logits[:, 0] - p.model(p.inputs)[:, -1].log_softmax(-1)).abs().max() > 1e-3  # the patch matters
+    same = contrastive_generate(p.model, p.inputs, spec, sources={"other": other}, beta=0.0, max_new_tokens=4)
+    assert torch.equal(same, tokens)
+
+
+def test_without_the_kv_cache_the_same_tokens() -> None:
+    p = pair_for("llava")
+    bank = text_bank(p)
+    kw = dict(alpha=1.0, beta=0.0, max_new_tokens=4, return_logits=True)
+    tokens, logits = contrastive_generate(p.model, p.inputs, tccd(bank, 0.0), **kw)
+    again, again_logits = contrastive_generate(p.model, p.inputs, tccd(bank, 0.0), use_cache=False, **kw)
+    assert torch.equal(tokens, again)
+    torch.testing.assert_close(logits, again_logits, atol=1e-4, rtol=1e-4)
+    assert_clean(p.model)
