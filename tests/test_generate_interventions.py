@@ -24,6 +24,7 @@ from hooks_mm.interventions import (
 from hooks_mm.layout import generation_layout
 
 N_NEW = 4
+TOP_K = 50  # HF generate's default top_k when sampling
 FAMILIES = ["llava", "qwen2_vl", "gemma3", "idefics3"]
 
 
@@ -93,7 +94,11 @@ def recompute(p: Any, ref: Ref, sources: dict | None, sample_seed: int | None) -
         logits_out.append(last)
         scores = last.clone()
         scores[:, suppress] = -float("inf")
-        tok = torch.multinomial(scores.softmax(-1), 1) if sample_seed is not None else scores.argmax(-1, keepdim=True)
+        if sample_seed is None:
+            tok = scores.argmax(-1, keepdim=True)
+        else:  # HF's default sampling: top-k 50 after the logits processors, then a multinomial draw
+            kth = scores.topk(TOP_K, -1).values[:, -1:]
+            tok = torch.multinomial(scores.masked_fill(scores < kth, -float("inf")).softmax(-1), 1)
         ids = torch.cat([ids, tok], 1)
     return ids, logits_out
 
@@ -239,3 +244,60 @@ def test_generation_equals_recomputing_without_cache(family: str, kind: str) -> 
     changed = max(float((a - b).abs().max()) for a, b in zip(out.logits, plain.logits))
     assert changed > 1e-3, f"{kind} changed nothing: the test could not fail"
     assert_clean(p.model) and p.model.positions is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_equals_recomputing_without_cache(family: str) -> None:
+    p, spec, ref, _ = case(family, "compose/prompt+generated")
+    out = cached(p, spec, None, 7)
+    ids, logits = recompute(p, ref, None, 7)
+    assert torch.equal(out.sequences, ids)
+    for k in range(N_NEW):
+        torch.testing.assert_close(out.logits[k].float(), logits[k], atol=1e-4, rtol=1e-4)
+    other = cached(p, spec, None, 8)  # the seed matters: sampling, not argmax
+    greedy = cached(p, spec, None, None)
+    assert not (torch.equal(other.sequences, out.sequences) and torch.equal(greedy.sequences, out.sequences))
+    assert_clean(p.model)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("kind", ["knockout/generated", "patch_order/generated", "ablate_resample/prompt"])
+def test_use_cache_false_is_the_same_generation(family: str, kind: str) -> None:
+    p, spec, _, reads = case(family, kind)
+    sources = {"src": source_of(p)} if reads else None
+    out, uncached = cached(p, spec, sources, None), cached(p, spec, sources, None, use_cache=False)
+    assert torch.equal(out.sequences, uncached.sequences)
+    for a, b in zip(out.logits, uncached.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert_clean(p.model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_position_of_the_residual_equals_the_full_forward(family: str) -> None:
+    """Not only the logits: the last block's residual at every computed position (each step's slice, collected by a
+    raw hook running beside the spec) equals a full forward of the final sequence under the spec."""
+    p = pair_for(family)
+    model, name = p.model, f"blocks.{p.model.cfg.n_layers - 1}.hook_resid_post"
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(2)) * 3
+    spec = Steer(0, v.tolist(), Generated(), scale=2.0) + AttentionKnockout(1, queries=Last(), keys=Image())
+    slices: list[tuple[torch.Tensor, torch.Tensor]] = []
+    record = lambda x, hook: slices.append((model.positions.clone(), x.detach().clone()))  # noqa: E731
+    out = model.generate(
+        p.inputs,
+        max_new_tokens=N_NEW,
+        interventions=spec,
+        fwd_hooks=[(name, record)],
+        logits_processor=LogitsProcessorList([Suppress(special_ids(model))]),
+    )
+    assert [len(pos) for pos, _ in slices] == [p.inputs["input_ids"].shape[1]] + [1] * (N_NEW - 1)
+    got = torch.cat([x for _, x in slices], 1)  # [batch, prompt + N_NEW - 1, d]
+    batch = model.prepare(p.inputs)
+    full = model.prepare(extended(dict(batch.model_inputs), out[:, :-1]))
+    full = full.with_layout(generation_layout(generation_layout(batch.layout, out.shape[1]), out.shape[1] - 1))
+    with model.interventions(spec, full):
+        _, cache = model.run_with_cache(full, names_filter=[name])
+    real = full.layout.modality != 3
+    torch.testing.assert_close(got[real], cache[name][real], atol=1e-4, rtol=1e-4)
+    _, plain = model.run_with_cache(full, names_filter=[name])
+    assert float((plain[name] - cache[name])[real].abs().max()) > 1e-3  # the spec acts on the residual
+    assert_clean(model)

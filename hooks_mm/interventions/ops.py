@@ -179,13 +179,15 @@ def step(op, positions, n_keys=None, store=None):
         if isinstance(rep, str):  # a source run's activations [batch, source seq, d]
             if not bool(m.any()):
                 return None
-            rep = store[rep]
-            if rep.shape[1] < end:
+            src = store[rep]
+            n_src = src.shape[1]
+            if bool(m[:, max(n_src - p0, 0) :].any()):
                 raise ValueError(
-                    f"this generation step edits positions {p0}..{end - 1}, past the {rep.shape[1]} positions of "
-                    "the source run the edit reads: select source positions that exist."
+                    f"this generation step edits positions {p0}..{end - 1}, past the {n_src} positions of the "
+                    "source run the edit reads: select source positions that exist."
                 )
-            rep = rep[:, p0:end]
+            rep = src[:, p0 : min(end, n_src)]  # positions past the source (not edited, use_cache=False): zeros
+            rep = torch.cat([rep, rep.new_zeros(rep.shape[0], end - p0 - rep.shape[1], *rep.shape[2:])], 1)
         elif isinstance(rep, tuple):  # (table, index [batch, seq])
             rep = (rep[0], cut(rep[1]))
         return ("ablate", m, idx, mode, value, rep)

@@ -58,8 +58,8 @@ def generate(
     if model._bound:
         raise ValueError(
             "generate inside a model.interventions(spec, inputs) block: that block's hooks are compiled for full "
-            "forwards of its batch, not for KV-cached generation steps: leave the block and pass the spec as "
-            "model.generate(inputs, interventions=spec, sources=...)."
+            "forwards of its batch, not for KV-cached generation steps: pass the spec to generate instead, outside "
+            "the block: model.generate(inputs, interventions=spec, sources=...)."
         )
     batch = model._run_batch(inputs)
     check_left_padded(batch)
