@@ -27,7 +27,7 @@ def extend(inputs: dict, new: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1.0, forced=None):  # noqa: ANN001, ANN201
+def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1.0, forced=None, top_p=None):  # noqa: ANN001, ANN201, E501
     """Independent decoding: each step full forwards (no KV cache) of the clean and the reference
     sequence so far, combined by hand; EOS handled as HF does (pad after it, stop when all are done).
     ``forced`` [batch, n]: feed these tokens instead of the chosen ones (the logits along a given sequence)."""
@@ -48,7 +48,12 @@ def loop(model, inputs, reference, alpha, beta, n, generator=None, temperature=1
         if generator is None:
             tok = cd.argmax(-1)
         else:
-            tok = torch.multinomial((cd / temperature).softmax(-1), 1, generator=generator)[:, 0]
+            scores = cd / temperature
+            if top_p is not None:  # the nucleus: tokens whose more probable tokens hold less than top_p
+                probs, order = scores.softmax(-1).sort(-1, descending=True)
+                drop = (probs.cumsum(-1) - probs) >= top_p
+                scores = scores.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+            tok = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
         tok = torch.where(done, torch.full_like(tok, pad if pad is not None else min(eos)), tok)
         tok = tok if forced is None else forced[:, len(steps) - 1]
         new = torch.cat([new, tok[:, None]], 1)
@@ -136,7 +141,25 @@ def test_vcd_greedy_equals_the_uncached_loop(family: str) -> None:
     assert_clean(p.model)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_vcd_sampling_within_top_p_equals_the_uncached_loop() -> None:
+    p = pair_for("llava")
+    kw = dict(alpha=1.0, beta=0.0, max_new_tokens=5, do_sample=True, temperature=2.0, top_p=0.6)
+    tokens, logits = contrastive_generate(
+        p.model, p.inputs, vcd(), generator=torch.Generator().manual_seed(5), return_logits=True, **kw
+    )
+    no_media(p.model, tokens, p.inputs["input_ids"].shape[1])
+    want, want_logits = loop(
+        p.model, p.inputs, noised(p.model, p.inputs), 1.0, 0.0, 5, torch.Generator().manual_seed(5), 2.0, top_p=0.6
+    )
+    assert torch.equal(tokens, want)
+    torch.testing.assert_close(logits, want_logits, atol=1e-4, rtol=1e-4)
+    untruncated = contrastive_generate(
+        p.model, p.inputs, vcd(), generator=torch.Generator().manual_seed(5), **kw | {"top_p": None}
+    )
+    assert not torch.equal(untruncated, tokens)  # the nucleus changed the draws
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
 def test_vcd_sampling_equals_the_uncached_loop(family: str) -> None:
     p = pair_for(family)
     tokens, logits = contrastive_generate(
