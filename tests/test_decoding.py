@@ -9,7 +9,7 @@ import torch
 from conftest import assert_clean, pair_for
 
 from hooks_mm import After, Generated, Image, NonPad, Rows, Selector, Where
-from hooks_mm.analysis import contrastive_generate, spec_reference, tccd, vcd
+from hooks_mm.analysis import Reference, contrastive_generate, spec_reference, tccd, vcd
 from hooks_mm.analysis.erasure import diffusion_noise, tccd_logits, vcd_logits
 from hooks_mm.interventions import CentroidBank, CentroidReplacement, Patch, Steer
 from hooks_mm.model import concat_inputs
@@ -344,6 +344,11 @@ def test_tccd_misuse() -> None:
         contrastive_generate(p.model, p.inputs, vcd(), sources={"clean": p.inputs})
     with pytest.raises(TypeError, match="reference is vcd"):
         contrastive_generate(p.model, p.inputs, "vcd")
+    with pytest.raises(ValueError, match="build references with"):
+        Reference("spec")
+    nan = Steer(layers=1, vector=[3e38] * p.model.cfg.d_model, positions=NonPad(), scale=10.0)  # overflows
+    with pytest.raises(RuntimeError, match="NaN / inf logits"):
+        contrastive_generate(p.model, p.inputs, nan, max_new_tokens=2)
     assert_clean(p.model)
 
 

@@ -61,12 +61,21 @@ class Reference:
     t: int = 500
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("vcd", "spec") or (self.kind == "spec") != isinstance(self.spec, Intervention):
+            raise ValueError(
+                f"Reference(kind={self.kind!r}, spec={type(self.spec).__name__}): build references with vcd(), "
+                "tccd(bank) or spec_reference(spec, sources)."
+            )
+
 
 def vcd(t: int = 500, seed: int = 0) -> Reference:
     """VCD's reference: the image noised by the diffusion forward step ``t`` of 1000
     (:func:`~hooks_mm.analysis.erasure.noised_pixels`, noise seed ``seed``)."""
     if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1000:
         raise ValueError(f"vcd(t={t!r}): t is a diffusion step, an int in 1..1000 (VCD uses 500).")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"vcd(seed={seed!r}): the noise seed is an int.")
     return Reference("vcd", t=t, seed=seed)
 
 
@@ -132,7 +141,8 @@ class Contrast(LogitsProcessor):
         if scores.shape[0] != 2 * b or not bool(torch.isfinite(scores).all()):
             raise RuntimeError(
                 f"contrastive decoding got scores of shape {tuple(scores.shape)} for {b} + {b} rows, or non-finite "
-                "ones: another logits processor acted before the contrast; report this as a bug."
+                "ones: NaN / inf logits (from the model or the reference's edit: check the spec's values and the "
+                "dtype), or another logits processor acting before the contrast (report that as a bug)."
             )
         cd = contrast(scores[:b], scores[b:], self.alpha, self.beta)
         if self.record:
