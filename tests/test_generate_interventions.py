@@ -10,7 +10,7 @@ import torch
 from conftest import assert_clean, pair_for
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from hooks_mm import After, Generated, Image, Last, NonPad, Positions, Text
+from hooks_mm import After, Generated, Image, Last, Modality, NonPad, Positions, Text
 from hooks_mm.interventions import (
     AttentionKnockout,
     CentroidBank,
@@ -179,6 +179,7 @@ def cases(p: Any) -> dict[str, tuple[Any, Ref, bool]]:
             lambda k: Patch(1, "src", "resid_post", Generated(), Positions(src_last[:k]), map="order") if k else None,
             True,
         ),
+        "patch_grid/prompt": (Patch(0, source="src", positions=Image(), map="grid"), None, True),
         "knockout/prompt": (
             AttentionKnockout([0, 1], queries=After(Image()) & ~Generated(), keys=Image()),
             None,
@@ -213,6 +214,7 @@ KINDS = [
     "patch_same/prompt",
     "patch_order/prompt",
     "patch_order/generated",
+    "patch_grid/prompt",
     "knockout/prompt",
     "knockout/generated",
     "skip/prompt",
@@ -301,7 +303,7 @@ def test_every_position_of_the_residual_equals_the_full_forward(family: str) -> 
     full = full.with_layout(generation_layout(generation_layout(batch.layout, out.shape[1]), out.shape[1] - 1))
     with model.interventions(spec, full):
         _, cache = model.run_with_cache(full, names_filter=[name])
-    real = full.layout.modality != 3
+    real = full.layout.modality != Modality.PAD
     torch.testing.assert_close(got[real], cache[name][real], atol=1e-4, rtol=1e-4)
     _, plain = model.run_with_cache(full, names_filter=[name])
     assert float((plain[name] - cache[name])[real].abs().max()) > 1e-3  # the spec acts on the residual
