@@ -11,6 +11,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from hooks_mm import Generated, Image, Last, Modality, Selector, Where
 from hooks_mm.interventions import Intervention, NeuronAblation, Patch, Steer
+from hooks_mm.interventions.ops import step
 from hooks_mm.layout import generation_layout
 
 
@@ -195,3 +196,24 @@ def test_generated_selects_only_in_generation() -> None:
     assert torch.equal(generation_layout(ext, n).modality, layout.modality)
     assert torch.equal(layout.select(Last()), generation_layout(ext, n).select(Last()))
     assert_clean(p.model)
+
+
+def test_step_slices_ops_to_the_step_and_refuses_positions_past_the_layout() -> None:
+    mask = torch.tensor([[True, False, True, False, True]])
+    v = torch.ones(3)
+    assert torch.equal(step(("steer", mask, v, 1.0), torch.arange(2, 4))[1], mask[:, 2:4])
+    copy = step(
+        ("copy", "k", torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([0, 0]), torch.tensor([1, 4]), (1, 5)),
+        torch.arange(4, 5),
+    )
+    assert copy[3].tolist() == [2] and copy[5].tolist() == [0]  # the source column of target 4, shifted to 0
+    assert copy[6] == (1, 1)
+    block = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    block[0, 0, 3, 1] = True
+    assert step(("knock", block), torch.arange(3, 4))[1].shape == (1, 1, 1, 4)  # keys 0..3
+    assert step(("knock", block), torch.arange(3, 4), n_keys=2)[1][0, 0, 0].tolist() == [False, False]  # keys 2, 3
+    assert step(("knock", block), torch.arange(3, 4), n_keys=6)[1][0, 0, 0].tolist() == [False, True] + [False] * 4
+    with pytest.raises(ValueError, match="past the 5 positions.*max_new_tokens"):
+        step(("zero", mask), torch.arange(5, 6))
+    with pytest.raises(ValueError, match="not contiguous"):
+        step(("zero", mask), torch.tensor([0, 2]))

@@ -10,7 +10,7 @@ import torch
 from conftest import assert_clean, pair_for
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from hooks_mm import After, Generated, Image, Last, NonPad, Positions, Text
+from hooks_mm import After, Generated, Image, Last, Modality, NonPad, Positions, Text
 from hooks_mm.interventions import (
     AttentionKnockout,
     CentroidBank,
@@ -56,14 +56,14 @@ def special_ids(model: Any) -> list[int]:
 
 
 def extended(inputs: dict[str, Any], ids: torch.Tensor) -> dict[str, Any]:
-    """The prompt's inputs for the sequence ``ids`` (prompt + generated): masks extended by ones, per-token type
-    ids by zeros (text), media unchanged."""
+    """The prompt's inputs for the sequence ``ids`` (prompt + generated): the attention mask extended by ones,
+    other per-token inputs by the prompt's last token's (token types: text, PaliGemma's suffix), media unchanged."""
     b, n = inputs["input_ids"].shape
     out = dict(inputs, input_ids=ids)
     for k, v in inputs.items():
-        if k != "input_ids" and torch.is_tensor(v) and tuple(v.shape) == (b, n):
-            fill = torch.ones if k == "attention_mask" else torch.zeros
-            out[k] = torch.cat([v, fill(b, ids.shape[1] - n, dtype=v.dtype, device=v.device)], 1)
+        if k != "input_ids" and torch.is_tensor(v) and tuple(v.shape[:2]) == (b, n):  # Mllama's cross-attention
+            fill = torch.ones_like(v[:, -1:]) if k == "attention_mask" else v[:, -1:]  # mask: the last position's
+            out[k] = torch.cat([v, fill.expand(b, ids.shape[1] - n, *v.shape[2:])], 1)
     return out
 
 
@@ -179,6 +179,7 @@ def cases(p: Any) -> dict[str, tuple[Any, Ref, bool]]:
             lambda k: Patch(1, "src", "resid_post", Generated(), Positions(src_last[:k]), map="order") if k else None,
             True,
         ),
+        "patch_grid/prompt": (Patch(0, source="src", positions=Image(), map="grid"), None, True),
         "knockout/prompt": (
             AttentionKnockout([0, 1], queries=After(Image()) & ~Generated(), keys=Image()),
             None,
@@ -213,6 +214,7 @@ KINDS = [
     "patch_same/prompt",
     "patch_order/prompt",
     "patch_order/generated",
+    "patch_grid/prompt",
     "knockout/prompt",
     "knockout/generated",
     "skip/prompt",
@@ -229,8 +231,13 @@ def case(family: str, kind: str) -> tuple[Any, Any, Ref, bool]:
     return (p, *_CASES[family][kind])
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("family", FAMILIES)
+# a subset on two more families: PaliGemma (bidirectional prefix, suffix token types), Mllama (cross-attention)
+MORE = [("paligemma", k) for k in ("steer/generated_last", "patch_same/prompt", "compose/prompt+generated")] + [
+    ("mllama", k) for k in ("steer/generated_last", "ablate_zero/prompt", "compose/prompt+generated")
+]
+
+
+@pytest.mark.parametrize(("family", "kind"), [(f, k) for f in FAMILIES for k in KINDS] + MORE)
 def test_generation_equals_recomputing_without_cache(family: str, kind: str) -> None:
     p, spec, ref, reads = case(family, kind)
     sources = {"src": source_of(p)} if reads else None
@@ -296,8 +303,20 @@ def test_every_position_of_the_residual_equals_the_full_forward(family: str) -> 
     full = full.with_layout(generation_layout(generation_layout(batch.layout, out.shape[1]), out.shape[1] - 1))
     with model.interventions(spec, full):
         _, cache = model.run_with_cache(full, names_filter=[name])
-    real = full.layout.modality != 3
+    real = full.layout.modality != Modality.PAD
     torch.testing.assert_close(got[real], cache[name][real], atol=1e-4, rtol=1e-4)
     _, plain = model.run_with_cache(full, names_filter=[name])
     assert float((plain[name] - cache[name])[real].abs().max()) > 1e-3  # the spec acts on the residual
     assert_clean(model)
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_a_static_cache_is_the_same_generation(family: str) -> None:
+    """A static cache's attention scores hold every slot (keys past the step are masked): the knockout pads its
+    block; gemma3's sliding-window layers hold only the most recent keys: the block's last columns."""
+    p, spec, _, _ = case(family, "knockout/generated")
+    out, static = cached(p, spec, None, None), cached(p, spec, None, None, cache_implementation="static")
+    assert torch.equal(out.sequences, static.sequences)
+    for a, b in zip(out.logits, static.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert_clean(p.model)

@@ -24,6 +24,9 @@ activations read from other runs and values kept within a forward):
 - ``("knock", block)``: attention edges ``block`` [batch, head or 1, q, k] removed from
   scores (float) or from a boolean attention mask.
 
+:func:`step` restricts an op compiled over prompt + generated positions to the positions one
+generation step computes (``HookedMLLM.generate(interventions=...)``).
+
 Example::
 
     x = apply(x, ("steer", mask, vector, 4.0), store={})

@@ -75,12 +75,22 @@ def generate(
     if logits_processor is not None:
         gen_kwargs = {**gen_kwargs, "logits_processor": logits_processor}
 
+    done = [0]  # positions computed so far
+
     def track(module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids")
         ids = ids if ids is not None else kwargs.get("inputs_embeds")
         cache = kwargs.get("past_key_values")
         past = cache.get_seq_length() if cache is not None else 0
-        model.positions = torch.arange(past, past + ids.shape[1], device=ids.device)
+        n = ids.shape[1]
+        if past not in (0, done[0]) or (past == 0 and done[0] and n != done[0] + 1):  # cached, or all from 0
+            raise RuntimeError(
+                f"generate: this step computes {n} position(s) after a cache of {past}, but {done[0]} were computed "
+                "so far: the step's positions are unknown, so no edit is applied: generate one token per step "
+                "from this prompt (a plain generate call)."
+            )
+        done[0] = past + n
+        model.positions = torch.arange(past, past + n, device=ids.device)
 
     handle = model.hf_model.register_forward_pre_hook(track, with_kwargs=True)
     try:
@@ -138,7 +148,10 @@ def guarded(fn: Callable, model: HookedMLLM) -> Callable:
 
     def run(x: Tensor, hook: Any) -> Any:
         try:
-            return fn(x, hook=hook)
+            out = fn(x, hook=hook)
+            if isinstance(out, Tensor) and out.shape != x.shape:  # e.g. broadcast against a [batch, seq] mask
+                raise ValueError(f"the hook returned shape {tuple(out.shape)} for an activation of {tuple(x.shape)}")
+            return out
         except (RuntimeError, IndexError, ValueError) as e:
             pos: Int[Tensor, " n"] | None = model.positions
             where = "positions (none tracked)" if pos is None else f"position {int(pos[0])}"
