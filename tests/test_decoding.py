@@ -202,13 +202,14 @@ def test_the_checkpoint_generation_config_does_not_act_before_the_contrast() -> 
     p = pair_for("llava")
     config = p.model.hf_model.generation_config
     want, _ = loop(p.model, p.inputs, noised(p.model, p.inputs), 1.0, 0.1, 5)
+    before = config.repetition_penalty, config.suppress_tokens
     config.repetition_penalty, config.suppress_tokens = 50.0, [int(want[0, -5])]
     try:
         assert not torch.equal(p.model.generate(p.inputs, max_new_tokens=5)[:, -5:], want[:, -5:])
         assert torch.equal(contrastive_generate(p.model, p.inputs, vcd(), max_new_tokens=5), want)
         assert p.model.hf_model.generation_config.repetition_penalty == 50.0
     finally:
-        config.repetition_penalty, config.suppress_tokens = 1.0, None
+        config.repetition_penalty, config.suppress_tokens = before
 
 
 def test_misuse_is_refused_before_any_hook() -> None:
