@@ -10,12 +10,14 @@ from hooks_mm.selectors import (
     AudioTime,
     First,
     Frame,
+    Generated,
     Image,
     Instruction,
     Last,
     LastN,
     NonPad,
     Positions,
+    Rows,  # issue 16: contrastive decoding (batch rows)
     Selector,
     Special,
     System,
@@ -49,7 +51,9 @@ __all__ = [
     "Text",
     "Video",
     "Where",
+    "Generated",
     "adapter_for",
     "register",
 ]
 __all__ += ["First", "LastN"]  # issue 16: ragged batches
+__all__ += ["Rows"]  # issue 16: contrastive decoding

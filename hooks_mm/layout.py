@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple, Sequence
@@ -92,6 +93,7 @@ class Segment(IntEnum):
     SYSTEM = 1
     INSTRUCTION = 2
     ANSWER = 3
+    GENERATED = 4  # positions generate() appends after the prompt (selector Generated())
 
 
 SEGMENTS_KEY = "hooks_mm_segments"  # optional [batch, seq] Segment codes carried in inputs
@@ -429,3 +431,36 @@ def _fill_media(
     frame[rows, cols], grid_row[rows, cols], grid_col[rows, cols] = cells.unbind(1)
     time[rows, cols] = torch.cat([p.time for p in plans]).to(device=device, dtype=torch.float64)
     return ids, _per_row_index(ids, rows, len(plans))
+
+
+# ---------------------------------------------------------------- generation layouts (issue 16)
+
+
+def generation_layout(layout: ModalityLayout, length: int) -> ModalityLayout:
+    """``layout`` cut to ``length`` positions, or extended to it by generated positions.
+
+    Generated positions are text (``Modality.TEXT``) of segment ``Segment.GENERATED``, with no
+    media fields (-1, NaN time): ``HookedMLLM.generate`` compiles a spec on the prompt's layout
+    extended by ``max_new_tokens`` of them, and the sequence after k generated tokens has that
+    layout cut to ``prompt + k`` positions.
+
+    Example::
+
+        ext = generation_layout(batch.layout, batch.shape[1] + 4)   # 4 generated positions
+        ext.select(Generated()).sum(1)                              # tensor([4, 4])
+    """
+    b, s = layout.shape
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"generation_layout: length must be a positive int, got {length!r}.")
+    fill = {"modality": int(Modality.TEXT), "segment": int(Segment.GENERATED), "time": float("nan")}
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(layout):
+        v = getattr(layout, f.name)
+        if not isinstance(v, Tensor) or tuple(v.shape[:2]) != (b, s):
+            continue
+        if length <= s:
+            fields[f.name] = v[:, :length]
+        else:
+            pad = torch.full((b, length - s, *v.shape[2:]), fill.get(f.name, -1), dtype=v.dtype, device=v.device)
+            fields[f.name] = torch.cat([v, pad], 1)
+    return dataclasses.replace(layout, **fields)

@@ -227,13 +227,19 @@ class NonPad(Selector):
 
 
 class Last(Selector):
-    """The last real position of each row (where the next token is predicted)."""
+    """The last real position of each row (where the next token is predicted).
+
+    During ``HookedMLLM.generate`` (a layout with ``Generated()`` positions) it is the current
+    step: the prompt's last position (the prefill's output) and every generated position that
+    is fed back, each computing the next token.
+    """
 
     def mask(self, layout: ModalityLayout) -> Tensor:
-        real = layout.modality != Modality.PAD
+        generated = layout.segment == Segment.GENERATED
+        real = (layout.modality != Modality.PAD) & ~generated
         idx = torch.arange(real.shape[1], device=real.device).expand_as(real)
         last = torch.where(real, idx, -1).max(1).values
-        return idx == last[:, None]
+        return (idx == last[:, None]) | generated
 
 
 class Instruction(Selector):
@@ -359,6 +365,55 @@ SELECTORS: dict[str, type[Selector]] = {
         Not,
     )
 }
+
+
+# ---- issue 16 (contrastive decoding): batch rows as a selector
+class Rows(Selector):
+    """Every real position of batch rows ``rows`` (an int, a list of ints or a range).
+
+    Restricts a spec to some rows of a batch, e.g. the reference half of a doubled batch in
+    contrastive decoding: ``After(Image()) & Rows(range(2, 4))``. A row beyond the batch is an error.
+    """
+
+    def __init__(self, rows: int | Sequence[int] | range):
+        items = [rows] if is_int(rows) else list(rows) if isinstance(rows, (list, tuple, range)) else None
+        if not items or not all(is_int(r) and r >= 0 for r in items):
+            raise TypeError(f"Rows({rows!r:.80}): give a non-empty list (or range) of non-negative int row indices.")
+        self.rows = sorted({int(r) for r in items})
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        n = layout.shape[0]
+        if self.rows[-1] >= n:
+            raise ValueError(f"Rows({self.rows}) is out of range: this batch has {n} rows (0..{n - 1}).")
+        m = torch.zeros(tuple(layout.shape), dtype=torch.bool, device=layout.modality.device)
+        m[self.rows] = True
+        return m & (layout.modality != Modality.PAD)
+
+
+SELECTORS["Rows"] = Rows
+
+
+# ---------------------------------------------------------------- generation (issue 16)
+
+
+class Generated(Selector):
+    """The positions ``HookedMLLM.generate`` appends after the prompt (none outside generation).
+
+    ``generate(inputs, interventions=spec, max_new_tokens=n)`` resolves selectors over the
+    prompt and ``n`` generated positions; ``Generated()`` picks the latter and ``~Generated()``
+    the prompt. Selectors that pick text (``NonPad()``, ``Text()``, ``After(...)``) include them.
+
+    Example::
+
+        spec = Steer(layers=1, vector=v.tolist(), positions=Generated())   # every generated token
+        tokens = model.generate(inputs, max_new_tokens=8, interventions=spec)
+    """
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        return layout.segment == Segment.GENERATED
+
+
+SELECTORS["Generated"] = Generated
 
 
 def as_selector(x: Any) -> Selector:

@@ -249,7 +249,8 @@ def test_misuse_caught_before_any_hook_is_added(llava, spec, error, match) -> No
 def test_patch_during_generation_names_the_kv_cache(llava) -> None:  # noqa: ANN001
     for spec in (Patch(0, positions=Image()), Patch(0, positions=Last(), source_positions=Last(), map="order")):
         with llava.model.interventions(spec, llava.inputs, sources={"clean": llava.inputs}):
-            with pytest.raises(ValueError, match="not to KV-cached generation steps"):  # was IndexError
+            # was IndexError; then a shape error at the first cached step; now refused before any step
+            with pytest.raises(ValueError, match=r"KV-cached generation steps.*generate\(inputs, interventions=spec"):
                 llava.model.generate(llava.inputs, max_new_tokens=3)
         assert_clean(llava.model)
 

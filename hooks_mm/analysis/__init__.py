@@ -8,6 +8,7 @@
 - :mod:`.weights`: activated-weight overlap (Wanda masks calibrated per modality, IoU)
 - :mod:`.erasure`: centroid erasure cost, TCCD (with alpha search), VCD, text-centric bias
 - :mod:`.lens` / :mod:`.dla`: the logit lens and direct logit attribution at every image patch, on the patch grid
+- :mod:`.decoding`: contrastive decoding as generation (VCD, TCCD or any spec as the reference run)
 """
 
 from hooks_mm.analysis.alignment import (
@@ -24,6 +25,7 @@ from hooks_mm.analysis.alignment import (
     pooled_embeddings,
     token_similarity,
 )
+from hooks_mm.analysis.decoding import Reference, contrastive_generate, spec_reference, tccd, vcd
 from hooks_mm.analysis.dla import FrozenNorm, PatchDLA, patch_dla  # issue 16
 from hooks_mm.analysis.erasure import (
     accuracy,
@@ -83,3 +85,4 @@ __all__ = [
     "patch_dla",
     "patch_logit_lens",
 ]
+__all__ += ["Reference", "contrastive_generate", "spec_reference", "tccd", "vcd"]  # issue 16

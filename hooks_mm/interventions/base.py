@@ -29,7 +29,7 @@ from torch import Tensor
 
 from hooks_mm.hooks import lookup
 from hooks_mm.interventions.ops import apply
-from hooks_mm.layout import Modality
+from hooks_mm.layout import Modality, generation_layout
 from hooks_mm.selectors import Selector, as_selector, is_int
 
 if TYPE_CHECKING:
@@ -174,13 +174,18 @@ class Context:
         """:meth:`mask` of ``selector``, for an edit that writes position p of the run ``source`` to
         position p of this run: an error when the layouts differ in shape, or when a selected
         position is padding in the source or holds media (image, video, audio) in one run only."""
-        m = self.mask(selector, what)
+        return self.check_same(self.mask(selector, what), selector, source, what)
+
+    def check_same(self, m: Tensor, selector: Selector, source: str, what: str, layout: Any = None) -> Tensor:
+        """``m`` (the mask of ``selector`` on ``layout``, default this run's) when reading position p of
+        the run ``source`` at position p is sound there; the error of :meth:`same_positions` otherwise."""
+        layout = self.layout if layout is None else layout
         src = self.source(source).layout
-        if src.shape != self.layout.shape:
-            where = f"the source's layout is {src.shape}, this run's {self.layout.shape}"
+        if src.shape != layout.shape:
+            where = f"the source's layout is {src.shape}, this run's {layout.shape}"
         else:
             media = [Modality.IMAGE, Modality.VIDEO, Modality.AUDIO]
-            s_mod, t_mod = src.modality, self.layout.modality
+            s_mod, t_mod = src.modality, layout.modality
             in_media = torch.isin(s_mod, torch.tensor(media, device=s_mod.device)) | torch.isin(
                 t_mod, torch.tensor(media, device=t_mod.device)
             )
@@ -273,6 +278,34 @@ class Context:
         return store
 
 
+class GenerationContext(Context):
+    """A :class:`Context` for ``HookedMLLM.generate``: ``batch`` holds the prompt's inputs and a
+    layout over the prompt and the generated positions (:func:`~hooks_mm.layout.generation_layout`).
+
+    Source runs are forwards of their own prompts, read once: an edit that reads position p of a
+    source at target position p (``Patch(map="same")``, ``NeuronAblation(mode="resample")``) is
+    refused at generated positions, where the source has nothing; explicit maps reading source
+    prompt positions (``Patch(map="order")``) work at any position.
+    """
+
+    def same_positions(self, selector: Selector, source: str, what: str) -> Tensor:
+        m = self.mask(selector, what)
+        n = self.batch.shape[1]
+        generated = m[:, n:]
+        if bool(generated.any()):
+            rows = sorted(set(generated.nonzero()[:, 0].tolist()))
+            raise ValueError(
+                f"{what}: positions {selector!r} select generated positions (rows {rows}), read at the same index "
+                f"of the run {source!r}, but that run is a forward of its own prompt ({self.source(source).shape[1]} "
+                "positions), read once: it has nothing at generated positions. Keep the edit on the prompt "
+                "(positions=... & ~Generated(); Last() during generation is the current step, generated positions "
+                "included), or read source prompt positions through an explicit map: "
+                "Patch(map='order', positions=Generated(), source_positions=...)."
+            )
+        self.check_same(m[:, :n], selector, source, what, layout=generation_layout(self.layout, n))
+        return m
+
+
 SELECTOR_FIELDS = ("positions", "source_positions", "queries", "keys")
 
 
@@ -322,6 +355,16 @@ class Intervention(ValueEq):
         edits = self.edits(ctx)
         store = ctx.read_sources(dict(store or {}))
         return [(e.hook, op_hook(e.op, store)) for e in edits]
+
+    def generation_edits(
+        self, model: HookedMLLM, batch: Batch, sources: dict[str, Any] | None = None
+    ) -> tuple[list[Edit], dict[str, Tensor]]:
+        """This spec resolved for ``HookedMLLM.generate`` on ``batch`` (the prompt's inputs with the
+        layout extended over the generated positions), and the source activations its edits read
+        (one forward per source). Checks raise here, before any hook is added."""
+        ctx = GenerationContext(model, batch, sources)
+        edits = self.edits(ctx)
+        return edits, ctx.read_sources({})
 
     def __add__(self, other: Intervention) -> Compose:
         if not isinstance(other, Intervention):

@@ -24,6 +24,9 @@ activations read from other runs and values kept within a forward):
 - ``("knock", block)``: attention edges ``block`` [batch, head or 1, q, k] removed from
   scores (float) or from a boolean attention mask.
 
+:func:`step` restricts an op compiled over prompt + generated positions to the positions one
+generation step computes (``HookedMLLM.generate(interventions=...)``).
+
 Example::
 
     x = apply(x, ("steer", mask, vector, 4.0), store={})
@@ -37,10 +40,11 @@ def check_shape(x, shape, pos_dim=1):
     """An error unless ``x``'s batch and position axes have the layout's ``shape`` (batch, seq)."""
     if x.shape[0] != shape[0] or x.shape[pos_dim] != shape[1]:
         raise ValueError(
-            f"activation shape {tuple(x.shape)} does not match the layout {tuple(shape)}: "
-            "position-selected interventions apply to a full forward of the inputs they were "
-            "compiled for, not to KV-cached generation steps: run them with run_with_interventions on that "
-            "batch, or write a step-aware hook for generate with model.positions (see HookedMLLM.generate)."
+            f"activation shape {tuple(x.shape)} does not match the layout {tuple(shape)} the intervention was "
+            "compiled for: an op compiled for a full forward of one batch runs on that batch: compile the spec for "
+            "this run (run_with_interventions(batch, spec)). In generation pass the spec as "
+            "generate(inputs, interventions=spec), which runs each op on the positions of every KV-cached step "
+            "(a raw hook can read them from model.positions)."
         )
 
 
@@ -91,7 +95,8 @@ def knock(x, block):
     if x.shape[-2:] != block.shape[-2:]:
         raise ValueError(
             f"attention scores {tuple(x.shape)} do not match the layout {tuple(block.shape[-2:])}: "
-            "knockout applies to a full forward of the inputs it was compiled for."
+            "knockout applies to a full forward of the inputs it was compiled for (in generation pass the spec as "
+            "generate(inputs, interventions=spec))."
         )
     block = block.to(x.device)
     if x.dtype == torch.bool:
@@ -137,4 +142,86 @@ def apply(x, op, store):
         return where(x, op[1], store.pop(op[2]))
     if kind == "knock":
         return knock(x, op[1])
+    raise ValueError(f"unknown op {kind!r}")
+
+
+def step(op, positions, n_keys=None, store=None):
+    """``op`` (compiled on a layout over prompt + generated positions) restricted to one generation step.
+
+    ``positions``: the contiguous absolute positions the step computes (the prefill: the whole
+    prompt; a KV-cached step: one position); ``n_keys``: the keys its attention scores hold
+    (default every position up to the step's last: a dynamic cache; fewer: a sliding-window
+    cache holding the most recent ones; more: a static cache, whose extra keys are not
+    knocked out). Masks and per-position tables are sliced to the step, copy and grid
+    targets filtered to it and shifted, a knockout block cut to ``[..., step queries, keys]``;
+    a ``resample`` source read is sliced here from ``store``. None: nothing to do this step.
+
+    Example::
+
+        s = step(("steer", mask, v, 2.0), torch.arange(40, 41))   # mask[:, 40:41]
+        x = x if s is None else apply(x, s, store)
+    """
+    p0, n = int(positions[0]), len(positions)
+    if n != int(positions[-1]) - p0 + 1:
+        raise ValueError(f"generation step positions {positions.tolist()} are not contiguous.")
+    end = p0 + n
+    kind = op[0]
+
+    def cut(mask):
+        if mask.shape[-1] < end:
+            raise ValueError(
+                f"this generation step computes positions {p0}..{end - 1}, past the {mask.shape[-1]} positions "
+                "the intervention was compiled for (prompt + max_new_tokens): generate no more than "
+                "max_new_tokens tokens (pass max_new_tokens, not max_length)."
+            )
+        return mask[..., p0:end]
+
+    if kind == "ablate":
+        _, mask, idx, mode, value, rep = op
+        m = cut(mask)
+        if isinstance(rep, str):  # a source run's activations [batch, source seq, d]
+            if not bool(m.any()):
+                return None
+            src = store[rep]
+            n_src = src.shape[1]
+            if bool(m[:, max(n_src - p0, 0) :].any()):
+                raise ValueError(
+                    f"this generation step edits positions {p0}..{end - 1}, past the {n_src} positions of the "
+                    "source run the edit reads: select source positions that exist."
+                )
+            rep = src[:, p0 : min(end, n_src)]  # positions past the source (not edited, use_cache=False): zeros
+            rep = torch.cat([rep, rep.new_zeros(rep.shape[0], end - p0 - rep.shape[1], *rep.shape[2:])], 1)
+        elif isinstance(rep, tuple):  # (table, index [batch, seq])
+            rep = (rep[0], cut(rep[1]))
+        return ("ablate", m, idx, mode, value, rep)
+    if kind in ("steer", "centroid", "zero", "restore"):
+        return (kind, cut(op[1]), *op[2:])
+    if kind == "keep":
+        return op
+    if kind == "copy":
+        _, key, s_rows, s_cols, t_rows, t_cols, shape = op
+        inside = (t_cols >= p0) & (t_cols < end)
+        if not bool(inside.any()):
+            return None
+        return ("copy", key, s_rows[inside], s_cols[inside], t_rows[inside], t_cols[inside] - p0, (shape[0], n))
+    if kind == "grid":
+        _, key, pairs, shape = op
+        kept = []
+        for row, s_grid, t_grid in pairs:
+            inside = (t_grid >= p0) & (t_grid < end)
+            if bool(inside.all()):
+                kept.append((row, s_grid, t_grid - p0))
+            elif bool(inside.any()):
+                raise ValueError(
+                    f"an image tile of row {row} lies partly in generation step positions {p0}..{end - 1}; "
+                    "a tile's patch grid is resampled as a whole in one forward."
+                )
+        return ("grid", key, kept, (shape[0], n)) if kept else None
+    if kind == "knock":
+        block = cut(op[1].transpose(-1, -2)).transpose(-1, -2)[..., :end]  # [b, h, step queries, keys 0..end-1]
+        n_keys = end if n_keys is None else int(n_keys)
+        if n_keys <= end:
+            return ("knock", block[..., end - n_keys :])
+        pad = torch.zeros(*block.shape[:-1], n_keys - end, dtype=block.dtype, device=block.device)
+        return ("knock", torch.cat([block, pad], -1))
     raise ValueError(f"unknown op {kind!r}")

@@ -70,6 +70,20 @@ class Batch(Mapping):
             for row in self.inputs["input_ids"].tolist()
         ]
 
+    def with_layout(self, layout: ModalityLayout) -> "Batch":
+        """These inputs with another layout (``generate``: the prompt's layout extended over the generated
+        positions, :func:`~hooks_mm.layout.generation_layout`); the model that prepared this batch owns it too.
+
+        Example::
+
+            ext = batch.with_layout(generation_layout(batch.layout, batch.shape[1] + 4))
+        """
+        if layout.shape[0] != self.shape[0]:
+            raise ValueError(f"with_layout: the layout has {layout.shape[0]} rows, this batch {self.shape[0]}.")
+        out = Batch(self.inputs, layout, self._tokenizer, self._owner() if self._owner is not None else None)
+        out.target, out.source = self.target, self.source
+        return out
+
     def __getitem__(self, key: str) -> Any:
         return self.inputs[key]
 

@@ -36,16 +36,10 @@ from hooks_mm.adapters import Adapter, adapter_for, check_backbone
 from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks
 from hooks_mm.layout import ModalityLayout
+from hooks_mm.model import generation
 from hooks_mm.model.batch import Batch, again, layout_of, take_positions
 from hooks_mm.model.cache import MLLMCache
-from hooks_mm.model.checks import (
-    PIXEL_KEYS,
-    check_hook_list,
-    check_inputs,
-    check_left_padded,
-    check_return_type,
-    same_inputs,
-)
+from hooks_mm.model.checks import PIXEL_KEYS, check_hook_list, check_inputs, check_return_type, same_inputs
 from hooks_mm.model.hybrid import absent_reason, mlp_width, token_mixers
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
@@ -415,34 +409,37 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         inputs: Any = None,
         *,
         max_new_tokens: int = 10,
+        interventions: Any = None,
+        sources: dict[str, Any] | None = None,
         fwd_hooks: HookList = (),
         do_sample: bool = False,
+        logits_processor: Any = None,
         **gen_kwargs: Any,
-    ) -> Int[Tensor, "batch total"]:
-        """Generate with hooks firing at every step (KV cache on, as HF does it).
+    ) -> Any:
+        """HF generation (KV cache on) under an intervention spec and / or raw hooks; returns what HF returns.
 
-        During a step, ``model.positions`` holds the absolute positions of the tokens that
-        step computes (all prompt positions first, then one position per new token).
+        ``interventions``: a spec (:mod:`hooks_mm.interventions`), its positions resolved over the prompt
+        and ``max_new_tokens`` generated positions (``Generated()``; ``Last()`` is the current step);
+        exact: equal to recomputing every step without the cache. ``sources`` names the runs it reads.
+        ``fwd_hooks`` run after the spec at every step; ``model.positions`` holds the positions a step
+        computes (all prompt positions first, then one per new token). ``logits_processor`` and other
+        keywords go to HF ``generate`` (see :mod:`hooks_mm.model.generation`).
+
+        Example::
+
+            out = model.generate(inputs, max_new_tokens=8, interventions=Steer(1, v.tolist(), Generated()))
         """
-        batch = self._run_batch(inputs)
-        check_left_padded(batch)
-
-        def track(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            ids = kwargs.get("input_ids")
-            ids = ids if ids is not None else kwargs.get("inputs_embeds")
-            cache = kwargs.get("past_key_values")
-            past = cache.get_seq_length() if cache is not None else 0
-            self.positions = torch.arange(past, past + ids.shape[1], device=ids.device)
-
-        handle = self.hf_model.register_forward_pre_hook(track, with_kwargs=True)
-        try:
-            with exclusive(self.hf_model), self.hooks(fwd_hooks=list(fwd_hooks)), self._wiring.attached(None):
-                return self.hf_model.generate(
-                    **batch.model_inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **gen_kwargs
-                )
-        finally:
-            handle.remove()
-            self.positions = None
+        return generation.generate(
+            self,
+            inputs,
+            max_new_tokens=max_new_tokens,
+            interventions=interventions,
+            sources=sources,
+            fwd_hooks=fwd_hooks,
+            do_sample=do_sample,
+            logits_processor=logits_processor,
+            gen_kwargs=gen_kwargs,
+        )
 
     # ------------------------------------------------------------------ hook names
 
