@@ -84,7 +84,8 @@ def bare_run(t: Target) -> dict[str, Any]:
         for ln in ("ln1", "ln2"):
             if getattr(a, ln) is not None:
                 handles.append(layer.get_submodule(getattr(a, ln)).register_forward_hook(keep(f"{ln}_{l}", "out")))
-        handles.append(layer.get_submodule(f"{a.attn}.{a.o}").register_forward_hook(keep(f"o{l}", "out")))
+        if l not in t.model.cfg.cross_attn_layers and l not in t.model.cfg.mixer_layers:  # layers with an o_proj
+            handles.append(layer.get_submodule(f"{a.attn}.{a.o}").register_forward_hook(keep(f"o{l}", "out")))
     try:
         got["logits"] = t.bare(**t.inputs).logits
     finally:
@@ -372,8 +373,10 @@ def test_a_multi_token_string_is_refused_and_a_single_token_string_is_its_id() -
     "name, call, match",
     [
         ("mllama", lambda c: c.stack_head_results(), r"cross-attention layers \[\d"),
+        ("mllama", lambda c: c.stack_neuron_results(2), r"cross-attention layers \[\d.*gated"),
         ("qwen3_5", lambda c: c.stack_head_results(), r"hold a linear_attention token mixer"),
-        ("qwen3_vl_moe", lambda c: c.get_full_resid_decomposition(), r"are mixture-of-experts MLPs"),
+        ("qwen3_vl_moe", lambda c: c.stack_neuron_results(3), r"are mixture-of-experts MLPs"),
+        ("gemma4", lambda c: c.get_neuron_results(0), r"multiplies its whole output, residual included"),
     ],
 )
 def test_structures_without_heads_or_neurons_are_refused_naming_the_layers(name: str, call: Any, match: str) -> None:
@@ -381,14 +384,43 @@ def test_structures_without_heads_or_neurons_are_refused_naming_the_layers(name:
     _, cache = p.model.run_with_cache(p.inputs)
     with pytest.raises(NotImplementedError, match=match):
         call(cache)
-    final = cache.decompose_resid().sum(0)  # the per-layer decomposition still holds
-    n = p.model.cfg.n_layers
-    want = cache[f"blocks.{n - 1}.hook_resid_post"]
-    if n - 1 in p.model.cfg.injection_layers:
-        want = want + cache[f"blocks.{n - 1}.hook_deepstack"]
-    assert (final - want)[p.real].abs().max() <= TOL * max(1.0, want[p.real].abs().max().item())
-    if name == "qwen3_vl_moe":  # expand_neurons=False decomposes MoE layers as their hook_mlp_out
-        cache.get_full_resid_decomposition(expand_neurons=False)
+
+
+@pytest.mark.parametrize("name", ["mllama", "qwen3_5", "qwen3_vl_moe", "gemma4", "lfm2_vl"])
+def test_the_full_decomposition_keeps_whole_layers_where_heads_or_neurons_are_undefined(name: str) -> None:
+    p = pair_for(name)
+    t = Target(name, p.model, p.bare, p.inputs, p.real)
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    cfg = p.model.cfg
+    stack, labels = cache.get_full_resid_decomposition(return_labels=True)
+    close(t, stack.sum(0), ref["final_in"])
+    close(t, cache.apply_ln_to_stack(stack).sum(0) + cache.norm_bias(), ref["final_out"])
+    whole_attn = sorted(set(cfg.cross_attn_layers) | set(cfg.mixer_layers))
+    assert [l for l in range(cfg.n_layers) if f"{l}_attn_out" in labels] == whole_attn
+    whole_mlp = sorted(
+        set(cfg.cross_attn_layers) | set(cfg.moe_layers) | (set(range(cfg.n_layers)) if name == "gemma4" else set())
+    )
+    assert [l for l in range(cfg.n_layers) if f"{l}_mlp_out" in labels] == whole_mlp
+    heads = [l for l in range(cfg.n_layers) if l not in whole_attn]
+    assert heads and all(f"L{l}H0" in labels for l in heads)
+
+
+def test_parts_of_a_branch_that_a_hook_edited_are_refused_not_returned() -> None:
+    t = target("llava")
+
+    def double(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return 2 * x
+
+    for hook, call in (
+        ("blocks.1.hook_attn_out", lambda c: c.stack_head_results()),
+        ("blocks.0.hook_mlp_out", lambda c: c.get_full_resid_decomposition()),
+    ):
+        with t.model.hooks(fwd_hooks=[(hook, double)]):  # the cache sees the edited branch output
+            _, cache = t.model.run_with_cache(t.inputs)
+        assert_clean(t.model)
+        with pytest.raises(RuntimeError, match="rebuilt from its parts differs from what the model added"):
+            call(cache)
+        cache.decompose_resid()  # what was added, per layer: still exact
 
 
 def test_a_block_without_a_norm_there_is_refused() -> None:

@@ -89,6 +89,11 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
             f"layers {cfg.moe_layers} are mixture-of-experts MLPs (no single neuron basis): per-neuron results are "
             "defined only at dense MLPs; use expand_neurons=False (hook_mlp_out per layer) or decompose_resid."
         )
+    if layer in cfg.cross_attn_layers:
+        raise NotImplementedError(
+            f"per-neuron results are not defined at cross-attention layers {cfg.cross_attn_layers} (their MLP output "
+            "is gated by tanh(gate)): use expand_neurons=False (hook_mlp_out per layer) or decompose_resid."
+        )
     layer_mod = model.decoder_layers[layer]
     down_path = ".".join(filter(None, (a.mlp, a.down)))
     down = layer_mod.get_submodule(down_path)
@@ -108,49 +113,80 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
     return Branch(down.weight.detach().T, _bias(down), post, mult, f"blocks.{layer} MLP")
 
 
+def has_heads(model: nn.Module, layer: int) -> bool:
+    """Whether :func:`head_parts` is defined at ``layer``."""
+    try:
+        attn_branch(model, layer)
+        return True
+    except NotImplementedError:
+        return False
+
+
+def has_neurons(model: nn.Module, layer: int) -> bool:
+    """Whether :func:`neuron_parts` is defined at ``layer``."""
+    try:
+        mlp_branch(model, layer)
+        return True
+    except NotImplementedError:
+        return False
+
+
 def _bias(linear: nn.Module) -> Tensor | None:
     b = getattr(linear, "bias", None)
     return b.detach() if isinstance(b, Tensor) else None
 
 
 def _finish(
-    branch: Branch, parts: Tensor, total: Tensor, part_axis: int
+    branch: Branch, parts: Tensor, total: Tensor, out: Tensor | None
 ) -> tuple[Tensor, Float[Tensor, "... d_model"]]:
-    """Parts and the bias part through the branch's post-norm (scale frozen on ``total``) and multiplier."""
+    """Parts and the bias part through the branch's post-norm (scale frozen on ``total``) and multiplier;
+    ``out``: the branch output the model added (its cached hook), checked against the same map of ``total``."""
     bias = torch.zeros_like(total) if branch.bias is None else branch.bias.to(total.dtype).expand_as(total)
+    whole = total
     if branch.post is not None:
         form: NormForm = norm_form(branch.post, total, f"{branch.where} post-norm")
         s = form.scale(total)
-        parts = form.apply(parts, s.unsqueeze(part_axis))
+        parts = form.apply(parts, s.unsqueeze(-2))
         bias = form.apply(bias, s)
+        whole = form.full(total).to(total.dtype)
         if form.bias_term is not None:
             bias = bias + form.bias_term.to(bias.dtype)
+    if out is not None:
+        tol = (1e-3 if total.dtype == torch.float32 else 5e-2) * max(1.0, out.abs().max().item())
+        gap = (whole * branch.mult - out).abs().max().item()
+        if gap > tol:
+            raise RuntimeError(
+                f"the {branch.where} output rebuilt from its parts differs from what the model added (max "
+                f"{gap:.3g}): hooks_mm does not know how this block forms that output, so its parts would be wrong; "
+                "use decompose_resid (hook_attn_out / hook_mlp_out per layer) instead."
+            )
     return parts * branch.mult, bias * branch.mult
 
 
 def head_parts(
-    model: nn.Module, layer: int, z: Float[Tensor, "... head d_head"]
+    model: nn.Module, layer: int, z: Float[Tensor, "... head d_head"], out: Tensor | None = None
 ) -> tuple[Float[Tensor, "... head d_model"], Float[Tensor, "... d_model"]]:
     """Each head's contribution to ``hook_attn_out`` from ``z`` (``attn.hook_z``), and the bias part.
 
     ``z_h @ W_O[h]`` (W_O split from the HF ``o`` projection's weight per head; grouped-query heads need
     nothing: ``z`` already has one row per query head), then the family's post-map (module docstring).
+    ``out``: the cached ``hook_attn_out``, to check the map against (a mismatch raises).
     """
     branch = attn_branch(model, layer)
     w = rearrange(branch.weight, "m (h d) -> h d m", d=z.shape[-1]).to(z.dtype)
     parts = torch.einsum("...hd,hdm->...hm", z, w)
     total = parts.sum(-2) + (0 if branch.bias is None else branch.bias.to(z.dtype))
-    return _finish(branch, parts, total, -2)
+    return _finish(branch, parts, total, out)
 
 
 def neuron_parts(
-    model: nn.Module, layer: int, post: Float[Tensor, "... d_mlp"], keep: Slice | None = None
+    model: nn.Module, layer: int, post: Float[Tensor, "... d_mlp"], keep: Slice | None = None, out: Tensor | None = None
 ) -> tuple[Float[Tensor, "... n d_model"], Float[Tensor, "... d_model"]]:
     """Each neuron's contribution to ``hook_mlp_out`` from ``post`` (``mlp.hook_post``), the ``keep`` ones,
-    and the bias part; a post-norm's scale is frozen on the whole MLP output."""
+    and the bias part; a post-norm's scale is frozen on the whole MLP output. ``out``: as for head_parts."""
     branch = mlp_branch(model, layer)
     w = branch.weight.to(post.dtype)
     total = post @ w + (0 if branch.bias is None else branch.bias.to(post.dtype))
     keep = keep if keep is not None else Slice(None)
     parts = keep.apply(post, -1)[..., None] * keep.apply(w, 0)
-    return _finish(branch, parts, total, -2)
+    return _finish(branch, parts, total, out)
