@@ -11,8 +11,9 @@ what the block adds to the residual (``hook_attn_out`` / ``hook_mlp_out``) is th
 
 Refused, naming the layers: cross-attention layers (gated; keys are vision tiles), linear-attention /
 convolution layers (no heads), mixture-of-experts MLPs (no single neuron basis) and MLP outputs scaled with
-the residual (Gemma-4's ``layer_scalar``). ``decompose_resid`` (hook_attn_out / hook_mlp_out per layer) works on
-all of them.
+the residual (Gemma-4's ``layer_scalar``): ``decompose_resid`` and the full decomposition's whole-layer rows
+cover them. Given the branch output the model added (its cached hook), the same map applied to the rebuilt
+total is checked against it: a block formed another way (or a hook's edit) raises instead of giving parts.
 
 Example::
 

@@ -19,8 +19,9 @@ TransformerLens's signatures and semantics, on the family's own blocks and norms
   value on the real total) and multiplier (:mod:`hooks_mm.model.branches`); the ``o`` projection's bias is the
   ``bias`` row of ``get_full_resid_decomposition``, so heads + bias == ``hook_attn_out``.
 - ``get_full_resid_decomposition``: heads, neurons (or MLP outputs), ``embed``, deepstack, ``bias``: they sum to
-  the residual at ``layer``. ``logit_attrs``: ``apply_ln_to_stack(stack) @ W_U[:, token]`` (minus the
-  incorrect token's): summed over a full decomposition, the logit minus ``b_U`` and the norm bias's part.
+  the residual at ``layer`` (a layer without heads / neurons is one whole-layer row).
+- ``logit_attrs``: ``apply_ln_to_stack(stack) @ W_U[:, token]`` (minus the incorrect token's): summed over a full
+  decomposition, the logit minus ``b_U`` and the norm bias's part.
 
 A ``pos=`` cache holds the kept positions only: every analysis is per position, so it works on them
 (``pos_slice`` then indexes the kept positions).
