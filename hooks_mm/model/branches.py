@@ -142,7 +142,7 @@ def _finish(
 ) -> tuple[Tensor, Float[Tensor, "... d_model"]]:
     """Parts and the bias part through the branch's post-norm (scale frozen on ``total``) and multiplier;
     ``out``: the branch output the model added (its cached hook), checked against the same map of ``total``."""
-    bias = torch.zeros_like(total) if branch.bias is None else branch.bias.to(total.dtype).expand_as(total)
+    bias = torch.zeros_like(total) if branch.bias is None else branch.bias.to(total).expand_as(total)
     whole = total
     if branch.post is not None:
         form: NormForm = norm_form(branch.post, total, f"{branch.where} post-norm")
@@ -174,9 +174,9 @@ def head_parts(
     ``out``: the cached ``hook_attn_out``, to check the map against (a mismatch raises).
     """
     branch = attn_branch(model, layer)
-    w = rearrange(branch.weight, "m (h d) -> h d m", d=z.shape[-1]).to(z.dtype)
+    w = rearrange(branch.weight, "m (h d) -> h d m", d=z.shape[-1]).to(z)  # z's device: a cache may be elsewhere
     parts = torch.einsum("...hd,hdm->...hm", z, w)
-    total = parts.sum(-2) + (0 if branch.bias is None else branch.bias.to(z.dtype))
+    total = parts.sum(-2) + (0 if branch.bias is None else branch.bias.to(z))
     return _finish(branch, parts, total, out)
 
 
@@ -186,8 +186,8 @@ def neuron_parts(
     """Each neuron's contribution to ``hook_mlp_out`` from ``post`` (``mlp.hook_post``), the ``keep`` ones,
     and the bias part; a post-norm's scale is frozen on the whole MLP output. ``out``: as for head_parts."""
     branch = mlp_branch(model, layer)
-    w = branch.weight.to(post.dtype)
-    total = post @ w + (0 if branch.bias is None else branch.bias.to(post.dtype))
+    w = branch.weight.to(post)
+    total = post @ w + (0 if branch.bias is None else branch.bias.to(post))
     keep = keep if keep is not None else Slice(None)
     parts = keep.apply(post, -1)[..., None] * keep.apply(w, 0)
     return _finish(branch, parts, total, out)

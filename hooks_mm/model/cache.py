@@ -163,7 +163,8 @@ class MLLMCache(ActivationCache):
             residual_stack = batch_slice.apply(residual_stack, dim=1)
         form, x = self._norm(layer, mlp_input, method)
         if recompute_ln and layer == self._n():
-            return torch.stack([self.model.apply_ln_final(c) for c in residual_stack])
+            dev = self.model.cfg.device  # the norm's device; the stack's may differ (run_with_cache(device=...))
+            return torch.stack([self.model.apply_ln_final(c.to(dev)).to(c.device) for c in residual_stack])
         scale = pos_slice.apply(form.scale(x), dim=-2)
         if self.has_batch_dim:
             scale = batch_slice.apply(scale, dim=0)
@@ -462,7 +463,7 @@ class MLLMCache(ActivationCache):
         )
         if has_batch_dim and scaled.ndim == 4 and dirs.ndim == 2 and dirs.shape[0] == scaled.shape[1]:
             dirs = dirs.unsqueeze(-2)  # one token per row, over every position
-        return (scaled * dirs.to(scaled.dtype)).sum(-1)
+        return (scaled * dirs.to(scaled)).sum(-1)
 
     # ------------------------------------------------------------------ slicing keeps the class
 
