@@ -445,3 +445,48 @@ def test_a_deepstack_injection_after_the_last_layer_is_part_of_the_final_residua
     for stack in (cache.decompose_resid(), cache.get_full_resid_decomposition(), cache.accumulated_resid()[-1:]):
         close(t, stack.sum(0), ref["final_in"])
     close(t, cache.apply_ln_to_stack(cache.decompose_resid()).sum(0), ref["final_out"])
+
+
+def test_stack_activation_neuron_remainder_and_projection() -> None:
+    t = target("persimmon")  # biases everywhere, LayerNorm
+    _, cache = full_cache(t)
+    n = t.model.cfg.n_layers
+    z = cache.stack_activation("attn.hook_z")
+    assert torch.equal(z, torch.stack([cache[f"blocks.{l}.attn.hook_z"] for l in range(n)]))
+    assert torch.equal(cache.stack_activation("resid_pre", 1), cache["blocks.0.hook_resid_pre"][None])
+    with pytest.raises(KeyError, match=r"stack_activation needs blocks\.0\.mlp\.hook_nope"):
+        cache.stack_activation("mlp.hook_nope")
+    neurons, labels = cache.stack_neuron_results(n, incl_remainder=True, return_labels=True)
+    assert labels[-1] == "remainder" and len(labels) == neurons.shape[0]
+    close(t, neurons.sum(0), cache[f"blocks.{n - 1}.hook_resid_post"])
+    mid = cache.stack_neuron_results(1, incl_remainder=True, mlp_input=True, apply_ln=True)
+    close(t, mid.sum(0) + cache.norm_bias(1, mlp_input=True), cache["blocks.1.ln2.hook_normalized"])
+    onto = t.model.W_U[:, [5, 9]]
+    full = cache.get_full_resid_decomposition()
+    torch.testing.assert_close(cache.get_full_resid_decomposition(project_output_onto=onto), full @ onto)
+    torch.testing.assert_close(cache.get_full_resid_decomposition(project_output_onto=onto[:, 0]), full @ onto[:, 0])
+    torch.testing.assert_close(
+        cache.get_neuron_results(1, [2, 3], project_output_onto=onto),
+        cache.get_neuron_results(1)[..., [2, 3], :] @ onto,
+    )
+    with pytest.raises(ValueError, match=r"project_output_onto must be \[d_model\] or \[d_model, k\]"):
+        cache.get_full_resid_decomposition(project_output_onto=onto.T)
+    accumulated, labels = cache.accumulated_resid(incl_mid=True, return_labels=True)
+    assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"] and accumulated.shape[0] == 5
+
+
+@pytest.mark.parametrize("name", ["llava", "gemma2"])
+def test_logit_lens_ends_at_the_models_logits_and_head_results_are_stored(name: str) -> None:
+    t = target(name)
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    lens, labels = cache.logit_lens(return_labels=True)
+    assert labels[-1] == "final_post" and lens.shape[0] == t.model.cfg.n_layers + 1
+    close(t, lens[-1], ref["logits"])  # gemma2: LLaVA's head applies no soft-capping: the model's own logits
+    close(t, lens[0], t.model.resid_to_logits(cache["blocks.0.hook_resid_pre"]))
+    torch.testing.assert_close(cache.logit_lens(pos_slice=-1), lens[:, :, -1])
+    cache.compute_head_results()
+    heads = cache.stack_head_results()
+    h = t.model.cfg.n_heads
+    for l in range(t.model.cfg.n_layers):
+        stored = cache[f"blocks.{l}.attn.hook_result"]  # [batch, pos, head, d_model]
+        torch.testing.assert_close(stored.movedim(-2, 0), heads[l * h : (l + 1) * h])

@@ -45,8 +45,9 @@ from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice, get_act_name
 
 from hooks_mm.model.branches import attn_branch, has_heads, has_neurons, head_parts, mlp_branch, neuron_parts
-from hooks_mm.model.directions import project, token_directions
+from hooks_mm.model.directions import project
 from hooks_mm.model.norms import NormForm, norm_form
+from hooks_mm.model.readout import Readout
 
 Stack = Float[Tensor, "component *batch_and_pos d_model"]
 
@@ -55,7 +56,7 @@ def _slice(s: Any) -> Slice:
     return s if isinstance(s, Slice) else Slice(s)
 
 
-class MLLMCache(ActivationCache):
+class MLLMCache(Readout, ActivationCache):
     """TransformerLens's ActivationCache whose analyses follow the wrapped family's blocks (module docstring)."""
 
     positions: Tensor | None = None
@@ -427,43 +428,6 @@ class MLLMCache(ActivationCache):
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
         stack = project(stack, project_output_onto)
         return (stack, labels) if return_labels else stack
-
-    # ------------------------------------------------------------------ direct logit attribution
-
-    def logit_attrs(  # type: ignore[override]
-        self,
-        residual_stack: Stack,
-        tokens: Any,
-        incorrect_tokens: Any = None,
-        pos_slice: Any = None,
-        batch_slice: Any = None,
-        has_batch_dim: bool = True,
-    ) -> Float[Tensor, " component *batch_and_pos"]:
-        """Direct logit attribution: each component through the final norm (frozen scale) dotted with
-        ``W_U[:, token]`` (minus ``W_U[:, incorrect_token]``). ``tokens``: a string (one token), an id, ids
-        [batch] (one per row, every position) or [batch, pos]. Units: the head's output before soft-capping /
-        ``logits_scaling``; the sum over a full decomposition is the logit minus ``b_U[token]`` and the final
-        norm bias's part (``norm_bias() @ W_U[:, token]``).
-
-        Example::
-
-            attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), " cat", " dog", pos_slice=-1)
-        """
-        dirs = token_directions(self.model, tokens)
-        if incorrect_tokens is not None:
-            wrong = token_directions(self.model, incorrect_tokens)
-            if wrong.shape != dirs.shape:
-                raise ValueError(
-                    f"logit_attrs: tokens and incorrect_tokens must have the same shape ({tuple(dirs.shape[:-1])} "
-                    f"vs {tuple(wrong.shape[:-1])})."
-                )
-            dirs = dirs - wrong
-        scaled = self.apply_ln_to_stack(
-            residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim
-        )
-        if has_batch_dim and scaled.ndim == 4 and dirs.ndim == 2 and dirs.shape[0] == scaled.shape[1]:
-            dirs = dirs.unsqueeze(-2)  # one token per row, over every position
-        return (scaled * dirs.to(scaled)).sum(-1)
 
     # ------------------------------------------------------------------ slicing keeps the class
 
