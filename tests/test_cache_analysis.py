@@ -19,6 +19,7 @@ from conftest import assert_clean, pair_for
 from test_backbones import _CASES, Case
 
 from hooks_mm import HookedMLLM, zoo
+from hooks_mm.interventions import Steer
 from hooks_mm.selectors import Last, Positions
 
 FAMILIES = ["llava", "qwen2_vl", "gemma3", "idefics3", "qwen3_vl"]  # qwen3_vl: deepstack injections
@@ -490,3 +491,25 @@ def test_logit_lens_ends_at_the_models_logits_and_head_results_are_stored(name: 
     for l in range(t.model.cfg.n_layers):
         stored = cache[f"blocks.{l}.attn.hook_result"]  # [batch, pos, head, d_model]
         torch.testing.assert_close(stored.movedim(-2, 0), heads[l * h : (l + 1) * h])
+
+
+def test_a_run_whose_residual_stream_was_edited_is_not_decomposed_silently() -> None:
+    t = target("llava")
+    d = t.model.cfg.d_model
+    with t.model.interventions(Steer(layers=0, vector=[1.0] * d, scale=3.0), t.inputs):
+        _, cache = t.model.run_with_cache(t.inputs)
+    assert_clean(t.model)
+    for call in (
+        lambda c: c.decompose_resid(),
+        lambda c: c.get_full_resid_decomposition(expand_neurons=False),
+        lambda c: c.get_full_resid_decomposition(1, mlp_input=True),
+    ):
+        with pytest.raises(ValueError, match=r"do not sum to blocks\.\d\.hook_resid_(post|mid).*Steer"):
+            call(cache)
+    cache.decompose_resid(1, mode="attn")  # a partial stack is not a claim about the residual
+    torch.testing.assert_close(cache.decompose_resid(0)[0], cache["blocks.0.hook_resid_pre"])  # before the edit
+    with t.model.interventions(Steer(layers=0, vector=[1.0] * d, scale=3.0, hook="hook_attn_out"), t.inputs):
+        _, edited = t.model.run_with_cache(t.inputs)
+    edited.decompose_resid()  # an edit inside a branch is in that branch's component: still exact
+    with pytest.raises(RuntimeError, match="rebuilt from its parts differs"):
+        edited.stack_head_results()

@@ -251,10 +251,28 @@ class MLLMCache(Readout, ActivationCache):
         self._need([k for _, k in entries] or ["blocks.0.hook_resid_pre"], method)
         parts = [pos_slice.apply(self.cache_dict[k], dim=-2) for _, k in entries]
         stack = torch.stack(parts) if parts else self._empty(pos_slice)
+        if mode == "all" and incl_embeds:
+            self._check_sum(stack, layer, mlp_input, pos_slice, method)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
         labels = [label for label, _ in entries]
         return (stack, labels) if return_labels else stack
+
+    def _check_sum(self, stack: Tensor, layer: int, mlp_input: bool, pos_slice: Slice, method: str) -> None:
+        """Raise when a whole decomposition does not sum to the cached residual it decomposes (a hook or
+        intervention edited the residual stream itself, outside the branches: no component holds that edit)."""
+        names = self._resid_names(layer, mlp_input)
+        if not all(k in self.cache_dict for k in names):
+            return
+        want = pos_slice.apply(self._resid(layer, mlp_input, method), dim=-2)
+        gap = (stack.sum(0) - want).abs().max().item()
+        if gap > (1e-3 if want.dtype == torch.float32 else 5e-2) * max(1.0, want.abs().max().item()):
+            raise ValueError(
+                f"{method}: the components do not sum to {names[0]} (max gap {gap:.3g}): the run edited the "
+                "residual stream outside the attention / MLP outputs (a hook or intervention at hook_resid_pre / "
+                "hook_resid_mid / hook_resid_post, such as Steer there), which no component holds; decompose a "
+                "run without that edit, or read the cached residuals (accumulated_resid)."
+            )
 
     def _empty(self, pos_slice: Slice, width: int | None = None) -> Tensor:
         like = pos_slice.apply(self.cache_dict["blocks.0.hook_resid_pre"], dim=-2)
@@ -423,6 +441,7 @@ class MLLMCache(Readout, ActivationCache):
             parts.append(pos_slice.apply(self.cache_dict[f"blocks.{l}.hook_deepstack"], dim=-2)[None])
             labels.append(f"{l}_deepstack")
         stack = torch.cat([*parts, bias[None]])
+        self._check_sum(stack, layer, mlp_input, pos_slice, method)
         labels.append("bias")
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
