@@ -513,3 +513,15 @@ def test_a_run_whose_residual_stream_was_edited_is_not_decomposed_silently() -> 
     edited.decompose_resid()  # an edit inside a branch is in that branch's component: still exact
     with pytest.raises(RuntimeError, match="rebuilt from its parts differs"):
         edited.stack_head_results()
+
+
+def test_every_family_decomposes_into_the_bare_models_final_residual_and_logits(pair) -> None:  # noqa: ANN001
+    """The full decomposition (heads, neurons or whole-layer rows) of every family against the bare copy."""
+    t = Target(pair.family, pair.model, pair.bare, pair.inputs, pair.real)
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    stack = cache.get_full_resid_decomposition()
+    close(t, stack.sum(0), ref["final_in"])
+    close(t, cache.apply_ln_to_stack(stack).sum(0) + cache.norm_bias(), ref["final_out"])
+    tok = torch.arange(stack.shape[1]) + 3
+    const = t.model.b_U + cache.norm_bias() @ t.model.W_U
+    close(t, cache.logit_attrs(stack, tok).sum(0) + const[tok][:, None], pick(ref["head"], tok))
