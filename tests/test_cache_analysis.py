@@ -476,13 +476,15 @@ def test_stack_activation_neuron_remainder_and_projection() -> None:
     assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"] and accumulated.shape[0] == 5
 
 
-@pytest.mark.parametrize("name", ["llava", "gemma2"])
+@pytest.mark.parametrize("name", ["llava", "gemma2", "gemma4", "hyperclovax_vision_v2"])
 def test_logit_lens_ends_at_the_models_logits_and_head_results_are_stored(name: str) -> None:
     t = target(name)
     ref, (_, cache) = bare_run(t), full_cache(t)
     lens, labels = cache.logit_lens(return_labels=True)
     assert labels[-1] == "final_post" and lens.shape[0] == t.model.cfg.n_layers + 1
-    close(t, lens[-1], ref["logits"])  # gemma2: LLaVA's head applies no soft-capping: the model's own logits
+    close(t, lens[-1], ref["logits"])  # soft-capping (gemma4) / logits_scaling (hyperclovax) included
+    if name in ("gemma4", "hyperclovax_vision_v2"):  # the head's post-processing is real here: DLA is before it
+        assert (ref["logits"] - ref["head"])[t.real].abs().max() > 10 * TOL
     close(t, lens[0], t.model.resid_to_logits(cache["blocks.0.hook_resid_pre"]))
     torch.testing.assert_close(cache.logit_lens(pos_slice=-1), lens[:, :, -1])
     cache.compute_head_results()
