@@ -36,7 +36,8 @@ from hooks_mm.model.norms import NormForm, norm_form
 
 @dataclass(frozen=True)
 class Branch:
-    """One branch: ``out = mult * post(sum_i part_i + bias)``; ``weight`` [n_parts, (d_head,) d_model]."""
+    """One branch: ``out = mult * post(sum_i part_i + bias)``; ``weight``: ``o``'s as HF stores it
+    [d_model, n_heads * d_head], or ``down``'s transposed [d_mlp, d_model]."""
 
     weight: Tensor
     bias: Tensor | None
@@ -63,12 +64,13 @@ def attn_branch(model: nn.Module, layer: int) -> Branch:
         raise NotImplementedError(
             f"per-head results are not defined at cross-attention layers {cfg.cross_attn_layers} (their output is "
             f"gated by tanh(gate) and their keys are vision tiles): stop before them (layer=...) or use "
-            "decompose_resid / get_full_resid_decomposition(expand_neurons=False) without heads."
+            "decompose_resid / get_full_resid_decomposition (one whole-layer row there)."
         )
     if layer in cfg.mixer_layers:
         raise NotImplementedError(
             f"layers {sorted(cfg.mixer_layers)} hold a {cfg.mixer_layers[layer]} token mixer, not attention heads: "
-            "per-head results exist only at attention layers; use decompose_resid (their hook_attn_out) instead."
+            "per-head results exist only at attention layers; use decompose_resid / get_full_resid_decomposition "
+            "(their hook_attn_out as one row) instead."
         )
     layer_mod, attn = model.decoder_layers[layer], model.attention(layer)
     o = attn.get_submodule(a.o)
@@ -88,12 +90,12 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
     if layer in cfg.moe_layers:
         raise NotImplementedError(
             f"layers {cfg.moe_layers} are mixture-of-experts MLPs (no single neuron basis): per-neuron results are "
-            "defined only at dense MLPs; use expand_neurons=False (hook_mlp_out per layer) or decompose_resid."
+            "defined only at dense MLPs; use decompose_resid / get_full_resid_decomposition (hook_mlp_out as one row)."
         )
     if layer in cfg.cross_attn_layers:
         raise NotImplementedError(
             f"per-neuron results are not defined at cross-attention layers {cfg.cross_attn_layers} (their MLP output "
-            "is gated by tanh(gate)): use expand_neurons=False (hook_mlp_out per layer) or decompose_resid."
+            "is gated by tanh(gate)): use decompose_resid / get_full_resid_decomposition (hook_mlp_out as one row)."
         )
     layer_mod = model.decoder_layers[layer]
     down_path = ".".join(filter(None, (a.mlp, a.down)))
@@ -103,8 +105,8 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
         if a.out_scale:
             raise NotImplementedError(
                 f"{cfg.architecture}'s block multiplies its whole output, residual included, by {a.out_scale}: "
-                "hook_mlp_out (resid_post - resid_mid) is not a sum over neurons; use expand_neurons=False or "
-                "decompose_resid."
+                "hook_mlp_out (resid_post - resid_mid) is not a sum over neurons; use decompose_resid / "
+                "get_full_resid_decomposition (hook_mlp_out as one row)."
             )
         if a.inside:
             post = layer_mod.get_submodule(a.inside[-1])
