@@ -19,6 +19,7 @@ from conftest import assert_clean, pair_for
 from test_backbones import _CASES, Case
 
 from hooks_mm import HookedMLLM, zoo
+from hooks_mm.interventions import Steer
 from hooks_mm.selectors import Last, Positions
 
 FAMILIES = ["llava", "qwen2_vl", "gemma3", "idefics3", "qwen3_vl"]  # qwen3_vl: deepstack injections
@@ -84,7 +85,8 @@ def bare_run(t: Target) -> dict[str, Any]:
         for ln in ("ln1", "ln2"):
             if getattr(a, ln) is not None:
                 handles.append(layer.get_submodule(getattr(a, ln)).register_forward_hook(keep(f"{ln}_{l}", "out")))
-        handles.append(layer.get_submodule(f"{a.attn}.{a.o}").register_forward_hook(keep(f"o{l}", "out")))
+        if l not in t.model.cfg.cross_attn_layers and l not in t.model.cfg.mixer_layers:  # layers with an o_proj
+            handles.append(layer.get_submodule(f"{a.attn}.{a.o}").register_forward_hook(keep(f"o{l}", "out")))
     try:
         got["logits"] = t.bare(**t.inputs).logits
     finally:
@@ -372,8 +374,10 @@ def test_a_multi_token_string_is_refused_and_a_single_token_string_is_its_id() -
     "name, call, match",
     [
         ("mllama", lambda c: c.stack_head_results(), r"cross-attention layers \[\d"),
+        ("mllama", lambda c: c.stack_neuron_results(2), r"cross-attention layers \[\d.*gated"),
         ("qwen3_5", lambda c: c.stack_head_results(), r"hold a linear_attention token mixer"),
-        ("qwen3_vl_moe", lambda c: c.get_full_resid_decomposition(), r"are mixture-of-experts MLPs"),
+        ("qwen3_vl_moe", lambda c: c.stack_neuron_results(3), r"are mixture-of-experts MLPs"),
+        ("gemma4", lambda c: c.get_neuron_results(0), r"multiplies its whole output, residual included"),
     ],
 )
 def test_structures_without_heads_or_neurons_are_refused_naming_the_layers(name: str, call: Any, match: str) -> None:
@@ -381,14 +385,43 @@ def test_structures_without_heads_or_neurons_are_refused_naming_the_layers(name:
     _, cache = p.model.run_with_cache(p.inputs)
     with pytest.raises(NotImplementedError, match=match):
         call(cache)
-    final = cache.decompose_resid().sum(0)  # the per-layer decomposition still holds
-    n = p.model.cfg.n_layers
-    want = cache[f"blocks.{n - 1}.hook_resid_post"]
-    if n - 1 in p.model.cfg.injection_layers:
-        want = want + cache[f"blocks.{n - 1}.hook_deepstack"]
-    assert (final - want)[p.real].abs().max() <= TOL * max(1.0, want[p.real].abs().max().item())
-    if name == "qwen3_vl_moe":  # expand_neurons=False decomposes MoE layers as their hook_mlp_out
-        cache.get_full_resid_decomposition(expand_neurons=False)
+
+
+@pytest.mark.parametrize("name", ["mllama", "qwen3_5", "qwen3_vl_moe", "gemma4", "lfm2_vl"])
+def test_the_full_decomposition_keeps_whole_layers_where_heads_or_neurons_are_undefined(name: str) -> None:
+    p = pair_for(name)
+    t = Target(name, p.model, p.bare, p.inputs, p.real)
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    cfg = p.model.cfg
+    stack, labels = cache.get_full_resid_decomposition(return_labels=True)
+    close(t, stack.sum(0), ref["final_in"])
+    close(t, cache.apply_ln_to_stack(stack).sum(0) + cache.norm_bias(), ref["final_out"])
+    whole_attn = sorted(set(cfg.cross_attn_layers) | set(cfg.mixer_layers))
+    assert [l for l in range(cfg.n_layers) if f"{l}_attn_out" in labels] == whole_attn
+    whole_mlp = sorted(
+        set(cfg.cross_attn_layers) | set(cfg.moe_layers) | (set(range(cfg.n_layers)) if name == "gemma4" else set())
+    )
+    assert [l for l in range(cfg.n_layers) if f"{l}_mlp_out" in labels] == whole_mlp
+    heads = [l for l in range(cfg.n_layers) if l not in whole_attn]
+    assert heads and all(f"L{l}H0" in labels for l in heads)
+
+
+def test_parts_of_a_branch_that_a_hook_edited_are_refused_not_returned() -> None:
+    t = target("llava")
+
+    def double(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return 2 * x
+
+    for hook, call in (
+        ("blocks.1.hook_attn_out", lambda c: c.stack_head_results()),
+        ("blocks.0.hook_mlp_out", lambda c: c.get_full_resid_decomposition()),
+    ):
+        with t.model.hooks(fwd_hooks=[(hook, double)]):  # the cache sees the edited branch output
+            _, cache = t.model.run_with_cache(t.inputs)
+        assert_clean(t.model)
+        with pytest.raises(RuntimeError, match="rebuilt from its parts differs from what the model added"):
+            call(cache)
+        cache.decompose_resid()  # what was added, per layer: still exact
 
 
 def test_a_block_without_a_norm_there_is_refused() -> None:
@@ -413,3 +446,84 @@ def test_a_deepstack_injection_after_the_last_layer_is_part_of_the_final_residua
     for stack in (cache.decompose_resid(), cache.get_full_resid_decomposition(), cache.accumulated_resid()[-1:]):
         close(t, stack.sum(0), ref["final_in"])
     close(t, cache.apply_ln_to_stack(cache.decompose_resid()).sum(0), ref["final_out"])
+
+
+def test_stack_activation_neuron_remainder_and_projection() -> None:
+    t = target("persimmon")  # biases everywhere, LayerNorm
+    _, cache = full_cache(t)
+    n = t.model.cfg.n_layers
+    z = cache.stack_activation("attn.hook_z")
+    assert torch.equal(z, torch.stack([cache[f"blocks.{l}.attn.hook_z"] for l in range(n)]))
+    assert torch.equal(cache.stack_activation("resid_pre", 1), cache["blocks.0.hook_resid_pre"][None])
+    with pytest.raises(KeyError, match=r"stack_activation needs blocks\.0\.mlp\.hook_nope"):
+        cache.stack_activation("mlp.hook_nope")
+    neurons, labels = cache.stack_neuron_results(n, incl_remainder=True, return_labels=True)
+    assert labels[-1] == "remainder" and len(labels) == neurons.shape[0]
+    close(t, neurons.sum(0), cache[f"blocks.{n - 1}.hook_resid_post"])
+    mid = cache.stack_neuron_results(1, incl_remainder=True, mlp_input=True, apply_ln=True)
+    close(t, mid.sum(0) + cache.norm_bias(1, mlp_input=True), cache["blocks.1.ln2.hook_normalized"])
+    onto = t.model.W_U[:, [5, 9]]
+    full = cache.get_full_resid_decomposition()
+    torch.testing.assert_close(cache.get_full_resid_decomposition(project_output_onto=onto), full @ onto)
+    torch.testing.assert_close(cache.get_full_resid_decomposition(project_output_onto=onto[:, 0]), full @ onto[:, 0])
+    torch.testing.assert_close(
+        cache.get_neuron_results(1, [2, 3], project_output_onto=onto),
+        cache.get_neuron_results(1)[..., [2, 3], :] @ onto,
+    )
+    with pytest.raises(ValueError, match=r"project_output_onto must be \[d_model\] or \[d_model, k\]"):
+        cache.get_full_resid_decomposition(project_output_onto=onto.T)
+    accumulated, labels = cache.accumulated_resid(incl_mid=True, return_labels=True)
+    assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"] and accumulated.shape[0] == 5
+
+
+@pytest.mark.parametrize("name", ["llava", "gemma2", "gemma4", "hyperclovax_vision_v2"])
+def test_logit_lens_ends_at_the_models_logits_and_head_results_are_stored(name: str) -> None:
+    t = target(name)
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    lens, labels = cache.logit_lens(return_labels=True)
+    assert labels[-1] == "final_post" and lens.shape[0] == t.model.cfg.n_layers + 1
+    close(t, lens[-1], ref["logits"])  # soft-capping (gemma4) / logits_scaling (hyperclovax) included
+    if name in ("gemma4", "hyperclovax_vision_v2"):  # the head's post-processing is real here: DLA is before it
+        assert (ref["logits"] - ref["head"])[t.real].abs().max() > 10 * TOL
+    close(t, lens[0], t.model.resid_to_logits(cache["blocks.0.hook_resid_pre"]))
+    torch.testing.assert_close(cache.logit_lens(pos_slice=-1), lens[:, :, -1])
+    cache.compute_head_results()
+    heads = cache.stack_head_results()
+    h = t.model.cfg.n_heads
+    for l in range(t.model.cfg.n_layers):
+        stored = cache[f"blocks.{l}.attn.hook_result"]  # [batch, pos, head, d_model]
+        torch.testing.assert_close(stored.movedim(-2, 0), heads[l * h : (l + 1) * h])
+
+
+def test_a_run_whose_residual_stream_was_edited_is_not_decomposed_silently() -> None:
+    t = target("llava")
+    d = t.model.cfg.d_model
+    with t.model.interventions(Steer(layers=0, vector=[1.0] * d, scale=3.0), t.inputs):
+        _, cache = t.model.run_with_cache(t.inputs)
+    assert_clean(t.model)
+    for call in (
+        lambda c: c.decompose_resid(),
+        lambda c: c.get_full_resid_decomposition(expand_neurons=False),
+        lambda c: c.get_full_resid_decomposition(1, mlp_input=True),
+    ):
+        with pytest.raises(ValueError, match=r"do not sum to blocks\.\d\.hook_resid_(post|mid).*Steer"):
+            call(cache)
+    cache.decompose_resid(1, mode="attn")  # a partial stack is not a claim about the residual
+    torch.testing.assert_close(cache.decompose_resid(0)[0], cache["blocks.0.hook_resid_pre"])  # before the edit
+    with t.model.interventions(Steer(layers=0, vector=[1.0] * d, scale=3.0, hook="hook_attn_out"), t.inputs):
+        _, edited = t.model.run_with_cache(t.inputs)
+    edited.decompose_resid()  # an edit inside a branch is in that branch's component: still exact
+    with pytest.raises(RuntimeError, match="rebuilt from its parts differs"):
+        edited.stack_head_results()
+
+
+def test_every_family_decomposes_into_the_bare_models_final_residual_and_logits(pair) -> None:  # noqa: ANN001
+    """The full decomposition (heads, neurons or whole-layer rows) of every family against the bare copy."""
+    t = Target(pair.family, pair.model, pair.bare, pair.inputs, pair.real)
+    ref, (_, cache) = bare_run(t), full_cache(t)
+    stack = cache.get_full_resid_decomposition()
+    close(t, stack.sum(0), ref["final_in"])
+    close(t, cache.apply_ln_to_stack(stack).sum(0) + cache.norm_bias(), ref["final_out"])
+    tok = torch.arange(stack.shape[1]) + 3
+    const = t.model.b_U + cache.norm_bias() @ t.model.W_U
+    close(t, cache.logit_attrs(stack, tok).sum(0) + const[tok][:, None], pick(ref["head"], tok))

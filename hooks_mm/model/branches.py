@@ -11,8 +11,9 @@ what the block adds to the residual (``hook_attn_out`` / ``hook_mlp_out``) is th
 
 Refused, naming the layers: cross-attention layers (gated; keys are vision tiles), linear-attention /
 convolution layers (no heads), mixture-of-experts MLPs (no single neuron basis) and MLP outputs scaled with
-the residual (Gemma-4's ``layer_scalar``). ``decompose_resid`` (hook_attn_out / hook_mlp_out per layer) works on
-all of them.
+the residual (Gemma-4's ``layer_scalar``): ``decompose_resid`` and the full decomposition's whole-layer rows
+cover them. Given the branch output the model added (its cached hook), the same map applied to the rebuilt
+total is checked against it: a block formed another way (or a hook's edit) raises instead of giving parts.
 
 Example::
 
@@ -35,7 +36,8 @@ from hooks_mm.model.norms import NormForm, norm_form
 
 @dataclass(frozen=True)
 class Branch:
-    """One branch: ``out = mult * post(sum_i part_i + bias)``; ``weight`` [n_parts, (d_head,) d_model]."""
+    """One branch: ``out = mult * post(sum_i part_i + bias)``; ``weight``: ``o``'s as HF stores it
+    [d_model, n_heads * d_head], or ``down``'s transposed [d_mlp, d_model]."""
 
     weight: Tensor
     bias: Tensor | None
@@ -62,12 +64,13 @@ def attn_branch(model: nn.Module, layer: int) -> Branch:
         raise NotImplementedError(
             f"per-head results are not defined at cross-attention layers {cfg.cross_attn_layers} (their output is "
             f"gated by tanh(gate) and their keys are vision tiles): stop before them (layer=...) or use "
-            "decompose_resid / get_full_resid_decomposition(expand_neurons=False) without heads."
+            "decompose_resid / get_full_resid_decomposition (one whole-layer row there)."
         )
     if layer in cfg.mixer_layers:
         raise NotImplementedError(
             f"layers {sorted(cfg.mixer_layers)} hold a {cfg.mixer_layers[layer]} token mixer, not attention heads: "
-            "per-head results exist only at attention layers; use decompose_resid (their hook_attn_out) instead."
+            "per-head results exist only at attention layers; use decompose_resid / get_full_resid_decomposition "
+            "(their hook_attn_out as one row) instead."
         )
     layer_mod, attn = model.decoder_layers[layer], model.attention(layer)
     o = attn.get_submodule(a.o)
@@ -87,7 +90,12 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
     if layer in cfg.moe_layers:
         raise NotImplementedError(
             f"layers {cfg.moe_layers} are mixture-of-experts MLPs (no single neuron basis): per-neuron results are "
-            "defined only at dense MLPs; use expand_neurons=False (hook_mlp_out per layer) or decompose_resid."
+            "defined only at dense MLPs; use decompose_resid / get_full_resid_decomposition (hook_mlp_out as one row)."
+        )
+    if layer in cfg.cross_attn_layers:
+        raise NotImplementedError(
+            f"per-neuron results are not defined at cross-attention layers {cfg.cross_attn_layers} (their MLP output "
+            "is gated by tanh(gate)): use decompose_resid / get_full_resid_decomposition (hook_mlp_out as one row)."
         )
     layer_mod = model.decoder_layers[layer]
     down_path = ".".join(filter(None, (a.mlp, a.down)))
@@ -97,8 +105,8 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
         if a.out_scale:
             raise NotImplementedError(
                 f"{cfg.architecture}'s block multiplies its whole output, residual included, by {a.out_scale}: "
-                "hook_mlp_out (resid_post - resid_mid) is not a sum over neurons; use expand_neurons=False or "
-                "decompose_resid."
+                "hook_mlp_out (resid_post - resid_mid) is not a sum over neurons; use decompose_resid / "
+                "get_full_resid_decomposition (hook_mlp_out as one row)."
             )
         if a.inside:
             post = layer_mod.get_submodule(a.inside[-1])
@@ -108,49 +116,80 @@ def mlp_branch(model: nn.Module, layer: int) -> Branch:
     return Branch(down.weight.detach().T, _bias(down), post, mult, f"blocks.{layer} MLP")
 
 
+def has_heads(model: nn.Module, layer: int) -> bool:
+    """Whether :func:`head_parts` is defined at ``layer``."""
+    try:
+        attn_branch(model, layer)
+        return True
+    except NotImplementedError:
+        return False
+
+
+def has_neurons(model: nn.Module, layer: int) -> bool:
+    """Whether :func:`neuron_parts` is defined at ``layer``."""
+    try:
+        mlp_branch(model, layer)
+        return True
+    except NotImplementedError:
+        return False
+
+
 def _bias(linear: nn.Module) -> Tensor | None:
     b = getattr(linear, "bias", None)
     return b.detach() if isinstance(b, Tensor) else None
 
 
 def _finish(
-    branch: Branch, parts: Tensor, total: Tensor, part_axis: int
+    branch: Branch, parts: Tensor, total: Tensor, out: Tensor | None
 ) -> tuple[Tensor, Float[Tensor, "... d_model"]]:
-    """Parts and the bias part through the branch's post-norm (scale frozen on ``total``) and multiplier."""
-    bias = torch.zeros_like(total) if branch.bias is None else branch.bias.to(total.dtype).expand_as(total)
+    """Parts and the bias part through the branch's post-norm (scale frozen on ``total``) and multiplier;
+    ``out``: the branch output the model added (its cached hook), checked against the same map of ``total``."""
+    bias = torch.zeros_like(total) if branch.bias is None else branch.bias.to(total).expand_as(total)
+    whole = total
     if branch.post is not None:
         form: NormForm = norm_form(branch.post, total, f"{branch.where} post-norm")
         s = form.scale(total)
-        parts = form.apply(parts, s.unsqueeze(part_axis))
+        parts = form.apply(parts, s.unsqueeze(-2))
         bias = form.apply(bias, s)
+        whole = form.full(total).to(total.dtype)
         if form.bias_term is not None:
             bias = bias + form.bias_term.to(bias.dtype)
+    if out is not None:
+        tol = (1e-3 if total.dtype == torch.float32 else 5e-2) * max(1.0, out.abs().max().item())
+        gap = (whole * branch.mult - out).abs().max().item()
+        if gap > tol:
+            raise RuntimeError(
+                f"the {branch.where} output rebuilt from its parts differs from what the model added (max "
+                f"{gap:.3g}): hooks_mm does not know how this block forms that output, so its parts would be wrong; "
+                "use decompose_resid (hook_attn_out / hook_mlp_out per layer) instead."
+            )
     return parts * branch.mult, bias * branch.mult
 
 
 def head_parts(
-    model: nn.Module, layer: int, z: Float[Tensor, "... head d_head"]
+    model: nn.Module, layer: int, z: Float[Tensor, "... head d_head"], out: Tensor | None = None
 ) -> tuple[Float[Tensor, "... head d_model"], Float[Tensor, "... d_model"]]:
     """Each head's contribution to ``hook_attn_out`` from ``z`` (``attn.hook_z``), and the bias part.
 
     ``z_h @ W_O[h]`` (W_O split from the HF ``o`` projection's weight per head; grouped-query heads need
     nothing: ``z`` already has one row per query head), then the family's post-map (module docstring).
+    ``out``: the cached ``hook_attn_out``, to check the map against (a mismatch raises).
     """
     branch = attn_branch(model, layer)
-    w = rearrange(branch.weight, "m (h d) -> h d m", d=z.shape[-1]).to(z.dtype)
+    w = rearrange(branch.weight, "m (h d) -> h d m", d=z.shape[-1]).to(z)  # z's device: a cache may be elsewhere
     parts = torch.einsum("...hd,hdm->...hm", z, w)
-    total = parts.sum(-2) + (0 if branch.bias is None else branch.bias.to(z.dtype))
-    return _finish(branch, parts, total, -2)
+    total = parts.sum(-2) + (0 if branch.bias is None else branch.bias.to(z))
+    return _finish(branch, parts, total, out)
 
 
 def neuron_parts(
-    model: nn.Module, layer: int, post: Float[Tensor, "... d_mlp"], keep: Slice | None = None
+    model: nn.Module, layer: int, post: Float[Tensor, "... d_mlp"], keep: Slice | None = None, out: Tensor | None = None
 ) -> tuple[Float[Tensor, "... n d_model"], Float[Tensor, "... d_model"]]:
     """Each neuron's contribution to ``hook_mlp_out`` from ``post`` (``mlp.hook_post``), the ``keep`` ones,
-    and the bias part; a post-norm's scale is frozen on the whole MLP output."""
+    and the bias part; a post-norm's scale is frozen on the whole MLP output. ``out``: as for head_parts."""
     branch = mlp_branch(model, layer)
-    w = branch.weight.to(post.dtype)
-    total = post @ w + (0 if branch.bias is None else branch.bias.to(post.dtype))
+    w = branch.weight.to(post)
+    total = post @ w + (0 if branch.bias is None else branch.bias.to(post))
     keep = keep if keep is not None else Slice(None)
     parts = keep.apply(post, -1)[..., None] * keep.apply(w, 0)
-    return _finish(branch, parts, total, -2)
+    return _finish(branch, parts, total, out)

@@ -19,8 +19,9 @@ TransformerLens's signatures and semantics, on the family's own blocks and norms
   value on the real total) and multiplier (:mod:`hooks_mm.model.branches`); the ``o`` projection's bias is the
   ``bias`` row of ``get_full_resid_decomposition``, so heads + bias == ``hook_attn_out``.
 - ``get_full_resid_decomposition``: heads, neurons (or MLP outputs), ``embed``, deepstack, ``bias``: they sum to
-  the residual at ``layer``. ``logit_attrs``: ``apply_ln_to_stack(stack) @ W_U[:, token]`` (minus the
-  incorrect token's): summed over a full decomposition, the logit minus ``b_U`` and the norm bias's part.
+  the residual at ``layer`` (a layer without heads / neurons is one whole-layer row).
+- ``logit_attrs``: ``apply_ln_to_stack(stack) @ W_U[:, token]`` (minus the incorrect token's): summed over a full
+  decomposition, the logit minus ``b_U`` and the norm bias's part.
 
 A ``pos=`` cache holds the kept positions only: every analysis is per position, so it works on them
 (``pos_slice`` then indexes the kept positions).
@@ -43,8 +44,10 @@ from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice, get_act_name
 
-from hooks_mm.model.branches import attn_branch, head_parts, mlp_branch, neuron_parts
+from hooks_mm.model.branches import attn_branch, has_heads, has_neurons, head_parts, mlp_branch, neuron_parts
+from hooks_mm.model.directions import project
 from hooks_mm.model.norms import NormForm, norm_form
+from hooks_mm.model.readout import Readout
 
 Stack = Float[Tensor, "component *batch_and_pos d_model"]
 
@@ -53,7 +56,7 @@ def _slice(s: Any) -> Slice:
     return s if isinstance(s, Slice) else Slice(s)
 
 
-class MLLMCache(ActivationCache):
+class MLLMCache(Readout, ActivationCache):
     """TransformerLens's ActivationCache whose analyses follow the wrapped family's blocks (module docstring)."""
 
     positions: Tensor | None = None  # pos= caches: [batch, n] kept positions (-1 in a ragged row's padding)
@@ -162,7 +165,8 @@ class MLLMCache(ActivationCache):
             residual_stack = batch_slice.apply(residual_stack, dim=1)
         form, x = self._norm(layer, mlp_input, method)
         if recompute_ln and layer == self._n():
-            return torch.stack([self.model.apply_ln_final(c) for c in residual_stack])
+            dev = self.model.cfg.device  # the norm's device; the stack's may differ (run_with_cache(device=...))
+            return torch.stack([self.model.apply_ln_final(c.to(dev)).to(c.device) for c in residual_stack])
         scale = pos_slice.apply(form.scale(x), dim=-2)
         if self.has_batch_dim:
             scale = batch_slice.apply(scale, dim=0)
@@ -248,10 +252,28 @@ class MLLMCache(ActivationCache):
         self._need([k for _, k in entries] or ["blocks.0.hook_resid_pre"], method)
         parts = [pos_slice.apply(self.cache_dict[k], dim=-2) for _, k in entries]
         stack = torch.stack(parts) if parts else self._empty(pos_slice)
+        if mode == "all" and incl_embeds:
+            self._check_sum(stack, layer, mlp_input, pos_slice, method)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
         labels = [label for label, _ in entries]
         return (stack, labels) if return_labels else stack
+
+    def _check_sum(self, stack: Tensor, layer: int, mlp_input: bool, pos_slice: Slice, method: str) -> None:
+        """Raise when a whole decomposition does not sum to the cached residual it decomposes (a hook or
+        intervention edited the residual stream itself, outside the branches: no component holds that edit)."""
+        names = self._resid_names(layer, mlp_input)
+        if not all(k in self.cache_dict for k in names):
+            return
+        want = pos_slice.apply(self._resid(layer, mlp_input, method), dim=-2)
+        gap = (stack.sum(0) - want).abs().max().item()
+        if gap > (1e-3 if want.dtype == torch.float32 else 5e-2) * max(1.0, want.abs().max().item()):
+            raise ValueError(
+                f"{method}: the components do not sum to {names[0]} (max gap {gap:.3g}): the run edited the "
+                "residual stream outside the attention / MLP outputs (a hook or intervention at hook_resid_pre / "
+                "hook_resid_mid / hook_resid_post, such as Steer there), which no component holds; decompose a "
+                "run without that edit, or read the cached residuals (accumulated_resid)."
+            )
 
     def _empty(self, pos_slice: Slice, width: int | None = None) -> Tensor:
         like = pos_slice.apply(self.cache_dict["blocks.0.hook_resid_pre"], dim=-2)
@@ -259,7 +281,18 @@ class MLLMCache(ActivationCache):
 
     def _heads(self, l: int, pos_slice: Slice) -> tuple[Tensor, Tensor]:
         """Layer ``l``'s per-head results [..., head, d_model] and its bias part [..., d_model]."""
-        return head_parts(self.model, l, pos_slice.apply(self.cache_dict[f"blocks.{l}.attn.hook_z"], dim=-3))
+        z = pos_slice.apply(self.cache_dict[f"blocks.{l}.attn.hook_z"], dim=-3)
+        return head_parts(self.model, l, z, self._out(l, "attn", pos_slice))
+
+    def _neurons(self, l: int, pos_slice: Slice, keep: Slice | None = None) -> tuple[Tensor, Tensor]:
+        """Layer ``l``'s per-neuron results [..., neuron, d_model] (the ``keep`` ones) and its bias part."""
+        post = pos_slice.apply(self.cache_dict[f"blocks.{l}.mlp.hook_post"], dim=-2)
+        return neuron_parts(self.model, l, post, keep, self._out(l, "mlp", pos_slice))
+
+    def _out(self, l: int, kind: str, pos_slice: Slice) -> Tensor | None:
+        """The cached branch output (``hook_attn_out`` / ``hook_mlp_out``) the parts are checked against."""
+        out = self.cache_dict.get(f"blocks.{l}.hook_{kind}_out")
+        return None if out is None else pos_slice.apply(out, dim=-2)
 
     def stack_head_results(  # type: ignore[override]
         self,
@@ -321,9 +354,8 @@ class MLLMCache(ActivationCache):
         mlp_branch(self.model, layer)
         self._need([f"blocks.{layer}.mlp.hook_post"], method)
         keep = _slice([neuron_slice] if isinstance(neuron_slice, int) else neuron_slice)
-        post = _slice(pos_slice).apply(self.cache_dict[f"blocks.{layer}.mlp.hook_post"], dim=-2)
-        parts, _ = neuron_parts(self.model, layer, post, keep)
-        return parts if project_output_onto is None else parts @ project_output_onto.to(parts.dtype)
+        parts, _ = self._neurons(layer, _slice(pos_slice), keep)
+        return project(parts, project_output_onto)
 
     def stack_neuron_results(  # type: ignore[override]
         self,
@@ -357,7 +389,7 @@ class MLLMCache(ActivationCache):
             stack, labels = torch.cat([stack, rest[None]]), [*labels, "remainder"]
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
-        stack = _project(stack, project_output_onto)
+        stack = project(stack, project_output_onto)
         return (stack, labels) if return_labels else stack
 
     def get_full_resid_decomposition(  # type: ignore[override]
@@ -370,9 +402,11 @@ class MLLMCache(ActivationCache):
         return_labels: bool = False,
         project_output_onto: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[str]]:
-        """The residual read at ``layer`` as heads (``L{l}H{h}``), neurons (``L{l}N{n}``; ``expand_neurons=False``:
-        ``{l}_mlp_out``), ``embed``, deepstack injections and ``bias`` (the ``o`` / ``down`` biases through
-        their branches): the rows sum to that residual.
+        """The residual read at ``layer`` as rows that sum to it: per layer its heads (``L{l}H{h}``), then per layer
+        its neurons (``L{l}N{n}``; ``expand_neurons=False``: ``{l}_mlp_out``), ``embed``, deepstack injections
+        (``{l}_deepstack``) and ``bias`` (the ``o`` / ``down`` biases through their branches). A layer without
+        heads (cross-attention, linear-attention / convolution) is one ``{l}_attn_out`` row, an MLP without
+        neurons (mixture of experts, Gemma-4's scaled output) one ``{l}_mlp_out`` row.
 
         Example::
 
@@ -382,100 +416,38 @@ class MLLMCache(ActivationCache):
         method = "get_full_resid_decomposition"
         layer, pos_slice = self._layer(layer, method), _slice(pos_slice)
         self._check_mlp_input(layer, mlp_input, method)
-        heads_to = layer + (1 if mlp_input else 0)
-        for l in range(heads_to):  # structural refusals first: those hooks do not exist to be cached
-            attn_branch(self.model, l)
-        for l in range(layer if expand_neurons else 0):
-            mlp_branch(self.model, l)
-        need = [f"blocks.{l}.attn.hook_z" for l in range(heads_to)] + ["blocks.0.hook_resid_pre"]
-        need += [f"blocks.{l}.{'mlp.hook_post' if expand_neurons else 'hook_mlp_out'}" for l in range(layer)]
+        attn = [(l, has_heads(self.model, l)) for l in range(layer + (1 if mlp_input else 0))]
+        mlp = [(l, expand_neurons and has_neurons(self.model, l)) for l in range(layer)]
+        need = [f"blocks.{l}.{'attn.hook_z' if heads else 'hook_attn_out'}" for l, heads in attn]
+        need += [f"blocks.{l}.{'mlp.hook_post' if neurons else 'hook_mlp_out'}" for l, neurons in mlp]
         need += [f"blocks.{l}.hook_deepstack" for l in self.model.cfg.injection_layers if l < layer]
-        self._need(need, method)
-        heads, labels = self.stack_head_results(heads_to, return_labels=True, pos_slice=pos_slice)
-        parts = [heads]
+        self._need(["blocks.0.hook_resid_pre", *need], method)
         embed = pos_slice.apply(self.cache_dict["blocks.0.hook_resid_pre"], dim=-2)
-        bias = sum((self._heads(l, pos_slice)[1] for l in range(heads_to)), torch.zeros_like(embed))
-        if expand_neurons:
-            neurons, neuron_labels = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True)
-            parts.append(neurons)
-            labels += neuron_labels
-            for l in range(layer):
-                post = pos_slice.apply(self.cache_dict[f"blocks.{l}.mlp.hook_post"], dim=-2)
-                bias = bias + neuron_parts(self.model, l, post, Slice((0, 0)))[1]
-        else:
-            mlp, mlp_labels = self.decompose_resid(
-                layer, mode="mlp", incl_embeds=False, pos_slice=pos_slice, return_labels=True
-            )
-            parts.append(mlp)
-            labels += mlp_labels
+        parts, labels, bias = [], [], torch.zeros_like(embed)
+        for (l, split), kind in [*((a, "attn") for a in attn), *((m, "mlp") for m in mlp)]:
+            if not split:
+                parts.append(pos_slice.apply(self.cache_dict[f"blocks.{l}.hook_{kind}_out"], dim=-2)[None])
+                labels.append(f"{l}_{kind}_out")
+                continue
+            if kind == "attn":
+                rows, b = self._heads(l, pos_slice)
+            else:
+                rows, b = self._neurons(l, pos_slice)
+            parts.append(rearrange(rows, "... n m -> n ... m"))
+            labels += [f"L{l}{'H' if kind == 'attn' else 'N'}{i}" for i in range(rows.shape[-2])]
+            bias = bias + b
         parts.append(embed[None])
         labels.append("embed")
         for l in (l for l in self.model.cfg.injection_layers if l < layer):
             parts.append(pos_slice.apply(self.cache_dict[f"blocks.{l}.hook_deepstack"], dim=-2)[None])
             labels.append(f"{l}_deepstack")
-        parts.append(bias[None])
+        stack = torch.cat([*parts, bias[None]])
+        self._check_sum(stack, layer, mlp_input, pos_slice, method)
         labels.append("bias")
-        stack = torch.cat(parts)
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice=pos_slice)
-        stack = _project(stack, project_output_onto)
+        stack = project(stack, project_output_onto)
         return (stack, labels) if return_labels else stack
-
-    # ------------------------------------------------------------------ direct logit attribution
-
-    def logit_attrs(  # type: ignore[override]
-        self,
-        residual_stack: Stack,
-        tokens: Any,
-        incorrect_tokens: Any = None,
-        pos_slice: Any = None,
-        batch_slice: Any = None,
-        has_batch_dim: bool = True,
-    ) -> Float[Tensor, " component *batch_and_pos"]:
-        """Direct logit attribution: each component through the final norm (frozen scale) dotted with
-        ``W_U[:, token]`` (minus ``W_U[:, incorrect_token]``). ``tokens``: a string (one token), an id, ids
-        [batch] (one per row, every position) or [batch, pos]. Units: the head's output before soft-capping /
-        ``logits_scaling``; the sum over a full decomposition is the logit minus ``b_U[token]`` and the final
-        norm bias's part (``norm_bias() @ W_U[:, token]``).
-
-        Example::
-
-            attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), " cat", " dog", pos_slice=-1)
-        """
-        dirs = self._directions(tokens)
-        if incorrect_tokens is not None:
-            wrong = self._directions(incorrect_tokens)
-            if wrong.shape != dirs.shape:
-                raise ValueError(
-                    f"logit_attrs: tokens and incorrect_tokens must have the same shape ({tuple(dirs.shape[:-1])} "
-                    f"vs {tuple(wrong.shape[:-1])})."
-                )
-            dirs = dirs - wrong
-        scaled = self.apply_ln_to_stack(
-            residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim
-        )
-        if has_batch_dim and scaled.ndim == 4 and dirs.ndim == 2 and dirs.shape[0] == scaled.shape[1]:
-            dirs = dirs.unsqueeze(-2)  # one token per row, over every position
-        return (scaled * dirs.to(scaled.dtype)).sum(-1)
-
-    def _directions(self, tokens: Any) -> Tensor:
-        """``W_U[:, tokens]`` moved to the last axis: [*tokens.shape, d_model]."""
-        if isinstance(tokens, str):
-            ids = self.model.tokenizer.encode(tokens, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(
-                    f"logit_attrs: {tokens!r} is {len(ids)} tokens ({ids}), not one: pass a single token's string "
-                    "or its id (model.to_tokens / model.to_str_tokens show the split)."
-                )
-            tokens = ids[0]
-        ids = torch.as_tensor(tokens)
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise TypeError(f"logit_attrs: tokens must be integer ids, not {ids.dtype}.")
-        d_vocab = self.model.cfg.d_vocab
-        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < d_vocab):
-            raise ValueError(f"logit_attrs: token ids must be in [0, {d_vocab}); got {ids.min()}..{ids.max()}.")
-        w_u = self.model.W_U
-        return w_u.T[ids.to(w_u.device).long()]
 
     # ------------------------------------------------------------------ slicing keeps the class
 
@@ -486,10 +458,3 @@ class MLLMCache(ActivationCache):
             value = getattr(self, name)
             setattr(out, name, None if value is None else _slice(batch_slice).apply(value, dim=0))
         return out
-
-
-def _project(stack: Tensor, onto: Tensor | None) -> Tensor:
-    if onto is None:
-        return stack
-    out = stack @ onto.to(stack.dtype)
-    return out

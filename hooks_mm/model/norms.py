@@ -75,8 +75,9 @@ def norm_form(module: nn.Module, x: Float[Tensor, "... d_model"], where: str = "
         (float(v) for k in ("eps", "variance_epsilon", "epsilon") if (v := getattr(module, k, None)) is not None), None
     )
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-    weight = weight.detach() if isinstance(weight, Tensor) else None
-    bias = bias.detach() if isinstance(bias, Tensor) else None
+    # held on x's device: a cache may live elsewhere than the model (run_with_cache(device="cpu"))
+    weight = weight.detach().to(x.device) if isinstance(weight, Tensor) else None
+    bias = bias.detach().to(x.device) if isinstance(bias, Tensor) else None
     if eps is None:
         raise NotImplementedError(
             f"the norm {where} ({name}) has no eps / variance_epsilon: hooks_mm cannot read it as a linear map with "
@@ -86,7 +87,8 @@ def norm_form(module: nn.Module, x: Float[Tensor, "... d_model"], where: str = "
     centres = (True, False) if layer_norm else (False, True)
     weights = [weight, None if weight is None else 1.0 + weight] if weight is not None else [None]
     with torch.no_grad():
-        ref = module(x).float()
+        param = next(module.parameters(), None)
+        ref = module(x if param is None else x.to(param.device)).float().to(x.device)
         tol = (1e-4 if x.dtype == torch.float32 else 3e-2) * max(1.0, ref.abs().max().item())
         for centre in centres:
             for w in weights:
