@@ -33,6 +33,7 @@ def test_parameters_state_dict_and_modes_are_the_hf_models() -> None:
     assert list(model.state_dict()) == list(hf.state_dict())  # HF's own keys
     model.requires_grad_(False)
     assert not any(p.requires_grad for p in hf.parameters())
+    assert not model.training and not hf.training  # the wrapper reports the HF model's mode (eval once loaded)
     model.train()
     assert hf.training and all(m.training for m in hf.modules())
     model.eval()

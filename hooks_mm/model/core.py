@@ -142,6 +142,7 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         self.setup()
         del self.__dict__["hf_model"]
         self.add_module("hf_model", hf_model)  # to / half / train / parameters reach it
+        self.training = hf_model.training  # the wrapper reports the HF model's mode (eval after from_pretrained)
         self.__dict__["_wiring"] = Wiring(self)
         self.__dict__["_last_batch"] = None
         self.__dict__["_bound"] = []  # batches the active model.interventions(...) blocks were compiled for
