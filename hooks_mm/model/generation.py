@@ -83,11 +83,12 @@ def generate(
         cache = kwargs.get("past_key_values")
         past = cache.get_seq_length() if cache is not None else 0
         n = ids.shape[1]
-        if past not in (0, done[0]) or (past == 0 and done[0] and n != done[0] + 1):  # cached, or all from 0
+        lost = past not in (0, done[0]) or (past == 0 and done[0] and n != done[0] + 1)  # cached, or all from 0
+        if lost and interventions is not None:
             raise RuntimeError(
                 f"generate: this step computes {n} position(s) after a cache of {past}, but {done[0]} were computed "
-                "so far: the step's positions are unknown, so no edit is applied: generate one token per step "
-                "from this prompt (a plain generate call)."
+                "so far: the spec's edits cannot be placed on positions that cannot be told: generate one token per "
+                "step from this prompt (a plain generate call, no speculative or chunked decoding)."
             )
         done[0] = past + n
         model.positions = torch.arange(past, past + n, device=ids.device)
