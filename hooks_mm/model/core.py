@@ -36,9 +36,9 @@ from hooks_mm.adapters import Adapter, adapter_for, check_backbone
 from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks
 from hooks_mm.layout import ModalityLayout
-from hooks_mm.model import generation
 from hooks_mm.model.batch import Batch, again, layout_of, take_positions
 from hooks_mm.model.checks import PIXEL_KEYS, check_hook_list, check_inputs, check_return_type, same_inputs
+from hooks_mm.model.generation import generate as generate_with
 from hooks_mm.model.hybrid import absent_reason, mlp_width, token_mixers
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
@@ -425,7 +425,7 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
 
             out = model.generate(inputs, max_new_tokens=8, interventions=Steer(1, v.tolist(), Generated()))
         """
-        return generation.generate(
+        return generate_with(
             self,
             inputs,
             max_new_tokens=max_new_tokens,
