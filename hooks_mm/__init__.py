@@ -8,13 +8,16 @@ from hooks_mm.selectors import (
     Answer,
     Audio,
     AudioTime,
+    First,
     Frame,
     Generated,
     Image,
     Instruction,
     Last,
+    LastN,
     NonPad,
     Positions,
+    Rows,  # issue 16: contrastive decoding (batch rows)
     Selector,
     Special,
     System,
@@ -52,3 +55,5 @@ __all__ = [
     "adapter_for",
     "register",
 ]
+__all__ += ["First", "LastN"]  # issue 16: ragged batches
+__all__ += ["Rows"]  # issue 16: contrastive decoding

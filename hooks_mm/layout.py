@@ -225,9 +225,34 @@ class ModalityLayout:
         if not bool((counts == counts[0]).all()):
             raise ValueError(
                 f"selector {selector!r} picks a different number of positions per row "
-                f"({counts.tolist()}); select per row, or use layout.select() for a mask."
+                f"({counts.tolist()}); use layout.padded_indices() (indices padded with -1, and a mask), "
+                "First(n, of=...) for n positions in every row, or layout.select() for a mask."
             )
         return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+
+    # -- ragged selections (issue 16): rows with different numbers of selected positions
+    def padded_indices(self, selector: Any) -> tuple[Int[Tensor, "batch n_max"], Bool[Tensor, "batch n_max"]]:
+        """Per-row position indices picked by ``selector``, in order, padded with -1 to the
+        largest row count ``n_max``, and the bool mask of real (non-padded) slots. With equal
+        counts this is ``(indices(selector), all True)``.
+
+        Example::
+
+            idx, real = layout.padded_indices(Image())   # rows with 4 and 13 image tokens: [2, 13]
+            idx[0, 4:]                                   # -1 -1 ... (row 0 has 4)
+        """
+        mask = self.select(selector)
+        counts = mask.sum(1)
+        if int(counts.max()) == 0:
+            raise ValueError(
+                f"selector {selector!r} selects no position in this batch "
+                f"(modalities present: {self.summary()}). Pick positions that exist."
+            )
+        n_max = int(counts.max())
+        real = torch.arange(n_max, device=mask.device) < counts[:, None]
+        idx = torch.full(real.shape, -1, dtype=torch.long, device=mask.device)
+        idx[real] = mask.nonzero()[:, 1]  # nonzero is row-major: row r's positions fill row r's first slots
+        return idx, real
 
     def summary(self) -> dict[str, int]:
         return {m.name.lower(): int((self.modality == m).sum()) for m in Modality if (self.modality == m).any()}

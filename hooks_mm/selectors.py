@@ -367,6 +367,32 @@ SELECTORS: dict[str, type[Selector]] = {
 }
 
 
+# ---- issue 16 (contrastive decoding): batch rows as a selector
+class Rows(Selector):
+    """Every real position of batch rows ``rows`` (an int, a list of ints or a range).
+
+    Restricts a spec to some rows of a batch, e.g. the reference half of a doubled batch in
+    contrastive decoding: ``After(Image()) & Rows(range(2, 4))``. A row beyond the batch is an error.
+    """
+
+    def __init__(self, rows: int | Sequence[int] | range):
+        items = [rows] if is_int(rows) else list(rows) if isinstance(rows, (list, tuple, range)) else None
+        if not items or not all(is_int(r) and r >= 0 for r in items):
+            raise TypeError(f"Rows({rows!r:.80}): give a non-empty list (or range) of non-negative int row indices.")
+        self.rows = sorted({int(r) for r in items})
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        n = layout.shape[0]
+        if self.rows[-1] >= n:
+            raise ValueError(f"Rows({self.rows}) is out of range: this batch has {n} rows (0..{n - 1}).")
+        m = torch.zeros(tuple(layout.shape), dtype=torch.bool, device=layout.modality.device)
+        m[self.rows] = True
+        return m & (layout.modality != Modality.PAD)
+
+
+SELECTORS["Rows"] = Rows
+
+
 # ---------------------------------------------------------------- generation (issue 16)
 
 
@@ -399,3 +425,41 @@ def as_selector(x: Any) -> Selector:
     raise TypeError(
         f"cannot select positions with {x!r}: use a Selector (Image(), Video(), Audio(), Text(), Last(), ...) or ints."
     )
+
+
+# -- "first n of" / "last n of" (issue 16, ragged batches): equal counts per row from a ragged selection
+
+
+class First(Selector):
+    """The first ``n`` positions that ``of`` selects in each row (default ``of``: every real
+    position). A row where ``of`` selects fewer than ``n`` keeps all it has (so counts can still
+    differ: ``layout.padded_indices`` / ``run_with_cache(pos=...)`` pad them; ``Patch(map="order")``
+    refuses them, naming the rows).
+
+    Example::
+
+        First(4, of=Image())        # the first 4 image tokens of every row
+        LastN(2, of=Text())         # the last 2 text tokens of every row
+        Selector.from_dict(First(4, of=Image()).to_dict()) == First(4, of=Image())
+    """
+
+    def __init__(self, n: int, of: Selector | None = None):
+        if not is_int(n) or n < 1:
+            raise TypeError(f"{type(self).__name__}(n={n!r}): give a positive int count of positions per row.")
+        self.n, self.of = int(n), NonPad() if of is None else as_selector(of)
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = self.of.mask(layout)
+        return m & (m.cumsum(1) <= self.n)
+
+
+class LastN(First):
+    """The last ``n`` positions that ``of`` selects in each row (rows with fewer keep all they
+    have); ``LastN(1)`` is ``Last()``. See :class:`First`."""
+
+    def mask(self, layout: ModalityLayout) -> Tensor:
+        m = self.of.mask(layout)
+        return m & (m.flip(1).cumsum(1).flip(1) <= self.n)
+
+
+SELECTORS.update({c.__name__: c for c in (First, LastN)})

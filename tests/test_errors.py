@@ -82,7 +82,7 @@ def test_selector_that_selects_nothing_or_ragged_rows(llava) -> None:  # noqa: A
     with pytest.raises(ValueError, match="selects no position"):
         text_only.model.run_with_cache(text_only.inputs, pos=Image())
     with pytest.raises(ValueError, match="different number of positions per row"):
-        llava.model.run_with_cache(llava.inputs, pos=Image())  # row 0 has two images, row 1 one
+        llava.model.layout(llava.inputs).indices(Image())  # row 0 has two images, row 1 one (pos= pads: test_ragged)
     assert_clean(text_only.model)
 
 

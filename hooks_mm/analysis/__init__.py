@@ -7,6 +7,8 @@
 - :mod:`.sequence`: GAK and soft-DTW between interleaved sequences of hidden states
 - :mod:`.weights`: activated-weight overlap (Wanda masks calibrated per modality, IoU)
 - :mod:`.erasure`: centroid erasure cost, TCCD (with alpha search), VCD, text-centric bias
+- :mod:`.lens` / :mod:`.dla`: the logit lens and direct logit attribution at every image patch, on the patch grid
+- :mod:`.decoding`: contrastive decoding as generation (VCD, TCCD or any spec as the reference run)
 """
 
 from hooks_mm.analysis.alignment import (
@@ -23,6 +25,8 @@ from hooks_mm.analysis.alignment import (
     pooled_embeddings,
     token_similarity,
 )
+from hooks_mm.analysis.decoding import Reference, contrastive_generate, spec_reference, tccd, vcd
+from hooks_mm.analysis.dla import FrozenNorm, PatchDLA, patch_dla  # issue 16
 from hooks_mm.analysis.erasure import (
     accuracy,
     choice_score,
@@ -33,6 +37,7 @@ from hooks_mm.analysis.erasure import (
     tune_tccd,
     vcd_logits,
 )
+from hooks_mm.analysis.lens import ImagePositions, LensRow, PatchLens, image_positions, patch_logit_lens  # issue 16
 from hooks_mm.analysis.neurons import activation_probabilities, lape, mask_spec, neuron_masking_matrix, top_difference
 from hooks_mm.analysis.sequence import gak_similarity, log_gak, sequence_elements, soft_dtw
 from hooks_mm.analysis.weights import input_norms, wanda_mask, wanda_overlap
@@ -70,4 +75,14 @@ __all__ = [
     "input_norms",
     "wanda_mask",
     "wanda_overlap",
+    # issue 16: logit lens and DLA over image patches
+    "FrozenNorm",
+    "ImagePositions",
+    "LensRow",
+    "PatchDLA",
+    "PatchLens",
+    "image_positions",
+    "patch_dla",
+    "patch_logit_lens",
 ]
+__all__ += ["Reference", "contrastive_generate", "spec_reference", "tccd", "vcd"]  # issue 16

@@ -135,7 +135,8 @@ def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:
                 )
 
 
-def _check_bank(bank: CentroidBank, positions: Any, what: str) -> None:
+def check_bank(bank: CentroidBank, positions: Any, what: str) -> None:
+    """Refuse a bank fitted on other positions than the ones it will replace."""
     fitted = bank.meta.get("positions")
     if fitted is not None and as_saved(fitted) != as_saved(positions.to_dict()):
         raise ValueError(
@@ -159,8 +160,8 @@ def erasure_cost(
     Every row must hold image positions and text after them (a row without them would cost
     0 by construction), and each bank must have been fitted on the positions it erases.
     """
-    _check_bank(text_bank, After(Image()), "text_bank")
-    _check_bank(visual_bank, Image(), "visual_bank")
+    check_bank(text_bank, After(Image()), "text_bank")
+    check_bank(visual_bank, Image(), "visual_bank")
     clean = accuracy(model, batches, answers, score)
     text = accuracy(model, batches, answers, score, CentroidReplacement(text_bank, After(Image()), a_interp))
     visual = accuracy(model, batches, answers, score, CentroidReplacement(visual_bank, Image(), a_interp))
@@ -179,7 +180,7 @@ def tccd_logits(
 ) -> Tensor:
     """Text-centroid contrastive decoding at the last position:
     ``l_clean + alpha (l_clean - l_text_erased)`` (no plausibility cut-off)."""
-    _check_bank(text_bank, After(Image()), "text_bank")
+    check_bank(text_bank, After(Image()), "text_bank")
     batch = model.prepare(inputs)
     spec = CentroidReplacement(text_bank, After(Image()), a_interp)
     check_reaches_last(model, batch, spec)
@@ -247,6 +248,16 @@ def diffusion_noise(pixel_values: Tensor, t: int = 500, steps: int = 1000, seed:
     return abar**0.5 * pixel_values + (1 - abar) ** 0.5 * eps
 
 
+def noised_pixels(pixel_values: Tensor, t: int = 500, seed: int = 0) -> Tensor:
+    """VCD's distorted image for a batch's ``pixel_values``: :func:`diffusion_noise`, with the
+    all-zero padding image slots of [batch, slots, c, h, w] pixels (Idefics) kept zero, as the
+    model skips them only while they are zero."""
+    out = diffusion_noise(pixel_values, t, seed=seed)
+    if pixel_values.dim() == 5:
+        out[(pixel_values == 0).flatten(2).all(-1)] = 0
+    return out
+
+
 @torch.no_grad()
 def vcd_logits(
     model: "HookedMLLM", inputs: Any, alpha: float = 1.0, beta: float = 0.1, t: int = 500, seed: int = 0
@@ -259,7 +270,7 @@ def vcd_logits(
             "visual contrastive decoding noises pixel_values; these inputs have none (a discrete-token model?)."
         )
     clean = _last(batch, model(batch)).float().log_softmax(-1)
-    noised = dict(batch.inputs, pixel_values=diffusion_noise(batch["pixel_values"], t, seed=seed))
+    noised = dict(batch.inputs, pixel_values=noised_pixels(batch["pixel_values"], t, seed=seed))
     distorted = _last(batch, model(noised)).float().log_softmax(-1)
     out = (1 + alpha) * clean - alpha * distorted
     cutoff = clean < (torch.log(torch.tensor(beta)) + clean.max(-1, keepdim=True).values)

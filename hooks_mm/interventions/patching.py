@@ -5,7 +5,9 @@
 - ``"same"``: the same positions (the two runs must have the same layout shape);
 - ``"order"``: the k-th position ``source_positions`` picks in a row goes to the k-th
   position ``positions`` picks (an explicit map, e.g. image positions of run A into text
-  positions of run B; counts must match per row);
+  positions of run B). Rows may select different counts from one another (ragged batches),
+  but in each row the source and the target counts must be equal: otherwise an error naming
+  the rows and counts (equalise with ``First(n, of=...)``, or use ``"grid"``);
 - ``"grid"``: image patches resampled (bilinear) from each source image's patch grid onto
   the target image's grid, tile by tile: for runs whose image-token counts differ
   (dynamic resolution, anyres). Separator tokens are left alone.
@@ -96,16 +98,26 @@ class Patch(Intervention):
             src = tgt = ctx.same_positions(self.positions, self.source, "Patch")
         else:
             src = ctx.mask(src_sel, "Patch source", src_layout, padding="error")
-            ns, nt = src.sum(1), tgt.sum(1)
-            if not torch.equal(ns, nt):
-                raise ValueError(
-                    f"Patch: map='order' pairs positions by order, but per row the source selects "
-                    f"{ns.tolist()} and the target {nt.tolist()} positions; select equal counts, or "
-                    "use map='grid' to resample image patches."
-                )
+            order_counts(src.sum(1), tgt.sum(1))
         (s_rows, s_cols), (t_rows, t_cols) = src.nonzero(as_tuple=True), tgt.nonzero(as_tuple=True)
         shape = ctx.layout.shape
         return [Edit(n, ("copy", ctx.read(self.source, n), s_rows, s_cols, t_rows, t_cols, shape)) for n in names]
+
+
+def order_counts(ns: Tensor, nt: Tensor) -> None:
+    """``map="order"`` on ragged batches: rows may select different counts from one another (row b's k-th
+    source position goes to row b's k-th target position), but within a row the source and the target
+    must select the same count; otherwise an error naming the rows, their counts and the fixes."""
+    bad = (ns != nt).nonzero().flatten().tolist()
+    if bad:
+        rows = ", ".join(f"row {r}: source {int(ns[r])}, target {int(nt[r])}" for r in bad)
+        raise ValueError(
+            f"Patch: map='order' pairs the k-th source position of a row with its k-th target position, but "
+            f"per row the source selects {ns.tolist()} and the target {nt.tolist()} positions ({rows}). Use "
+            "map='grid' to resample image patches between images of other sizes, or equalise the counts with "
+            "First(n, of=...) / LastN(n, of=...) on positions and "
+            "source_positions (e.g. First(4, of=Image()))."
+        )
 
 
 # (row, source positions [rs, cs], target positions [rt, ct]) per image tile

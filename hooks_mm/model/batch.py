@@ -143,7 +143,12 @@ def layout_of(adapter: Adapter, hf_model: Any, processor: Any, inputs: dict[str,
 
 
 def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
-    """Keep positions ``index`` [batch, n] along the position axis of hook ``name``."""
+    """Keep positions ``index`` [batch, n] along the position axis of hook ``name``.
+
+    Slots where ``index`` is -1 (the padding of :meth:`ModalityLayout.padded_indices`, rows with
+    fewer positions) are filled by :func:`pad_fill`: NaN for floating activations, so a
+    reduction that forgets the mask shows NaN instead of a plausible number.
+    """
     dim = lookup(name).pos_dim
     if dim is None:
         return t
@@ -155,7 +160,21 @@ def take_positions(t: Tensor, name: str, index: Tensor) -> Tensor:
     shape = [1] * t.dim()
     shape[0], shape[dim] = index.shape
     idx = index.view(shape).expand(*[-1 if i in (0, dim) else s for i, s in enumerate(t.shape)])
-    return t.gather(dim, idx)
+    pad = idx < 0
+    if not bool(pad.any()):
+        return t.gather(dim, idx)  # equal counts: exactly the kept positions, no padding
+    return t.gather(dim, idx.clamp(min=0)).masked_fill(pad, pad_fill(t.dtype, name))
+
+
+def pad_fill(dtype: torch.dtype, name: str) -> Any:
+    """The value of padded slots in a ragged ``pos=`` cache: NaN for floating dtypes. Integer or bool
+    activations have no such value and are refused (a 0 or -1 there would read as real)."""
+    if dtype.is_floating_point or dtype.is_complex:
+        return float("nan")
+    raise RuntimeError(
+        f"{name} is a {dtype} activation: its padded slots in a ragged pos= cache could not be told from real "
+        "values (no NaN for this dtype). Cache it without pos=, or select equal counts per row (First(n, of=...))."
+    )
 
 
 def again(name: str, before: Tensor, now: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 from transformers import PreTrainedModel
 
@@ -37,6 +37,7 @@ from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks
 from hooks_mm.layout import ModalityLayout
 from hooks_mm.model.batch import Batch, again, layout_of, take_positions
+from hooks_mm.model.cache import MLLMCache
 from hooks_mm.model.checks import (
     PIXEL_KEYS,
     check_hook_list,
@@ -331,12 +332,15 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         device: str | torch.device | None = None,
         return_type: str | None = "logits",
         **kwargs: Any,
-    ) -> tuple[Any, ActivationCache]:
+    ) -> tuple[Any, MLLMCache]:
         """Run once and cache activations, as TransformerLens does.
 
         ``pos`` keeps only the selected positions of every position-indexed activation
         (e.g. ``pos=Image()`` or ``pos=Last()``), so memory follows what is kept; the cache
-        then has ``cache.positions`` [batch, n] with the kept indices.
+        then has ``cache.positions`` [batch, n] with the kept indices and ``cache.position_mask``
+        (bool, True where real). Rows selecting fewer positions than the most (ragged batches) are
+        padded to ``n_max``: positions -1, mask False, activations NaN (reduce with the mask:
+        :mod:`hooks_mm.ragged`, e.g. ``masked_mean(cache[name], cache.position_mask)``).
         """
         batch = self._run_batch(inputs, return_type, **kwargs)
         names = self._names(names_filter)
@@ -354,8 +358,8 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
 
         with self.hooks(fwd_hooks=[(n, save) for n in names]):
             out = self.forward(batch, return_type=return_type, stop_at_layer=stop_at_layer)
-        cache = ActivationCache(store, self)
-        cache.positions = index
+        cache = MLLMCache(store, self)  # TransformerLens's cache, its analyses on this family (model/cache.py)
+        cache.positions, cache.position_mask = index, (None if index is None else index >= 0)
         return out, cache
 
     def run_with_hooks(  # type: ignore[override]

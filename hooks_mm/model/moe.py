@@ -72,7 +72,8 @@ def check_dense(name: str, moe_layers: list[int]) -> None:
 
 
 def cache_positions(layout: Any, pos: Any, names: list[str]) -> Tensor | None:
-    """``run_with_cache``'s kept positions [batch, n] for ``pos`` (None: all), refusing hooks whose rows
+    """``run_with_cache``'s kept positions [batch, n_max] for ``pos`` (None: all; -1 in the padded slots of rows
+    that select fewer positions, see ``ModalityLayout.padded_indices``), refusing hooks whose rows
     are routed tokens (``mlp.experts.{e}.*``): their rows are not positions, and ``hook_expert_indices``
     sliced by ``pos`` would no longer say which (batch, pos) each row is."""
     if pos is None:
@@ -84,7 +85,7 @@ def cache_positions(layout: Any, pos: Any, names: list[str]) -> Tensor | None:
             "one row per token routed to the expert, not positions: cache them without pos= (names_filter= "
             "without the mlp.experts.* hooks for pos=), and map rows with hooks_mm.model.moe.routed."
         )
-    return layout.indices(as_selector(pos))
+    return layout.padded_indices(as_selector(pos))[0]
 
 
 def scores(row: Any, logits: Tensor) -> Tensor:

@@ -127,10 +127,13 @@ def check_metric_batch(metric: Any, batch: Batch) -> None:
 
 
 def _rows_at(batch: Batch, positions: Selector) -> Tensor:
-    idx = batch.layout.indices(positions)
-    if idx.shape[1] != 1:
-        raise ValueError(f"{positions!r} must pick one position per row, got {idx.shape[1]}.")
-    return idx[:, 0]
+    counts = batch.layout.select(positions).sum(1)
+    if not bool((counts == 1).all()):  # ragged selections too (a row without an image): never a padded slot
+        raise ValueError(
+            f"{positions!r} must pick one position per row, got {counts.tolist()} positions per row: pass a "
+            "selector with exactly one in every row, e.g. Last() or LastN(1, of=Text())."
+        )
+    return batch.layout.indices(positions)[:, 0]
 
 
 def _per_row(values: Sequence[int] | Tensor | int, rows: int, vocab: int | None, what: str) -> Tensor:

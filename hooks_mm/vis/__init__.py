@@ -15,6 +15,7 @@ from hooks_mm.vis.circuits import attention_heads, attention_pattern, colored_to
 from hooks_mm.vis.common import str_tokens
 from hooks_mm.vis.heatmap import PatchHeatmapHTML, patch_heatmap, patch_heatmap_html
 from hooks_mm.vis.html import Vis, page
+from hooks_mm.vis.lens import dla_heatmap, dla_heatmap_html, logit_lens_figure, logit_lens_html  # issue 16
 from hooks_mm.vis.media import (
     AudioTrack,
     VideoMap,
@@ -56,4 +57,9 @@ __all__ = [
     "tile_grid_from_tokens",
     "topk_tokens",
     "units",
+    # issue 16: the per-patch logit lens and DLA views
+    "dla_heatmap",
+    "dla_heatmap_html",
+    "logit_lens_figure",
+    "logit_lens_html",
 ]

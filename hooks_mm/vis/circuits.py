@@ -45,6 +45,17 @@ def _row(x: Any, layout: ModalityLayout | None, row: int, ndim: int, seq_axis: i
     return x
 
 
+def _square(p: np.ndarray) -> np.ndarray:
+    """``p`` ``[..., query, key]``, refused unless every position is a query (a ``pos=`` cache keeps some)."""
+    if p.shape[-2] != p.shape[-1]:
+        raise ValueError(
+            f"attention pattern of shape {p.shape}: {p.shape[-2]} queries for {p.shape[-1]} keys. A "
+            "run_with_cache(pos=...) pattern keeps only the selected queries (query k is not position k, and "
+            "ragged rows are NaN-padded): cache the pattern without pos=."
+        )
+    return p
+
+
 def _grids(values: np.ndarray, layout: ModalityLayout | None, row: int, images: Any, tile_grid: Any, title: str) -> str:
     if layout is None or not bool((layout.modality[row] == Modality.IMAGE).any()):
         return ""
@@ -80,7 +91,7 @@ def attention_heads(
     attention from position ``query`` (default: the last real position) to every image
     patch, averaged over the shown heads.
     """
-    p = _row(pattern, layout, row, 3)
+    p = _square(_row(pattern, layout, row, 3))
     seq = p.shape[-1]
     u = units(layout, row, tokens, seq_len=seq, collapse=collapse_images)
     heads = list(range(p.shape[0])) if heads is None else list(heads)
@@ -114,7 +125,7 @@ def attention_pattern(
 ) -> Vis:
     """circuitsvis ``AttentionPattern`` of one head's ``[query, key]`` pattern (WebGL-free
     browsers need ``--enable-unsafe-swiftshader`` to draw it)."""
-    p = _row(pattern, layout, row, 2)
+    p = _square(_row(pattern, layout, row, 2))
     u = units(layout, row, tokens, seq_len=p.shape[-1], collapse=collapse_images)
     return Vis("AttentionPattern", {"attention": collapse_attention(p, u), "tokens": u.labels}, title=title)
 
