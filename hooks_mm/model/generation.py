@@ -140,6 +140,11 @@ def stepped(op: tuple, store: dict[str, Tensor], model: HookedMLLM) -> Callable:
     """A hook function running ``op`` on the positions of each generation step (``model.positions``)."""
 
     def fn(x: Tensor, hook: Any) -> Tensor:
+        if model.positions is None:
+            raise RuntimeError(
+                f"generate: {hook.name} ran outside a tracked generation forward, so the positions its edit belongs "
+                "to are unknown: run the spec through model.generate(inputs, interventions=spec)."
+            )
         n_keys = x.shape[-1] if op[0] == "knock" else None  # scores [b, head, q, k]: the keys this step sees
         s = step(op, model.positions, n_keys, store)
         return x if s is None else apply(x, s, store)
