@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from hooks_mm import Generated, Image, Last, Modality, Selector, Where
 from hooks_mm.interventions import Intervention, NeuronAblation, Patch, Steer
 from hooks_mm.interventions.ops import step
 from hooks_mm.layout import generation_layout
+from hooks_mm.model.generation import stepped
 
 
 @pytest.mark.parametrize("family", ["llama", "llava", "qwen2_vl"])
@@ -217,3 +219,11 @@ def test_step_slices_ops_to_the_step_and_refuses_positions_past_the_layout() -> 
         step(("zero", mask), torch.arange(5, 6))
     with pytest.raises(ValueError, match="not contiguous"):
         step(("zero", mask), torch.tensor([0, 2]))
+
+
+def test_a_stepped_edit_outside_a_tracked_forward_is_refused() -> None:
+    fn = stepped(("zero", torch.ones(1, 3, dtype=torch.bool)), {}, SimpleNamespace(positions=None))
+    with pytest.raises(RuntimeError, match="outside a tracked generation forward"):
+        fn(torch.ones(1, 3, 2), SimpleNamespace(name="blocks.0.hook_resid_post"))
+    fn = stepped(("zero", torch.tensor([[False, True, False]])), {}, SimpleNamespace(positions=torch.arange(1, 2)))
+    assert torch.equal(fn(torch.ones(1, 1, 2), SimpleNamespace(name="x")), torch.zeros(1, 1, 2))

@@ -190,10 +190,11 @@ def test_an_interventions_block_refuses_another_batch_of_the_same_shape() -> Non
                 lambda: model(reversed_rows),
                 lambda: model.run_with_cache(reversed_rows),
                 lambda: model.run_with_hooks(reversed_rows),
-                lambda: model.generate(reversed_rows, max_new_tokens=1),
             ):
                 with pytest.raises(ValueError, match=r"compile the spec for this batch: .*model.interventions"):
                     call()
+            with pytest.raises(ValueError, match=r"interventions\(spec, inputs\) block.*interventions=spec"):
+                model.generate(reversed_rows, max_new_tokens=1)  # generate refuses any block: generate(interventions=)
             assert torch.equal(model(p.inputs), want)
             assert torch.equal(model(copy), want)
             assert torch.equal(model(model.prepare(copy)), want)

@@ -36,10 +36,17 @@ from hooks_mm.adapters import Adapter, adapter_for, check_backbone
 from hooks_mm.attention import install
 from hooks_mm.hooks import MODEL_HOOKS, block_hooks
 from hooks_mm.layout import ModalityLayout
-from hooks_mm.model import generation
 from hooks_mm.model.batch import Batch, again, layout_of, take_positions
 from hooks_mm.model.cache import MLLMCache
-from hooks_mm.model.checks import PIXEL_KEYS, check_hook_list, check_inputs, check_return_type, same_inputs
+from hooks_mm.model.checks import (
+    PIXEL_KEYS,
+    check_hook_list,
+    check_inputs,
+    check_left_padded,
+    check_return_type,
+    same_inputs,
+)
+from hooks_mm.model.generation import check_unbound, generate_with
 from hooks_mm.model.hybrid import absent_reason, mlp_width, token_mixers
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
@@ -417,30 +424,19 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         logits_processor: Any = None,
         **gen_kwargs: Any,
     ) -> Any:
-        """HF generation (KV cache on) under an intervention spec and / or raw hooks; returns what HF returns.
-
-        ``interventions``: a spec (:mod:`hooks_mm.interventions`), its positions resolved over the prompt
-        and ``max_new_tokens`` generated positions (``Generated()``; ``Last()`` is the current step);
-        exact: equal to recomputing every step without the cache. ``sources`` names the runs it reads.
-        ``fwd_hooks`` run after the spec at every step; ``model.positions`` holds the positions a step
-        computes (all prompt positions first, then one per new token). ``logits_processor`` and other
-        keywords go to HF ``generate`` (see :mod:`hooks_mm.model.generation`).
+        """HF generation (KV cache on) under a spec and / or raw hooks, exactly as recomputing each step without the
+        cache; ``sources`` names the runs the spec reads; ``Generated()`` selects the new positions, ``Last()`` is
+        the current step; ``model.positions``: the positions a step computes (see :mod:`hooks_mm.model.generation`).
 
         Example::
 
             out = model.generate(inputs, max_new_tokens=8, interventions=Steer(1, v.tolist(), Generated()))
         """
-        return generation.generate(
-            self,
-            inputs,
-            max_new_tokens=max_new_tokens,
-            interventions=interventions,
-            sources=sources,
-            fwd_hooks=fwd_hooks,
-            do_sample=do_sample,
-            logits_processor=logits_processor,
-            gen_kwargs=gen_kwargs,
-        )
+        check_unbound(self)  # before _run_batch's error for another batch
+        batch = self._run_batch(inputs)
+        check_left_padded(batch)
+        args = (max_new_tokens, interventions, sources, fwd_hooks, do_sample, logits_processor, gen_kwargs)
+        return generate_with(self, batch, *args)
 
     # ------------------------------------------------------------------ hook names
 

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from hooks_mm.interventions.ops import apply, step
 from hooks_mm.layout import generation_layout
-from hooks_mm.model.checks import check_hook_list, check_left_padded
+from hooks_mm.model.batch import Batch
+from hooks_mm.model.checks import check_hook_list
 from hooks_mm.model.wiring import exclusive
 
 HookedMLLM = Any  # hooks_mm.model.core imports this module
@@ -42,10 +43,19 @@ REFUSED = {
 }
 
 
-def generate(
+def check_unbound(model: HookedMLLM) -> None:
+    """An error inside a ``model.interventions(...)`` block, whose hooks are compiled for full forwards."""
+    if model._bound:
+        raise ValueError(
+            "generate inside a model.interventions(spec, inputs) block: that block's hooks are compiled for full "
+            "forwards of its batch, not for KV-cached generation steps: pass the spec to generate instead, outside "
+            "the block: model.generate(inputs, interventions=spec, sources=...)."
+        )
+
+
+def generate_with(
     model: HookedMLLM,
-    inputs: Any,
-    *,
+    batch: Batch,
     max_new_tokens: int,
     interventions: Any,
     sources: dict[str, Any] | None,
@@ -54,15 +64,8 @@ def generate(
     logits_processor: Any,
     gen_kwargs: dict[str, Any],
 ) -> Any:
-    """The body of :meth:`HookedMLLM.generate` (see there); every check before any hook is added."""
-    if model._bound:
-        raise ValueError(
-            "generate inside a model.interventions(spec, inputs) block: that block's hooks are compiled for full "
-            "forwards of its batch, not for KV-cached generation steps: pass the spec to generate instead, outside "
-            "the block: model.generate(inputs, interventions=spec, sources=...)."
-        )
-    batch = model._run_batch(inputs)
-    check_left_padded(batch)
+    """The body of :meth:`HookedMLLM.generate` (see there) on a checked, left-padded ``batch``; every check
+    before any hook is added."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be a positive int, got {max_new_tokens!r}.")
     raw = [(name, guarded(fn, model)) for name, fn in check_hook_list(fwd_hooks, "fwd_hooks")]
@@ -83,11 +86,12 @@ def generate(
         cache = kwargs.get("past_key_values")
         past = cache.get_seq_length() if cache is not None else 0
         n = ids.shape[1]
-        if past not in (0, done[0]) or (past == 0 and done[0] and n != done[0] + 1):  # cached, or all from 0
+        lost = past not in (0, done[0]) or (past == 0 and done[0] and n != done[0] + 1)  # cached, or all from 0
+        if lost and interventions is not None:
             raise RuntimeError(
                 f"generate: this step computes {n} position(s) after a cache of {past}, but {done[0]} were computed "
-                "so far: the step's positions are unknown, so no edit is applied: generate one token per step "
-                "from this prompt (a plain generate call)."
+                "so far: the spec's edits cannot be placed on positions that cannot be told: generate one token per "
+                "step from this prompt (a plain generate call, no speculative or chunked decoding)."
             )
         done[0] = past + n
         model.positions = torch.arange(past, past + n, device=ids.device)
@@ -136,6 +140,11 @@ def stepped(op: tuple, store: dict[str, Tensor], model: HookedMLLM) -> Callable:
     """A hook function running ``op`` on the positions of each generation step (``model.positions``)."""
 
     def fn(x: Tensor, hook: Any) -> Tensor:
+        if model.positions is None:
+            raise RuntimeError(
+                f"generate: {hook.name} ran outside a tracked generation forward, so the positions its edit belongs "
+                "to are unknown: run the spec through model.generate(inputs, interventions=spec)."
+            )
         n_keys = x.shape[-1] if op[0] == "knock" else None  # scores [b, head, q, k]: the keys this step sees
         s = step(op, model.positions, n_keys, store)
         return x if s is None else apply(x, s, store)
