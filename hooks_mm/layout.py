@@ -234,7 +234,9 @@ class ModalityLayout:
     def padded_indices(self, selector: Any) -> tuple[Int[Tensor, "batch n_max"], Bool[Tensor, "batch n_max"]]:
         """Per-row position indices picked by ``selector``, in order, padded with -1 to the
         largest row count ``n_max``, and the bool mask of real (non-padded) slots. With equal
-        counts this is ``(indices(selector), all True)``.
+        counts this is ``(indices(selector), all True)``. When the widest row selects every position
+        (``NonPad()`` on a left-padded batch), rows are not compacted: slot k is position k in every
+        row (-1 where that row does not select it), so values stay aligned with the sequence.
 
         Example::
 
@@ -249,6 +251,9 @@ class ModalityLayout:
                 f"(modalities present: {self.summary()}). Pick positions that exist."
             )
         n_max = int(counts.max())
+        if n_max == mask.shape[1]:  # the widest row keeps every position: slot k stays position k in every row,
+            pos = torch.arange(n_max, device=mask.device).expand_as(mask)  # so a [batch, seq] reader sees aligned rows
+            return torch.where(mask, pos, -1), mask
         real = torch.arange(n_max, device=mask.device) < counts[:, None]
         idx = torch.full(real.shape, -1, dtype=torch.long, device=mask.device)
         idx[real] = mask.nonzero()[:, 1]  # nonzero is row-major: row r's positions fill row r's first slots

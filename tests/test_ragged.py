@@ -81,6 +81,24 @@ def test_ragged_pos_cache_is_the_full_cache_per_row_padded_with_nan(family: str)
     assert_clean(model)
 
 
+def test_a_selection_as_wide_as_the_sequence_stays_aligned_with_it() -> None:
+    """NonPad() on a left-padded batch: the widest row keeps every position, so the slots are not compacted
+    (a [batch, seq] reader such as a heatmap would otherwise see the shorter row shifted)."""
+    p = pair_for("llava")
+    batch = p.model.prepare(p.inputs)
+    real = batch.layout.select(NonPad())
+    assert real.all(1).any() and not real.all()  # one full row and one left-padded row
+    with torch.no_grad():
+        _, cache = p.model.run_with_cache(batch, names_filter=["blocks.1.hook_resid_post"], pos=NonPad())
+        _, full = p.model.run_with_cache(batch, names_filter=["blocks.1.hook_resid_post"])
+    seq = real.shape[1]
+    assert torch.equal(cache.position_mask, real)
+    assert torch.equal(cache.positions, torch.where(real, torch.arange(seq), -1))
+    x, ref = cache["blocks.1.hook_resid_post"], full["blocks.1.hook_resid_post"]
+    assert torch.equal(x[real], ref[real]) and x[~real].isnan().all()
+    assert_clean(p.model)
+
+
 def test_equal_counts_are_unchanged_no_padding_and_an_all_true_mask() -> None:
     p = pair_for("llava")  # row 0 two images, row 1 one: Image(0) and Last() select equal counts
     layout = p.model.layout(p.inputs)
