@@ -215,20 +215,14 @@ class ModalityLayout:
 
     def indices(self, selector: Any) -> Int[Tensor, "batch n"]:
         """Per-row position indices picked by ``selector`` (same count in every row)."""
-        mask = self.select(selector)
-        counts = mask.sum(1)
-        if int(counts.max()) == 0:
-            raise ValueError(
-                f"selector {selector!r} selects no position in this batch "
-                f"(modalities present: {self.summary()}). Pick positions that exist."
-            )
-        if not bool((counts == counts[0]).all()):
+        idx, real = self.padded_indices(selector)
+        if not bool(real.all()):
             raise ValueError(
                 f"selector {selector!r} picks a different number of positions per row "
-                f"({counts.tolist()}); use layout.padded_indices() (indices padded with -1, and a mask), "
+                f"({real.sum(1).tolist()}); use layout.padded_indices() (indices padded with -1, and a mask), "
                 "First(n, of=...) for n positions in every row, or layout.select() for a mask."
             )
-        return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+        return idx
 
     # -- ragged selections (issue 16): rows with different numbers of selected positions
     def padded_indices(self, selector: Any) -> tuple[Int[Tensor, "batch n_max"], Bool[Tensor, "batch n_max"]]:
