@@ -84,10 +84,15 @@ class PositionMetric:
 
     def bind_at(self, batch: Batch, clean_at: Float[Tensor, "batch vocab"], model: HookedMLLM | None = None) -> None:
         """:meth:`bind` from the clean logits at this metric's positions only (one row each), e.g. as a
-        remote sweep gets them from the server for a weightless model."""
+        remote sweep gets them from the server for a weightless model. A no-op when the state is given."""
+        if self._from_clean is None or self.given_state is not None:
+            return
         self.check_batch(batch)
         if clean_at.shape[0] != len(self.positions):
-            raise ValueError(f"{self.name}: {clean_at.shape[0]} rows of clean logits for {len(self.positions)} rows.")
+            raise ValueError(
+                f"{self.name}: {clean_at.shape[0]} rows of clean logits for its {len(self.positions)} rows: pass the "
+                "clean logits at this metric's positions of the batch it was made for."
+            )
         self.state = self._from_clean(clean_at.detach())  # type: ignore[misc]
         source = model or self._model
         self._source = (source, weights_digest(source.hf_model)) if source is not None else None
