@@ -126,3 +126,17 @@ def test_a_weightless_client_of_another_architecture_is_refused_from_the_config(
     configs = single_neurons(big, layers=0, neurons=[0])
     with pytest.raises(ModelMismatchError, match="not the checkpoint"):  # before any request: no server here
         remote_sweep(big, inputs, configs, answer_logprob(big, inputs), remote="http://127.0.0.1:9", progress=False)
+
+
+def test_from_config_misuse_says_what_to_pass() -> None:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(resolve("tiny-llava"))
+    config._name_or_path = ""  # a config built in code: no directory to read a processor from
+    with pytest.raises(ValueError, match="names no checkpoint directory.*pass processor="):
+        HookedMLLM.from_config(config)
+    assert HookedMLLM.from_config(config, processor=False).processor is None
+    with pytest.raises(OSError, match="not a local directory with a config.json nor a built-in name"):
+        HookedMLLM.from_config("/no/such/checkpoint")
+    with pytest.raises(ValueError, match="not a floating torch dtype"):
+        HookedMLLM.from_config("tiny-llava", dtype="int8")
