@@ -57,3 +57,6 @@ __all__ = [
 ]
 __all__ += ["First", "LastN"]  # issue 16: ragged batches
 __all__ += ["Rows"]  # issue 16: contrastive decoding
+from hooks_mm.model.meta import WeightlessError  # noqa: E402  issue 17: the weightless client (HookedMLLM.from_config)
+
+__all__ += ["WeightlessError"]  # issue 17: the weightless client

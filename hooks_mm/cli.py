@@ -80,6 +80,7 @@ def inspect(model: HookedMLLM, inputs: dict[str, Any]) -> None:
         print(f"cross-attention layers {c.cross_attn_layers}")
     if c.injection_layers:
         print(f"vision injection after layers {c.injection_layers}")
+    print(f"weights    {client_weights(model)}")
     print(f"hook points ({len(model.hook_dict)}):")
     print("\n".join(_hook_summary(model)))
     layout = model.layout(inputs)
@@ -116,6 +117,15 @@ def demo(model: HookedMLLM, inputs: dict[str, Any]) -> None:
         new = out.log_softmax(-1)[layout.select(Last())]
         kl = (base.exp() * (base - new)).sum(-1).mean().item()
         print(f"  {l:<5} {kl:.5f}")
+
+
+def client_weights(model: HookedMLLM) -> str:
+    """What of the weights this process holds: "none (...)" for a weightless client, else their device."""
+    params = list(model.parameters())
+    meta = sum(p.is_meta for p in params)
+    if meta == len(params):
+        return f"none (weightless client, HookedMLLM.from_config: all {meta} parameters on the meta device)"
+    return f"loaded ({len(params) - meta}/{len(params)} parameters on {model.cfg.device})"
 
 
 def sweep_main(
@@ -163,6 +173,7 @@ def sweep_main(
         "intervention": "zero-ablate one MLP neuron (mlp.hook_post) at every image position",
         "batch": list(inputs["input_ids"].shape),
         "clean_metric": float(result.clean),
+        "client_weights": client_weights(model),
         **{k: v for k, v in result.meta.items()},
     }
     (run / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -214,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from hooks_mm.zoo.organisms import ORGANISMS
 
-    model = HookedMLLM.from_pretrained(args.model)
+    remote = getattr(args, "remote", None)
+    # --remote: the weightless client (config + processor; the weights stay on the server)
+    model = HookedMLLM.from_config(args.model) if remote else HookedMLLM.from_pretrained(args.model)
     targets = None
     if args.model in ORGANISMS:
         inputs, targets = task_inputs(model, args.n_examples if args.command == "sweep" else 2)

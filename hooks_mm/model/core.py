@@ -50,6 +50,7 @@ from hooks_mm.model.generation import check_unbound, generate_with
 from hooks_mm.model.hybrid import absent_reason, mlp_width, token_mixers
 from hooks_mm.model.inputs import as_inputs, to_inputs
 from hooks_mm.model.loading import load, load_options
+from hooks_mm.model.meta import check_forward, from_config, input_device
 from hooks_mm.model.module import WrappedModule
 from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_sizes
 from hooks_mm.model.tree import block_kinds, block_tree, put
@@ -185,6 +186,8 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         model = cls(hf_model, processor, adapter=adapter)
         return model.to(device) if device is not None else model
 
+    from_config = classmethod(from_config)  # weightless: config + processor, meta parameters (model/meta.py)
+
     def save_pretrained(self, path: str, **hf_kwargs: Any) -> None:
         """Write the HF model and its processor into directory ``path``; ``from_pretrained(path)`` reloads both.
 
@@ -254,7 +257,7 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
             return inputs
         if isinstance(inputs, Batch):  # its inputs as given, before an earlier dtype cast of the pixels
             inputs = inputs.source
-        raw = as_inputs(self.processor, inputs, self.cfg.device, **kwargs)
+        raw = as_inputs(self.processor, inputs, input_device(self), **kwargs)  # CPU when weightless
         tensors = tuple(v for v in raw.values() if torch.is_tensor(v))
         key = (target, tuple(raw), tuple(id(t) for t in tensors), tuple(t._version for t in tensors))
         last = self._last_batch
@@ -273,6 +276,7 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
 
     def _run_batch(self, inputs: Any, return_type: Any = "logits", **kwargs: Any) -> Batch:
         """The checked batch of a run: no run in progress, valid inputs and return_type, the bound batch if any."""
+        check_forward(self)  # a weightless model (from_config): run it remotely
         check_idle(self.hf_model)
         batch = self.prepare(inputs, **kwargs)
         check_return_type(return_type, batch)

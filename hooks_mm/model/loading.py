@@ -43,8 +43,8 @@ def as_dtype(dtype: Any) -> torch.dtype | str:
     return value
 
 
-def load(name_or_path: str, processor: Any | bool = True, **hf_kwargs: Any) -> tuple[Any, Any, Adapter]:
-    """(HF model in eval mode, processor or None, adapter) of a checkpoint; see ``HookedMLLM.from_pretrained``."""
+def load_config(name_or_path: str) -> tuple[str, Any, Adapter, type]:
+    """(resolved path, HF config, adapter, HF model class) of a checkpoint; reads no weights."""
     import transformers
 
     from hooks_mm.zoo import builtin_names, resolve
@@ -65,16 +65,30 @@ def load(name_or_path: str, processor: Any | bool = True, **hf_kwargs: Any) -> t
             f"{len(tiny)} families: {', '.join(tiny[:6])}, ...; hooks_mm.zoo.builtin_names() lists them), a local "
             "directory holding config.json, or a hub id with the network on (unset HF_HUB_OFFLINE)."
         ) from e
+    adapter, model_cls = config_class(config, name_or_path)
+    return path, config, adapter, model_cls
+
+
+def config_class(config: Any, name: str) -> tuple[Adapter, type]:
+    """(adapter, HF model class) of an HF config, from its ``architectures``."""
+    import transformers
+
     arch = (config.architectures or [None])[0]
     if arch is None:
         raise ValueError(
-            f"{name_or_path}: config.json names no architecture; load the model yourself and "
+            f"{name}: config.json names no architecture; load the model yourself and "
             "wrap it with HookedMLLM(hf_model, processor)."
         )
     adapter = adapter_for_names([arch], config)
     model_cls = getattr(transformers, arch, None)
     if model_cls is None:
         raise NotImplementedError(f"transformers {transformers.__version__} has no class {arch}.")
+    return adapter, model_cls
+
+
+def load(name_or_path: str, processor: Any | bool = True, **hf_kwargs: Any) -> tuple[Any, Any, Adapter]:
+    """(HF model in eval mode, processor or None, adapter) of a checkpoint; see ``HookedMLLM.from_pretrained``."""
+    path, _, adapter, model_cls = load_config(name_or_path)
     hf_kwargs.setdefault("dtype", "auto")
     hf_model = model_cls.from_pretrained(path, **hf_kwargs).eval()
     if processor is True:

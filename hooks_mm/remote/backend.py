@@ -107,7 +107,9 @@ class NNsightBackend:
     ``model``: the HookedMLLM of the checkpoint (for layouts, the adapter table and
     validation). ``lm``: its nnsight model (default: ``model.hf_model`` wrapped in process,
     which can run ``remote=False`` / ``"local"`` but has no server identity; use
-    :func:`load_nnsight` for a deployed checkpoint).
+    :func:`load_nnsight` for a deployed checkpoint). ``check_model=False`` skips
+    :func:`check_same_model` (a stand-in server model of another size: the values are then that
+    model's, and every edit must fit its shapes; for tests of the client path only).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class NNsightBackend:
         api_key: str | None = None,
         max_request_bytes: int | None = None,
         verbose: bool = False,
+        check_model: bool = True,
     ):
         self.model = model
         self.verbose = verbose
@@ -134,7 +137,7 @@ class NNsightBackend:
             key = "processor" if model.adapter.image_mask is not None and hasattr(proc, "tokenizer") else "tokenizer"
             task = "image-text-to-text" if key == "processor" else "text-generation"
             lm = TransformersModel(model.hf_model, task=task, **{key: proc})
-        else:
+        elif check_model:
             check_same_model(model, lm)
         self.lm = lm
         self.api_key = api_key

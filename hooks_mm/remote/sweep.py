@@ -38,7 +38,9 @@ import torch
 from torch import Tensor
 
 from hooks_mm.interventions import Context
+from hooks_mm.model.meta import is_weightless
 from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_key, poll
+from hooks_mm.remote.client import SKIPPED, bind_remotely
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
 from hooks_mm.remote.nnsight_compat import wrapped_module
 from hooks_mm.sweep.core import (
@@ -69,7 +71,7 @@ def backend_for(model: HookedMLLM | NNsightBackend, remote: Remote, **kwargs: An
     checkpoint."""
     if isinstance(model, NNsightBackend):
         return model
-    if remote in (False, None, "local"):
+    if remote in (False, None, "local") and not is_weightless(model):  # weightless: nnsight's copy of the checkpoint
         return NNsightBackend(model, **kwargs)
     path = getattr(model.hf_model.config, "_name_or_path", None) or getattr(model.hf_model, "name_or_path", None)
     if not path:
@@ -154,8 +156,10 @@ class NNsightSweep:
             if isinstance(metric, PositionMetric):
                 metric.bind(batch, logits, model)
             self.local_clean = metric_value(metric, logits, None)
+        self.weightless = is_weightless(model)  # then the clean reference comes from the server (remote/client.py)
+        bind_remotely(nn, model, batch, metric, self._with_retries, self.remote)
         self.reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
-        if self.remote in (False, None, "local"):  # the weights this process runs
+        if self.remote in (False, None, "local") and not self.weightless:  # the weights this process runs
             return f"{model.cfg.architecture}|{weights_digest(wrapped_module(nn.lm))}".encode()
         return model_key(nn.lm).encode()  # the deployed checkpoint: repo id or path, revision, task
 
@@ -206,6 +210,7 @@ class NNsightSweep:
             "bytes_received": st.bytes_received - s0.bytes_received,
             "retries": st.retries - s0.retries,
             "latencies": list(st.latencies[self.n_lat :]),
+            **({"weights_check": SKIPPED} if self.weightless else {}),
         }
 
     def compare_clean(self, remote_clean: Tensor) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from hooks_mm.layout import Modality
+from hooks_mm.model.meta import check_forward
 from hooks_mm.selectors import Last, Selector
 from hooks_mm.sweep.identity import weights_digest
 
@@ -78,10 +80,22 @@ class PositionMetric:
         state is derived again on next use (never a stale reference).
         """
         if self._from_clean is not None and self.given_state is None:
-            self.check_batch(batch)
-            self.state = self._from_clean(clean_logits[self.rows, self.positions.to(clean_logits.device)].detach())
-            source = model or self._model
-            self._source = (source, weights_digest(source.hf_model)) if source is not None else None
+            self.bind_at(batch, clean_logits[self.rows, self.positions.to(clean_logits.device)], model)
+
+    def bind_at(self, batch: Batch, clean_at: Float[Tensor, "batch vocab"], model: HookedMLLM | None = None) -> None:
+        """:meth:`bind` from the clean logits at this metric's positions only (one row each), e.g. as a
+        remote sweep gets them from the server for a weightless model. A no-op when the state is given."""
+        if self._from_clean is None or self.given_state is not None:
+            return
+        self.check_batch(batch)
+        if clean_at.shape[0] != len(self.positions):
+            raise ValueError(
+                f"{self.name}: {clean_at.shape[0]} rows of clean logits for its {len(self.positions)} rows: pass the "
+                "clean logits at this metric's positions of the batch it was made for."
+            )
+        self.state = self._from_clean(clean_at.detach())  # type: ignore[misc]
+        source = model or self._model
+        self._source = (source, weights_digest(source.hf_model)) if source is not None else None
 
     def _ready(self) -> Any:
         if self._from_clean is None or self.given_state is not None:
@@ -90,6 +104,8 @@ class PositionMetric:
         stale = source is not None and weights_digest(source[0].hf_model) != source[1]
         if self.state is None or stale:
             model = source[0] if source is not None else self._model
+            fix = ", which computes the clean run on the server; or give the state (answer_logprob(..., targets=))"
+            check_forward(model, f"{self.name} derives its reference from the clean run", fix)
             with torch.no_grad():  # the bare HF forward: clean even inside model.hooks(...) / model.interventions(...)
                 logits = model.hf_model(**self._batch.model_inputs).logits  # type: ignore[union-attr]
             self.bind(self._batch, logits, model)  # type: ignore[arg-type]
