@@ -85,6 +85,19 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
     return (layer, _ORDER[suffix]), ".".join(filter(None, [a.layers, str(layer), *paths])), attr
 
 
+def head_path(model: HookedMLLM) -> str:
+    """The module path of the unembedding (``get_output_embeddings()``), whose input the plan cuts to the
+    metric's positions."""
+    head = model.hf_model.get_output_embeddings()
+    for name, module in model.hf_model.named_modules():
+        if module is head and name:
+            return name
+    raise NotImplementedError(
+        f"{model.cfg.architecture} has no output embedding module to unembed a metric's positions with on the "
+        "server: reduce a metric without positions (a function of the whole logits)."
+    )
+
+
 def _cpu(x: Any) -> Any:
     if torch.is_tensor(x):
         return x.cpu()
@@ -130,6 +143,7 @@ def compile_plan(
         "inputs": _cpu(batch.model_inputs),
         "sites": [(path, attr, merged[(order, path, attr)]) for order, path, attr in sorted(merged)],
         "reduce": reduce,
+        "head": head_path(model) if reduce is not None and reduce[0] is not None else None,
         "sources": {},
     }
     captures: dict[str, list[tuple[Site, str]]] = {}
