@@ -13,7 +13,8 @@ warning names the estimate and the largest size that fits).
 What one copy counts (``e`` bytes per element, ``b`` rows, ``s`` tokens), a deliberate
 upper bound of a no-grad HF forward:
 
-- ``kv_cache``: ``2 * n_layers * b * s * n_kv_heads * d_head * e`` (HF keeps a cache unless told not to);
+- ``kv_cache``: ``2 * n_layers * b * s * n_kv_heads * d_head * e`` (HF keeps a cache unless told not to;
+  a sweep's plans pass ``use_cache=False``, so 0 there);
 - ``mask``: the 4-D attention mask, ``b * s * s * e``;
 - ``residual``: hidden state, residual, normed input, embeddings: ``4 * b * s * d_model * e``;
 - ``layer``: the larger of attention (q, k, v and their rotated copies, scores and probabilities
@@ -107,13 +108,14 @@ def _get(config: Any, *names: str, default: Any = None) -> Any:
 
 
 def estimate_per_copy(
-    config: Any, inputs: dict[str, Any], dtype: torch.dtype, *, reduced: bool = True
+    config: Any, inputs: dict[str, Any], dtype: torch.dtype, *, reduced: bool = True, kv_cache: bool = True
 ) -> dict[str, int]:
     """Estimated peak activation bytes of one copy of ``inputs`` in a no-grad forward, by part (module doc).
 
     ``config``: the HF config (a composite VLM config or a text one); ``inputs``: the model's
     keyword inputs (``input_ids`` [batch, seq], ``pixel_values`` ...); ``reduced``: the metric is
-    unembedded at its positions only (else the whole [batch, seq, vocab] logits).
+    unembedded at its positions only (else the whole [batch, seq, vocab] logits); ``kv_cache``:
+    the forward builds a KV cache (a sweep's plans turn it off when the forward takes ``use_cache``).
     """
     text = _text_config(config)
     ids = inputs.get("input_ids", inputs.get("inputs_embeds"))
@@ -131,7 +133,7 @@ def estimate_per_copy(
     attn = b * s * (2 * heads + 3 * kv) * dh * e + 2 * b * heads * s * s * e + b * s * heads * dh * e
     mlp = 4 * b * s * f * e
     parts = {
-        "kv_cache": 2 * n_layers * b * s * kv * dh * e,
+        "kv_cache": 2 * n_layers * b * s * kv * dh * e if kv_cache else 0,
         "mask": b * s * s * e,
         "residual": 4 * b * s * d * e,
         "layer": max(attn, mlp) + b * s * max(d, f) * e,
@@ -160,8 +162,8 @@ def estimate_per_copy(
 
 
 def plan_memory(
-    model: HookedMLLM,
-    batch: Batch,
+    model: HookedMLLM | torch.nn.Module,
+    batch: Batch | dict[str, Any],
     *,
     max_memory: int | None = None,
     configs_per_trace: int | None = None,
@@ -169,6 +171,7 @@ def plan_memory(
     reduced: bool = True,
     captures: int = 0,
     dtype: torch.dtype | None = None,
+    kv_cache: bool = False,
 ) -> MemoryPlan:
     """Size ``configs_per_trace`` and ``max_configs_per_request`` for ``batch`` from a memory budget.
 
@@ -177,7 +180,9 @@ def plan_memory(
     chooses (the most copies that fit, at most 64 per request; requests hold whole traces),
     explicit values are checked (a warning when the estimate is over); ``reduced``: the metric is
     unembedded at its positions on the server; ``captures``: activations kept from source runs;
-    ``dtype``: the server's (default: the model's). Works on a weightless (meta) model.
+    ``dtype``: the server's (default: the model's); ``kv_cache``: the forward keeps a KV cache.
+    ``model`` may be a HookedMLLM or a bare HF model, and weightless (meta); ``batch`` a Batch or
+    the model's keyword inputs.
 
     Example::
 
@@ -189,13 +194,13 @@ def plan_memory(
     if max_memory is not None and (not isinstance(max_memory, int) or max_memory <= 0):
         raise ValueError(f"max_memory={max_memory!r}: pass the server device's memory in bytes, e.g. 80 << 30.")
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    hf = model.hf_model
+    hf = getattr(model, "hf_model", model)
     params = list(hf.parameters()) + list(hf.buffers())
-    dtype = dtype or model.cfg.dtype
+    dtype = dtype or next(p.dtype for p in params if p.is_floating_point())
     e = torch.empty((), dtype=dtype).element_size()
     weights = sum(p.numel() * (e if p.is_floating_point() else p.element_size()) for p in params)
-    inputs = batch.model_inputs
-    parts = estimate_per_copy(hf.config, inputs, dtype, reduced=reduced)
+    inputs = getattr(batch, "model_inputs", batch)
+    parts = estimate_per_copy(hf.config, inputs, dtype, reduced=reduced, kv_cache=kv_cache)
     b, s = (int(n) for n in inputs["input_ids"].shape[:2])
     d = int(_get(_text_config(hf.config), "hidden_size", "d_model", "n_embd"))
     fixed = captures * b * s * d * e

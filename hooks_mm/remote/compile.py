@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,12 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
             "the MLP on [batch * pos, ...] rows, not [batch, pos, ...]; run this spec with HookedMLLM."
         )
     return (layer, _ORDER[suffix]), ".".join(filter(None, [a.layers, str(layer), *paths])), attr
+
+
+def takes_use_cache(hf_model: Any) -> bool:
+    """Does this HF model's forward take ``use_cache`` (so a plan can turn its KV cache off)?"""
+    params = inspect.signature(hf_model.forward).parameters
+    return "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def head_path(model: HookedMLLM) -> str:
@@ -144,6 +151,7 @@ def compile_plan(
         "sites": [(path, attr, merged[(order, path, attr)]) for order, path, attr in sorted(merged)],
         "reduce": reduce,
         "head": head_path(model) if reduce is not None and reduce[0] is not None else None,
+        "use_cache": False if takes_use_cache(model.hf_model) else None,
         "sources": {},
     }
     captures: dict[str, list[tuple[Site, str]]] = {}

@@ -18,6 +18,7 @@ A plan is a dict:
 - ``capture``: for a source run, ``(key, path, attr)`` activations to keep.
 - ``reduce``: ``None`` (return the logits) or ``(positions, fn)``: ``fn`` of each config's
   logits at ``positions`` (one per row), or of its whole logits when ``positions`` is None.
+- ``use_cache``: False when the model's forward takes it: no KV cache is built (a sweep never reads it).
 - ``head``: the unembedding module's path, with ``positions``: its input (the last hidden
   state, after the final norm) is cut to those positions before it runs, so the server
   computes [copies * batch, 1, vocab] logits, never [copies * batch, seq, vocab]; the
@@ -87,7 +88,10 @@ def run(lm, plan, store):
     """Execute ``plan`` inside an open trace of ``lm``; returns the reduced values or logits."""
     k, b = plan["copies"], plan["batch"]
     # the model sees exactly these keyword inputs (nnsight's own batching would add position_ids)
-    lm.inputs = ((), {key: tile(v, k) for key, v in plan["inputs"].items()})
+    kwargs = {key: tile(v, k) for key, v in plan["inputs"].items()}
+    if plan.get("use_cache") is False:  # no KV cache: 2 x layers x tokens x kv width per copy, never read here
+        kwargs["use_cache"] = False
+    lm.inputs = ((), kwargs)
     for path, attr, edits in plan["sites"]:
         env = lm.get(path)
         if attr == "mask":

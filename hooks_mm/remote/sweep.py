@@ -40,6 +40,7 @@ from torch import Tensor
 from hooks_mm.interventions import Context
 from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_key, poll
 from hooks_mm.remote.budget import check_request_bytes, plan_memory
+from hooks_mm.remote.compile import takes_use_cache
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
 from hooks_mm.remote.nnsight_compat import wrapped_module
 from hooks_mm.sweep.core import (
@@ -183,6 +184,7 @@ class NNsightSweep:
             max_configs_per_request=per_request,
             reduced=self.reduce[0] is not None,
             captures=len(ctx.reads),
+            kv_cache=not takes_use_cache(self.model.hf_model),
         )
         self.per_trace, self.per_request = self.memory.configs_per_trace, self.memory.max_configs_per_request
         out = []
