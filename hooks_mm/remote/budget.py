@@ -261,29 +261,19 @@ def request_parts(plans: list[dict[str, Any]]) -> dict[str, int]:
     return parts
 
 
-def check_request_bytes(plans: list[dict[str, Any]], limit: int | None) -> None:
-    """Refuse (before sending) a request whose tensors alone exceed ``limit`` bytes, naming each part's size."""
-    if limit is None:
-        return
+def describe_request(plans: list[dict[str, Any]]) -> str:
+    """What one request of ``plans`` carries, by part, for the request-size error: each input's shape, dtype
+    and bytes (images once per request), the source runs' inputs and the configs' edits (raw tensor bytes)."""
     parts = request_parts(plans)
-    total = sum(parts.values())
-    if total <= limit:
-        return
-    from hooks_mm.remote.errors import RequestTooLargeError
-
     shapes = {k: v for k, v in plans[0]["inputs"].items() if torch.is_tensor(v)}
+    n = sum(p["copies"] for p in plans)
     listed = "; ".join(
         f"{k} {list(shapes[k].shape)} {str(shapes[k].dtype).removeprefix('torch.')} = {v:,} bytes"
         if k in shapes
         else f"{k} = {v:,} bytes"
         for k, v in parts.items()
     )
-    n = sum(p["copies"] for p in plans)
-    raise RequestTooLargeError(
-        f"a request of {n} configs carries {total:,} bytes of tensors ({listed}), over max_request_bytes={limit:,}: "
-        "send fewer or smaller images (each is sent once per request), lower max_configs_per_request when the "
-        "edits dominate, or raise max_request_bytes if the server accepts more."
-    )
+    return f"{n} configs; tensors before compression: {listed}"
 
 
 def peak_tensor_bytes(call: Callable[[], Any]) -> tuple[Any, int]:
@@ -346,7 +336,7 @@ __all__ = [
     "DEFAULT_MAX_MEMORY",
     "HEADROOM",
     "MemoryPlan",
-    "check_request_bytes",
+    "describe_request",
     "estimate_per_copy",
     "peak_tensor_bytes",
     "plan_memory",

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from hooks_mm.interventions import Context
 from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_key, poll
-from hooks_mm.remote.budget import check_request_bytes, plan_memory
+from hooks_mm.remote.budget import plan_memory
 from hooks_mm.remote.compile import takes_use_cache
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
 from hooks_mm.remote.nnsight_compat import wrapped_module
@@ -197,7 +197,6 @@ class NNsightSweep:
             ]
             for plan in plans[1:]:  # one inputs dict per request: its tensors (images) are serialised once
                 plan["inputs"], plan["sources"] = plans[0]["inputs"], plans[0]["sources"]
-            check_request_bytes(plans, self.nn.max_request_bytes)
             out.append((plans, [[i for i, _ in trace] for trace in traces]))
         return out
 
