@@ -349,14 +349,15 @@ def remote_sweep(
     """Run every config on ``inputs`` through nnsight (``remote``: True / host URL / "local" / False).
 
     ``options`` are :class:`NNsightSweep`'s (``max_configs_per_request``, ``configs_per_trace``,
-    ``max_request_bytes``, ``retries``, ``backoff``, ``api_key``, ``check_deployed``,
+    ``max_memory``, ``max_request_bytes``, ``retries``, ``backoff``, ``api_key``, ``check_deployed``,
     ``callback``); ``checkpoint``: finished configs are saved there after every request, and
     a call with the same file resumes; ``blocking=False`` submits every request and returns
     a :class:`RemoteSweepJob` (finished requests are checked and saved to ``checkpoint`` as
     they are fetched).
 
     Returns the :class:`~hooks_mm.sweep.SweepResult` of :func:`hooks_mm.sweep.sweep`, with
-    ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries`` and ``latencies``.
+    ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries``, ``latencies`` and
+    ``memory_plan`` (:class:`hooks_mm.remote.budget.MemoryPlan`: estimated bytes, chosen sizes).
     """
     if not blocking and remote in (False, None, "local"):
         raise ValueError(
