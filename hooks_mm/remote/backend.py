@@ -33,6 +33,7 @@ from torch import Tensor
 
 import hooks_mm.interventions.ops as ops
 import hooks_mm.remote.runner as runner
+from hooks_mm.remote.budget import describe_request
 from hooks_mm.remote.compile import compile_plan
 from hooks_mm.remote.errors import ModelMismatchError, NDIFError, ServerUnavailableError, classify, is_transient
 from hooks_mm.remote.nnsight_compat import (
@@ -173,6 +174,8 @@ class NNsightBackend:
         submitted request, for :func:`poll`.
         """
         backend = self._backend(remote, blocking)
+        if isinstance(backend, MeteredRemoteBackend):
+            backend.describe = lambda: describe_request(plans)
         t0 = time.perf_counter()
         try:
             result = _trace(self.lm, plans, backend)

@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,25 @@ def site(model: HookedMLLM, hook: str, kind: str | None = None) -> Site:
     return (layer, _ORDER[suffix]), ".".join(filter(None, [a.layers, str(layer), *paths])), attr
 
 
+def takes_use_cache(hf_model: Any) -> bool:
+    """Does this HF model's forward take ``use_cache`` (so a plan can turn its KV cache off)?"""
+    params = inspect.signature(hf_model.forward).parameters
+    return "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def head_path(model: HookedMLLM) -> str:
+    """The module path of the unembedding (``get_output_embeddings()``), whose input the plan cuts to the
+    metric's positions."""
+    head = model.hf_model.get_output_embeddings()
+    for name, module in model.hf_model.named_modules():
+        if module is head and name:
+            return name
+    raise NotImplementedError(
+        f"{model.cfg.architecture} has no output embedding module to unembed a metric's positions with on the "
+        "server: reduce a metric without positions (a function of the whole logits)."
+    )
+
+
 def _cpu(x: Any) -> Any:
     if torch.is_tensor(x):
         return x.cpu()
@@ -130,6 +150,8 @@ def compile_plan(
         "inputs": _cpu(batch.model_inputs),
         "sites": [(path, attr, merged[(order, path, attr)]) for order, path, attr in sorted(merged)],
         "reduce": reduce,
+        "head": head_path(model) if reduce is not None and reduce[0] is not None else None,
+        "use_cache": False if takes_use_cache(model.hf_model) else None,
         "sources": {},
     }
     captures: dict[str, list[tuple[Site, str]]] = {}

@@ -81,13 +81,16 @@ class MeteredRemoteBackend(RemoteBackend):
         require()
         super().__init__(*args, **kwargs)
         self.stats, self.max_request_bytes = stats, max_request_bytes
+        self.describe: Any = None  # () -> str: what the request carries (its inputs, images, edits), for the error
 
     def _serialize(self, tracer: Any) -> bytes:
         blob = super()._serialize(tracer)
         if self.max_request_bytes is not None and len(blob) > self.max_request_bytes:
             raise RequestTooLargeError(
-                f"this request serialises to {len(blob):,} bytes, over max_request_bytes={self.max_request_bytes:,}: "
-                "lower max_configs_per_request, send smaller inputs, or raise the limit."
+                f"this request serialises to {len(blob):,} bytes, over max_request_bytes={self.max_request_bytes:,}"
+                + (f" ({self.describe()})" if self.describe is not None else "")
+                + ": send fewer or smaller images (each goes once per request), lower max_configs_per_request when "
+                "the edits dominate, or raise the limit if the server accepts more."
             )
         self.stats.bytes_sent += len(blob)
         return blob

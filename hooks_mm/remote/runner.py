@@ -18,6 +18,11 @@ A plan is a dict:
 - ``capture``: for a source run, ``(key, path, attr)`` activations to keep.
 - ``reduce``: ``None`` (return the logits) or ``(positions, fn)``: ``fn`` of each config's
   logits at ``positions`` (one per row), or of its whole logits when ``positions`` is None.
+- ``use_cache``: False when the model's forward takes it: no KV cache is built (a sweep never reads it).
+- ``head``: the unembedding module's path, with ``positions``: its input (the last hidden
+  state, after the final norm) is cut to those positions before it runs, so the server
+  computes [copies * batch, 1, vocab] logits, never [copies * batch, seq, vocab]; the
+  model's own head (and what its forward does after it: soft-capping, scaling) runs on them.
 
 Example (inside a trace)::
 
@@ -83,7 +88,10 @@ def run(lm, plan, store):
     """Execute ``plan`` inside an open trace of ``lm``; returns the reduced values or logits."""
     k, b = plan["copies"], plan["batch"]
     # the model sees exactly these keyword inputs (nnsight's own batching would add position_ids)
-    lm.inputs = ((), {key: tile(v, k) for key, v in plan["inputs"].items()})
+    kwargs = {key: tile(v, k) for key, v in plan["inputs"].items()}
+    if plan.get("use_cache") is False:  # no KV cache: 2 x layers x tokens x kv width per copy, never read here
+        kwargs["use_cache"] = False
+    lm.inputs = ((), kwargs)
     for path, attr, edits in plan["sites"]:
         env = lm.get(path)
         if attr == "mask":
@@ -99,14 +107,31 @@ def run(lm, plan, store):
     reduce = plan.get("reduce")
     if reduce == "none":
         return None
-    logits = lm.output.logits
+    head = plan.get("head")
+    if reduce is not None and reduce[0] is not None and head is not None:
+        _cut_to_positions(lm.get(head), reduce[0], k, b)
+        logits = lm.output.logits[:, 0]  # [copies * batch, vocab]: one position per row
+    else:
+        logits = lm.output.logits
     if reduce is None:
         return logits
     positions, fn = reduce
     values = []
     for i in range(k):
         part = logits[i * b : (i + 1) * b]
-        if positions is not None:
+        if positions is not None and head is None:
             part = part[torch.arange(b, device=part.device), positions.to(part.device)]
         values.append(torch.as_tensor(fn(part)).detach().float().cpu())
     return torch.stack(values)
+
+
+def _cut_to_positions(env, positions, k, b):
+    """Feed the unembedding only row i's hidden state at ``positions[i]`` (for each of ``k`` copies)."""
+    h = env.input
+    if h.dim() != 3 or h.shape[0] != k * b or int(positions.max()) >= h.shape[1]:
+        raise RuntimeError(
+            f"the unembedding's input has shape {tuple(h.shape)}, not [{k * b}, seq > {int(positions.max())}, d_model]"
+            ": this model's head does not read per-position hidden states; reduce a metric without positions."
+        )
+    rows = torch.arange(k * b, device=h.device)
+    env.input = h[rows, positions.to(h.device).repeat(k)][:, None]

@@ -40,7 +40,9 @@ from torch import Tensor
 from hooks_mm.interventions import Context
 from hooks_mm.model.meta import is_weightless
 from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_key, poll
+from hooks_mm.remote.budget import plan_memory
 from hooks_mm.remote.client import SKIPPED, bind_remotely
+from hooks_mm.remote.compile import takes_use_cache
 from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
 from hooks_mm.remote.nnsight_compat import wrapped_module
 from hooks_mm.sweep.core import (
@@ -95,9 +97,13 @@ class NNsightSweep:
     round trip (``"local"``), or an NDIF server (``True`` / a host URL).
 
     ``max_configs_per_request``: configs per request (the first also runs the clean copy);
-    ``configs_per_trace``: configs batched into one forward (None: all of a request; lower it
-    to bound the server's memory, and a request becomes a session of several traces);
-    ``max_request_bytes``: a request whose payload is larger is refused before sending;
+    ``configs_per_trace``: configs batched into one forward (a request of more becomes a
+    session of several traces); both None: sized from ``max_memory`` (bytes of the server
+    device, weights included; default 40 GiB) by :func:`hooks_mm.remote.budget.plan_memory`,
+    whose plan is ``result.meta["memory_plan"]``; explicit values are checked against it (a
+    warning when over). A metric with positions is unembedded at those positions only, on the
+    server; ``max_request_bytes``: a request whose payload (inputs and images, sent once per
+    request, and the configs' edits) is larger is refused before sending;
     ``retries`` / ``backoff``: transient failures are retried after ``backoff * 2**attempt``
     s; ``check_deployed``: ask the server's ``/status`` first and fail fast when the model is
     not deployed; ``check_weights``: compare the server's clean metric with the local model's
@@ -111,8 +117,9 @@ class NNsightSweep:
         backend: NNsightBackend | None = None,
         *,
         remote: Remote = True,
-        max_configs_per_request: int = 64,
-        configs_per_trace: int | None = 32,
+        max_configs_per_request: int | None = None,
+        configs_per_trace: int | None = None,
+        max_memory: int | None = None,
         max_request_bytes: int | None = 16 << 20,
         retries: int = 3,
         backoff: float = 1.0,
@@ -121,12 +128,15 @@ class NNsightSweep:
         check_weights: bool = True,
         callback: Callable[[int, int], None] | None = None,
     ):
-        if max_configs_per_request < 1 or (configs_per_trace is not None and configs_per_trace < 1):
-            raise ValueError("max_configs_per_request and configs_per_trace must be >= 1.")
+        sizes = {"max_configs_per_request": max_configs_per_request, "configs_per_trace": configs_per_trace}
+        for name, value in sizes.items():
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r}: pass an integer >= 1, or None to size it from max_memory.")
         if retries < 0 or backoff < 0:
             raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0.")
-        self.backend, self.remote, self.per_request = backend, remote, max_configs_per_request
-        self.per_trace = configs_per_trace or max_configs_per_request
+        self.backend, self.remote, self.max_memory = backend, remote, max_memory
+        self.asked = (configs_per_trace, max_configs_per_request)
+        self.per_trace, self.per_request, self.memory = configs_per_trace, max_configs_per_request, None
         self.max_request_bytes, self.retries, self.backoff = max_request_bytes, retries, backoff
         self.api_key, self.check_deployed, self.callback = api_key, check_deployed, callback
         self.check_weights, self.answered = check_weights, False
@@ -169,6 +179,18 @@ class NNsightSweep:
         for i, spec in jobs:
             if spec is not None:
                 check_edits(spec, spec.edits(ctx), i)
+        per_trace, per_request = self.asked
+        self.memory = plan_memory(
+            self.model,
+            self.batch,
+            max_memory=self.max_memory,
+            configs_per_trace=per_trace,
+            max_configs_per_request=per_request,
+            reduced=self.reduce[0] is not None,
+            captures=len(ctx.reads),
+            kv_cache=not takes_use_cache(self.model.hf_model),
+        )
+        self.per_trace, self.per_request = self.memory.configs_per_trace, self.memory.max_configs_per_request
         out = []
         for r in range(0, len(jobs), self.per_request):
             request = jobs[r : r + self.per_request]
@@ -177,6 +199,8 @@ class NNsightSweep:
                 self.nn.plan([spec for _, spec in trace], self.batch, sources=self.sources, reduce=self.reduce)
                 for trace in traces
             ]
+            for plan in plans[1:]:  # one inputs dict per request: its tensors (images) are serialised once
+                plan["inputs"], plan["sources"] = plans[0]["inputs"], plans[0]["sources"]
             out.append((plans, [[i for i, _ in trace] for trace in traces]))
         return out
 
@@ -211,6 +235,7 @@ class NNsightSweep:
             "retries": st.retries - s0.retries,
             "latencies": list(st.latencies[self.n_lat :]),
             **({"weights_check": SKIPPED} if self.weightless else {}),
+            "memory_plan": None if self.memory is None else self.memory.as_dict(),
         }
 
     def compare_clean(self, remote_clean: Tensor) -> None:
@@ -329,14 +354,15 @@ def remote_sweep(
     """Run every config on ``inputs`` through nnsight (``remote``: True / host URL / "local" / False).
 
     ``options`` are :class:`NNsightSweep`'s (``max_configs_per_request``, ``configs_per_trace``,
-    ``max_request_bytes``, ``retries``, ``backoff``, ``api_key``, ``check_deployed``,
+    ``max_memory``, ``max_request_bytes``, ``retries``, ``backoff``, ``api_key``, ``check_deployed``,
     ``callback``); ``checkpoint``: finished configs are saved there after every request, and
     a call with the same file resumes; ``blocking=False`` submits every request and returns
     a :class:`RemoteSweepJob` (finished requests are checked and saved to ``checkpoint`` as
     they are fetched).
 
     Returns the :class:`~hooks_mm.sweep.SweepResult` of :func:`hooks_mm.sweep.sweep`, with
-    ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries`` and ``latencies``.
+    ``meta`` adding ``requests``, ``bytes_sent``, ``bytes_received``, ``retries``, ``latencies`` and
+    ``memory_plan`` (:class:`hooks_mm.remote.budget.MemoryPlan`: estimated bytes, chosen sizes).
     """
     if not blocking and remote in (False, None, "local"):
         raise ValueError(
