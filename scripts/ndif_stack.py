@@ -241,6 +241,8 @@ def up() -> None:
         down()
     for sub in ("logs", "models", "ray"):
         (state / sub).mkdir(parents=True, exist_ok=True)
+    # Ray's note of the last cluster started in this temp dir: left behind, `ray start` refuses ("already running")
+    (state / "ray" / "ray_current_cluster").unlink(missing_ok=True)
     keys = {"trusted": str(uuid.uuid4()), "sandboxed": str(uuid.uuid4())}
     tags = {"trusted": ["trusted"], "sandboxed": []}
     table = {key: {"user": f"hooks-mm-{path}", "tags": tags[path]} for path, key in keys.items()}
@@ -455,7 +457,7 @@ def down() -> None:
     taken = procs.wait_ports_free([PORTS["api"], PORTS["s3"]], timeout=10)
     if left:
         raise SystemExit(f"processes {left} of the stack survived SIGKILL; {state}/pids.json kept")
-    for f in ("pids.json", "stack.json", "ports.json", "keys.json"):
+    for f in ("pids.json", "stack.json", "ports.json", "keys.json", "ray/ray_current_cluster"):
         (state / f).unlink(missing_ok=True)
     if taken:
         raise SystemExit(f"the stack's processes are gone but 127.0.0.1 ports {taken} still listen (another owner?)")
