@@ -7,8 +7,14 @@ by PID in the state dir: Redis, an S3 stand-in (moto), the Ray head (with a fake
 ``cuda_memory_bytes`` resource, which the controller requires), the NDIF controller, the
 NDIF API (gunicorn), then saves two tiny models (``tiny-llama``, ``tiny-llava`` from
 ``hooks_mm.zoo``) and deploys them pinned, on the CPU actor of
-``scripts/ndif_actor.py``. ``down`` stops every recorded process (and every
-descendant of one) by PID. Never ``ndif start``: it binds 0.0.0.0.
+``scripts/ndif_actor.py`` (trusted requests in the actor, the rest in ndif's sandbox
+runners). The API (``scripts/ndif_api.py``) reads API keys from ``keys.json``: ``up`` writes one
+tagged ``trusted`` and one untagged (a public NDIF user's) and lists them in ``stack.json``
+under ``keys``. ``down`` stops every recorded process (PID checked against its start time),
+its process group and descendants, and everything in the stack's network namespace, SIGKILL
+after 10 s, then checks by PID and by port that nothing remains (scripts/ndif_procs.py);
+it is idempotent, and ``up`` over a crashed stack's records cleans them first. Never
+``ndif start``: it binds 0.0.0.0.
 
 Environment: ``NDIF_STATE`` (state dir, default ``.ndif-state``); the two ports the host
 sees, ``NDIF_API_PORT`` (8001) and ``NDIF_S3_PORT`` (9000): when not set and taken, free
