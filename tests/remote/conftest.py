@@ -50,7 +50,7 @@ PATHS = ("trusted", "sandboxed")
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``ndif`` runs each test on the trusted path, and also on the sandboxed one when marked ``sandboxed``.
 
-    A sandboxed request starts a fresh runner process (python, torch, nnsight), ~20 s on a busy 2-core
+    A sandboxed request starts a fresh runner process (python, torch, nnsight), 8-20 s on a busy 2-core
     machine, so the tier runs there the tests whose result depends on where the block runs: equality with
     local, a sweep, a server-side error, and the sandbox's own checks (tests/remote/test_sandbox.py).
     """
