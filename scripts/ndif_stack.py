@@ -7,8 +7,14 @@ by PID in the state dir: Redis, an S3 stand-in (moto), the Ray head (with a fake
 ``cuda_memory_bytes`` resource, which the controller requires), the NDIF controller, the
 NDIF API (gunicorn), then saves two tiny models (``tiny-llama``, ``tiny-llava`` from
 ``hooks_mm.zoo``) and deploys them pinned, on the CPU actor of
-``scripts/ndif_actor.py``. ``down`` stops every recorded process (and every
-descendant of one) by PID. Never ``ndif start``: it binds 0.0.0.0.
+``scripts/ndif_actor.py`` (trusted requests in the actor, the rest in ndif's sandbox
+runners). The API (``scripts/ndif_api.py``) reads API keys from ``keys.json``: ``up`` writes one
+tagged ``trusted`` and one untagged (a public NDIF user's) and lists them in ``stack.json``
+under ``keys``. ``down`` stops every recorded process (PID checked against its start time),
+its process group and descendants, and everything in the stack's network namespace, SIGKILL
+after 10 s, then checks by PID and by port that nothing remains (scripts/ndif_procs.py);
+it is idempotent, and ``up`` over a crashed stack's records cleans them first. Never
+``ndif start``: it binds 0.0.0.0.
 
 Environment: ``NDIF_STATE`` (state dir, default ``.ndif-state``); the two ports the host
 sees, ``NDIF_API_PORT`` (8001) and ``NDIF_S3_PORT`` (9000): when not set and taken, free
@@ -27,14 +33,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
+
+import ndif_procs as procs
 
 HOST = "127.0.0.1"
 MODELS = {"tiny-llama": ("llama", "text-generation"), "tiny-llava": ("llava", "image-text-to-text")}
@@ -77,11 +85,17 @@ def model_key(name: str) -> str:
     return f"{MODEL_CLASS}:" + json.dumps({"repo_id": model_dir(name), "revision": None, "task": task})
 
 
+SCRIPTS = str(Path(__file__).resolve().parent)
+
+
 def _env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [SCRIPTS, os.environ.get("PYTHONPATH")])),
+        "NDIF_KEYS_FILE": str(state_dir() / "keys.json"),
+        "NDIF_SANDBOX_POOL_SIZE": os.environ.get("NDIF_SANDBOX_POOL_SIZE", "2"),
         "NDIF_REDIS_URL": f"redis://{HOST}:{PORTS['redis']}",
         "NDIF_RAY_ADDRESS": f"ray://{HOST}:{PORTS['ray_client']}",
         "NDIF_OBJECT_STORE_URL": f"http://{HOST}:{PORTS['s3']}",
@@ -99,15 +113,21 @@ def _env() -> dict[str, str]:
     }
 
 
-def _pids() -> dict[str, list[int]]:
+def _pids() -> dict[str, list[list[int]]]:
+    """name -> [[pid, start time], ...] of the processes this stack started (a bare int: an old record)."""
     f = state_dir() / "pids.json"
-    return json.loads(f.read_text()) if f.exists() else {}
+    data = json.loads(f.read_text()) if f.exists() else {}
+    return {k: [[r, None] if isinstance(r, int) else r for r in v] for k, v in data.items()}
+
+
+def _save_pids(data: dict[str, list[list[int]]]) -> None:
+    (state_dir() / "pids.json").write_text(json.dumps(data, indent=1))
 
 
 def _record(name: str, pids: list[int]) -> None:
     data = _pids()
-    data[name] = sorted(set(data.get(name, []) + pids))
-    (state_dir() / "pids.json").write_text(json.dumps(data, indent=1))
+    data[name] = data.get(name, []) + [procs.record(p) for p in pids]
+    _save_pids(data)
 
 
 def _spawn(name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -151,25 +171,6 @@ def _get(path: str, timeout: float = 5.0) -> Any:
         return body
 
 
-def _descendants(pids: list[int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], list(pids)
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            if c not in out:
-                out.append(c)
-                todo.append(c)
-    return out
-
-
 SAVE = """
 import os, sys
 from hooks_mm import zoo
@@ -201,10 +202,16 @@ def _netns(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
 
 
-def _in_netns(holder: int) -> list[int]:
-    """Every process in the stack's network namespace (Ray re-parents its daemons to init)."""
+def _in_netns(holder: list[int]) -> list[int]:
+    """Every process in the stack's network namespace (Ray re-parents its daemons to init).
+
+    ``holder`` is the namespace holder's record; nothing when it no longer runs (its PID may belong
+    to another process now) or when its namespace is this process's own (never end the host's).
+    """
     try:
-        ns = _netns(holder)
+        ns = _netns(holder[0])
+        if not procs.matches(holder) or ns == _netns(os.getpid()):
+            return []
     except OSError:
         return []
     found = []
@@ -230,9 +237,22 @@ def up() -> None:
     t0 = time.time()
     state = state_dir()
     if _pids():
-        raise SystemExit(f"a stack is already recorded in {state}/pids.json: run `down` first.")
+        try:
+            running = _holder() is not None and _get("/ping", timeout=3) is not None
+        except OSError:
+            running = False
+        if running:
+            raise SystemExit(f"a stack is running from {state} on {api_url()}: run `down` first.")
+        print(f"a stack recorded in {state}/pids.json no longer answers (a crash?): stopping what is left of it")
+        down()
     for sub in ("logs", "models", "ray"):
         (state / sub).mkdir(parents=True, exist_ok=True)
+    # Ray's note of the last cluster started in this temp dir: left behind, `ray start` refuses ("already running")
+    (state / "ray" / "ray_current_cluster").unlink(missing_ok=True)
+    keys = {"trusted": str(uuid.uuid4()), "sandboxed": str(uuid.uuid4())}
+    tags = {"trusted": ["trusted"], "sandboxed": []}
+    table = {key: {"user": f"hooks-mm-{path}", "tags": tags[path]} for path, key in keys.items()}
+    (state / "keys.json").write_text(json.dumps(table, indent=1))  # read by scripts/ndif_api.py
     for name, var in (("api", "NDIF_API_PORT"), ("s3", "NDIF_S3_PORT")):  # the two ports the host sees
         if not _free(PORTS[name]):
             if var in os.environ:
@@ -255,6 +275,7 @@ def up() -> None:
         _wait("the NDIF API through the forwarder", lambda: _get("/ping") is not None, 30, fwd)
         info = {
             "host": api_url(),
+            "keys": keys,  # API key per execution path: "trusted" (in the model actor), "sandboxed" (a runner)
             "models": {n: {"key": model_key(n), "path": paths[n], "task": MODELS[n][1]} for n in MODELS},
         }
         (state / "stack.json").write_text(json.dumps(info, indent=1))
@@ -311,7 +332,6 @@ def _inner(t0: float) -> None:
     """Inside the namespace: Redis, S3 stand-in, Ray head, controller, API; deploy the models."""
     state = state_dir()
     env = _env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), env.get("PYTHONPATH")]))
 
     def stamp(what):
         return print(f"[{time.time() - t0:6.1f} s] {what}", flush=True)
@@ -373,49 +393,45 @@ def _inner(t0: float) -> None:
 
 def _start_api(enter: list[str], env: dict[str, str]) -> subprocess.Popen:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    cmd = [
-        gunicorn,
-        "--config",
-        "python:ndif.services.api.gunicorn_conf",
-        "--bind",
-        f"{HOST}:{PORTS['api']}",
-        "ndif.services.api.app:app",
-    ]
+    cmd = [gunicorn, "--config", "python:ndif_gunicorn_conf", "--bind", f"{HOST}:{PORTS['api']}", "ndif_api:app"]
     return _spawn("api", [*enter, *cmd], env)
 
 
+def _holder() -> list[int] | None:
+    """The running namespace holder's record, or None."""
+    rec = (_pids().get("netns") or [None])[0]
+    return rec if rec is not None and procs.matches(rec) else None
+
+
 def api_stop() -> None:
-    """Stop only the NDIF API (for fault tests); Ray, the models and the forwarder keep running."""
+    """Stop only the NDIF API (for fault tests); Ray, the models and the forwarder keep running.
+
+    Ends the API's whole process group (master, workers, ndif's dispatcher), SIGKILL after 10 s,
+    then waits until nothing listens on the API port inside the namespace. Idempotent.
+    """
     pids = _pids()
     api = pids.pop("api", [])
-    _kill(api + _descendants(api))
-    (state_dir() / "pids.json").write_text(json.dumps(pids, indent=1))
-    print(f"stopped the NDIF API ({len(api)} processes)")
+    left = procs.stop(api)
+    _save_pids(pids)
+    holder = _holder()
+    taken = procs.wait_ports_free([PORTS["api"]], holder[0]) if holder else []
+    if left or taken:
+        raise SystemExit(f"the NDIF API did not stop: processes {left} alive, port {taken} still listening")
+    print(f"stopped the NDIF API ({len(api)} recorded processes and their group); port {PORTS['api']} is free")
 
 
 def api_start() -> None:
     """Start the NDIF API again inside the stack's namespace; returns once it answers /ping."""
-    holder = _pids()["netns"][0]
-    env = _env()
-    proc = _start_api(["nsenter", f"--net=/proc/{holder}/ns/net", "--"], env)
+    holder = _holder()
+    if holder is None:
+        raise SystemExit(f"no running stack recorded in {state_dir()}: run `up` first")
+    if any(procs.matches(r) for r in _pids().get("api", [])):
+        raise SystemExit("the NDIF API is already running: `api-stop` first")
+    if procs.wait_ports_free([PORTS["api"]], holder[0]):
+        raise SystemExit(f"port {PORTS['api']} is still taken inside the stack's namespace")
+    proc = _start_api(["nsenter", f"--net=/proc/{holder[0]}/ns/net", "--"], _env())
     _wait("the NDIF API", lambda: _get("/ping") is not None and isinstance(_get("/status"), dict), 90, proc)
     print("the NDIF API answers again")
-
-
-def _kill(every: list[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = []
-        for p in every:
-            try:
-                os.kill(p, sig)
-                alive.append(p)
-            except ProcessLookupError:
-                pass
-        if not alive:
-            break
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(p) for p in alive):
-            time.sleep(0.2)
 
 
 def deployed() -> list[str]:
@@ -429,26 +445,29 @@ def deployed() -> list[str]:
 
 
 def down() -> None:
+    """Stop every process of the stack; check by PID and by port that none remains. Idempotent.
+
+    Every recorded process (matched by PID and start time) with its process group and descendants,
+    and every process in the stack's network namespace. Exits non-zero, naming them, when any process
+    survives SIGKILL or a host port (API, S3) still listens.
+    """
     pids = _pids()
+    state = state_dir()
     if not pids:
-        print(f"no stack recorded in {state_dir()}")
+        print(f"no stack recorded in {state}: nothing to stop")
         return
-    every = [p for group in pids.values() for p in group]
-    for holder in pids.get("netns", []):
-        every += _in_netns(holder)
-    every = sorted(set(every + _descendants(every)) - {os.getpid()})
-    _kill(every)
-    for f in ("pids.json", "stack.json", "ports.json"):
-        (state_dir() / f).unlink(missing_ok=True)
-    print(f"stopped {len(every)} processes")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    recs = [r for group in pids.values() for r in group]
+    extra = [p for holder in pids.get("netns", []) for p in _in_netns(holder)]
+    left = procs.stop(recs, extra)
+    left += [r[0] for r in recs if procs.matches(r) and r[0] not in left]
+    taken = procs.wait_ports_free([PORTS["api"], PORTS["s3"]], timeout=10)
+    if left:
+        raise SystemExit(f"processes {left} of the stack survived SIGKILL; {state}/pids.json kept")
+    for f in ("pids.json", "stack.json", "ports.json", "keys.json", "ray/ray_current_cluster"):
+        (state / f).unlink(missing_ok=True)
+    if taken:
+        raise SystemExit(f"the stack's processes are gone but 127.0.0.1 ports {taken} still listen (another owner?)")
+    print(f"stopped the stack ({len(recs)} recorded processes, {len(extra)} in its namespace); none remains")
 
 
 def status() -> None:

@@ -47,6 +47,7 @@ def setup(info: dict, name: str) -> tuple:
     return _CACHE[name]
 
 
+@pytest.mark.sandboxed
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-llava"])
 def test_hooked_mllm_equals_nnsight_local_serialised_and_real_ndif(ndif: dict, name: str) -> None:
     model, backend, inputs, source = setup(ndif, name)
@@ -80,6 +81,7 @@ def _assert_same_table(out, ref) -> None:
     assert (out.table["delta"] - ref.table["delta"]).abs().max() <= TOL
 
 
+@pytest.mark.sandboxed
 def test_remote_sweep_of_256_configs_in_few_requests_equals_local_sweep(ndif: dict) -> None:
     _model, backend, inputs, metric, configs, ref = _sweep_case(ndif)
     out = remote_sweep(
@@ -198,6 +200,7 @@ def test_request_over_the_limit_is_refused_before_sending(ndif: dict) -> None:
     )
 
 
+@pytest.mark.sandboxed
 def test_server_side_exception_is_a_clear_error_and_the_server_keeps_serving(ndif: dict) -> None:
     model, backend, inputs, _ = setup(ndif, "tiny-llama")
 
