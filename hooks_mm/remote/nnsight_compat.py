@@ -26,7 +26,7 @@ from nnsight.intervention.backends.remote import RemoteBackend
 
 from hooks_mm.remote.errors import RequestTooLargeError
 
-TESTED = ("0.7.0", "0.8.1")  # nnsight versions whose internals these functions were checked against
+TESTED = ("0.7.0", "0.8.0", "0.8.1")  # nnsight versions whose internals these functions were checked against
 NNSIGHT_07 = nnsight.__version__.startswith("0.7.")  # 0.7's API: model classes per task, its own backend hooks
 # the exception nnsight raises for a server's error answer (0.7 names it RemoteException)
 RemoteError = getattr(_remote, "RemoteError", None) or _remote.RemoteException
