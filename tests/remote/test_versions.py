@@ -193,3 +193,17 @@ def test_the_real_stack_reports_its_version_and_keys(ndif: dict, serve: Any) -> 
     host = serve({"/status": json.loads(status), "/env": {"packages": {"nnsight": "0.7.0"}}})
     with pytest.raises(VersionMismatchError, match=r"runs nnsight 0\.7\.0 and this client nnsight 0\.8"):
         resolve_key(load_nnsight(ndif["models"]["tiny-llava"]["path"]), server_info(host))
+
+
+def test_the_request_size_limit_holds_under_every_supported_nnsight(models: Path) -> None:
+    """nnsight_compat meters the payload through 0.7's request() or 0.8's _serialize(): refused before sending."""
+    from hooks_mm.remote import RequestTooLargeError
+
+    model = HookedMLLM.from_pretrained(str(models / "tiny-llama"))
+    inputs, _ = inputs_for(model)
+    lm = load_nnsight(str(models / "tiny-llama"), processor=model.processor)
+    backend = NNsightBackend(model, lm, max_request_bytes=1000)
+    plan = backend.plan([single_neurons(model, 0, neurons=[0])[0]], inputs)
+    with pytest.raises(RequestTooLargeError, match=r"serialises to [\d,]+ bytes, over max_request_bytes=1,000"):
+        backend.execute([plan], remote="http://127.0.0.1:9", blocking=False)  # nothing listens there
+    assert backend.stats.bytes_sent == 0
