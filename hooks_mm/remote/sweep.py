@@ -93,8 +93,10 @@ class NNsightSweep:
     to bound the server's memory, and a request becomes a session of several traces);
     ``max_request_bytes``: a request whose payload is larger is refused before sending;
     ``retries`` / ``backoff``: transient failures are retried after ``backoff * 2**attempt``
-    s; ``check_deployed``: ask the server's ``/status`` first and fail fast when the model is
-    not deployed; ``check_weights``: compare the server's clean metric with the local model's
+    s; ``check_deployed``: ask the server's ``/status`` and ``/env`` first and fail fast when the
+    model is not deployed, or deployed only under another nnsight series' key
+    (:func:`hooks_mm.remote.versions.resolve_key`; ``meta["server_nnsight"]`` records the server's
+    version); ``check_weights``: compare the server's clean metric with the local model's
     (one local forward) and warn when they differ (the deployed weights are not the local ones);
     ``callback(requests_done, requests_total)`` runs after each request.
     ``backend``: an :class:`NNsightBackend` to use (default: one for the swept model).

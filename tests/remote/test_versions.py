@@ -183,6 +183,18 @@ def test_the_real_stack_reports_its_version_and_keys(ndif: dict, serve: Any) -> 
                 resolve_key(lm, info)
     if client_series() != "0.8":
         return
+    path = ndif["models"]["tiny-llama"]["path"]
+    model = HookedMLLM.from_pretrained(path)
+    inputs, _ = inputs_for(model)
+    out = remote_sweep(
+        NNsightBackend(model, load_nnsight(path, processor=model.processor)),
+        inputs,
+        single_neurons(model, 0, neurons=[0]),
+        answer_logprob(model, inputs),
+        remote=ndif["host"],
+        progress=False,
+    )
+    assert out.meta["server_nnsight"] == info.nnsight
     # the same live answer with its keys in 0.7's format (rewritten here: not a real 0.7 server)
     with urllib.request.urlopen(ndif["host"] + "/status") as r:
         status = r.read().decode()
