@@ -219,3 +219,13 @@ def test_the_request_size_limit_holds_under_every_supported_nnsight(models: Path
     with pytest.raises(RequestTooLargeError, match=r"serialises to [\d,]+ bytes, over max_request_bytes=1,000"):
         backend.execute([plan], remote="http://127.0.0.1:9", blocking=False)  # nothing listens there
     assert backend.stats.bytes_sent == 0
+
+
+def test_a_server_of_another_version_listing_this_key_warns(serve: Any, models: Path) -> None:
+    """The key matches but /env names another series (e.g. a future 0.9 that kept the key format): a warning
+    that says both versions, and the key is used."""
+    answers = recorded(client_series(), models)
+    answers["/env"] = {"packages": {"nnsight": "0.9.0"}}
+    lm = load_nnsight(str(models / "tiny-llama"))
+    with pytest.warns(UserWarning, match=rf"runs nnsight 0\.9\.0 and this client nnsight {nnsight.__version__}"):
+        assert resolve_key(lm, server_info(serve(answers))) == lm.to_model_key()
