@@ -12,11 +12,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench figures clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(strip $(TORCH)),$(PY) -m pip install -q "$(TORCH)")
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -41,9 +41,11 @@ from hooks_mm.remote.nnsight_compat import (
     RemoteBackend,
     RemoteError,
     local_simulation,
+    nnsight_model,
     register_local_checkpoint,
     remote_env,
     ship_by_value,
+    show_status,
     wrapped_module,
 )
 
@@ -65,8 +67,6 @@ def load_nnsight(
     directory is registered with nnsight so no hub look-up happens; ``task`` defaults to
     ``image-text-to-text`` when the directory has a processor config, else ``text-generation``.
     """
-    from nnsight.modeling.transformers import TransformersModel
-
     from hooks_mm.processing import load_processor
 
     if os.path.isdir(repo_or_path):
@@ -80,8 +80,7 @@ def load_nnsight(
             )
     if processor is None:
         processor = load_processor(repo_or_path)
-    key = "processor" if task == "image-text-to-text" else "tokenizer"
-    return TransformersModel(repo_or_path, task=task, dispatch=dispatch, **{key: processor}, **kwargs)
+    return nnsight_model(repo_or_path, task, processor, dispatch=dispatch, **kwargs)
 
 
 @dataclass
@@ -126,8 +125,6 @@ class NNsightBackend:
         self.model = model
         self.verbose = verbose
         if lm is None:
-            from nnsight.modeling.transformers import TransformersModel
-
             proc = model.processor
             if proc is None:
                 raise ValueError(
@@ -135,9 +132,8 @@ class NNsightBackend:
                     "transformers pipeline), and this HookedMLLM has none: wrap it as HookedMLLM(hf_model, processor) "
                     "or load it with HookedMLLM.from_pretrained(dir) from a directory holding the processor."
                 )
-            key = "processor" if model.adapter.image_mask is not None and hasattr(proc, "tokenizer") else "tokenizer"
-            task = "image-text-to-text" if key == "processor" else "text-generation"
-            lm = TransformersModel(model.hf_model, task=task, **{key: proc})
+            vlm = model.adapter.image_mask is not None and hasattr(proc, "tokenizer")
+            lm = nnsight_model(model.hf_model, "image-text-to-text" if vlm else "text-generation", proc)
         elif check_model:
             check_same_model(model, lm)
         self.lm = lm
@@ -186,7 +182,7 @@ class NNsightBackend:
         except Exception as e:
             if (
                 isinstance(e, (OSError, ConnectionError))
-                or type(e).__module__.startswith("websocket")
+                or type(e).__module__.split(".")[0] in ("websocket", "socketio", "engineio")  # 0.8 / 0.7
                 or is_transient(e)
             ):
                 raise ServerUnavailableError(
@@ -224,7 +220,7 @@ class NNsightBackend:
             stats=self.stats,
             max_request_bytes=self.max_request_bytes,
         )
-        backend.display.enabled = self.verbose
+        show_status(backend, self.verbose)
         return backend
 
 

@@ -21,11 +21,15 @@ import functools
 from typing import Any
 
 import nnsight
-from nnsight.intervention.backends.remote import RemoteBackend, RemoteError
+import nnsight.intervention.backends.remote as _remote
+from nnsight.intervention.backends.remote import RemoteBackend
 
 from hooks_mm.remote.errors import RequestTooLargeError
 
-TESTED = ("0.8.1",)  # nnsight versions whose internals these functions were checked against
+TESTED = ("0.7.0", "0.8.0", "0.8.1")  # nnsight versions whose internals these functions were checked against
+NNSIGHT_07 = nnsight.__version__.startswith("0.7.")  # 0.7's API: model classes per task, its own backend hooks
+# the exception nnsight raises for a server's error answer (0.7 names it RemoteException)
+RemoteError = getattr(_remote, "RemoteError", None) or _remote.RemoteException
 
 
 @functools.cache
@@ -45,13 +49,34 @@ def register_local_checkpoint(path: str) -> None:
     require()
     from nnsight.modeling import huggingface
 
-    huggingface._ID_CACHE[path] = path
+    cache = huggingface.ID_CACHE if NNSIGHT_07 else huggingface._ID_CACHE
+    cache[path] = path
+
+
+def nnsight_model(checkpoint: Any, task: str | None, processor: Any, **kwargs: Any) -> Any:
+    """nnsight's model of ``checkpoint`` (a hub id, a local directory or a loaded HF module) for ``task``
+    (``image-text-to-text`` / ``text-generation``; None: nnsight 0.8 infers it), keyed the way a server
+    of this nnsight names it."""
+    require()
+    key = "processor" if task == "image-text-to-text" else "tokenizer"
+    if NNSIGHT_07:  # 0.7 keys a deployment by class: VisionLanguageModel / LanguageModel
+        from nnsight.modeling.language import LanguageModel
+        from nnsight.modeling.vlm import VisionLanguageModel
+
+        if task == "image-text-to-text" or (task is None and hasattr(processor, "tokenizer")):
+            tokenizer = getattr(processor, "tokenizer", None)  # 0.7 sets it only when it loads the processor itself
+            return VisionLanguageModel(checkpoint, processor=processor, tokenizer=tokenizer, **kwargs)
+        return LanguageModel(checkpoint, tokenizer=processor, **kwargs)
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(checkpoint, task=task, **{key: processor}, **kwargs)
 
 
 def remote_env(lm: Any) -> dict:
     """The client environment a request to NDIF carries."""
     require()
-    return lm._remoteable_get_env()
+    get_env = getattr(lm, "_remoteable_get_env", None)  # 0.8's per-request environment; 0.7 sends none
+    return get_env() if get_env is not None else {}
 
 
 def wrapped_module(lm: Any) -> Any:
@@ -63,9 +88,19 @@ def wrapped_module(lm: Any) -> Any:
 def local_simulation(lm: Any) -> Any:
     """nnsight's backend that serialises a request and runs it here, as a server would."""
     require()
-    from nnsight.intervention.backends.local import LocalSimulationBackend
+    if NNSIGHT_07:
+        from nnsight.intervention.backends.local_simulation import LocalSimulationBackend
+    else:
+        from nnsight.intervention.backends.local import LocalSimulationBackend
 
     return LocalSimulationBackend(lm)
+
+
+def show_status(backend: Any, enabled: bool) -> None:
+    """Turn nnsight's per-request status line on or off."""
+    display = getattr(backend, "display", None) or getattr(backend, "status_display", None)
+    if display is not None:
+        display.enabled = enabled
 
 
 def ship_by_value(*modules: Any) -> None:
@@ -79,12 +114,15 @@ class MeteredRemoteBackend(RemoteBackend):
 
     def __init__(self, *args: Any, stats: Any, max_request_bytes: int | None, **kwargs: Any):
         require()
+        if NNSIGHT_07:
+            kwargs.pop("env", None)  # 0.7 requests carry no environment
         super().__init__(*args, **kwargs)
         self.stats, self.max_request_bytes = stats, max_request_bytes
         self.describe: Any = None  # () -> str: what the request carries (its inputs, images, edits), for the error
+        if NNSIGHT_07:
+            self.host = self.address
 
-    def _serialize(self, tracer: Any) -> bytes:
-        blob = super()._serialize(tracer)
+    def _check_size(self, blob: bytes) -> bytes:
         if self.max_request_bytes is not None and len(blob) > self.max_request_bytes:
             raise RequestTooLargeError(
                 f"this request serialises to {len(blob):,} bytes, over max_request_bytes={self.max_request_bytes:,}"
@@ -95,9 +133,24 @@ class MeteredRemoteBackend(RemoteBackend):
         self.stats.bytes_sent += len(blob)
         return blob
 
-    def finalize(self, content: bytes) -> Any:
-        self.stats.bytes_received += len(content)
-        return super().finalize(content)
+    if NNSIGHT_07:  # 0.7's hooks: request() builds the payload, _decompress_and_load() reads the result
+
+        def request(self, tracer: Any) -> Any:
+            data, headers = super().request(tracer)
+            return self._check_size(data), headers
+
+        def _decompress_and_load(self, result_bytes: Any) -> Any:
+            self.stats.bytes_received += result_bytes.getbuffer().nbytes
+            return super()._decompress_and_load(result_bytes)
+
+    else:  # 0.8's: _serialize() builds the payload, finalize() reads the result
+
+        def _serialize(self, tracer: Any) -> bytes:
+            return self._check_size(super()._serialize(tracer))
+
+        def finalize(self, content: bytes) -> Any:
+            self.stats.bytes_received += len(content)
+            return super().finalize(content)
 
 
 __all__ = [
@@ -106,9 +159,11 @@ __all__ = [
     "RemoteBackend",
     "RemoteError",
     "local_simulation",
+    "nnsight_model",
     "register_local_checkpoint",
     "remote_env",
     "require",
     "ship_by_value",
+    "show_status",
     "wrapped_module",
 ]

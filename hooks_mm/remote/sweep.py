@@ -27,9 +27,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,8 +41,9 @@ from hooks_mm.remote.backend import NNsightBackend, Remote, load_nnsight, model_
 from hooks_mm.remote.budget import plan_memory
 from hooks_mm.remote.client import SKIPPED, bind_remotely
 from hooks_mm.remote.compile import takes_use_cache
-from hooks_mm.remote.errors import ModelNotDeployedError, NDIFError, ServerUnavailableError, is_transient
+from hooks_mm.remote.errors import NDIFError, ServerUnavailableError, is_transient
 from hooks_mm.remote.nnsight_compat import wrapped_module
+from hooks_mm.remote.versions import resolve_key, server_info
 from hooks_mm.sweep.core import (
     CLEAN,
     SAVE,
@@ -86,10 +85,7 @@ def backend_for(model: HookedMLLM | NNsightBackend, remote: Remote, **kwargs: An
 
 def deployed_models(host: str, timeout: float = 10.0) -> list[str]:
     """Model keys an NDIF server reports as deployed (``GET /status``)."""
-    with urllib.request.urlopen(f"{host.rstrip('/')}/status", timeout=timeout) as r:
-        status = json.loads(r.read().decode())
-    # ndif's own /status keys a replica "<id>:<actor class>:<model key>"; NDIF's public one adds "model_key"
-    return [v.get("model_key") or name for name, v in (status.get("deployments") or {}).items() if isinstance(v, dict)]
+    return server_info(host, timeout).keys
 
 
 class NNsightSweep:
@@ -105,8 +101,10 @@ class NNsightSweep:
     server; ``max_request_bytes``: a request whose payload (inputs and images, sent once per
     request, and the configs' edits) is larger is refused before sending;
     ``retries`` / ``backoff``: transient failures are retried after ``backoff * 2**attempt``
-    s; ``check_deployed``: ask the server's ``/status`` first and fail fast when the model is
-    not deployed; ``check_weights``: compare the server's clean metric with the local model's
+    s; ``check_deployed``: ask the server's ``/status`` and ``/env`` first and fail fast when the
+    model is not deployed, or deployed only under another nnsight series' key
+    (:func:`hooks_mm.remote.versions.resolve_key`; ``meta["server_nnsight"]`` records the server's
+    version); ``check_weights``: compare the server's clean metric with the local model's
     (one local forward) and warn when they differ (the deployed weights are not the local ones);
     ``callback(requests_done, requests_total)`` runs after each request.
     ``backend``: an :class:`NNsightBackend` to use (default: one for the swept model).
@@ -140,6 +138,7 @@ class NNsightSweep:
         self.max_request_bytes, self.retries, self.backoff = max_request_bytes, retries, backoff
         self.api_key, self.check_deployed, self.callback = api_key, check_deployed, callback
         self.check_weights, self.answered = check_weights, False
+        self.server = None  # the ServerInfo read by check_deployed
 
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
@@ -236,6 +235,7 @@ class NNsightSweep:
             "latencies": list(st.latencies[self.n_lat :]),
             **({"weights_check": SKIPPED} if self.weightless else {}),
             "memory_plan": None if self.memory is None else self.memory.as_dict(),
+            **({"server_nnsight": self.server.nnsight} if self.server is not None else {}),
         }
 
     def compare_clean(self, remote_clean: Tensor) -> None:
@@ -280,18 +280,15 @@ class NNsightSweep:
         raise AssertionError("unreachable")
 
     def _check_deployed(self) -> None:
+        """Ask the server which nnsight it runs and what it deploys; keep the key it knows this checkpoint by
+        (raises VersionMismatchError / ModelNotDeployedError before any request)."""
         host = self.nn.host(self.remote)
-        key = self.nn.lm.to_model_key()
         try:
-            keys = deployed_models(host)
+            info = server_info(host)
         except (OSError, ValueError) as e:
             raise ServerUnavailableError(f"NDIF at {host} did not answer GET /status: {e}") from e
-        if not any(k == key or k.endswith(":" + key) for k in keys):
-            listed = "\n  ".join(keys) or "(none)"
-            raise ModelNotDeployedError(
-                f"{key}\nis not deployed on {host}; deployed:\n  {listed}\n"
-                "Deploy it (`ndif deploy`), or pass check_deployed=False if the server deploys models on demand."
-            )
+        self.server = info
+        resolve_key(self.nn.lm, info)
 
 
 class RemoteSweepJob:

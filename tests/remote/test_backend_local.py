@@ -175,7 +175,9 @@ def test_nnsight_versions_other_than_the_tested_ones_get_a_clear_error(monkeypat
     monkeypatch.setattr(nnsight, "__version__", "0.9.0")
     nnsight_compat.require.cache_clear()
     try:
-        with pytest.raises(ImportError, match=r"checked on nnsight 0\.8\.1, but nnsight 0\.9\.0 is installed"):
+        with pytest.raises(
+            ImportError, match=r"checked on nnsight 0\.7\.0, 0\.8\.0, 0\.8\.1, but nnsight 0\.9\.0 is installed"
+        ):
             nnsight_compat.wrapped_module(setup("tiny-llama")[1].lm)
     finally:
         nnsight_compat.require.cache_clear()
