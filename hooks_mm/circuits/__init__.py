@@ -1,0 +1,13 @@
+"""Circuit graphs of multimodal answers (issue 18, in progress): the :class:`Graph` value, nodes built from the
+layout, EAP / EAP-IG edge scores.
+
+Example::
+
+    from hooks_mm.circuits import eap_graph
+    g = eap_graph(model, clean, corrupted, metric=answer_logprob(model, clean), inputs="cell")
+    g.top_edges(10)
+"""
+
+from hooks_mm.circuits.graph import Graph, Node
+
+__all__ = ["Graph", "Node"]
