@@ -11,3 +11,17 @@ Example::
 from hooks_mm.circuits.graph import Graph, Node
 
 __all__ = ["Graph", "Node"]
+
+# --- i18-faith: exact edge patching, circuits, faithfulness, agreement (circuits/patching.py, faithfulness.py,
+# agreement.py)
+from hooks_mm.circuits.agreement import Agreement, eap_agreement  # noqa: E402
+from hooks_mm.circuits.faithfulness import (  # noqa: E402
+    EdgePatcher,
+    Faithfulness,
+    faithfulness,
+    faithfulness_curve,
+    select_circuit,  # noqa: E402
+)
+
+__all__ += ["Agreement", "EdgePatcher", "Faithfulness", "eap_agreement", "faithfulness", "faithfulness_curve"]
+__all__ += ["select_circuit"]

@@ -1,0 +1,323 @@
+"""Exact edge patching, circuits and faithfulness (issue 18 item 3): the identities against independent
+computations (bare runs, the HF modules by hand), faithfulness end points, random controls, misuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_clean, pair_for
+
+from hooks_mm import HookedMLLM
+from hooks_mm.circuits.faithfulness import EdgePatcher, faithfulness, faithfulness_curve, select_circuit
+from hooks_mm.circuits.graph import Graph, Node
+from hooks_mm.circuits.patching import Reader, Source, edge_patched_logits, precedes, prepare
+from hooks_mm.layout import Modality
+from hooks_mm.sweep.metrics import answer_logprob
+from hooks_mm.tasks import make_qa
+from hooks_mm.tasks.evaluate import encode
+
+_TOY: dict[str, object] = {}
+
+
+def toy() -> tuple[HookedMLLM, object, object]:
+    """toy-llava, a clean batch of 4 questions and the same prompts with the images rotated by one row."""
+    if not _TOY:
+        model = HookedMLLM.from_pretrained("toy-llava")
+        inp = encode(model, make_qa(4, "test", 0))
+        corr = {**inp, "pixel_values": inp["pixel_values"].roll(1, 0)}
+        _TOY.update(model=model, clean=model.prepare(inp), corrupted=model.prepare(corr))
+    return _TOY["model"], _TOY["clean"], _TOY["corrupted"]  # type: ignore[return-value]
+
+
+def tiny(family: str = "llava") -> tuple[HookedMLLM, object, object]:
+    """A tiny random model of ``family`` and its batch, corrupted by rolling the images across the batch."""
+    p = pair_for(family)
+    clean = p.model.prepare(p.inputs)
+    corr = {**p.inputs, "pixel_values": p.inputs["pixel_values"].roll(1, 0)}
+    return p.model, clean, p.model.prepare(corr)
+
+
+def positions(mask: torch.Tensor) -> list[list[int]]:
+    return [row.nonzero().flatten().tolist() for row in mask]
+
+
+def complete_graph(model: HookedMLLM, batch, seed: int = 0) -> Graph:
+    """Every possible edge between input:image / input:text, every head, every MLP and the logit; seeded scores."""
+    mod, n, h = batch.layout.modality, model.cfg.n_layers, model.cfg.n_heads
+    real = mod != Modality.PAD
+    image = mod == Modality.IMAGE
+    every = positions(real)
+    nodes = [
+        Node("input:image0", "input", -1, modality="image", image=0, positions=positions(image)),
+        Node("input:text", "input", -1, modality="text", positions=positions(real & ~image)),
+    ]
+    for l in range(n):
+        nodes += [Node(f"L{l}.H{i}", "head", l, head=i, positions=every) for i in range(h)]
+        nodes.append(Node(f"L{l}.MLP", "mlp", l, positions=every))
+    nodes.append(Node("logit", "logit", n, positions=every))
+    src, dst = [], []
+    for i, u in enumerate(nodes):
+        for j, v in enumerate(nodes):
+            if u.kind != "logit" and v.kind != "input" and precedes(_src(u), _rd(v)):
+                src.append(i)
+                dst.append(j)
+    scores = torch.randn(len(src), generator=torch.Generator().manual_seed(seed))
+    meta = {"architecture": model.cfg.architecture, "n_layers": n, "n_heads": h, "batch_shape": list(batch.shape)}
+    return Graph(nodes, torch.tensor(src), torch.tensor(dst), scores, torch.zeros(len(nodes)), "eap", "test", meta)
+
+
+def _src(nd: Node) -> Source:
+    return Source(nd.kind, nd.layer, nd.head)
+
+
+def _rd(nd: Node) -> Reader:
+    return Reader(nd.kind, nd.layer, nd.head)
+
+
+def sources_readers(model: HookedMLLM, batch, per_head: bool = True) -> tuple[list[Source], list[Reader]]:
+    n, h = model.cfg.n_layers, model.cfg.n_heads
+    image = batch.layout.modality == Modality.IMAGE
+    srcs = [Source("input", -1, mask=image), Source("input", -1, mask=~image)]
+    srcs += [Source("head", l, i) for l in range(n) for i in range(h)] + [Source("mlp", l) for l in range(n)]
+    rds = (
+        [Reader("head", l, i) for l in range(n) for i in range(h)]
+        if per_head
+        else [Reader("attn", l) for l in range(n)]
+    )
+    return srcs, rds + [Reader("mlp", l) for l in range(n)] + [Reader("logit", n)]
+
+
+def every_edge(srcs: list[Source], rds: list[Reader]) -> torch.Tensor:
+    return torch.tensor([[precedes(s, r) for s in srcs] for r in rds])
+
+
+def state(model: HookedMLLM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.hf_model.state_dict().items()}
+
+
+def unchanged(model: HookedMLLM, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in model.hf_model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------- identities
+
+
+@pytest.mark.parametrize("which", ["toy-llava", "llava", "gemma3"])
+@pytest.mark.parametrize("per_head", [True, False])
+def test_none_patched_is_clean_every_patched_is_corrupted(which: str, per_head: bool) -> None:
+    model, clean, corrupted = toy() if which == "toy-llava" else tiny(which)
+    before = state(model)
+    srcs, rds = sources_readers(model, clean, per_head)
+    prep = prepare(model, clean, corrupted, srcs)
+    bare_clean, bare_corr = model(clean), model(corrupted)  # plain runs, no edge machinery
+    can = every_edge(srcs, rds)
+    none = edge_patched_logits(model, prep, rds, torch.zeros_like(can))
+    assert torch.equal(none, bare_clean)
+    every = edge_patched_logits(model, prep, rds, can)
+    real = clean.layout.modality != Modality.PAD
+    scale = bare_corr.abs().max().item()
+    assert (every - bare_corr)[real].abs().max().item() <= 1e-6 * scale
+    assert (bare_clean - bare_corr)[real].abs().max().item() > 1e-2 * scale  # the corruption changes the logits
+    # every edge patched but those from heads and MLPs into the logit: each node computes its corrupted output
+    # from its patched input, and the logit reads them as this run's outputs (the run above skips that computation)
+    chain = can.clone()
+    chain[-1] = torch.tensor([s.kind == "input" for s in srcs])
+    got = edge_patched_logits(model, prep, rds, chain)
+    assert (got - bare_corr)[real].abs().max().item() <= 1e-6 * scale
+    assert_clean(model)
+    assert unchanged(model, before)
+
+
+def test_single_edges_equal_hand_computations() -> None:
+    """Four single edges, each against a computation that does not use the edge machinery."""
+    model, clean, corrupted = toy()
+    n = model.cfg.n_layers
+    srcs, rds = sources_readers(model, clean)
+    prep = prepare(model, clean, corrupted, srcs)
+    _, cc = model.run_with_cache(clean)
+    _, cr = model.run_with_cache(corrupted)
+    image = (clean.layout.modality == Modality.IMAGE)[..., None]
+    d_img = (cr["blocks.0.hook_resid_pre"] - cc["blocks.0.hook_resid_pre"]) * image
+    final = cc[f"blocks.{n - 1}.hook_resid_post"]
+    logit_r = len(rds) - 1
+
+    real = clean.layout.modality != Modality.PAD  # padding positions read nothing (their logits are not compared)
+
+    def run(r: int, s: int) -> torch.Tensor:
+        p = torch.zeros(len(rds), len(srcs), dtype=torch.bool)
+        p[r, s] = True
+        return edge_patched_logits(model, prep, rds, p)[real]
+
+    # input:image -> logit: only the final residual moves, by the image embeddings' difference
+    hand = model.resid_to_logits(final + d_img)[real]
+    assert (run(logit_r, 0) - hand).abs().max().item() < 1e-4
+    # L0.H1 -> logit: the head's output from hook_z and W_O (not head_parts)
+    w_o = model.W_O[0, 1]
+    d_head = (cr["blocks.0.attn.hook_z"][:, :, 1] - cc["blocks.0.attn.hook_z"][:, :, 1]) @ w_o
+    s_head = next(i for i, s in enumerate(srcs) if (s.kind, s.layer, s.head) == ("head", 0, 1))
+    assert (run(logit_r, s_head) - model.resid_to_logits(final + d_head)[real]).abs().max().item() < 1e-4
+    # input:image -> last MLP: the HF MLP module on its shifted input, by hand
+    layer = model.hf_model.model.language_model.layers[n - 1]
+    mid = cc[f"blocks.{n - 1}.hook_resid_mid"]
+    mlp_new = layer.mlp(layer.post_attention_layernorm(mid + d_img))
+    hand = model.resid_to_logits(final - cc[f"blocks.{n - 1}.hook_mlp_out"] + mlp_new)[real]
+    r_mlp = next(i for i, r in enumerate(rds) if (r.kind, r.layer) == ("mlp", n - 1))
+    assert (run(r_mlp, 0) - hand).abs().max().item() < 1e-4
+    # input:image -> L1.H2 alone: head 2's z from a run whose layer-1 input is shifted, put into a clean run
+    zs: dict[str, torch.Tensor] = {}
+    model.run_with_hooks(
+        clean,
+        fwd_hooks=[
+            ("blocks.1.hook_resid_pre", lambda x, hook: x + d_img),
+            ("blocks.1.attn.hook_z", lambda z, hook: zs.__setitem__("z", z.clone())),
+        ],
+    )
+
+    def put(z: torch.Tensor, hook: object) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, 2] = zs["z"][:, :, 2]
+        return z
+
+    hand = model.run_with_hooks(clean, fwd_hooks=[("blocks.1.attn.hook_z", put)])[real]
+    r_h = next(i for i, r in enumerate(rds) if (r.kind, r.layer, r.head) == ("head", 1, 2))
+    got = run(r_h, 0)
+    assert (got - hand).abs().max().item() < 1e-5
+    assert (got - model(clean)[real]).abs().max().item() > 1e-2  # the edge matters
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------------------------- faithfulness
+
+
+def test_faithfulness_full_graph_is_one_empty_circuit_zero() -> None:
+    model, clean, corrupted = toy()
+    before = state(model)
+    g = complete_graph(model, clean)
+    metric = answer_logprob(model, clean)
+    full = faithfulness(model, g, clean, corrupted, metric, k=g.n_edges, n_random=0)
+    empty = faithfulness(model, g, clean, corrupted, metric, k=0, n_random=0)
+    assert abs(full.value - 1) < 1e-6 and abs(empty.value) < 1e-5
+    with torch.no_grad():
+        assert abs(full.m_clean - float(metric(model(clean)))) < 1e-6
+        assert abs(empty.metric - float(metric(model(corrupted)))) < 1e-5
+    half = faithfulness(model, g, clean, corrupted, metric, k=g.n_edges // 2, n_random=0)
+    assert abs(half.value) > 1e-3 and abs(half.value - 1) > 1e-3  # neither end: the edges are really patched
+    assert_clean(model)
+    assert unchanged(model, before)
+
+
+def test_random_control_reproducible_and_counted() -> None:
+    model, clean, corrupted = toy()
+    g = complete_graph(model, clean)
+    metric = answer_logprob(model, clean)
+    ep = EdgePatcher(model, g, clean, corrupted, metric)
+    a = faithfulness(model, g, clean, corrupted, metric, k=30, n_random=20, seed=3, patcher=ep)
+    b = faithfulness(model, g, clean, corrupted, metric, k=30, n_random=20, seed=3, patcher=ep)
+    c = faithfulness(model, g, clean, corrupted, metric, k=30, n_random=20, seed=4, patcher=ep)
+    assert len(a.random) == 20 and torch.equal(a.random, b.random) and not torch.equal(a.random, c.random)
+    assert a.percentile == 100 * float((a.random < a.value).double().mean())
+    assert abs(a.random_mean - float(a.random.mean())) < 1e-12
+    assert a.random_interval[0] <= a.random_mean <= a.random_interval[1]
+    # a random draw is a real circuit: draw 0 again by hand
+    gen = torch.Generator().manual_seed(3)
+    keep = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep[torch.randperm(g.n_edges, generator=gen)[:30]] = True
+    assert abs(ep.faithfulness(keep) - float(a.random[0])) < 1e-9
+
+
+def test_curve_has_the_ends_and_the_band() -> None:
+    model, clean, corrupted = toy()
+    g = complete_graph(model, clean)
+    metric = answer_logprob(model, clean)
+    curve = faithfulness_curve(model, g, clean, corrupted, metric, ks=[0, 10, g.n_edges], n_random=20)
+    assert list(curve.k) == [0, 10, g.n_edges]
+    assert abs(curve.faithfulness.iloc[0]) < 1e-5 and abs(curve.faithfulness.iloc[-1] - 1) < 1e-6
+    assert abs(curve.random_mean.iloc[-1] - 1) < 1e-6  # all edges: every random circuit is the full graph
+    assert (curve.random_lo <= curve.random_hi).all()
+
+
+def test_select_circuit() -> None:
+    model, clean, _ = toy()
+    g = complete_graph(model, clean)
+    keep = select_circuit(g, k=7)
+    assert int(keep.sum()) == 7 and g.scores.abs()[keep].min() >= g.scores.abs()[~keep].max()
+    t = float(g.scores.abs().median())
+    assert torch.equal(select_circuit(g, threshold=t), g.scores.abs() >= t)
+
+
+# ---------------------------------------------------------------------------------------------- misuse
+
+
+def test_misuse_raises_before_any_hook() -> None:
+    model, clean, corrupted = toy()
+    before = state(model)
+    g = complete_graph(model, clean)
+    metric = answer_logprob(model, clean)
+    with pytest.raises(ValueError, match="edge count"):
+        faithfulness(model, g, clean, corrupted, metric, k=g.n_edges + 1)
+    with pytest.raises(ValueError, match="exactly one of k"):
+        select_circuit(g)
+    with pytest.raises(ValueError, match="n_random"):
+        faithfulness(model, g, clean, corrupted, metric, k=3, n_random=-1)
+    # a graph of another batch: two rows only
+    small = model.prepare(encode(model, make_qa(2, "test", 5)))
+    with pytest.raises(ValueError, match="another batch|this clean batch"):
+        EdgePatcher(model, complete_graph(model, small), clean, corrupted, metric)
+    g2 = complete_graph(model, clean)
+    g2.meta.pop("batch_shape")
+    g2.nodes[0].positions = [p[:-1] for p in g2.nodes[0].positions]  # positions of another layout
+    with pytest.raises(ValueError, match="another batch"):
+        EdgePatcher(model, g2, clean, corrupted, metric)
+    # a graph of another model
+    other = tiny("llava")[0]
+    with pytest.raises(ValueError, match="another model"):
+        EdgePatcher(other, g, clean, corrupted, metric)
+    # a corrupted batch of another shape / another layout
+    five = model.prepare(encode(model, make_qa(5, "test", 7)))
+    with pytest.raises(ValueError, match="same layout"):
+        EdgePatcher(model, g, clean, five, metric)
+    moved = dict(clean.source)
+    ids = clean["input_ids"].clone()
+    first_img = int((clean.layout.modality[0] == Modality.IMAGE).nonzero()[0])
+    ids[0] = torch.cat([ids[0, 1:], ids[0, :1]])  # the image span one position earlier in row 0
+    moved["input_ids"] = ids
+    shifted = model.prepare(moved)
+    assert int((shifted.layout.modality[0] == Modality.IMAGE).nonzero()[0]) != first_img
+    with pytest.raises(ValueError, match="layout differs"):
+        EdgePatcher(model, g, clean, shifted, metric)
+    # a metric that is not one number
+    with pytest.raises(ValueError, match="one number"):
+        EdgePatcher(model, g, clean, corrupted, lambda logits: logits[:, -1, 0])
+    ep = EdgePatcher(model, g, clean, corrupted, metric)
+    with pytest.raises(ValueError, match="bool mask"):
+        ep.metric(torch.ones(g.n_edges))
+    # an edge from a later node into an earlier one
+    bad = complete_graph(model, clean)
+    bad.src[0], bad.dst[0] = bad.index("L2.MLP"), bad.index("L0.H0")
+    with pytest.raises(ValueError, match="cannot exist"):
+        EdgePatcher(model, bad, clean, corrupted, metric)
+    # a corruption that does not change the metric
+    same = EdgePatcher(model, g, clean, clean, metric)
+    with pytest.raises(ValueError, match="does not change the metric"):
+        same.faithfulness(select_circuit(g, k=1))
+    assert_clean(model)
+    assert unchanged(model, before)
+
+
+def test_grouped_query_heads_must_be_patched_together() -> None:
+    model, clean, corrupted = tiny("llava")  # 4 query heads, 2 key / value heads
+    assert model.cfg.n_key_value_heads < model.cfg.n_heads
+    srcs, rds = sources_readers(model, clean)
+    prep = prepare(model, clean, corrupted, srcs)
+    p = torch.zeros(len(rds), len(srcs), dtype=torch.bool)
+    h0 = next(i for i, r in enumerate(rds) if (r.kind, r.layer, r.head) == ("head", 1, 0))
+    p[h0, 0] = True
+    with pytest.raises(NotImplementedError, match="grouped-query"):
+        edge_patched_logits(model, prep, rds, p)
+    p[h0 + 1, 0] = True  # head 1 shares head 0's key / value head: together they are exact
+    edge_patched_logits(model, prep, rds, p)
+    with pytest.raises(ValueError, match="source comes after"):
+        q = torch.zeros_like(p)
+        q[h0, srcs.index(next(s for s in srcs if (s.kind, s.layer) == ("mlp", 1)))] = True
+        edge_patched_logits(model, prep, rds, q)
+    assert_clean(model)
