@@ -1,0 +1,160 @@
+"""EAP / EAP-IG edge scores (hooks_mm.circuits.eap_graph) against a brute-force computation on the bare HF model.
+
+The brute force shares no code with hooks_mm: forward pre-hooks on the bare model's own modules give each
+destination's input gradient (a clone of a norm's input: the gradient through that branch only; a head's: its
+``o_proj`` input detached except that head's slice, one backward per head), and each source's activation
+difference (the embedding at layer 0, ``z_h @ W_O[h]`` through Gemma-3's post-norm with the scale of the whole
+output, the MLP branch's output).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_clean, pair_for
+
+from hooks_mm.circuits import Graph, eap_graph
+
+FAMILIES = ["llava", "qwen2_vl", "gemma3", "toy-llava"]
+
+
+def last_logprob(p):  # noqa: ANN001, ANN201
+    """Mean over rows of the log-prob of token 5 at each row's last real position (a plain callable)."""
+    last = p.real.long().cumsum(1).argmax(1)
+    rows = torch.arange(len(last))
+    return lambda logits: logits[rows, last].log_softmax(-1)[:, 5].mean()
+
+
+def blanked(p):  # noqa: ANN001, ANN201
+    """The same prompts with other pixels (noise): same layout, other image content."""
+    g = torch.Generator().manual_seed(0)
+    pv = p.inputs["pixel_values"]
+    return {**p.inputs, "pixel_values": pv + torch.randn(pv.shape, generator=g).to(pv)}
+
+
+def _layers(p):  # noqa: ANN001, ANN202
+    return p.bare.get_submodule(p.model.adapter.layers)
+
+
+def _mods(layer):  # noqa: ANN001, ANN202
+    """(MLP-input norm, attention-branch output module, MLP-branch output module) of one bare HF layer."""
+    sandwich = hasattr(layer, "pre_feedforward_layernorm")
+    if sandwich:
+        return layer.pre_feedforward_layernorm, layer.post_attention_layernorm, layer.post_feedforward_layernorm
+    return layer.post_attention_layernorm, layer.self_attn.o_proj, layer.mlp
+
+
+def bare_run(p, inputs, metric, embed=None, head=None):  # noqa: ANN001, ANN201
+    """One forward of the bare model: the metric, and captured tensors. ``embed``: a function replacing layer 0's
+    input; ``head``: (layer, h) whose o_proj input alone keeps its gradient."""
+    layers, rec, handles = _layers(p), {}, []
+
+    def pre(key, clone=False, fn=None):  # noqa: ANN001, ANN202
+        def hook(mod, args, kwargs):  # noqa: ANN001, ANN202
+            x = args[0] if args else kwargs["hidden_states"]
+            x = fn(x) if fn is not None else (x.clone() if clone else x)
+            rec[key] = x
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+        return hook
+
+    def out(key):  # noqa: ANN001, ANN202
+        return lambda mod, args, o: rec.__setitem__(key, o[0] if isinstance(o, tuple) else o)
+
+    handles.append(layers[0].register_forward_pre_hook(pre("emb", fn=embed), with_kwargs=True))
+    for l, layer in enumerate(layers):
+        mlp_in, attn_out, mlp_out = _mods(layer)
+        handles.append(layer.input_layernorm.register_forward_pre_hook(pre(f"attn_in{l}", True), with_kwargs=True))
+        handles.append(mlp_in.register_forward_pre_hook(pre(f"mlp_in{l}", True), with_kwargs=True))
+        handles.append(attn_out.register_forward_hook(out(f"attn_out{l}")))
+        handles.append(mlp_out.register_forward_hook(out(f"mlp_out{l}")))
+        o_proj = layer.self_attn.o_proj
+
+        def z_hook(mod, args, l=l):  # noqa: ANN001, ANN202
+            z = args[0]
+            rec[f"z{l}"] = z
+            if head is None or head[0] != l:
+                return None
+            d = z.shape[-1] // p.model.cfg.n_heads
+            keep = z.detach().clone()
+            keep[..., head[1] * d : (head[1] + 1) * d] = z[..., head[1] * d : (head[1] + 1) * d]
+            return (keep,)
+
+        handles.append(o_proj.register_forward_pre_hook(z_hook))
+    norm = p.bare.get_submodule(p.model.adapter.layers.rsplit(".", 1)[0] + ".norm")
+    handles.append(norm.register_forward_pre_hook(pre("final", True), with_kwargs=True))
+    try:
+        with torch.enable_grad():
+            value = metric(p.bare(**inputs).logits)
+    finally:
+        for h in handles:
+            h.remove()
+    return value, rec
+
+
+def head_outputs(p, l, rec):  # noqa: ANN001, ANN201
+    """Each head's output [b, p, h, d_model] from the captured o_proj input (Gemma-3: through the post-norm, its
+    scale taken on the whole o_proj output)."""
+    layer = _layers(p)[l]
+    w, n = layer.self_attn.o_proj.weight.detach(), p.model.cfg.n_heads
+    z = rec[f"z{l}"].detach()
+    d = z.shape[-1] // n
+    parts = torch.stack([z[..., h * d : (h + 1) * d] @ w[:, h * d : (h + 1) * d].T for h in range(n)], -2)
+    if hasattr(layer, "pre_feedforward_layernorm"):
+        post = layer.post_attention_layernorm
+        total = parts.sum(-2)
+        scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + post.eps) * (1 + post.weight.detach())
+        parts = parts * scale[..., None, :]
+    return parts
+
+
+def brute_scores(p, g: Graph, corr_inputs, metric, embed=None):  # noqa: ANN001, ANN201
+    """Every edge of ``g`` scored by brute force: diff(src) . grad(dst), each grad from its own backward."""
+    L, n = p.model.cfg.n_layers, p.model.cfg.n_heads
+    real = p.real.to(torch.float32)
+    with torch.no_grad():
+        _, corr = bare_run(p, corr_inputs, metric, embed=embed)
+    value, clean = bare_run(p, p.inputs, metric)
+    keys = [f"mlp_in{l}" for l in range(L)] + ["final"]
+    grads = dict(zip(keys, torch.autograd.grad(value, [clean[k] for k in keys])))
+    for l in range(L):
+        for h in range(n):
+            v, rec = bare_run(p, p.inputs, metric, head=(l, h))
+            (grads[f"L{l}.H{h}"],) = torch.autograd.grad(v, rec[f"attn_in{l}"])
+    diffs = {}
+    for node in g.nodes:
+        if node.kind == "input":
+            mask = torch.zeros_like(real)
+            for r, pos in enumerate(node.positions):
+                mask[r, pos] = 1
+            diffs[node.id] = (corr["emb"] - clean["emb"]).detach() * mask[..., None]
+    for l in range(L):
+        hd = (head_outputs(p, l, corr) - head_outputs(p, l, clean)) * real[..., None, None]
+        for h in range(n):
+            diffs[f"L{l}.H{h}"] = hd[..., h, :]
+        diffs[f"L{l}.MLP"] = (corr[f"mlp_out{l}"] - clean[f"mlp_out{l}"]).detach() * real[..., None]
+    dst_grad = {f"L{l}.MLP": grads[f"mlp_in{l}"] for l in range(L)} | {"logit": grads["final"]}
+    dst_grad |= {f"L{l}.H{h}": grads[f"L{l}.H{h}"] for l in range(L) for h in range(n)}
+    out = torch.empty(g.n_edges)
+    for i, (s, d) in enumerate(zip(g.src.tolist(), g.dst.tolist())):
+        out[i] = (diffs[g.nodes[s].id] * dst_grad[g.nodes[d].id]).sum()
+    return out, float(value.detach())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eap_edges_equal_brute_force(family):
+    p = pair_for(family)
+    model, metric = p.model, last_logprob(p)
+    before = {k: v.clone() for k, v in model.hf_model.state_dict().items()}
+    g = eap_graph(model, p.inputs, blanked(p), metric, inputs="cell")
+    assert_clean(model)
+    assert all(q.grad is None for q in model.hf_model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.hf_model.state_dict().items())
+    brute, clean_value = brute_scores(p, g, blanked(p), metric)
+    tol = 1e-4 * float(brute.abs().max())
+    assert float(brute.abs().max()) > 1e-4  # the corruption moves the metric: a non-trivial check
+    assert torch.allclose(g.scores, brute, atol=tol, rtol=1e-3), float((g.scores - brute).abs().max())
+    assert g.meta["metric_clean"] == pytest.approx(clean_value, abs=1e-4)
+    kinds = {n.kind for n in g.nodes}
+    assert kinds == {"input", "head", "mlp", "logit"}
+    assert any(n.id.startswith("input:image0/t0r0c0") for n in g.nodes)
