@@ -108,26 +108,31 @@ def head_outputs(p, l, rec):  # noqa: ANN001, ANN201
     return parts
 
 
-def brute_scores(p, g: Graph, corr_inputs, metric, embed=None):  # noqa: ANN001, ANN201
-    """Every edge of ``g`` scored by brute force: diff(src) . grad(dst), each grad from its own backward."""
+def brute_scores(p, g: Graph, corr_inputs, metric, embed=None, steps: int = 1):  # noqa: ANN001, ANN201
+    """Every edge of ``g`` scored by brute force: diff(src) . grad(dst), each grad from its own backward; with
+    ``steps`` > 1 the grads are averaged over layer-0 inputs ``clean + k/steps (corrupted - clean)``."""
     L, n = p.model.cfg.n_layers, p.model.cfg.n_heads
     real = p.real.to(torch.float32)
     with torch.no_grad():
         _, corr = bare_run(p, corr_inputs, metric, embed=embed)
     value, clean = bare_run(p, p.inputs, metric)
-    keys = [f"mlp_in{l}" for l in range(L)] + ["final"]
-    grads = dict(zip(keys, torch.autograd.grad(value, [clean[k] for k in keys])))
-    for l in range(L):
-        for h in range(n):
-            v, rec = bare_run(p, p.inputs, metric, head=(l, h))
-            (grads[f"L{l}.H{h}"],) = torch.autograd.grad(v, rec[f"attn_in{l}"])
+    grads: dict = {}
+    for k in range(steps):
+        a = k / steps
+        step = None if k == 0 else (lambda x, a=a: x + a * (corr["emb"] - x))
+        v, rec = bare_run(p, p.inputs, metric, embed=step)
+        keys = [f"mlp_in{l}" for l in range(L)] + ["final"]
+        for key, gr in zip(keys, torch.autograd.grad(v, [rec[k] for k in keys])):
+            grads[key] = grads.get(key, 0) + gr / steps
+        for l in range(L):
+            for h in range(n):
+                v, rec = bare_run(p, p.inputs, metric, embed=step, head=(l, h))
+                (gr,) = torch.autograd.grad(v, rec[f"attn_in{l}"])
+                grads[f"L{l}.H{h}"] = grads.get(f"L{l}.H{h}", 0) + gr / steps
     diffs = {}
     for node in g.nodes:
         if node.kind == "input":
-            mask = torch.zeros_like(real)
-            for r, pos in enumerate(node.positions):
-                mask[r, pos] = 1
-            diffs[node.id] = (corr["emb"] - clean["emb"]).detach() * mask[..., None]
+            diffs[node.id] = (corr["emb"] - clean["emb"]).detach() * node_mask(node, real)[..., None]
     for l in range(L):
         hd = (head_outputs(p, l, corr) - head_outputs(p, l, clean)) * real[..., None, None]
         for h in range(n):
@@ -141,6 +146,19 @@ def brute_scores(p, g: Graph, corr_inputs, metric, embed=None):  # noqa: ANN001,
     return out, float(value.detach())
 
 
+def node_mask(node, like):  # noqa: ANN001, ANN201
+    mask = torch.zeros_like(like)
+    for r, pos in enumerate(node.positions):
+        mask[r, pos] = 1
+    return mask
+
+
+def assert_close(scores, brute):  # noqa: ANN001
+    assert float(brute.abs().max()) > 1e-4  # the corruption moves the metric: a non-trivial check
+    tol = 1e-4 * float(brute.abs().max())
+    assert torch.allclose(scores, brute, atol=tol, rtol=1e-3), float((scores - brute).abs().max())
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_eap_edges_equal_brute_force(family):
     p = pair_for(family)
@@ -151,10 +169,68 @@ def test_eap_edges_equal_brute_force(family):
     assert all(q.grad is None for q in model.hf_model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.hf_model.state_dict().items())
     brute, clean_value = brute_scores(p, g, blanked(p), metric)
-    tol = 1e-4 * float(brute.abs().max())
-    assert float(brute.abs().max()) > 1e-4  # the corruption moves the metric: a non-trivial check
-    assert torch.allclose(g.scores, brute, atol=tol, rtol=1e-3), float((g.scores - brute).abs().max())
+    assert_close(g.scores, brute)
     assert g.meta["metric_clean"] == pytest.approx(clean_value, abs=1e-4)
     kinds = {n.kind for n in g.nodes}
     assert kinds == {"input", "head", "mlp", "logit"}
     assert any(n.id.startswith("input:image0/t0r0c0") for n in g.nodes)
+
+
+def test_eap_ig_steps_1_is_eap_and_steps_3_equals_brute_force():
+    p = pair_for("llava")
+    metric = last_logprob(p)
+    eap = eap_graph(p.model, p.inputs, blanked(p), metric, inputs="image")
+    ig1 = eap_graph(p.model, p.inputs, blanked(p), metric, inputs="image", method="eap-ig", steps=1)
+    assert torch.equal(eap.scores, ig1.scores) and torch.equal(eap.node_scores, ig1.node_scores)
+    ig3 = eap_graph(p.model, p.inputs, blanked(p), metric, inputs="image", method="eap-ig", steps=3)
+    assert ig3.method == "eap-ig" and ig3.meta["steps"] == 3
+    assert not torch.allclose(ig3.scores, eap.scores, atol=1e-5)  # the path average is not the clean gradient
+    assert_close(ig3.scores, brute_scores(p, ig3, blanked(p), metric, steps=3)[0])
+    assert_clean(p.model)
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_ablation_of_input_nodes_equals_brute_force(kind):
+    p = pair_for("gemma3")
+    metric = last_logprob(p)
+    g = eap_graph(p.model, p.inputs, kind, metric, inputs="tile")
+    real = p.real.to(torch.float32)
+    masks = [node_mask(n, real).bool() for n in g.nodes if n.kind == "input"]
+
+    def ablate(x):  # noqa: ANN001, ANN202
+        x = x.clone()
+        for m in masks:
+            x[m] = 0 if kind == "zero" else x[m].mean(0)
+        return x
+
+    assert_close(g.scores, brute_scores(p, g, p.inputs, metric, embed=ablate)[0])
+    assert g.meta["corruption"] == kind
+    assert_clean(p.model)
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3", "lfm2_vl"])
+def test_node_scores_are_the_sum_of_outgoing_edges(family):
+    """Sequential blocks: dM/d a(u) telescopes into the sum of the readers' input gradients, and the heads' own
+    input gradients sum to the attention branch's (lfm2_vl: conv layers as whole ``L{l}.attn`` nodes)."""
+    p = pair_for(family)
+    g = eap_graph(p.model, p.inputs, "mean", last_logprob(p), inputs="image", method="eap-ig", steps=2)
+    summed = torch.zeros(len(g.nodes)).index_add_(0, g.src, g.scores)
+    assert float(g.node_scores.abs().max()) > 1e-4
+    assert torch.allclose(summed, g.node_scores, atol=1e-5 * float(g.node_scores.abs().max()) + 1e-7)
+    assert (family == "lfm2_vl") == any(n.kind == "attn" for n in g.nodes)
+
+
+def test_hooks_mm_metric_and_json_round_trip():
+    import json
+
+    from hooks_mm.circuits import Graph
+    from hooks_mm.sweep.metrics import answer_logprob
+
+    p = pair_for("toy-llava")
+    batch = p.model.prepare(p.inputs)
+    g = eap_graph(p.model, batch, blanked(p), answer_logprob(p.model, batch), inputs="cell")
+    back = Graph.from_dict(json.loads(json.dumps(g.to_dict())))
+    assert torch.allclose(back.scores, g.scores) and [n.id for n in back.nodes] == [n.id for n in g.nodes]
+    assert g.meta["str_tokens"] and g.meta["layout"].startswith(batch.layout.describe(0)[:10])
+    assert g.meta["metric_clean"] != g.meta["metric_corrupted"]
+    assert_clean(p.model)
