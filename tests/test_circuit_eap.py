@@ -234,3 +234,85 @@ def test_hooks_mm_metric_and_json_round_trip():
     assert g.meta["str_tokens"] and g.meta["layout"].startswith(batch.layout.describe(0)[:10])
     assert g.meta["metric_clean"] != g.meta["metric_corrupted"]
     assert_clean(p.model)
+
+
+def _refused(family: str):  # noqa: ANN202
+    from hooks_mm import zoo
+    from hooks_mm.model import HookedMLLM
+
+    tiny = zoo.build(family)
+    return HookedMLLM(tiny.model, tiny.processor), tiny.inputs
+
+
+@pytest.mark.parametrize(
+    "family, match",
+    [
+        ("cohere2_vision", "parallel block"),
+        ("mllama", "cross-attention"),
+        ("qwen3_vl", "deepstack"),
+        ("gemma4", "layer_scalar"),
+    ],
+)
+def test_families_eap_cannot_split_are_refused_by_name(family, match):
+    model, inputs = _refused(family)
+    with pytest.raises(NotImplementedError, match=match):
+        eap_graph(model, inputs, "zero", lambda lg: lg[:, -1, 0].mean())
+    assert_clean(model)
+
+
+def test_misuse_raises_before_any_hook(monkeypatch):
+    p, text = pair_for("llava"), pair_for("llama")
+    model, metric = p.model, last_logprob(p)
+
+    def no_hooks(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a hook was added before the misuse was found")
+
+    for m in (model, text.model):
+        monkeypatch.setattr(m, "hooks", no_hooks)
+    cases = [
+        (dict(clean=p.inputs, corrupted=None), ValueError, "needs a corruption"),
+        (dict(clean=p.inputs, corrupted="noise"), ValueError, "zero"),
+        (dict(clean=p.inputs, corrupted="zero", method="ig"), ValueError, "method"),
+        (dict(clean=p.inputs, corrupted="zero", method="eap-ig", steps=0), ValueError, "steps"),
+        (dict(clean=p.inputs, corrupted="zero", inputs="patch"), ValueError, "inputs='patch'"),
+        (dict(clean=p.inputs, corrupted="zero", metric=3.0), TypeError, "callable"),
+    ]
+    for kw, err, match in cases:
+        kw = {"metric": metric, **kw}
+        with pytest.raises(err, match=match):
+            eap_graph(model, kw.pop("clean"), kw.pop("corrupted"), kw.pop("metric"), **kw)
+    tm = text.model
+    ids, am = text.inputs["input_ids"], text.inputs["attention_mask"]
+    with pytest.raises(ValueError, match="no image positions"):  # one node per cell of a text-only batch
+        eap_graph(tm, text.inputs, "zero", last_logprob(text), inputs="cell")
+    with pytest.raises(ValueError, match="shape"):  # a corrupted batch of another length
+        eap_graph(tm, text.inputs, {"input_ids": ids[:, 1:], "attention_mask": am[:, 1:]}, last_logprob(text))
+    r = int(am[:, 0].argmax())  # a row with a real first position: padding there is another layout
+    am2 = am.clone()
+    am2[r, 0] = 0
+    with pytest.raises(ValueError, match="laid out differently"):
+        eap_graph(tm, text.inputs, {"input_ids": ids, "attention_mask": am2}, last_logprob(text))
+    from hooks_mm.sweep.metrics import answer_logprob
+
+    with pytest.raises(ValueError, match="other inputs"):  # a metric made for another batch
+        eap_graph(model, p.inputs, "zero", answer_logprob(tm, text.inputs))
+    monkeypatch.undo()
+    assert_clean(model)
+    assert_clean(tm)
+
+
+@pytest.mark.parametrize(
+    "metric, match",
+    [(lambda lg: lg[:, -1, 5], "one scalar"), (lambda lg: lg.detach()[:, -1, 5].mean(), "autograd"), (None, "")],
+)
+def test_metric_that_is_not_a_differentiable_scalar_raises_and_hooks_are_removed(metric, match):
+    p = pair_for("llava")
+    if metric is None:  # a metric that fails inside the run: hooks removed all the same
+        metric, match = (lambda lg: (_ for _ in ()).throw(RuntimeError("boom"))), "boom"
+        err = RuntimeError
+    else:
+        err = ValueError
+    with pytest.raises(err, match=match):
+        eap_graph(p.model, p.inputs, blanked(p), metric)
+    assert_clean(p.model)
+    assert all(q.grad is None for q in p.model.hf_model.parameters())
