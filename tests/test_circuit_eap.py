@@ -233,6 +233,8 @@ def test_hooks_mm_metric_and_json_round_trip():
     assert torch.allclose(back.scores, g.scores) and [n.id for n in back.nodes] == [n.id for n in g.nodes]
     assert g.meta["str_tokens"] and g.meta["layout"].startswith(batch.layout.describe(0)[:10])
     assert g.meta["metric_clean"] != g.meta["metric_corrupted"]
+    last = p.real.long().cumsum(1).argmax(1)  # the metric's positions: each row's last real one
+    assert g.node("logit").positions == [[int(q)] for q in last]
     assert_clean(p.model)
 
 

@@ -210,7 +210,9 @@ def _assemble(
         writers.append((2 * l + 2, lambda g, md=md: (md * g).sum()[None]))
         node_scores.append((md * run.g_post[l]).sum()[None])
     readers.append((2 * L + 1, [len(nodes)], run.g_post[L - 1][None]))
-    nodes.append(Node("logit", "logit", L, positions=run.metric_positions or all_pos, label="metric"))
+    read = getattr(metric, "positions", None)  # a PositionMetric: the one position per row it reads
+    logit_pos = [[int(q)] for q in read.tolist()] if torch.is_tensor(read) and read.dim() == 1 else all_pos
+    nodes.append(Node("logit", "logit", L, positions=logit_pos, label="metric"))
     node_scores.append(torch.zeros(1, dtype=run.ediff.dtype))
     starts, k = [], 0
     for stage, fn in writers:  # node index ranges of each writer, in node order

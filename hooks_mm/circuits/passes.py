@@ -35,7 +35,6 @@ class Passes:
     mlp_diff: list[Tensor] = field(default_factory=list)
     metric_clean: float = float("nan")
     metric_corrupted: float = float("nan")
-    metric_positions: list[list[int]] | None = None
 
 
 def _sources(model: HookedMLLM, store: dict[str, Tensor]) -> tuple[dict[int, Tensor], dict[int, Tensor], list[Tensor]]:
@@ -123,14 +122,14 @@ def run_passes(
                 (gh,) = torch.autograd.grad(live[z], pre, gz, retain_graph=True, allow_unused=True)
                 per.append(torch.zeros_like(pre) if gh is None else gh)
             got[f"heads{l}"] = torch.stack(per)
-        for n, g in got.items():
-            grads[n] = grads.get(n, 0) + g.detach() / m
+        for n, g in got.items():  # float32 sums: half-precision gradients would lose the small edges
+            grads[n] = grads.get(n, 0) + g.detach().float() / m
         if k == 0:
             clean_store, value_clean = store, float(value.detach())
         live.clear()
     heads_0, attn_0, mlp_0 = _sources(model, clean_store)
     run = Passes(
-        ediff=e_corr - clean_store[pre0],
+        ediff=(e_corr - clean_store[pre0]).float(),
         g_pre0=grads[pre0],
         metric_clean=value_clean,
         metric_corrupted=float(torch.as_tensor(value_corr).detach().float().mean()),
@@ -141,11 +140,11 @@ def run_passes(
         run.g_post.append(grads[f"blocks.{l}.hook_resid_post"])
         if l in heads_c:
             run.g_heads[l] = grads[f"heads{l}"]
-            run.head_diff[l] = heads_c[l] - heads_0[l]
+            run.head_diff[l] = (heads_c[l] - heads_0[l]).float()
             check_split(model, l, run.g_heads[l].sum(0), run.g_pre[l] - run.g_mid[l])
         else:
-            run.attn_diff[l] = attn_c[l] - attn_0[l]
-        run.mlp_diff.append(mlp_c[l] - mlp_0[l])
+            run.attn_diff[l] = (attn_c[l] - attn_0[l]).float()
+        run.mlp_diff.append((mlp_c[l] - mlp_0[l]).float())
     return run
 
 
