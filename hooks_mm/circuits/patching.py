@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from hooks_mm.circuits.eap import check_corrupted
 from hooks_mm.model.branches import attn_branch, head_parts
 
 if TYPE_CHECKING:
@@ -96,22 +97,18 @@ def check_model(model: HookedMLLM) -> None:
         attn_branch(model, l)  # raises naming the layer when its heads have no separate outputs
 
 
-def _check_pair(model: HookedMLLM, clean: Batch, corrupted: Batch) -> None:
-    if clean.shape != corrupted.shape:
-        raise ValueError(
-            f"the corrupted batch has shape {corrupted.shape}, the clean one {clean.shape}: edge patching adds "
-            "corrupted activations position by position; give a corrupted batch of the same layout (pad both to one "
-            "length, e.g. model.to_inputs([...clean, ...corrupted]) then split the rows)."
-        )
-    lc, lr = clean.layout, corrupted.layout
-    if not all(
-        torch.equal(getattr(lc, k), getattr(lr, k)) for k in ("modality", "image_index", "grid_row", "grid_col")
-    ):
-        raise ValueError(
-            "the corrupted batch's layout differs from the clean one's (modalities or padding per position): "
-            "corrupt the content (another image of the same size, swapped words of the same token count) so every "
-            "position means the same in both runs."
-        )
+def ablated(kind: str, masks: list[Tensor]) -> Any:
+    """A hook replacing each mask's embeddings by zeros (``"zero"``) or their mean over the mask (``"mean"``),
+    as :func:`hooks_mm.circuits.eap_graph` ablates its input nodes."""
+
+    def fn(x: Tensor, hook: Any) -> Tensor:
+        out = x.clone()
+        for m in masks:
+            m = m.to(x.device)
+            out[m] = torch.zeros_like(x[0, 0]) if kind == "zero" else x[m].mean(0)
+        return out
+
+    return fn
 
 
 def _names(model: HookedMLLM) -> list[str]:
@@ -150,9 +147,19 @@ class Outputs:
                     self.values[i] = _mask(s.mask, x)
 
     @classmethod
-    def of_run(cls, model: HookedMLLM, batch: Batch, sources: list[Source]) -> tuple[Outputs, Tensor, Tensor]:
-        """The sources' outputs in a plain run of ``batch``, with its logits and embeddings."""
-        logits, cache = model.run_with_cache(batch, names_filter=_names(model))
+    def of_run(
+        cls, model: HookedMLLM, batch: Batch, sources: list[Source], ablate: str | None = None
+    ) -> tuple[Outputs, Tensor, Tensor]:
+        """The sources' outputs in a run of ``batch`` (its input sources ``ablate``d: "zero" / "mean"), with its
+        logits and embeddings."""
+        hooks = []
+        if ablate is not None:
+            masks = [torch.ones(batch.shape, dtype=torch.bool) if s.mask is None else s.mask for s in sources]
+            hooks = [
+                ("blocks.0.hook_resid_pre", ablated(ablate, [m for m, s in zip(masks, sources) if s.kind == "input"]))
+            ]
+        with model.hooks(fwd_hooks=hooks):
+            logits, cache = model.run_with_cache(batch, names_filter=_names(model))
         out = cls(model, sources)
         for name in _names(model):
             out.record(name, cache[name])
@@ -164,7 +171,7 @@ class Prepared:
     """The corrupted run's outputs and the checks of one (model, clean, corrupted, sources) set."""
 
     clean: Batch
-    corrupted: Batch
+    corrupted: Batch | str  # or the ablation of the input sources: "zero" / "mean"
     sources: list[Source]
     corr: Outputs
     clean_logits: Tensor
@@ -172,10 +179,12 @@ class Prepared:
 
 
 def prepare(model: HookedMLLM, clean: Any, corrupted: Any, sources: list[Source]) -> Prepared:
-    """Check the model, the batches and the sources, and run the clean and corrupted runs once."""
+    """Check the model, the batches and the sources, and run the clean and corrupted runs once. ``corrupted``: a
+    batch of the clean one's layout, or "zero" / "mean": the clean batch with each input source's embeddings
+    replaced by zeros / their mean over its positions (as :func:`~hooks_mm.circuits.eap_graph` does)."""
     check_model(model)
-    clean, corrupted = model.prepare(clean), model.prepare(corrupted)
-    _check_pair(model, clean, corrupted)
+    clean = model.prepare(clean)
+    corrupted = check_corrupted(model, clean, corrupted)  # a batch of the same layout, or "zero" / "mean"
     n, n_heads = model.cfg.n_layers, model.cfg.n_heads
     for s in sources:
         if s.kind not in KINDS:
@@ -190,7 +199,8 @@ def prepare(model: HookedMLLM, clean: Any, corrupted: Any, sources: list[Source]
                 "graph was built for another batch; build it for this one."
             )
     with torch.no_grad():
-        corr, corrupted_logits, corr_embed = Outputs.of_run(model, corrupted, sources)
+        ablate = corrupted if isinstance(corrupted, str) else None
+        corr, corrupted_logits, corr_embed = Outputs.of_run(model, clean if ablate else corrupted, sources, ablate)
         this, clean_logits, clean_embed = Outputs.of_run(model, clean, sources)
     covered = torch.zeros(clean.shape, dtype=torch.bool, device=clean_embed.device)
     for s in sources:
