@@ -8,7 +8,7 @@ import torch
 from conftest import assert_clean, pair_for
 
 from hooks_mm import HookedMLLM
-from hooks_mm.circuits.agreement import eap_agreement, units
+from hooks_mm.circuits.agreement import eap_agreement
 from hooks_mm.circuits.eap import eap_graph
 from hooks_mm.circuits.faithfulness import EdgePatcher, faithfulness, faithfulness_curve, select_circuit
 from hooks_mm.circuits.graph import Graph, Node
@@ -280,7 +280,7 @@ def test_misuse_raises_before_any_hook() -> None:
     before = state(model)
     g = complete_graph(model, clean)
     metric = answer_logprob(model, clean)
-    with pytest.raises(ValueError, match="edge count"):
+    with pytest.raises(ValueError, match="top k edges needs an int"):
         faithfulness(model, g, clean, corrupted, metric, k=g.n_edges + 1)
     with pytest.raises(ValueError, match="exactly one of k"):
         select_circuit(g)
@@ -312,6 +312,9 @@ def test_misuse_raises_before_any_hook() -> None:
     assert int((shifted.layout.modality[0] == Modality.IMAGE).nonzero()[0]) != first_img
     with pytest.raises(ValueError, match="laid out differently"):
         EdgePatcher(model, g, clean, shifted, metric)
+    # a metric made for another batch (its positions and targets are that batch's)
+    with pytest.raises(ValueError, match="made for other inputs"):
+        EdgePatcher(model, g, clean, corrupted, answer_logprob(model, five))
     # a metric that is not one number
     with pytest.raises(ValueError, match="one number"):
         EdgePatcher(model, g, clean, corrupted, lambda logits: logits[:, -1, 0])
@@ -382,7 +385,7 @@ def test_eap_agrees_with_exact_edge_patching(which: str) -> None:
     # one unit's effect through the circuit path: keep every graph edge but the unit's
     ep = EdgePatcher(model, g, clean, corrupted, metric)
     top = int(ag.effects.abs().argmax())
-    unit = units(ep)[top]
+    unit = ep.units[top]
     keep = torch.ones(g.n_edges, dtype=torch.bool)
     keep[unit] = False
     assert abs(ep.metric(keep) - ep.m_clean - float(ag.effects[top])) < 1e-6
@@ -399,3 +402,28 @@ def scipy_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def test_grouped_query_circuits_keep_units_whole() -> None:
+    """Tiny LLaVA (2 query heads per key / value head): circuits and random controls select whole units, the
+    end points hold, and a mask splitting a unit is refused."""
+    model, clean, corrupted = tiny("llava")
+    g = complete_graph(model, clean)
+    metric = answer_logprob(model, clean)
+    ep = EdgePatcher(model, g, clean, corrupted, metric)
+    into_heads = sum(g.nodes[int(d)].kind == "head" for d in g.dst)
+    assert len(ep.units) == g.n_edges - into_heads // 2
+    f = faithfulness(model, g, clean, corrupted, metric, k=25, n_random=20, patcher=ep)
+    assert len(f.random) == 20 and f.k >= 25
+    assert (
+        abs(faithfulness(model, g, clean, corrupted, metric, k=len(ep.units), n_random=0, patcher=ep).value - 1) < 1e-6
+    )
+    assert abs(faithfulness(model, g, clean, corrupted, metric, k=0, n_random=0, patcher=ep).value) < 1e-5
+    unit = next(u for u in ep.units if len(u) == 2)
+    keep = torch.zeros(g.n_edges, dtype=torch.bool)
+    keep[unit[0]] = True
+    with pytest.raises(ValueError, match="key / value head"):
+        ep.metric(keep)
+    with pytest.raises(ValueError, match="edge units"):
+        select_circuit(g, k=len(ep.units) + 1, units=ep.units)
+    assert_clean(model)

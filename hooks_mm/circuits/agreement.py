@@ -2,8 +2,9 @@
 
 The exact effect of an edge ``u -> v`` is ``M(only u -> v patched) - M(clean)``, the quantity EAP estimates to
 first order. Grouped-query attention: the query heads sharing one key / value head cannot read different inputs,
-so edges from one source into such a group are one unit (patched together, their scores summed); elsewhere each
-edge is its own unit. The agreement is the Spearman rank correlation of scores and effects over the units.
+so edges from one source into such a group are one unit (:func:`~hooks_mm.circuits.faithfulness.edge_units`:
+patched together, their scores summed); elsewhere each edge is its own unit. The agreement is the Spearman
+rank correlation of scores and effects over the units.
 
 Example::
 
@@ -50,21 +51,6 @@ def spearman(a: Tensor, b: Tensor) -> float:
     return float((ra @ rb).item() / den) if den > 0 else float("nan")
 
 
-def units(ep: EdgePatcher) -> list[list[int]]:
-    """The graph's edges grouped into units that can be patched alone (module docstring)."""
-    cfg, g = ep.model.cfg, ep.graph
-    per = cfg.n_heads // cfg.n_key_value_heads
-    out: dict[tuple, list[int]] = {}
-    for e in range(g.n_edges):
-        dst = g.nodes[int(g.dst[e])]
-        key: tuple = (e,)
-        if per > 1 and dst.kind == "head":
-            key = ("group", int(g.src[e]), dst.layer, dst.head // per)
-        out.setdefault(key, []).append(e)
-    full = [u for u in out.values() if len(u) == per or g.nodes[int(g.dst[u[0]])].kind != "head" or per == 1]
-    return full
-
-
 def edge_effects(ep: EdgePatcher, groups: list[list[int]]) -> Float[Tensor, " unit"]:
     """``M(only the unit's edges patched) - M(clean)`` for each unit (one patched run each)."""
     effects = []
@@ -94,7 +80,7 @@ def eap_agreement(
         print(f"{ag.spearman:.3f} over {ag.n_units} edges")
     """
     ep = patcher or EdgePatcher(model, graph, clean, corrupted, metric)
-    groups = units(ep)
+    groups = ep.units
     if len(groups) < 3:
         raise ValueError(f"the graph has {len(groups)} patchable edge units: a rank correlation needs at least 3.")
     effects = edge_effects(ep, groups)

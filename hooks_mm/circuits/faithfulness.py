@@ -31,6 +31,7 @@ from torch import Tensor
 from hooks_mm.circuits.graph import Graph
 from hooks_mm.circuits.patching import Reader, Source, edge_patched_logits, precedes, prepare
 from hooks_mm.layout import Modality
+from hooks_mm.sweep.metrics import check_metric_batch
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -38,9 +39,12 @@ if TYPE_CHECKING:
 MODALITY = {"image": Modality.IMAGE, "video": Modality.VIDEO, "audio": Modality.AUDIO}
 
 
-def select_circuit(graph: Graph, k: int | None = None, threshold: float | None = None) -> Bool[Tensor, " edge"]:
+def select_circuit(
+    graph: Graph, k: int | None = None, threshold: float | None = None, units: list[list[int]] | None = None
+) -> Bool[Tensor, " edge"]:
     """The edges of a circuit, as a bool mask over ``graph``'s edges: the ``k`` of largest ``|score|`` (ties in
-    edge order) or every edge with ``|score| >= threshold``.
+    edge order) or every edge with ``|score| >= threshold``. ``units`` (:attr:`EdgePatcher.units`): edges that are
+    kept or dropped together (grouped-query heads), ranked by their summed score; ``k`` then counts units.
 
     Example::
 
@@ -48,14 +52,24 @@ def select_circuit(graph: Graph, k: int | None = None, threshold: float | None =
     """
     if (k is None) == (threshold is None):
         raise ValueError("select_circuit needs exactly one of k (top-k edges) or threshold (|score| >= threshold).")
+    groups = units if units is not None else [[e] for e in range(graph.n_edges)]
+    score = torch.stack([graph.scores[u].sum() for u in groups]).abs() if groups else torch.zeros(0)
     keep = torch.zeros(graph.n_edges, dtype=torch.bool)
     if threshold is not None:
-        return graph.scores.abs() >= threshold
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= graph.n_edges:
-        raise ValueError(
-            f"k={k!r}: a circuit of the top k edges needs an int in 0..{graph.n_edges} (this graph's edge count)."
+        chosen = (score >= threshold).nonzero().flatten().tolist()
+    elif isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(groups):
+        what = (
+            "edges"
+            if all(len(u) == 1 for u in groups)
+            else "edge units (edges into heads sharing a key / value head count once)"
         )
-    keep[graph.scores.abs().argsort(descending=True, stable=True)[:k]] = True
+        raise ValueError(
+            f"k={k!r}: a circuit of the top k {what} needs an int in 0..{len(groups)} (this graph's count)."
+        )
+    else:
+        chosen = score.argsort(descending=True, stable=True)[:k].tolist()
+    for i in chosen:
+        keep[groups[i]] = True
     return keep
 
 
@@ -69,6 +83,22 @@ def _positions_mask(positions: list[list[int]], shape: tuple[int, int], what: st
     for row, p in enumerate(positions):
         m[row, p] = True
     return m
+
+
+def edge_units(model: HookedMLLM, graph: Graph) -> list[list[int]]:
+    """``graph``'s edges in units that can be patched alone: one edge each, except under grouped-query attention,
+    where the edges from one source into the query heads sharing a key / value head are one unit (those heads'
+    keys and values cannot read different inputs)."""
+    cfg = model.cfg
+    per = cfg.n_heads // cfg.n_key_value_heads
+    out: dict[tuple, list[int]] = {}
+    for e in range(graph.n_edges):
+        dst = graph.nodes[int(graph.dst[e])]
+        key: tuple = (
+            ("group", int(graph.src[e]), dst.layer, dst.head // per) if per > 1 and dst.kind == "head" else (e,)
+        )
+        out.setdefault(key, []).append(e)
+    return list(out.values())
 
 
 class EdgePatcher:
@@ -96,6 +126,7 @@ class EdgePatcher:
                     "this model (eap_graph(model, ...))."
                 )
         clean = model.prepare(clean)
+        check_metric_batch(metric, clean)  # a hooks_mm metric made for other inputs: its positions would be wrong
         if "batch_shape" in meta and tuple(meta["batch_shape"]) != clean.shape:
             raise ValueError(
                 f"the graph was built for a batch of shape {tuple(meta['batch_shape'])}, the clean batch is "
@@ -151,6 +182,7 @@ class EdgePatcher:
                 f"this {cfg.architecture} (its source is not upstream of its destination): the graph is not of this "
                 "model."
             )
+        self.units = edge_units(model, graph)
         self.prep = prepare(model, clean, corrupted, sources)
         self.m_clean = self.value(self.prep.clean_logits)
         self.m_corrupted = self.value(self.prep.corrupted_logits)
@@ -169,6 +201,16 @@ class EdgePatcher:
             raise ValueError(
                 f"keep must be a bool mask over the graph's {self.graph.n_edges} edges (select_circuit's value), got "
                 f"{getattr(keep, 'dtype', type(keep).__name__)} {tuple(getattr(keep, 'shape', ()))}."
+            )
+        split = [u for u in self.units if len(u) > 1 and 0 < int(keep[u].sum()) < len(u)]
+        if split:
+            ids = [n.id for n in self.graph.nodes]
+            u = split[0]
+            raise ValueError(
+                f"keep holds some but not all of the edges {ids[int(self.graph.src[u[0]])]} -> "
+                f"{', '.join(ids[int(self.graph.dst[e])] for e in u)}: those heads share one key / value head "
+                "(grouped-query attention) and cannot read different inputs; keep or drop them together "
+                "(select_circuit(g, k, units=patcher.units))."
             )
         out = self.possible.clone()
         out[self.edge_r[keep], self.edge_s[keep]] = False
@@ -204,12 +246,12 @@ class Faithfulness:
     random_interval: tuple[float, float]
 
 
-def _control(ep: EdgePatcher, keep: Tensor, value: float, n_random: int, gen: torch.Generator) -> dict[str, Any]:
-    k, e = int(keep.sum()), ep.graph.n_edges
+def _control(ep: EdgePatcher, k: int, value: float, n_random: int, gen: torch.Generator) -> dict[str, Any]:
     draws = []
     for _ in range(n_random):
-        rand = torch.zeros(e, dtype=torch.bool)
-        rand[torch.randperm(e, generator=gen)[:k]] = True
+        rand = torch.zeros(ep.graph.n_edges, dtype=torch.bool)
+        for i in torch.randperm(len(ep.units), generator=gen)[:k].tolist():
+            rand[ep.units[i]] = True
         draws.append(ep.faithfulness(rand))
     r = torch.tensor(draws, dtype=torch.float64)
     lo, hi = (torch.quantile(r, q).item() for q in (0.025, 0.975)) if n_random else (float("nan"),) * 2
@@ -245,11 +287,12 @@ def faithfulness(
         f.value, f.percentile, f.random_mean, f.random_interval
     """
     _check_draws(n_random)
-    keep = select_circuit(graph, k, threshold)
     ep = patcher or EdgePatcher(model, graph, clean, corrupted, metric)
+    keep = select_circuit(graph, k, threshold, ep.units)
     value = ep.faithfulness(keep)
     gen = torch.Generator().manual_seed(seed)
-    ctl = _control(ep, keep, value, n_random, gen)
+    n_units = sum(bool(keep[u[0]]) for u in ep.units)
+    ctl = _control(ep, n_units, value, n_random, gen)
     m = value * (ep.m_clean - ep.m_corrupted) + ep.m_corrupted
     return Faithfulness(int(keep.sum()), value, m, ep.m_clean, ep.m_corrupted, **ctl)
 
@@ -276,9 +319,9 @@ def faithfulness_curve(
     ks = list(ks)
     if not ks:
         raise ValueError("faithfulness_curve needs a non-empty list of k.")
-    for k in ks:
-        select_circuit(graph, k)  # every k checked before the runs
     ep = EdgePatcher(model, graph, clean, corrupted, metric)
+    for k in ks:
+        select_circuit(graph, k, units=ep.units)  # every k checked before the runs
     rows = []
     for k in ks:
         f = faithfulness(model, graph, clean, corrupted, metric, k, n_random=n_random, seed=seed, patcher=ep)
