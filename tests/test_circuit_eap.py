@@ -253,6 +253,7 @@ def _refused(family: str):  # noqa: ANN202
         ("mllama", "cross-attention"),
         ("qwen3_vl", "deepstack"),
         ("gemma4", "layer_scalar"),
+        ("blip2", "flattens"),
     ],
 )
 def test_families_eap_cannot_split_are_refused_by_name(family, match):
@@ -318,3 +319,15 @@ def test_metric_that_is_not_a_differentiable_scalar_raises_and_hooks_are_removed
         eap_graph(p.model, p.inputs, blanked(p), metric)
     assert_clean(p.model)
     assert all(q.grad is None for q in p.model.hf_model.parameters())
+
+
+def test_a_block_whose_residual_bypasses_the_hook_points_raises_not_a_wrong_graph(monkeypatch):
+    """OPT (BLIP-2) keeps its residual skip off resid_mid's hook point: with the family check bypassed, the
+    per-branch VJP checks find it (the differences of residual gradients would give wrong edges)."""
+    import hooks_mm.circuits.eap as eap
+
+    model, inputs = _refused("blip2")
+    monkeypatch.setattr(eap, "check_family", lambda model: None)
+    with pytest.raises(RuntimeError, match="does not read and write the residual stream"):
+        eap.eap_graph(model, inputs, "zero", lambda lg: lg[:, -1].log_softmax(-1)[:, 0].mean())
+    assert_clean(model)
