@@ -331,3 +331,17 @@ def test_a_block_whose_residual_bypasses_the_hook_points_raises_not_a_wrong_grap
     with pytest.raises(RuntimeError, match="does not read and write the residual stream"):
         eap.eap_graph(model, inputs, "zero", lambda lg: lg[:, -1].log_softmax(-1)[:, 0].mean())
     assert_clean(model)
+
+
+def test_swapped_text_corruption_equals_brute_force():
+    """A text corruption (one prompt token changed in every row, Qwen2-VL's multimodal RoPE): text nodes carry it."""
+    p = pair_for("qwen2_vl")
+    text = (p.model.prepare(p.inputs).layout.modality == 0).all(0)  # positions that are text in every row
+    at = int(text[:-1].nonzero().max())  # the last one before the final position
+    ids = p.inputs["input_ids"].clone()
+    ids[:, at] = (ids[:, at] + 1) % 50  # another token there: the same layout
+    corr = {**p.inputs, "input_ids": ids}
+    metric = last_logprob(p)
+    g = eap_graph(p.model, p.inputs, corr, metric, inputs="image")
+    assert g.node_scores[g.index("input:text")] != 0 and g.node_scores[g.index("input:image0")] == 0
+    assert_close(g.scores, brute_scores(p, g, corr, metric)[0])
