@@ -345,3 +345,26 @@ def test_swapped_text_corruption_equals_brute_force():
     g = eap_graph(p.model, p.inputs, corr, metric, inputs="image")
     assert g.node_scores[g.index("input:text")] != 0 and g.node_scores[g.index("input:image0")] == 0
     assert_close(g.scores, brute_scores(p, g, corr, metric)[0])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl_video", "qwen2_audio", "llava"])
+def test_input_nodes_cover_each_real_position_once_at_every_granularity(family):
+    from hooks_mm.circuits import input_nodes
+
+    L = pair_for(family).model.prepare(pair_for(family).inputs).layout
+    for mode in ("image", "cell", "tile", "frame"):
+        try:
+            nodes, masks = input_nodes(L, mode, window=4)
+        except ValueError as e:  # cell / tile without images, frame without video or audio: named
+            assert "no image positions" in str(e) or "no video or audio" in str(e)
+            continue
+        assert torch.equal(masks.sum(0), (L.modality != 3).long())  # every real position exactly once
+        for n, m in zip(nodes, masks):
+            rows, pos = m.nonzero(as_tuple=True)
+            assert n.positions == [pos[rows == r].tolist() for r in range(L.shape[0])]
+            if n.id.startswith("input:audio") and "/w" in n.id:
+                assert set((L.frame[rows, pos] // 4).tolist()) == {n.frame}
+            if n.id.startswith("input:video") and "/f" in n.id:
+                assert set(L.frame[rows, pos].tolist()) == {n.frame}
+            if n.row >= 0:
+                assert set(L.grid_row[rows, pos].tolist()) == {n.row} and set(L.grid_col[rows, pos].tolist()) == {n.col}
