@@ -104,7 +104,7 @@ def unchanged(model: HookedMLLM, before: dict[str, torch.Tensor]) -> bool:
 # ---------------------------------------------------------------------------------------------- identities
 
 
-@pytest.mark.parametrize("which", ["toy-llava", "llava", "gemma3"])
+@pytest.mark.parametrize("which", ["toy-llava", "llava", "gemma3", "qwen2_vl"])
 @pytest.mark.parametrize("per_head", [True, False])
 def test_none_patched_is_clean_every_patched_is_corrupted(which: str, per_head: bool) -> None:
     model, clean, corrupted = toy() if which == "toy-llava" else tiny(which)
@@ -203,6 +203,8 @@ def test_faithfulness_full_graph_is_one_empty_circuit_zero() -> None:
         assert abs(full.m_clean - float(metric(model(clean)))) < 1e-6
         assert abs(empty.metric - float(metric(model(corrupted)))) < 1e-5
     half = faithfulness(model, g, clean, corrupted, metric, k=g.n_edges // 2, n_random=0)
+    t = float(g.scores.abs().sort(descending=True).values[g.n_edges // 2 - 1])  # the same circuit by threshold
+    assert faithfulness(model, g, clean, corrupted, metric, threshold=t, n_random=0).value == half.value
     assert abs(half.value) > 1e-3 and abs(half.value - 1) > 1e-3  # neither end: the edges are really patched
     assert_clean(model)
     assert unchanged(model, before)
