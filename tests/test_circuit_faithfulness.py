@@ -317,6 +317,11 @@ def test_misuse_raises_before_any_hook() -> None:
     # a metric made for another batch (its positions and targets are that batch's)
     with pytest.raises(ValueError, match="made for other inputs"):
         EdgePatcher(model, g, clean, corrupted, answer_logprob(model, five))
+    # a corruption other than the graph's
+    zeroed = complete_graph(model, clean)
+    zeroed.meta["corruption"] = "zero"
+    with pytest.raises(ValueError, match="corruption 'zero'"):
+        EdgePatcher(model, zeroed, clean, corrupted, metric)
     # a metric that is not one number
     with pytest.raises(ValueError, match="one number"):
         EdgePatcher(model, g, clean, corrupted, lambda logits: logits[:, -1, 0])

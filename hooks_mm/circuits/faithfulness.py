@@ -125,6 +125,12 @@ class EdgePatcher:
                     f"the graph was built on another model ({key} {meta[key]!r}, this model {mine!r}): build it on "
                     "this model (eap_graph(model, ...))."
                 )
+        given = corrupted if isinstance(corrupted, str) else "batch"
+        if meta.get("corruption", given) != given:
+            raise ValueError(
+                f"the graph was scored with corruption {meta['corruption']!r}, this call gives {given!r}: measure a "
+                "circuit with the corruption its graph was built with (or build the graph again)."
+            )
         clean = model.prepare(clean)
         check_metric_batch(metric, clean)  # a hooks_mm metric made for other inputs: its positions would be wrong
         if "batch_shape" in meta and tuple(meta["batch_shape"]) != clean.shape:
