@@ -326,6 +326,8 @@ def test_misuse_raises_before_any_hook() -> None:
     with pytest.raises(ValueError, match="one number"):
         EdgePatcher(model, g, clean, corrupted, lambda logits: logits[:, -1, 0])
     ep = EdgePatcher(model, g, clean, corrupted, metric)
+    with pytest.raises(ValueError, match="another graph"):
+        faithfulness(model, complete_graph(model, clean), clean, corrupted, metric, k=3, patcher=ep)
     with pytest.raises(ValueError, match="bool mask"):
         ep.metric(torch.ones(g.n_edges))
     # an edge from a later node into an earlier one

@@ -293,6 +293,8 @@ def faithfulness(
         f.value, f.percentile, f.random_mean, f.random_interval
     """
     _check_draws(n_random)
+    if patcher is not None and (patcher.graph is not graph or patcher.model is not model):
+        raise ValueError("patcher= was made for another graph or model: pass the EdgePatcher of this graph and model.")
     ep = patcher or EdgePatcher(model, graph, clean, corrupted, metric)
     keep = select_circuit(graph, k, threshold, ep.units)
     value = ep.faithfulness(keep)
