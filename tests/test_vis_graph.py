@@ -61,7 +61,7 @@ def test_graph_html_offline_not_blank_planted_edge_widest_and_coloured(browser, 
     )
     assert len(edges) == g.n_edges and all(e["shown"] for e in edges)
     widest = max(edges, key=lambda e: e["w"])
-    assert (widest["src"], widest["dst"]) == STRONG[:2]
+    assert (widest["src"], widest["dst"]) == STRONG[:2] and edges[-1] == widest  # drawn last: on top
     assert np.abs(parse_rgba(widest["c"]) - rgb(1.0)).max() <= 1  # +max: the top of RdBu_r
     neg = next(e for e in edges if (e["src"], e["dst"]) == NEGATIVE[:2])
     assert np.abs(parse_rgba(neg["c"]) - rgb(1 / 6)).max() <= 2  # -2 on a +-3 scale
@@ -145,7 +145,9 @@ def test_graph_figure_planted_edge() -> None:
     edges = {p.get_gid(): p for p in ax.patches if (p.get_gid() or "").startswith("edge:")}
     assert len(edges) == 20
     strong = edges[f"edge:{STRONG[0]}->{STRONG[1]}"]
-    assert strong.get_linewidth() == max(p.get_linewidth() for p in edges.values())
+    widths = sorted(p.get_linewidth() for p in edges.values())
+    assert strong.get_linewidth() == widths[-1] > widths[-2] > widths[0]
+    assert [p for p in ax.patches if p in edges.values()][-1] is strong  # drawn last: on top
     assert np.allclose(strong.get_edgecolor()[:3], RDBU(1.0)[:3])
     assert np.allclose(edges[f"edge:{NEGATIVE[0]}->{NEGATIVE[1]}"].get_edgecolor()[:3], RDBU(1 / 6)[:3])
     nodes = {p.get_gid() for p in ax.patches if (p.get_gid() or "").startswith("node:")}
