@@ -8,6 +8,8 @@ Example::
     g.top_edges(10)
 """
 
+from hooks_mm.circuits.eap import eap_graph
 from hooks_mm.circuits.graph import Graph, Node
+from hooks_mm.circuits.nodes import input_nodes
 
-__all__ = ["Graph", "Node"]
+__all__ = ["Graph", "Node", "eap_graph", "input_nodes"]
