@@ -73,3 +73,20 @@ def synthetic_graph(seed: int = 0, n_layers: int = 2, n_heads: int = 2, side: in
             "corruption": "blank image",
         },
     )
+
+
+def toy_llava_graph(n: int = 2):
+    """A real graph: EAP on the trained toy-llava, colour questions, corrupted by other scenes; with the images."""
+    from hooks_mm import HookedMLLM
+    from hooks_mm.circuits import eap_graph
+    from hooks_mm.sweep.metrics import answer_logprob
+    from hooks_mm.tasks import make_qa
+    from hooks_mm.tasks.evaluate import answer_ids, encode
+
+    model = HookedMLLM.from_pretrained("toy-llava")
+    qa = make_qa(n, split="test", seed=0, p_text=0.0, kind_weights={"colour": 1})
+    other = make_qa(n, split="test", seed=1, p_text=0.0, kind_weights={"colour": 1})
+    clean = model.prepare(encode(model, qa))
+    corrupted = model.to_inputs([e.prompt for e in qa], images=[e.image for e in other])
+    metric = answer_logprob(model, clean, answer_ids(model, qa))
+    return eap_graph(model, clean, corrupted, metric, inputs="cell"), [qa[0].image]

@@ -134,3 +134,22 @@ def test_export_import_misuse(exported) -> None:
         from_neuronpedia({**data, "nodes": data["nodes"][1:]})
     with pytest.raises(ValueError, match="names a node"):
         from_neuronpedia({**data, "links": [{"source": "nope", "target": "logit", "weight": 1.0}]})
+
+
+def test_real_toy_llava_graph_round_trip() -> None:
+    from graph_synth import toy_llava_graph
+
+    g, _ = toy_llava_graph()
+    data = json.loads(json.dumps(to_neuronpedia(g, slug="toy-llava-colour")))
+    assert (
+        data["metadata"]["scan"] == g.meta["architecture"] and data["metadata"]["prompt_tokens"] == g.meta["str_tokens"]
+    )
+    for node in data["nodes"]:
+        check(node, NODE, NODE_OPTIONAL)
+        assert 0 <= node["ctx_idx"] < len(data["metadata"]["prompt_tokens"])
+    cell = next(n for n in data["nodes"] if n["clerp"] == "image0/t0r1c1")
+    assert data["metadata"]["prompt_tokens"][cell["ctx_idx"]] == "<image>" and cell["feature_type"] == "embedding"
+    back = from_neuronpedia(data)
+    assert [n.to_dict() for n in back.nodes] == [n.to_dict() for n in g.nodes] and back.meta == g.meta
+    assert torch.equal(back.src, g.src) and torch.equal(back.dst, g.dst) and torch.equal(back.scores, g.scores)
+    assert torch.equal(back.node_scores, g.node_scores)

@@ -181,3 +181,30 @@ def test_views_refuse_misuse() -> None:
         graph_html(bad)
     few = graph_html(g, max_edges=5, k=3)
     assert few.html.count('class="hmm-edge"') == 5 and f"5 of {g.n_edges} edges in this page" in few.html
+
+
+@chromium
+def test_real_toy_llava_graph_view(browser, tmp_path) -> None:
+    """eap_graph's value on toy-llava: every node drawn, the image under its 3x3 cell nodes, the top edge widest."""
+    from graph_synth import toy_llava_graph
+
+    g, images = toy_llava_graph()
+    path = tmp_path / "real.html"
+    graph_html(g, images=images, k=30).save(path)
+    assert_offline(browser.open(path, ready=READY))
+    drawn = browser.evaluate("[...document.querySelectorAll('.hmm-node')].map(e => e.dataset.id)")
+    assert sorted(drawn) == sorted(n.id for n in g.nodes)
+    assert browser.evaluate("document.querySelectorAll('.hmm-graph-svg image').length") == 1
+    cells = [n for n in g.nodes if n.row >= 0]
+    assert len(cells) == 9 and browser.evaluate("document.querySelectorAll('.hmm-cellnode').length") == 9
+    shown = browser.evaluate(
+        "[...document.querySelectorAll('.hmm-edge')].filter(e => e.getAttribute('display') === null)"
+        ".map(e => [e.dataset.src, e.dataset.dst, +e.getAttribute('stroke-width')])"
+    )
+    top = g.top_edges(30)
+    assert sorted((s, d) for s, d, _ in shown) == sorted((s, d) for s, d, _ in top)
+    assert max(shown, key=lambda e: e[2])[:2] == list(top[0][:2])
+    assert coloured_fraction(browser.screenshot(".hmm-graph-svg")) > 0.02
+    fig = graph_figure(g, images=images, k=30)
+    gids = [p.get_gid() for p in fig.axes[0].patches if (p.get_gid() or "").startswith("edge:")]
+    assert gids[-1] == f"edge:{top[0][0]}->{top[0][1]}" and len(gids) == 30

@@ -76,6 +76,15 @@ def _kept(view: GraphView, max_edges: int) -> np.ndarray:
     return edge_order(view)[:max_edges]
 
 
+def _ink(score: float, nmax: float) -> str:
+    """Caption colour on a node of this score: white on the dark ends of the scale."""
+    return "#fff" if abs(score) > 0.6 * nmax else "#000"
+
+
+def _tiled(lay: Layout, image: int) -> bool:
+    return sum(p.image == image for p in lay.panels) > 1
+
+
 def _tip(view: GraphView, i: int) -> str:
     n = view.nodes[i]
     score = "" if view.node_scores is None else f" \u00b7 score {view.node_scores[i]:.4g}"
@@ -120,7 +129,7 @@ def _svg(view: GraphView, lay: Layout, kept: np.ndarray, k: int, threshold: floa
         grid = [f"M{x + w * c / p.cols:.1f},{y:.1f}v{h:.1f}" for c in range(p.cols + 1)]
         grid += [f"M{x:.1f},{y + h * r / p.rows:.1f}h{w:.1f}" for r in range(p.rows + 1)]
         parts.append(f'<path d="{"".join(grid)}" stroke="#888" stroke-width="0.6" fill="none"/>')
-        tile = "" if p.tile is None else f" tile {p.tile}"
+        tile = "" if p.tile is None or not _tiled(lay, p.image) else f" tile {p.tile}"
         parts.append(f'<text x="{x:.1f}" y="{y + h + 12:.1f}" fill="#444">image {p.image}{tile}</text>')
     parts.append('<g class="hmm-edges">')
     for rank, e in reversed(list(enumerate(kept))):  # the strongest drawn last, on top
@@ -154,7 +163,7 @@ def _svg(view: GraphView, lay: Layout, kept: np.ndarray, k: int, threshold: floa
             text = f"H{n.head}" if n.kind == "head" and n.head is not None else short(n.label)
             parts.append(
                 f'<text x="{x + w / 2:.1f}" y="{y + h / 2 + 3.5:.1f}" text-anchor="middle" pointer-events="none" '
-                f'class="hmm-node-label">{html.escape(text)}</text>'
+                f'fill="{_ink(ns[i], nmax)}" class="hmm-node-label">{html.escape(text)}</text>'
             )
     parts.append("</g></svg>")
     return "".join(parts)
@@ -347,7 +356,7 @@ def graph_figure(
             ax.plot([x + w * c / p.cols] * 2, [y, y + h], color="#888", lw=0.4, zorder=1)
         for r in range(p.rows + 1):
             ax.plot([x, x + w], [y + h * r / p.rows] * 2, color="#888", lw=0.4, zorder=1)
-        tile = "" if p.tile is None else f" tile {p.tile}"
+        tile = "" if p.tile is None or not _tiled(lay, p.image) else f" tile {p.tile}"
         ax.text(x, y + h + 10, f"image {p.image}{tile}", fontsize=6, parse_math=False)
     norm = Normalize(-emax, emax)
     for e in shown[::-1]:  # strongest on top
@@ -370,7 +379,10 @@ def graph_figure(
         ax.add_patch(patch)
         if shape != "cell" and i not in panel_nodes:
             text = f"H{n.head}" if n.kind == "head" and n.head is not None else short(n.label)
-            ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=6, zorder=4, parse_math=False)
+            ink = "#fff" if abs(ns[i]) > 0.6 * nmax else "#000"
+            ax.text(
+                x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=6, color=ink, zorder=4, parse_math=False
+            )
     if title or view.title:
         fig.suptitle(title or view.title, fontsize=9)
     return fig
