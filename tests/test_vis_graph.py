@@ -17,7 +17,7 @@ from graph_synth import NASTY_LABEL, NEGATIVE, STRONG, synthetic_graph
 from matplotlib import colormaps
 from test_vis_browser import assert_offline, coloured_fraction
 
-from hooks_mm.circuits import Graph
+from hooks_mm.circuits import Graph, eap_graph
 from hooks_mm.vis import graph_figure, graph_html, page, patch_heatmap_html
 from hooks_mm.zoo import toy_image
 
@@ -208,3 +208,27 @@ def test_real_toy_llava_graph_view(browser, tmp_path) -> None:
     fig = graph_figure(g, images=images, k=30)
     gids = [p.get_gid() for p in fig.axes[0].patches if (p.get_gid() or "").startswith("edge:")]
     assert gids[-1] == f"edge:{top[0][0]}->{top[0][1]}" and len(gids) == 30
+
+
+@pytest.mark.parametrize("inputs", ["cell", "tile", "image"])
+def test_layout_of_anyres_graphs(inputs) -> None:
+    """LLaVA-NeXT (base + high-res tiles, newline separators): one panel per image tile (cells on it), the
+    separators as their own box, every node inside the picture and no two input nodes overlapping."""
+    from hooks_mm import HookedMLLM, zoo
+    from hooks_mm.vis.graph_layout import graph_view, layout
+
+    tiny = zoo.build("llava_next")
+    model = HookedMLLM(tiny.model, tiny.processor)
+    g = eap_graph(model, tiny.inputs, "zero", lambda logits: logits[:, -1].log_softmax(-1)[:, 5].mean(), inputs=inputs)
+    lay = layout(graph_view(g))
+    panels = sorted((p.image, p.tile) for p in lay.panels)
+    assert panels == ([(0, None), (1, None)] if inputs == "image" else [(0, 0), (0, 1), (1, 0), (1, 1)])
+    for n, (x, y, w, h), shape in zip(g.nodes, lay.boxes, lay.shapes):
+        assert 0 <= x and x + w <= lay.width and 0 <= y and y + h <= lay.height, n.id
+        assert (shape == "cell") == (n.row >= 0)
+    boxes = [b for n, b, s in zip(g.nodes, lay.boxes, lay.shapes) if n.kind == "input" and s != "cell"]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0], (a, b)  # side by side on the input row
+    if inputs == "cell":
+        assert {"input:image0/sep", "input:image1/sep"} <= {n.id for n, s in zip(g.nodes, lay.shapes) if s == "rect"}

@@ -162,9 +162,12 @@ def _input_groups(view: GraphView, ids: list[int]) -> list[tuple[tuple[int, int 
     """Input nodes grouped: one group per (image, tile) panel, one per other input node; graph order."""
     groups: list[tuple[tuple[int, int | None] | None, list[int]]] = []
     where: dict[tuple[int, int | None], int] = {}
+    finer = {view.nodes[i].image for i in ids if view.nodes[i].tile is not None or view.nodes[i].row is not None}
     for i in ids:
         n = view.nodes[i]
-        if n.image is None or n.modality not in (None, "image"):  # text spans, video frames, audio windows: boxes
+        whole = n.tile is None and n.row is None
+        # text spans, video frames, audio windows, an image's separators next to its cells / tiles: boxes
+        if n.image is None or n.modality not in (None, "image") or (whole and n.image in finer):
             groups.append((None, [i]))
             continue
         key = (n.image, n.tile if n.row is not None or n.tile is not None else None)
@@ -185,15 +188,16 @@ def layout(view: GraphView) -> Layout:
     rows = _rows(view)
     heights = [PANEL + 24 if name == "inputs" else ROW_H for name, _ in rows]
     y = 16.0
-    inner = WIDTH - LEFT - 16
+    inputs = next((ids for name, ids in rows if name == "inputs"), [])
+    groups = _input_groups(view, inputs)
+    widths = [PANEL if key is not None else TEXT_W for key, _ in groups]
+    inner = max(WIDTH - LEFT - 16, sum(widths) + 12.0 * (len(groups) + 1))  # wide enough for every input
     for (name, ids), h in zip(rows, heights):
         mid = y + h / 2
         row_labels.append((name, mid))
         if name == "inputs":
-            groups = _input_groups(view, ids)
-            widths = [PANEL if key is not None else TEXT_W for key, _ in groups]
-            gap = max(8.0, (inner - sum(widths)) / (len(groups) + 1))
-            x = LEFT + gap if sum(widths) + gap * (len(groups) + 1) <= inner else LEFT + 8.0
+            gap = (inner - sum(widths)) / (len(groups) + 1)
+            x = LEFT + gap
             for (key, members), w in zip(groups, widths):
                 if key is None:
                     boxes[members[0]] = (x, mid - TEXT_H / 2, TEXT_W, TEXT_H)
@@ -224,7 +228,7 @@ def layout(view: GraphView) -> Layout:
                     w = min(128.0, max(24.0, step * 0.8))
                     boxes[i] = (cx - w / 2, mid - 12, w, 24)
         y += h
-    return Layout(boxes, shapes, panels, row_labels, WIDTH, y + 12)
+    return Layout(boxes, shapes, panels, row_labels, LEFT + inner + 16, y + 12)
 
 
 def edge_order(view: GraphView) -> Int[np.ndarray, " E"]:
