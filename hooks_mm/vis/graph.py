@@ -181,10 +181,12 @@ def graph_html(
 ) -> GraphHTML:
     """An offline interactive view of ``graph`` (a circuit graph value: see the module docstring).
 
-    ``images``: the PIL images of the graph's row (drawn under their patch grids). ``k``: the strongest edges
-    shown at first (the slider changes it), ``threshold``: hide edges with ``|score|`` below it. Only the
-    ``max_edges`` strongest edges go into the page (the page says how many there are). ``details``: HTML per node
-    id shown when the node is clicked (e.g. ``{"L1.H0": patch_heatmap_html(attn, layout, row=0)}``).
+    ``images``: PIL images drawn under the patch grids, one per image index (a graph's image node ``k`` stands
+    for the k-th image of every row, its scores summed over the rows: pass row 0's images as representatives).
+    ``k``: the strongest edges shown at first (the slider changes it), ``threshold``: hide edges with ``|score|``
+    below it. Only the ``max_edges`` strongest edges go into the page (the page says how many there are).
+    ``details``: HTML per node id shown when the node is clicked (e.g. ``{"L1.H0": patch_heatmap_html(attn,
+    layout, row=0)}``).
     """
     view = graph_view(graph)
     _validate(view, k, threshold, images, details)
