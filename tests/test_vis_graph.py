@@ -60,6 +60,10 @@ def test_graph_html_offline_not_blank_planted_edge_widest_and_coloured(browser, 
         " const b = e.ownerSVGElement.getBoundingClientRect(); return [p.x + b.left, p.y + b.top]; })()}))"
     )
     assert len(edges) == g.n_edges and all(e["shown"] for e in edges)
+    hover = browser.evaluate(
+        f'document.querySelector(\'.hmm-edge[data-src="{STRONG[0]}"][data-dst="{STRONG[1]}"] title\').textContent'
+    )
+    assert hover == f"{g.node(STRONG[0]).label} \u2192 {g.node(STRONG[1]).label}: 3"
     widest = max(edges, key=lambda e: e["w"])
     assert (widest["src"], widest["dst"]) == STRONG[:2] and edges[-1] == widest  # drawn last: on top
     assert np.abs(parse_rgba(widest["c"]) - rgb(1.0)).max() <= 1  # +max: the top of RdBu_r
@@ -173,6 +177,8 @@ def test_views_refuse_misuse() -> None:
             fn({"nodes": []})
     with pytest.raises(ValueError, match="unknown node ids"):
         graph_html(g, details={"L9.H9": "<p>x</p>"})
+    with pytest.raises(TypeError, match="HTML string or a view"):
+        graph_html(g, details={"L1.H0": np.zeros(3)})
     with pytest.raises(ValueError, match="max_edges"):
         graph_html(g, max_edges=0)
     bad = Graph(g.nodes, g.src, g.dst, g.scores.clone(), g.node_scores, g.method, g.metric, g.meta)

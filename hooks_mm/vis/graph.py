@@ -68,6 +68,9 @@ def _validate(view: GraphView, k: Any, threshold: Any, images: Any, details: Any
         unknown = [key for key in details if key not in ids]
         if unknown:
             raise ValueError(f"details for unknown node ids {unknown[:5]}: use ids of graph.nodes (e.g. 'L0.H1').")
+        odd = [key for key, item in details.items() if not isinstance(item, str) and not hasattr(item, "_repr_html_")]
+        if odd:
+            raise TypeError(f"details for {odd[:5]}: give an HTML string or a view with _repr_html_ for each node.")
 
 
 def _kept(view: GraphView, max_edges: int) -> np.ndarray:
