@@ -253,6 +253,7 @@ def _refused(family: str):  # noqa: ANN202
         ("mllama", "cross-attention"),
         ("qwen3_vl", "deepstack"),
         ("gemma4", "layer_scalar"),
+        ("blip2", "flattens"),
     ],
 )
 def test_families_eap_cannot_split_are_refused_by_name(family, match):
@@ -318,3 +319,52 @@ def test_metric_that_is_not_a_differentiable_scalar_raises_and_hooks_are_removed
         eap_graph(p.model, p.inputs, blanked(p), metric)
     assert_clean(p.model)
     assert all(q.grad is None for q in p.model.hf_model.parameters())
+
+
+def test_a_block_whose_residual_bypasses_the_hook_points_raises_not_a_wrong_graph(monkeypatch):
+    """OPT (BLIP-2) keeps its residual skip off resid_mid's hook point: with the family check bypassed, the
+    per-branch VJP checks find it (the differences of residual gradients would give wrong edges)."""
+    import hooks_mm.circuits.eap as eap
+
+    model, inputs = _refused("blip2")
+    monkeypatch.setattr(eap, "check_family", lambda model: None)
+    with pytest.raises(RuntimeError, match="does not read and write the residual stream"):
+        eap.eap_graph(model, inputs, "zero", lambda lg: lg[:, -1].log_softmax(-1)[:, 0].mean())
+    assert_clean(model)
+
+
+def test_swapped_text_corruption_equals_brute_force():
+    """A text corruption (one prompt token changed in every row, Qwen2-VL's multimodal RoPE): text nodes carry it."""
+    p = pair_for("qwen2_vl")
+    text = (p.model.prepare(p.inputs).layout.modality == 0).all(0)  # positions that are text in every row
+    at = int(text[:-1].nonzero().max())  # the last one before the final position
+    ids = p.inputs["input_ids"].clone()
+    ids[:, at] = (ids[:, at] + 1) % 50  # another token there: the same layout
+    corr = {**p.inputs, "input_ids": ids}
+    metric = last_logprob(p)
+    g = eap_graph(p.model, p.inputs, corr, metric, inputs="image")
+    assert g.node_scores[g.index("input:text")] != 0 and g.node_scores[g.index("input:image0")] == 0
+    assert_close(g.scores, brute_scores(p, g, corr, metric)[0])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl_video", "qwen2_audio", "llava"])
+def test_input_nodes_cover_each_real_position_once_at_every_granularity(family):
+    from hooks_mm.circuits import input_nodes
+
+    L = pair_for(family).model.prepare(pair_for(family).inputs).layout
+    for mode in ("image", "cell", "tile", "frame"):
+        try:
+            nodes, masks = input_nodes(L, mode, window=4)
+        except ValueError as e:  # cell / tile without images, frame without video or audio: named
+            assert "no image positions" in str(e) or "no video or audio" in str(e)
+            continue
+        assert torch.equal(masks.sum(0), (L.modality != 3).long())  # every real position exactly once
+        for n, m in zip(nodes, masks):
+            rows, pos = m.nonzero(as_tuple=True)
+            assert n.positions == [pos[rows == r].tolist() for r in range(L.shape[0])]
+            if n.id.startswith("input:audio") and "/w" in n.id:
+                assert set((L.frame[rows, pos] // 4).tolist()) == {n.frame}
+            if n.id.startswith("input:video") and "/f" in n.id:
+                assert set(L.frame[rows, pos].tolist()) == {n.frame}
+            if n.row >= 0:
+                assert set(L.grid_row[rows, pos].tolist()) == {n.row} and set(L.grid_col[rows, pos].tolist()) == {n.col}

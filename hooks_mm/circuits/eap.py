@@ -59,6 +59,11 @@ def check_family(model: HookedMLLM) -> None:
             f"eap_graph: {name} is a parallel block (attention and MLP both read resid_pre), so the MLP's input "
             "gradient cannot be split from the attention's: not supported yet; use attribution_patching per node."
         )
+    if bb.flat:
+        raise NotImplementedError(
+            f"eap_graph: {name} flattens the positions before its MLP half (its residual skip bypasses the "
+            "resid_mid hook point), so the MLP's input gradient cannot be read there; not supported yet."
+        )
     if bb.out_scale:
         raise NotImplementedError(
             f"eap_graph: {name} multiplies each block's whole output, residual included, by {bb.out_scale}: edges "

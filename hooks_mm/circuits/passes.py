@@ -106,7 +106,8 @@ def run_passes(
         keep = lambda x, hook: live.__setitem__(hook.name, x)  # noqa: E731
         resid = [f"blocks.{l}.hook_resid_{w}" for l in range(L) for w in ("pre", "mid", "post")][1:]
         zs = [f"blocks.{l}.attn.hook_z" for l in range(L) if has_heads(model, l)]
-        fwd = [(pre0, start)] + [(n, keep) for n in resid + zs] + [(n, save) for n in names]
+        outs = [f"blocks.{l}.hook_{w}_out" for l in range(L) for w in ("attn", "mlp")]
+        fwd = [(pre0, start)] + [(n, keep) for n in resid + zs + outs] + [(n, save) for n in names]
         with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
             value = scalar(metric(model(batch)), metric)
         order = [pre0] + resid + zs
@@ -122,6 +123,12 @@ def run_passes(
                 (gh,) = torch.autograd.grad(live[z], pre, gz, retain_graph=True, allow_unused=True)
                 per.append(torch.zeros_like(pre) if gh is None else gh)
             got[f"heads{l}"] = torch.stack(per)
+        for l in range(L):  # each branch's input gradient by its own VJP, to check the differences of residuals
+            mid, post = f"blocks.{l}.hook_resid_mid", f"blocks.{l}.hook_resid_post"
+            got[f"mlp_vjp{l}"] = _vjp(live[f"blocks.{l}.hook_mlp_out"], live[mid], got[post])
+            if f"heads{l}" not in got:
+                pre = pre0 if l == 0 else f"blocks.{l}.hook_resid_pre"
+                got[f"attn_vjp{l}"] = _vjp(live[f"blocks.{l}.hook_attn_out"], live[pre], got[mid])
         for n, g in got.items():  # float32 sums: half-precision gradients would lose the small edges
             grads[n] = grads.get(n, 0) + g.detach().float() / m
         if k == 0:
@@ -141,20 +148,29 @@ def run_passes(
         if l in heads_c:
             run.g_heads[l] = grads[f"heads{l}"]
             run.head_diff[l] = (heads_c[l] - heads_0[l]).float()
-            check_split(model, l, run.g_heads[l].sum(0), run.g_pre[l] - run.g_mid[l])
+            check_split(model, l, run.g_heads[l].sum(0), run.g_pre[l] - run.g_mid[l], "heads'")
         else:
             run.attn_diff[l] = (attn_c[l] - attn_0[l]).float()
+            check_split(model, l, grads[f"attn_vjp{l}"], run.g_pre[l] - run.g_mid[l], "attention branch's")
+        check_split(model, l, grads[f"mlp_vjp{l}"], run.g_mid[l] - run.g_post[l], "MLP branch's")
         run.mlp_diff.append((mlp_c[l] - mlp_0[l]).float())
     return run
 
 
-def check_split(model: HookedMLLM, layer: int, heads: Tensor, whole: Tensor) -> None:
-    """The heads' input gradients must sum to the attention branch's (``dM/d pre - dM/d mid``)."""
-    tol = (1e-3 if heads.dtype == torch.float32 else 5e-2) * max(float(whole.abs().max()), 1e-6)
-    gap = float((heads - whole).abs().max())
+def _vjp(out: Tensor, inp: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` at a branch's output carried back to its input through that branch alone (zeros: not connected)."""
+    (g,) = torch.autograd.grad(out, inp, grad, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(inp) if g is None else g
+
+
+def check_split(model: HookedMLLM, layer: int, vjp: Tensor, diff: Tensor, what: str) -> None:
+    """A branch's input gradient by its own VJP (``what``) must equal the difference of the residual gradients
+    around it (``dM/d pre - dM/d mid``, ``dM/d mid - dM/d post``): the bookkeeping every edge score relies on."""
+    tol = 1e-3 * max(float(diff.abs().max()), float(vjp.abs().max()), 1e-6)  # float32 sums (gradients upcast)
+    gap = float((vjp - diff).abs().max())
     if gap > tol:
         raise RuntimeError(
-            f"eap_graph: at layer {layer} the heads' input gradients do not sum to the attention branch's (max gap "
-            f"{gap:.3g}): this {model.cfg.architecture} block reads resid_pre in a way hooks_mm does not split; its "
-            "edge scores would be wrong. Please report it."
+            f"eap_graph: at layer {layer} the {what} input gradient differs from the residual stream's (max gap "
+            f"{gap:.3g}): this {model.cfg.architecture} block does not read and write the residual stream as "
+            "hooks_mm's hook points say, so its edge scores would be wrong; not supported (please report it)."
         )
