@@ -1,4 +1,4 @@
-"""The two README pictures, produced by the library on tiny random-weight models.
+"""The README pictures, produced by the library on tiny random-weight models.
 
 ``python scripts/readme_figures.py [OUT_DIR]`` (default ``docs/img``; ``make figures``) writes
 
@@ -6,7 +6,9 @@
   in tiny LLaVA-NeXT (base grid, unpadded high-res grid and its newline tokens);
 * ``attention_view.png``: the offline circuitsvis attention view of tiny LLaVA with its
   two image spans collapsed and their patch grids below (a headless-Chromium screenshot,
-  so Chromium must be installed: the tests' Playwright helper, ``tests/browser.py``).
+  so Chromium must be installed: the tests' Playwright helper, ``tests/browser.py``);
+* ``circuit_graph.png``: the EAP-IG circuit graph of colour questions on the trained ``toy-llava``
+  (``graph_figure``, the 30 strongest edges over the image's 3x3 cells).
 """
 
 from __future__ import annotations
@@ -72,12 +74,32 @@ def attention_figure(out: Path) -> Path:
     return path
 
 
+def circuit_figure(out: Path) -> Path:
+    from hooks_mm.circuits import eap_graph
+    from hooks_mm.sweep.metrics import answer_logprob
+    from hooks_mm.tasks import make_qa
+    from hooks_mm.tasks.evaluate import answer_ids, encode
+    from hooks_mm.vis.graph import graph_figure
+
+    model = HookedMLLM.from_pretrained("toy-llava")
+    qa = make_qa(8, split="test", seed=0, p_text=0.0, kind_weights={"colour": 1})
+    other = make_qa(8, split="test", seed=1, p_text=0.0, kind_weights={"colour": 1})
+    clean = model.prepare(encode(model, qa))
+    corrupted = model.to_inputs([e.prompt for e in qa], images=[e.image for e in other])
+    metric = answer_logprob(model, clean, answer_ids(model, qa))
+    g = eap_graph(model, clean, corrupted, metric, inputs="cell", method="eap-ig", steps=5)
+    title = "toy-llava, colour questions (8 rows, other scenes as corruption): EAP-IG, 30 strongest edges"
+    path = out / "circuit_graph.png"
+    graph_figure(g, images=[qa[0].image], k=30, title=title).savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "docs/img")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    for path in (heatmap_figure(out), attention_figure(out)):
+    for path in (heatmap_figure(out), attention_figure(out), circuit_figure(out)):
         print(path)
     return 0
 

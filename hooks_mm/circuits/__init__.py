@@ -10,6 +10,7 @@ Example::
 
 from hooks_mm.circuits.eap import eap_graph
 from hooks_mm.circuits.graph import Graph, Node
+from hooks_mm.circuits.neuronpedia import from_neuronpedia, to_neuronpedia  # i18-vis: Neuronpedia JSON
 from hooks_mm.circuits.nodes import input_nodes
 
 __all__ = ["Graph", "Node", "eap_graph", "input_nodes"]
@@ -27,3 +28,4 @@ from hooks_mm.circuits.faithfulness import (  # noqa: E402
 
 __all__ += ["Agreement", "EdgePatcher", "Faithfulness", "eap_agreement", "faithfulness", "faithfulness_curve"]
 __all__ += ["select_circuit"]
+__all__ += ["from_neuronpedia", "to_neuronpedia"]  # i18-vis

@@ -13,6 +13,7 @@ Example::
 
 from hooks_mm.vis.circuits import attention_heads, attention_pattern, colored_tokens, neuron_activations, topk_tokens
 from hooks_mm.vis.common import str_tokens
+from hooks_mm.vis.graph import GraphHTML, graph_figure, graph_html  # issue 18
 from hooks_mm.vis.heatmap import PatchHeatmapHTML, patch_heatmap, patch_heatmap_html
 from hooks_mm.vis.html import Vis, page
 from hooks_mm.vis.lens import dla_heatmap, dla_heatmap_html, logit_lens_figure, logit_lens_html  # issue 16
@@ -62,4 +63,8 @@ __all__ = [
     "dla_heatmap_html",
     "logit_lens_figure",
     "logit_lens_html",
+    # issue 18: circuit graph views
+    "GraphHTML",
+    "graph_figure",
+    "graph_html",
 ]
