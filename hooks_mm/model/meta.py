@@ -18,15 +18,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from hooks_mm.model.loading import as_dtype, config_class, load_config
 from hooks_mm.processing import load_processor
-
-if TYPE_CHECKING:
-    from hooks_mm.model import HookedMLLM
 
 
 class WeightlessError(RuntimeError):
@@ -58,8 +55,8 @@ def check_forward(model: Any, what: str = "this call runs the model", fix: str =
 
 
 def from_config(
-    cls: type[HookedMLLM], name_or_path: Any, *, processor: Any | bool = True, dtype: Any = None
-) -> HookedMLLM:
+    cls: type, name_or_path: Any, *, processor: Any | bool = True, dtype: Any = None
+) -> Any:  # a HookedMLLM (``cls``): typed loosely, as hooks_mm.model.core imports this module
     """A weightless HookedMLLM of a checkpoint (hub id, local directory, built-in name, or an HF config
     object): config.json and the processor are read, no weights; parameters live on the meta device.
 

@@ -25,6 +25,7 @@ from hooks_mm.sweep import answer_logprob, single_neurons, sweep
 from hooks_mm.zoo import toy_image
 
 from .cases import inputs_for
+from .weightless_cases import VICUNA_7B
 
 EXACT = 1e-6
 _CACHE: dict[str, tuple] = {}
@@ -156,14 +157,7 @@ def test_estimate_bounds_the_measured_peak_and_scales_with_copies_and_tokens(nam
 
 def _llava_7b() -> LlavaForConditionalGeneration:
     """LLaVA-1.5-7B's shapes (Vicuna-7B + CLIP ViT-L/14-336), weightless (meta)."""
-    text = LlamaConfig(
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        intermediate_size=11008,
-        vocab_size=32064,
-    )
+    text = LlamaConfig(**VICUNA_7B, vocab_size=32064)
     vision = CLIPVisionConfig(
         hidden_size=1024,
         intermediate_size=4096,

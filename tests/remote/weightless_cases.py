@@ -11,6 +11,11 @@ import transformers
 from hooks_mm import HookedMLLM
 from hooks_mm.processing import load_processor
 
+# Vicuna-7B, LLaVA-1.5-7B's language model
+VICUNA_7B = dict(
+    hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32
+)
+
 
 def big_llava(path: str, dtype: Any = "float32") -> HookedMLLM:
     """A weightless LLaVA whose language model has LLaVA-1.5-7B's shapes (Vicuna-7B: 32 layers, d_model 4096,
@@ -18,11 +23,7 @@ def big_llava(path: str, dtype: Any = "float32") -> HookedMLLM:
     vision tower, so that checkpoint's inputs and a server running it fit)."""
     tiny = transformers.AutoConfig.from_pretrained(path)
     text = transformers.LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
+        **VICUNA_7B,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         vocab_size=tiny.text_config.vocab_size,
