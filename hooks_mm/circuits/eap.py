@@ -41,6 +41,7 @@ from torch import Tensor
 from hooks_mm.circuits.graph import Graph, Node
 from hooks_mm.circuits.nodes import input_nodes
 from hooks_mm.layout import Modality
+from hooks_mm.model.meta import WeightlessError, is_weightless
 from hooks_mm.sweep.metrics import check_metric_batch
 
 if TYPE_CHECKING:
@@ -147,12 +148,17 @@ def eap_graph(
     method: str = "eap",
     steps: int = 5,
     window: int = 10,
+    remote: Any = None,
+    **remote_options: Any,
 ) -> Graph:
     """The circuit graph of ``metric`` on ``clean``: EAP (or EAP-IG) scores of every edge and node (module docstring).
 
     ``corrupted``: a batch of the same layout, or ``"zero"`` / ``"mean"``; ``inputs``: the granularity of input
     nodes (``"image"``, ``"cell"``, ``"tile"``, ``"frame"``; :mod:`hooks_mm.circuits.nodes`); ``method``: ``"eap"``
     or ``"eap-ig"`` with ``steps`` gradient points; ``window``: audio steps per node with ``inputs="frame"``.
+    ``remote``: None (hooks_mm's hooks, here), else through nnsight (``False``: in process, ``"local"``: nnsight's
+    serialisation round trip, ``True`` / a host URL: NDIF) in one request returning only the scores; options
+    ``backend``, ``max_memory``, ``api_key``, ``max_request_bytes`` (:mod:`hooks_mm.circuits.remote`).
 
     Example::
 
@@ -168,12 +174,21 @@ def eap_graph(
         raise TypeError(
             f"metric must be a callable of the logits (e.g. answer_logprob(model, inputs)), got {metric!r}."
         )
+    if remote is None and remote_options:
+        raise TypeError(f"eap_graph options {sorted(remote_options)} apply to remote runs: pass remote= as well.")
     check_family(model)
     batch = model.prepare(clean)
     check_metric_batch(metric, batch)
     corr = check_corrupted(model, batch, corrupted)
     in_nodes, masks = input_nodes(batch.layout, inputs, window)
     m = 1 if method == "eap" else steps
+    if remote is not None:  # i18-remote: one nnsight request, scores reduced on the server
+        from hooks_mm.circuits.remote import remote_eap, to_graph
+
+        out = remote_eap(model, batch, corr, metric, in_nodes, masks, m, remote, remote_options)
+        meta = {**graph_meta(model, batch, corrupted, m, inputs), "metric": _metric_name(metric), "remote": str(remote)}
+        return to_graph(model, batch, in_nodes, metric, out, method, meta)
+    check_local(model)
     from hooks_mm.circuits.passes import run_passes  # one module per concern: the hooked forwards and backwards
 
     run = run_passes(model, batch, corr, masks, metric, m, _scalar)
@@ -234,16 +249,7 @@ def _assemble(
                 dst.append(torch.full((n,), j))
                 scores.append(fn(g).float())
     meta = {
-        "architecture": model.cfg.architecture,
-        "n_layers": L,
-        "n_heads": model.cfg.n_heads,
-        "batch_shape": list(batch.shape),
-        "layout": batch.layout.describe(0),
-        "str_tokens": _str_tokens(batch),
-        "corruption": corrupted if isinstance(corrupted, str) else "batch",
-        "steps": m,
-        "inputs": inputs,
-        "head_inputs": "per-head (resid_pre through each head: VJP of dM/dz_h)",
+        **graph_meta(model, batch, corrupted, m, inputs),
         "metric_clean": run.metric_clean,
         "metric_corrupted": run.metric_corrupted,
     }
@@ -257,6 +263,32 @@ def _assemble(
         _metric_name(metric),
         meta,
     )
+
+
+def graph_meta(model: HookedMLLM, batch: Batch, corrupted: Any, m: int, inputs: str) -> dict[str, Any]:
+    """The JSON-safe ``Graph.meta`` of one batch (without the metric values)."""
+    return {
+        "architecture": model.cfg.architecture,
+        "n_layers": model.cfg.n_layers,
+        "n_heads": model.cfg.n_heads,
+        "batch_shape": list(batch.shape),
+        "layout": batch.layout.describe(0),
+        "str_tokens": _str_tokens(batch),
+        "corruption": corrupted if isinstance(corrupted, str) else "batch",
+        "steps": m,
+        "inputs": inputs,
+        "head_inputs": "per-head (resid_pre through each head: VJP of dM/dz_h)",
+    }
+
+
+def check_local(model: HookedMLLM) -> None:
+    """A clear error for a weightless model (``HookedMLLM.from_config``) on the local path (before any hook)."""
+    if is_weightless(model):
+        raise WeightlessError(
+            f"eap_graph: this {model.cfg.architecture} holds no weights (HookedMLLM.from_config), so its forwards and "
+            "backwards cannot run here: pass remote=True or remote=URL (the server runs them), or load the weights "
+            "with HookedMLLM.from_pretrained."
+        )
 
 
 def _str_tokens(batch: Batch) -> list[str]:
