@@ -29,3 +29,8 @@ from hooks_mm.circuits.faithfulness import (  # noqa: E402
 __all__ += ["Agreement", "EdgePatcher", "Faithfulness", "eap_agreement", "faithfulness", "faithfulness_curve"]
 __all__ += ["select_circuit"]
 __all__ += ["from_neuronpedia", "to_neuronpedia"]  # i18-vis
+
+# --- i18-remote: eap_graph(..., remote=) through nnsight / NDIF (circuits/remote.py, remote_trace.py)
+from hooks_mm.circuits.remote import GradientsNotServedError  # noqa: E402
+
+__all__ += ["GradientsNotServedError"]

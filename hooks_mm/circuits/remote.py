@@ -36,6 +36,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import nnsight
 import torch
 from jaxtyping import Float
@@ -48,7 +49,7 @@ from hooks_mm.model.meta import is_weightless
 from hooks_mm.remote.budget import DEFAULT_MAX_MEMORY, HEADROOM, estimate_per_copy
 from hooks_mm.remote.compile import site, takes_use_cache
 from hooks_mm.remote.errors import NDIFError, RemoteExecutionError, ServerUnavailableError, classify
-from hooks_mm.remote.nnsight_compat import RemoteError, ship_by_value
+from hooks_mm.remote.nnsight_compat import NNSIGHT_07, RemoteError, ship_by_value
 from hooks_mm.sweep.metrics import PositionMetric
 
 if TYPE_CHECKING:
@@ -166,8 +167,15 @@ def remote_eap(
     from hooks_mm.remote.sweep import backend_for
 
     check_options(options)
+    if NNSIGHT_07:
+        raise NotImplementedError(
+            f"eap_graph(remote=...) runs a backward inside an nnsight trace, checked on nnsight 0.8 only, and nnsight "
+            f"{nnsight.__version__} is installed: pip install 'nnsight==0.8.1', or run eap_graph without remote=."
+        )
     layers = check_remote_family(model)
     check_budget(model, batch, m, options.get("max_memory"))
+    if not isinstance(metric, PositionMetric):
+        check_shippable(metric, metric)
     nn = backend_for(
         options.get("backend") or model,
         remote,
@@ -176,6 +184,7 @@ def remote_eap(
     )
     bind_remotely(nn, model, batch, metric, lambda call: call(), remote)  # weightless: the server's clean reference
     reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
+    check_shippable(reduce[1], metric)  # a hooks_mm metric's closure, once bound
     plan = {
         "inputs": _cpu(batch.model_inputs),
         "corrupted": None if isinstance(corr, str) else _cpu(corr.model_inputs),
@@ -236,7 +245,21 @@ def _request(nn: NNsightBackend, plan: dict[str, Any], remote: Any) -> dict[str,
 
 def _no_gradients(msg: str) -> bool:
     low = msg.lower()
-    return any(w in low for w in ("no gradients are served here", "does not require grad", "does not have a grad_fn"))
+    clues = ("no gradients are served here", "does not require grad", "does not have a grad_fn", "not have been used")
+    return any(w in low for w in clues)
+
+
+def check_shippable(fn: Any, metric: Any) -> None:
+    """An error, before any request, when the metric function cannot travel to the server by value."""
+    try:
+        cloudpickle.dumps(fn)
+    except Exception as e:  # noqa: BLE001 - whatever the pickler refuses
+        raise ValueError(
+            f"eap_graph(remote=...) sends the metric to the server, and {metric!r} cannot be serialised "
+            f"({type(e).__name__}: {e}): it holds a model, a hook or another live object. Pass a hooks_mm metric "
+            "(answer_logprob, logit_diff: they travel as plain torch functions) or a function of the logits that uses "
+            "torch only."
+        ) from e
 
 
 def compare_clean(model: HookedMLLM, batch: Batch, metric: Any, remote_clean: float) -> None:
@@ -316,6 +339,7 @@ def _cpu(x: Any) -> Any:
 __all__ = [
     "GradientsNotServedError",
     "check_remote_family",
+    "check_shippable",
     "check_splits",
     "compare_clean",
     "eap_memory",

@@ -80,6 +80,14 @@ def test_a_plain_callable_metric_and_zero_ablation_through_the_serialisation_rou
     )
 
 
+def test_a_metric_that_is_not_one_scalar_of_the_logits_is_a_clear_error_from_the_server() -> None:
+    model, clean, other = setup()
+    for metric in (lambda logits: logits[:, -1, 5], lambda logits: logits[:, -1, 5].mean().detach()):
+        with pytest.raises(ValueError, match="not one scalar tensor that depends on the logits.*e.g. .mean()"):
+            eap_graph(model, clean, other, metric, remote="local")
+    assert_clean(model)
+
+
 def test_the_weightless_client_gets_the_same_graph() -> None:
     model, clean, other = setup()
     ref = eap_graph(model, clean, other, answer_logprob(model, clean), inputs="cell")
@@ -110,6 +118,8 @@ def test_misuse_is_refused_before_any_request() -> None:
         eap_graph(model, clean, other, metric, method="eap-ig", steps=5, remote=DEAD, max_memory=1 << 20)
     with pytest.raises(TypeError, match=r"unknown options \['max_mem'\].*max_memory"):
         eap_graph(model, clean, other, metric, remote=DEAD, max_mem=1)
+    with pytest.raises(ValueError, match="cannot be serialised.*Pass a hooks_mm metric"):
+        eap_graph(model, clean, other, lambda logits: metric(logits), remote=DEAD)  # holds the HookedMLLM
     with pytest.raises(TypeError, match=r"options \['max_memory'\] apply to remote runs: pass remote="):
         eap_graph(model, clean, other, metric, max_memory=1 << 40)
     client = HookedMLLM.from_config("tiny-llava")
