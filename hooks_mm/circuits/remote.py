@@ -7,7 +7,7 @@ comes back is the Graph's ``[edges]`` scores and ``[nodes]`` node scores (float3
 bookkeeping checks: never per-position gradients. For llava-1.5-7b (32 layers x 32 heads, one row of ~600 tokens,
 576 image cells, ``inputs="cell"``) that is 1,154,227 edges, 4.6 MB, where the per-head input gradients alone would
 be 32 x 32 x 600 x 4096 float32 = 9.4 GiB (:func:`result_bytes` gives the figure for a batch; the server needs an
-estimated 22 GiB in bfloat16 for EAP, 38 GiB for EAP-IG with 5 steps, weights included: :func:`eap_memory`).
+estimated 28 GiB in bfloat16 for EAP, 54 GiB for EAP-IG with 5 steps, weights included: :func:`eap_memory`).
 
 ``remote``: ``False`` (nnsight in this process), ``"local"`` (nnsight's serialisation round trip, as a server
 would run it), ``True`` (nnsight's configured host) or a host URL; the model may be weightless
@@ -95,9 +95,10 @@ def eap_memory(model: HookedMLLM, batch: Batch, steps: int) -> int:
     """Estimated peak bytes on the server of a remote EAP request of ``steps`` gradient points, weights included.
 
     Per copy (``1 + steps`` of them) the backward keeps every layer's activations: ``n_layers`` x (one layer's
-    attention / MLP activations + the residual stream) of :func:`hooks_mm.remote.budget.estimate_per_copy`, the
-    vision tower's and the logits; then the gradients at 4 residual points per layer (model dtype, every copy) and
-    their float32 means, activation differences and one layer's per-head gradients.
+    attention and MLP activations, twice the larger of the two, + the residual stream) of
+    :func:`hooks_mm.remote.budget.estimate_per_copy`, the vision tower's and the logits; then the gradients at 4
+    residual points per layer (model dtype, every copy) and their float32 means, activation differences and one
+    layer's per-head gradients. On tiny-llava it is 1.3x the measured peak (``tests/remote/test_circuit_remote.py``).
     """
     hf = model.hf_model
     params = list(hf.parameters()) + list(hf.buffers())
@@ -109,7 +110,7 @@ def eap_memory(model: HookedMLLM, batch: Batch, steps: int) -> int:
     b, s = batch.shape
     bsd = b * s * model.cfg.d_model
     copies = 1 + steps
-    graph = copies * (L * (parts["layer"] + parts["residual"]) + parts.get("vision", 0) + 2 * parts["logits"])
+    graph = copies * (L * (2 * parts["layer"] + parts["residual"]) + parts.get("vision", 0) + 2 * parts["logits"])
     grads = 4 * L * copies * bsd * e + (5 * L + H + 2) * bsd * 4 + H * bsd * 4 * 2
     return weights + graph + grads
 

@@ -22,6 +22,7 @@ from hooks_mm.circuits.remote import (
 )
 from hooks_mm.model.meta import WeightlessError
 from hooks_mm.remote import NNsightBackend, load_nnsight
+from hooks_mm.remote.budget import peak_tensor_bytes
 from hooks_mm.sweep import answer_logprob
 
 from .cases import inputs_for
@@ -106,6 +107,24 @@ def test_what_comes_back_is_the_scores_not_gradients() -> None:
     assert back < 6 << 20 and head_grads > 1000 * back
     g = eap_graph(model, clean, other, answer_logprob(model, clean), inputs="cell", remote=False)
     assert result_bytes(model, sum(n.kind == "input" for n in g.nodes)) == 4 * (len(g.scores) + len(g.nodes) + 6 * 2)
+
+
+def test_the_memory_estimate_bounds_the_measured_peak() -> None:
+    """eap_memory (less the weights) against the live tensor bytes of the same trace run in process, with the
+    parameters frozen as a server's are: an upper bound, within 2x."""
+    model, clean, other = setup()
+    metric, batch = answer_logprob(model, clean), model.prepare(clean)
+    metric.reducer()  # its clean reference: not part of the trace
+    weights = sum(t.numel() * t.element_size() for t in [*model.hf_model.parameters(), *model.hf_model.buffers()])
+    model.hf_model.requires_grad_(False)
+    try:
+        for steps in (1, 4):
+            run = lambda: eap_graph(model, clean, other, metric, method="eap-ig", steps=steps, remote=False)  # noqa: E731
+            _, peak = peak_tensor_bytes(run)
+            estimate = eap_memory(model, batch, steps) - weights
+            assert peak <= estimate <= 2 * peak, (steps, peak, estimate)
+    finally:
+        model.hf_model.requires_grad_(True)
 
 
 def test_misuse_is_refused_before_any_request() -> None:
