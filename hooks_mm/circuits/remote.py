@@ -1,13 +1,13 @@
 """Remote EAP / EAP-IG: :func:`hooks_mm.circuits.eap_graph` with ``remote=`` runs through nnsight, on NDIF.
 
-One request per graph: one nnsight trace of ``1 + steps`` copies of the batch (the corrupted run, then the clean
-run and the EAP-IG interpolation points), one backward of the metric, one VJP per head through the attention
+One request per graph: one nnsight session of two traces (the corrupted run; ``steps`` copies of the clean batch:
+the clean run and the EAP-IG interpolation points), one backward of the metric, one VJP per head through the attention
 branch, and the edge scores reduced on the server (:mod:`hooks_mm.circuits.remote_trace`, shipped by value). What
 comes back is the Graph's ``[edges]`` scores and ``[nodes]`` node scores (float32), two metric values and the
 bookkeeping checks: never per-position gradients. For llava-1.5-7b (32 layers x 32 heads, one row of ~600 tokens,
 576 image cells, ``inputs="cell"``) that is 1,154,227 edges, 4.6 MB, where the per-head input gradients alone would
 be 32 x 32 x 600 x 4096 float32 = 9.4 GiB (:func:`result_bytes` gives the figure for a batch; the server needs an
-estimated 28 GiB in bfloat16 for EAP, 54 GiB for EAP-IG with 5 steps, weights included: :func:`eap_memory`).
+estimated 21 GiB in bfloat16 for EAP, 47 GiB for EAP-IG with 5 steps, weights included: :func:`eap_memory`).
 
 ``remote``: ``False`` (nnsight in this process), ``"local"`` (nnsight's serialisation round trip, as a server
 would run it), ``True`` (nnsight's configured host) or a host URL; the model may be weightless
@@ -20,7 +20,7 @@ What is refused before any request, each with its reason and the local alternati
   or with layers without heads: the server-side head split assumes ``z_h @ W_O[h]``;
 - what :func:`hooks_mm.remote.compile.site` cannot reach with nnsight (layer input / output, o-projection, MLP
   output of every layer);
-- ``steps`` whose estimated server memory (the graph of ``1 + steps`` copies, kept for the backward) is over
+- ``steps`` whose estimated server memory (the graph of ``steps`` copies, kept for the backward) is over
   ``max_memory`` (:func:`eap_memory`);
 - NDIF's sandboxed path (API keys not marked trusted) does not serve gradients (ndif's sandbox runner gets
   activations over a socket, without their autograd graph: ``ndif/services/ray/sandbox/ARCHITECTURE.md``,
@@ -94,11 +94,12 @@ def check_remote_family(model: HookedMLLM) -> list[tuple[str, str, str]]:
 def eap_memory(model: HookedMLLM, batch: Batch, steps: int) -> int:
     """Estimated peak bytes on the server of a remote EAP request of ``steps`` gradient points, weights included.
 
-    Per copy (``1 + steps`` of them) the backward keeps every layer's activations: ``n_layers`` x (one layer's
+    Per copy (``steps`` of them) the backward keeps every layer's activations: ``n_layers`` x (one layer's
     attention and MLP activations, twice the larger of the two, + the residual stream) of
     :func:`hooks_mm.remote.budget.estimate_per_copy`, the vision tower's and the logits; then the gradients at 4
     residual points per layer (model dtype, every copy) and their float32 means, activation differences and one
-    layer's per-head gradients. On tiny-llava it is 1.3x the measured peak (``tests/remote/test_circuit_remote.py``).
+    layer's per-head gradients; the corrupted run's node outputs. On tiny-llava it is 1.2-1.4x the measured peak
+    (``tests/remote/test_circuit_remote.py``).
     """
     hf = model.hf_model
     params = list(hf.parameters()) + list(hf.buffers())
@@ -109,10 +110,10 @@ def eap_memory(model: HookedMLLM, batch: Batch, steps: int) -> int:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     b, s = batch.shape
     bsd = b * s * model.cfg.d_model
-    copies = 1 + steps
-    graph = copies * (L * (2 * parts["layer"] + parts["residual"]) + parts.get("vision", 0) + 2 * parts["logits"])
-    grads = 4 * L * copies * bsd * e + (5 * L + H + 2) * bsd * 4 + H * bsd * 4 * 2
-    return weights + graph + grads
+    graph = steps * (L * (2 * parts["layer"] + parts["residual"]) + parts.get("vision", 0) + 2 * parts["logits"])
+    grads = 4 * L * steps * bsd * e + (5 * L + H + 2) * bsd * 4 + H * bsd * 4 * 2
+    corrupted = 2 * L * bsd * e  # what the corrupted run's nodes write, kept for the differences
+    return weights + graph + grads + corrupted
 
 
 def edge_count(model: HookedMLLM, n_inputs: int) -> int:
@@ -143,7 +144,7 @@ def check_budget(model: HookedMLLM, batch: Batch, steps: int, max_memory: int | 
         fit = max((k for k in range(1, steps) if eap_memory(model, batch, k) <= cap), default=0)
         gib = 1 << 30
         raise ValueError(
-            f"eap_graph(remote=...) with steps={steps} keeps the graph of {1 + steps} copies of this batch "
+            f"eap_graph(remote=...) with steps={steps} keeps the graph of {steps} copies of this batch "
             f"({tuple(batch.shape)}) for the backward: an estimated {need / gib:.1f} GiB on the server, over "
             f"max_memory={cap / (1 - HEADROOM) / gib:.1f} GiB less {HEADROOM:.0%} headroom. "
             + (f"Pass steps<={fit}, " if fit else "Even steps=1 does not fit: send fewer rows or shorter inputs, ")
@@ -219,10 +220,15 @@ def _request(nn: NNsightBackend, plan: dict[str, Any], remote: Any) -> dict[str,
     backend = nn._backend(remote, True)  # noqa: SLF001 - NNsightBackend's own request plumbing
     if backend is not None and hasattr(backend, "describe"):
         backend.describe = lambda: "an eap_graph request: the batch's inputs (and the corrupted ones) once"
-    lm, run = nn.lm, remote_trace.run  # the trace ships what its body names: only these, never the HookedMLLM
+    lm, rt = nn.lm, remote_trace  # the session ships what its body names: only these, never the HookedMLLM
     try:
-        with torch.enable_grad(), lm.trace(**remote_trace.model_inputs(plan), backend=backend):
-            out = nnsight.save(run(lm, plan))
+        with torch.enable_grad(), lm.session(backend=backend):
+            store: dict[str, Any] = {}
+            with lm.trace(**rt.model_inputs(plan, corrupted=True)):
+                rt.corrupted_run(lm, plan, store)
+            with lm.trace(**rt.model_inputs(plan)):
+                out = rt.run(lm, plan, store)
+            out = nnsight.save(out)
     except NDIFError:
         raise
     except RemoteError as e:

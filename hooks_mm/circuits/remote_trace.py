@@ -1,24 +1,30 @@
-"""What runs inside the nnsight trace of a remote :func:`hooks_mm.circuits.eap_graph` (on the NDIF server). Torch only.
+"""What runs inside the nnsight session of a remote :func:`hooks_mm.circuits.eap_graph` (on the NDIF server). Torch
+only.
 
 Shipped by value with the request (``nnsight.register``, like :mod:`hooks_mm.remote.runner`): it imports nothing but
-torch. One forward of ``1 + steps`` copies of the batch: copy 0 is the corrupted run (a corrupted batch, or the
-clean one with its input nodes' embeddings ablated), copy ``1 + k`` the clean batch with the embeddings moved
-``k / steps`` of the way to the corrupted ones (``k = 0``: the clean run; ``steps = 1``: EAP). The embeddings are
-a fresh leaf that requires grad (the server's weights are frozen), so the graph starts there. One backward of the
-metric summed over the clean copies, then one VJP per head through the attention branch, and the edge scores are
-reduced here: only ``[edges]`` scores, ``[nodes]`` node scores, the two metric values and the bookkeeping checks
-come back (module :mod:`hooks_mm.circuits.remote`).
+torch. Two traces in one session: :func:`corrupted_run` (the corrupted batch, or the clean one with its input nodes'
+embeddings ablated) keeps what every node writes; :func:`run` runs ``steps`` copies of the clean batch, copy ``k``
+with its embeddings moved ``k / steps`` of the way to the corrupted ones (``k = 0``: the clean run; ``steps = 1``:
+EAP). Those embeddings are a fresh leaf that requires grad (the server's weights are frozen), so the graph starts
+there. One backward of the metric summed over the copies, then one VJP per head through the attention branch, and
+the edge scores are reduced here: only ``[edges]`` scores, ``[nodes]`` node scores, the two metric values and the
+bookkeeping checks come back (module :mod:`hooks_mm.circuits.remote`). Corrupted and clean inputs never share a
+forward: index-valued inputs (Molmo2's ``image_token_pooling``) would point the clean copies at the corrupted
+images' features.
 
 A plan is a dict: ``inputs`` / ``corrupted`` (keyword inputs of one copy; ``corrupted`` None for an ablation),
 ``ablate`` (``"zero"`` / ``"mean"`` / None) with ``masks`` [node, batch, seq] (the input nodes), ``real`` [batch, seq]
-(non-pad positions), ``steps``, ``layers`` (per layer: its path, its o-projection's path, its MLP output path),
-``heads`` / ``d_head``, ``reduce`` (``(positions, fn)``: the metric is ``fn(logits[rows, positions])`` per copy, or
-``(None, fn)``: ``fn(logits)``), ``use_cache``.
+(non-pad positions), ``batch``, ``steps``, ``layers`` (per layer: its path, its o-projection's path, its MLP output
+path), ``heads`` / ``d_head``, ``reduce`` (``(positions, fn)``: the metric is ``fn(logits[rows, positions])`` per
+copy, or ``(None, fn)``: ``fn(logits)``), ``use_cache``.
 
-Example (inside a trace)::
+Example (inside a session)::
 
+    store = {}
+    with lm.trace(**remote_trace.model_inputs(plan, corrupted=True)):
+        remote_trace.corrupted_run(lm, plan, store)
     with lm.trace(**remote_trace.model_inputs(plan)):
-        out = nnsight.save(remote_trace.run(lm, plan))
+        out = nnsight.save(remote_trace.run(lm, plan, store))
 """
 
 import torch
@@ -28,20 +34,23 @@ def _first(value):
     return value[0] if isinstance(value, tuple) else value
 
 
-def _cat(corr, clean, m):
-    """The batch of one forward: the corrupted copy, then ``m`` clean copies (tensors along dim 0, lists)."""
-    if torch.is_tensor(clean) and clean.dim() > 0:
-        return torch.cat([corr, *([clean] * m)])
-    if isinstance(clean, list):
-        return list(corr) + list(clean) * m
-    return clean
+def tile(value, k):
+    """``k`` copies of a batch along dim 0 (tensors, lists). Index-valued inputs (Molmo2's ``image_token_pooling``)
+    keep pointing at the first copy's features, which every copy shares: only identical copies are tiled."""
+    if torch.is_tensor(value) and value.dim() > 0:
+        return value.repeat(k, *([1] * (value.dim() - 1)))
+    if isinstance(value, list):
+        return value * k
+    return value
 
 
-def model_inputs(plan):
-    """The keyword inputs of the forward: ``1 + steps`` copies (corrupted first)."""
-    clean, m = plan["inputs"], plan["steps"]
-    corr = plan["corrupted"] if plan["corrupted"] is not None else clean
-    kwargs = {key: _cat(corr[key], v, m) for key, v in clean.items()}
+def model_inputs(plan, corrupted=False):
+    """The keyword inputs of a forward: the corrupted batch once (``corrupted``; the clean one for an ablation),
+    else ``steps`` copies of the clean batch."""
+    if corrupted:
+        kwargs = dict(plan["corrupted"] if plan["corrupted"] is not None else plan["inputs"])
+    else:
+        kwargs = {key: tile(v, plan["steps"]) for key, v in plan["inputs"].items()}
     if plan.get("use_cache") is False:
         kwargs["use_cache"] = False
     return kwargs
@@ -69,26 +78,41 @@ def _grad(out, inp, g):
 
 
 def _mean_steps(g, b, m):
-    """[(1 + m) b, ...] gradients -> the mean over the m clean copies, float32 [b, ...]."""
-    return g[b:].float().reshape(m, b, *g.shape[1:]).mean(0)
+    """[m b, ...] gradients -> the mean over the m copies, float32 [b, ...]."""
+    return g.float().reshape(m, b, *g.shape[1:]).mean(0)
 
 
 def _check(diff, vjp):
     return [float(diff.abs().max()), float(vjp.abs().max()), float((vjp - diff).abs().max())]
 
 
-def run(lm, plan):
-    """The forward, backward and score reduction of one remote EAP request (inside an open trace of ``lm``)."""
+def corrupted_run(lm, plan, store):
+    """The corrupted forward (inside its own trace): what each node writes, kept in ``store`` for :func:`run`."""
+    b, layers = plan["batch"], plan["layers"]
+    env0 = lm.get(layers[0][0])
+    x = _first(env0.input)
+    if plan["ablate"]:
+        x = _ablate(plan["ablate"], plan["masks"], x)
+        env0.input = x
+    store["emb"] = x.detach()
+    store["z"], store["mlp"] = [], []
+    for _, opath, mpath in layers:
+        store["z"].append(lm.get(opath).input.detach())
+        store["mlp"].append(_first(lm.get(mpath).output).detach())
+    store["value"] = _metric(lm.output.logits[:b].detach(), plan["reduce"], b)
+
+
+def run(lm, plan, store):
+    """The clean forward of ``steps`` copies (inside its own trace, after :func:`corrupted_run`), the backward and
+    the score reduction of one remote EAP request."""
     b, m, nh, dh = plan["batch"], plan["steps"], plan["heads"], plan["d_head"]
     layers = plan["layers"]
     n_layers = len(layers)
     # -- forward: capture what every node writes and reads
     env0 = lm.get(layers[0][0])
-    x = _first(env0.input)
-    clean0 = x[b : 2 * b]
-    corr0 = _ablate(plan["ablate"], plan["masks"], clean0) if plan["ablate"] else x[:b]
-    path = [clean0 + (k / m) * (corr0 - clean0) for k in range(m)]
-    emb = torch.cat([corr0, *path]).detach().requires_grad_(True)
+    clean0 = _first(env0.input)[:b]
+    corr0 = store["emb"].to(clean0.device)
+    emb = torch.cat([clean0 + (k / m) * (corr0 - clean0) for k in range(m)]).detach().requires_grad_(True)
     env0.input = emb
     pre, z, attn, mlp, post = [emb], [], [], [], []
     for i, (lpath, opath, mpath) in enumerate(layers):
@@ -105,8 +129,8 @@ def run(lm, plan):
             "eap_graph: no gradients are served here: the logits this trace reads carry no autograd graph back to the "
             "embeddings (the trace runs apart from the model's forward, e.g. in a sandbox runner)."
         )
-    value_corr = _metric(logits[:b], plan["reduce"], b)
-    values = [_metric(logits[b * (k + 1) : b * (k + 2)], plan["reduce"], b) for k in range(m)]
+    value_corr = store["value"]
+    values = [_metric(logits[b * k : b * (k + 1)], plan["reduce"], b) for k in range(m)]
     bad = [v for v in values if not torch.is_tensor(v) or v.dim() != 0 or not v.requires_grad]
     if bad:
         raise ValueError(
@@ -126,8 +150,8 @@ def run(lm, plan):
     real = plan["real"].to(emb.device).float()
     masks = plan["masks"].to(emb.device).float()
     ediff = (corr0 - clean0).detach().float()
-    dz = [(zz[:b] - zz[b : 2 * b]).detach().float() * real[..., None] for zz in z]
-    md = [(mm[:b] - mm[b : 2 * b]).detach().float() * real[..., None] for mm in mlp]
+    dz = [(zc.to(zz.device) - zz[:b]).detach().float() * real[..., None] for zc, zz in zip(store["z"], z)]
+    md = [(mc.to(mm.device) - mm[:b]).detach().float() * real[..., None] for mc, mm in zip(store["mlp"], mlp)]
 
     def head_diff(i):  # [b p h d_model]: z_h @ W_O[h] of the corrupted run minus the clean one
         w = lm.get(layers[i][1]).weight.detach().float().T.reshape(nh, dh, -1)

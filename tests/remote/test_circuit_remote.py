@@ -72,6 +72,20 @@ def test_remote_graph_equals_the_local_eap_graph(remote: object, method: str, co
     assert_clean(model)
 
 
+@pytest.mark.parametrize("family", ["molmo2", "qwen2_vl"])
+def test_other_families_with_another_image_as_corruption(family: str) -> None:
+    """Molmo2's inputs hold indices into the image features (image_token_pooling): corrupted and clean inputs in one
+    forward would pool the corrupted features for the clean copies (every score wrong); Qwen2-VL: M-RoPE positions."""
+    p = pair_for(family)
+    g = torch.Generator().manual_seed(0)
+    pv = p.inputs["pixel_values"]
+    other = {**p.inputs, "pixel_values": pv + torch.randn(pv.shape, generator=g).to(pv)}
+    metric = lambda logits: logits[:, -1].float().log_softmax(-1)[:, 5].mean()  # noqa: E731
+    ref = eap_graph(p.model, p.inputs, other, metric, method="eap-ig", steps=2)
+    assert_same_graph(eap_graph(p.model, p.inputs, other, metric, method="eap-ig", steps=2, remote=False), ref)
+    assert_clean(p.model)
+
+
 def test_a_plain_callable_metric_and_zero_ablation_through_the_serialisation_round_trip() -> None:
     model, clean, _ = setup()
     metric = last_token_logprob(model, clean)
@@ -131,7 +145,7 @@ def test_misuse_is_refused_before_any_request() -> None:
     model, clean, other = setup()
     metric = answer_logprob(model, clean)
     over = eap_memory(model, model.prepare(clean), 4)
-    with pytest.raises(ValueError, match=r"steps=50 keeps the graph of 51 copies.*Pass steps<=\d"):
+    with pytest.raises(ValueError, match=r"steps=50 keeps the graph of 50 copies.*Pass steps<=\d"):
         eap_graph(model, clean, other, metric, method="eap-ig", steps=50, remote=DEAD, max_memory=over)
     with pytest.raises(ValueError, match="Even steps=1 does not fit"):
         eap_graph(model, clean, other, metric, method="eap-ig", steps=5, remote=DEAD, max_memory=1 << 20)
