@@ -130,10 +130,29 @@ def result_bytes(model: HookedMLLM, n_inputs: int) -> int:
     return 4 * (edge_count(model, n_inputs) + n_inputs + L * (H + 1) + 1 + 6 * L)
 
 
-def check_options(options: dict[str, Any]) -> None:
+def check_options(model: HookedMLLM, options: dict[str, Any]) -> None:
+    """Errors for options the remote path does not take, or that would be ignored."""
+    from hooks_mm.remote.backend import NNsightBackend, check_same_model
+
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"eap_graph got unknown options {unknown}: the remote path takes {list(OPTIONS)}.")
+    backend = options.get("backend")
+    if backend is None:
+        return
+    if not isinstance(backend, NNsightBackend):
+        raise TypeError(
+            f"backend= takes an NNsightBackend (e.g. NNsightBackend(model, load_nnsight(repo))), not "
+            f"{type(backend).__name__}."
+        )
+    both = sorted({"api_key", "max_request_bytes"} & set(options))
+    if both:
+        raise ValueError(
+            f"{both} configure the backend eap_graph builds, and backend= is given: set them on that NNsightBackend "
+            "(NNsightBackend(model, lm, api_key=..., max_request_bytes=...)) instead."
+        )
+    if backend.model is not model:
+        check_same_model(model, backend.lm)  # the layout and nodes are this model's: the server must run its shapes
 
 
 def check_budget(model: HookedMLLM, batch: Batch, steps: int, max_memory: int | None) -> int:
@@ -168,7 +187,7 @@ def remote_eap(
     from hooks_mm.remote.client import bind_remotely
     from hooks_mm.remote.sweep import backend_for
 
-    check_options(options)
+    check_options(model, options)
     if NNSIGHT_07:
         raise NotImplementedError(
             f"eap_graph(remote=...) runs a backward inside an nnsight trace, checked on nnsight 0.8 only, and nnsight "

@@ -21,7 +21,7 @@ from hooks_mm.circuits.remote import (
     result_bytes,
 )
 from hooks_mm.model.meta import WeightlessError
-from hooks_mm.remote import NNsightBackend, load_nnsight
+from hooks_mm.remote import ModelMismatchError, NNsightBackend, load_nnsight
 from hooks_mm.remote.budget import peak_tensor_bytes
 from hooks_mm.sweep import answer_logprob
 
@@ -153,6 +153,14 @@ def test_misuse_is_refused_before_any_request() -> None:
         eap_graph(model, clean, other, metric, remote=DEAD, max_mem=1)
     with pytest.raises(ValueError, match="cannot be serialised.*Pass a hooks_mm metric"):
         eap_graph(model, clean, other, lambda logits: metric(logits), remote=DEAD)  # holds the HookedMLLM
+    with pytest.raises(TypeError, match="backend= takes an NNsightBackend"):
+        eap_graph(model, clean, other, metric, remote=DEAD, backend="http://127.0.0.1:8001")
+    backend = NNsightBackend(model)
+    with pytest.raises(ValueError, match=r"\['api_key'\] configure the backend.*set them on that NNsightBackend"):
+        eap_graph(model, clean, other, metric, remote=DEAD, backend=backend, api_key="k")
+    llama = HookedMLLM.from_pretrained("tiny-llama")
+    with pytest.raises(ModelMismatchError, match="not the checkpoint the nnsight model addresses"):
+        eap_graph(model, clean, other, metric, remote=DEAD, backend=NNsightBackend(llama))
     with pytest.raises(TypeError, match=r"options \['max_memory'\] apply to remote runs: pass remote="):
         eap_graph(model, clean, other, metric, max_memory=1 << 40)
     client = HookedMLLM.from_config("tiny-llava")
