@@ -235,7 +235,7 @@ def remote_eap(
 
 
 def _request(nn: NNsightBackend, plan: dict[str, Any], remote: Any) -> dict[str, Any]:
-    """One nnsight trace (gradients on), with the remote path's error classes."""
+    """One nnsight session (the corrupted trace, then the gradient trace), with the remote path's error classes."""
     backend = nn._backend(remote, True)  # noqa: SLF001 - NNsightBackend's own request plumbing
     if backend is not None and hasattr(backend, "describe"):
         backend.describe = lambda: "an eap_graph request: the batch's inputs (and the corrupted ones) once"
