@@ -145,8 +145,11 @@ def estimate_per_copy(
     if torch.is_tensor(pixels) and vision is not None:
         n_img = int(pixels.shape[0]) if pixels.dim() == 4 else 1
         channels = int(_get(vision, "num_channels", default=3))
-        patch = int(_get(vision, "patch_size", default=14))
-        tokens = pixels.numel() // (channels * patch * patch) + n_img  # patches (+ a class token per image)
+        patch = _get(vision, "patch_size", default=14)
+        area = (
+            int(patch[0]) * int(patch[-1]) if isinstance(patch, (list, tuple)) else int(patch) ** 2
+        )  # InternVL: (h, w)
+        tokens = pixels.numel() // (channels * area) + n_img  # patches (+ a class token per image)
         dv = int(_get(vision, "hidden_size", "embed_dim", default=d))
         fv = int(_get(vision, "intermediate_size", default=4 * dv))
         hv = int(_get(vision, "num_attention_heads", "num_heads", default=1))

@@ -231,3 +231,16 @@ def test_images_go_once_per_request_and_the_request_size_error_names_them(monkey
     assert f"pixel_values [2, 3, 32, 32] float32 = {pixels.numel() * 4:,} bytes" in describe_request(plans)
     assert describe_request(plans).startswith("8 configs")
     assert 336 * 336 * 3 * 4 == 1_354_752  # one 336 px float32 image, as the README says
+
+
+def test_a_tuple_patch_size_counts_like_the_square_one() -> None:
+    """InternVL / Qianfan-OCR give ``patch_size`` as (h, w): the vision estimate equals the int one's."""
+    model, _, inputs, _ = setup("tiny-llava")
+    mi = model.prepare(inputs).model_inputs
+    config = LlavaConfig.from_dict(model.hf_model.config.to_dict())
+    square = estimate_per_copy(config, mi, model.cfg.dtype)["vision"]
+    p = config.vision_config.patch_size
+    config.vision_config.patch_size = (p, p)
+    assert square > 0 and estimate_per_copy(config, mi, model.cfg.dtype)["vision"] == square
+    config.vision_config.patch_size = (p, 2 * p)  # half the patches: fewer tokens
+    assert estimate_per_copy(config, mi, model.cfg.dtype)["vision"] < square
