@@ -49,6 +49,16 @@ class SweepResult:
     clean: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # issue 20: short text; Jupyter shows the top rows and a plot
+        from hooks_mm.vis.display import sweep_repr
+
+        return sweep_repr(self)
+
+    def _repr_html_(self) -> str:
+        from hooks_mm.vis.display import sweep_html
+
+        return sweep_html(self)
+
 
 class SweepBackend(Protocol):
     """Turns configs into metric values on one batch."""

@@ -92,16 +92,32 @@ def patch_heatmap(
 
 
 class PatchHeatmapHTML:
-    """An HTML patch heatmap (no JavaScript); shows itself in Jupyter, ``.html`` is the markup."""
+    """An HTML patch heatmap (no JavaScript); shows itself in Jupyter (with its stylesheet), ``.html`` is the
+    markup, ``.save(path)`` writes an offline page."""
 
     def __init__(self, markup: str):
         self.html = markup
 
     def _repr_html_(self) -> str:
-        return self.html
+        from hooks_mm.vis.html import STYLE
+
+        return f"<style>{STYLE}</style>{self.html}"  # the grid cells need it: without it no cell has a size
 
     def __str__(self) -> str:
         return self.html
+
+    def __repr__(self) -> str:
+        return f"PatchHeatmapHTML({self.html.count('hmm-panel-title')} panels, {len(self.html)} chars of HTML)"
+
+    def save(self, path: Any) -> Any:
+        """Write a self-contained offline page with this view; returns its Path."""
+        from pathlib import Path
+
+        from hooks_mm.vis.html import page
+
+        path = Path(path)
+        path.write_text(page([self.html]), encoding="utf-8")
+        return path
 
 
 def patch_heatmap_html(
