@@ -166,3 +166,20 @@ def test_every_view_displays_with_its_style_and_a_short_repr(run) -> None:
     assert len(repr(vis)) < 100
     gh = graph_html(synthetic_graph())
     assert isinstance(gh, GraphHTML) and len(repr(gh)) < 100 and gh._repr_html_().startswith("<style>")
+
+
+def test_images_under_heatmaps_are_grey(run) -> None:
+    """The matplotlib panels draw the image grey (hooks_mm.vis.common.underlay): no hue of the image under values."""
+    from PIL import Image as PILImage
+
+    from hooks_mm.vis import patch_heatmap
+    from hooks_mm.vis.common import UNDERLAY_FLOOR
+
+    model, _ = run
+    picture = PILImage.new("RGB", (32, 32), (255, 230, 0))
+    inputs = model.to_inputs(["<image> what colour?"], images=[[picture]])
+    layout = model.layout(inputs)
+    fig = patch_heatmap(torch.zeros(layout.shape), layout, row=0, images=[picture])
+    under = fig.axes[0].images[0].get_array()
+    assert under.shape[-1] == 3 and (under[..., 0] == under[..., 1]).all() and (under[..., 1] == under[..., 2]).all()
+    assert under.min() >= round(UNDERLAY_FLOOR * 255)
