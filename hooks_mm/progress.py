@@ -4,7 +4,7 @@ Every long call takes ``progress=``: ``True`` shows a bar, ``False`` hides it, `
 by itself. The global switch :func:`set_progress` (or the environment variable ``HOOKS_MM_PROGRESS=0|1``)
 overrides the automatic choice. Automatic: a bar in a Jupyter kernel or when stderr is a terminal, none when
 stderr is a pipe or a log file (CI, ``hooks-mm ... 2> log``) or under pytest, so tests and logs stay free of
-bar noise. Bars are tqdm's (``tqdm.auto``: a widget in Jupyter, text on a terminal) and are removed when done.
+bar noise. Bars are tqdm's (a widget in Jupyter with ipywidgets, text elsewhere) and are removed when done.
 
 Example::
 
@@ -43,6 +43,22 @@ def _in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
+def _tqdm_class() -> Any:
+    """tqdm's notebook widget in a notebook with ipywidgets, its text bar otherwise (``tqdm.auto`` would warn
+    "IProgress not found" in a notebook without ipywidgets; the text bar shows there as well)."""
+    if _in_notebook():
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm
+
+            return tqdm
+        except ImportError:
+            pass
+    from tqdm.std import tqdm
+
+    return tqdm
+
+
 def progress_enabled(progress: bool | None = None) -> bool:
     """Whether a call given ``progress`` shows a bar: the argument, else :func:`set_progress`, else
     ``$HOOKS_MM_PROGRESS``, else automatic (a notebook or a terminal, never under pytest)."""
@@ -78,8 +94,7 @@ def progress_bar(
         for inputs in progress_bar(batches, desc="NeuronMeans.fit", unit="batch", progress=progress):
             ...
     """
-    from tqdm.auto import tqdm
-
+    tqdm = _tqdm_class()
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     return tqdm(

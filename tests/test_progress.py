@@ -97,3 +97,17 @@ def test_a_wrong_progress_is_refused_before_any_hook(p) -> None:
         with pytest.raises(TypeError, match="progress='yes': pass True"):
             call("yes")
         assert_clean(p.model)
+
+
+def test_in_a_notebook_the_bar_is_on_and_never_warns(monkeypatch, recwarn) -> None:
+    from tqdm.std import tqdm as text_bar
+
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    monkeypatch.setattr(prog, "_in_notebook", lambda: True)
+    assert prog.progress_enabled() is True
+    bar = prog.progress_bar(range(3), desc="x", progress=False)
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:  # no widgets: the text bar, without tqdm.auto's "IProgress not found" warning
+        assert type(bar) is text_bar
+    assert list(bar) == [0, 1, 2] and not [w for w in recwarn if "IProgress" in str(w.message)]
