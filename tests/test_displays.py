@@ -183,3 +183,22 @@ def test_images_under_heatmaps_are_grey(run) -> None:
     under = fig.axes[0].images[0].get_array()
     assert under.shape[-1] == 3 and (under[..., 0] == under[..., 1]).all() and (under[..., 1] == under[..., 2]).all()
     assert under.min() >= round(UNDERLAY_FLOOR * 255)
+
+
+def test_ipython_formats_each_object_as_html_and_short_text(run) -> None:
+    """What a notebook cell shows: IPython's own display formatter on each object."""
+    from IPython.core.formatters import DisplayFormatter
+
+    model, inputs = run
+    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n.endswith("hook_resid_post"))
+    result = sweep(model, inputs, single_neurons(model, layers=0)[:4], answer_logprob(model, inputs))
+    formatter = DisplayFormatter()
+    for obj, kind in [
+        (model.layout(inputs), "layout"),
+        (cache, "cache"),
+        (result, "sweep"),
+        (synthetic_graph(), "graph"),
+    ]:
+        data, _ = formatter.format(obj)
+        assert f'data-kind="{kind}"' in data["text/html"]
+        assert len(data["text/plain"]) < 1500 and "tensor(" not in data["text/plain"]
