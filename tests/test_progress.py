@@ -61,6 +61,7 @@ def _calls(p):
     ans = [torch.zeros(inputs["input_ids"].shape[0], dtype=torch.long)]
     return [
         ("sweep", lambda pr: sweep(model, inputs, single_neurons(model, layers=0)[:3], metric, progress=pr).values),
+        ("sweep", lambda pr: _remote(model, inputs, metric, pr)),
         ("NeuronMeans.fit", lambda pr: NeuronMeans.fit(model, [inputs], layers=0, progress=pr).means[0]["all"]),
         ("CentroidBank.fit", lambda pr: CentroidBank.fit(model, [inputs], 0, Image(), k=2, progress=pr).centroids),
         ("activation_probabilities", lambda pr: activation_probabilities(model, [inputs], progress=pr).probs),
@@ -74,6 +75,13 @@ def _calls(p):
         ("eap_graph", lambda pr: eap_graph(model, inputs, corr, metric, method="eap-ig", steps=2, progress=pr).scores),
         ("faithfulness_curve", lambda pr: torch.tensor(_curve(model, inputs, corr, metric, pr).values)),
     ]
+
+
+def _remote(model, inputs, metric, pr):
+    from hooks_mm.remote import NNsightBackend, remote_sweep
+
+    backend = NNsightBackend(model)  # nnsight's in-process run (remote="local"): the remote sweep's own bar
+    return remote_sweep(backend, inputs, single_neurons(model, 0)[:2], metric, remote="local", progress=pr).values
 
 
 def _curve(model, inputs, corr, metric, pr):
