@@ -253,6 +253,17 @@ class ModalityLayout:
         idx[real] = mask.nonzero()[:, 1]  # nonzero is row-major: row r's positions fill row r's first slots
         return idx, real
 
+    # -- issue 20: Jupyter display and a short repr (hooks_mm/vis/display.py)
+    def __repr__(self) -> str:
+        from hooks_mm.vis.display import layout_repr
+
+        return layout_repr(self)
+
+    def _repr_html_(self) -> str:
+        from hooks_mm.vis.display import layout_html
+
+        return layout_html(self)
+
     def summary(self) -> dict[str, int]:
         return {m.name.lower(): int((self.modality == m).sum()) for m in Modality if (self.modality == m).any()}
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import After, Audio, Image, Last, Selector, Text, Video
 
 MODALITY_SELECTORS: dict[str, Selector] = {"text": Text(), "image": Image(), "video": Video(), "audio": Audio()}
@@ -73,6 +74,7 @@ def pooled_by_modality(
     batches: Iterable[Any],
     modalities: Iterable[str] | dict[str, Selector] = ("text", "image"),
     hook: str = "hook_resid_post",
+    progress: bool | None = None,
 ) -> PooledModalities:
     """Per example and layer, the mean over the positions of each modality (names from
     text / image / video / audio, or ``{name: Selector}``); only rows that hold every one
@@ -82,14 +84,17 @@ def pooled_by_modality(
 
         pooled = pooled_by_modality(model, [inputs], ("text", "image", "audio"))
         pooled.means["audio"].shape     # [n_examples, n_layers, d_model]
+
+    ``progress``: a bar over the batches (None: automatic, :mod:`hooks_mm.progress`).
     """
+    check_progress(progress, "pooled_by_modality")
     sels = _selectors(modalities)
     if len(sels) < 1:
         raise ValueError("pooled_by_modality: name at least one modality.")
     names = [f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)]
     means: dict[str, list[Tensor]] = {m: [] for m in sels}
     norms: dict[str, list[Tensor]] = {m: [] for m in sels}
-    for inputs in batches:
+    for inputs in progress_bar(batches, desc="pooled_by_modality", unit="batch", progress=progress):
         batch = model.prepare(inputs)
         masks = {m: batch.layout.select(sel) for m, sel in sels.items()}
         _, cache = model.run_with_cache(batch, names_filter=names)

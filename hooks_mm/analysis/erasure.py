@@ -20,6 +20,7 @@ from torch import Tensor
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
 from hooks_mm.interventions.centroid import as_saved, attention_follows
 from hooks_mm.layout import Modality
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import After, Image, Last
 from hooks_mm.sweep.metrics import modality_nll
 
@@ -72,6 +73,7 @@ def accuracy(
     score: Score,
     spec: Any = None,
     logits_fn: Callable | None = None,
+    progress: bool | None = None,
 ) -> float:
     """Mean score over ``batches`` (``answers[i]``: one answer per row of batch i), optionally
     under ``spec`` or with the last-position logits given by ``logits_fn(batch)``.
@@ -83,7 +85,10 @@ def accuracy(
     Example::
 
         accuracy(model, [inputs], [torch.tensor([0, 2])], choice_score(option_ids))
+
+    ``progress``: a bar over the batches (None: automatic, :mod:`hooks_mm.progress`).
     """
+    check_progress(progress, "accuracy")
     batches, answers = list(batches), list(answers)
     if not batches or len(answers) != len(batches):
         raise ValueError(
@@ -91,7 +96,8 @@ def accuracy(
             "(one answer per row) for each batch, and at least one batch."
         )
     hits, n = 0.0, 0
-    for i, (inputs, ans) in enumerate(zip(batches, answers)):
+    pairs = progress_bar(zip(batches, answers), desc="accuracy", total=len(batches), unit="batch", progress=progress)
+    for i, (inputs, ans) in enumerate(pairs):
         batch = model.prepare(inputs)
         ans = torch.as_tensor(ans)
         rows = batch.layout.modality.shape[0]
@@ -199,6 +205,7 @@ def tune_tccd(
     test_answers: Sequence[Tensor],
     alphas: Sequence[float] = (-1.0, 0.5, 1.0, 2.0),
     a_interps: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Per-task search over alpha and a_interp on the development split (``batches``,
     ``answers``), reported on the held-out split (``test_batches``, ``test_answers``).
@@ -211,7 +218,10 @@ def tune_tccd(
 
         tuned = tune_tccd(model, dev, dev_answers, score, text_bank, test, test_answers)
         tuned["test_gain"]          # held-out accuracy gain of TCCD over the clean model
+
+    ``progress``: a bar over the grid points (None: automatic, :mod:`hooks_mm.progress`).
     """
+    check_progress(progress, "tune_tccd")
     dev, test = [model.prepare(b) for b in batches], [model.prepare(b) for b in test_batches]
     for i, t in enumerate(test):
         for j, d in enumerate(dev):
@@ -222,9 +232,12 @@ def tune_tccd(
                 )
 
     def acc(bs: list[Any], ans: Sequence[Tensor], alpha: float, a: float) -> float:
-        return accuracy(model, bs, ans, score, logits_fn=lambda x: tccd_logits(model, x, text_bank, alpha, a))
+        return accuracy(
+            model, bs, ans, score, logits_fn=lambda x: tccd_logits(model, x, text_bank, alpha, a), progress=False
+        )
 
-    grid = {(alpha, a): acc(dev, answers, alpha, a) for alpha in alphas for a in a_interps}
+    points = [(alpha, a) for alpha in alphas for a in a_interps]
+    grid = {p: acc(dev, answers, *p) for p in progress_bar(points, desc="tune_tccd", unit="point", progress=progress)}
     (alpha, a), best = max(grid.items(), key=lambda kv: kv[1])
     test_acc, test_clean = acc(test, test_answers, alpha, a), accuracy(model, test, test_answers, score)
     return {

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from hooks_mm.interventions import NeuronAblation, compose
 from hooks_mm.layout import Modality
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import NonPad
 from hooks_mm.sweep.metrics import modality_nll
 
@@ -47,6 +48,7 @@ def activation_probabilities(
     batches: Iterable[Any],
     modalities: Sequence[str] = ("text", "image"),
     layers: Sequence[int] | None = None,
+    progress: bool | None = None,
 ) -> ActivationProbabilities:
     """Stream ``batches``; count, per MLP neuron, how often it is active per modality (any
     of text / image / video / audio / special).
@@ -54,14 +56,16 @@ def activation_probabilities(
     Active means ``act_fn(gate_proj(x)) > 0`` in gated MLPs (``act_fn(fc1(x)) > 0``
     otherwise), as the published LAPE code counts it: the sign of the gate activation, not
     of its product with ``up_proj(x)`` (whose sign is that of the up projection, near a coin
-    flip). For SiLU / GELU / ReLU that is ``mlp.hook_pre > 0``, the hook this reads.
+    flip). For SiLU / GELU / ReLU that is ``mlp.hook_pre > 0``, the hook this reads. ``progress``: a bar over the
+    batches (None: automatic, :mod:`hooks_mm.progress`).
     """
+    check_progress(progress, "activation_probabilities")
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     names = [model.hook_name(f"blocks.{l}.mlp.hook_pre") for l in layers]  # MoE layers: refused with the reason
     codes = [_modality(m) for m in modalities]
     pos = torch.zeros(len(layers), model.cfg.d_mlp, len(codes), dtype=torch.float64)
     tokens = torch.zeros(len(codes), dtype=torch.float64)
-    for inputs in batches:
+    for inputs in progress_bar(batches, desc="activation_probabilities", unit="batch", progress=progress):
         batch = model.prepare(inputs)
         _, cache = model.run_with_cache(batch, names_filter=names)
         for mi, code in enumerate(codes):
@@ -154,13 +158,18 @@ def neuron_masking_matrix(
     batches: Sequence[Any],
     specific: dict[str, list[tuple[int, int]]],
     evaluate: Sequence[str] = ("text", "image"),
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Perplexity of each evaluated modality's tokens with each modality's neurons masked.
 
     Rows: "none" (clean) and every masked modality; columns: evaluated modalities. The
     perplexity is over all tokens of the batches (each batch weighted by its token count).
-    A healthy result is diagonal-dominant (masking image neurons hurts image tokens most).
+    A healthy result is diagonal-dominant (masking image neurons hurts image tokens most). ``progress``: a bar
+    over the forwards (None: automatic, :mod:`hooks_mm.progress`).
     """
+    check_progress(progress, "neuron_masking_matrix")
+    total = (1 + len(specific)) * len(evaluate) * len(batches)
+    bar = progress_bar(desc="neuron_masking_matrix", total=total, unit="forward", progress=progress)
     rows: dict[str, dict[str, float]] = {}
     for masked, neurons in [("none", []), *specific.items()]:
         spec = mask_spec(neurons) if neurons else None
@@ -174,6 +183,8 @@ def neuron_masking_matrix(
                 count = _predicted(batch.layout.modality, _modality(ev))  # weight each batch by its tokens
                 nll += float(metric(logits)) * count
                 n += count
+                bar.update(1)
             vals[ev] = float(torch.tensor(nll / n).exp())
         rows[masked] = vals
+    bar.close()
     return pd.DataFrame(rows).T

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import Image, Selector, Text
 
 if TYPE_CHECKING:
@@ -58,8 +59,12 @@ def _linears(model: "HookedMLLM") -> dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector) -> dict[str, Tensor]:
-    """Per linear: ``||X_j||_2`` of its inputs over the calibration tokens at ``positions``."""
+def input_norms(
+    model: "HookedMLLM", batches: Iterable[Any], positions: Selector, progress: bool | None = None
+) -> dict[str, Tensor]:
+    """Per linear: ``||X_j||_2`` of its inputs over the calibration tokens at ``positions`` (``progress``: a bar
+    over the batches, None: automatic, :mod:`hooks_mm.progress`)."""
+    check_progress(progress, "input_norms")
     linears = _linears(model)
     sums = {k: torch.zeros(m.weight.shape[1], dtype=torch.float64) for k, m in linears.items()}
     state: dict[str, Tensor] = {}
@@ -78,7 +83,7 @@ def input_norms(model: "HookedMLLM", batches: Iterable[Any], positions: Selector
     handles = [m.register_forward_pre_hook(grab(k)) for k, m in linears.items()]
     n = 0
     try:
-        for inputs in batches:
+        for inputs in progress_bar(batches, desc="input_norms", unit="batch", progress=progress):
             batch = model.prepare(inputs)
             state["mask"] = batch.layout.select(positions)
             n += int(state["mask"].sum())

@@ -42,6 +42,7 @@ from hooks_mm.circuits.graph import Graph, Node
 from hooks_mm.circuits.nodes import input_nodes
 from hooks_mm.layout import Modality
 from hooks_mm.model.meta import WeightlessError, is_weightless
+from hooks_mm.progress import check_progress
 from hooks_mm.sweep.metrics import check_metric_batch
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ def eap_graph(
     method: str = "eap",
     steps: int = 5,
     window: int = 10,
+    progress: bool | None = None,
     remote: Any = None,
     **remote_options: Any,
 ) -> Graph:
@@ -155,7 +157,8 @@ def eap_graph(
 
     ``corrupted``: a batch of the same layout, or ``"zero"`` / ``"mean"``; ``inputs``: the granularity of input
     nodes (``"image"``, ``"cell"``, ``"tile"``, ``"frame"``; :mod:`hooks_mm.circuits.nodes`); ``method``: ``"eap"``
-    or ``"eap-ig"`` with ``steps`` gradient points; ``window``: audio steps per node with ``inputs="frame"``.
+    or ``"eap-ig"`` with ``steps`` gradient points; ``window``: audio steps per node with ``inputs="frame"``;
+    ``progress``: a bar over the gradient passes (None: automatic, :mod:`hooks_mm.progress`).
     ``remote``: None (hooks_mm's hooks, here), else through nnsight (``False``: in process, ``"local"``: nnsight's
     serialisation round trip, ``True`` / a host URL: NDIF) in one request returning only the scores; options
     ``backend``, ``max_memory``, ``api_key``, ``max_request_bytes`` (:mod:`hooks_mm.circuits.remote`).
@@ -168,6 +171,7 @@ def eap_graph(
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}: pick one.")
+    check_progress(progress, "eap_graph")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an int >= 1 (gradient points of EAP-IG).")
     if not callable(metric):
@@ -191,7 +195,7 @@ def eap_graph(
     check_local(model)
     from hooks_mm.circuits.passes import run_passes  # one module per concern: the hooked forwards and backwards
 
-    run = run_passes(model, batch, corr, masks, metric, m, _scalar)
+    run = run_passes(model, batch, corr, masks, metric, m, _scalar, progress)
     return _assemble(model, batch, run, in_nodes, masks, method, m, corrupted, inputs, metric)
 
 

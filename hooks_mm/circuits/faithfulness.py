@@ -31,6 +31,7 @@ from torch import Tensor
 from hooks_mm.circuits.graph import Graph
 from hooks_mm.circuits.patching import Reader, Source, edge_patched_logits, precedes, prepare
 from hooks_mm.layout import Modality
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.sweep.metrics import check_metric_batch
 
 if TYPE_CHECKING:
@@ -315,6 +316,7 @@ def faithfulness_curve(
     *,
     n_random: int = 20,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Faithfulness of the top-``k`` circuit for each ``k`` in ``ks``, with the random control band: one row per
     ``k`` (``k``, ``faithfulness``, ``random_mean``, ``random_lo``, ``random_hi``, ``percentile``).
@@ -322,8 +324,11 @@ def faithfulness_curve(
     Example::
 
         curve = faithfulness_curve(model, g, clean, corrupted, metric, ks=[1, 5, 10, 50, g.n_edges])
+
+    ``progress``: a bar over ``ks`` (None: automatic, :mod:`hooks_mm.progress`).
     """
     _check_draws(n_random)
+    check_progress(progress, "faithfulness_curve")
     ks = list(ks)
     if not ks:
         raise ValueError("faithfulness_curve needs a non-empty list of k.")
@@ -331,7 +336,7 @@ def faithfulness_curve(
     for k in ks:
         select_circuit(graph, k, units=ep.units)  # every k checked before the runs
     rows = []
-    for k in ks:
+    for k in progress_bar(ks, desc="faithfulness_curve", unit="k", progress=progress):
         f = faithfulness(model, graph, clean, corrupted, metric, k, n_random=n_random, seed=seed, patcher=ep)
         rows.append(
             {

@@ -116,6 +116,11 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph({self.method}, {len(self.nodes)} nodes, {len(self.src)} edges, metric={self.metric!r})"
 
+    def _repr_html_(self) -> str:  # issue 20: Jupyter shows counts and the top edges
+        from hooks_mm.vis.display import graph_html_summary
+
+        return graph_html_summary(self)
+
     @property
     def n_edges(self) -> int:
         return len(self.src)

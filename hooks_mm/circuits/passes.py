@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from hooks_mm.model.branches import has_heads, head_parts
+from hooks_mm.progress import progress_bar
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -69,9 +70,17 @@ def _ablate(kind: str, masks: Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def run_passes(
-    model: HookedMLLM, batch: Batch, corr: Batch | str, masks: Tensor, metric: Any, m: int, scalar: Callable
+    model: HookedMLLM,
+    batch: Batch,
+    corr: Batch | str,
+    masks: Tensor,
+    metric: Any,
+    m: int,
+    scalar: Callable,
+    progress: bool | None = None,
 ) -> Passes:
-    """The corrupted pass, then ``m`` gradient passes along the path from clean to corrupted embeddings."""
+    """The corrupted pass, then ``m`` gradient passes along the path from clean to corrupted embeddings
+    (``progress``: a bar over the gradient passes)."""
     L = model.cfg.n_layers
     names = _names(model)
     store: dict[str, Tensor] = {}
@@ -92,7 +101,7 @@ def run_passes(
     grads: dict[str, Tensor] = {}
     clean_store: dict[str, Tensor] = {}
     value_clean = float("nan")
-    for k in range(m):
+    for k in progress_bar(range(m), desc="eap_graph", unit="pass", progress=progress):
         alpha = k / m
         store = {}
         live: dict[str, Tensor] = {}

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from hooks_mm.interventions.base import Context, Edit, Intervention, ValueEq, check_layers, check_number
 from hooks_mm.layout import Modality
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import NonPad, Selector, is_int
 
 if TYPE_CHECKING:
@@ -53,8 +54,11 @@ class NeuronMeans(ValueEq):
         batches: Iterable[Any],
         layers: int | Sequence[int] | None = None,
         hook: str = "mlp.hook_post",
+        progress: bool | None = None,
     ) -> "NeuronMeans":
-        """Running means over ``batches`` (model inputs), one forward per batch."""
+        """Running means over ``batches`` (model inputs), one forward per batch; ``progress``: a bar over the
+        batches (None: automatic, :mod:`hooks_mm.progress`)."""
+        check_progress(progress, "NeuronMeans.fit")
         n = model.cfg.n_layers
         layers = check_layers(layers, "NeuronMeans.fit")
         layers = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
@@ -66,7 +70,7 @@ class NeuronMeans(ValueEq):
         names = {l: f"blocks.{l}.{hook}" for l in layers}
         sums: dict[int, dict[str, Tensor]] = {l: {} for l in layers}
         counts: dict[int, dict[str, int]] = {l: {} for l in layers}
-        for inputs in batches:
+        for inputs in progress_bar(batches, desc="NeuronMeans.fit", unit="batch", progress=progress):
             batch = model.prepare(inputs)
             layout = batch.layout
             _, cache = model.run_with_cache(batch, names_filter=list(names.values()))

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hooks_mm.interventions.base import Context, Edit, Intervention
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import After, Image, Last, Selector
 
 if TYPE_CHECKING:
@@ -124,14 +125,17 @@ class CentroidBank:
         n_iter: int = 20,
         hook: str = "hook_resid_pre",
         max_tokens: int | None = None,
+        progress: bool | None = None,
     ) -> "CentroidBank":
         """Stream ``batches`` (model inputs), collect vectors at ``positions``, fit K-means.
 
         Defaults follow the published protocol: K = 256, seed 42, 20 iterations, the text
         after the image (``After(Image())``) at ~0.4 of depth, ``Image()`` at ~0.5
         (:func:`default_layer`: the input of block ``floor(f n + 1/2)``).
-        K-means is scikit-learn's (k-means++ init, one run, ``max_iter=n_iter``).
+        K-means is scikit-learn's (k-means++ init, one run, ``max_iter=n_iter``). ``progress``: a bar over the
+        batches (None: automatic, :mod:`hooks_mm.progress`).
         """
+        check_progress(progress, "CentroidBank.fit")
         from sklearn.cluster import KMeans
 
         positions = positions if positions is not None else After(Image())
@@ -148,14 +152,15 @@ class CentroidBank:
         _warn_if_isolated(model, layer, hook, positions)
         chunks: list[Tensor] = []
         n = 0
-        for inputs in batches:
-            batch = model.prepare(inputs)
-            mask = batch.layout.select(positions)
-            _, cache = model.run_with_cache(batch, names_filter=[name], stop_at_layer=min(layer + 1, n_layers))
-            chunks.append(cache[name][mask].float().cpu())
-            n += chunks[-1].shape[0]
-            if max_tokens is not None and n >= max_tokens:
-                break
+        with progress_bar(batches, desc="CentroidBank.fit", unit="batch", progress=progress) as bar:
+            for inputs in bar:
+                batch = model.prepare(inputs)
+                mask = batch.layout.select(positions)
+                _, cache = model.run_with_cache(batch, names_filter=[name], stop_at_layer=min(layer + 1, n_layers))
+                chunks.append(cache[name][mask].float().cpu())
+                n += chunks[-1].shape[0]
+                if max_tokens is not None and n >= max_tokens:
+                    break
         x = torch.cat(chunks)[:max_tokens] if chunks else torch.empty(0)
         if x.shape[0] < k:
             raise ValueError(

@@ -62,6 +62,16 @@ class MLLMCache(Readout, ActivationCache):
     positions: Tensor | None = None  # pos= caches: [batch, n] kept positions (-1 in a ragged row's padding)
     position_mask: Tensor | None = None  # pos= caches: [batch, n] True where a slot holds a real position
 
+    def __repr__(self) -> str:  # issue 20: names, shapes, dtypes (hooks_mm/vis/display.py)
+        from hooks_mm.vis.display import cache_repr
+
+        return cache_repr(self)
+
+    def _repr_html_(self) -> str:
+        from hooks_mm.vis.display import cache_html
+
+        return cache_html(self)
+
     # ------------------------------------------------------------------ checks and residual points
 
     def _n(self) -> int:

@@ -344,7 +344,7 @@ def remote_sweep(
     remote: Remote = True,
     blocking: bool = True,
     checkpoint: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     sources: dict[str, Any] | None = None,
     **options: Any,
 ) -> SweepResult | RemoteSweepJob:

@@ -40,6 +40,16 @@ class Attribution:
     layers: list[int]
     table: pd.DataFrame
 
+    def __repr__(self) -> str:  # issue 20: short text; Jupyter shows the top neurons and a plot
+        from hooks_mm.vis.display import attribution_repr
+
+        return attribution_repr(self)
+
+    def _repr_html_(self) -> str:
+        from hooks_mm.vis.display import attribution_html
+
+        return attribution_html(self)
+
 
 def attribution_patching(
     model: HookedMLLM,

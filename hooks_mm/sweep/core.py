@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from hooks_mm.interventions import Intervention, NeuronAblation
+from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.sweep.identity import held_state, metric_identity
 
 if TYPE_CHECKING:
@@ -48,6 +48,16 @@ class SweepResult:
     values: Tensor
     clean: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # issue 20: short text; Jupyter shows the top rows and a plot
+        from hooks_mm.vis.display import sweep_repr
+
+        return sweep_repr(self)
+
+    def _repr_html_(self) -> str:
+        from hooks_mm.vis.display import sweep_html
+
+        return sweep_html(self)
 
 
 class SweepBackend(Protocol):
@@ -274,7 +284,7 @@ def run_sweep(
     metric: Callable[[Tensor], Tensor],
     *,
     checkpoint: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     sources: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Run every config on ``inputs`` through ``backend``; a table of ``metric`` per config.
@@ -284,9 +294,11 @@ def run_sweep(
     serves only the same model weights, inputs, source runs and metric: another sweep's file,
     or an empty or corrupt one, raises :class:`CheckpointError` naming what differs.
     ``configs``: a list of specs (``Intervention.from_dict(d)`` for dicts); ``metric(logits)``
-    returns a scalar or a 1-D vector, checked on the clean run before any config runs.
+    returns a scalar or a 1-D vector, checked on the clean run before any config runs. ``progress``: a bar
+    over the configs (None: automatic, :mod:`hooks_mm.progress`).
     """
     configs = check_configs(configs)
+    check_progress(progress, "sweep")
     if not callable(metric):
         raise TypeError(
             f"metric must be a function of logits, got a {type(metric).__name__}: e.g. answer_logprob(model, inputs)."
@@ -299,7 +311,9 @@ def run_sweep(
     keys = config_keys(configs)
     todo = [i for i, k in enumerate(keys) if k not in done]
     jobs: list[Job] = ([(-1, None)] if CLEAN not in done else []) + [(i, configs[i]) for i in todo]
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), disable=not progress, desc="sweep", unit="cfg")
+    bar = progress_bar(
+        desc="sweep", total=len(configs), initial=len(configs) - len(todo), unit="cfg", progress=progress
+    )
     try:
         for item in backend.run(jobs):
             if item is SAVE:

@@ -206,7 +206,7 @@ def sweep(
     max_memory: int = 2 << 30,
     method: str = "auto",
     checkpoint: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     sources: dict[str, Any] | None = None,
     backend: SweepBackend | None = None,
 ) -> SweepResult:
@@ -216,7 +216,8 @@ def sweep(
     :class:`HooksSweep`); ``checkpoint``: a file where finished configs are saved after every
     chunk, so an interrupted sweep resumes from there when called again with the same file.
     ``backend``: another backend, e.g. ``hooks_mm.remote.NNsightSweep(remote=URL)`` to run
-    the same configs through nnsight on an NDIF server.
+    the same configs through nnsight on an NDIF server. ``progress``: a bar over the configs (None:
+    automatic: in a notebook or on a terminal, see :mod:`hooks_mm.progress`).
     """
     if backend is None:
         backend = HooksSweep(batch_size, max_memory, method)

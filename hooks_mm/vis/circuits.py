@@ -97,13 +97,15 @@ def attention_heads(
     heads = list(range(p.shape[0])) if heads is None else list(heads)
     p = p[heads]
     q = _last_real(layout, row, seq) if query is None else query % seq
+    uq = _unit_of(u, q)
     grids = _grids(
         p[:, q, :].mean(0),
         layout,
         row,
         images,
         tile_grid,
-        f"attention from position {q} ({u.labels[_unit_of(u, q)]}) to the image patches, mean over heads {heads}",
+        f"attention from unit ({uq}) {u.labels[uq]} = sequence position {q} to the image patches (cells: sequence "
+        f"positions), mean over heads {heads}",
     )
     props = {
         "attention": collapse_attention(p, u),
@@ -111,7 +113,7 @@ def attention_heads(
         "attentionHeadNames": [f"head {h}" for h in heads],
         "maskUpperTri": mask_upper_tri,
     }
-    return Vis("AttentionHeads", props, title=title, extra=grids)
+    return Vis("AttentionHeads", props, title=title, extra=units_note(u) + grids)
 
 
 def attention_pattern(
@@ -127,7 +129,27 @@ def attention_pattern(
     browsers need ``--enable-unsafe-swiftshader`` to draw it)."""
     p = _square(_row(pattern, layout, row, 2))
     u = units(layout, row, tokens, seq_len=p.shape[-1], collapse=collapse_images)
-    return Vis("AttentionPattern", {"attention": collapse_attention(p, u), "tokens": u.labels}, title=title)
+    props = {"attention": collapse_attention(p, u), "tokens": u.labels}
+    return Vis("AttentionPattern", props, title=title, extra=units_note(u))
+
+
+def units_note(u: Units) -> str:
+    """The note under an attention view (issue 20): the axis numbers ``(i)`` circuitsvis prints are display units,
+    not sequence positions (the positions of each image block are listed), and an image block's key column is the
+    attention SUMMED over its positions, on the same colour scale as single tokens."""
+    blocks = [(i, lab, ps) for i, (lab, ps, img) in enumerate(zip(u.labels, u.positions, u.image_id)) if img >= 0]
+    if not blocks and u.first == list(range(u.seq_len)):
+        return '<div class="hmm-note hmm-units-note">Axis numbers (i) are sequence positions.</div>'
+    shift = "" if u.first == list(range(len(u))) else " (padding is left out, so unit i is not position i)"
+    text = f"Axis numbers (i) count display units, not sequence positions{shift}; the captions name both."
+    if blocks:
+        spans = ", ".join(f"({i}) {escape_token(lab)} = positions {ps[0]}-{ps[-1]}" for i, lab, ps in blocks)
+        text += (
+            f" Image blocks: {spans}. An image block's column is the attention summed over its positions (the mass "
+            "on the whole image), on the same colour scale as one token's; its row is the mean over its positions. "
+            "Per-patch attention: the grid below, or collapse_images=False."
+        )
+    return f'<div class="hmm-note hmm-units-note">{text}</div>'
 
 
 def _unit_of(u: Units, pos: int) -> int:

@@ -54,6 +54,9 @@ def color_limits(
         return -m, m, cmap or "RdBu_r"
     lo = lo if vmin is None else vmin
     hi = hi if vmax is None else vmax
+    if hi <= lo and vmin is None and vmax is None:  # one value everywhere: a scale around it (a 1e-9 wide one
+        pad = abs(lo) / 2 if lo else 0.5  # gave colour bars of junk ticks that collapsed the figure's layout)
+        lo, hi = lo - pad, hi + pad
     if hi <= lo:
         hi = lo + 1e-9
     return lo, hi, cmap or "viridis"
@@ -101,6 +104,25 @@ def png_data_uri(obj: Any, dpi: int = 110) -> str:
 # ---------------------------------------------------------------------------------------
 # heatmap panels
 
+UNDERLAY_FLOOR = 0.55  # the darkest an underlay pixel gets (share of white): values' colours stay dominant
+
+
+def underlay(image: Any) -> Any:
+    """The PIL ``image`` as drawn under a heatmap: greyscale, faded to ``[UNDERLAY_FLOOR, 1]`` of white (issue 20).
+
+    Under a value map every hue on the panel must be a value's: a yellow triangle under a ``viridis`` scale
+    would read as high values (and a value's yellow as the triangle). Grey keeps the image's shapes, edges
+    and light / dark, and cannot be mistaken for any colour of a scale; the faded range keeps the overlay's
+    colours readable on black regions. The image's own colours: the image itself (the HTML views show it
+    beside the panels).
+    """
+    grey = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    faded = (UNDERLAY_FLOOR + (1 - UNDERLAY_FLOOR) * grey) * 255.0
+    from PIL import Image
+
+    return Image.fromarray(np.repeat(faded.round().astype(np.uint8)[..., None], 3, -1), "RGB")
+
+
 Scale = tuple[float, float, str]  # (vmin, vmax, cmap), from color_limits
 
 
@@ -122,7 +144,7 @@ def draw_panel(
     rows, cols = values.shape
     extent = (0, cols, rows, 0)
     if image is not None:
-        ax.imshow(np.asarray(image.convert("RGB")), extent=extent, interpolation="bilinear")
+        ax.imshow(np.asarray(underlay(image)), extent=extent, interpolation="bilinear")
     over = np.ma.masked_invalid(values)
     mappable = ax.imshow(over, extent=extent, cmap=cm, vmin=lo, vmax=hi, alpha=alpha, interpolation="nearest")
     right = cols
@@ -157,10 +179,11 @@ def scale_html(scale: Scale, title: str | None) -> str:
 
 
 def thumbnail_uri(image: Any, size: int) -> str | None:
-    """PNG data URI of the PIL ``image`` shrunk to at most ``2 * size`` pixels a side (None: None)."""
+    """PNG data URI of the PIL ``image`` as a heatmap's :func:`underlay`, shrunk to at most ``2 * size``
+    pixels a side (None: None)."""
     if image is None:
         return None
-    thumb = image.copy()
+    thumb = underlay(image)
     thumb.thumbnail((2 * size, 2 * size))  # enough for the panel, keeps the page small
     return png_data_uri(thumb)
 

@@ -104,6 +104,9 @@ class GraphHTML:
     def _repr_html_(self) -> str:
         return f"<style>{STYLE}{GRAPH_STYLE}</style>{self.html}"
 
+    def __repr__(self) -> str:
+        return f"GraphHTML({self.title!r}, {len(self.html)} chars of HTML)"
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text(page([self], title=self.title or "circuit graph"), encoding="utf-8")

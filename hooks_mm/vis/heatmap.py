@@ -30,6 +30,7 @@ from hooks_mm.vis.common import (
     grid_html,
     panel_html,
     pick,
+    png_data_uri,
     scale_html,
     thumbnail_uri,
 )
@@ -91,17 +92,44 @@ def patch_heatmap(
     return finish_figure(fig, mappable, axes[0], title, pad=0.02)
 
 
+def _original_html(image: Any, index: int, size: int) -> str:
+    """The image in its own colours, small, beside its value panels."""
+    thumb = image.copy()
+    thumb.thumbnail((size // 2, size // 2))
+    return (
+        f'<div class="hmm-original" data-image="{index}" style="display:inline-block;font-size:11px;color:#444">'
+        f'<div class="hmm-panel-title">image {index} '
+        f'(colours)</div><img src="{png_data_uri(thumb)}" alt="image {index}" width="{thumb.size[0]}"></div>'
+    )
+
+
 class PatchHeatmapHTML:
-    """An HTML patch heatmap (no JavaScript); shows itself in Jupyter, ``.html`` is the markup."""
+    """An HTML patch heatmap (no JavaScript); shows itself in Jupyter (with its stylesheet), ``.html`` is the
+    markup, ``.save(path)`` writes an offline page."""
 
     def __init__(self, markup: str):
         self.html = markup
 
     def _repr_html_(self) -> str:
-        return self.html
+        from hooks_mm.vis.html import STYLE
+
+        return f"<style>{STYLE}</style>{self.html}"  # the grid cells need it: without it no cell has a size
 
     def __str__(self) -> str:
         return self.html
+
+    def __repr__(self) -> str:
+        return f"PatchHeatmapHTML({self.html.count('hmm-panel-title')} panels, {len(self.html)} chars of HTML)"
+
+    def save(self, path: Any) -> Any:
+        """Write a self-contained offline page with this view; returns its Path."""
+        from pathlib import Path
+
+        from hooks_mm.vis.html import page
+
+        path = Path(path)
+        path.write_text(page([self.html]), encoding="utf-8")
+        return path
 
 
 def patch_heatmap_html(
@@ -119,11 +147,14 @@ def patch_heatmap_html(
     title: str | None = None,
     size: int = 200,
 ) -> PatchHeatmapHTML:
-    """The same panels as :func:`patch_heatmap`, as self-contained HTML cells (hover: value)."""
+    """The same panels as :func:`patch_heatmap`, as self-contained HTML cells (hover: value). Images are drawn
+    grey under the values (:func:`~hooks_mm.vis.common.underlay`), each with its coloured original beside."""
     maps, scale = _maps(values, layout, row, image, images, tile_grid, vmin=vmin, vmax=vmax, cmap=cmap)
     panels = []
     for m in maps:
         uri = thumbnail_uri(_image_of(images, m), size)
+        if uri is not None:
+            panels.append(_original_html(_image_of(images, m), m.image_index, size))
         for p in m.panels:
             rows, cols = p.shape
             cell = max(4, size // max(rows, cols))

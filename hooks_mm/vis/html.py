@@ -120,6 +120,9 @@ class Vis:
             f"{js_literal(self.props)});</script>{self.extra}</div>"
         )
 
+    def __repr__(self) -> str:
+        return f"Vis({self.element}, title={self.title!r}, props {sorted(self.props)})"
+
     def _repr_html_(self) -> str:
         """Jupyter: a standalone offline fragment (inlines the bundled JS, ~1.3 MB)."""
         return f"<style>{STYLE}</style><script>{circuitsvis_js()}</script>{self.fragment()}"

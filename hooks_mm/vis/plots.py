@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,7 +78,8 @@ def layer_group_heatmap(
         raise ValueError(f"values must be [layers, groups] with {len(groups)} groups; got shape {v.shape}")
     layers = list(range(v.shape[0])) if layers is None else list(layers)
     lo, hi, cm = color_limits(v, cmap=cmap)
-    fig, ax = _figure(1.2 + 0.7 * len(groups), 1.0 + 0.32 * len(layers))
+    height = max(2.0, 1.0 + 0.32 * len(layers))  # room for the colour bar's label (issue 20: it was clipped)
+    fig, ax = _figure(max(2.6, 1.4 + 0.7 * len(groups)), height)
     im = ax.imshow(v, aspect="auto", cmap=cm, vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=8)
@@ -85,7 +87,8 @@ def layer_group_heatmap(
     if annotate or (annotate is None and v.size <= 150):
         for (i, j), x in np.ndenumerate(v):
             ax.text(j, i, f"{x:.2g}", ha="center", va="center", fontsize=6, color="k")
-    fig.colorbar(im, ax=ax, label=value_label)
+    # a vertical label longer than the bar is wrapped onto lines that fit the figure's height (~0.09 in a char)
+    fig.colorbar(im, ax=ax, label=textwrap.fill(str(value_label), max(6, int((height - 0.6) / 0.09))))
     if title:
         ax.set_title(title, fontsize=10)
     return fig
