@@ -29,3 +29,8 @@ from hooks_mm.circuits.faithfulness import (  # noqa: E402
 __all__ += ["Agreement", "EdgePatcher", "Faithfulness", "eap_agreement", "faithfulness", "faithfulness_curve"]
 __all__ += ["select_circuit"]
 __all__ += ["from_neuronpedia", "to_neuronpedia"]  # i18-vis
+
+# --- i18-nb: circuit selection rules and connected circuits (circuits/selection.py)
+from hooks_mm.circuits.selection import connected_edges  # noqa: E402
+
+__all__ += ["connected_edges"]
