@@ -262,7 +262,7 @@ def faithfulness(
     """Faithfulness of the circuit of ``graph``'s top ``k`` edges (or those above ``threshold``; ``rule`` and
     ``connected`` as in :func:`select_circuit`), with ``n_random`` random controls drawn with ``seed``: the same
     rule applied to a random ranking (``k`` random edge units, or ``k`` random nodes and their edges; pruned the
-    same way when ``connected``), so the control has as many edges as the circuit before pruning.
+    same way when ``connected``): under the edge rule, as many edges as the circuit before pruning.
 
     Example::
 
