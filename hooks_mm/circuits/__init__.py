@@ -34,3 +34,8 @@ __all__ += ["from_neuronpedia", "to_neuronpedia"]  # i18-vis
 from hooks_mm.circuits.remote import GradientsNotServedError  # noqa: E402
 
 __all__ += ["GradientsNotServedError"]
+
+# --- i18-nb: circuit selection rules and connected circuits (circuits/selection.py)
+from hooks_mm.circuits.selection import connected_edges  # noqa: E402
+
+__all__ += ["connected_edges"]

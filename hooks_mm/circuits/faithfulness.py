@@ -1,8 +1,10 @@
 """Circuits of a :class:`~hooks_mm.circuits.Graph` measured exactly: faithfulness, random controls, agreement.
 
-A circuit is a set of the graph's edges (:func:`select_circuit`: the top ``k`` by ``|score|`` or those above a
-threshold). Its metric ``M(circuit)`` is the clean batch run with EVERY other edge between the graph's nodes
-(those missing from the graph included) patched to its corrupted value (:mod:`hooks_mm.circuits.patching`), and
+A circuit is a set of the graph's edges (:func:`select_circuit`: the top ``k`` edges by ``|score|``, the top nodes
+and their edges, or those above a threshold; pruned to input -> logit paths with ``connected=True``: the rules are
+in :mod:`hooks_mm.circuits.selection`). Its metric ``M(circuit)`` is the clean batch run with EVERY other edge
+between the graph's nodes (those missing from the graph included) patched to its corrupted value
+(:mod:`hooks_mm.circuits.patching`), and
 
     faithfulness = (M(circuit) - M(corrupted)) / (M(clean) - M(corrupted)),
 
@@ -30,6 +32,14 @@ from torch import Tensor
 
 from hooks_mm.circuits.graph import Graph
 from hooks_mm.circuits.patching import Reader, Source, edge_patched_logits, precedes, prepare
+from hooks_mm.circuits.selection import (
+    check_keep,
+    check_rule,
+    circuit_of,
+    n_items,
+    select,
+    select_circuit,  # noqa: F401  (its home before circuits/selection.py)
+)
 from hooks_mm.layout import Modality
 from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.sweep.metrics import check_metric_batch
@@ -38,40 +48,6 @@ if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
 
 MODALITY = {"image": Modality.IMAGE, "video": Modality.VIDEO, "audio": Modality.AUDIO}
-
-
-def select_circuit(
-    graph: Graph, k: int | None = None, threshold: float | None = None, units: list[list[int]] | None = None
-) -> Bool[Tensor, " edge"]:
-    """The edges of a circuit, as a bool mask over ``graph``'s edges: the ``k`` of largest ``|score|`` (ties in
-    edge order) or every edge with ``|score| >= threshold``. ``units`` (:attr:`EdgePatcher.units`): edges that are
-    kept or dropped together (grouped-query heads), ranked by their summed score; ``k`` then counts units.
-
-    Example::
-
-        keep = select_circuit(g, k=20)            # keep.sum() == 20
-    """
-    if (k is None) == (threshold is None):
-        raise ValueError("select_circuit needs exactly one of k (top-k edges) or threshold (|score| >= threshold).")
-    groups = units if units is not None else [[e] for e in range(graph.n_edges)]
-    score = torch.stack([graph.scores[u].sum() for u in groups]).abs() if groups else torch.zeros(0)
-    keep = torch.zeros(graph.n_edges, dtype=torch.bool)
-    if threshold is not None:
-        chosen = (score >= threshold).nonzero().flatten().tolist()
-    elif isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(groups):
-        what = (
-            "edges"
-            if all(len(u) == 1 for u in groups)
-            else "edge units (edges into heads sharing a key / value head count once)"
-        )
-        raise ValueError(
-            f"k={k!r}: a circuit of the top k {what} needs an int in 0..{len(groups)} (this graph's count)."
-        )
-    else:
-        chosen = score.argsort(descending=True, stable=True)[:k].tolist()
-    for i in chosen:
-        keep[groups[i]] = True
-    return keep
 
 
 def _positions_mask(positions: list[list[int]], shape: tuple[int, int], what: str) -> Tensor:
@@ -204,11 +180,7 @@ class EdgePatcher:
 
     def patched(self, keep: Tensor) -> Bool[Tensor, "reader source"]:
         """The [reader, source] mask of patched edges: every possible edge except the kept graph edges."""
-        if not torch.is_tensor(keep) or keep.dtype != torch.bool or tuple(keep.shape) != (self.graph.n_edges,):
-            raise ValueError(
-                f"keep must be a bool mask over the graph's {self.graph.n_edges} edges (select_circuit's value), got "
-                f"{getattr(keep, 'dtype', type(keep).__name__)} {tuple(getattr(keep, 'shape', ()))}."
-            )
+        check_keep(self.graph, keep)
         split = [u for u in self.units if len(u) > 1 and 0 < int(keep[u].sum()) < len(u)]
         if split:
             ids = [n.id for n in self.graph.nodes]
@@ -253,13 +225,14 @@ class Faithfulness:
     random_interval: tuple[float, float]
 
 
-def _control(ep: EdgePatcher, k: int, value: float, n_random: int, gen: torch.Generator) -> dict[str, Any]:
+def _control(
+    ep: EdgePatcher, k: int, value: float, n_random: int, gen: torch.Generator, rule: str, connected: bool
+) -> dict[str, Any]:
+    """The same selection rule applied to ``n_random`` random rankings: ``k`` random items (edge units or nodes)."""
     draws = []
     for _ in range(n_random):
-        rand = torch.zeros(ep.graph.n_edges, dtype=torch.bool)
-        for i in torch.randperm(len(ep.units), generator=gen)[:k].tolist():
-            rand[ep.units[i]] = True
-        draws.append(ep.faithfulness(rand))
+        chosen = torch.randperm(n_items(ep.graph, ep.units, rule), generator=gen)[:k].tolist()
+        draws.append(ep.faithfulness(circuit_of(ep.graph, chosen, ep.units, rule, connected)))
     r = torch.tensor(draws, dtype=torch.float64)
     lo, hi = (torch.quantile(r, q).item() for q in (0.025, 0.975)) if n_random else (float("nan"),) * 2
     pct = 100.0 * float((r < value).double().mean()) if n_random else float("nan")
@@ -281,27 +254,32 @@ def faithfulness(
     k: int | None = None,
     *,
     threshold: float | None = None,
+    rule: str = "edges",
+    connected: bool = False,
     n_random: int = 20,
     seed: int = 0,
     patcher: EdgePatcher | None = None,
 ) -> Faithfulness:
-    """Faithfulness of the circuit of ``graph``'s top ``k`` edges (or those above ``threshold``), with
-    ``n_random`` random circuits of the same size drawn with ``seed`` (module docstring).
+    """Faithfulness of the circuit of ``graph``'s top ``k`` edges (or those above ``threshold``; ``rule`` and
+    ``connected`` as in :func:`select_circuit`), with ``n_random`` random controls drawn with ``seed``: the same
+    rule applied to a random ranking (``k`` random edge units, or ``k`` random nodes and their edges; pruned the
+    same way when ``connected``): under the edge rule, as many edges as the circuit before pruning.
 
     Example::
 
         f = faithfulness(model, g, clean, corrupted, answer_logprob(model, clean), k=20)
         f.value, f.percentile, f.random_mean, f.random_interval
+        faithfulness(model, g, clean, corrupted, metric, k=20, connected=True).k    # the edges that can matter
     """
     _check_draws(n_random)
+    check_rule(rule, connected)
     if patcher is not None and (patcher.graph is not graph or patcher.model is not model):
         raise ValueError("patcher= was made for another graph or model: pass the EdgePatcher of this graph and model.")
     ep = patcher or EdgePatcher(model, graph, clean, corrupted, metric)
-    keep = select_circuit(graph, k, threshold, ep.units)
+    keep, n_chosen = select(graph, k, threshold, ep.units, rule, connected)
     value = ep.faithfulness(keep)
     gen = torch.Generator().manual_seed(seed)
-    n_units = sum(bool(keep[u[0]]) for u in ep.units)
-    ctl = _control(ep, n_units, value, n_random, gen)
+    ctl = _control(ep, n_chosen, value, n_random, gen, rule, connected)
     m = value * (ep.m_clean - ep.m_corrupted) + ep.m_corrupted
     return Faithfulness(int(keep.sum()), value, m, ep.m_clean, ep.m_corrupted, **ctl)
 
@@ -314,30 +292,38 @@ def faithfulness_curve(
     metric: Callable[[Tensor], Any],
     ks: Sequence[int],
     *,
+    rule: str = "edges",
+    connected: bool = False,
     n_random: int = 20,
     seed: int = 0,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """Faithfulness of the top-``k`` circuit for each ``k`` in ``ks``, with the random control band: one row per
-    ``k`` (``k``, ``faithfulness``, ``random_mean``, ``random_lo``, ``random_hi``, ``percentile``).
+    """Faithfulness of the top-``k`` circuit for each ``k`` in ``ks`` (``rule``, ``connected``: as in
+    :func:`faithfulness`), with the random control band: one row per ``k`` (``k``, ``faithfulness``,
+    ``random_mean``, ``random_lo``, ``random_hi``, ``percentile``, ``edges``: the circuit's edge count).
 
     Example::
 
         curve = faithfulness_curve(model, g, clean, corrupted, metric, ks=[1, 5, 10, 50, g.n_edges])
+        faithfulness_curve(model, g, clean, corrupted, metric, ks=[2, 4, 8], rule="nodes", connected=True)
 
     ``progress``: a bar over ``ks`` (None: automatic, :mod:`hooks_mm.progress`).
     """
     _check_draws(n_random)
+    check_rule(rule, connected)
     check_progress(progress, "faithfulness_curve")
     ks = list(ks)
     if not ks:
         raise ValueError("faithfulness_curve needs a non-empty list of k.")
     ep = EdgePatcher(model, graph, clean, corrupted, metric)
     for k in ks:
-        select_circuit(graph, k, units=ep.units)  # every k checked before the runs
+        select(graph, k, None, ep.units, rule, connected)  # every k checked before the runs
     rows = []
     for k in progress_bar(ks, desc="faithfulness_curve", unit="k", progress=progress):
-        f = faithfulness(model, graph, clean, corrupted, metric, k, n_random=n_random, seed=seed, patcher=ep)
+        f = faithfulness(
+            model, graph, clean, corrupted, metric, k, rule=rule, connected=connected, n_random=n_random, seed=seed,
+            patcher=ep,
+        )  # fmt: skip
         rows.append(
             {
                 "k": k,
@@ -346,6 +332,7 @@ def faithfulness_curve(
                 "random_lo": f.random_interval[0],
                 "random_hi": f.random_interval[1],
                 "percentile": f.percentile,
+                "edges": f.k,
             }
         )
     return pd.DataFrame(rows)

@@ -9,7 +9,7 @@ with frozen parameters works as well.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -58,10 +58,23 @@ def _names(model: HookedMLLM) -> list[str]:
     return out
 
 
-def _ablate(kind: str, masks: Tensor) -> Callable[[Tensor], Tensor]:
-    def fn(x: Tensor) -> Tensor:
+def ablate_inputs(kind: str, masks: Sequence[Tensor] | Tensor) -> Callable[..., Tensor]:
+    """A hook ``(x, hook=None) -> x`` on the embeddings (``blocks.0.hook_resid_pre``) replacing, for each mask
+    [batch, pos] (a list, or a stacked [node, batch, pos] tensor), its positions by zeros (``"zero"``) or by their
+    mean over the mask (``"mean"``): the ``"zero"`` / ``"mean"`` corruption of :func:`hooks_mm.circuits.eap_graph`
+    and of exact edge patching.
+
+    Example::
+
+        model.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_resid_pre", ablate_inputs("mean", [image_mask]))])
+    """
+    if kind not in ("zero", "mean"):
+        raise ValueError(f"ablation {kind!r}: give 'zero' or 'mean'.")
+
+    def fn(x: Tensor, hook: Any = None) -> Tensor:
         out = x.clone()
-        for m in masks.to(x.device):
+        for m in masks:
+            m = m.to(x.device)
             fill = torch.zeros_like(x[0, 0]) if kind == "zero" else x[m].mean(0)
             out[m] = fill.to(x.dtype)
         return out
@@ -86,7 +99,7 @@ def run_passes(
     store: dict[str, Tensor] = {}
     save = lambda x, hook: store.__setitem__(hook.name, x.detach())  # noqa: E731
     pre0 = "blocks.0.hook_resid_pre"
-    ablate = _ablate(corr, masks) if isinstance(corr, str) else None
+    ablate = ablate_inputs(corr, masks) if isinstance(corr, str) else None
 
     def corrupt(x: Tensor, hook: Any) -> Tensor:
         x = ablate(x) if ablate is not None else x

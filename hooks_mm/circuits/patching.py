@@ -36,6 +36,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from hooks_mm.circuits.eap import check_corrupted
+from hooks_mm.circuits.passes import ablate_inputs
 from hooks_mm.model.branches import attn_branch, head_parts
 
 if TYPE_CHECKING:
@@ -97,20 +98,6 @@ def check_model(model: HookedMLLM) -> None:
         attn_branch(model, l)  # raises naming the layer when its heads have no separate outputs
 
 
-def ablated(kind: str, masks: list[Tensor]) -> Any:
-    """A hook replacing each mask's embeddings by zeros (``"zero"``) or their mean over the mask (``"mean"``),
-    as :func:`hooks_mm.circuits.eap_graph` ablates its input nodes."""
-
-    def fn(x: Tensor, hook: Any) -> Tensor:
-        out = x.clone()
-        for m in masks:
-            m = m.to(x.device)
-            out[m] = torch.zeros_like(x[0, 0]) if kind == "zero" else x[m].mean(0)
-        return out
-
-    return fn
-
-
 def _names(model: HookedMLLM) -> list[str]:
     n = model.cfg.n_layers
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.{h}" for l in range(n) for h in ("attn.hook_z", "hook_mlp_out")]
@@ -155,9 +142,8 @@ class Outputs:
         hooks = []
         if ablate is not None:
             masks = [torch.ones(batch.shape, dtype=torch.bool) if s.mask is None else s.mask for s in sources]
-            hooks = [
-                ("blocks.0.hook_resid_pre", ablated(ablate, [m for m, s in zip(masks, sources) if s.kind == "input"]))
-            ]
+            inputs = [m for m, s in zip(masks, sources) if s.kind == "input"]
+            hooks = [("blocks.0.hook_resid_pre", ablate_inputs(ablate, inputs))]
         with model.hooks(fwd_hooks=hooks):
             logits, cache = model.run_with_cache(batch, names_filter=_names(model))
         out = cls(model, sources)
