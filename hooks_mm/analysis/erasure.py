@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
@@ -72,9 +73,12 @@ def accuracy(
     score: Score,
     spec: Any = None,
     logits_fn: Callable | None = None,
-) -> float:
+    per_example: bool = False,
+) -> float | Float[Tensor, " example"]:
     """Mean score over ``batches`` (``answers[i]``: one answer per row of batch i), optionally
-    under ``spec`` or with the last-position logits given by ``logits_fn(batch)``.
+    under ``spec`` or with the last-position logits given by ``logits_fn(batch)``;
+    ``per_example=True`` returns every row's score instead (batches concatenated), for intervals
+    (:func:`hooks_mm.analysis.stats.bootstrap`) and paired differences.
 
     With :func:`choice_score`, answers are option indices. A centroid replacement in ``spec``
     that cannot change a row's last position (no replaced position before it; a bank after
@@ -90,7 +94,7 @@ def accuracy(
             f"accuracy: {len(batches)} batches and {len(answers)} answer tensors: give one answer tensor "
             "(one answer per row) for each batch, and at least one batch."
         )
-    hits, n = 0.0, 0
+    scores = []
     for i, (inputs, ans) in enumerate(zip(batches, answers)):
         batch = model.prepare(inputs)
         ans = torch.as_tensor(ans)
@@ -113,8 +117,9 @@ def accuracy(
                 f"accuracy: the score returned shape {tuple(s.shape)} for batch {i} of {rows} rows: "
                 "a score returns one value per row ([batch])."
             )
-        hits, n = hits + float(s.sum()), n + rows
-    return hits / n
+        scores.append(s.detach().double().cpu())
+    out = torch.cat(scores)
+    return out if per_example else float(out.mean())
 
 
 def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:
