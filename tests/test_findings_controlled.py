@@ -3,6 +3,7 @@ controls of the same size, the effect against a bare-HF computation, verdicts th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
@@ -11,10 +12,25 @@ from transformers import LlavaForConditionalGeneration
 
 from hooks_mm import HookedMLLM
 from hooks_mm.analysis.controls import random_neurons, random_positions
-from hooks_mm.analysis.findings import ablation_drop, batches, image_questions, markdown, neuron_ablation
+from hooks_mm.analysis.erasure import text_centric_bias
+from hooks_mm.analysis.findings import (
+    ablation_drop,
+    alignment,
+    batches,
+    bias,
+    erasure,
+    image_questions,
+    log_bias,
+    markdown,
+    masking,
+    neuron_ablation,
+    norms,
+)
 from hooks_mm.analysis.neurons import activation_probabilities, top_difference
+from hooks_mm.layout import Modality
+from hooks_mm.sweep.metrics import modality_nll
 from hooks_mm.tasks.evaluate import word_ids
-from hooks_mm.tasks.shapes import ANSWERS, make_qa
+from hooks_mm.tasks.shapes import ANSWERS, make_captions, make_drawings, make_qa
 from hooks_mm.zoo.organisms import ORGANISMS
 
 
@@ -126,10 +142,56 @@ def test_neuron_ablation_measures_its_selection_and_the_verdict_follows(toy: Hoo
     [
         ({"n": 5}, "n=5"),
         ({"draws": 5}, "20 random draws"),
-        ({"selector": "top2"}, "selector"),
+        ({"selector": "top3"}, "selector"),
         ({"modality": "audio"}, "modality"),
     ],
 )
 def test_neuron_ablation_misuse(toy: HookedMLLM, kw, match) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=match):
         neuron_ablation(toy, **{"n": 10, **kw})
+
+
+@pytest.fixture(scope="module")
+def anygpt() -> tuple[HookedMLLM, HookedMLLM]:
+    return HookedMLLM.from_pretrained("toy-anygpt"), HookedMLLM.from_pretrained("toy-anygpt-monotune")
+
+
+def test_modality_nll_per_row_weights_back_to_the_pooled_value(anygpt) -> None:  # noqa: ANN001
+    model = anygpt[0]
+    inputs = batches(model, make_captions(6, "test", 0), answers=True)[0]
+    batch = model.prepare(inputs)
+    with torch.no_grad():
+        logits = model(batch)
+    rows = modality_nll(model, batch, "text", per_row=True)(logits)
+    counts = ((batch.layout.modality[:, 1:] == Modality.TEXT) & (batch.layout.modality[:, :-1] != Modality.PAD)).sum(1)
+    assert rows.shape == (6,) and float((rows * counts).sum() / counts.sum()) == pytest.approx(
+        float(modality_nll(model, batch, "text")(logits)), rel=1e-6
+    )
+
+
+def test_log_bias_of_one_example_is_the_log_ratio_of_text_centric_bias(anygpt) -> None:  # noqa: ANN001
+    model = anygpt[0]
+    d = make_drawings(2, "test", 0)[1]
+    ours = float(log_bias(model, [d.scene.caption()], [d.image])[0])
+    ref = text_centric_bias(model, [d.scene.caption()], [d.image])
+    assert ours == pytest.approx(math.log(ref["image_gain"]) - math.log(ref["text_gain"]), rel=1e-5)
+
+
+def test_paired_findings_report_their_own_difference_and_judge_it(toy: HookedMLLM, anygpt) -> None:  # noqa: ANN001
+    e = erasure(toy, n=12, k=8)
+    assert e.verdict.effect.value == pytest.approx(e.details["text_cost"] - e.details["visual_cost"], abs=1e-12)
+    a = alignment(toy, n=12)
+    assert a.verdict.effect.value == pytest.approx(a.details["cos_image_image"] - a.details["cos_image_text"], 1e-5)
+    b = bias(*anygpt, n=12)
+    assert b.verdict.effect.value == pytest.approx(b.details["log_bias_paired"] - b.details["log_bias_monotune"])
+    for f in (e, a, b, norms(toy, n=12)):
+        assert f.verdict.null == 0.0 and f.agrees == (f.verdict.effect.lo > 0) and f.verdict.effect.n == 12
+
+
+def test_masking_measures_against_random_neurons(anygpt) -> None:  # noqa: ANN001
+    f = masking(anygpt[0], "image", "image", "top2", n=12, draws=20)
+    v = f.verdict
+    assert len(v.control.draws) == 20 and v.agrees == (v.effect.lo > v.control.interval()[1])
+    assert f.details["n_neurons"] == round(anygpt[0].cfg.n_layers * anygpt[0].cfg.d_mlp * 0.02)
+    with pytest.raises(ValueError, match="evaluated="):
+        masking(anygpt[0], "image", "audio", n=12)
