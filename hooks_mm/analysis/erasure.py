@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from hooks_mm.interventions import CentroidBank, CentroidReplacement
@@ -74,9 +75,12 @@ def accuracy(
     spec: Any = None,
     logits_fn: Callable | None = None,
     progress: bool | None = None,
-) -> float:
+    per_example: bool = False,
+) -> float | Float[Tensor, " example"]:
     """Mean score over ``batches`` (``answers[i]``: one answer per row of batch i), optionally
-    under ``spec`` or with the last-position logits given by ``logits_fn(batch)``.
+    under ``spec`` or with the last-position logits given by ``logits_fn(batch)``;
+    ``per_example=True`` returns every row's score instead (batches concatenated), for intervals
+    (:func:`hooks_mm.analysis.stats.bootstrap`) and paired differences.
 
     With :func:`choice_score`, answers are option indices. A centroid replacement in ``spec``
     that cannot change a row's last position (no replaced position before it; a bank after
@@ -95,7 +99,7 @@ def accuracy(
             f"accuracy: {len(batches)} batches and {len(answers)} answer tensors: give one answer tensor "
             "(one answer per row) for each batch, and at least one batch."
         )
-    hits, n = 0.0, 0
+    scores = []
     pairs = progress_bar(zip(batches, answers), desc="accuracy", total=len(batches), unit="batch", progress=progress)
     for i, (inputs, ans) in enumerate(pairs):
         batch = model.prepare(inputs)
@@ -119,8 +123,9 @@ def accuracy(
                 f"accuracy: the score returned shape {tuple(s.shape)} for batch {i} of {rows} rows: "
                 "a score returns one value per row ([batch])."
             )
-        hits, n = hits + float(s.sum()), n + rows
-    return hits / n
+        scores.append(s.detach().double().cpu())
+    out = torch.cat(scores)
+    return out if per_example else float(out.mean())
 
 
 def check_reaches_last(model: "HookedMLLM", batch: Batch, spec: Any) -> None:

@@ -225,10 +225,12 @@ def kl_to_clean(model: HookedMLLM, inputs: Any, positions: Selector | None = Non
     )
 
 
-def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metric:
+def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text", per_row: bool = False) -> Metric:
     """Mean next-token NLL over the tokens of one modality (``exp`` of it is the perplexity).
 
     Token ``t`` is predicted at position ``t - 1``; only real (non-padding) predictions count.
+    ``per_row=True``: one mean per row (``[batch]``; NaN for a row without such tokens), for
+    per-example intervals.
     """
     batch = model.prepare(inputs)
     layout = batch.layout
@@ -240,7 +242,10 @@ def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text") -> Metr
 
     def metric(logits: Tensor) -> Tensor:
         lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None].to(logits.device)).squeeze(-1)
-        return -lp[target.to(logits.device)].mean()
+        t = target.to(logits.device)
+        if per_row:
+            return -(lp * t).sum(1) / t.sum(1)
+        return -lp[t].mean()
 
     metric.made_for = batch  # type: ignore[attr-defined]  # checked by sweeps: check_metric_batch
     metric.__qualname__ = "modality_nll"

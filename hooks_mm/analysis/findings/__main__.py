@@ -1,0 +1,3 @@
+from hooks_mm.analysis.findings import main
+
+main()
