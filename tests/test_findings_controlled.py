@@ -189,9 +189,10 @@ def test_paired_findings_report_their_own_difference_and_judge_it(toy: HookedMLL
 
 
 def test_masking_measures_against_random_neurons(anygpt) -> None:  # noqa: ANN001
-    f = masking(anygpt[0], "image", "image", "top2", n=12, draws=20)
+    f = masking(anygpt[0], "image", "top2", n=12, draws=20)
     v = f.verdict
     assert len(v.control.draws) == 20 and v.agrees == (v.effect.lo > v.control.interval()[1])
     assert f.details["n_neurons"] == round(anygpt[0].cfg.n_layers * anygpt[0].cfg.d_mlp * 0.02)
-    with pytest.raises(ValueError, match="evaluated="):
-        masking(anygpt[0], "image", "audio", n=12)
+    assert math.isfinite(f.details["other_increase"])
+    with pytest.raises(ValueError, match="modality="):
+        masking(anygpt[0], "audio", n=12)

@@ -58,7 +58,7 @@ def findings(
         tccd_gain(llava, n, seed=seed),
         bias(anygpt, models["toy-anygpt-monotune"], n, seed),
         *(neuron_ablation(llava, "image", s, n, draws, seed) for s in ("lape", "top5")),
-        *(masking(anygpt, "image", ev, s, n, draws, seed) for s in ("lape", "top2") for ev in ("image", "text")),
+        *(masking(anygpt, "image", s, n, draws, seed) for s in ("lape", "top2")),
         alignment(llava, n, seed),
         norms(llava, n, seed),
     ]

@@ -113,7 +113,6 @@ def row_nll(model: HookedMLLM, held_out: Sequence[Any], modality: str, spec: Any
 def masking(
     model: HookedMLLM,
     masked: str = "image",
-    evaluated: str = "image",
     selector: Selector = "lape",
     n: int = 200,
     draws: int = 20,
@@ -122,28 +121,34 @@ def masking(
 ) -> Finding:
     """Zero the ``masked``-specific neurons (selected on ``n`` training-split captioning sequences
     ``<image> describe the image . <caption>``) on ``n`` held-out ones; the effect is the per-example
-    increase of the mean NLL (log perplexity) of the ``evaluated`` tokens, the control the mean increase
-    with random neurons of the same count in the same layers.
+    increase of the mean NLL (log perplexity) of the ``masked`` modality's own tokens, the control the
+    mean increase with random neurons of the same count in the same layers. The other modality's mean
+    increase (the masking matrix's off-diagonal) is in ``details["other_increase"]``.
 
     Example::
 
-        masking(model, "image", "image", selector="top2").verdict.agrees   # image neurons hurt image codes
+        masking(model, "image", selector="top2").verdict.agrees   # image neurons hurt image codes
     """
     check_sizes(n, draws)
-    if evaluated not in ("text", "image"):
-        raise ValueError(f"evaluated={evaluated!r}: give 'image' or 'text'.")
+    other = {"image": "text", "text": "image"}.get(masked)
     neurons = select(model, batches(model, make_captions(n, "train", seed), answers=True), masked, selector)
     if not neurons:
         raise ValueError(f"{LABELS[selector]} selected no {masked} neurons in {name}: try selector='top2'.")
     held_out = batches(model, make_captions(n, "test", seed), answers=True)
-    clean = row_nll(model, held_out, evaluated)
-    effect = bootstrap(row_nll(model, held_out, evaluated, mask_spec(neurons)) - clean, seed=seed)
+    spec = mask_spec(neurons)
+    clean = row_nll(model, held_out, masked)
+    effect = bootstrap(row_nll(model, held_out, masked, spec) - clean, seed=seed)
     rand = [random_neurons(neurons, model.cfg.d_mlp, s) for s in range(draws)]
-    control = Control.of([float((row_nll(model, held_out, evaluated, mask_spec(r)) - clean).mean()) for r in rand])
+    control = Control.of([float((row_nll(model, held_out, masked, mask_spec(r)) - clean).mean()) for r in rand])
+    other_increase = row_nll(model, held_out, other, spec) - row_nll(model, held_out, other)
     return Finding(
-        f"masking {masked} neurons ({LABELS[selector]}) raises {evaluated} log-ppl",
+        f"masking {masked} neurons ({LABELS[selector]}) raises {masked} log-ppl",
         name,
         "increase > increase with random neurons",
         verdict(effect, control, expect="greater"),
-        {"n_neurons": float(len(neurons)), "clean_nll": float(clean.mean())},
+        {
+            "n_neurons": float(len(neurons)),
+            "clean_nll": float(clean.mean()),
+            "other_increase": float(other_increase.mean()),
+        },
     )
