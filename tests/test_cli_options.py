@@ -203,6 +203,8 @@ BAD = [
     (["sweep", "--resume"], "--resume: RUN holds no checkpoint", "drop --resume"),
     (["demo", "--positions", "Where(1)"], "Where(...) takes a Python function", ""),
     (["inspect", "--threads", "-1"], "argument --threads: '-1'", ""),
+    (["report", "/nonexistent/run"], "run directory /nonexistent/run does not exist", "pass the directory"),
+    (["report", ".", "--top", "0"], "--top 0: give a positive number", ""),
 ]
 
 

@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report(args: argparse.Namespace) -> int:
+    """``hooks-mm report RUN_DIR``: the page's path; a missing or empty run directory is one line."""
+    if args.top < 1:
+        raise OptionError(f"--top {args.top}: give a positive number of table rows.")
+    from hooks_mm.vis.report import write_report
+
+    try:
+        print(write_report(args.run_dir, args.out, args.top))
+    except (OSError, ValueError) as e:
+        raise OptionError(str(e)) from None
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hooks-mm`` with ``argv`` (default ``sys.argv[1:]``); a bad option value exits with
     status 2 and one line naming the fix, as argparse does."""
@@ -140,10 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bad = "--max-configs-per-request" if args.max_configs_per_request < 1 else "--n-examples"
                 raise OptionError(f"{bad}: give a positive number.")
         if args.command == "report":
-            from hooks_mm.vis.report import write_report
-
-            print(write_report(args.run_dir, args.out, args.top))
-            return 0
+            return report(args)
         from hooks_mm.cli.commands import run
 
         return run(args)
