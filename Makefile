@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hooks-mm sweep --out runs/demo
+	$(VENV)/bin/hooks-mm sweep --out runs/demo --force
 
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -62,12 +62,21 @@ def test_sweep_into_a_run_dir_of_another_model_names_the_dir_and_the_fix(tmp_pat
     monkeypatch.setenv("HOOKS_MM_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     assert main(["sweep", "tiny-llava", "--out", str(run), "--neurons", "2", "--layers", "0"]) == 0
-    with pytest.raises(SystemExit) as e:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # the same --out again: refused, naming both ways on
         main(["sweep", "tiny-qwen2-vl", "--out", str(run), "--neurons", "2", "--layers", "0"])
-    msg = str(e.value)
-    assert f"the run directory {run} holds a checkpoint ({run / 'checkpoint.pt'})" in msg
-    assert "written for another model, inputs or metric" in msg
-    assert f"Pass another --out, or delete {run / 'checkpoint.pt'}" in msg
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"--out {run} already holds a run (checkpoint.pt, results.csv, meta.json, report.html)" in err
+    assert "pass --resume to continue from its checkpoint, --force to overwrite it, or another --out." in err
+    with pytest.raises(SystemExit) as e:  # --resume from another model's checkpoint
+        main(["sweep", "tiny-qwen2-vl", "--out", str(run), "--neurons", "2", "--layers", "0", "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"--resume: the checkpoint {run / 'checkpoint.pt'} was written for another model, inputs or metric" in err
+    assert f"pass --force to overwrite the run in {run}, or another --out." in err
     (run / "checkpoint.pt").write_bytes(b"")  # an empty file (a killed disk write)
-    with pytest.raises(SystemExit, match=r"checkpoint.pt\) that is empty.*Pass another --out"):
-        main(["sweep", "tiny-llava", "--out", str(run), "--neurons", "2", "--layers", "0"])
+    with pytest.raises(SystemExit):
+        main(["sweep", "tiny-llava", "--out", str(run), "--neurons", "2", "--layers", "0", "--resume"])
+    err = capsys.readouterr().err
+    assert f"the checkpoint {run / 'checkpoint.pt'} is empty (" in err and "): pass --force" in err
