@@ -30,10 +30,18 @@ __all__ += ["Agreement", "EdgePatcher", "Faithfulness", "eap_agreement", "faithf
 __all__ += ["select_circuit"]
 __all__ += ["from_neuronpedia", "to_neuronpedia"]  # i18-vis
 
-# --- i18-remote: eap_graph(..., remote=) through nnsight / NDIF (circuits/remote.py, remote_trace.py)
-from hooks_mm.circuits.remote import GradientsNotServedError  # noqa: E402
-
+# --- i18-remote: eap_graph(..., remote=) through nnsight / NDIF (circuits/remote.py, remote_trace.py); its error
+# is imported on first use, so that importing hooks_mm.circuits does not import nnsight
 __all__ += ["GradientsNotServedError"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "GradientsNotServedError":
+        from hooks_mm.circuits.remote import GradientsNotServedError
+
+        return GradientsNotServedError
+    raise AttributeError(f"module 'hooks_mm.circuits' has no attribute {name!r}")
+
 
 # --- i18-nb: circuit selection rules and connected circuits (circuits/selection.py)
 from hooks_mm.circuits.selection import connected_edges  # noqa: E402
