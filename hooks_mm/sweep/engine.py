@@ -125,6 +125,9 @@ class HooksSweep:
                 metric.positions if positional else None,
                 self.upcast,
             )
+            if not fast.verified:  # the replay does not reproduce the clean run here: plain forwards
+                naive.extend(self._demote(group))
+                continue
             at = metric.at if positional else metric
             pos = metric.positions if positional else None
             # in another dtype, deltas are taken against the clean run replayed the same way from this layer
@@ -184,6 +187,18 @@ class HooksSweep:
 
         return {**noise_floor(deltas, self.upcast), "layer": specs[0].layers}
 
+    def _demote(self, group: list[tuple[int, Intervention]]) -> list[tuple[int, Intervention]]:
+        """Configs whose replay does not verify, for plain forwards (an error where those are not wanted)."""
+        i, spec = group[0]
+        why = (
+            f"config {i} ({json.dumps(spec.to_dict())[:120]}): the replay of its layer does not reproduce the clean run"
+        )
+        if self.upcast is not None:
+            raise ValueError(f"replay_dtype={self.upcast} replays only fast-path configs; {why}: drop replay_dtype.")
+        if self.method == "fast":
+            raise ValueError(f"method='fast' cannot run {why}: use method='auto'.")
+        return group
+
     def _partition(
         self, configs: list[tuple[int, Intervention]]
     ) -> tuple[list[list[tuple[int, Intervention]]], list[tuple[int, Intervention]]]:
@@ -221,9 +236,7 @@ class HooksSweep:
             return None
         if layer in model.cfg.moe_layers:  # no dense down_proj to update (edits() refuses these before)
             return None
-        if layer not in replay.verified:
-            replay.verified[layer] = replay.verify(layer)
-        if not replay.verified[layer]:
+        if replay.verified.get(layer) is False:  # the replay of this layer was checked and does not hold
             return None
         d = spec.to_dict()
         d.pop("neurons")
@@ -268,7 +281,11 @@ class FastGroup:
         if positions is not None:  # the metric reads these: they must be replayed
             first = min(first, int(positions.min()))
         start = replay.suffix_start(self.layer, first)
+        # verified: the clean run replayed the way these configs are replayed gives the model's clean logits
         self.start = start if start and replay.verify_suffix(self.layer, start) else 0
+        if self.start == 0 and self.layer not in replay.verified:
+            replay.verified[self.layer] = replay.verify(self.layer)
+        self.verified = self.start > 0 or replay.verified[self.layer]
         act = act[:, self.start :]
         self.diff = diff[:, self.start :].flatten(0, 1)  # [rows, m]
         self.down_out = (self.down(act) if own else call_in(self.down, dtype, act)).flatten(0, 1)  # [rows, d]
