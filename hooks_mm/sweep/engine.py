@@ -156,12 +156,13 @@ class HooksSweep:
         """Counts; ``seq_len``; ``replayed``: per group of fast-path configs (same layer and positions), the
         ``layer``, the ablated ``positions``, the positions ``replayed`` in the layers above it and the
         number of ``configs``; ``suffix``: "on" (suffix reuse works on this model and inputs), or "off: why";
-        ``replay_dtype``; ``noise_floor``: the median |delta - float64 delta| over a sample of configs, measured
-        for a model below float32 or with ``replay_dtype`` (else None), with details in ``noise``."""
+        ``replay_dtype``; ``noise_floor``: the largest |delta - float64 delta| over a sample of configs (at
+        least the metric's float32 resolution), measured for a model below float32 or with ``replay_dtype``
+        (else None), with details in ``noise`` (median and max, as reported and in the model's dtype)."""
         replay = self.replay
         suffix = "off: method='naive'" if replay is None else replay.suffix_off or "on"
         noise = self.noise
-        floor = noise["reported"] if isinstance(noise, dict) else None
+        floor = noise["floor"] if isinstance(noise, dict) else None
         return {
             "chunk": self.chunk,
             **self.counts,
@@ -185,7 +186,7 @@ class HooksSweep:
             values = torch.stack([metric_value(at, logits[j * b : (j + 1) * b], shape) for j in range(len(specs))])
             return values - (self.clean if dtype is None else metric_value(at, fast.base(positions), shape))
 
-        return {**noise_floor(deltas, self.upcast), "layer": specs[0].layers}
+        return {**noise_floor(deltas, self.upcast, self.clean), "layer": specs[0].layers}
 
     def _demote(self, group: list[tuple[int, Intervention]]) -> list[tuple[int, Intervention]]:
         """Configs whose replay does not verify, for plain forwards (an error where those are not wanted)."""
