@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_clean, pair_for
 
-from hooks_mm import HookedMLLM, NonPad, Text, zoo
+from hooks_mm import HookedMLLM, Last, NonPad, Positions, Text, zoo
 from hooks_mm.interventions import NeuronAblation, Steer
 from hooks_mm.sweep import CheckpointError, HooksSweep, answer_logprob, modality_nll, single_neurons, sweep
 from hooks_mm.sweep.identity import weights_digest
@@ -107,3 +107,19 @@ def test_fp32_replay_at_text_positions_with_suffix_reuse() -> None:
     plain = sweep(low, inputs, cfgs, answer_logprob(low, inputs), progress=False)
     assert fp32.meta["suffix"] == "on" and max(g["replayed"] for g in fp32.meta["replayed"]) < fp32.meta["seq_len"]
     assert float((deltas(fp32) - truth).abs().median()) * 10 < float((deltas(plain) - truth).abs().median())
+
+
+def test_fp32_replay_of_an_unpadded_batch() -> None:
+    """No padding: no mask from HF (SDPA's implicit causal one); the suffix's explicit mask follows the replay dtype."""
+    low, ref = zoo.build("llama"), zoo.build("llama")
+    low_m = HookedMLLM(low.model.to(torch.bfloat16), low.processor)
+    ref_m = HookedMLLM(ref.model.to(torch.bfloat16).to(torch.float32), ref.processor)
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    cfgs = [NeuronAblation(l, [j], s) for l in (0, 1) for j in range(4) for s in (Last(), Positions([5]))]
+    truth = deltas(sweep(ref_m, inputs, cfgs, answer_logprob(ref_m, inputs), method="naive", progress=False))
+    fp32 = sweep(low_m, inputs, cfgs, answer_logprob(low_m, inputs), progress=False, replay_dtype=torch.float32)
+    plain = sweep(low_m, inputs, cfgs, answer_logprob(low_m, inputs), progress=False)
+    assert sorted({g["replayed"] for g in fp32.meta["replayed"]}) == [1, 4] and fp32.meta["suffix"] == "on"
+    assert float((deltas(fp32) - truth).abs().median()) * 10 < float((deltas(plain) - truth).abs().median())
+    assert_clean(low_m)

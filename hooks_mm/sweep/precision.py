@@ -31,11 +31,13 @@ if TYPE_CHECKING:
 
 
 def cast(v: Any, dtype: torch.dtype) -> Any:
-    """Floating tensors in ``v`` (tensors, tuples, lists) cast to ``dtype``; everything else as it is."""
+    """Floating tensors in ``v`` (tensors, tuples, lists, dicts) cast to ``dtype``; everything else as it is."""
     if torch.is_tensor(v):
         return v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v
     if isinstance(v, (tuple, list)):
         return type(v)(cast(x, dtype) for x in v)
+    if isinstance(v, dict):
+        return {k: cast(x, dtype) for k, x in v.items()}
     return v
 
 
