@@ -199,17 +199,20 @@ class Replay:
                 args, kw = self.calls[l]
                 for a in args:
                     if a is not None:
-                        raise Unsliceable(f"positional inputs of layer {l}")
+                        raise Unsliceable("positional layer inputs")
                 rec.layer = l
                 out = layer(h, *args, **kw, **({} if l in cross else {"past_key_values": rec}))
                 h = out[0] if isinstance(out, tuple) else out
                 if l in self.injected:
                     h = h + self.injected[l]
                 if l not in cross and [k.shape[-2] for i in rec.owner.get(l, []) for k in rec.kv[i]] != [self.seq] * 2:
-                    raise Unsliceable(f"layer {l} keeps a state that is not one set of keys / values per position")
+                    raise Unsliceable("its cache updates are not one set of keys / values per position")
             ok = torch.allclose(self.head(h), self.logits, atol=1e-4)
         except Exception as e:  # noqa: BLE001 - a layer that wants a real cache (recurrent state ...): no reuse
-            self.suffix_off = f"off: {type(e).__name__}: {str(e)[:160]}"
+            why = str(e) if isinstance(e, Unsliceable) else f"{type(e).__name__}: {str(e)[:160]}"
+            self.suffix_off = (
+                f"off: layer {rec.layer}: {why} (suffix reuse needs keys / values as a layer's only state)"
+            )
             return False
         if not ok:
             self.suffix_off = "off: the recorded clean replay differs from the model's clean run"
