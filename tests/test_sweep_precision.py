@@ -123,3 +123,23 @@ def test_fp32_replay_of_an_unpadded_batch() -> None:
     assert sorted({g["replayed"] for g in fp32.meta["replayed"]}) == [1, 4] and fp32.meta["suffix"] == "on"
     assert float((deltas(fp32) - truth).abs().median()) * 10 < float((deltas(plain) - truth).abs().median())
     assert_clean(low_m)
+
+
+def test_a_failing_float64_reference_leaves_the_sweep_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attention kernel without float64 (flash attention) must not break a bf16 sweep: no floor, the reason."""
+    from hooks_mm.sweep import engine
+
+    low, _, inputs = models()
+    cfgs = single_neurons(low, layers=0, neurons=range(3))
+    metric = answer_logprob(low, inputs)
+    good = sweep(low, inputs, cfgs, metric, progress=False)
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("FlashAttention only supports fp16 and bf16")
+
+    monkeypatch.setattr(engine, "noise_floor", fail)
+    res = sweep(low, inputs, cfgs, metric, progress=False)
+    assert (
+        res.meta["noise_floor"] is None and "float64 replay failed (RuntimeError: FlashAttention" in res.meta["noise"]
+    )
+    assert torch.equal(res.values, good.values)

@@ -133,7 +133,10 @@ class HooksSweep:
             # in another dtype, deltas are taken against the clean run replayed the same way from this layer
             base = None if self.upcast is None else metric_value(at, fast.base(pos), self.clean.shape)
             if self.noisy and isinstance(self.noise, str):
-                self.noise = self._noise([spec for _, spec in group[:8]], pos)
+                try:
+                    self.noise = self._noise([spec for _, spec in group[:8]], pos)
+                except (RuntimeError, NotImplementedError, TypeError) as e:  # e.g. an attention kernel without float64
+                    self.noise = f"not measured: the float64 replay failed ({type(e).__name__}: {str(e)[:120]})"
             replayed = self.batch.shape[1] - fast.start
             where = repr(group[0][1].positions)
             self.replayed.append({"layer": fast.layer, "positions": where, "replayed": replayed, "configs": len(group)})
