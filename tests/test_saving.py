@@ -8,10 +8,12 @@ import os
 
 import pytest
 import torch
+import transformers
 
 from hooks_mm import HookedMLLM, zoo
 from hooks_mm.model.saving import META_FILE
 from hooks_mm.zoo.organisms import ORGANISMS
+from hooks_mm.zoo.versions import TESTED, version_tuple
 from tests.conftest import assert_clean, pair_for
 
 TINY = ["llava", "qwen2_vl", "gemma3", "idefics3", "paligemma"]
@@ -58,6 +60,11 @@ def check_round_trip(model: HookedMLLM, inputs, path: str) -> HookedMLLM:  # noq
 @pytest.mark.parametrize("family", TINY)
 def test_tiny_families_round_trip(family: str, tmp_path) -> None:  # noqa: ANN001
     p = pair_for(family)
+    if family == "qwen2_vl" and version_tuple(transformers.__version__) < version_tuple(TESTED):
+        # transformers 5.9 reloads a saved Qwen2VLProcessor as a bare tokenizer: refused, not a changed layout
+        with pytest.raises(ValueError, match="saved with a Qwen2VLProcessor and loads as a TokenizersBackend"):
+            check_round_trip(p.model, p.inputs, str(tmp_path / "saved"))
+        return
     check_round_trip(p.model, p.inputs, str(tmp_path / "saved"))
     meta = json.loads((tmp_path / "saved" / META_FILE).read_text())
     assert meta["adapter"] == p.model.adapter.name and meta["organism"] is None
