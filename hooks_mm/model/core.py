@@ -53,10 +53,11 @@ from hooks_mm.model.loading import load, load_options
 from hooks_mm.model.meta import check_forward, from_config, input_device
 from hooks_mm.model.module import WrappedModule
 from hooks_mm.model.moe import cache_positions, check_dense, moe_cfg, moe_sizes
+from hooks_mm.model.saving import check_loaded
+from hooks_mm.model.saving import save as save_model
 from hooks_mm.model.tree import block_kinds, block_tree, put
 from hooks_mm.model.weights import WeightViews
 from hooks_mm.model.wiring import Stop, Wiring, check_idle, exclusive
-from hooks_mm.processing import save_processor
 from hooks_mm.selectors import Selector
 
 RUN_OPTIONS = ("return_type", "stop_at_layer")  # keywords of a run that are not model inputs
@@ -184,23 +185,23 @@ class HookedMLLM(WeightViews, WrappedModule, HookedRootModule):
         hf_kwargs.update(load_options(dtype, device, device_map))
         hf_model, processor, adapter = load(name_or_path, processor, **hf_kwargs)
         model = cls(hf_model, processor, adapter=adapter)
+        check_loaded(model)  # a directory written by save_pretrained: the adapter and shape it was saved with
         return model.to(device) if device is not None else model
 
     from_config = classmethod(from_config)  # weightless: config + processor, meta parameters (model/meta.py)
 
-    def save_pretrained(self, path: str, **hf_kwargs: Any) -> None:
-        """Write the HF model and its processor into directory ``path``; ``from_pretrained(path)`` reloads both.
+    def save_pretrained(self, path: str, *, overwrite: bool = False, **hf_kwargs: Any) -> str:
+        """Write the model into directory ``path`` (weights, config, processor, ``hooks_mm.json``); returns it.
 
-        ``hf_kwargs`` go to the HF ``save_pretrained`` (``safe_serialization``, ...).
+        ``from_pretrained(path)`` gives the same logits and layout back (model/saving.py). A non-empty
+        ``path`` is refused unless ``overwrite=True``; ``hf_kwargs`` go to the HF ``save_pretrained``.
 
         Example::
 
             model.save_pretrained("my-model")
             same = HookedMLLM.from_pretrained("my-model")
         """
-        self.hf_model.save_pretrained(path, **hf_kwargs)
-        if self.processor is not None:
-            save_processor(self.processor, path)
+        return save_model(self, path, overwrite=overwrite, **hf_kwargs)
 
     def submodule(self, path: str) -> nn.Module:
         """The HF module at an adapter path relative to the top-level model (``adapter.embed`` ...)."""

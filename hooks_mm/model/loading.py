@@ -7,13 +7,15 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import torch
 
 from hooks_mm.adapters import Adapter, adapter_for_names
-from hooks_mm.processing import load_processor
+from hooks_mm.model.saving import load_saved_processor
+from hooks_mm.zoo.versions import check_family
 
 
 def load_options(dtype: Any, device: Any, device_map: Any) -> dict[str, Any]:
@@ -50,6 +52,9 @@ def load_config(name_or_path: str) -> tuple[str, Any, Adapter, type]:
     from hooks_mm.zoo import builtin_names, resolve
 
     path = resolve(name_or_path)
+    if os.path.isfile(os.path.join(path, "config.json")):  # before AutoConfig, which fails on a newer model_type
+        with open(os.path.join(path, "config.json")) as f:
+            check_family(str(json.load(f).get("model_type")))
     try:
         config = transformers.AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -65,6 +70,7 @@ def load_config(name_or_path: str) -> tuple[str, Any, Adapter, type]:
             f"{len(tiny)} families: {', '.join(tiny[:6])}, ...; hooks_mm.zoo.builtin_names() lists them), a local "
             "directory holding config.json, or a hub id with the network on (unset HF_HUB_OFFLINE)."
         ) from e
+    check_family(str(getattr(config, "model_type", "")))
     adapter, model_cls = config_class(config, name_or_path)
     return path, config, adapter, model_cls
 
@@ -86,13 +92,36 @@ def config_class(config: Any, name: str) -> tuple[Adapter, type]:
     return adapter, model_cls
 
 
+def check_all_loaded(path: str, info: dict[str, Any]) -> None:
+    """Refuse a model some of whose parameters the checkpoint did not fill: HF initialises them at random
+    with only a log line (a checkpoint written by a newer transformers whose module names changed)."""
+    import transformers
+
+    missing = sorted(info.get("missing_keys") or [])
+    if not missing:
+        return
+    written = "?"
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        with open(config) as f:
+            written = json.load(f).get("transformers_version", "?")
+    raise ValueError(
+        f"{path}: {len(missing)} parameters of the model are not in the checkpoint and would be random "
+        f"(e.g. {', '.join(missing[:3])}; the checkpoint holds {len(info.get('unexpected_keys') or [])} names "
+        f"the model does not use). It was written by transformers {written} and this is "
+        f"{transformers.__version__}: install the version that wrote it (pip install 'transformers>={written}')."
+    )
+
+
 def load(name_or_path: str, processor: Any | bool = True, **hf_kwargs: Any) -> tuple[Any, Any, Adapter]:
     """(HF model in eval mode, processor or None, adapter) of a checkpoint; see ``HookedMLLM.from_pretrained``."""
     path, _, adapter, model_cls = load_config(name_or_path)
     hf_kwargs.setdefault("dtype", "auto")
-    hf_model = model_cls.from_pretrained(path, **hf_kwargs).eval()
+    hf_model, info = model_cls.from_pretrained(path, output_loading_info=True, **hf_kwargs)
+    check_all_loaded(path, info)
+    hf_model.eval()
     if processor is True:
-        processor = load_processor(path)
+        processor = load_saved_processor(path)
     elif processor is False:
         processor = None
     return hf_model, processor, adapter

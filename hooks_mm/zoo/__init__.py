@@ -14,6 +14,7 @@ import os
 
 from hooks_mm.processing import save_processor
 from hooks_mm.zoo.base import Tiny, toy_image
+from hooks_mm.zoo.versions import check_family
 
 # family -> "module:function" of its builder (a module of this package), imported on build()
 BUILDERS: dict[str, str] = {
@@ -111,6 +112,7 @@ def build(name: str, seed: int = 0) -> Tiny:
     """
     if name not in BUILDERS:
         raise KeyError(f"no tiny builder {name!r}; known: {', '.join(sorted(BUILDERS))}")
+    check_family(name)  # families newer than pyproject's lowest transformers name the version they need
     module, function = BUILDERS[name].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), function)(seed=seed)
 

@@ -4,7 +4,7 @@ The fast tests serve a recorded ``/status`` + ``/env`` (tests/remote/data/record
 real NDIF 0.1.2 stack on nnsight 0.8.1, and the same recording with its keys rewritten to the keys
 real nnsight 0.7.0 gives those checkpoints; a recorded response, not a real 0.7 server) from a tiny
 local HTTP server. The ``ndif`` test reads the real stack's status. The suite runs under every
-nnsight the client supports (``.ci/nnsight-lowest`` runs it under the lowest).
+nnsight the client supports (``.ci/lowest`` runs it under the lowest).
 """
 
 from __future__ import annotations
