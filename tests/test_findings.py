@@ -50,7 +50,7 @@ def test_the_readme_erasure_row_agrees_with_its_depth_table_and_the_protocol_dep
     """The README's erasure finding (K = 256 at the protocol depths) is the K = 256 column of
     its per-depth table at those depths, and its verdict follows from its numbers."""
     lines = README.read_text().splitlines()
-    row = next(line for line in lines if line.startswith("| centroid erasure"))
+    row = next(line for line in lines if line.startswith("| centroid erasure") and "text_layer" in line)
     nums = {k: float(v) for k, v in re.findall(r"(\w+) (-?[\d.]+)", row.split("|")[4])}
     start = lines.index(next(line for line in lines if line.startswith("| block input |"))) + 2
     table = lines[start : lines.index("", start)]
@@ -61,3 +61,17 @@ def test_the_readme_erasure_row_agrees_with_its_depth_table_and_the_protocol_dep
     assert depth[f"blocks.{text_layer}.hook_resid_pre"][0] == pytest.approx(nums["text_cost"], abs=5e-3)
     assert depth[f"blocks.{visual_layer}.hook_resid_pre"][3] == pytest.approx(nums["visual_cost"], abs=5e-3)
     assert row.endswith("| yes |") == (nums["text_cost"] > nums["visual_cost"])
+
+
+def test_the_readme_controlled_table_judges_each_row_by_its_interval_and_control() -> None:
+    """Each row of the README's controlled table (python -m hooks_mm.analysis.findings) agrees exactly when its
+    effect interval lies beyond the control's range (or above zero)."""
+    lines = README.read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| finding | organism | expected | effect")))
+    rows = lines[start + 2 : lines.index("", start)]
+    assert len(rows) == 9
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        lo, hi = (float(x) for x in re.match(r"-?[\d.e-]+ \[(-?[\d.e-]+), (-?[\d.e-]+)\]", cells[3]).groups())
+        bound = float(re.search(r"\[-?[\d.e-]+, (-?[\d.e-]+)\]", cells[4]).group(1)) if "random" in cells[4] else 0.0
+        assert lo <= hi and cells[5] == "200" and cells[6] == ("yes" if lo > bound else "no"), row
