@@ -104,11 +104,24 @@ def main() -> None:
     print("\nfast path cost growth (whole model, image positions), vs the loop at the same length:")
     print(f"  {'configs':>8} {'seq':>5} {'fast s':>8} {'fast ms/config':>15} {'loop ms/config':>15} {'ratio':>6}")
     loop_ms = 1e3 / statistics.median(rates["(a) loop: run_with_hooks per config"])
+    grown = []
     for per in sorted({1, args.per_layer, 2 * args.per_layer}):
         cfgs = spread(model, per, Image())
         t, _ = timed(lambda cfgs=cfgs: ways.fast(cfgs))
+        grown.append((len(cfgs), t))
         ms = 1e3 * t / len(cfgs)
         print(f"  {len(cfgs):8d} {s:5d} {t:8.2f} {ms:15.1f} {loop_ms:15.1f} {loop_ms / ms:5.1f}x")
+    (n0, t0), (n1, t1) = grown[0], grown[-1]
+    marginal = (t1 - t0) / (n1 - n0)
+    fixed = t0 - n0 * marginal
+    if marginal <= 0:
+        print("  -> marginal cost not resolved (noise): run with more --per-layer")
+    else:
+        print(
+            f"  -> marginal {1e3 * marginal:.0f} ms/config ({loop_ms / 1e3 / marginal:.1f}x the loop), fixed "
+            f"{fixed:.1f} s per sweep = {fixed * 1e3 / loop_ms:.1f} loop configs (the clean pass and each swept "
+            "layer's replay check)"
+        )
     for text in args.growth_text:
         inp = llava_inputs(text)
         other = Ways(model, None, inp, answer_logprob(model, inp), batch_size=16)
