@@ -29,9 +29,11 @@ from hooks_mm.interventions import Context, Intervention, NeuronAblation
 from hooks_mm.interventions.ops import apply
 from hooks_mm.sweep.core import SAVE, Job, SweepBackend, SweepResult, check_edits, metric_value, run_sweep
 from hooks_mm.sweep.identity import weights_digest
-from hooks_mm.sweep.kernels import lowrank_update
+from hooks_mm.sweep.kernels import lowrank_update, lowrank_update_torch
 from hooks_mm.sweep.metrics import PositionMetric, check_metric_batch
+from hooks_mm.sweep.precision import call_in, cast, check_replay_dtype, noise_floor
 from hooks_mm.sweep.replay import Replay
+from hooks_mm.sweep.suffix import first_changed
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -50,20 +52,36 @@ class HooksSweep:
 
     ``batch_size``: configs packed per forward (default from ``max_memory`` bytes);
     ``method``: "auto" (fast path where it applies), "fast" (error where it does not),
-    "naive" (one intervention forward per config, the TransformerLens way).
+    "naive" (one intervention forward per config, the TransformerLens way);
+    ``suffix``: replay only the positions an ablation can change (:mod:`hooks_mm.sweep.suffix`);
+    ``replay_dtype``: run the replayed layers in this dtype (e.g. float32 for a bf16 model), deltas taken
+    against the clean run replayed the same way (:mod:`hooks_mm.sweep.precision`).
     """
 
-    def __init__(self, batch_size: int | None = None, max_memory: int = 2 << 30, method: str = "auto"):
+    def __init__(
+        self,
+        batch_size: int | None = None,
+        max_memory: int = 2 << 30,
+        method: str = "auto",
+        suffix: bool = True,
+        replay_dtype: torch.dtype | None = None,
+    ):
         if method not in ("auto", "fast", "naive"):
             raise ValueError(f"method {method!r} is not one of 'auto', 'fast', 'naive'.")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size={batch_size!r}: give a positive int (configs per forward), or None.")
-        self.batch_size, self.max_memory, self.method = batch_size, max_memory, method
+        if not isinstance(suffix, bool):
+            raise TypeError(f"suffix={suffix!r}: pass True (replay only what can change) or False (every position).")
+        self.batch_size, self.max_memory, self.method, self.suffix = batch_size, max_memory, method, suffix
+        self.replay_dtype = replay_dtype
 
     def start(
         self, model: HookedMLLM, batch: Batch, metric: Callable[[Tensor], Tensor], sources: dict[str, Any] | None
     ) -> bytes:
         check_metric_batch(metric, batch)
+        model_dtype = next(model.decoder_layers[0].parameters()).dtype
+        self.upcast = check_replay_dtype(self.replay_dtype, model_dtype, self.method)  # None: the model's dtype
+        self.noisy = self.upcast is not None or torch.finfo(model_dtype).eps > torch.finfo(torch.float32).eps
         b, s = batch.shape
         per = bytes_per_config(model, b, s, all_logits=not isinstance(metric, PositionMetric))
         if per > self.max_memory:
@@ -73,13 +91,22 @@ class HooksSweep:
             )
         self.chunk = self.batch_size or max(1, min(256, self.max_memory // per))
         self.model, self.batch, self.metric, self.sources = model, batch, metric, sources
-        self.replay = Replay(model, batch) if self.method != "naive" else None
+        self.replay = Replay(model, batch, self.suffix) if self.method != "naive" else None
         clean_logits = self.replay.logits if self.replay is not None else model(batch)
         if isinstance(metric, PositionMetric):
             metric.bind(batch, clean_logits, model)
         self.clean = metric_value(metric, clean_logits, None)
         self.counts = {"fast": 0, "naive": 0}
-        return f"{model.cfg.architecture}|{weights_digest(model.hf_model)}".encode()
+        self.replayed: list[dict[str, Any]] = []  # per fast group: layer, positions replayed above it, configs
+        self.noise: dict[str, Any] | str = (
+            "not measured: method='naive' (no replay)"
+            if self.method == "naive"
+            else "not measured: no fast-path config"
+            if self.noisy
+            else "not measured: a float32 model (rounding ~1e-7) without replay_dtype"
+        )
+        replay = f"|replay {self.upcast}" if self.upcast is not None else ""  # other values: a checkpoint differs
+        return f"{model.cfg.architecture}|{weights_digest(model.hf_model)}{replay}".encode()
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, Tensor] | None]:
         configs = [(i, spec) for i, spec in jobs if spec is not None]
@@ -89,13 +116,30 @@ class HooksSweep:
         metric, batch, chunk = self.metric, self.batch.shape[0], self.chunk
         positional = isinstance(metric, PositionMetric)
         for group in groups:
-            fast = FastGroup(self.model, self.replay, self.batch, [spec for _, spec in group], self.sources)  # type: ignore[arg-type]
+            fast = FastGroup(
+                self.model,
+                self.replay,  # type: ignore[arg-type]
+                self.batch,
+                [spec for _, spec in group],
+                self.sources,
+                metric.positions if positional else None,
+                self.upcast,
+            )
+            at = metric.at if positional else metric
+            pos = metric.positions if positional else None
+            # in another dtype, deltas are taken against the clean run replayed the same way from this layer
+            base = None if self.upcast is None else metric_value(at, fast.base(pos), self.clean.shape)
+            if self.noisy and isinstance(self.noise, str):
+                self.noise = self._noise([spec for _, spec in group[:8]], pos)
+            replayed = self.batch.shape[1] - fast.start
+            where = repr(group[0][1].positions)
+            self.replayed.append({"layer": fast.layer, "positions": where, "replayed": replayed, "configs": len(group)})
             for s in range(0, len(group), chunk):
                 ids = group[s : s + chunk]
-                logits = fast.logits(range(s, s + len(ids)), metric.positions if positional else None)
+                logits = fast.logits(range(s, s + len(ids)), pos)
                 for j, (i, _) in enumerate(ids):
-                    part = logits[j * batch : (j + 1) * batch]
-                    yield i, metric_value(metric.at if positional else metric, part, self.clean.shape)
+                    value = metric_value(at, logits[j * batch : (j + 1) * batch], self.clean.shape)
+                    yield i, value if base is None else self.clean + (value - base)
                     self.counts["fast"] += 1
                 yield SAVE
         for n, (i, spec) in enumerate(naive, 1):
@@ -106,7 +150,39 @@ class HooksSweep:
                 yield SAVE
 
     def meta(self) -> dict[str, Any]:
-        return {"chunk": self.chunk, **self.counts}
+        """Counts; ``seq_len``; ``replayed``: per group of fast-path configs (same layer and positions), the
+        ``layer``, the ablated ``positions``, the positions ``replayed`` in the layers above it and the
+        number of ``configs``; ``suffix``: "on" (suffix reuse works on this model and inputs), or "off: why";
+        ``replay_dtype``; ``noise_floor``: the median |delta - float64 delta| over a sample of configs, measured
+        for a model below float32 or with ``replay_dtype`` (else None), with details in ``noise``."""
+        replay = self.replay
+        suffix = "off: method='naive'" if replay is None else replay.suffix_off or "on"
+        noise = self.noise
+        floor = noise["reported"] if isinstance(noise, dict) else None
+        return {
+            "chunk": self.chunk,
+            **self.counts,
+            "seq_len": self.batch.shape[1],
+            "replayed": self.replayed,
+            "suffix": suffix,
+            "replay_dtype": str(self.upcast or next(self.model.decoder_layers[0].parameters()).dtype),
+            "noise_floor": floor,
+            "noise": noise,
+        }
+
+    def _noise(self, specs: list[NeuronAblation], positions: Tensor | None) -> dict[str, Any]:
+        """Deltas of ``specs`` (one fast group) as reported, in the model's dtype and in float64
+        (:func:`~hooks_mm.sweep.precision.noise_floor`)."""
+        at = self.metric.at if isinstance(self.metric, PositionMetric) else self.metric
+        b, shape = self.batch.shape[0], self.clean.shape
+
+        def deltas(dtype: torch.dtype | None) -> Tensor:
+            fast = FastGroup(self.model, self.replay, self.batch, specs, self.sources, positions, dtype)  # type: ignore[arg-type]
+            logits = fast.logits(range(len(specs)), positions)
+            values = torch.stack([metric_value(at, logits[j * b : (j + 1) * b], shape) for j in range(len(specs))])
+            return values - (self.clean if dtype is None else metric_value(at, fast.base(positions), shape))
+
+        return {**noise_floor(deltas, self.upcast), "layer": specs[0].layers}
 
     def _partition(
         self, configs: list[tuple[int, Intervention]]
@@ -119,6 +195,12 @@ class HooksSweep:
             check_edits(spec, spec.edits(ctx), i)  # every config is checked before anything runs
             key = self._fast_key(spec) if self.method != "naive" else None
             if key is None:
+                if self.upcast is not None:
+                    raise ValueError(
+                        f"replay_dtype={self.upcast} replays only fast-path configs (single-layer neuron ablations on "
+                        f"mlp.hook_post whose replay verifies), and config {i} ({json.dumps(spec.to_dict())[:120]}) "
+                        "would run as a plain forward in the model's dtype: sweep it without replay_dtype."
+                    )
                 if self.method == "fast":
                     raise ValueError(f"method='fast' cannot run {json.dumps(spec.to_dict())[:160]}: use method='auto'.")
                 naive.append((i, spec))
@@ -149,7 +231,10 @@ class HooksSweep:
 
 
 class FastGroup:
-    """Configs that differ only in their neuron sets: shared clean tensors, packed suffix."""
+    """Configs that differ only in their neuron sets: shared clean tensors, packed suffix.
+
+    ``dtype``: the replay's (default the model's; float32 for a bf16 model: see
+    :mod:`hooks_mm.sweep.precision`)."""
 
     def __init__(
         self,
@@ -158,13 +243,17 @@ class FastGroup:
         batch: Batch,
         configs: list[NeuronAblation],
         sources: dict[str, Any] | None,
+        positions: Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ):
         self.model, self.replay, self.configs = model, replay, configs
+        self.dtype = dtype = dtype or replay.dtype
+        own = dtype == replay.dtype
         # the spec's own op on every neuron: act - op(act) is each neuron's change at the ablated positions
         ctx = Context(model, batch, sources)
         [edit] = dataclasses.replace(configs[0], neurons=None).edits(ctx)
         store = ctx.read_sources({})
-        act = replay.cache[edit.hook]
+        act = cast(replay.cache[edit.hook], dtype)
         self.layer = int(edit.hook.split(".")[1])
         self.width = act.shape[-1]
         a = model.adapter
@@ -172,9 +261,28 @@ class FastGroup:
         self.down = block.get_submodule(a.mlp).get_submodule(a.down)
         after = None if a.mlp_out == a.mlp else block.get_submodule(a.mlp_out)
         self.after_down = None if after is self.down else after  # OPT: mlp_out is fc2, the down linear itself
-        self.diff = (act - apply(act, edit.op, store)).flatten(0, 1)  # [rows, m]
-        self.down_out = self.down(act).flatten(0, 1)  # [rows, d]
-        self.mid = replay.cache[f"blocks.{self.layer}.hook_resid_mid"]
+        diff = act - apply(act, edit.op, store)
+        # suffix reuse: positions before the first that can change are the clean run's in every layer above
+        first = first_changed(diff)
+        first = act.shape[1] - 1 if first is None else first
+        if positions is not None:  # the metric reads these: they must be replayed
+            first = min(first, int(positions.min()))
+        start = replay.suffix_start(self.layer, first)
+        self.start = start if start and replay.verify_suffix(self.layer, start) else 0
+        act = act[:, self.start :]
+        self.diff = diff[:, self.start :].flatten(0, 1)  # [rows, m]
+        self.down_out = (self.down(act) if own else call_in(self.down, dtype, act)).flatten(0, 1)  # [rows, d]
+        self.mid = cast(replay.cache[f"blocks.{self.layer}.hook_resid_mid"][:, self.start :], dtype)
+
+    def _mlp_out(self, down: Tensor) -> Tensor:
+        if self.after_down is None:
+            return down
+        return self.after_down(down) if self.dtype == self.replay.dtype else call_in(self.after_down, self.dtype, down)
+
+    def base(self, positions: Tensor | None = None) -> Tensor:
+        """Logits of the clean run replayed the way the configs are (the baseline of their deltas)."""
+        h = self.mid + self._mlp_out(self.down_out.view(self.mid.shape))
+        return self.replay.run(h, self.layer, positions, self.start)
 
     def logits(self, which: range, positions: Tensor | None = None) -> Tensor:
         cfgs = [self.configs[i] for i in which]
@@ -187,12 +295,11 @@ class FastGroup:
             valid[i, : len(s)] = True
         idx, valid = idx.to(self.diff.device), valid.to(self.diff.device)
         coef = self.diff[:, idx].permute(1, 0, 2) * valid[:, None, :]  # [n, rows, k]
-        down = lowrank_update(self.down_out, coef, self.down.weight, idx)
+        update = lowrank_update_torch if self.dtype == torch.float64 else lowrank_update
+        down = update(self.down_out, coef, self.down.weight, idx)
         b, s, d = self.mid.shape
-        down = down.view(len(cfgs) * b, s, d)
-        mlp_out = down if self.after_down is None else self.after_down(down)
-        h = self.mid.repeat(len(cfgs), 1, 1) + mlp_out
-        return self.replay.run(h, self.layer, positions)
+        h = self.mid.repeat(len(cfgs), 1, 1) + self._mlp_out(down.view(len(cfgs) * b, s, d))
+        return self.replay.run(h, self.layer, positions, self.start)
 
 
 @torch.no_grad()
@@ -205,6 +312,8 @@ def sweep(
     batch_size: int | None = None,
     max_memory: int = 2 << 30,
     method: str = "auto",
+    suffix: bool = True,
+    replay_dtype: torch.dtype | None = None,
     checkpoint: str | None = None,
     progress: bool = True,
     sources: dict[str, Any] | None = None,
@@ -212,14 +321,19 @@ def sweep(
 ) -> SweepResult:
     """Run every config on ``inputs``; a table of ``metric`` per config.
 
-    ``batch_size``, ``max_memory``, ``method``: the local backend's options (see
-    :class:`HooksSweep`); ``checkpoint``: a file where finished configs are saved after every
+    ``batch_size``, ``max_memory``, ``method``, ``suffix``, ``replay_dtype``: the local backend's
+    options (see :class:`HooksSweep`); ``checkpoint``: a file where finished configs are saved after every
     chunk, so an interrupted sweep resumes from there when called again with the same file.
     ``backend``: another backend, e.g. ``hooks_mm.remote.NNsightSweep(remote=URL)`` to run
     the same configs through nnsight on an NDIF server.
     """
     if backend is None:
-        backend = HooksSweep(batch_size, max_memory, method)
+        backend = HooksSweep(batch_size, max_memory, method, suffix, replay_dtype)
+    elif replay_dtype is not None:
+        raise ValueError(
+            f"replay_dtype={replay_dtype} is an option of the local backend: pass it as HooksSweep(replay_dtype=...), "
+            f"not with backend={type(backend).__name__}(...)."
+        )
     elif not hasattr(backend, "run") or not hasattr(backend, "start"):
         raise TypeError(
             f"backend={backend!r} is not a sweep backend: pass HooksSweep(...) or "

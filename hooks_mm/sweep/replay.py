@@ -8,6 +8,11 @@ with every recorded tensor tiled to the packed batch: no model code is copied, a
 the configurations share (the vision tower, the projector, every layer up to ``l``) is
 computed once. ``Replay.verify()`` checks on the clean run that replayed logits equal the
 model's own; callers fall back to plain forwards when it does not hold.
+
+Suffix reuse (:mod:`hooks_mm.sweep.suffix`): ``Replay.run(h, l, start=s)`` replays only the
+positions ``s..`` of every layer above ``l``, with the clean keys / values of the prefix;
+:meth:`Replay.suffix_start` gives the first position a change can reach (from the masks), and
+:meth:`Replay.verify_suffix` checks the suffix replay of the clean run like :meth:`verify`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from hooks_mm.sweep.precision import Head, call_in, cast
+from hooks_mm.sweep.suffix import KVRecorder, PrefixCache, Unsliceable, allowed_of, slice_inputs, suffix_start
 
 if TYPE_CHECKING:
     from hooks_mm.model import Batch, HookedMLLM
@@ -38,9 +46,9 @@ def _tile(v: Any, batch: int, n: int) -> Any:
 class Replay:
     """Recorded clean run of ``model`` on ``inputs``: residuals, layer kwargs, clean logits."""
 
-    def __init__(self, model: HookedMLLM, batch: Batch):
+    def __init__(self, model: HookedMLLM, batch: Batch, suffix: bool = True):
         self.model = model
-        self.batch = batch.shape[0]
+        self.batch, self.seq = batch.shape
         self.calls: dict[int, tuple[tuple, dict]] = {}
         layers = model.decoder_layers
 
@@ -65,6 +73,8 @@ class Replay:
             for h in handles:
                 h.remove()
         self.cache = cache
+        self.dtype = cache["blocks.0.hook_resid_pre"].dtype  # the model's: the clean pass ran in it
+        self.head_in = Head(model)  # the head in another dtype (a replay in float32 of a bf16 model)
         n = model.cfg.n_layers
         # what is added between block l's output and block l+1's input (zero but for injections)
         self.injected = {
@@ -73,28 +83,55 @@ class Replay:
             if not torch.equal(cache[f"blocks.{l + 1}.hook_resid_pre"], cache[f"blocks.{l}.hook_resid_post"])
         }
         self.verified: dict[int, bool] = {}
+        # suffix reuse: None while it may be used, else why not; the clean keys / values, recorded on first use
+        self.suffix_off: str | None = None if suffix else "off: turned off (suffix=False)"
+        self.kv: dict[int, tuple[Tensor, Tensor]] | None = None
+        self.kv_layers: set[int] = set()  # decoder layers whose attention reads the prefix cache
+        self.sliced: dict[tuple[int, int], tuple[tuple, dict]] = {}
+        self.allowed_above: dict[int, Tensor] = {}
+        self.verified_suffix: dict[tuple[int, int], bool] = {}
 
     @torch.no_grad()
-    def run(self, h: Float[Tensor, "nb seq d"], after: int, positions: Tensor | None = None) -> Tensor:
+    def run(self, h: Float[Tensor, "nb seq d"], after: int, positions: Tensor | None = None, start: int = 0) -> Tensor:
         """Logits of the packed residual ``h`` = the output of block ``after``.
 
         With ``positions`` ([batch] indices), only those positions are unembedded:
-        [n * batch, vocab] instead of [n * batch, seq, vocab].
+        [n * batch, vocab] instead of [n * batch, seq, vocab]. With ``start`` > 0, ``h`` holds the
+        positions ``start..`` only (see :meth:`suffix_start`): the prefix is the clean run's, its keys and
+        values come from the recorded clean run, and full logits get the clean prefix logits in front.
         """
         n = h.shape[0] // self.batch
         model = self.model
+        other = h.dtype != self.dtype  # replayed in another dtype: weights cast per layer, on the fly
+        cache = PrefixCache(self.kv, start, n) if start else None  # type: ignore[arg-type]
         for l in range(after, model.cfg.n_layers):
             if l > after:
-                args, kw = self.calls[l]
-                out = model.decoder_layers[l](
-                    h, *_tile(args, self.batch, n), **{k: _tile(v, self.batch, n) for k, v in kw.items()}
-                )
+                args, kw = self.layer_inputs(l, start)
+                if cache is not None and l in self.kv_layers:
+                    kw = {**kw, "past_key_values": cache}
+                args, kw = _tile(args, self.batch, n), {k: _tile(v, self.batch, n) for k, v in kw.items()}
+                layer = model.decoder_layers[l]
+                out = call_in(layer, h.dtype, h, *args, **kw) if other else layer(h, *args, **kw)
                 h = out[0] if isinstance(out, tuple) else out
             if l in self.injected:
-                h = h + self.injected[l].repeat(n, 1, 1)
+                h = h + cast(self.injected[l][:, start:], h.dtype).repeat(n, 1, 1)
+        head = self.head_in if other else self.head
         if positions is not None:
-            h = h[torch.arange(h.shape[0]), positions.to(h.device).repeat(n)]
-        return self.head(h)
+            return head(h[torch.arange(h.shape[0]), (positions.to(h.device) - start).repeat(n)])
+        logits = head(h)
+        if start:
+            logits = torch.cat([cast(self.logits[:, :start], logits.dtype).repeat(n, 1, 1), logits], 1)
+        return logits
+
+    def layer_inputs(self, l: int, start: int) -> tuple[tuple, dict]:
+        """Layer ``l``'s recorded inputs, cut to the positions ``start..``."""
+        if not start:
+            return self.calls[l]
+        if (l, start) not in self.sliced:
+            args, kw = self.calls[l]
+            dtype = self.cache[f"blocks.{l}.hook_resid_pre"].dtype
+            self.sliced[l, start] = slice_inputs(args, kw, start, self.seq, dtype)
+        return self.sliced[l, start]
 
     def head(self, h: Tensor) -> Tensor:
         """Final norm, unembedding and the family's logit post-processing (``model.resid_to_logits``)."""
@@ -107,3 +144,68 @@ class Replay:
         b = self.batch
         ok = all(torch.allclose(got[i * b : (i + 1) * b], self.logits, atol=atol) for i in range(2))
         return bool(ok)
+
+    def suffix_start(self, after: int, first: int) -> int:
+        """The first position that can differ from the clean run in the layers above ``after`` when
+        block ``after``'s output changes at positions ``first..``; 0 when suffix reuse is off."""
+        if not self._record() or first <= 0:  # recorded even at 0: meta says whether reuse works here
+            return 0
+        if after not in self.allowed_above:
+            allowed = torch.zeros(self.seq, self.seq, dtype=torch.bool)
+            layers = self.model.decoder_layers
+            try:
+                for l in range(after + 1, self.model.cfg.n_layers):
+                    allowed |= allowed_of(self.calls[l][1].get("attention_mask"), self.seq, layers[l])
+            except Unsliceable as e:
+                self.suffix_off = f"off: {e}"
+                return 0
+            self.allowed_above[after] = allowed
+        return suffix_start(self.allowed_above[after], first)
+
+    def verify_suffix(self, after: int, start: int, atol: float = 1e-4) -> bool:
+        """Does replaying positions ``start..`` from block ``after`` (two packed copies) give the clean logits?"""
+        if (after, start) not in self.verified_suffix:
+            h = self.cache[f"blocks.{after}.hook_resid_post"][:, start:]
+            try:
+                got = self.run(torch.cat([h, h]), after, start=start)
+            except Unsliceable as e:
+                self.suffix_off = f"off: {e}"
+                return False
+            b = self.batch
+            ok = all(torch.allclose(got[i * b : (i + 1) * b], self.logits, atol=atol) for i in range(2))
+            self.verified_suffix[after, start] = bool(ok)
+        return self.verified_suffix[after, start]
+
+    @torch.no_grad()
+    def _record(self) -> bool:
+        """Record the clean keys / values of every layer (once): a clean replay of all layers with a
+        :class:`~hooks_mm.sweep.suffix.KVRecorder` as the cache. False (with ``suffix_off`` saying why)
+        when a layer keeps a state that is not keys / values, or the replay is not the clean run."""
+        if self.suffix_off is not None or self.kv is not None:
+            return self.suffix_off is None
+        model, rec = self.model, KVRecorder()
+        cross = set(model.cfg.cross_attn_layers)
+        h = self.cache["blocks.0.hook_resid_pre"]
+        try:
+            for l, layer in enumerate(model.decoder_layers):
+                args, kw = self.calls[l]
+                for a in args:
+                    if a is not None:
+                        raise Unsliceable(f"positional inputs of layer {l}")
+                rec.layer = l
+                out = layer(h, *args, **kw, **({} if l in cross else {"past_key_values": rec}))
+                h = out[0] if isinstance(out, tuple) else out
+                if l in self.injected:
+                    h = h + self.injected[l]
+                if l not in cross and [k.shape[-2] for i in rec.owner.get(l, []) for k in rec.kv[i]] != [self.seq] * 2:
+                    raise Unsliceable(f"layer {l} keeps a state that is not one set of keys / values per position")
+            ok = torch.allclose(self.head(h), self.logits, atol=1e-4)
+        except Exception as e:  # noqa: BLE001 - a layer that wants a real cache (recurrent state ...): no reuse
+            self.suffix_off = f"off: {type(e).__name__}: {str(e)[:160]}"
+            return False
+        if not ok:
+            self.suffix_off = "off: the recorded clean replay differs from the model's clean run"
+            return False
+        self.kv = rec.kv
+        self.kv_layers = {l for l in rec.owner if l not in cross}
+        return True
