@@ -264,6 +264,8 @@ def main() -> None:
         fast = outs["(d) fast, spread over depth, image"][: len(slow)]
         err = max((outs[k] - fast).abs().max().item() for k in list(outs)[:2])
         print(f"  max |loop or nnsight - fast| on the shared configs: {err:.1e}")
+        meta = ways.metas[(repr(Last()), True)]
+        print(f"  Last() sweep: suffix reuse {meta.get('suffix', 'n/a')}; replayed {meta.get('replayed', 'n/a')}")
         budget(model, batch, metric, device)
 
     t, att = timed(lambda: ways.attribution(Image()))

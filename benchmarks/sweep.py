@@ -5,6 +5,7 @@ Same model (a ~92M-parameter random LLaVA, 2 x 128 tokens: 64 image tokens), sam
 
   whole model, image positions   neurons spread over EVERY layer, zeroed at the image positions
   whole model, Last()            neurons spread over every layer, zeroed at the last position only
+                                 (with and without suffix reuse: ``sweep(..., suffix=False)``)
   best case (layer n-2, image)   one late layer: the fast path replays only the layer above
 
 Ways (benchmarks/ways.py): the TransformerLens-style ``run_with_hooks`` loop, one nnsight
@@ -86,6 +87,7 @@ def main() -> None:
         "(c) nnsight: batched invokes": (lambda: ways.nnsight_batched(slow), len(slow)),
         "(d) fast, whole model, image positions": (lambda: ways.fast(image), len(image)),
         "(d) fast, whole model, Last()": (lambda: ways.fast(last), len(last)),
+        "(d) fast, whole model, Last(), suffix=False": (lambda: ways.fast(last, suffix=False), len(last)),
         f"(d) fast, BEST CASE layer {n_layers - 2}, image": (lambda: ways.fast(late), len(late)),
         "(e) attribution, every neuron, image": (lambda: ways.attribution(Image()), n_layers * model.cfg.d_mlp),
     }
@@ -96,6 +98,12 @@ def main() -> None:
     shared = fast_image[:n_layers][:: args.slow_every]  # the fast path's values of the configs in `slow`
     errs = {n: (outs[n] - shared).abs().max().item() for n in list(cases)[:3]}
     print("  max |way - fast| on the shared configs: " + ", ".join(f"{n[:3]} {e:.1e}" for n, e in errs.items()))
+    last_err = (outs["(d) fast, whole model, Last()"] - outs["(d) fast, whole model, Last(), suffix=False"]).abs().max()
+    meta = ways.metas[(repr(Last()), True)]
+    print(
+        f"  max |Last() with - without suffix reuse| = {last_err.item():.1e}; suffix reuse {meta.get('suffix')}, "
+        f"positions replayed above each layer: {sorted({g['replayed'] for g in meta.get('replayed', [])})}"
+    )
     att = outs["(e) attribution, every neuron, image"]
     est = torch.stack([att.neurons[c.layers, c.neurons[0]] for c in image])
     rho = spearman(est, fast_image - ways.clean)
@@ -132,7 +140,8 @@ def main() -> None:
         ms, lms = 1e3 * t / len(cfgs), 1e3 * tl / len(few)
         print(f"  {len(cfgs):8d} {inp['input_ids'].shape[1]:5d} {t:8.2f} {ms:15.1f} {lms:15.1f} {lms / ms:5.1f}x")
     meta = ways.last_sweep.meta
-    print(f"  (last sweep's meta: {', '.join(f'{k}={v}' for k, v in meta.items() if not isinstance(v, dict))})")
+    shown = ", ".join(f"{k}={v}" for k, v in meta.items() if isinstance(v, (int, float, str)) and k != "noise")
+    print(f"  (last sweep's meta: {shown})")
 
 
 if __name__ == "__main__":

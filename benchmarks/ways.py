@@ -64,6 +64,7 @@ class Ways:
         self.layers = nn_model.model.language_model.layers if nn_model is not None else None
         self.clean = metric(model(self.batch))  # binds the metric's clean reference before anything is timed
         self.last_sweep: Any = None
+        self.metas: dict[tuple[str, bool], dict] = {}  # the last fast sweep's meta per (positions, suffix)
 
     def where(self, positions: Selector) -> tuple[Tensor, Tensor]:
         """(rows, positions) index tensors of a selector on these inputs."""
@@ -110,6 +111,7 @@ class Ways:
         self.last_sweep = sweep(
             self.model, self.batch, configs, self.metric, progress=False, batch_size=self.batch_size, **kwargs
         )
+        self.metas[(repr(configs[0].positions), kwargs.get("suffix", True))] = self.last_sweep.meta
         return self.last_sweep.values
 
     def attribution(self, positions: Selector) -> Any:
