@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 from common import llava_inputs, llava_random, machine
@@ -53,8 +54,32 @@ def parse() -> argparse.Namespace:
     p.add_argument("--slow-every", type=int, default=2, help="the loop and nnsight run one config of every k-th layer")
     p.add_argument("--text", type=int, default=64, help="text tokens per row (plus 64 image tokens)")
     p.add_argument("--growth-text", type=int, nargs="*", default=[32, 192], help="other text lengths for the growth")
+    p.add_argument("--growth-only", action="store_true", help="skip the side-by-side: only the cost growth")
     p.add_argument("--smoke", action="store_true", help="a tiny model and sizes: checks the script runs (tests)")
     return p.parse_args()
+
+
+def growth(ways: Ways, model: HookedMLLM, positions: Any, pers: list[int], loop_ms: float) -> None:
+    """The fast path's time for more configs per layer: its marginal cost per config and its fixed cost."""
+    s = ways.batch.shape[1]
+    grown = []
+    for per in pers:
+        cfgs = spread(model, per, positions)
+        t, _ = timed(lambda cfgs=cfgs: ways.fast(cfgs))
+        grown.append((len(cfgs), t))
+        ms = 1e3 * t / len(cfgs)
+        print(f"  {len(cfgs):8d} {s:5d} {t:8.2f} {ms:15.1f} {loop_ms:15.1f} {loop_ms / ms:5.1f}x  {positions!r}")
+    (n0, t0), (n1, t1) = grown[0], grown[-1]
+    marginal = (t1 - t0) / (n1 - n0)
+    fixed = t0 - n0 * marginal
+    if marginal <= 0:
+        print("  -> marginal cost not resolved (noise): run with more --per-layer")
+    else:
+        print(
+            f"  -> {positions!r}: marginal {1e3 * marginal:.0f} ms/config ({loop_ms / 1e3 / marginal:.1f}x the loop), "
+            f"fixed {fixed:.1f} s per sweep = {fixed * 1e3 / loop_ms:.1f} loop configs (the clean pass and each swept "
+            "layer's replay check)"
+        )
 
 
 @torch.no_grad()
@@ -91,45 +116,39 @@ def main() -> None:
         f"(d) fast, BEST CASE layer {n_layers - 2}, image": (lambda: ways.fast(late), len(late)),
         "(e) attribution, every neuron, image": (lambda: ways.attribution(Image()), n_layers * model.cfg.d_mlp),
     }
-    print(f"\nside by side, {args.rounds} rounds round-robin ((a)-(c) on {len(slow)} whole-model image configs):")
-    rates, outs = interleave(cases, args.rounds)
-    report(rates, base="(a) loop: run_with_hooks per config")
-    fast_image = outs["(d) fast, whole model, image positions"]
-    shared = fast_image[:n_layers][:: args.slow_every]  # the fast path's values of the configs in `slow`
-    errs = {n: (outs[n] - shared).abs().max().item() for n in list(cases)[:3]}
-    print("  max |way - fast| on the shared configs: " + ", ".join(f"{n[:3]} {e:.1e}" for n, e in errs.items()))
-    last_err = (outs["(d) fast, whole model, Last()"] - outs["(d) fast, whole model, Last(), suffix=False"]).abs().max()
-    meta = ways.metas[(repr(Last()), True)]
-    print(
-        f"  max |Last() with - without suffix reuse| = {last_err.item():.1e}; suffix reuse {meta.get('suffix')}, "
-        f"positions replayed above each layer: {sorted({g['replayed'] for g in meta.get('replayed', [])})}"
-    )
-    att = outs["(e) attribution, every neuron, image"]
-    est = torch.stack([att.neurons[c.layers, c.neurons[0]] for c in image])
-    rho = spearman(est, fast_image - ways.clean)
-    print(f"  (e) Spearman(attribution estimate, exact delta) over the {len(image)} whole-model configs: {rho:.2f}")
-
-    print("\nfast path cost growth (whole model, image positions), vs the loop at the same length:")
-    print(f"  {'configs':>8} {'seq':>5} {'fast s':>8} {'fast ms/config':>15} {'loop ms/config':>15} {'ratio':>6}")
-    loop_ms = 1e3 / statistics.median(rates["(a) loop: run_with_hooks per config"])
-    grown = []
-    for per in sorted({1, args.per_layer, 2 * args.per_layer}):
-        cfgs = spread(model, per, Image())
-        t, _ = timed(lambda cfgs=cfgs: ways.fast(cfgs))
-        grown.append((len(cfgs), t))
-        ms = 1e3 * t / len(cfgs)
-        print(f"  {len(cfgs):8d} {s:5d} {t:8.2f} {ms:15.1f} {loop_ms:15.1f} {loop_ms / ms:5.1f}x")
-    (n0, t0), (n1, t1) = grown[0], grown[-1]
-    marginal = (t1 - t0) / (n1 - n0)
-    fixed = t0 - n0 * marginal
-    if marginal <= 0:
-        print("  -> marginal cost not resolved (noise): run with more --per-layer")
-    else:
-        print(
-            f"  -> marginal {1e3 * marginal:.0f} ms/config ({loop_ms / 1e3 / marginal:.1f}x the loop), fixed "
-            f"{fixed:.1f} s per sweep = {fixed * 1e3 / loop_ms:.1f} loop configs (the clean pass and each swept "
-            "layer's replay check)"
+    if not args.growth_only:
+        print(f"\nside by side, {args.rounds} rounds round-robin ((a)-(c) on {len(slow)} whole-model image configs):")
+        rates, outs = interleave(cases, args.rounds)
+        report(rates, base="(a) loop: run_with_hooks per config")
+        fast_image = outs["(d) fast, whole model, image positions"]
+        shared = fast_image[:n_layers][:: args.slow_every]  # the fast path's values of the configs in `slow`
+        errs = {n: (outs[n] - shared).abs().max().item() for n in list(cases)[:3]}
+        print("  max |way - fast| on the shared configs: " + ", ".join(f"{n[:3]} {e:.1e}" for n, e in errs.items()))
+        last_err = (
+            (outs["(d) fast, whole model, Last()"] - outs["(d) fast, whole model, Last(), suffix=False"]).abs().max()
         )
+        meta = ways.metas[(repr(Last()), True)]
+        print(
+            f"  max |Last() with - without suffix reuse| = {last_err.item():.1e}; suffix reuse {meta.get('suffix')}, "
+            f"positions replayed above each layer: {sorted({g['replayed'] for g in meta.get('replayed', [])})}"
+        )
+        att = outs["(e) attribution, every neuron, image"]
+        est = torch.stack([att.neurons[c.layers, c.neurons[0]] for c in image])
+        rho = spearman(est, fast_image - ways.clean)
+        print(f"  (e) Spearman(attribution estimate, exact delta) over the {len(image)} whole-model configs: {rho:.2f}")
+
+    print("\nfast path cost growth (whole model), vs the loop at the same length:")
+    print(
+        f"  {'configs':>8} {'seq':>5} {'fast s':>8} {'fast ms/config':>15} {'loop ms/config':>15} {'ratio':>6}"
+        "  positions"
+    )
+    if args.growth_only:
+        t, _ = timed(lambda: ways.loop(slow))
+        loop_ms = 1e3 * t / len(slow)
+    else:
+        loop_ms = 1e3 / statistics.median(rates["(a) loop: run_with_hooks per config"])
+    for positions in (Image(), Last()):
+        growth(ways, model, positions, sorted({1, args.per_layer, 2 * args.per_layer}), loop_ms)
     for text in args.growth_text:
         inp = llava_inputs(text)
         other = Ways(model, None, inp, answer_logprob(model, inp), batch_size=16)
