@@ -245,7 +245,8 @@ def _inputs_digest(batch: Batch) -> str:
     for k in sorted(batch.inputs):
         v = batch.inputs[k]
         if torch.is_tensor(v):
-            h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode() + v.detach().cpu().contiguous().numpy().tobytes())
+            raw = v.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # bf16 too (numpy has none)
+            h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode() + raw.numpy().tobytes())
     return h.hexdigest()
 
 

@@ -125,12 +125,18 @@ class HooksSweep:
                 metric.positions if positional else None,
                 self.upcast,
             )
+            if not fast.verified:  # the replay does not reproduce the clean run here: plain forwards
+                naive.extend(self._demote(group))
+                continue
             at = metric.at if positional else metric
             pos = metric.positions if positional else None
             # in another dtype, deltas are taken against the clean run replayed the same way from this layer
             base = None if self.upcast is None else metric_value(at, fast.base(pos), self.clean.shape)
             if self.noisy and isinstance(self.noise, str):
-                self.noise = self._noise([spec for _, spec in group[:8]], pos)
+                try:
+                    self.noise = self._noise([spec for _, spec in group[:8]], pos)
+                except (RuntimeError, NotImplementedError, TypeError) as e:  # e.g. an attention kernel without float64
+                    self.noise = f"not measured: the float64 replay failed ({type(e).__name__}: {str(e)[:120]})"
             replayed = self.batch.shape[1] - fast.start
             where = repr(group[0][1].positions)
             self.replayed.append({"layer": fast.layer, "positions": where, "replayed": replayed, "configs": len(group)})
@@ -153,12 +159,13 @@ class HooksSweep:
         """Counts; ``seq_len``; ``replayed``: per group of fast-path configs (same layer and positions), the
         ``layer``, the ablated ``positions``, the positions ``replayed`` in the layers above it and the
         number of ``configs``; ``suffix``: "on" (suffix reuse works on this model and inputs), or "off: why";
-        ``replay_dtype``; ``noise_floor``: the median |delta - float64 delta| over a sample of configs, measured
-        for a model below float32 or with ``replay_dtype`` (else None), with details in ``noise``."""
+        ``replay_dtype``; ``noise_floor``: the largest |delta - float64 delta| over a sample of configs (at
+        least the metric's float32 resolution), measured for a model below float32 or with ``replay_dtype``
+        (else None), with details in ``noise`` (median and max, as reported and in the model's dtype)."""
         replay = self.replay
         suffix = "off: method='naive'" if replay is None else replay.suffix_off or "on"
         noise = self.noise
-        floor = noise["reported"] if isinstance(noise, dict) else None
+        floor = noise["floor"] if isinstance(noise, dict) else None
         return {
             "chunk": self.chunk,
             **self.counts,
@@ -182,7 +189,19 @@ class HooksSweep:
             values = torch.stack([metric_value(at, logits[j * b : (j + 1) * b], shape) for j in range(len(specs))])
             return values - (self.clean if dtype is None else metric_value(at, fast.base(positions), shape))
 
-        return {**noise_floor(deltas, self.upcast), "layer": specs[0].layers}
+        return {**noise_floor(deltas, self.upcast, self.clean), "layer": specs[0].layers}
+
+    def _demote(self, group: list[tuple[int, Intervention]]) -> list[tuple[int, Intervention]]:
+        """Configs whose replay does not verify, for plain forwards (an error where those are not wanted)."""
+        i, spec = group[0]
+        why = (
+            f"config {i} ({json.dumps(spec.to_dict())[:120]}): the replay of its layer does not reproduce the clean run"
+        )
+        if self.upcast is not None:
+            raise ValueError(f"replay_dtype={self.upcast} replays only fast-path configs; {why}: drop replay_dtype.")
+        if self.method == "fast":
+            raise ValueError(f"method='fast' cannot run {why}: use method='auto'.")
+        return group
 
     def _partition(
         self, configs: list[tuple[int, Intervention]]
@@ -221,9 +240,7 @@ class HooksSweep:
             return None
         if layer in model.cfg.moe_layers:  # no dense down_proj to update (edits() refuses these before)
             return None
-        if layer not in replay.verified:
-            replay.verified[layer] = replay.verify(layer)
-        if not replay.verified[layer]:
+        if replay.verified.get(layer) is False:  # the replay of this layer was checked and does not hold
             return None
         d = spec.to_dict()
         d.pop("neurons")
@@ -268,7 +285,11 @@ class FastGroup:
         if positions is not None:  # the metric reads these: they must be replayed
             first = min(first, int(positions.min()))
         start = replay.suffix_start(self.layer, first)
+        # verified: the clean run replayed the way these configs are replayed gives the model's clean logits
         self.start = start if start and replay.verify_suffix(self.layer, start) else 0
+        if self.start == 0 and self.layer not in replay.verified:
+            replay.verified[self.layer] = replay.verify(self.layer)
+        self.verified = self.start > 0 or replay.verified[self.layer]
         act = act[:, self.start :]
         self.diff = diff[:, self.start :].flatten(0, 1)  # [rows, m]
         self.down_out = (self.down(act) if own else call_in(self.down, dtype, act)).flatten(0, 1)  # [rows, d]

@@ -92,13 +92,21 @@ class Replay:
         self.verified_suffix: dict[tuple[int, int], bool] = {}
 
     @torch.no_grad()
-    def run(self, h: Float[Tensor, "nb seq d"], after: int, positions: Tensor | None = None, start: int = 0) -> Tensor:
+    def run(
+        self,
+        h: Float[Tensor, "nb seq d"],
+        after: int,
+        positions: Tensor | None = None,
+        start: int = 0,
+        full: bool = True,
+    ) -> Tensor:
         """Logits of the packed residual ``h`` = the output of block ``after``.
 
         With ``positions`` ([batch] indices), only those positions are unembedded:
         [n * batch, vocab] instead of [n * batch, seq, vocab]. With ``start`` > 0, ``h`` holds the
         positions ``start..`` only (see :meth:`suffix_start`): the prefix is the clean run's, its keys and
-        values come from the recorded clean run, and full logits get the clean prefix logits in front.
+        values come from the recorded clean run, and full logits get the clean prefix logits in front
+        (``full=False``: the suffix's logits only).
         """
         n = h.shape[0] // self.batch
         model = self.model
@@ -119,7 +127,7 @@ class Replay:
         if positions is not None:
             return head(h[torch.arange(h.shape[0]), (positions.to(h.device) - start).repeat(n)])
         logits = head(h)
-        if start:
+        if start and full:
             logits = torch.cat([cast(self.logits[:, :start], logits.dtype).repeat(n, 1, 1), logits], 1)
         return logits
 
@@ -167,12 +175,12 @@ class Replay:
         if (after, start) not in self.verified_suffix:
             h = self.cache[f"blocks.{after}.hook_resid_post"][:, start:]
             try:
-                got = self.run(torch.cat([h, h]), after, start=start)
+                got = self.run(torch.cat([h, h]), after, start=start, full=False)
             except Unsliceable as e:
                 self.suffix_off = f"off: {e}"
                 return False
-            b = self.batch
-            ok = all(torch.allclose(got[i * b : (i + 1) * b], self.logits, atol=atol) for i in range(2))
+            b, clean = self.batch, self.logits[:, start:]
+            ok = all(torch.allclose(got[i * b : (i + 1) * b], clean, atol=atol) for i in range(2))
             self.verified_suffix[after, start] = bool(ok)
         return self.verified_suffix[after, start]
 
@@ -191,17 +199,20 @@ class Replay:
                 args, kw = self.calls[l]
                 for a in args:
                     if a is not None:
-                        raise Unsliceable(f"positional inputs of layer {l}")
+                        raise Unsliceable("positional layer inputs")
                 rec.layer = l
                 out = layer(h, *args, **kw, **({} if l in cross else {"past_key_values": rec}))
                 h = out[0] if isinstance(out, tuple) else out
                 if l in self.injected:
                     h = h + self.injected[l]
                 if l not in cross and [k.shape[-2] for i in rec.owner.get(l, []) for k in rec.kv[i]] != [self.seq] * 2:
-                    raise Unsliceable(f"layer {l} keeps a state that is not one set of keys / values per position")
+                    raise Unsliceable("its cache updates are not one set of keys / values per position")
             ok = torch.allclose(self.head(h), self.logits, atol=1e-4)
         except Exception as e:  # noqa: BLE001 - a layer that wants a real cache (recurrent state ...): no reuse
-            self.suffix_off = f"off: {type(e).__name__}: {str(e)[:160]}"
+            why = str(e) if isinstance(e, Unsliceable) else f"{type(e).__name__}: {str(e)[:160]}"
+            self.suffix_off = (
+                f"off: layer {rec.layer}: {why} (suffix reuse needs keys / values as a layer's only state)"
+            )
             return False
         if not ok:
             self.suffix_off = "off: the recorded clean replay differs from the model's clean run"
