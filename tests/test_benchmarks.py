@@ -51,7 +51,9 @@ def test_sweep_benchmark_runs() -> None:
         "cost growth",
     ):
         assert part in out, f"sweep.py --smoke printed no {part!r}:\n{out}"
-    assert max_diff(out, "max |way - fast|") < 1e-4
+    assert (
+        max_diff(out, "max |way - fast|") < 1e-5
+    )  # float32 rounding of log-probs ~10 is ~1e-6; a wrong neuron gives ~3e-5 on the smoke model
 
 
 def test_scale_benchmark_runs() -> None:
@@ -68,4 +70,6 @@ def test_scale_benchmark_runs() -> None:
         "not measured",
     ):
         assert part in out, f"scale.py --smoke printed no {part!r}:\n{out}"
-    assert max_diff(out, "max |loop or nnsight - fast|") < 1e-4
+    assert (
+        max_diff(out, "max |loop or nnsight - fast|") < 1e-5
+    )  # float32 rounding of log-probs ~10 is ~1e-6; a wrong neuron gives ~3e-5 on the smoke model
