@@ -51,9 +51,8 @@ def test_sweep_benchmark_runs() -> None:
         "cost growth",
     ):
         assert part in out, f"sweep.py --smoke printed no {part!r}:\n{out}"
-    assert (
-        max_diff(out, "max |way - fast|") < 1e-5
-    )  # float32 rounding of log-probs ~10 is ~1e-6; a wrong neuron gives ~3e-5 on the smoke model
+    # float32 rounding of log-probs ~10 is ~1e-6; a wrong neuron gives ~3e-5 on the smoke model
+    assert max_diff(out, "max |way - fast|") < 1e-5
 
 
 def test_scale_benchmark_runs() -> None:
@@ -70,6 +69,5 @@ def test_scale_benchmark_runs() -> None:
         "not measured",
     ):
         assert part in out, f"scale.py --smoke printed no {part!r}:\n{out}"
-    assert (
-        max_diff(out, "max |loop or nnsight - fast|") < 1e-5
-    )  # float32 rounding of log-probs ~10 is ~1e-6; a wrong neuron gives ~3e-5 on the smoke model
+    # float32 rounding of log-probs ~10 is ~1e-6; a wrong neuron gives ~3e-5 on the smoke model
+    assert max_diff(out, "max |loop or nnsight - fast|") < 1e-5
