@@ -17,20 +17,29 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads{load}"
 
 
 def llava_100m(text_tokens: int = 64, batch: int = 2):  # noqa: ANN201
     """A ~92M-parameter LLaVA (Llama LM 12 x 768, CLIP 4 x 256, 8x8 image tokens), random weights."""
+    return llava_random(text_tokens, batch)
+
+
+def llava_random(  # noqa: ANN201
+    text_tokens: int = 64, batch: int = 2, layers: int = 12, d_model: int = 768, d_mlp: int = 2048, heads: int = 12
+):
+    """A random LLaVA of the ~92M shape (vocab 8000, CLIP 4 x 256, 8x8 image tokens) with the LM's
+    ``layers`` x ``d_model`` / ``d_mlp`` / ``heads`` given (the benchmarks' ``--smoke`` runs a tiny one)."""
     torch.manual_seed(0)
     config = LlavaConfig(
         text_config=LlamaConfig(
             vocab_size=8000,
-            hidden_size=768,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            num_key_value_heads=4,
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 3),
             max_position_embeddings=1024,
         ),
         vision_config=CLIPVisionConfig(
