@@ -42,6 +42,7 @@ from hooks_mm.remote.budget import peak_tensor_bytes, plan_memory
 from hooks_mm.sweep import answer_logprob, single_neurons, sweep
 from hooks_mm.sweep.engine import bytes_per_config
 from hooks_mm.sweep.kernels import lowrank_update_torch, triton_available
+from hooks_mm.sweep.replay import Replay
 
 # (text config, vision config, rows, text tokens) per size
 SIZES: dict[str, tuple[dict, dict, int, int]] = {
@@ -148,17 +149,17 @@ def memory(model: HookedMLLM, batch: Any, device: str) -> None:
 def budget(model: HookedMLLM, batch: Any, metric: Any, device: str, chunk: int = 4) -> None:
     b, s = batch.shape
     per = bytes_per_config(model, b, s, all_logits=False)
-    max_memory = chunk * per
     layer = model.cfg.n_layers - 2
     cfgs = single_neurons(model, layers=layer, positions=Image(), neurons=range(2 * chunk))
+    held = Replay(model, batch).held_bytes()  # the recorded clean run, kept for the whole sweep
+    max_memory = held + chunk * per
     _, clean_peak = peak(lambda: sweep(model, batch, cfgs[:1], metric, progress=False, max_memory=max_memory), device)
     res, p = peak(lambda: sweep(model, batch, cfgs, metric, progress=False, max_memory=max_memory), device)
     print(
-        f"\nbudget: sweep(max_memory={max_memory / MIB:.1f} MiB) chose chunk {res.meta['chunk']} "
-        f"(bytes_per_config {per / MIB:.1f} MiB each); measured peak {p / MIB:.1f} MiB "
-        f"= {p / max_memory:.2f} x max_memory; a 1-config sweep's peak {clean_peak / MIB:.1f} MiB (the clean pass and "
-        f"replay cache, which max_memory does not count): packing added {(p - clean_peak) / MIB:.1f} MiB "
-        f"= {(p - clean_peak) / max_memory:.2f} x max_memory"
+        f"\nbudget: sweep(max_memory={max_memory / MIB:.1f} MiB) held {res.meta['held_bytes'] / MIB:.1f} MiB for the "
+        f"recorded clean run and chose chunk {res.meta['chunk']} (bytes_per_config {per / MIB:.1f} MiB each); "
+        f"measured peak {p / MIB:.1f} MiB = {p / max_memory:.2f} x max_memory; a 1-config sweep's peak "
+        f"{clean_peak / MIB:.1f} MiB: packing added {(p - clean_peak) / MIB:.1f} MiB"
     )
 
 

@@ -50,7 +50,8 @@ def bytes_per_config(model: HookedMLLM, batch: int, seq: int, all_logits: bool =
 class HooksSweep:
     """The local backend: the exact fast path where it applies, one intervention forward elsewhere.
 
-    ``batch_size``: configs packed per forward (default from ``max_memory`` bytes);
+    ``batch_size``: configs packed per forward (default: as many as ``max_memory`` bytes hold beside the recorded
+    clean run, ``meta["held_bytes"]``; a budget the record alone fills is refused);
     ``method``: "auto" (fast path where it applies), "fast" (error where it does not),
     "naive" (one intervention forward per config, the TransformerLens way);
     ``suffix``: replay only the positions an ablation can change (:mod:`hooks_mm.sweep.suffix`);
@@ -89,9 +90,17 @@ class HooksSweep:
                 f"max_memory={self.max_memory / 2**20:.1f} MiB is too small for one config on this batch "
                 f"(~{per / 2**20:.1f} MiB each): raise max_memory or use a smaller batch."
             )
-        self.chunk = self.batch_size or max(1, min(256, self.max_memory // per))
         self.model, self.batch, self.metric, self.sources = model, batch, metric, sources
         self.replay = Replay(model, batch, self.suffix) if self.method != "naive" else None
+        self.held = self.replay.held_bytes() if self.replay is not None else 0  # kept for the whole sweep
+        if self.batch_size is None and self.held + per > self.max_memory:
+            raise MemoryError(
+                f"max_memory={self.max_memory / 2**20:.1f} MiB cannot hold the recorded clean run "
+                f"(~{self.held / 2**20:.1f} MiB: residuals, logits, keys / values) and one config (~{per / 2**20:.1f} "
+                f"MiB): raise max_memory to at least {(self.held + per) / 2**20:.0f} MiB, use a smaller batch, "
+                "or pass batch_size= to size the packing yourself."
+            )
+        self.chunk = self.batch_size or max(1, min(256, (self.max_memory - self.held) // per))
         clean_logits = self.replay.logits if self.replay is not None else model(batch)
         if isinstance(metric, PositionMetric):
             metric.bind(batch, clean_logits, model)
@@ -168,6 +177,7 @@ class HooksSweep:
         floor = noise["floor"] if isinstance(noise, dict) else None
         return {
             "chunk": self.chunk,
+            "held_bytes": self.held,
             **self.counts,
             "seq_len": self.batch.shape[1],
             "replayed": self.replayed,

@@ -43,6 +43,22 @@ def _tile(v: Any, batch: int, n: int) -> Any:
     return v
 
 
+def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of the distinct tensor storages reachable through dicts, tuples and lists (each counted once)."""
+    seen = set() if seen is None else seen
+    if torch.is_tensor(obj):
+        key = obj.untyped_storage().data_ptr()
+        if key in seen or obj.device.type == "meta":
+            return 0
+        seen.add(key)
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, dict) or callable(getattr(obj, "items", None)):  # dicts and activation caches
+        return sum(tensor_bytes(v, seen) for _, v in obj.items())
+    if isinstance(obj, (tuple, list)):
+        return sum(tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
 class Replay:
     """Recorded clean run of ``model`` on ``inputs``: residuals, layer kwargs, clean logits."""
 
@@ -90,6 +106,16 @@ class Replay:
         self.sliced: dict[tuple[int, int], tuple[tuple, dict]] = {}
         self.allowed_above: dict[int, Tensor] = {}
         self.verified_suffix: dict[tuple[int, int], bool] = {}
+
+    def held_bytes(self) -> int:
+        """What the recorded clean run holds for the whole sweep: its residuals, logits, layer arguments and
+        injections, plus the prefix keys / values suffix reuse records on first use (estimated from the config)."""
+        held = tensor_bytes([self.cache, self.logits, self.calls, self.injected])
+        if self.suffix_off is None:
+            c = self.model.cfg
+            kv_heads, d_head = c.n_key_value_heads or c.n_heads or 1, c.d_head or 0
+            held += 2 * c.n_layers * self.batch * self.seq * kv_heads * d_head * self.dtype.itemsize
+        return held
 
     @torch.no_grad()
     def run(
