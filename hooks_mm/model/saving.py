@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 from hooks_mm.processing import load_processor, save_processor
@@ -98,7 +99,7 @@ def save(model: Any, path: str, *, overwrite: bool = False, **hf_kwargs: Any) ->
     The files are written into a sibling temporary directory first, which then replaces ``path``:
     no file of an earlier save (a stale processor file, a shard) is left behind.
     """
-    from hooks_mm import __version__
+    __version__ = sys.modules["hooks_mm"].__version__  # the package is imported (this is its module), no cycle
 
     check_target(model, path, overwrite)
     path = os.path.abspath(os.fspath(path))
