@@ -47,7 +47,7 @@ from hooks_mm.circuits.graph import Graph, Node
 from hooks_mm.layout import Modality
 from hooks_mm.model.meta import is_weightless
 from hooks_mm.remote.budget import DEFAULT_MAX_MEMORY, HEADROOM, estimate_per_copy
-from hooks_mm.remote.compile import site, takes_use_cache
+from hooks_mm.remote.compile import site, takes_use_cache, to_cpu
 from hooks_mm.remote.errors import NDIFError, RemoteExecutionError, ServerUnavailableError, classify
 from hooks_mm.remote.nnsight_compat import NNSIGHT_07, RemoteError, ship_by_value
 from hooks_mm.sweep.metrics import PositionMetric
@@ -207,8 +207,8 @@ def remote_eap(
     reduce = (metric.positions, metric.reducer()) if isinstance(metric, PositionMetric) else (None, metric)
     check_shippable(reduce[1], metric)  # a hooks_mm metric's closure, once bound
     plan = {
-        "inputs": _cpu(batch.model_inputs),
-        "corrupted": None if isinstance(corr, str) else _cpu(corr.model_inputs),
+        "inputs": to_cpu(batch.model_inputs),
+        "corrupted": None if isinstance(corr, str) else to_cpu(corr.model_inputs),
         "ablate": corr if isinstance(corr, str) else None,
         "masks": masks.cpu(),
         "real": (batch.layout.modality != Modality.PAD).cpu(),
@@ -350,16 +350,6 @@ def to_graph(
     scores: Float[Tensor, " edge"] = out["scores"].float()
     meta = {**meta, "metric_clean": out["metric_clean"], "metric_corrupted": out["metric_corrupted"]}
     return Graph(nodes, src, dst, scores, out["node_scores"].float(), method, meta.pop("metric"), meta)
-
-
-def _cpu(x: Any) -> Any:
-    if torch.is_tensor(x):
-        return x.cpu()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_cpu(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _cpu(v) for k, v in x.items()}
-    return x
 
 
 __all__ = [

@@ -105,13 +105,14 @@ def head_path(model: HookedMLLM) -> str:
     )
 
 
-def _cpu(x: Any) -> Any:
+def to_cpu(x: Any) -> Any:
+    """Tensors moved to the CPU through tuples, lists and dicts (what a request ships)."""
     if torch.is_tensor(x):
         return x.cpu()
     if isinstance(x, (tuple, list)):
-        return type(x)(_cpu(v) for v in x)
+        return type(x)(to_cpu(v) for v in x)
     if isinstance(x, dict):
-        return {k: _cpu(v) for k, v in x.items()}
+        return {k: to_cpu(v) for k, v in x.items()}
     return x
 
 
@@ -143,11 +144,11 @@ def compile_plan(
                     f"attention knockout edits the attention mask, which {attn_implementation!r} attention does not "
                     "take as a tensor: load the model with attn_implementation='sdpa' or 'eager'."
                 )
-            merged.setdefault(site(model, e.hook, e.op[0]), []).append((k, _cpu(e.op)))
+            merged.setdefault(site(model, e.hook, e.op[0]), []).append((k, to_cpu(e.op)))
     plan: dict[str, Any] = {
         "copies": len(specs),
         "batch": batch.shape[0],
-        "inputs": _cpu(batch.model_inputs),
+        "inputs": to_cpu(batch.model_inputs),
         "sites": [(path, attr, merged[(order, path, attr)]) for order, path, attr in sorted(merged)],
         "reduce": reduce,
         "head": head_path(model) if reduce is not None and reduce[0] is not None else None,
@@ -162,7 +163,7 @@ def compile_plan(
         plan["sources"][name] = {
             "copies": 1,
             "batch": src.shape[0],
-            "inputs": _cpu(src.model_inputs),
+            "inputs": to_cpu(src.model_inputs),
             "sites": [],
             "capture": [(key, s[1], s[2]) for s, key in sorted(sites)],
             "reduce": "none",

@@ -218,7 +218,7 @@ def _clone(x):  # noqa: ANN001, ANN202
 def test_images_go_once_per_request_and_the_request_size_error_names_them(monkeypatch) -> None:  # noqa: ANN001
     model, backend, inputs, _ = setup("tiny-llava")
     # as for a model on a GPU, where each plan's .cpu() makes its own copy of the inputs
-    monkeypatch.setattr(compile_mod, "_cpu", lambda x, f=compile_mod._cpu: _clone(f(x)))
+    monkeypatch.setattr(compile_mod, "to_cpu", lambda x, f=compile_mod.to_cpu: _clone(f(x)))
     metric, configs = answer_logprob(model, inputs), _configs(model)[:8]
     nn_sweep = NNsightSweep(backend, remote="local", max_configs_per_request=8, configs_per_trace=2)
     batch = model.prepare(inputs)
