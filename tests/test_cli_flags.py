@@ -180,3 +180,14 @@ def test_demo_takes_layers_and_positions(env, capsys) -> None:  # noqa: ANN001
     assert "zero-ablate all MLP neurons at Text(), one layer at a time" in out
     rows = out.split("KL(clean || ablated) at the last token\n")[1].strip().splitlines()
     assert [r.split()[0] for r in rows] == ["1"]
+
+
+def test_progress_flags_show_or_hide_the_sweep_bar_for_this_command_only(env, tmp_path, capsys) -> None:  # noqa: ANN001
+    import hooks_mm.progress as progress
+
+    sweep(tmp_path / "on", "--layers", "1", "--neurons", "2", "--progress")
+    assert "\rsweep:" in capsys.readouterr().err  # the sweep's bar, although stderr is not a terminal here
+    sweep(tmp_path / "off", "--layers", "1", "--neurons", "2", "--no-progress")
+    assert "\rsweep:" not in capsys.readouterr().err
+    sweep(tmp_path / "auto", "--layers", "1", "--neurons", "2")  # the switch went back: automatic, off here
+    assert "\rsweep:" not in capsys.readouterr().err and progress.progress_bar([1], desc="x").disable

@@ -66,6 +66,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"torch CPU threads, or auto (default: $OMP_NUM_THREADS, else free CPUs, 1-{MAX_AUTO_THREADS})",
     )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show (--progress) or hide (--no-progress) progress bars (default: on a terminal only)",
+    )
 
 
 def _where_options(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ import torch
 from hooks_mm.cli.expressions import METRICS, metric_name, parse_metric, parse_selector
 from hooks_mm.cli.options import OptionError, auto_threads, check_indices, check_run_dir, clear_run_dir
 from hooks_mm.model import HookedMLLM
+from hooks_mm.progress import set_progress
 from hooks_mm.selectors import Image, Last, Selector, Text
 from hooks_mm.zoo import toy_image
 
@@ -253,10 +254,14 @@ def run(args: argparse.Namespace) -> int:
     threads, why = (args.threads, "--threads") if args.threads is not None else auto_threads()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    if args.progress is not None:  # --progress / --no-progress: every bar of this command
+        set_progress(args.progress)
     try:
         return _run(args, f"{threads} thread{'s' if threads > 1 else ''} ({why})")
     finally:
         torch.set_num_threads(before)
+        if args.progress is not None:
+            set_progress(None)
 
 
 def _run(args: argparse.Namespace, threads: str) -> int:
