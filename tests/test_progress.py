@@ -11,13 +11,13 @@ import torch
 from conftest import assert_clean, pair_for
 
 import hooks_mm.progress as prog
-from hooks_mm import Image
+from hooks_mm import After, Image
 from hooks_mm.analysis.alignment import pooled_by_modality
-from hooks_mm.analysis.erasure import accuracy, choice_score
+from hooks_mm.analysis.erasure import accuracy, choice_score, erasure_cost, skip_tradeoff
 from hooks_mm.analysis.neurons import activation_probabilities, neuron_masking_matrix
 from hooks_mm.analysis.weights import input_norms
 from hooks_mm.circuits.eap import eap_graph
-from hooks_mm.circuits.faithfulness import faithfulness_curve
+from hooks_mm.circuits.faithfulness import faithfulness, faithfulness_curve
 from hooks_mm.interventions import CentroidBank, NeuronMeans
 from hooks_mm.sweep import answer_logprob, single_neurons, sweep
 
@@ -74,7 +74,25 @@ def _calls(p):
         ("accuracy", lambda pr: torch.tensor(accuracy(model, [inputs], ans, choice_score([1, 2]), progress=pr))),
         ("eap_graph", lambda pr: eap_graph(model, inputs, corr, metric, method="eap-ig", steps=2, progress=pr).scores),
         ("faithfulness_curve", lambda pr: torch.tensor(_curve(model, inputs, corr, metric, pr).values)),
+        ("faithfulness controls", lambda pr: _faithfulness(model, inputs, corr, metric, pr)),
+        ("accuracy", lambda pr: torch.tensor([r["accuracy"] for r in _skip(model, inputs, ans, pr)])),
+        ("accuracy", lambda pr: torch.tensor(list(_erasure(model, inputs, ans, pr).values()))),
     ]
+
+
+def _faithfulness(model, inputs, corr, metric, pr):
+    g = eap_graph(model, inputs, corr, metric, progress=False)
+    return torch.tensor(faithfulness(model, g, inputs, corr, metric, k=2, n_random=2, progress=pr).random)
+
+
+def _skip(model, inputs, ans, pr):
+    return skip_tradeoff(model, [inputs], ans, choice_score([1, 2]), intervals=(1,), progress=pr)
+
+
+def _erasure(model, inputs, ans, pr):
+    text = CentroidBank.fit(model, [inputs], 0, After(Image()), k=2, progress=False)
+    visual = CentroidBank.fit(model, [inputs], 0, Image(), k=2, progress=False)
+    return erasure_cost(model, [inputs], ans, choice_score([1, 2]), text, visual, progress=pr)
 
 
 def _remote(model, inputs, metric, pr):

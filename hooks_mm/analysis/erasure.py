@@ -164,18 +164,24 @@ def erasure_cost(
     text_bank: CentroidBank,
     visual_bank: CentroidBank,
     a_interp: float = 0.0,
+    progress: bool | None = None,
 ) -> dict[str, float]:
     """Accuracy clean, with the text after the image erased, with the image span erased;
     cost = clean - erased (the paper: text erasure costs ~4x visual erasure).
 
     Every row must hold image positions and text after them (a row without them would cost
-    0 by construction), and each bank must have been fitted on the positions it erases.
+    0 by construction), and each bank must have been fitted on the positions it erases;
+    ``progress``: a bar per accuracy pass (None: automatic, :mod:`hooks_mm.progress`).
     """
     check_bank(text_bank, After(Image()), "text_bank")
     check_bank(visual_bank, Image(), "visual_bank")
-    clean = accuracy(model, batches, answers, score)
-    text = accuracy(model, batches, answers, score, CentroidReplacement(text_bank, After(Image()), a_interp))
-    visual = accuracy(model, batches, answers, score, CentroidReplacement(visual_bank, Image(), a_interp))
+    clean = accuracy(model, batches, answers, score, progress=progress)
+    text_spec, visual_spec = (
+        CentroidReplacement(text_bank, After(Image()), a_interp),
+        CentroidReplacement(visual_bank, Image(), a_interp),
+    )
+    text = accuracy(model, batches, answers, score, text_spec, progress=progress)
+    visual = accuracy(model, batches, answers, score, visual_spec, progress=progress)
     return {
         "clean": clean,
         "text_erased": text,
@@ -340,10 +346,12 @@ def skip_tradeoff(
     intervals: Sequence[int] = (1, 2, 4),
     start: int = 0,
     component: str = "mlp",
+    progress: bool | None = None,
 ) -> list[dict[str, float]]:
     """Accuracy vs compute when the FFN (or attention / block) is skipped for the image
     positions every ``interval`` layers from ``start`` (the implicit-alignment paper's
-    computation skipping). ``mlp_flops_saved`` = the fraction of all MLP FLOPs skipped."""
+    computation skipping). ``mlp_flops_saved`` = the fraction of all MLP FLOPs skipped;
+    ``progress``: a bar per accuracy pass (None: automatic, :mod:`hooks_mm.progress`)."""
     from hooks_mm.interventions import Skip, layer_window
 
     n = model.cfg.n_layers
@@ -355,13 +363,13 @@ def skip_tradeoff(
         {
             "interval": 0,
             "layers_skipped": 0,
-            "accuracy": accuracy(model, batches, answers, score),
+            "accuracy": accuracy(model, batches, answers, score, progress=progress),
             "mlp_flops_saved": 0.0,
         }
     ]
     for k in intervals:
         layers = layer_window(start, n, k)
-        acc = accuracy(model, batches, answers, score, Skip(layers, component, Image()))
+        acc = accuracy(model, batches, answers, score, Skip(layers, component, Image()), progress=progress)
         rows.append(
             {
                 "interval": k,

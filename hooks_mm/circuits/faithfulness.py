@@ -226,11 +226,18 @@ class Faithfulness:
 
 
 def _control(
-    ep: EdgePatcher, k: int, value: float, n_random: int, gen: torch.Generator, rule: str, connected: bool
+    ep: EdgePatcher,
+    k: int,
+    value: float,
+    n_random: int,
+    gen: torch.Generator,
+    rule: str,
+    connected: bool,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """The same selection rule applied to ``n_random`` random rankings: ``k`` random items (edge units or nodes)."""
     draws = []
-    for _ in range(n_random):
+    for _ in progress_bar(range(n_random), desc="faithfulness controls", unit="circuit", progress=progress):
         chosen = torch.randperm(n_items(ep.graph, ep.units, rule), generator=gen)[:k].tolist()
         draws.append(ep.faithfulness(circuit_of(ep.graph, chosen, ep.units, rule, connected)))
     r = torch.tensor(draws, dtype=torch.float64)
@@ -259,6 +266,7 @@ def faithfulness(
     n_random: int = 20,
     seed: int = 0,
     patcher: EdgePatcher | None = None,
+    progress: bool | None = None,
 ) -> Faithfulness:
     """Faithfulness of the circuit of ``graph``'s top ``k`` edges (or those above ``threshold``; ``rule`` and
     ``connected`` as in :func:`select_circuit`), with ``n_random`` random controls drawn with ``seed``: the same
@@ -270,16 +278,19 @@ def faithfulness(
         f = faithfulness(model, g, clean, corrupted, answer_logprob(model, clean), k=20)
         f.value, f.percentile, f.random_mean, f.random_interval
         faithfulness(model, g, clean, corrupted, metric, k=20, connected=True).k    # the edges that can matter
+
+    ``progress``: a bar over the random circuits (None: automatic, :mod:`hooks_mm.progress`).
     """
     _check_draws(n_random)
     check_rule(rule, connected)
+    check_progress(progress, "faithfulness")
     if patcher is not None and (patcher.graph is not graph or patcher.model is not model):
         raise ValueError("patcher= was made for another graph or model: pass the EdgePatcher of this graph and model.")
     ep = patcher or EdgePatcher(model, graph, clean, corrupted, metric)
     keep, n_chosen = select(graph, k, threshold, ep.units, rule, connected)
     value = ep.faithfulness(keep)
     gen = torch.Generator().manual_seed(seed)
-    ctl = _control(ep, n_chosen, value, n_random, gen, rule, connected)
+    ctl = _control(ep, n_chosen, value, n_random, gen, rule, connected, progress)
     m = value * (ep.m_clean - ep.m_corrupted) + ep.m_corrupted
     return Faithfulness(int(keep.sum()), value, m, ep.m_clean, ep.m_corrupted, **ctl)
 
@@ -321,9 +332,19 @@ def faithfulness_curve(
     rows = []
     for k in progress_bar(ks, desc="faithfulness_curve", unit="k", progress=progress):
         f = faithfulness(
-            model, graph, clean, corrupted, metric, k, rule=rule, connected=connected, n_random=n_random, seed=seed,
+            model,
+            graph,
+            clean,
+            corrupted,
+            metric,
+            k,
+            rule=rule,
+            connected=connected,
+            n_random=n_random,
+            seed=seed,
             patcher=ep,
-        )  # fmt: skip
+            progress=False,
+        )  # fmt: skip  (one bar: the curve's)
         rows.append(
             {
                 "k": k,
