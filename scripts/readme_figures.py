@@ -82,8 +82,8 @@ def circuit_figure(out: Path) -> Path:
     from hooks_mm.vis.graph import graph_figure
 
     model = HookedMLLM.from_pretrained("toy-llava")
-    qa = make_qa(8, split="test", seed=0, p_text=0.0, kind_weights={"colour": 1})
-    other = make_qa(8, split="test", seed=1, p_text=0.0, kind_weights={"colour": 1})
+    qa = make_qa(8, split="test", seed=0, p_text=0.0, kinds=("colour",))
+    other = make_qa(8, split="test", seed=1, p_text=0.0, kinds=("colour",))
     clean = model.prepare(encode(model, qa))
     corrupted = model.to_inputs([e.prompt for e in qa], images=[e.image for e in other])
     metric = answer_logprob(model, clean, answer_ids(model, qa))

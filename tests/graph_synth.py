@@ -84,8 +84,8 @@ def toy_llava_graph(n: int = 2):
     from hooks_mm.tasks.evaluate import answer_ids, encode
 
     model = HookedMLLM.from_pretrained("toy-llava")
-    qa = make_qa(n, split="test", seed=0, p_text=0.0, kind_weights={"colour": 1})
-    other = make_qa(n, split="test", seed=1, p_text=0.0, kind_weights={"colour": 1})
+    qa = make_qa(n, split="test", seed=0, p_text=0.0, kinds=("colour",))
+    other = make_qa(n, split="test", seed=1, p_text=0.0, kinds=("colour",))
     clean = model.prepare(encode(model, qa))
     corrupted = model.to_inputs([e.prompt for e in qa], images=[e.image for e in other])
     metric = answer_logprob(model, clean, answer_ids(model, qa))

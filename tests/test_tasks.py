@@ -162,3 +162,29 @@ def test_every_word_is_in_the_vocabulary() -> None:
     texts = [e.prompt + " " + e.answer for e in make_qa(300, "test")] + [e.answer for e in make_captions(50)]
     ids = tok([t.replace("<image>", "") for t in texts], add_special_tokens=False)["input_ids"]
     assert all(tok.unk_token_id not in row for row in ids)
+
+
+def test_kinds_restricts_every_question_and_leaves_the_default_stream_unchanged() -> None:
+    only = make_qa(60, "test", 0, kinds=("colour",))  # text-guessable ones too (p_text 0.25)
+    assert {e.kind for e in only} == {"colour"} and {e.needs_image for e in only} == {True, False}
+    two = make_qa(60, "test", 0, p_text=0.0, kinds=("count", "relation"))
+    assert {e.kind for e in two} == {"count", "relation"}
+    assert [e.prompt for e in make_qa(30, "test", 3)] == [e.prompt for e in make_qa(30, "test", 3, kinds=None)]
+    weighted = make_qa(80, "test", 0, p_text=0.0, kind_weights={"relation": 5.0}, kinds=("relation", "row"))
+    assert {e.kind for e in weighted} == {"relation", "row"}
+    assert sum(e.kind == "relation" for e in weighted) > sum(e.kind == "row" for e in weighted)
+
+
+@pytest.mark.parametrize(
+    "kw, err, match",
+    [
+        ({"kinds": "colour"}, TypeError, r"kinds=\('colour',\)"),
+        ({"kinds": ("color",)}, ValueError, "unknown question kinds"),
+        ({"kinds": ()}, ValueError, "at least one kind"),
+        ({"kinds": ("row",), "kind_weights": {"row": 0.0}}, ValueError, "weight 0"),
+        ({"kinds": ("count",), "p_text": 1.0}, ValueError, "text-guessable questions only"),
+    ],
+)
+def test_kinds_misuse(kw, err, match) -> None:  # noqa: ANN001
+    with pytest.raises(err, match=match):
+        make_qa(4, "test", 0, **kw)

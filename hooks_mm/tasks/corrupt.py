@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hooks_mm.tasks.shapes import COLOURS, KINDS, Example, Obj, make_qa
+from hooks_mm.tasks.shapes import COLOURS, Example, Obj, make_qa
 
 
 def colour_questions(n: int, split: str = "test", seed: int = 0, cell: tuple[int, int] | None = None) -> list[Example]:
@@ -30,10 +30,9 @@ def colour_questions(n: int, split: str = "test", seed: int = 0, cell: tuple[int
     """
     if cell is not None and not (isinstance(cell, tuple) and len(cell) == 2 and all(0 <= x < 3 for x in cell)):
         raise ValueError(f"cell={cell!r}: give (row, col) with row and col in 0..2, or None for any cell.")
-    only = {k: float(k == "colour") for k in KINDS}  # make_qa's default weight of an unnamed kind is 1, not 0
     out: list[Example] = []
     for tries in range(1, 65):
-        pool = make_qa(n * 8 * tries, split=split, seed=seed, p_text=0.0, kind_weights=only)  # type: ignore[arg-type]
+        pool = make_qa(n * 8 * tries, split=split, seed=seed, p_text=0.0, kinds=("colour",))  # type: ignore[arg-type]
         out = [e for e in pool if cell is None or (asked_object(e).row, asked_object(e).col) == cell][:n]
         if len(out) == n:
             return out

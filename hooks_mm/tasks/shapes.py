@@ -268,18 +268,31 @@ def make_qa(
     p_text: float = 0.25,
     per_scene: int = 1,
     kind_weights: dict[str, float] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> list[Example]:
     """``n`` question/answer examples, ``per_scene`` distinct questions per scene; a share
     ``p_text`` of them are text-guessable. The image-dependent ones draw their kind
-    uniformly from ``KINDS``, or by ``kind_weights`` (kind -> weight, default 1).
+    uniformly from ``KINDS``, or by ``kind_weights`` (kind -> weight; a kind it does not
+    name keeps weight 1, so ``{"colour": 1}`` is every kind). ``kinds``: only these kinds,
+    text-guessable questions included (e.g. ``kinds=("colour",)``: colour questions only).
 
     The prompt is ``"<image> [context] question"``; the context names a random subset of
     the objects (colour and shape, never the cell).
     """
-    unknown = set(kind_weights or ()) - set(KINDS)
+    if isinstance(kinds, str):
+        raise TypeError(f"kinds={kinds!r}: give a sequence of kinds, e.g. kinds=({kinds!r},).")
+    unknown = (set(kind_weights or ()) | set(kinds or ())) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown question kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    if kinds is not None and not kinds:
+        raise ValueError("kinds=(): name at least one kind, or pass None for every kind.")
     weights = [kind_weights.get(k, 1.0) for k in KINDS] if kind_weights else None
+    if kinds is not None:
+        weights = [w if k in kinds else 0.0 for k, w in zip(KINDS, weights or [1.0] * len(KINDS))]
+        if not any(weights):
+            raise ValueError(f"kind_weights give every kind in kinds={tuple(kinds)} weight 0: nothing to ask.")
+        if p_text >= 1.0 and not set(kinds) & {"colour", "shape", "exists"}:
+            raise ValueError(f"p_text=1 asks text-guessable questions only, and none is of kinds={tuple(kinds)}.")
     rng = random.Random(f"qa-{split}-{seed}")
     scenes = scene_stream(split, seed)
     out: list[Example] = []
@@ -291,6 +304,8 @@ def make_qa(
             needs_image = rng.random() >= p_text
             mentioned = [o for o in scene.objects if rng.random() < 0.5]
             qa = _ask(scene, mentioned, needs_image, rng, weights)
+            if qa is not None and kinds is not None and qa[0] not in kinds:
+                qa = None  # a text-guessable question of another kind
             if qa is not None and qa[1] not in asked:
                 kind, question, answer = qa
                 asked.add(question)
