@@ -4,6 +4,7 @@ the effect's interval lies beyond its control: random neurons of the same count 
 (>= 20 draws), or zero for a paired per-example difference.
 
     python -m hooks_mm.analysis.findings [--n 200] [--draws 20] [--seed 0]
+    python -m hooks_mm.analysis.findings --curves     # erasure per depth and K, TCCD per alpha, alignment per layer
 
 Example::
 
@@ -71,5 +72,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=200, help="calibration and held-out examples each")
     p.add_argument("--draws", type=int, default=20, help="random draws for each neuron control")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--curves", action="store_true", help="the curves (findings.curves) on toy-llava instead")
     args = p.parse_args(argv)
+    if args.curves:
+        from hooks_mm.analysis.findings.curves import alignment_by_layer, erasure_by_depth, tccd_by_alpha
+
+        model = HookedMLLM.from_pretrained("toy-llava")
+        for curve in (erasure_by_depth, tccd_by_alpha, alignment_by_layer):
+            print(f"\n{curve.__name__} (toy-llava, n={args.n} held out; value [95 % interval]):")
+            print(curve(model, n=args.n, seed=args.seed).to_string(index=False, float_format="{:.3g}".format))
+        return
     print(markdown(findings(args.n, args.draws, args.seed)))
