@@ -180,6 +180,7 @@ def run_stage(
     log_every: int = 200,
     on_log: Callable[[], str] | None = None,
     lr_scales: dict[str, float] = {},
+    after_step: Callable[[], None] | None = None,
 ) -> None:
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -203,6 +204,8 @@ def run_stage(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if after_step is not None:
+            after_step()
         if log_every and (step % log_every == 0 or step == stage.steps - 1):
             extra = ""
             if on_log is not None:
@@ -224,6 +227,8 @@ def train(
     log_every: int = 200,
     eval_every_log: bool = False,
     base: str | None = None,
+    checkpoint_every: int = 0,
+    checkpoints: str | None = None,
 ) -> TrainResult:
     """Train organism ``name`` and save it into ``out`` (default: the package).
 
@@ -231,6 +236,9 @@ def train(
     weights: from the directory ``base`` if given, else the shipped ones. ``steps`` /
     ``n_scenes`` shrink a run (every stage gets at most ``steps`` steps), for quick
     reproducibility checks; the shipped organisms use the recipe's values.
+    ``checkpoint_every`` > 0 saves the model every that many steps (counted over all stages)
+    into ``checkpoints/step-<N>/`` (default: ``<out>-checkpoints``), with its step and
+    weights hash; saving draws no random numbers, so the final weights are the same.
     """
     organism: Organism = get(name)
     torch.set_num_threads(threads)
@@ -263,6 +271,15 @@ def train(
     tok = getattr(processor, "tokenizer", processor)
     monitor = make_qa(200, "test", seed + 1)
     on_log = (lambda: _quick_accuracy(model, monitor)) if eval_every_log else None
+    where = checkpoints or f"{(out or organism.path).rstrip('/')}-checkpoints"
+    done = [0]
+
+    def after_step() -> None:
+        done[0] += 1
+        if checkpoint_every and done[0] % checkpoint_every == 0:
+            log = dict(name=name, seed=seed, step=done[0], threads=threads, sha256=weights_hash(hf_model))
+            save(hf_model, processor, os.path.join(where, f"step-{done[0]}"), log)
+
     for i, stage in enumerate(stages):
         print(f"{name}: stage {i + 1}/{len(stages)} {stage}", flush=True)
         run_stage(
@@ -276,6 +293,7 @@ def train(
             log_every,
             on_log,
             organism.lr_scales,
+            after_step,
         )
     seconds = time.perf_counter() - start
     sha = weights_hash(hf_model)
@@ -338,9 +356,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the weights hash depends on it)")
     p.add_argument("--monitor", action="store_true", help="print held-out accuracy at every log line")
     p.add_argument("--base", default=None, help="directory of the base organism's weights (default: the shipped ones)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="save the model every N steps (over all stages)")
+    p.add_argument("--checkpoints", default=None, help="where the checkpoints go (default: OUT-checkpoints)")
     args = p.parse_args(argv)
+    if args.checkpoint_every < 0:
+        p.error(f"--checkpoint-every must be >= 0 (0: none), got {args.checkpoint_every}")
     result = train(
-        args.name, args.seed, args.out, args.steps, threads=args.threads, eval_every_log=args.monitor, base=args.base
+        args.name,
+        args.seed,
+        args.out,
+        args.steps,
+        threads=args.threads,
+        eval_every_log=args.monitor,
+        base=args.base,
+        checkpoint_every=args.checkpoint_every,
+        checkpoints=args.checkpoints,
     )
     print(f"trained {args.name} (seed {args.seed}) in {result.seconds:.0f} s on {args.threads} threads")
     print(f"weights sha256 {result.sha256}")

@@ -82,7 +82,20 @@ def _vocab_size(tokenizer: Any) -> int:
     return (len(tokenizer) + 7) // 8 * 8
 
 
-def _llama_config(tokenizer: Any, **extra: Any) -> Any:
+# The larger language model: separating the findings from their controls (README) was the
+# reason for it.
+LARGE = dict(
+    TEXT,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    initializer_range=0.0625,
+)
+
+
+def _llama_config(tokenizer: Any, text: dict[str, Any] = TEXT, **extra: Any) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -90,13 +103,14 @@ def _llama_config(tokenizer: Any, **extra: Any) -> Any:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **TEXT,
+        **text,
         **extra,
     )
 
 
-def build_toy_llava(seed: int = 0) -> tuple[Any, Any]:
-    """Untrained toy-llava and its LlavaProcessor (48 px images, 16 px patches: 3 x 3)."""
+def build_toy_llava(seed: int = 0, text: dict[str, Any] = TEXT) -> tuple[Any, Any]:
+    """Untrained toy-llava and its LlavaProcessor (48 px images, 16 px patches: 3 x 3);
+    ``text`` sets the language model's size (``LARGE`` for ``toy-llava-large``)."""
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from hooks_mm.zoo.llava import build_llava_processor
@@ -113,7 +127,7 @@ def build_toy_llava(seed: int = 0) -> tuple[Any, Any]:
         projection_dim=64,
     )
     config = LlavaConfig(
-        text_config=_llama_config(tok),
+        text_config=_llama_config(tok, text),
         vision_config=vision,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_seq_length=GRID * GRID,
@@ -125,7 +139,7 @@ def build_toy_llava(seed: int = 0) -> tuple[Any, Any]:
     return LlavaForConditionalGeneration(config).float(), processor
 
 
-def build_toy_anygpt(seed: int = 0) -> tuple[Any, Any]:
+def build_toy_anygpt(seed: int = 0, text: dict[str, Any] = TEXT) -> tuple[Any, Any]:
     """Untrained toy-anygpt and its CodebookProcessor (a 3 x 3 grid of cell codes)."""
     from transformers import LlamaForCausalLM
 
@@ -140,6 +154,7 @@ def build_toy_anygpt(seed: int = 0) -> tuple[Any, Any]:
     first = processor.code_ids[0]
     config = _llama_config(
         tok,
+        text,
         modality_token_ranges={"image": [first, first + len(codes)]},
         modality_grids={"image": [GRID, GRID]},
         modality_special_ids=[processor.soi, processor.eoi],
@@ -164,8 +179,16 @@ ORGANISMS: dict[str, Organism] = {
     o.name: o
     for o in (
         Organism("toy-llava", build_toy_llava, LLAVA),
+        Organism("toy-llava-large", lambda seed: build_toy_llava(seed, LARGE), LLAVA),
         Organism("toy-anygpt", build_toy_anygpt, PAIRED),
         Organism("toy-anygpt-monotune", build_toy_anygpt, (MONOTUNE,), base="toy-anygpt"),
+        Organism("toy-anygpt-large", lambda seed: build_toy_anygpt(seed, LARGE), PAIRED),
+        Organism(
+            "toy-anygpt-large-monotune",
+            lambda seed: build_toy_anygpt(seed, LARGE),
+            (MONOTUNE,),
+            base="toy-anygpt-large",
+        ),
     )
 }
 
