@@ -3,7 +3,7 @@ held-out split (test), a bootstrap interval over held-out examples, and a verdic
 the effect's interval lies beyond its control: random neurons of the same count in the same layers
 (>= 20 draws), or zero for a paired per-example difference.
 
-    python -m hooks_mm.analysis.findings [--n 200] [--draws 20] [--seed 0]
+    python -m hooks_mm.analysis.findings [--n 200] [--draws 20] [--seed 0] [--size small|large]
     python -m hooks_mm.analysis.findings --curves     # erasure per depth and K, TCCD per alpha, alignment per layer
 
 Example::
@@ -37,31 +37,46 @@ __all__ = [
     "masking",
     "neuron_ablation",
     "norms",
+    "organisms",
     "row_nll",
     "select",
     "tccd_gain",
 ]
 
-ORGANISMS = ("toy-llava", "toy-anygpt", "toy-anygpt-monotune")
+# the organisms of each size: (llava-style, anygpt paired, anygpt after the unimodal stage)
+SIZES = {
+    "small": ("toy-llava", "toy-anygpt", "toy-anygpt-monotune"),
+    "large": ("toy-llava-large", "toy-anygpt-large", "toy-anygpt-large-monotune"),
+}
+
+
+def organisms(size: str) -> tuple[str, str, str]:
+    """The organisms the findings run on at ``size`` ("small": 3 blocks, d 128; "large": 6 blocks, d 256)."""
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: give one of {sorted(SIZES)}.")
+    return SIZES[size]
 
 
 def findings(
-    n: int = 200, draws: int = 20, seed: int = 0, models: dict[str, HookedMLLM] | None = None
+    n: int = 200, draws: int = 20, seed: int = 0, models: dict[str, HookedMLLM] | None = None, size: str = "small"
 ) -> list[Finding]:
-    """Every controlled finding (module docstring), organisms loaded once each or taken from ``models``."""
+    """Every controlled finding (module docstring) on the organisms of ``size``, each loaded once or taken
+    from ``models`` (name -> model)."""
+    names = organisms(size)
     models = dict(models or {})
-    for name in ORGANISMS:
+    for name in names:
         if name not in models:
             models[name] = HookedMLLM.from_pretrained(name)
-    llava, anygpt = models["toy-llava"], models["toy-anygpt"]
+    ln, an, mn = names
+    llava, anygpt = models[ln], models[an]
     return [
-        erasure(llava, n, seed=seed),
-        tccd_gain(llava, n, seed=seed),
-        bias(anygpt, models["toy-anygpt-monotune"], n, seed),
-        *(neuron_ablation(llava, "image", s, n, draws, seed) for s in ("lape", "top5")),
-        *(masking(anygpt, "image", s, n, draws, seed) for s in ("lape", "top2")),
-        alignment(llava, n, seed),
-        norms(llava, n, seed),
+        erasure(llava, n, seed=seed, name=ln),
+        tccd_gain(llava, n, seed=seed, name=ln),
+        bias(anygpt, models[mn], n, seed, names=(an.removeprefix("toy-anygpt"), mn.removeprefix("toy-anygpt"))),
+        *(neuron_ablation(llava, "image", s, n, draws, seed, name=ln) for s in ("lape", "top5")),
+        *(masking(anygpt, "image", s, n, draws, seed, name=an) for s in ("lape", "top2")),
+        alignment(llava, n, seed, name=ln),
+        norms(llava, n, seed, name=ln),
     ]
 
 
@@ -73,13 +88,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--draws", type=int, default=20, help="random draws for each neuron control")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curves", action="store_true", help="the curves (findings.curves) on toy-llava instead")
+    p.add_argument(
+        "--size", choices=sorted(SIZES), default="small", help="small (3 blocks) or large (6 blocks) organisms"
+    )
     args = p.parse_args(argv)
     if args.curves:
         from hooks_mm.analysis.findings.curves import alignment_by_layer, erasure_by_depth, tccd_by_alpha
 
-        model = HookedMLLM.from_pretrained("toy-llava")
+        llava = organisms(args.size)[0]
+        model = HookedMLLM.from_pretrained(llava)
         for curve in (erasure_by_depth, tccd_by_alpha, alignment_by_layer):
-            print(f"\n{curve.__name__} (toy-llava, n={args.n} held out; value [95 % interval]):")
+            print(f"\n{curve.__name__} ({llava}, n={args.n} held out; value [95 % interval]):")
             print(curve(model, n=args.n, seed=args.seed).to_string(index=False, float_format="{:.3g}".format))
         return
-    print(markdown(findings(args.n, args.draws, args.seed)))
+    print(markdown(findings(args.n, args.draws, args.seed, size=args.size)))
