@@ -196,3 +196,12 @@ def test_masking_measures_against_random_neurons(anygpt) -> None:  # noqa: ANN00
     assert math.isfinite(f.details["other_increase"])
     with pytest.raises(ValueError, match="modality="):
         masking(anygpt[0], "audio", n=12)
+
+
+def test_findings_sizes_name_their_organisms_and_refuse_unknown_ones() -> None:
+    from hooks_mm.analysis.findings import SIZES, findings, organisms
+
+    assert organisms("small") == ("toy-llava", "toy-anygpt", "toy-anygpt-monotune")
+    assert all(name in ORGANISMS for names in SIZES.values() for name in names)
+    with pytest.raises(ValueError, match="size='huge': give one of"):
+        findings(n=10, size="huge")  # refused before any model loads

@@ -24,6 +24,7 @@ from hooks_mm.model import HookedMLLM
 
 __all__ = [
     "HEADER",
+    "SIZES",
     "Finding",
     "ablation_drop",
     "alignment",
