@@ -13,6 +13,7 @@ Example::
 
 from hooks_mm.vis.circuits import attention_heads, attention_pattern, colored_tokens, neuron_activations, topk_tokens
 from hooks_mm.vis.common import str_tokens
+from hooks_mm.vis.findings import curve_figure, finding_figure  # issue 19
 from hooks_mm.vis.graph import GraphHTML, graph_figure, graph_html  # issue 18
 from hooks_mm.vis.heatmap import PatchHeatmapHTML, patch_heatmap, patch_heatmap_html
 from hooks_mm.vis.html import Vis, page
@@ -67,4 +68,7 @@ __all__ = [
     "GraphHTML",
     "graph_figure",
     "graph_html",
+    # issue 19: findings with their controls beside them, and the findings' curves with their intervals
+    "curve_figure",
+    "finding_figure",
 ]
