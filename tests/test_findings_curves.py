@@ -46,3 +46,30 @@ def test_alignment_by_layer_meets_the_alignment_finding_at_its_layer(toy: Hooked
     row = t[t.layer == int(f.details["layer"])].iloc[0]
     assert row.gap == pytest.approx(f.verdict.effect.value, abs=1e-6)
     assert row.cross == pytest.approx(f.details["cos_image_text"], abs=1e-6)
+
+
+def test_a_bank_with_a_centroid_per_distinct_state_warns_and_the_curve_marks_it(toy: HookedMLLM) -> None:
+    """At block 0's input the text after the image is the token embeddings: few distinct states, so a bank
+    of that many centroids erases nothing; the bank says so, and the curve's row names it."""
+    import warnings
+
+    from hooks_mm import After, Image
+    from hooks_mm.analysis.findings import batches
+    from hooks_mm.interventions import CentroidBank
+    from hooks_mm.tasks.shapes import make_qa
+
+    fit = batches(toy, make_qa(48, "train", 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = CentroidBank.fit(toy, fit, layer=0, positions=After(Image()), k=1)
+    distinct = probe.meta["n_distinct"]
+    assert 1 < distinct < 200
+    with pytest.warns(UserWarning, match=f"{distinct} distinct states .* erases nothing"):
+        CentroidBank.fit(toy, fit, layer=0, positions=After(Image()), k=distinct)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one fewer centroid: something is erased, no warning
+        CentroidBank.fit(toy, fit, layer=0, positions=After(Image()), k=distinct - 1)
+    t = erasure_by_depth(toy, n=12, ks=(distinct, 1))
+    first = t[(t.site == "blocks.0.hook_resid_pre") & (t.k == distinct)].iloc[0]
+    assert "text" in first.erases_nothing.split(",") and first.text_cost == 0
+    assert (t[t.k == 1].erases_nothing == "").all()

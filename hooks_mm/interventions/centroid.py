@@ -167,7 +167,17 @@ class CentroidBank:
                 f"CentroidBank.fit: {x.shape[0]} vectors at {positions!r} for k={k} centroids; "
                 "give more data or lower k."
             )
-        km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed).fit(x.numpy())
+        n_distinct = int(torch.unique(x, dim=0).shape[0])
+        if n_distinct <= k:
+            warnings.warn(
+                f"CentroidBank.fit: {n_distinct} distinct states at {positions!r} for k={k} centroids, so each "
+                "state is its own centroid and replacing a state by its nearest centroid erases nothing (a cost "
+                f"of 0 by construction, not a finding): lower k below {n_distinct} (k=1 is the mean).",
+                stacklevel=2,
+            )
+        with warnings.catch_warnings():  # said above, in the bank's terms
+            warnings.filterwarnings("ignore", message="Number of distinct clusters")
+            km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed).fit(x.numpy())
         meta = {
             **identity(model),
             "positions": positions.to_dict(),
@@ -175,6 +185,7 @@ class CentroidBank:
             "seed": seed,
             "n_iter": n_iter,
             "n_tokens": int(x.shape[0]),
+            "n_distinct": n_distinct,
             "inertia": float(km.inertia_),
         }
         return cls(torch.from_numpy(np.asarray(km.cluster_centers_, dtype=np.float32)), layer, hook, meta)

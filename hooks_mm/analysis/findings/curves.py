@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import pandas as pd
@@ -36,7 +37,9 @@ def erasure_by_depth(
     model: HookedMLLM, n: int = 200, ks: Sequence[int] = (256, 64, 1), seed: int = 0, progress: bool | None = False
 ) -> pd.DataFrame:
     """Text and visual erasure cost at the input of every block that can still reach the answer, for each K
-    in ``ks`` (K = 1: every position replaced by the bank's mean, the information-removed control). Banks
+    in ``ks`` (K = 1: every position replaced by the bank's mean, the information-removed control);
+    ``erases_nothing`` names the banks with at least as many centroids as distinct states (their cost is 0
+    by construction). Banks
     are fitted on ``4 n`` training-split prompts; costs and their paired difference (text - visual) are
     measured on ``n`` held-out image questions, each with a 95 % interval over examples.
 
@@ -53,9 +56,12 @@ def erasure_by_depth(
     rows = []
     for layer in range(model.cfg.n_layers):
         for k in ks:
-            cost = {}
+            cost, inert = {}, {}
             for name, pos in (("text", After(Image())), ("visual", Image())):
-                bank = CentroidBank.fit(model, fit, layer=layer, positions=pos, k=k, progress=progress)
+                with warnings.catch_warnings():  # recorded in the row instead
+                    warnings.filterwarnings("ignore", message="CentroidBank.fit: .* distinct states")
+                    bank = CentroidBank.fit(model, fit, layer=layer, positions=pos, k=k, progress=progress)
+                inert[name] = bank.meta["n_distinct"] <= k
                 erased = accuracy(model, qa, answers, score, CentroidReplacement(bank, pos), per_example=True)
                 cost[name] = clean - erased
             rows.append(
@@ -66,6 +72,7 @@ def erasure_by_depth(
                     **_cols("text_cost", bootstrap(cost["text"], seed=seed)),
                     **_cols("visual_cost", bootstrap(cost["visual"], seed=seed)),
                     **_cols("gap", bootstrap(cost["text"] - cost["visual"], seed=seed)),
+                    "erases_nothing": ",".join(n for n, v in inert.items() if v),  # k >= distinct states
                 }
             )
     return pd.DataFrame(rows)
