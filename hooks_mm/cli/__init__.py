@@ -6,7 +6,8 @@
     hooks-mm report RUN_DIR    one self-contained offline HTML page for a run directory
 
 MODEL is a hub id, a local directory, or a built-in name: a trained organism (toy-llava,
-toy-anygpt, toy-anygpt-monotune; default toy-llava) or tiny-<family> (random weights).
+toy-anygpt, toy-anygpt-monotune, their -large versions; default toy-llava) or tiny-<family>
+(random weights).
 On an organism the example batch is held-out questions of its shapes task.
 `hooks-mm COMMAND --help` lists a command's options.
 """

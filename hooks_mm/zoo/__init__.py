@@ -141,7 +141,8 @@ def resolve(name_or_path: str) -> str:
     """A built-in name becomes a local directory; others pass through.
 
     ``tiny-<family>``: random weights, saved once under :func:`cache_dir`. ``toy-llava``,
-    ``toy-anygpt``, ``toy-anygpt-monotune``: the trained organisms shipped in the package.
+    ``toy-anygpt``, ``toy-anygpt-monotune`` and their ``-large`` versions: the trained organisms
+    shipped in the package.
     """
     from hooks_mm.zoo.organisms import ORGANISMS
 

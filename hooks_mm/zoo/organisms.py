@@ -14,6 +14,9 @@ Each organism is a real Hugging Face class with its processor, and a training re
   image -> answers / caption (loss on the text) and caption -> image (loss on the codes).
 - ``toy-anygpt-monotune``: ``toy-anygpt``'s trained weights, then a short unimodal stage on
   image-only sequences (with some paired data replayed).
+- ``toy-llava-large``, ``toy-anygpt-large``, ``toy-anygpt-large-monotune``: the same recipes with
+  a language model of 6 blocks, d 256 (``LARGE``), to test whether the findings separate from
+  their controls in a larger model.
 
 Example::
 
