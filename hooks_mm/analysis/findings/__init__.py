@@ -18,11 +18,19 @@ from typing import Sequence
 
 from hooks_mm.analysis.findings.anygpt import bias, log_bias
 from hooks_mm.analysis.findings.common import HEADER, Finding, batches, image_questions, markdown
+
+# i19-flow: attention flow per layer and knockout per window, with controls (findings/flow.py)
+from hooks_mm.analysis.findings.flow import attention_knockout, flow_by_layer, knockout_by_window
 from hooks_mm.analysis.findings.llava import alignment, erasure, norms, tccd_gain
 from hooks_mm.analysis.findings.neurons import ablation_drop, masking, neuron_ablation, row_nll, select
 from hooks_mm.model import HookedMLLM
 
 __all__ = [
+    # i19-flow
+    "attention_knockout",
+    "flow_by_layer",
+    "knockout_by_window",
+    # (the rest)
     "HEADER",
     "SIZES",
     "Finding",
@@ -101,5 +109,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for curve in (erasure_by_depth, tccd_by_alpha, alignment_by_layer):
             print(f"\n{curve.__name__} ({llava}, n={args.n} held out; value [95 % interval]):")
             print(curve(model, n=args.n, seed=args.seed).to_string(index=False, float_format="{:.3g}".format))
+        # i19-flow: attention flow per layer, knockout per window against random non-image keys
+        print(f"\nflow_by_layer (toy-llava, n={args.n} held out; value [95 % interval]):")
+        print(flow_by_layer(model, n=args.n, seed=args.seed).to_string(index=False, float_format="{:.3g}".format))
+        print(f"\nknockout_by_window (toy-llava, n={args.n} held out, {args.draws} control draws):")
+        table = knockout_by_window(model, n=args.n, draws=args.draws, seed=args.seed)
+        print(table.to_string(index=False, float_format="{:.3g}".format))
         return
     print(markdown(findings(args.n, args.draws, args.seed, size=args.size)))
