@@ -86,6 +86,7 @@ def findings(
         *(masking(anygpt, "image", s, n, draws, seed, name=an) for s in ("lape", "top2")),
         alignment(llava, n, seed, name=ln),
         norms(llava, n, seed, name=ln),
+        *(attention_knockout(llava, n, draws, seed, edge=e, name=ln) for e in ("last->image", "question->image")),
     ]
 
 
