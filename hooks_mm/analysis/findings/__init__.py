@@ -22,6 +22,10 @@ from hooks_mm.analysis.findings.llava import alignment, erasure, norms, tccd_gai
 from hooks_mm.analysis.findings.neurons import ablation_drop, masking, neuron_ablation, row_nll, select
 from hooks_mm.model import HookedMLLM
 
+# isort: split
+# i19-clean: the masking matrix's other cells (masking(model, "text", ...) is the text diagonal)
+from hooks_mm.analysis.findings.neurons import caption_neurons, masking_specificity, nll_increase
+
 __all__ = [
     "HEADER",
     "Finding",
@@ -41,6 +45,7 @@ __all__ = [
     "select",
     "tccd_gain",
 ]
+__all__ += ["caption_neurons", "masking_specificity", "nll_increase"]  # i19-clean
 
 ORGANISMS = ("toy-llava", "toy-anygpt", "toy-anygpt-monotune")
 
