@@ -139,9 +139,7 @@ def caption_neurons(
     model: HookedMLLM, masked: str, selector: Selector, n: int, seed: int, name: str
 ) -> tuple[list[tuple[int, int]], list[Any]]:
     """The ``masked``-specific neurons selected on ``n`` training-split captioning sequences, and ``n``
-    held-out (test split) ones in batches."""
-    if masked not in OTHER:
-        raise ValueError(f"masked modality={masked!r}: give 'image' or 'text' (the modality whose neurons to mask).")
+    held-out (test split) ones in batches (``select`` refuses a modality other than image / text)."""
     neurons = select(model, batches(model, make_captions(n, "train", seed), answers=True), masked, selector)
     if not neurons:
         raise ValueError(f"{LABELS[selector]} selected no {masked} neurons in {name}: try selector='top2'.")
