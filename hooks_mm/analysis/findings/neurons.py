@@ -1,5 +1,6 @@
 """Findings about modality-specific neurons, each against random neurons of the same count in the same
-layers: ablating them on toy-llava's image questions, masking them on toy-anygpt's captions."""
+layers: ablating them on toy-llava's image questions, masking them on toy-anygpt's captions (each cell of the
+masking matrix: :func:`masking` for the diagonal, :func:`masking_specificity` for a row's own - other increase)."""
 
 from __future__ import annotations
 
@@ -139,7 +140,13 @@ def caption_neurons(
     model: HookedMLLM, masked: str, selector: Selector, n: int, seed: int, name: str
 ) -> tuple[list[tuple[int, int]], list[Any]]:
     """The ``masked``-specific neurons selected on ``n`` training-split captioning sequences, and ``n``
-    held-out (test split) ones in batches (``select`` refuses a modality other than image / text)."""
+    held-out (test split) ones in batches (``select`` refuses a modality other than image / text).
+
+    Example::
+
+        neurons, held_out = caption_neurons(model, "text", "top2", n=200, seed=0, name="toy-anygpt")
+        nll_increase(model, held_out, "text", neurons)          # per held-out caption
+    """
     neurons = select(model, batches(model, make_captions(n, "train", seed), answers=True), masked, selector)
     if not neurons:
         raise ValueError(f"{LABELS[selector]} selected no {masked} neurons in {name}: try selector='top2'.")
