@@ -205,3 +205,14 @@ def test_findings_sizes_name_their_organisms_and_refuse_unknown_ones() -> None:
     assert all(name in ORGANISMS for names in SIZES.values() for name in names)
     with pytest.raises(ValueError, match="size='huge': give one of"):
         findings(n=10, size="huge")  # refused before any model loads
+
+
+def test_erasure_finding_fits_its_banks_at_the_protocol_depths(toy: HookedMLLM) -> None:
+    """(From the retired scripts/findings.py test.) The erasure finding banks the text after the image at the input
+    of block floor(0.4 n + 1/2) and the image at floor(0.5 n + 1/2) (3 blocks: 1 and 2), and its costs are clean
+    accuracy minus erased accuracy."""
+    e = erasure(toy, n=12, k=8)
+    n = toy.cfg.n_layers
+    depths = (math.floor(0.4 * n + 0.5), math.floor(0.5 * n + 0.5))
+    assert (e.details["text_layer"], e.details["visual_layer"]) == depths == (1, 2)
+    assert 0 <= e.details["clean"] <= 1 and e.details["clean"] - 1 <= e.details["text_cost"] <= e.details["clean"]

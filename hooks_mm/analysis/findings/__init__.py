@@ -25,6 +25,10 @@ from hooks_mm.analysis.findings.llava import alignment, erasure, norms, tccd_gai
 from hooks_mm.analysis.findings.neurons import ablation_drop, masking, neuron_ablation, row_nll, select
 from hooks_mm.model import HookedMLLM
 
+# isort: split
+# i19-clean: the masking matrix's other cells (masking(model, "text", ...) is the text diagonal)
+from hooks_mm.analysis.findings.neurons import caption_neurons, masking_specificity, nll_increase
+
 __all__ = [
     # i19-flow
     "attention_knockout",
@@ -51,6 +55,7 @@ __all__ = [
     "select",
     "tccd_gain",
 ]
+__all__ += ["caption_neurons", "masking_specificity", "nll_increase"]  # i19-clean
 
 # the organisms of each size: (llava-style, anygpt paired, anygpt after the unimodal stage)
 SIZES = {
@@ -84,6 +89,12 @@ def findings(
         bias(anygpt, models[mn], n, seed, names=(an.removeprefix("toy-anygpt"), mn.removeprefix("toy-anygpt"))),
         *(neuron_ablation(llava, "image", s, n, draws, seed, name=ln) for s in ("lape", "top5")),
         *(masking(anygpt, "image", s, n, draws, seed, name=an) for s in ("lape", "top2")),
+        *(masking(anygpt, "text", s, n, draws, seed, name=an) for s in ("lape", "top2")),
+        *(
+            masking_specificity(anygpt, m, s, n, draws, seed, name=an)
+            for m in ("image", "text")
+            for s in ("lape", "top2")
+        ),
         alignment(llava, n, seed, name=ln),
         norms(llava, n, seed, name=ln),
         *(attention_knockout(llava, n, draws, seed, edge=e, name=ln) for e in ("last->image", "question->image")),
