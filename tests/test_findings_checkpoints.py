@@ -22,6 +22,7 @@ from scipy import stats as sps
 from hooks_mm import HookedMLLM
 from hooks_mm.analysis.findings import alignment, bias
 from hooks_mm.analysis.findings.checkpoints import (
+    alignment_and_accuracy,
     alignment_vs_accuracy,
     bias_over_checkpoints,
     checkpoint_correlations,
@@ -143,6 +144,21 @@ def test_alignment_vs_accuracy_meets_the_alignment_finding_and_a_bare_forward(ru
     assert (first.x, first.y, first.method) == ("alignment", "accuracy", "spearman")
     if not math.isnan(first.value):
         assert first.value == pytest.approx(sps.spearmanr(table.alignment, table.accuracy).statistic, abs=1e-9)
+
+
+@torch.no_grad()
+def test_accuracy_is_held_out_and_matches_a_bare_forward_on_a_trained_organism() -> None:
+    model = HookedMLLM.from_pretrained("toy-llava")  # trained: accuracies differ between question sets
+    n = 40
+    row = alignment_and_accuracy(model, n=n, seed=3)
+    qa = [e for e in make_qa(3 * n, "test", 3) if e.needs_image][:n]
+    logits = model.hf_model(**encode(model, qa)).logits[:, -1, word_ids(model, ANSWERS)]
+    correct = (logits.argmax(-1) == torch.tensor([ANSWERS.index(e.answer) for e in qa])).double()
+    assert row["accuracy"] == pytest.approx(float(correct.mean()), abs=1e-12) and row["accuracy"] > 0.5
+    assert row["accuracy_lo"] < row["accuracy"] <= row["accuracy_hi"]
+    f = alignment(model, n=n, seed=3)
+    assert row["layer"] == f.details["layer"]
+    assert row["alignment"] == pytest.approx(f.details["cos_image_text"], abs=1e-6)
 
 
 def _partial_by_regression(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:

@@ -366,6 +366,29 @@ def checkpoint_correlations(
 
 
 @torch.no_grad()
+def alignment_and_accuracy(model: HookedMLLM, n: int = 200, seed: int = 0) -> dict[str, float]:
+    """One checkpoint's row of :func:`alignment_vs_accuracy`: the layer, the alignment score, the image-image
+    control, their difference (``alignment_adj``) and the accuracy on ``n`` held-out image-dependent questions
+    (argmax over the answer words), each a mean over examples with its 95 % interval (``_lo``, ``_hi``).
+
+    Example::
+
+        alignment_and_accuracy(HookedMLLM.from_pretrained("toy-llava"), n=200)["accuracy"]
+    """
+    check_sizes(n)
+    layer, cross, same = alignment_cosines(model, n, seed)
+    qa, answers = image_questions(model, n, "test", seed)
+    correct = accuracy(model, qa, answers, choice_score(word_ids(model, ANSWERS).tolist()), per_example=True)
+    return {
+        "layer": layer,
+        **_cols("alignment", bootstrap(cross, seed=seed)),
+        **_cols("image_image", bootstrap(same, seed=seed)),
+        **_cols("alignment_adj", bootstrap(cross - same, seed=seed)),
+        **_cols("accuracy", bootstrap(correct, seed=seed)),
+    }
+
+
+@torch.no_grad()
 def alignment_vs_accuracy(
     dirs: Sequence[str], n: int = 200, seed: int = 0, n_boot: int = 2000
 ) -> tuple[pd.DataFrame, Correlations]:
@@ -388,22 +411,7 @@ def alignment_vs_accuracy(
             f"a correlation across checkpoints needs >= 3 checkpoints (got {len(cps)}): save more "
             "(a smaller --checkpoint-every) or give more directories."
         )
-    rows = []
-    for c in cps:
-        model = HookedMLLM.from_pretrained(c.path)
-        layer, cross, same = alignment_cosines(model, n, seed)
-        qa, answers = image_questions(model, n, "test", seed)
-        correct = accuracy(model, qa, answers, choice_score(word_ids(model, ANSWERS).tolist()), per_example=True)
-        rows.append(
-            {
-                **_where(c),
-                "layer": layer,
-                **_cols("alignment", bootstrap(cross, seed=seed)),
-                **_cols("image_image", bootstrap(same, seed=seed)),
-                **_cols("alignment_adj", bootstrap(cross - same, seed=seed)),
-                **_cols("accuracy", bootstrap(correct, seed=seed)),
-            }
-        )
+    rows = [{**_where(c), **alignment_and_accuracy(HookedMLLM.from_pretrained(c.path), n, seed)} for c in cps]
     table = pd.DataFrame(rows)
     main = checkpoint_correlations(table, "alignment", seed, n_boot)
     adj = checkpoint_correlations(table, "alignment_adj", seed, n_boot)
