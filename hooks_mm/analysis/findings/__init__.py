@@ -47,6 +47,7 @@ __all__ = [
 from hooks_mm.analysis.findings.checkpoints import (  # noqa: E402
     Checkpoint,
     Correlations,
+    alignment_and_accuracy,
     alignment_vs_accuracy,
     bias_over_checkpoints,
     checkpoint_correlations,
@@ -57,6 +58,7 @@ from hooks_mm.analysis.findings.checkpoints import (  # noqa: E402
 __all__ += [
     "Checkpoint",
     "Correlations",
+    "alignment_and_accuracy",
     "alignment_vs_accuracy",
     "bias_over_checkpoints",
     "checkpoint_correlations",

@@ -10,10 +10,10 @@ Example::
 
     from hooks_mm.analysis.findings.checkpoints import alignment_vs_accuracy, bias_over_checkpoints, checkpoint_dirs
 
-    dirs = checkpoint_dirs("/work/train/toy-anygpt-large-checkpoints")
-    dirs += checkpoint_dirs("/work/train/toy-anygpt-large-monotune-checkpoints")   # the run that continues it
+    dirs = checkpoint_dirs("out/toy-anygpt-large-checkpoints")
+    dirs += checkpoint_dirs("out/toy-anygpt-large-monotune-checkpoints")   # the run that continues it
     bias_over_checkpoints(dirs, n=200)          # one row per checkpoint: log bias [95 % interval]
-    table, summary = alignment_vs_accuracy(checkpoint_dirs("/work/train/toy-llava-large-checkpoints"))
+    table, summary = alignment_vs_accuracy(checkpoint_dirs("out/toy-llava-large-checkpoints"))
     print(summary)                              # correlations [95 % interval], the step control, the verdict
 """
 
@@ -87,7 +87,7 @@ def checkpoint_dirs(root: str) -> list[str]:
 
     Example::
 
-        checkpoint_dirs("/work/train/toy-llava-large-checkpoints")   # [".../step-250", ".../step-500", ...]
+        checkpoint_dirs("out/toy-llava-large-checkpoints")   # [".../step-250", ".../step-500", ...]
     """
     if not isinstance(root, (str, os.PathLike)) or not os.path.isdir(root):
         raise ValueError(f"checkpoint_dirs: {root!r} is not a directory; make checkpoints with {MAKE_THEM}.")
@@ -425,7 +425,7 @@ def expand(paths: Sequence[str]) -> list[str]:
 
     Example::
 
-        expand(["/work/train/toy-anygpt-large-checkpoints", "/work/train/toy-anygpt-large-monotune-checkpoints"])
+        expand(["out/toy-anygpt-large-checkpoints", "out/toy-anygpt-large-monotune-checkpoints"])
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -445,7 +445,7 @@ def report(paths: Sequence[str], n: int = 200, seed: int = 0) -> str:
 
     Example::
 
-        print(report(["/work/train/toy-llava-large-checkpoints"], n=100))
+        print(report(["out/toy-llava-large-checkpoints"], n=100))
     """
     import time
 
