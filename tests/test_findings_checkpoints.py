@@ -30,6 +30,7 @@ from hooks_mm.analysis.findings.checkpoints import (
     expand,
     read_checkpoints,
 )
+from hooks_mm.analysis.findings.curves import alignment_by_layer
 from hooks_mm.tasks.evaluate import encode, word_ids
 from hooks_mm.tasks.shapes import ANSWERS, make_qa
 
@@ -161,6 +162,20 @@ def test_accuracy_is_held_out_and_matches_a_bare_forward_on_a_trained_organism()
     assert row["alignment"] == pytest.approx(f.details["cos_image_text"], abs=1e-6)
 
 
+def test_a_fixed_layer_or_the_mean_over_layers_meets_the_alignment_curve() -> None:
+    model = HookedMLLM.from_pretrained("toy-llava")
+    curve = alignment_by_layer(model, n=12)
+    for layer in range(model.cfg.n_layers):
+        row = alignment_and_accuracy(model, n=12, layer=layer)
+        assert row["layer"] == layer and row["alignment"] == pytest.approx(curve.cross[layer], abs=1e-6)
+        assert row["image_image"] == pytest.approx(curve.image_image[layer], abs=1e-6)
+    row = alignment_and_accuracy(model, n=12, layer="mean")
+    assert row["layer"] == -1 and row["alignment"] == pytest.approx(curve.cross.mean(), abs=1e-6)
+    for bad in (model.cfg.n_layers, -1, "max", True):
+        with pytest.raises(ValueError, match="'chosen'.*'mean'"):
+            alignment_and_accuracy(model, n=12, layer=bad)
+
+
 def _partial_by_regression(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
     design = np.stack([np.ones_like(z), z], 1)
     rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
@@ -276,3 +291,5 @@ def test_too_few_checkpoints_or_examples_are_refused(runs: SimpleNamespace) -> N
     for f in (alignment_vs_accuracy, bias_over_checkpoints):
         with pytest.raises(ValueError, match="n=5"):
             f(runs.paired_dirs, n=5)
+    with pytest.raises(ValueError, match="layer='max'"):
+        alignment_vs_accuracy(runs.llava_dirs, n=10, layer="max")

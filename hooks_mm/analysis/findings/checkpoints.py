@@ -222,25 +222,39 @@ def bias_over_checkpoints(dirs: Sequence[str], n: int = 200, seed: int = 0) -> p
 
 
 @torch.no_grad()
-def alignment_cosines(model: HookedMLLM, n: int = 200, seed: int = 0) -> tuple[int, Tensor, Tensor]:
-    """The layer where pooled image and text states are most alike on ``n`` training-split prompts, and at
-    that layer, per held-out example i (``n`` test-split prompts): mean_j cos(image_i, text_j) (the implicit
-    alignment score, over all pairs as the paper's default) and mean_{j != i} cos(image_i, image_j) (the
-    image-image control); the pieces of :func:`hooks_mm.analysis.findings.alignment`.
+def alignment_cosines(
+    model: HookedMLLM, n: int = 200, seed: int = 0, layer: int | str = "chosen"
+) -> tuple[int, Float[Tensor, " n"], Float[Tensor, " n"]]:
+    """Per held-out example i (``n`` test-split prompts), at a layer: mean_j cos(image_i, text_j) (the implicit
+    alignment score of pooled image and text states, over all pairs as the paper's default) and
+    mean_{j != i} cos(image_i, image_j) (the image-image control); and the layer. ``layer="chosen"``: the layer
+    where pooled image and text states are most alike on ``n`` training-split prompts (the pieces of
+    :func:`hooks_mm.analysis.findings.alignment`); an int: that layer for every model (comparable across
+    checkpoints); ``"mean"``: both cosines averaged over all layers (layer returned as -1).
 
     Example::
 
         layer, cross, image_image = alignment_cosines(model, n=200)
     """
     check_sizes(n)
-    cal = pooled_embeddings(model, batches(model, make_qa(n, "train", seed)))
-    layer = int(F.cosine_similarity(cal.image[:, None], cal.text[None], dim=-1).mean((0, 1)).argmax())
+    n_layers = model.cfg.n_layers
+    fixed = not isinstance(layer, bool) and isinstance(layer, int)
+    if not (layer in ("chosen", "mean") or (fixed and 0 <= layer < n_layers)):
+        raise ValueError(
+            f"layer={layer!r}: give 'chosen' (on calibration data), 'mean' (over layers) or an int "
+            f"in 0..{n_layers - 1}."
+        )
+    if layer == "chosen":
+        cal = pooled_embeddings(model, batches(model, make_qa(n, "train", seed)))
+        layer = int(F.cosine_similarity(cal.image[:, None], cal.text[None], dim=-1).mean((0, 1)).argmax())
     held = pooled_embeddings(model, batches(model, make_qa(n, "test", seed)))
-    img, txt = held.image[:, layer], held.text[:, layer]
-    cross = F.cosine_similarity(img[:, None], txt[None], dim=-1).mean(1)
-    same = F.cosine_similarity(img[:, None], img[None], dim=-1)
-    same = (same.sum(1) - same.diagonal()) / (len(img) - 1)
-    return layer, cross.double(), same.double()
+    img, txt = held.image, held.text  # [n, layer, d]
+    cross = F.cosine_similarity(img[:, None], txt[None], dim=-1).double().mean(1)  # [n, layer]
+    same = F.cosine_similarity(img[:, None], img[None], dim=-1).double()
+    same = (same.sum(1) - same.diagonal(dim1=0, dim2=1).T) / (len(img) - 1)
+    if layer == "mean":
+        return -1, cross.mean(1), same.mean(1)
+    return int(layer), cross[:, layer], same[:, layer]
 
 
 def _ranks(x: Float[Tensor, " k"]) -> Float[Tensor, " k"]:
@@ -366,17 +380,20 @@ def checkpoint_correlations(
 
 
 @torch.no_grad()
-def alignment_and_accuracy(model: HookedMLLM, n: int = 200, seed: int = 0) -> dict[str, float]:
+def alignment_and_accuracy(
+    model: HookedMLLM, n: int = 200, seed: int = 0, layer: int | str = "chosen"
+) -> dict[str, float]:
     """One checkpoint's row of :func:`alignment_vs_accuracy`: the layer, the alignment score, the image-image
     control, their difference (``alignment_adj``) and the accuracy on ``n`` held-out image-dependent questions
-    (argmax over the answer words), each a mean over examples with its 95 % interval (``_lo``, ``_hi``).
+    (argmax over the answer words), each a mean over examples with its 95 % interval (``_lo``, ``_hi``);
+    ``layer`` as in :func:`alignment_cosines`.
 
     Example::
 
         alignment_and_accuracy(HookedMLLM.from_pretrained("toy-llava"), n=200)["accuracy"]
     """
     check_sizes(n)
-    layer, cross, same = alignment_cosines(model, n, seed)
+    layer, cross, same = alignment_cosines(model, n, seed, layer)
     qa, answers = image_questions(model, n, "test", seed)
     correct = accuracy(model, qa, answers, choice_score(word_ids(model, ANSWERS).tolist()), per_example=True)
     return {
@@ -390,11 +407,12 @@ def alignment_and_accuracy(model: HookedMLLM, n: int = 200, seed: int = 0) -> di
 
 @torch.no_grad()
 def alignment_vs_accuracy(
-    dirs: Sequence[str], n: int = 200, seed: int = 0, n_boot: int = 2000
+    dirs: Sequence[str], n: int = 200, seed: int = 0, n_boot: int = 2000, layer: int | str = "chosen"
 ) -> tuple[pd.DataFrame, Correlations]:
     """Seed 001's claim across checkpoints (>= 3): per checkpoint, the implicit-alignment score (methods.md
     section 2: the cross-modal cosine, higher = more aligned) = per held-out example mean_j cos(image_i,
-    text_j) at the layer chosen on calibration data (:func:`alignment_cosines`), the image-image control,
+    text_j) at the layer chosen on each checkpoint's calibration data (``layer="chosen"``; an int fixes one
+    layer for all, ``"mean"`` averages over layers: :func:`alignment_cosines`), the image-image control,
     ``alignment_adj`` = alignment - image_image (the finding's gap with the score's sign), and the accuracy
     on ``n`` held-out image-dependent questions (argmax over the answer words), each with a 95 % interval over
     examples; then :func:`checkpoint_correlations` on ``alignment`` (its verdict) and on ``alignment_adj``.
@@ -405,13 +423,15 @@ def alignment_vs_accuracy(
         summary.agrees, summary.table
     """
     check_sizes(n)
+    if layer not in ("chosen", "mean") and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise ValueError(f"layer={layer!r}: give 'chosen' (on calibration data), 'mean' (over layers) or an int.")
     cps = read_checkpoints(dirs)
     if len(cps) < 3:
         raise ValueError(
             f"a correlation across checkpoints needs >= 3 checkpoints (got {len(cps)}): save more "
             "(a smaller --checkpoint-every) or give more directories."
         )
-    rows = [{**_where(c), **alignment_and_accuracy(HookedMLLM.from_pretrained(c.path), n, seed)} for c in cps]
+    rows = [{**_where(c), **alignment_and_accuracy(HookedMLLM.from_pretrained(c.path), n, seed, layer)} for c in cps]
     table = pd.DataFrame(rows)
     main = checkpoint_correlations(table, "alignment", seed, n_boot)
     adj = checkpoint_correlations(table, "alignment_adj", seed, n_boot)
