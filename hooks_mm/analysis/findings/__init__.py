@@ -5,6 +5,7 @@ the effect's interval lies beyond its control: random neurons of the same count 
 
     python -m hooks_mm.analysis.findings [--n 200] [--draws 20] [--seed 0] [--size small|large]
     python -m hooks_mm.analysis.findings --curves     # erasure per depth and K, TCCD per alpha, alignment per layer
+    python -m hooks_mm.analysis.findings --checkpoints DIR [DIR ...]   # bias / alignment vs accuracy per checkpoint
 
 Example::
 
@@ -56,6 +57,31 @@ __all__ = [
     "tccd_gain",
 ]
 __all__ += ["caption_neurons", "masking_specificity", "nll_increase"]  # i19-clean
+
+# --- issue 19 item 2: curves over training checkpoints (findings/checkpoints.py) ---
+from hooks_mm.analysis.findings.checkpoints import (  # noqa: E402
+    Checkpoint,
+    Correlations,
+    alignment_and_accuracy,
+    alignment_vs_accuracy,
+    bias_over_checkpoints,
+    checkpoint_correlations,
+    checkpoint_dirs,
+    read_checkpoints,
+)
+
+__all__ += [
+    "Checkpoint",
+    "Correlations",
+    "alignment_and_accuracy",
+    "alignment_vs_accuracy",
+    "bias_over_checkpoints",
+    "checkpoint_correlations",
+    "checkpoint_dirs",
+    "read_checkpoints",
+]
+# --- end checkpoints ---
+
 
 # the organisms of each size: (llava-style, anygpt paired, anygpt after the unimodal stage)
 SIZES = {
@@ -109,10 +135,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--draws", type=int, default=20, help="random draws for each neuron control")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curves", action="store_true", help="the curves (findings.curves) on toy-llava instead")
+    # --- checkpoints (issue 19 item 2) ---
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        metavar="DIR",
+        help="curves over these training checkpoints (step-N "
+        "directories or their roots: paired run then monotune run) instead",
+    )
+    # --- end checkpoints ---
+
     p.add_argument(
         "--size", choices=sorted(SIZES), default="small", help="small (3 blocks) or large (6 blocks) organisms"
     )
     args = p.parse_args(argv)
+    # --- checkpoints (issue 19 item 2) ---
+    if args.checkpoints:
+        from hooks_mm.analysis.findings.checkpoints import report
+
+        print(report(args.checkpoints, n=args.n, seed=args.seed))
+        return
+    # --- end checkpoints ---
     if args.curves:
         from hooks_mm.analysis.findings.curves import alignment_by_layer, erasure_by_depth, tccd_by_alpha
 
