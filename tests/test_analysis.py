@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import pair_for
+from conftest import assert_clean, pair_for
 
 from hooks_mm import After, Image, Last, Modality
 from hooks_mm.analysis import (
@@ -283,3 +283,29 @@ def test_masking_matrix_perplexity_is_over_all_tokens_of_unequal_batches() -> No
         nll += torch.nn.functional.cross_entropy(logits[:, :-1][target], ids[target], reduction="sum").item()
         count += int(target.sum())
     assert rows >= 2 and got == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "chameleon"])
+def test_image_perplexity_is_refused_where_image_positions_hold_a_placeholder(family: str) -> None:
+    """A model that replaces a placeholder token by features has no image tokens to predict: the image NLL
+    (and the text-centric bias built on it) would score the placeholder and is refused, naming the fix."""
+    from hooks_mm.analysis.erasure import text_centric_bias
+    from hooks_mm.sweep.metrics import modality_nll
+    from hooks_mm.zoo import toy_image
+
+    p = pair_for(family)
+    with pytest.raises(ValueError, match="holds the placeholder token .* use modality='text'"):
+        modality_nll(p.model, p.inputs, "image")
+    modality_nll(p.model, p.inputs, "text")  # text is still a perplexity
+    if family == "llava":
+        with pytest.raises(ValueError, match="placeholder token"):
+            text_centric_bias(p.model, ["a red square"], [toy_image(1)])
+    assert_clean(p.model)
+
+
+def test_image_perplexity_of_a_discrete_model_is_not_refused() -> None:
+    from hooks_mm.sweep.metrics import modality_nll
+
+    p = pair_for("anygpt")
+    nll = modality_nll(p.model, p.inputs, "image")(p.model(p.inputs))
+    assert torch.isfinite(nll)

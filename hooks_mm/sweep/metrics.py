@@ -225,6 +225,15 @@ def kl_to_clean(model: HookedMLLM, inputs: Any, positions: Selector | None = Non
     )
 
 
+PLACEHOLDER_KEYS = ("image_token_index", "image_token_id", "video_token_index", "video_token_id", "audio_token_id")
+
+
+def placeholder_ids(model: HookedMLLM) -> set[int]:
+    """Token ids the model's config names as media placeholders (replaced by features inside the model)."""
+    cfg = model.hf_model.config
+    return {v for k in PLACEHOLDER_KEYS if isinstance(v := getattr(cfg, k, None), int)}
+
+
 def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text", per_row: bool = False) -> Metric:
     """Mean next-token NLL over the tokens of one modality (``exp`` of it is the perplexity).
 
@@ -239,6 +248,14 @@ def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text", per_row
     target = (layout.modality[:, 1:] == want) & (layout.modality[:, :-1] != Modality.PAD)
     if not bool(target.any()):
         raise ValueError(f"no {modality} tokens to predict in this batch (present: {layout.summary()}).")
+    held = set(ids[layout.modality == want].unique().tolist())
+    if want != Modality.TEXT and len(held) == 1 and held <= placeholder_ids(model):
+        raise ValueError(
+            f"modality_nll(modality={modality!r}): every {modality} position holds the placeholder token "
+            f"(id {held.pop()}) that the model replaces by continuous features, so its NLL scores predicting the "
+            f"placeholder, not the {modality}: a perplexity of {modality} tokens needs a model that predicts them "
+            "tokens (discrete-token models such as toy-anygpt); use modality='text' here."
+        )
 
     def metric(logits: Tensor) -> Tensor:
         lp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None].to(logits.device)).squeeze(-1)
