@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=200, help="calibration and held-out examples each")
     p.add_argument("--draws", type=int, default=20, help="random draws for each neuron control")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--curves", action="store_true", help="the curves (findings.curves) on toy-llava instead")
+    p.add_argument("--curves", action="store_true", help="the curves on the llava-style organism of --size instead")
     # --- checkpoints (issue 19 item 2) ---
     p.add_argument(
         "--checkpoints",
@@ -165,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"\n{curve.__name__} ({llava}, n={args.n} held out; value [95 % interval]):")
             print(curve(model, n=args.n, seed=args.seed).to_string(index=False, float_format="{:.3g}".format))
         # i19-flow: attention flow per layer, knockout per window against random non-image keys
-        print(f"\nflow_by_layer (toy-llava, n={args.n} held out; value [95 % interval]):")
+        print(f"\nflow_by_layer ({llava}, n={args.n} held out; value [95 % interval]):")
         print(flow_by_layer(model, n=args.n, seed=args.seed).to_string(index=False, float_format="{:.3g}".format))
-        print(f"\nknockout_by_window (toy-llava, n={args.n} held out, {args.draws} control draws):")
+        print(f"\nknockout_by_window ({llava}, n={args.n} held out, {args.draws} control draws):")
         table = knockout_by_window(model, n=args.n, draws=args.draws, seed=args.seed)
         print(table.to_string(index=False, float_format="{:.3g}".format))
         return
