@@ -294,7 +294,7 @@ def test_image_perplexity_is_refused_where_image_positions_hold_a_placeholder(fa
     from hooks_mm.zoo import toy_image
 
     p = pair_for(family)
-    with pytest.raises(ValueError, match="holds the placeholder token .* use modality='text'"):
+    with pytest.raises(ValueError, match="holds a placeholder token .* use modality='text'"):
         modality_nll(p.model, p.inputs, "image")
     modality_nll(p.model, p.inputs, "text")  # text is still a perplexity
     if family == "llava":

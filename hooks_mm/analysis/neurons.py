@@ -27,7 +27,7 @@ from hooks_mm.interventions import NeuronAblation, compose
 from hooks_mm.layout import Modality
 from hooks_mm.progress import check_progress, progress_bar
 from hooks_mm.selectors import NonPad
-from hooks_mm.sweep.metrics import modality_nll
+from hooks_mm.sweep.metrics import modality_nll, predicts
 
 if TYPE_CHECKING:
     from hooks_mm.model import HookedMLLM
@@ -157,10 +157,14 @@ def neuron_masking_matrix(
     model: "HookedMLLM",
     batches: Sequence[Any],
     specific: dict[str, list[tuple[int, int]]],
-    evaluate: Sequence[str] = ("text", "image"),
+    evaluate: Sequence[str] | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """Perplexity of each evaluated modality's tokens with each modality's neurons masked.
+
+    ``evaluate``: the modalities whose perplexity is measured (default: text, and image where the model
+    predicts image tokens, :func:`hooks_mm.sweep.metrics.predicts`; a model that feeds image features in
+    place of a placeholder token has no image perplexity, and asking for one is refused).
 
     Rows: "none" (clean) and every masked modality; columns: evaluated modalities. The
     perplexity is over all tokens of the batches (each batch weighted by its token count).
@@ -168,6 +172,8 @@ def neuron_masking_matrix(
     over the forwards (None: automatic, :mod:`hooks_mm.progress`).
     """
     check_progress(progress, "neuron_masking_matrix")
+    if evaluate is None:
+        evaluate = [m for m in ("text", "image") if predicts(model, batches[0], m)] if batches else ["text"]
     total = (1 + len(specific)) * len(evaluate) * len(batches)
     bar = progress_bar(desc="neuron_masking_matrix", total=total, unit="forward", progress=progress)
     rows: dict[str, dict[str, float]] = {}

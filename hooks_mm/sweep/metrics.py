@@ -234,6 +234,23 @@ def placeholder_ids(model: HookedMLLM) -> set[int]:
     return {v for k in PLACEHOLDER_KEYS if isinstance(v := getattr(cfg, k, None), int)}
 
 
+def predicts(model: HookedMLLM, inputs: Any, modality: str) -> bool:
+    """Whether ``modality``'s positions in ``inputs`` hold tokens the model predicts: text always; an image
+    (audio, video) only where its positions are real token ids (discrete-token models), not one placeholder
+    token the model replaces by features (llava, qwen2-vl, chameleon's input ids).
+
+    Example::
+
+        predicts(model, inputs, "image")   # False on toy-llava, True on toy-anygpt
+    """
+    batch = model.prepare(inputs)
+    want = Modality[modality.upper()]
+    if want == Modality.TEXT:
+        return True
+    held = set(batch["input_ids"][batch.layout.modality == want].unique().tolist())
+    return not (len(held) == 1 and held <= placeholder_ids(model))
+
+
 def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text", per_row: bool = False) -> Metric:
     """Mean next-token NLL over the tokens of one modality (``exp`` of it is the perplexity).
 
@@ -248,13 +265,12 @@ def modality_nll(model: HookedMLLM, inputs: Any, modality: str = "text", per_row
     target = (layout.modality[:, 1:] == want) & (layout.modality[:, :-1] != Modality.PAD)
     if not bool(target.any()):
         raise ValueError(f"no {modality} tokens to predict in this batch (present: {layout.summary()}).")
-    held = set(ids[layout.modality == want].unique().tolist())
-    if want != Modality.TEXT and len(held) == 1 and held <= placeholder_ids(model):
+    if not predicts(model, batch, modality):
         raise ValueError(
-            f"modality_nll(modality={modality!r}): every {modality} position holds the placeholder token "
-            f"(id {held.pop()}) that the model replaces by continuous features, so its NLL scores predicting the "
-            f"placeholder, not the {modality}: a perplexity of {modality} tokens needs a model that predicts them "
-            "tokens (discrete-token models such as toy-anygpt); use modality='text' here."
+            f"modality_nll(modality={modality!r}): every {modality} position holds a placeholder token "
+            f"(ids {sorted(placeholder_ids(model))}) that the model replaces by features, so its NLL scores "
+            f"predicting the placeholder, not the {modality}: a perplexity of {modality} tokens needs a model that "
+            "predicts them (discrete-token models such as toy-anygpt); use modality='text' here."
         )
 
     def metric(logits: Tensor) -> Tensor:
