@@ -66,8 +66,9 @@ def load_config(name_or_path: str) -> tuple[str, Any, Adapter, type]:
         other = [n for n in names if not n.startswith("tiny-")]
         raise OSError(
             f"cannot load {name_or_path!r}: it is not a local directory with a config.json nor a built-in name, and "
-            f"as a hub id it failed ({reason}). Use a built-in name ({len(other)} organisms: "
-            f"{', '.join(other[:2])}, ...; or tiny-<family> for {len(tiny)} families: {', '.join(tiny[:6])}, ...; "
+            f"as a hub id it failed ({reason}). Use a built-in name (an organism: "
+            f"{', '.join(n for n in other if '-large' not in n)}, their -large versions; "
+            f"or tiny-<family> for {len(tiny)} families: {', '.join(tiny[:4])}, ...; "
             "hooks_mm.zoo.builtin_names() lists them), a local directory holding config.json, or a hub id with the "
             "network on (unset HF_HUB_OFFLINE)."
         ) from e

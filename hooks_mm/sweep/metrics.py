@@ -234,16 +234,16 @@ def placeholder_ids(model: HookedMLLM) -> set[int]:
     return {v for k in PLACEHOLDER_KEYS if isinstance(v := getattr(cfg, k, None), int)}
 
 
-def predicts(model: HookedMLLM, inputs: Any, modality: str) -> bool:
-    """Whether ``modality``'s positions in ``inputs`` hold tokens the model predicts: text always; an image
-    (audio, video) only where its positions are real token ids (discrete-token models), not one placeholder
-    token the model replaces by features (llava, qwen2-vl, chameleon's input ids).
+def predicts(model: HookedMLLM, batch: Any, modality: str) -> bool:
+    """Whether ``modality``'s positions in ``batch`` (model inputs) hold tokens the model predicts: text
+    always; an image (audio, video) only where its positions are real token ids (discrete-token models), not
+    one placeholder token the model replaces by features (llava, qwen2-vl, chameleon's input ids).
 
     Example::
 
         predicts(model, inputs, "image")   # False on toy-llava, True on toy-anygpt
     """
-    batch = model.prepare(inputs)
+    batch = model.prepare(batch)
     want = Modality[modality.upper()]
     if want == Modality.TEXT:
         return True
