@@ -112,7 +112,7 @@ def findings(
     return [
         erasure(llava, n, seed=seed, name=ln),
         tccd_gain(llava, n, seed=seed, name=ln),
-        bias(anygpt, models[mn], n, seed, names=(an.removeprefix("toy-anygpt"), mn.removeprefix("toy-anygpt"))),
+        bias(anygpt, models[mn], n, seed, names=(an, mn)),
         *(neuron_ablation(llava, "image", s, n, draws, seed, name=ln) for s in ("lape", "top5")),
         *(masking(anygpt, "image", s, n, draws, seed, name=an) for s in ("lape", "top2")),
         *(masking(anygpt, "text", s, n, draws, seed, name=an) for s in ("lape", "top2")),

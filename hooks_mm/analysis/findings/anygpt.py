@@ -41,10 +41,15 @@ def log_bias(model: HookedMLLM, texts: Sequence[str], images: Sequence[Any]) -> 
 
 
 def bias(
-    paired: HookedMLLM, monotune: HookedMLLM, n: int = 200, seed: int = 0, names: tuple[str, str] = ("", "-monotune")
+    paired: HookedMLLM,
+    monotune: HookedMLLM,
+    n: int = 200,
+    seed: int = 0,
+    names: tuple[str, str] = ("toy-anygpt", "toy-anygpt-monotune"),
 ) -> Finding:
-    """Text-centric bias, paired vs unimodal-stage organism, on ``n`` held-out captions and images:
-    per example, log bias(paired) - log bias(monotune); expected > 0 (the unimodal stage lowers it)."""
+    """Text-centric bias, paired vs unimodal-stage organism (``names``: their labels), on ``n`` held-out
+    captions and images: per example, log bias(paired) - log bias(monotune); expected > 0 (the unimodal
+    stage lowers it)."""
     check_sizes(n)
     drawings = make_drawings(n, "test", seed)
     texts, images = [d.scene.caption() for d in drawings], [d.image for d in drawings]
@@ -55,7 +60,7 @@ def bias(
     a, b = torch.cat(lp), torch.cat(lm)
     return Finding(
         "text-centric bias: monotune lowers it",
-        f"toy-anygpt{names[0]} vs toy-anygpt{names[1]}",
+        f"{names[0]} vs {names[1]}",
         "log bias(paired) - log bias(monotune) > 0",
         verdict(bootstrap(a - b, seed=seed), null=0.0, expect="greater"),
         {"log_bias_paired": float(a.mean()), "log_bias_monotune": float(b.mean())},
