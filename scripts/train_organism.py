@@ -240,6 +240,8 @@ def train(
     into ``checkpoints/step-<N>/`` (default: ``<out>-checkpoints``), with its step and
     weights hash; saving draws no random numbers, so the final weights are the same.
     """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}: give a number of steps >= 0 (0: no checkpoints).")
     organism: Organism = get(name)
     torch.set_num_threads(threads)
     start = time.perf_counter()

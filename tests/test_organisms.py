@@ -174,3 +174,10 @@ def test_shipped_weights_come_from_the_recipe(name: str) -> None:
     assert log["name"] == name and log["seed"] == 0
     assert log["stages"] == [asdict(s) for s in ORGANISMS[name].stages]
     assert log.get("base") == ORGANISMS[name].base
+
+
+@pytest.mark.parametrize("every", [-1, 2.5, True])
+def test_a_bad_checkpoint_interval_is_refused_before_training(every, tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match="checkpoint_every=.*give a number of steps >= 0"):
+        train("toy-llava", out=str(tmp_path / "m"), steps=1, n_scenes=4, with_eval=False, checkpoint_every=every)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m-checkpoints").exists()
